@@ -1,0 +1,88 @@
+//! The command line (clap derive). The binary in `main.rs` only dispatches.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Detects cyber-physical attacks on data-centre power, cooling and grid telemetry.
+#[derive(Debug, Parser)]
+#[command(name = "wattchdog", version, about)]
+pub struct Cli {
+    /// Log filter (tracing syntax, e.g. `info`, `wattchdog=debug`); default `warn`, or
+    /// the RUST_LOG environment variable.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replay captures (JSONL, CSV; .gz/.zst) through the detectors and report.
+    Replay(ReplayArgs),
+    /// Write a simulated facility's telemetry, with scheduled attacks, and its labels.
+    Simulate(SimulateArgs),
+    /// Validate a config file (or a wide-CSV mapping with --mapping).
+    CheckConfig(CheckConfigArgs),
+}
+
+/// `wattchdog replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Capture files, merged by event time; `-` reads JSONL from stdin.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Config file (default: built-in defaults).
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Mapping for wide CSV files (TOML; see README).
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// Write alert JSONL here instead of stdout.
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Write the full report (JSON) here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the report as JSON on stdout instead of the human summary on stderr (alerts
+    /// then go only to --alerts).
+    #[arg(long)]
+    pub json: bool,
+    /// Pace the replay at this multiple of real time (default: as fast as possible).
+    #[arg(long)]
+    pub speed: Option<f64>,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `wattchdog simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Output capture (.jsonl, .jsonl.gz or .jsonl.zst); labels go beside it.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Simulated hours.
+    #[arg(long, default_value_t = 6.0)]
+    pub hours: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Attacks: `all`, `none`, or a comma-separated list of scenario names.
+    #[arg(long, default_value = "all")]
+    pub attacks: String,
+    /// Start time (RFC 3339).
+    #[arg(long, default_value = "2026-07-07T00:00:00Z")]
+    pub start: String,
+}
+
+/// `wattchdog check-config`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The config file.
+    pub file: PathBuf,
+    /// Treat the file as a wide-CSV mapping instead.
+    #[arg(long)]
+    pub mapping: bool,
+}

@@ -1,0 +1,218 @@
+//! Detectors: one small trait, one file per family.
+//!
+//! A detector sees every [`Frame`] (the samples of one device at one event time) and,
+//! when the watermark advances, a [`Detector::tick`] for conditions that are about
+//! silence rather than values. It pushes zero or more [`Finding`]s into a buffer owned by
+//! the caller. Detectors are synchronous, do no I/O and keep their own per-point state,
+//! so a capture replayed at any speed gives the same findings.
+//!
+//! Parameters are per device kind: `[detectors.<name>]` in the config sets them for every
+//! kind, `[kinds.<kind>.<name>]` overrides them for one (see [`crate::config`]).
+
+pub mod cusum;
+pub mod ewma;
+pub mod flatline;
+pub mod limits;
+pub mod replay;
+pub mod staleness;
+
+use crate::config::DetectorsConfig;
+use crate::feature::{FeatureStore, Frame, PointId, Registry};
+use crate::model::{DeviceKind, Finding, Severity, Technique, Ts};
+
+/// A detector of one family.
+///
+/// Contract: `observe` and `tick` never fail and never block; they push findings for
+/// conditions that hold *now* (a condition that persists yields a finding per frame,
+/// which the correlator folds into one alert).
+pub trait Detector: Send {
+    /// Name used in alerts and config (`ewma_z`, `cusum`, …).
+    fn name(&self) -> &'static str;
+    /// Looks at the samples of one device at one event time.
+    fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>);
+    /// Called when the watermark passes `now`; for detectors of silence.
+    fn tick(&mut self, _now: Ts, _store: &FeatureStore, _reg: &Registry, _out: &mut Vec<Finding>) {}
+}
+
+/// One value per device kind, indexed by [`DeviceKind::index`].
+#[derive(Debug, Clone)]
+pub struct PerKind<T>(Vec<T>);
+
+impl<T> PerKind<T> {
+    /// Builds the table by calling `f` for each kind.
+    pub fn from_fn(f: impl FnMut(DeviceKind) -> T) -> Self {
+        Self(DeviceKind::ALL.into_iter().map(f).collect())
+    }
+
+    /// The value for a kind.
+    pub fn get(&self, kind: DeviceKind) -> &T {
+        &self.0[kind.index()]
+    }
+}
+
+/// Builds the enabled detectors from the effective per-kind configuration.
+pub fn build(cfg: &PerKind<DetectorsConfig>) -> Vec<Box<dyn Detector>> {
+    let mut out: Vec<Box<dyn Detector>> = Vec::new();
+    let any = |f: fn(&DetectorsConfig) -> bool| DeviceKind::ALL.iter().any(|&k| f(cfg.get(k)));
+    if any(|c| c.limits.enabled) {
+        out.push(Box::new(limits::Limits::new(PerKind::from_fn(|k| {
+            cfg.get(k).limits.clone()
+        }))));
+    }
+    if any(|c| c.ewma_z.enabled) {
+        out.push(Box::new(ewma::EwmaZ::new(PerKind::from_fn(|k| {
+            cfg.get(k).ewma_z.clone()
+        }))));
+    }
+    if any(|c| c.cusum.enabled) {
+        out.push(Box::new(cusum::Cusum::new(PerKind::from_fn(|k| {
+            cfg.get(k).cusum.clone()
+        }))));
+    }
+    if any(|c| c.flatline.enabled) {
+        out.push(Box::new(flatline::Flatline::new(PerKind::from_fn(|k| {
+            cfg.get(k).flatline.clone()
+        }))));
+    }
+    if any(|c| c.replay.enabled) {
+        out.push(Box::new(replay::Replay::new(PerKind::from_fn(|k| {
+            cfg.get(k).replay.clone()
+        }))));
+    }
+    if any(|c| c.staleness.enabled) {
+        out.push(Box::new(staleness::Staleness::new(PerKind::from_fn(|k| {
+            cfg.get(k).staleness.clone()
+        }))));
+    }
+    out
+}
+
+/// Per-point detector state, grown on demand, indexed by point id.
+#[derive(Debug)]
+pub(crate) struct PointTable<S>(Vec<Option<S>>);
+
+impl<S> Default for PointTable<S> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<S> PointTable<S> {
+    /// The state of `p`, created with `init` on first use.
+    pub(crate) fn get_or_insert(&mut self, p: PointId, init: impl FnOnce() -> S) -> &mut S {
+        let i = p as usize;
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i].get_or_insert_with(init)
+    }
+}
+
+/// Builds a finding about one point of a frame.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn point_finding(
+    frame: &Frame<'_>,
+    point: PointId,
+    detector: &'static str,
+    score: f64,
+    threshold: f64,
+    severity: Severity,
+    technique: Technique,
+    reason: String,
+    evidence: serde_json::Value,
+) -> Finding {
+    Finding {
+        ts: frame.ts,
+        device: frame.device,
+        metrics: vec![frame.registry.point(point).metric.clone()],
+        detector,
+        score,
+        threshold,
+        severity,
+        technique,
+        reason,
+        evidence,
+    }
+}
+
+/// Rounds for human-readable reasons: 4 significant digits.
+pub(crate) fn sig(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 9) as usize;
+    format!("{v:.digits$}")
+}
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! Drives one detector over synthetic series without the rest of the pipeline.
+    use super::*;
+    use crate::feature::{FeatureParams, FeatureStore, Registry};
+    use crate::model::Quality;
+
+    /// A one-device harness: feed values at 1 Hz, collect findings.
+    pub struct Harness {
+        pub reg: Registry,
+        pub store: FeatureStore,
+        pub findings: Vec<(usize, Finding)>,
+        pub step: usize,
+    }
+
+    impl Harness {
+        pub fn new() -> Self {
+            Self {
+                reg: Registry::new(1000),
+                store: FeatureStore::new(FeatureParams::default()),
+                findings: Vec::new(),
+                step: 0,
+            }
+        }
+
+        /// Feeds one sample per series at time `step` seconds.
+        pub fn feed(&mut self, det: &mut dyn Detector, kind: &str, metric: &str, v: f64) {
+            let p = self.reg.intern("site", "dev-1", kind, metric).unwrap();
+            let ts = self.step as Ts * 1000;
+            self.store.update(&self.reg, p, ts, v, Quality::Good);
+            let frame = Frame {
+                ts,
+                device: 0,
+                updated: &[p],
+                store: &self.store,
+                registry: &self.reg,
+            };
+            let mut out = Vec::new();
+            det.observe(&frame, &mut out);
+            det.tick(ts, &self.store, &self.reg, &mut out);
+            self.findings
+                .extend(out.into_iter().map(|f| (self.step, f)));
+            self.step += 1;
+        }
+
+        /// Feeds a whole series.
+        pub fn run(&mut self, det: &mut dyn Detector, kind: &str, metric: &str, series: &[f64]) {
+            for &v in series {
+                self.feed(det, kind, metric, v);
+            }
+        }
+
+        /// Step of the first finding at or after `from`.
+        pub fn first_after(&self, from: usize) -> Option<usize> {
+            self.findings.iter().map(|(s, _)| *s).find(|&s| s >= from)
+        }
+
+        /// Number of findings before `until`.
+        pub fn count_before(&self, until: usize) -> usize {
+            self.findings.iter().filter(|(s, _)| *s < until).count()
+        }
+    }
+
+    /// Seeded Gaussian noise around a level.
+    pub fn noisy(n: usize, level: f64, sd: f64, seed: u64) -> Vec<f64> {
+        use rand::{rngs::StdRng, SeedableRng};
+        use rand_distr::{Distribution, Normal};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let d = Normal::new(0.0, sd).unwrap();
+        (0..n).map(|_| level + d.sample(&mut rng)).collect()
+    }
+}

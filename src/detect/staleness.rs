@@ -1,0 +1,182 @@
+//! **staleness**: denial of view — a device, or one of its points, went silent.
+//!
+//! - Each point's usual sampling interval is learned by the feature store.
+//! - On every watermark advance, a device whose newest sample is older than
+//!   `factor ×` its fastest point's interval (and at least `min_silence`) is a
+//!   device-level finding; a point silent that long while its device still talks is a
+//!   point-level finding.
+//! - Judged on event time, so a replay at any speed gives the same findings. A reading
+//!   with bad quality still counts as the device answering.
+//!
+//! Blind spots: silence at the very end of a capture (nothing moves the watermark past
+//! it) and devices that never produced `min_samples` samples.
+
+use super::{Detector, PerKind};
+use crate::attack;
+use crate::feature::{FeatureStore, Registry};
+use crate::model::{Finding, Severity, Ts};
+use crate::time::{format_duration, format_ts, serde_duration};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Parameters of the staleness detector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StalenessParams {
+    /// Whether the detector runs for this kind.
+    pub enabled: bool,
+    /// Silence longer than this many usual intervals is a finding.
+    pub factor: f64,
+    /// Silence shorter than this is never a finding (e.g. `"15s"`).
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub min_silence: i64,
+    /// Samples a point needs before its interval is trusted.
+    pub min_samples: u64,
+}
+
+impl Default for StalenessParams {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            factor: 10.0,
+            min_silence: 15_000,
+            min_samples: 10,
+        }
+    }
+}
+
+/// The staleness detector.
+pub struct Staleness {
+    params: PerKind<StalenessParams>,
+}
+
+impl Staleness {
+    /// Builds it from per-kind parameters.
+    pub fn new(params: PerKind<StalenessParams>) -> Self {
+        Self { params }
+    }
+}
+
+impl Detector for Staleness {
+    fn name(&self) -> &'static str {
+        "staleness"
+    }
+
+    fn observe(&mut self, _frame: &crate::feature::Frame<'_>, _out: &mut Vec<Finding>) {}
+
+    fn tick(&mut self, now: Ts, store: &FeatureStore, reg: &Registry, out: &mut Vec<Finding>) {
+        let states = store.points();
+        for (d, dev) in reg.devices().iter().enumerate() {
+            let params = self.params.get(dev.kind);
+            if !params.enabled {
+                continue;
+            }
+            let known = || {
+                dev.points
+                    .iter()
+                    .filter_map(|&p| states.get(p as usize))
+                    .filter(|s| s.n >= params.min_samples && s.interval_ms > 0.0)
+            };
+            let Some(interval) = known().map(|s| s.interval_ms).min_by(f64::total_cmp) else {
+                continue;
+            };
+            let last = known().map(|s| s.ts).max().unwrap_or(now);
+            let limit = |iv: f64| (params.factor * iv).max(params.min_silence as f64);
+            let silence = (now - last) as f64;
+            if silence > limit(interval) {
+                out.push(Finding {
+                    ts: now,
+                    device: d as u32,
+                    metrics: Vec::new(),
+                    detector: "staleness",
+                    score: silence / interval,
+                    threshold: params.factor,
+                    severity: Severity::High,
+                    technique: attack::DENIAL_OF_VIEW,
+                    reason: format!(
+                        "{} has sent nothing for {} (since {}); it usually reports every {}",
+                        dev.name,
+                        format_duration(now - last),
+                        format_ts(last),
+                        format_duration(interval.round() as i64)
+                    ),
+                    evidence: json!({"last_seen": format_ts(last), "silence_ms": now - last, "usual_interval_ms": interval}),
+                });
+                continue;
+            }
+            for &p in &dev.points {
+                let Some(s) = states.get(p as usize) else {
+                    continue;
+                };
+                if s.n < params.min_samples || s.interval_ms <= 0.0 {
+                    continue;
+                }
+                let silence = (now - s.ts) as f64;
+                if silence > limit(s.interval_ms) {
+                    let metric = &reg.point(p).metric;
+                    out.push(Finding {
+                        ts: now,
+                        device: d as u32,
+                        metrics: vec![metric.clone()],
+                        detector: "staleness",
+                        score: silence / s.interval_ms,
+                        threshold: params.factor,
+                        severity: Severity::Low,
+                        technique: attack::DENIAL_OF_VIEW,
+                        reason: format!(
+                            "{metric} of {} has not been reported for {} while the device still reports; it usually comes every {}",
+                            dev.name,
+                            format_duration(now - s.ts),
+                            format_duration(s.interval_ms.round() as i64)
+                        ),
+                        evidence: json!({"last_seen": format_ts(s.ts), "silence_ms": now - s.ts, "usual_interval_ms": s.interval_ms}),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feature::{FeatureParams, FeatureStore, Registry};
+    use crate::model::Quality;
+
+    #[test]
+    fn device_gap_and_point_gap() {
+        let mut reg = Registry::new(10);
+        let a = reg.intern("s", "ups-1", "ups", "load_pct").unwrap();
+        let b = reg
+            .intern("s", "ups-1", "ups", "battery_charge_pct")
+            .unwrap();
+        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut det = Staleness::new(PerKind::from_fn(|_| StalenessParams::default()));
+        let mut out = Vec::new();
+        // 60 s of both points at 1 Hz: no finding.
+        for t in 0..60 {
+            st.update(&reg, a, t * 1000, 50.0, Quality::Good);
+            st.update(&reg, b, t * 1000, 90.0, Quality::Good);
+            det.tick(t * 1000, &st, &reg, &mut out);
+        }
+        assert!(out.is_empty());
+        // Only `a` keeps coming: a point-level finding once b is 15 s silent.
+        for t in 60..80 {
+            st.update(&reg, a, t * 1000, 50.0, Quality::Good);
+            det.tick(t * 1000, &st, &reg, &mut out);
+        }
+        assert!(!out.is_empty());
+        assert!(out
+            .iter()
+            .all(|f| f.metrics == vec!["battery_charge_pct".to_string()]));
+        assert_eq!(out[0].ts, 75_000);
+        out.clear();
+        // Everything stops: device-level finding after 15 s.
+        for t in 80..100 {
+            det.tick(t * 1000, &st, &reg, &mut out);
+        }
+        let dev: Vec<_> = out.iter().filter(|f| f.metrics.is_empty()).collect();
+        assert_eq!(dev.first().map(|f| f.ts), Some(95_000));
+        assert_eq!(dev[0].severity, Severity::High);
+    }
+}

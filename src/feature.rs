@@ -1,0 +1,472 @@
+//! Per-point state and per-device frames.
+//!
+//! Sources intern `(site, device, metric)` into a [`PointId`] once, through the
+//! [`Registry`]; after that a reading is four numbers. The [`FeatureStore`] keeps, per
+//! point, the last value, delta, rate, the usual sampling interval, a robust running mean
+//! and variance (the z-score of each new value is taken *before* it updates them), and a
+//! short rolling window. Nothing here allocates once a point exists.
+
+use crate::model::{DeviceKind, Quality, Ts};
+use crate::vocabulary::{self, MetricClass, MetricSpec};
+use rustc_hash::FxHashMap;
+
+/// Index of a point (one metric of one device) in the registry.
+pub type PointId = u32;
+/// Index of a device in the registry.
+pub type DeviceId = u32;
+
+/// What the registry knows of a device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Site name.
+    pub site: String,
+    /// Device name.
+    pub name: String,
+    /// Device kind.
+    pub kind: DeviceKind,
+    /// Kind as written in the capture (differs from `kind` for unknown kinds).
+    pub kind_name: String,
+    /// Its points, in order of first appearance.
+    pub points: Vec<PointId>,
+}
+
+/// What the registry knows of a point.
+#[derive(Debug, Clone)]
+pub struct PointInfo {
+    /// Owning device.
+    pub device: DeviceId,
+    /// Metric name.
+    pub metric: String,
+    /// Vocabulary entry, if the metric is known for the device's kind.
+    pub spec: Option<&'static MetricSpec>,
+}
+
+/// Why a point could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The capture names more distinct points than the configured bound.
+    #[error("more than {0} distinct points (raise pipeline.max_points if this is real)")]
+    TooManyPoints(usize),
+}
+
+/// Interns sites, devices and points. Lookups by name allocate nothing.
+#[derive(Debug)]
+pub struct Registry {
+    devices: Vec<DeviceInfo>,
+    points: Vec<PointInfo>,
+    by_name: FxHashMap<String, FxHashMap<String, DeviceId>>,
+    max_points: usize,
+}
+
+impl Registry {
+    /// An empty registry that refuses to grow past `max_points` points.
+    pub fn new(max_points: usize) -> Self {
+        Self {
+            devices: Vec::new(),
+            points: Vec::new(),
+            by_name: FxHashMap::default(),
+            max_points,
+        }
+    }
+
+    /// The point for `(site, device, metric)`, registering it (and its device) if new. A
+    /// device keeps the kind it was first seen with.
+    pub fn intern(
+        &mut self,
+        site: &str,
+        device: &str,
+        kind: &str,
+        metric: &str,
+    ) -> Result<PointId, RegistryError> {
+        let dev = self.intern_device(site, device, kind)?;
+        let info = &self.devices[dev as usize];
+        if let Some(&p) = info
+            .points
+            .iter()
+            .find(|&&p| self.points[p as usize].metric == metric)
+        {
+            return Ok(p);
+        }
+        if self.points.len() >= self.max_points {
+            return Err(RegistryError::TooManyPoints(self.max_points));
+        }
+        let id = self.points.len() as PointId;
+        let spec = vocabulary::lookup(info.kind, metric);
+        self.points.push(PointInfo {
+            device: dev,
+            metric: metric.to_owned(),
+            spec,
+        });
+        self.devices[dev as usize].points.push(id);
+        Ok(id)
+    }
+
+    /// The device for `(site, device)`, registering it if new.
+    pub fn intern_device(
+        &mut self,
+        site: &str,
+        device: &str,
+        kind: &str,
+    ) -> Result<DeviceId, RegistryError> {
+        if let Some(&d) = self.by_name.get(site).and_then(|m| m.get(device)) {
+            return Ok(d);
+        }
+        if self.devices.len() >= self.max_points {
+            return Err(RegistryError::TooManyPoints(self.max_points));
+        }
+        let id = self.devices.len() as DeviceId;
+        self.devices.push(DeviceInfo {
+            site: site.to_owned(),
+            name: device.to_owned(),
+            kind: DeviceKind::parse(kind),
+            kind_name: kind.to_owned(),
+            points: Vec::new(),
+        });
+        self.by_name
+            .entry(site.to_owned())
+            .or_default()
+            .insert(device.to_owned(), id);
+        Ok(id)
+    }
+
+    /// A device by id.
+    pub fn device(&self, id: DeviceId) -> &DeviceInfo {
+        &self.devices[id as usize]
+    }
+
+    /// A point by id.
+    pub fn point(&self, id: PointId) -> &PointInfo {
+        &self.points[id as usize]
+    }
+
+    /// All devices, indexed by id.
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// Number of points.
+    pub fn point_count(&self) -> usize {
+        self.points.len()
+    }
+}
+
+/// Parameters of the shared per-point features.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureParams {
+    /// Half-life of the robust running mean/variance, in samples.
+    pub halflife_samples: f64,
+    /// Residuals beyond this many standard deviations are clipped before they update the
+    /// running statistics (Huber), so an attack does not become the baseline at once.
+    pub clip_sigma: f64,
+}
+
+impl Default for FeatureParams {
+    fn default() -> Self {
+        Self {
+            halflife_samples: 600.0,
+            clip_sigma: 3.0,
+        }
+    }
+}
+
+/// Length of the rolling window kept per point.
+pub const WINDOW: usize = 32;
+/// A point that showed more distinct values than this, or a fraction, is continuous.
+const DISCRETE_MAX_DISTINCT: usize = 8;
+
+/// Everything the detectors may read about one point.
+#[derive(Debug, Clone)]
+pub struct PointState {
+    /// Device of the point.
+    pub device: DeviceId,
+    /// Behaviour class: from the vocabulary, else learned (see [`PointState::is_analog`]).
+    pub class: Option<MetricClass>,
+    /// Physical limits and max rate, from the vocabulary.
+    pub spec: Option<&'static MetricSpec>,
+    /// Number of good samples seen.
+    pub n: u64,
+    /// Event time of the latest sample (good or not).
+    pub ts: Ts,
+    /// Latest good value.
+    pub value: f64,
+    /// Quality of the latest sample.
+    pub quality: Quality,
+    /// Event time of the good sample before the latest.
+    pub prev_ts: Ts,
+    /// `value - previous value` (0 for the first sample).
+    pub delta: f64,
+    /// `delta` per second (0 when the two samples share a timestamp).
+    pub rate: f64,
+    /// Running estimate of the sampling interval in ms (0 until known).
+    pub interval_ms: f64,
+    /// Robust running mean (before this sample).
+    pub mean: f64,
+    /// Robust running variance (before this sample).
+    pub var: f64,
+    /// Smallest non-zero |delta| seen: the sensor's resolution, a floor for σ.
+    pub resolution: f64,
+    /// z-score of this sample against the running statistics before it.
+    pub z: f64,
+    window: [f64; WINDOW],
+    distinct: Vec<f64>,
+    continuous: bool,
+}
+
+impl PointState {
+    fn new(device: DeviceId, spec: Option<&'static MetricSpec>) -> Self {
+        Self {
+            device,
+            class: spec.map(|s| s.class),
+            spec,
+            n: 0,
+            ts: Ts::MIN,
+            value: f64::NAN,
+            quality: Quality::Good,
+            prev_ts: Ts::MIN,
+            delta: 0.0,
+            rate: 0.0,
+            interval_ms: 0.0,
+            mean: 0.0,
+            var: 0.0,
+            resolution: f64::INFINITY,
+            z: 0.0,
+            window: [0.0; WINDOW],
+            distinct: Vec::with_capacity(DISCRETE_MAX_DISTINCT + 1),
+            continuous: false,
+        }
+    }
+
+    /// Analog points get the statistical detectors. A vocabulary metric's class decides;
+    /// an unknown metric is analog once it showed a fraction or many distinct values.
+    pub fn is_analog(&self) -> bool {
+        match self.class {
+            Some(c) => c == MetricClass::Analog,
+            None => self.continuous,
+        }
+    }
+
+    /// Standard deviation of the running statistics, floored by the sensor resolution.
+    pub fn sigma(&self) -> f64 {
+        let res = if self.resolution.is_finite() {
+            self.resolution
+        } else {
+            0.0
+        };
+        self.var
+            .sqrt()
+            .max(res)
+            .max(1e-9 * self.mean.abs())
+            .max(1e-12)
+    }
+
+    /// The last `min(n, WINDOW)` values, oldest first.
+    pub fn window(&self) -> impl Iterator<Item = f64> + '_ {
+        let len = (self.n as usize).min(WINDOW);
+        let start = self.n as usize + WINDOW - len;
+        (start..start + len).map(move |i| self.window[i % WINDOW])
+    }
+
+    fn update(&mut self, ts: Ts, value: f64, quality: Quality, p: &FeatureParams) {
+        self.quality = quality;
+        if quality != Quality::Good {
+            self.ts = ts;
+            return;
+        }
+        if self.n > 0 {
+            self.delta = value - self.value;
+            let dt = ts - self.ts;
+            self.rate = if dt > 0 {
+                self.delta * 1000.0 / dt as f64
+            } else {
+                0.0
+            };
+            if dt > 0 {
+                // Intervals: the first one is taken as is, later ones with a slow EWMA.
+                self.interval_ms = if self.interval_ms == 0.0 {
+                    dt as f64
+                } else {
+                    self.interval_ms + 0.05 * (dt as f64 - self.interval_ms)
+                };
+            }
+            if self.delta != 0.0 {
+                self.resolution = self.resolution.min(self.delta.abs());
+            }
+            self.prev_ts = self.ts;
+        }
+        if !self.continuous {
+            if value.fract() != 0.0 {
+                self.continuous = true;
+            } else if !self.distinct.contains(&value) {
+                self.distinct.push(value);
+                if self.distinct.len() > DISCRETE_MAX_DISTINCT {
+                    self.continuous = true;
+                    self.distinct = Vec::new();
+                }
+            }
+        }
+        self.update_stats(value, p);
+        self.window[self.n as usize % WINDOW] = value;
+        self.value = value;
+        self.ts = ts;
+        self.n += 1;
+    }
+
+    fn update_stats(&mut self, value: f64, p: &FeatureParams) {
+        if self.n == 0 {
+            self.mean = value;
+            self.var = 0.0;
+            self.z = 0.0;
+            return;
+        }
+        let sigma = self.sigma();
+        let resid = value - self.mean;
+        self.z = resid / sigma;
+        // Warm-up uses a growing window (1/n) so early samples are not underweighted;
+        // after that the weight settles at the half-life's.
+        let alpha_hl = 1.0 - 0.5f64.powf(1.0 / p.halflife_samples);
+        let alpha = (1.0 / (self.n as f64 + 1.0)).max(alpha_hl);
+        let warm = (self.n as f64) < p.halflife_samples.min(30.0);
+        let clipped = if warm {
+            resid
+        } else {
+            resid.clamp(-p.clip_sigma * sigma, p.clip_sigma * sigma)
+        };
+        self.mean += alpha * clipped;
+        self.var = (1.0 - alpha) * (self.var + alpha * clipped * clipped);
+    }
+}
+
+/// Per-point state for every registered point.
+#[derive(Debug, Default)]
+pub struct FeatureStore {
+    points: Vec<PointState>,
+    params: FeatureParams,
+}
+
+impl FeatureStore {
+    /// An empty store.
+    pub fn new(params: FeatureParams) -> Self {
+        Self {
+            points: Vec::new(),
+            params,
+        }
+    }
+
+    /// Folds one sample into its point's state.
+    pub fn update(&mut self, registry: &Registry, point: PointId, ts: Ts, value: f64, q: Quality) {
+        let i = point as usize;
+        while self.points.len() <= i {
+            let id = self.points.len() as PointId;
+            let info = registry.point(id);
+            self.points.push(PointState::new(info.device, info.spec));
+        }
+        self.points[i].update(ts, value, q, &self.params);
+    }
+
+    /// State of a point (the point must have had a sample).
+    pub fn point(&self, id: PointId) -> &PointState {
+        &self.points[id as usize]
+    }
+
+    /// All point states, indexed by point id.
+    pub fn points(&self) -> &[PointState] {
+        &self.points
+    }
+}
+
+/// What detectors see: the samples of one device that share one event time.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// Event time of the samples.
+    pub ts: Ts,
+    /// The device.
+    pub device: DeviceId,
+    /// Points of the device updated at `ts`, in arrival order.
+    pub updated: &'a [PointId],
+    /// Every point's state (indexed by point id).
+    pub store: &'a FeatureStore,
+    /// Names and kinds.
+    pub registry: &'a Registry,
+}
+
+impl Frame<'_> {
+    /// Kind of the frame's device.
+    pub fn kind(&self) -> DeviceKind {
+        self.registry.device(self.device).kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn store_with(values: &[f64]) -> (Registry, FeatureStore) {
+        let mut reg = Registry::new(10);
+        let p = reg.intern("s", "d", "other", "x").unwrap();
+        let mut st = FeatureStore::new(FeatureParams::default());
+        for (i, &v) in values.iter().enumerate() {
+            st.update(&reg, p, i as Ts * 1000, v, Quality::Good);
+        }
+        (reg, st)
+    }
+
+    #[test]
+    fn interning_is_stable_and_bounded() {
+        let mut reg = Registry::new(2);
+        let a = reg.intern("s", "chiller-1", "chiller", "flow_lps").unwrap();
+        assert_eq!(reg.intern("s", "chiller-1", "chiller", "flow_lps"), Ok(a));
+        assert!(reg.point(a).spec.is_some());
+        let b = reg.intern("s", "chiller-1", "chiller", "made_up").unwrap();
+        assert!(reg.point(b).spec.is_none());
+        assert_eq!(
+            reg.intern("s", "chiller-1", "chiller", "third"),
+            Err(RegistryError::TooManyPoints(2))
+        );
+    }
+
+    #[test]
+    fn delta_rate_interval_and_window() {
+        let (_, st) = store_with(&[1.0, 2.0, 4.0]);
+        let p = st.point(0);
+        assert_eq!((p.delta, p.rate, p.interval_ms), (2.0, 2.0, 1000.0));
+        assert_eq!(p.window().collect::<Vec<_>>(), vec![1.0, 2.0, 4.0]);
+        assert!(
+            !p.is_analog(),
+            "integers with few values are not analog yet"
+        );
+    }
+
+    #[test]
+    fn discrete_unknown_points_are_not_analog() {
+        let (_, st) = store_with(&[0.0, 1.0, 0.0, 1.0, 1.0]);
+        assert!(!st.point(0).is_analog());
+        let (_, st) = store_with(&[0.0, 1.5]);
+        assert!(st.point(0).is_analog());
+    }
+
+    #[test]
+    fn robust_stats_learn_and_flag_a_step() {
+        let noise: Vec<f64> = (0..2000)
+            .map(|i| 10.0 + ((i * 7919) % 13) as f64 * 0.01)
+            .collect();
+        let (reg, mut st) = store_with(&noise);
+        let p = st.point(0);
+        assert!((p.mean - 10.06).abs() < 0.03, "mean {}", p.mean);
+        st.update(&reg, 0, 3_000_000, 12.0, Quality::Good);
+        assert!(st.point(0).z > 20.0, "z {}", st.point(0).z);
+    }
+
+    proptest! {
+        /// Whatever finite values arrive, the running statistics stay finite.
+        #[test]
+        fn stats_stay_finite(values in proptest::collection::vec(-1e12f64..1e12, 1..300)) {
+            let (_, st) = store_with(&values);
+            let p = st.point(0);
+            prop_assert!(p.mean.is_finite() && p.var.is_finite() && p.var >= 0.0);
+            prop_assert!(p.z.is_finite());
+            prop_assert!(p.sigma() > 0.0);
+        }
+    }
+}

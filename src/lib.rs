@@ -1,0 +1,45 @@
+//! wattchdog detects cyber-physical attacks on the power, cooling and grid telemetry of
+//! data centres: UPS units, chillers, CRAHs, PDUs and the grid interconnect meter.
+//!
+//! Every source feeds one pipeline, driven by event time:
+//!
+//! ```text
+//! capture files ─► source ─► Event ─► pipeline (reorder buffer → features → detectors) ─► correlator ─► sinks
+//! ```
+//!
+//! # Layout
+//! - [`model`]: readings, commands, findings, alerts, incidents (DESIGN.md's data model).
+//! - [`vocabulary`]: the metric vocabulary as a typed table with physical limits.
+//! - [`time`]: event-time parsing (fast RFC 3339) and durations.
+//! - [`config`]: `wattchdog.toml`, validated, with per-kind detector overrides.
+//! - [`source`]: capture readers (JSONL, CSV long and wide; gzip and zstd) and bad-line
+//!   accounting.
+//! - [`feature`]: the registry of points and per-point feature state; frames.
+//! - [`detect`]: the `Detector` trait and one module per detector family.
+//! - [`attack`]: MITRE ATT&CK for ICS techniques.
+//! - [`pipeline`]: reorder buffer, watermark, frames, ticks: the one pipeline.
+//! - [`correlate`]: findings → alerts → incidents.
+//! - [`sink`]: alert outputs.
+//! - [`replay`]: replay of captures with a report.
+//! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures.
+//! - [`cli`]: the command line.
+
+pub mod attack;
+pub mod cli;
+pub mod config;
+pub mod correlate;
+pub mod detect;
+pub mod feature;
+pub mod model;
+pub mod pipeline;
+pub mod replay;
+pub mod sim;
+pub mod sink;
+pub mod source;
+pub mod time;
+pub mod vocabulary;
+
+pub use config::Config;
+pub use correlate::Output;
+pub use model::{Alert, Command, DeviceKind, Finding, Incident, Quality, Reading, Severity};
+pub use pipeline::Pipeline;

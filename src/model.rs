@@ -1,0 +1,291 @@
+//! The data model of DESIGN.md: readings, commands, device kinds, findings, alerts and
+//! incidents. Timestamps are event time in milliseconds since the Unix epoch (UTC).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Event time: milliseconds since 1970-01-01T00:00:00Z.
+pub type Ts = i64;
+
+/// How much a reading can be trusted, as reported by its source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// A normal measurement.
+    #[default]
+    Good,
+    /// The device or collector says the value is wrong (e.g. a Modbus exception).
+    Bad,
+    /// The value was not refreshed in time.
+    Stale,
+}
+
+impl Quality {
+    /// Parses the capture spelling (`good`, `bad`, `stale`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "good" => Some(Self::Good),
+            "bad" => Some(Self::Bad),
+            "stale" => Some(Self::Stale),
+            _ => None,
+        }
+    }
+}
+
+/// The kind of device a reading comes from. Unknown kinds are carried as `Other` and get
+/// the generic detectors only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeviceKind {
+    /// Uninterruptible power supply.
+    Ups,
+    /// Chiller (chilled-water plant).
+    Chiller,
+    /// Computer-room air handler.
+    Crah,
+    /// Grid interconnect meter.
+    GridMeter,
+    /// Power distribution unit.
+    Pdu,
+    /// Environmental sensor (room temperature, humidity).
+    Env,
+    /// Any kind outside the vocabulary.
+    Other,
+}
+
+impl DeviceKind {
+    /// Every kind, in a fixed order (used to index per-kind tables).
+    pub const ALL: [DeviceKind; 7] = [
+        Self::Ups,
+        Self::Chiller,
+        Self::Crah,
+        Self::GridMeter,
+        Self::Pdu,
+        Self::Env,
+        Self::Other,
+    ];
+
+    /// Parses the capture spelling; anything unknown is `Other`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "ups" => Self::Ups,
+            "chiller" => Self::Chiller,
+            "crah" => Self::Crah,
+            "grid_meter" => Self::GridMeter,
+            "pdu" => Self::Pdu,
+            "env" => Self::Env,
+            _ => Self::Other,
+        }
+    }
+
+    /// The capture spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ups => "ups",
+            Self::Chiller => "chiller",
+            Self::Crah => "crah",
+            Self::GridMeter => "grid_meter",
+            Self::Pdu => "pdu",
+            Self::Env => "env",
+            Self::Other => "other",
+        }
+    }
+
+    /// Position in [`DeviceKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One measured value, as in DESIGN.md.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Event time.
+    #[serde(with = "crate::time::serde_ts")]
+    pub ts: Ts,
+    /// Site (facility) name.
+    pub site: String,
+    /// Device name, unique within the site.
+    pub device: String,
+    /// Device kind as written in the capture (unknown kinds are kept verbatim).
+    pub kind: String,
+    /// Metric name (see [`crate::vocabulary`]).
+    pub metric: String,
+    /// The value; booleans are 0/1.
+    pub value: f64,
+    /// Quality flag.
+    #[serde(default)]
+    pub quality: Quality,
+}
+
+/// A control action seen on the wire or reported by a device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Event time.
+    #[serde(with = "crate::time::serde_ts")]
+    pub ts: Ts,
+    /// Site name.
+    pub site: String,
+    /// Target device.
+    pub device: String,
+    /// Who sent it (an IP address or client id).
+    pub client: String,
+    /// Modbus function code (or an equivalent code for other protocols).
+    pub function: u8,
+    /// First register or coil address.
+    pub address: u32,
+    /// Values written (register words, or 0/1 for coils).
+    #[serde(default)]
+    pub values: Vec<u16>,
+}
+
+/// Alert and incident severity, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing, no action.
+    Info,
+    /// Look when convenient.
+    Low,
+    /// Look soon.
+    Medium,
+    /// Act now.
+    High,
+    /// Facility at risk.
+    Critical,
+}
+
+impl Severity {
+    /// One level up, saturating at critical.
+    pub fn raised(self) -> Self {
+        match self {
+            Self::Info => Self::Low,
+            Self::Low => Self::Medium,
+            Self::Medium => Self::High,
+            Self::High | Self::Critical => Self::Critical,
+        }
+    }
+}
+
+/// A MITRE ATT&CK for ICS technique.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Technique {
+    /// Technique id, e.g. `T0836`.
+    pub id: &'static str,
+    /// Technique name, e.g. `Modify Parameter`.
+    pub name: &'static str,
+}
+
+/// What one detector concluded from one frame: a score over a threshold, with a reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    /// Event time of the observation that triggered it.
+    pub ts: Ts,
+    /// Device index in the pipeline's registry.
+    pub device: u32,
+    /// Metrics involved (empty for device-level findings).
+    pub metrics: Vec<String>,
+    /// Detector name.
+    pub detector: &'static str,
+    /// Score; the finding exists because `score >= threshold`.
+    pub score: f64,
+    /// Threshold the score was compared with.
+    pub threshold: f64,
+    /// Severity the detector suggests.
+    pub severity: Severity,
+    /// ATT&CK technique the detector suggests.
+    pub technique: Technique,
+    /// One plain-language sentence.
+    pub reason: String,
+    /// Numbers behind the reason.
+    pub evidence: serde_json::Value,
+}
+
+/// Whether an alert is still active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    /// The condition persists.
+    Open,
+    /// The condition cleared.
+    Closed,
+}
+
+/// An alert, in the DESIGN.md schema plus `status`, `kind`, `last_seen` and `findings`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    /// Deterministic id: the same capture always gives the same ids.
+    pub id: String,
+    /// Event time of the first finding.
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    pub ts: Ts,
+    /// Wall-clock time the alert was raised (RFC 3339); the only non-deterministic field.
+    pub detected_at: String,
+    /// Site name.
+    pub site: String,
+    /// Device name.
+    pub device: String,
+    /// Device kind.
+    pub kind: String,
+    /// Metrics involved.
+    pub metrics: Vec<String>,
+    /// Detector name.
+    pub detector: &'static str,
+    /// Peak score so far.
+    pub score: f64,
+    /// Threshold of the detector.
+    pub threshold: f64,
+    /// Severity.
+    pub severity: Severity,
+    /// ATT&CK for ICS technique.
+    pub technique: Technique,
+    /// One plain sentence (of the peak finding).
+    pub summary: String,
+    /// Numbers behind the summary (of the peak finding).
+    pub evidence: serde_json::Value,
+    /// Incident this alert belongs to.
+    pub incident_id: String,
+    /// Open or closed.
+    pub status: AlertStatus,
+    /// Event time of the latest finding.
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    pub last_seen: Ts,
+    /// Number of findings folded into this alert.
+    pub findings: u64,
+}
+
+/// Alerts close in time on one site, grouped.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Incident {
+    /// Deterministic id.
+    pub id: String,
+    /// Site name.
+    pub site: String,
+    /// Event time of the first alert.
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    pub start: Ts,
+    /// Event time of the latest finding of any of its alerts.
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    pub end: Ts,
+    /// Highest alert severity, raised one level when several devices or detectors agree.
+    pub severity: Severity,
+    /// Ids of its alerts, in order of opening.
+    pub alerts: Vec<String>,
+    /// Devices involved, in order of first alert.
+    pub devices: Vec<String>,
+    /// Detectors involved.
+    pub detectors: Vec<&'static str>,
+    /// Techniques involved (ids).
+    pub techniques: Vec<&'static str>,
+    /// One plain sentence.
+    pub summary: String,
+    /// Open or closed.
+    pub status: AlertStatus,
+}

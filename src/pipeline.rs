@@ -1,0 +1,266 @@
+//! The one pipeline: events in arrival order → reorder buffer → features → detectors →
+//! correlator. Live sources and replays drive the same code.
+//!
+//! Time is event time only. Events wait in a reorder buffer until the newest event is
+//! `reorder_tolerance` ahead of them (the watermark), then are released in timestamp
+//! order; an event older than what was already released is *late*: counted, logged
+//! (the first few) and not used, since the state it would update has moved on.
+//! Samples of one device that share a timestamp form a [`Frame`]. Each time the
+//! watermark crosses a multiple of `tick`, detectors of silence and the correlator's
+//! closing logic run at that instant. Because nothing depends on arrival timing, feeding
+//! a capture in one batch, in chunks, or paced at any speed gives the same alerts.
+
+use crate::config::Config;
+use crate::correlate::{Correlator, Output};
+use crate::detect::{self, Detector};
+use crate::feature::{DeviceId, FeatureStore, Frame, PointId, Registry};
+use crate::model::{Finding, Ts};
+use crate::source::Event;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// Counters of the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PipelineStats {
+    /// Samples processed.
+    pub readings: u64,
+    /// Commands processed.
+    pub commands: u64,
+    /// Events that arrived after the watermark passed them.
+    pub late: u64,
+    /// Frames given to the detectors.
+    pub frames: u64,
+    /// Findings produced.
+    pub findings: u64,
+}
+
+/// How many late events are logged individually.
+const LOG_LATE: u64 = 5;
+/// Most silence checks run for one gap in the data; a longer gap is crossed in bigger
+/// steps so a capture with a week-long hole does not stall.
+const MAX_TICKS_PER_GAP: i64 = 10_000;
+
+struct Queued {
+    ts: Ts,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ts, self.seq) == (o.ts, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.ts, self.seq).cmp(&(o.ts, o.seq))
+    }
+}
+
+/// The pipeline. Owns the registry, the features, the detectors and the correlator.
+pub struct Pipeline {
+    /// Names of sites, devices and points.
+    pub registry: Registry,
+    store: FeatureStore,
+    detectors: Vec<Box<dyn Detector>>,
+    correlator: Correlator,
+    queue: BinaryHeap<Reverse<Queued>>,
+    seq: u64,
+    tolerance: i64,
+    tick: i64,
+    newest: Ts,
+    released: Ts,
+    next_tick: Ts,
+    frame_ts: Ts,
+    dirty: Vec<DeviceId>,
+    updated: Vec<Vec<PointId>>,
+    findings: Vec<Finding>,
+    stats: PipelineStats,
+}
+
+impl Pipeline {
+    /// Builds the pipeline from a validated config.
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            registry: Registry::new(cfg.pipeline.max_points),
+            store: FeatureStore::new(cfg.features),
+            detectors: detect::build(&cfg.detectors),
+            correlator: Correlator::new(cfg.correlator.clone()),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            tolerance: cfg.pipeline.reorder_tolerance,
+            tick: cfg.pipeline.tick,
+            newest: Ts::MIN,
+            released: Ts::MIN,
+            next_tick: Ts::MIN,
+            frame_ts: Ts::MIN,
+            dirty: Vec::new(),
+            updated: Vec::new(),
+            findings: Vec::new(),
+            stats: PipelineStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    /// Names of the enabled detectors.
+    pub fn detector_names(&self) -> Vec<&'static str> {
+        self.detectors.iter().map(|d| d.name()).collect()
+    }
+
+    /// Takes one event in arrival order; emits whatever it lets the pipeline conclude.
+    pub fn push(&mut self, event: Event, out: &mut Vec<Output>) {
+        let ts = event.ts();
+        if ts < self.released {
+            self.stats.late += 1;
+            if self.stats.late <= LOG_LATE {
+                tracing::warn!(
+                    ts = %crate::time::format_ts(ts),
+                    watermark = %crate::time::format_ts(self.released),
+                    "late event: older than the reorder tolerance allows; counted, not used"
+                );
+            }
+            return;
+        }
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            ts,
+            seq: self.seq,
+            event,
+        }));
+        if ts > self.newest {
+            self.newest = ts;
+            self.release(self.newest.saturating_sub(self.tolerance), out);
+        }
+    }
+
+    /// Moves the watermark to `now` without an event (live sources call this from a clock
+    /// when a site is silent, so silence is still judged).
+    pub fn advance_to(&mut self, now: Ts, out: &mut Vec<Output>) {
+        self.newest = self.newest.max(now);
+        self.release(now.saturating_sub(self.tolerance), out);
+    }
+
+    /// Releases everything still buffered (end of a capture). Alerts still open stay
+    /// open: see [`Pipeline::open_alerts`].
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        while let Some(Reverse(q)) = self.queue.pop() {
+            self.process(q.ts, q.event, out);
+        }
+        self.flush_frames(out);
+    }
+
+    /// Alerts open at this point, oldest first.
+    pub fn open_alerts(&self) -> Vec<&crate::model::Alert> {
+        self.correlator.open_alerts()
+    }
+
+    /// Processes every buffered event older than `watermark`. Afterwards everything
+    /// before `watermark` is final: frames before it are complete and silence checks up
+    /// to it can run. A tick at `now` always sees exactly the events before `now`, however
+    /// the watermark got there, which is what makes the output independent of batching.
+    fn release(&mut self, watermark: Ts, out: &mut Vec<Output>) {
+        if watermark <= self.released {
+            return;
+        }
+        while self.queue.peek().is_some_and(|Reverse(q)| q.ts < watermark) {
+            if let Some(Reverse(q)) = self.queue.pop() {
+                self.process(q.ts, q.event, out);
+            }
+        }
+        self.released = watermark;
+        self.flush_frames(out);
+        self.ticks_until(watermark, out);
+    }
+
+    fn process(&mut self, ts: Ts, event: Event, out: &mut Vec<Output>) {
+        if self.next_tick == Ts::MIN {
+            self.next_tick = ts.div_euclid(self.tick) * self.tick + self.tick;
+        }
+        if ts > self.frame_ts {
+            self.flush_frames(out);
+            self.ticks_until(ts, out);
+            self.frame_ts = ts;
+        }
+        match event {
+            Event::Sample {
+                point,
+                value,
+                quality,
+                ..
+            } => {
+                self.stats.readings += 1;
+                self.store.update(&self.registry, point, ts, value, quality);
+                let dev = self.registry.point(point).device as usize;
+                if self.updated.len() <= dev {
+                    self.updated.resize_with(dev + 1, Vec::new);
+                }
+                if self.updated[dev].is_empty() {
+                    self.dirty.push(dev as DeviceId);
+                }
+                self.updated[dev].push(point);
+            }
+            Event::Command(_) => self.stats.commands += 1,
+        }
+    }
+
+    /// Runs the silence checks at every tick boundary up to and including `until`.
+    fn ticks_until(&mut self, until: Ts, out: &mut Vec<Output>) {
+        if self.next_tick == Ts::MIN || until < self.next_tick {
+            return;
+        }
+        let steps = (until - self.next_tick) / self.tick + 1;
+        let stride = (steps / MAX_TICKS_PER_GAP + 1) * self.tick;
+        while self.next_tick <= until {
+            let now = self.next_tick;
+            for d in &mut self.detectors {
+                d.tick(now, &self.store, &self.registry, &mut self.findings);
+            }
+            self.correlate(out);
+            self.correlator.tick(now, &self.registry, &self.store, out);
+            self.next_tick += stride;
+        }
+    }
+
+    fn flush_frames(&mut self, out: &mut Vec<Output>) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        for &dev in &self.dirty {
+            let updated = &self.updated[dev as usize];
+            let frame = Frame {
+                ts: self.frame_ts,
+                device: dev,
+                updated,
+                store: &self.store,
+                registry: &self.registry,
+            };
+            for d in &mut self.detectors {
+                d.observe(&frame, &mut self.findings);
+            }
+            self.stats.frames += 1;
+        }
+        for &dev in &self.dirty {
+            self.updated[dev as usize].clear();
+        }
+        self.dirty.clear();
+        self.correlate(out);
+    }
+
+    fn correlate(&mut self, out: &mut Vec<Output>) {
+        self.stats.findings += self.findings.len() as u64;
+        for f in self.findings.drain(..) {
+            self.correlator.observe(f, &self.registry, out);
+        }
+    }
+}

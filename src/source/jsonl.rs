@@ -1,0 +1,382 @@
+//! Canonical JSONL captures: one reading or command object per line (DESIGN.md).
+//!
+//! Strings are borrowed from the line buffer, the timestamp is parsed without
+//! allocation, and the point is interned before the line buffer is reused, so a reading
+//! costs no allocation. Unknown fields are ignored (forward compatibility).
+
+use super::{BadReason, CaptureSource, Event, FileStats, Line};
+use crate::feature::Registry;
+use crate::model::{Command, Quality, Ts};
+use crate::time::{epoch_auto, TimeFormat};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+use std::io::BufRead;
+
+/// A JSONL capture.
+pub struct JsonlSource {
+    reader: Box<dyn BufRead + Send>,
+    buf: Vec<u8>,
+    line: u64,
+    max_line: usize,
+    stats: FileStats,
+}
+
+impl JsonlSource {
+    /// Reads `reader`, naming it `name` in messages.
+    pub fn new(reader: Box<dyn BufRead + Send>, name: String, max_line: usize) -> Self {
+        Self {
+            reader,
+            buf: Vec::with_capacity(256),
+            line: 0,
+            max_line,
+            stats: FileStats::new(&name, "jsonl"),
+        }
+    }
+}
+
+impl CaptureSource for JsonlSource {
+    fn next_event(&mut self, reg: &mut Registry) -> Option<Event> {
+        loop {
+            match super::read_line_bounded(&mut *self.reader, &mut self.buf, self.max_line) {
+                Ok(Line::Eof) => return None,
+                Ok(Line::TooLong) => {
+                    self.line += 1;
+                    self.stats.lines += 1;
+                    let max = self.max_line;
+                    self.stats.bad_line(
+                        self.line,
+                        BadReason::LineTooLong,
+                        format!("longer than {max} bytes"),
+                    );
+                }
+                Ok(Line::Ok) => {
+                    self.line += 1;
+                    self.stats.lines += 1;
+                    if self.buf.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match parse_line(&self.buf, reg) {
+                        Ok(ev) => {
+                            match ev {
+                                Event::Sample { .. } => self.stats.readings += 1,
+                                Event::Command(_) => self.stats.commands += 1,
+                            }
+                            return Some(ev);
+                        }
+                        Err((reason, detail)) => self.stats.bad_line(self.line, reason, detail),
+                    }
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "{}: read error after line {}: {e}",
+                        self.stats.file, self.line
+                    );
+                    tracing::error!(file = %self.stats.file, line = self.line, error = %e, "capture ended early");
+                    self.stats.error = Some(msg);
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> &FileStats {
+        &self.stats
+    }
+}
+
+/// A timestamp as written: text (borrowed when possible) or a number.
+enum RawTs<'a> {
+    Text(Cow<'a, str>),
+    Number(f64),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawTs<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a timestamp string or number")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(RawTs::Number(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTs::Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RawTs::Number(v as f64))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A value: a number, or a boolean read as 0/1.
+struct Num(f64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or a boolean")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
+                Ok(Num(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(v as f64))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Num, E> {
+                Ok(Num(if v { 1.0 } else { 0.0 }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    ts: Option<RawTs<'a>>,
+    #[serde(rename = "type", borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    site: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    device: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    metric: Option<Cow<'a, str>>,
+    value: Option<Num>,
+    #[serde(borrow)]
+    quality: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    client: Option<Cow<'a, str>>,
+    function: Option<u8>,
+    address: Option<u32>,
+    values: Option<Vec<u16>>,
+}
+
+type LineError = (BadReason, String);
+
+fn missing(field: &str) -> LineError {
+    (BadReason::MissingField, format!("missing field `{field}`"))
+}
+
+/// Parses one line into an event, interning readings.
+pub fn parse_line(line: &[u8], reg: &mut Registry) -> Result<Event, LineError> {
+    let text = std::str::from_utf8(line).map_err(|e| (BadReason::InvalidUtf8, e.to_string()))?;
+    let rec: Record = serde_json::from_str(text).map_err(|e| {
+        let reason = match e.classify() {
+            serde_json::error::Category::Data => BadReason::WrongType,
+            _ => BadReason::InvalidJson,
+        };
+        (reason, e.to_string())
+    })?;
+    let ts = match rec.ts.ok_or_else(|| missing("ts"))? {
+        RawTs::Text(s) => TimeFormat::Auto
+            .parse(&s)
+            .map_err(|e| (BadReason::BadTimestamp, e.to_string()))?,
+        RawTs::Number(v) => epoch_auto(v).ok_or_else(|| {
+            (
+                BadReason::BadTimestamp,
+                format!("epoch timestamp {v} out of range"),
+            )
+        })?,
+    };
+    let site = rec.site.ok_or_else(|| missing("site"))?;
+    let device = rec.device.ok_or_else(|| missing("device"))?;
+    match rec.ty.as_deref() {
+        None | Some("reading") => {
+            let kind = rec.kind.ok_or_else(|| missing("kind"))?;
+            let metric = rec.metric.ok_or_else(|| missing("metric"))?;
+            let value = rec.value.ok_or_else(|| missing("value"))?.0;
+            reading(
+                ts,
+                &site,
+                &device,
+                &kind,
+                &metric,
+                value,
+                rec.quality.as_deref(),
+                reg,
+            )
+        }
+        Some("command") => Ok(Event::Command(Box::new(Command {
+            ts,
+            site: site.into_owned(),
+            device: device.into_owned(),
+            client: rec.client.ok_or_else(|| missing("client"))?.into_owned(),
+            function: rec.function.ok_or_else(|| missing("function"))?,
+            address: rec.address.ok_or_else(|| missing("address"))?,
+            values: rec.values.unwrap_or_default(),
+        }))),
+        Some(other) => Err((
+            BadReason::UnknownRecordType,
+            format!("unknown record type {other:?} (expected reading or command)"),
+        )),
+    }
+}
+
+/// Validates and interns one reading (shared by the JSONL and CSV readers).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reading(
+    ts: Ts,
+    site: &str,
+    device: &str,
+    kind: &str,
+    metric: &str,
+    value: f64,
+    quality: Option<&str>,
+    reg: &mut Registry,
+) -> Result<Event, LineError> {
+    if !value.is_finite() {
+        return Err((
+            BadReason::NonFiniteValue,
+            format!("value {value} is not finite"),
+        ));
+    }
+    for (name, v) in [
+        ("site", site),
+        ("device", device),
+        ("kind", kind),
+        ("metric", metric),
+    ] {
+        if v.is_empty() {
+            return Err((BadReason::MissingField, format!("empty `{name}`")));
+        }
+    }
+    let quality = match quality {
+        None => Quality::Good,
+        Some(q) => Quality::parse(q).ok_or_else(|| {
+            (
+                BadReason::BadQuality,
+                format!("quality {q:?} is not good, bad or stale"),
+            )
+        })?,
+    };
+    let point = reg
+        .intern(site, device, kind, metric)
+        .map_err(|e| (BadReason::TooManyPoints, e.to_string()))?;
+    Ok(Event::Sample {
+        ts,
+        point,
+        value,
+        quality,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(s: &str) -> Result<Event, LineError> {
+        parse_line(s.as_bytes(), &mut Registry::new(100))
+    }
+
+    #[test]
+    fn reading_and_command() {
+        let ev = parse(r#"{"ts":"2026-07-07T10:00:00.000Z","site":"ams1","device":"chiller-2","kind":"chiller","metric":"supply_temp_c","value":7.1}"#).unwrap();
+        assert!(matches!(ev, Event::Sample { value, .. } if value == 7.1));
+        let ev = parse(r#"{"ts":"2026-07-07T10:00:00.000Z","type":"command","site":"ams1","device":"chiller-2","client":"10.20.0.9","function":6,"address":1201,"values":[1300]}"#).unwrap();
+        match ev {
+            Event::Command(c) => {
+                assert_eq!((c.function, c.address, c.values), (6, 1201, vec![1300]))
+            }
+            _ => panic!("not a command"),
+        }
+        let ev = parse(r#"{"ts":1783418400,"site":"a","device":"u","kind":"ups","metric":"on_battery","value":true,"quality":"stale"}"#).unwrap();
+        assert!(matches!(ev, Event::Sample { value, quality: Quality::Stale, .. } if value == 1.0));
+    }
+
+    #[test]
+    fn bad_lines_have_reasons() {
+        let cases = [
+            (
+                r#"{"ts":"2026-07-07T10:00:00Z","site":"a","device":"d","kind":"ups","#,
+                BadReason::InvalidJson,
+            ),
+            ("not json", BadReason::InvalidJson),
+            (
+                r#"{"ts":"2026-07-07T10:00:00Z","site":"a","device":"d","kind":"ups","metric":"m","value":"7.1"}"#,
+                BadReason::WrongType,
+            ),
+            (
+                r#"{"ts":"2026-07-07T10:00:00Z","site":"a","device":"d","kind":"ups","metric":"m"}"#,
+                BadReason::MissingField,
+            ),
+            (
+                r#"{"ts":"07/07/2026 10:00","site":"a","device":"d","kind":"ups","metric":"m","value":1}"#,
+                BadReason::BadTimestamp,
+            ),
+            (
+                r#"{"ts":"2026-07-07T10:00:00","site":"a","device":"d","kind":"ups","metric":"m","value":1}"#,
+                BadReason::BadTimestamp,
+            ),
+            (
+                r#"{"ts":"2026-07-07T10:00:00Z","site":"a","device":"d","kind":"ups","metric":"m","value":1e999}"#,
+                BadReason::InvalidJson,
+            ),
+            (
+                r#"{"ts":"2026-07-07T10:00:00Z","type":"alarm","site":"a","device":"d"}"#,
+                BadReason::UnknownRecordType,
+            ),
+            (
+                r#"{"ts":"2026-07-07T10:00:00Z","site":"a","device":"d","kind":"ups","metric":"m","value":1,"quality":"meh"}"#,
+                BadReason::BadQuality,
+            ),
+            (
+                r#"{"ts":"2026-07-07T10:00:00Z","site":"","device":"d","kind":"ups","metric":"m","value":1}"#,
+                BadReason::MissingField,
+            ),
+        ];
+        for (line, want) in cases {
+            let got = parse(line).map(|_| ()).unwrap_err().0;
+            assert_eq!(got, want, "{line}");
+        }
+        assert_eq!(
+            parse_line(b"{\"ts\":\"\xff\"}", &mut Registry::new(1))
+                .unwrap_err()
+                .0,
+            BadReason::InvalidUtf8
+        );
+    }
+
+    #[test]
+    fn escaped_strings_are_accepted() {
+        let ev = parse(
+            r#"{"ts":"2026-07-07T10:00:00Z","site":"a\u0041","device":"d\"q","kind":"ups","metric":"load_pct","value":1}"#,
+        );
+        assert!(ev.is_ok());
+    }
+
+    proptest! {
+        /// The line parser never panics on arbitrary bytes.
+        #[test]
+        fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse_line(&bytes, &mut Registry::new(10));
+        }
+
+        /// Nor on JSON-shaped noise.
+        #[test]
+        fn never_panics_on_json_like(s in r#"\{("[a-z]{1,6}":("[^"]{0,12}"|-?[0-9.e+]{1,8}|true|null|\[[0-9,]{0,8}\]),?){0,9}\}"#) {
+            let _ = parse_line(s.as_bytes(), &mut Registry::new(10));
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Sources of events. Capture files (JSONL, CSV long and wide, compressed or not) are
+//! read line by line with a bounded line length; every bad line is counted by reason and
+//! the first few are kept with `file:line` for the report and the log. A source never
+//! stops for a bad line; an I/O error (a truncated `.gz`, say) ends that file with an
+//! error naming it, and everything read before it is kept.
+
+pub mod csv;
+pub mod jsonl;
+
+use crate::feature::{PointId, Registry};
+use crate::model::{Command, Quality, Ts};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// One event after interning: what the pipeline consumes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A reading of a registered point.
+    Sample {
+        /// Event time.
+        ts: Ts,
+        /// Point.
+        point: PointId,
+        /// Value (finite).
+        value: f64,
+        /// Quality.
+        quality: Quality,
+    },
+    /// A control action.
+    Command(Box<Command>),
+}
+
+impl Event {
+    /// Event time.
+    pub fn ts(&self) -> Ts {
+        match self {
+            Self::Sample { ts, .. } => *ts,
+            Self::Command(c) => c.ts,
+        }
+    }
+}
+
+/// Why a line was rejected; the snake_case name is the key in reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BadReason {
+    /// Longer than `pipeline.max_line_bytes`.
+    LineTooLong,
+    /// Not UTF-8.
+    InvalidUtf8,
+    /// Not a JSON object, or cut short.
+    InvalidJson,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type.
+    WrongType,
+    /// The timestamp is not in a known format or out of range.
+    BadTimestamp,
+    /// The value is NaN or infinite.
+    NonFiniteValue,
+    /// `type` is neither `reading` nor `command`.
+    UnknownRecordType,
+    /// The quality is not good/bad/stale.
+    BadQuality,
+    /// The row has the wrong number of columns or broken quoting.
+    BadCsvRow,
+    /// The capture names more points than `pipeline.max_points`.
+    TooManyPoints,
+}
+
+impl BadReason {
+    /// The report key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LineTooLong => "line_too_long",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::InvalidJson => "invalid_json",
+            Self::MissingField => "missing_field",
+            Self::WrongType => "wrong_type",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::NonFiniteValue => "non_finite_value",
+            Self::UnknownRecordType => "unknown_record_type",
+            Self::BadQuality => "bad_quality",
+            Self::BadCsvRow => "bad_csv_row",
+            Self::TooManyPoints => "too_many_points",
+        }
+    }
+}
+
+/// A rejected line, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BadLine {
+    /// File name as given.
+    pub file: String,
+    /// 1-based line number.
+    pub line: u64,
+    /// Reason.
+    pub reason: BadReason,
+    /// Detail (parser message).
+    pub detail: String,
+}
+
+/// How many bad lines per file are kept (and logged) with their details.
+pub const KEEP_BAD_LINES: usize = 10;
+
+/// Counters of one input file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileStats {
+    /// File name as given (`-` for stdin).
+    pub file: String,
+    /// Format used.
+    pub format: String,
+    /// Lines read (including header and bad lines).
+    pub lines: u64,
+    /// Readings produced.
+    pub readings: u64,
+    /// Commands produced.
+    pub commands: u64,
+    /// Bad lines by reason.
+    pub bad: BTreeMap<BadReason, u64>,
+    /// The first few bad lines.
+    pub first_bad: Vec<BadLine>,
+    /// The error that ended the file early, if any.
+    pub error: Option<String>,
+    /// Labelled windows found in label columns (wide CSV).
+    pub label_windows: Vec<LabelWindow>,
+}
+
+impl FileStats {
+    /// Empty counters for a file.
+    pub fn new(file: &str, format: &str) -> Self {
+        Self {
+            file: file.to_owned(),
+            format: format.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Counts a bad line, keeping and logging the first few.
+    pub fn bad_line(&mut self, line: u64, reason: BadReason, detail: impl Into<String>) {
+        *self.bad.entry(reason).or_default() += 1;
+        if self.first_bad.len() < KEEP_BAD_LINES {
+            let detail: String = detail.into().chars().take(200).collect();
+            tracing::warn!(file = %self.file, line, reason = reason.as_str(), %detail, "bad capture line");
+            self.first_bad.push(BadLine {
+                file: self.file.clone(),
+                line,
+                reason,
+                detail,
+            });
+        }
+    }
+
+    /// Total bad lines.
+    pub fn bad_total(&self) -> u64 {
+        self.bad.values().sum()
+    }
+}
+
+/// A labelled interval taken from a label column.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelWindow {
+    /// Label column.
+    pub column: String,
+    /// First labelled row's time.
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    pub start: Ts,
+    /// Last labelled row's time.
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    pub end: Ts,
+}
+
+/// Why an input could not be opened at all.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// Missing file, permissions, …
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The header or the mapping does not fit.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A source of capture events.
+pub trait CaptureSource {
+    /// The next event, interning its point in `reg`; `None` at the end (or after an I/O
+    /// error, which is recorded in [`CaptureSource::stats`]).
+    fn next_event(&mut self, reg: &mut Registry) -> Option<Event>;
+    /// Counters so far.
+    fn stats(&self) -> &FileStats;
+}
+
+/// Counts bytes read from the underlying file, for progress bars.
+#[derive(Clone, Debug, Default)]
+pub struct ByteCounter(Arc<AtomicU64>);
+
+impl ByteCounter {
+    /// Bytes read so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct Counted<R> {
+    inner: R,
+    counter: ByteCounter,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Compression, from the file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain text.
+    None,
+    /// `.gz`
+    Gzip,
+    /// `.zst`
+    Zstd,
+}
+
+/// The name without a compression suffix, and the compression.
+pub fn split_compression(name: &str) -> (&str, Compression) {
+    if let Some(base) = name.strip_suffix(".gz") {
+        (base, Compression::Gzip)
+    } else if let Some(base) = name.strip_suffix(".zst") {
+        (base, Compression::Zstd)
+    } else {
+        (name, Compression::None)
+    }
+}
+
+/// Opens a capture (`-` is stdin), decompressing by suffix; counts compressed bytes read.
+pub fn open_input(
+    path: &Path,
+    counter: &ByteCounter,
+) -> Result<Box<dyn BufRead + Send>, SourceError> {
+    let name = path.to_string_lossy();
+    let open_err = |source| SourceError::Open {
+        path: name.to_string(),
+        source,
+    };
+    let raw: Box<dyn Read + Send> = if name == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(File::open(path).map_err(open_err)?)
+    };
+    let counted = Counted {
+        inner: raw,
+        counter: counter.clone(),
+    };
+    let (_, comp) = split_compression(&name);
+    Ok(match comp {
+        Compression::None => Box::new(BufReader::with_capacity(1 << 16, counted)),
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::read::MultiGzDecoder::new(BufReader::new(counted)),
+        )),
+        Compression::Zstd => Box::new(BufReader::with_capacity(
+            1 << 16,
+            zstd::stream::read::Decoder::new(counted).map_err(open_err)?,
+        )),
+    })
+}
+
+/// What [`read_line_bounded`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A line (without its `\n` or `\r\n`) is in the buffer.
+    Ok,
+    /// The line was longer than the bound; it was skipped up to its end.
+    TooLong,
+    /// End of input.
+    Eof,
+}
+
+/// Reads one line into `buf` (cleared first), never holding more than `max` bytes: a
+/// longer line is consumed to its end and reported as [`Line::TooLong`].
+pub fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        let (take, done) = match memchr(chunk) {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long {
+            let body = if done { take - 1 } else { take };
+            if buf.len() + body > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(&chunk[..body]);
+            }
+        }
+        r.consume(take);
+        if done {
+            break;
+        }
+    }
+    if !any {
+        return Ok(Line::Eof);
+    }
+    if too_long {
+        return Ok(Line::TooLong);
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Line::Ok)
+}
+
+fn memchr(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\n')
+}
+
+/// The capture formats, told apart by file name (and, for CSV, by header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Canonical JSONL.
+    Jsonl,
+    /// CSV, long or wide (decided by its header).
+    Csv,
+}
+
+/// The format of a capture from its name; stdin and unknown names are JSONL.
+pub fn detect_format(path: &Path) -> Format {
+    let name = path.to_string_lossy();
+    let (base, _) = split_compression(&name);
+    if base.to_ascii_lowercase().ends_with(".csv") {
+        Format::Csv
+    } else {
+        Format::Jsonl
+    }
+}
+
+/// Opens any capture file as a source.
+pub fn open_capture(
+    path: &Path,
+    mapping: Option<&csv::WideMapping>,
+    max_line: usize,
+    counter: &ByteCounter,
+) -> Result<Box<dyn CaptureSource>, SourceError> {
+    let reader = open_input(path, counter)?;
+    let name = path.to_string_lossy().to_string();
+    Ok(match detect_format(path) {
+        Format::Jsonl => Box::new(jsonl::JsonlSource::new(reader, name, max_line)),
+        Format::Csv => Box::new(csv::CsvSource::new(reader, name, max_line, mapping, path)?),
+    })
+}
+
+/// Paths given on the command line, as given (kept for messages).
+pub type Inputs = Vec<PathBuf>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_lines() {
+        let data = b"short\r\nthis line is far too long\nok\nlast-no-newline";
+        let mut r: &[u8] = data;
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            match read_line_bounded(&mut r, &mut buf, 16).unwrap() {
+                Line::Ok => got.push(String::from_utf8(buf.clone()).unwrap()),
+                Line::TooLong => got.push("<too long>".into()),
+                Line::Eof => break,
+            }
+        }
+        assert_eq!(got, ["short", "<too long>", "ok", "last-no-newline"]);
+    }
+
+    #[test]
+    fn formats_by_name() {
+        assert_eq!(detect_format(Path::new("a.jsonl.zst")), Format::Jsonl);
+        assert_eq!(detect_format(Path::new("a.CSV.gz")), Format::Csv);
+        assert_eq!(detect_format(Path::new("-")), Format::Jsonl);
+    }
+}

@@ -1,0 +1,437 @@
+//! Event-time parsing and formatting.
+//!
+//! Captures carry millions of RFC 3339 timestamps, so the common shape
+//! (`YYYY-MM-DDTHH:MM:SS[.fff][Z|±HH:MM]`) is parsed by hand without allocating; other
+//! shapes (a strftime pattern for CSV exports, epoch seconds or milliseconds) go through
+//! chrono. Durations in the config are written `500ms`, `30s`, `10m`, `2h` or `1d`.
+
+use crate::model::Ts;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use thiserror::Error;
+
+/// Why a timestamp could not be read.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeError {
+    /// Not a timestamp shape we know.
+    #[error("unknown timestamp format {0:?} (expected RFC 3339 with an offset, e.g. 2026-07-07T10:00:00.000Z, or epoch seconds/milliseconds)")]
+    Unknown(String),
+    /// RFC 3339 without `Z` or an offset: the time zone would be a guess.
+    #[error("timestamp {0:?} has no UTC offset (add Z or ±HH:MM)")]
+    NoOffset(String),
+    /// Fields out of range (month 13, second 61, …).
+    #[error("timestamp {0:?} is out of range")]
+    OutOfRange(String),
+    /// Does not match the configured strftime pattern.
+    #[error("timestamp {value:?} does not match format {format:?}")]
+    Pattern {
+        /// The text.
+        value: String,
+        /// The pattern.
+        format: String,
+    },
+}
+
+/// How a text column encodes time (CSV wide mappings choose one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// RFC 3339 with offset, or a plain number read as epoch seconds (< 1e11) or milliseconds.
+    Auto,
+    /// Like `Auto`, but a timestamp without offset is taken as UTC (wide CSV exports).
+    AutoAssumeUtc,
+    /// Seconds since the epoch (may have a fraction).
+    EpochSeconds,
+    /// Milliseconds since the epoch.
+    EpochMillis,
+    /// A chrono strftime pattern for a naive local time, shifted by `offset_ms` to UTC.
+    Pattern {
+        /// The strftime pattern, e.g. `%Y-%m-%d %H:%M:%S`.
+        format: String,
+        /// Offset of the local time from UTC in milliseconds (local = UTC + offset).
+        offset_ms: i64,
+    },
+}
+
+impl TimeFormat {
+    /// Parses one timestamp in this format.
+    pub fn parse(&self, s: &str) -> Result<Ts, TimeError> {
+        let s = s.trim();
+        match self {
+            Self::Auto => parse_auto(s, false),
+            Self::AutoAssumeUtc => parse_auto(s, true),
+            Self::EpochSeconds => parse_epoch(s, 1000.0),
+            Self::EpochMillis => parse_epoch(s, 1.0),
+            Self::Pattern { format, offset_ms } => NaiveDateTime::parse_from_str(s, format)
+                .map(|t| t.and_utc().timestamp_millis() - offset_ms)
+                .map_err(|_| TimeError::Pattern {
+                    value: truncate(s),
+                    format: format.clone(),
+                }),
+        }
+    }
+}
+
+fn parse_epoch(s: &str, to_ms: f64) -> Result<Ts, TimeError> {
+    let v: f64 = s.parse().map_err(|_| TimeError::Unknown(truncate(s)))?;
+    epoch_to_ms(v * to_ms).ok_or_else(|| TimeError::OutOfRange(truncate(s)))
+}
+
+/// Converts epoch milliseconds given as a float, rejecting non-finite or absurd values
+/// (beyond year ±9999).
+pub fn epoch_to_ms(ms: f64) -> Option<Ts> {
+    const LIMIT: f64 = 253_402_300_800_000.0;
+    (ms.is_finite() && ms.abs() < LIMIT).then(|| ms.round() as Ts)
+}
+
+/// A number is epoch milliseconds when it is this large, else epoch seconds (1e11 s is
+/// the year 5138; 1e11 ms is 1973).
+pub const EPOCH_MS_THRESHOLD: f64 = 1e11;
+
+/// Reads a numeric timestamp: epoch seconds or milliseconds, told apart by magnitude.
+pub fn epoch_auto(v: f64) -> Option<Ts> {
+    if v.abs() >= EPOCH_MS_THRESHOLD {
+        epoch_to_ms(v)
+    } else {
+        epoch_to_ms(v * 1000.0)
+    }
+}
+
+fn parse_auto(s: &str, assume_utc: bool) -> Result<Ts, TimeError> {
+    if let Some(ts) = parse_rfc3339(s.as_bytes(), assume_utc) {
+        return ts.map_err(|e| e.with_text(s));
+    }
+    if let Ok(v) = s.parse::<f64>() {
+        return epoch_auto(v).ok_or_else(|| TimeError::OutOfRange(truncate(s)));
+    }
+    Err(TimeError::Unknown(truncate(s)))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Internal error kinds of the fast parser; the caller attaches the text.
+#[derive(Debug)]
+enum Rfc3339Error {
+    NoOffset,
+    OutOfRange,
+}
+
+impl Rfc3339Error {
+    fn with_text(self, s: &str) -> TimeError {
+        match self {
+            Self::NoOffset => TimeError::NoOffset(truncate(s)),
+            Self::OutOfRange => TimeError::OutOfRange(truncate(s)),
+        }
+    }
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    let mut v = 0i64;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// Parses `YYYY-MM-DD[T ]HH:MM:SS[.f+](Z|±HH:MM)`. Returns `None` when the text does not
+/// have that shape at all, `Some(Err)` when it has the shape but is invalid.
+fn parse_rfc3339(b: &[u8], assume_utc: bool) -> Option<Result<Ts, Rfc3339Error>> {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let year = digits(&b[0..4])?;
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    let hour = digits(&b[11..13])?;
+    let minute = digits(&b[14..16])?;
+    let second = digits(&b[17..19])?;
+    let mut rest = &b[19..];
+    let mut millis = 0i64;
+    if let Some((&b'.', frac)) = rest.split_first() {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        // Milliseconds, rounded half up from the next digit; further digits are ignored.
+        let mut scale = 100;
+        for &c in frac.iter().take(n.min(3)) {
+            millis += i64::from(c - b'0') * scale;
+            scale /= 10;
+        }
+        if n > 3 && frac[3] >= b'5' {
+            millis += 1;
+        }
+        rest = &frac[n..];
+    }
+    let offset_min = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let h = digits(&[*h1, *h2])?;
+            let m = digits(&[*m1, *m2])?;
+            if h > 23 || m > 59 {
+                return Some(Err(Rfc3339Error::OutOfRange));
+            }
+            let off = h * 60 + m;
+            if *sign == b'-' {
+                -off
+            } else {
+                off
+            }
+        }
+        [] if assume_utc => 0,
+        [] => return Some(Err(Rfc3339Error::NoOffset)),
+        _ => return None,
+    };
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Some(Err(Rfc3339Error::OutOfRange));
+    }
+    // A leap second is folded into the next second, as chrono does for Unix time.
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    Some(Ok(secs * 1000 + millis))
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Formats event time as RFC 3339 UTC with milliseconds, the canonical capture form.
+pub fn format_ts(ts: Ts) -> String {
+    match DateTime::<Utc>::from_timestamp_millis(ts) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => ts.to_string(),
+    }
+}
+
+/// The wall clock now, RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Formats a duration in milliseconds for people: `850ms`, `42s`, `3m20s`, `1h02m`, `2d03h`.
+pub fn format_duration(ms: i64) -> String {
+    let neg = if ms < 0 { "-" } else { "" };
+    let ms = ms.unsigned_abs();
+    let s = ms / 1000;
+    let body = if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600)
+    };
+    format!("{neg}{body}")
+}
+
+/// Parses a config duration: a number with a unit (`ms`, `s`, `m`, `h`, `d`).
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration {s:?} needs a unit: ms, s, m, h or d"))?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+    let scale = match unit.trim() {
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" | "min" => 60e3,
+        "h" => 3600e3,
+        "d" => 86_400e3,
+        u => {
+            return Err(format!(
+                "unknown duration unit {u:?} in {s:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    let ms = v * scale;
+    if !ms.is_finite() || ms > 1e15 {
+        return Err(format!("duration {s:?} is too large"));
+    }
+    Ok(ms.round() as i64)
+}
+
+/// Serde helpers: timestamps as RFC 3339 strings (numbers accepted as epoch s/ms).
+pub mod serde_ts {
+    use super::*;
+    use serde::{de, Deserializer, Serializer};
+
+    /// Writes RFC 3339 UTC with milliseconds.
+    pub fn serialize<S: Serializer>(ts: &Ts, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_ts(*ts))
+    }
+
+    /// Reads RFC 3339 with offset, or a number as epoch seconds/milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ts, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Ts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an RFC 3339 timestamp or epoch seconds/milliseconds")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ts, E> {
+                TimeFormat::Auto.parse(v).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Ts, E> {
+                epoch_auto(v).ok_or_else(|| E::custom("epoch timestamp out of range"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ts, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ts, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Serde helper for config durations written as strings (`"30s"`).
+pub mod serde_duration {
+    use serde::{Deserialize, Deserializer};
+
+    /// Reads `"500ms"`, `"30s"`, `"10m"`, `"2h"`, `"1d"` into milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_canonical_and_offsets() {
+        let a = TimeFormat::Auto.parse("2026-07-07T10:00:00.000Z").unwrap();
+        assert_eq!(format_ts(a), "2026-07-07T10:00:00.000Z");
+        let b = TimeFormat::Auto.parse("2026-07-07T12:00:00+02:00").unwrap();
+        assert_eq!(a, b);
+        let c = TimeFormat::Auto
+            .parse("2026-07-07 09:30:00.5-00:30")
+            .unwrap();
+        assert_eq!(c, a + 500);
+    }
+
+    #[test]
+    fn rejects_unknown_and_naive() {
+        assert!(matches!(
+            TimeFormat::Auto.parse("yesterday"),
+            Err(TimeError::Unknown(_))
+        ));
+        assert!(matches!(
+            TimeFormat::Auto.parse("2026-07-07T10:00:00"),
+            Err(TimeError::NoOffset(_))
+        ));
+        assert!(matches!(
+            TimeFormat::Auto.parse("2026-02-30T10:00:00Z"),
+            Err(TimeError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn naive_as_utc_when_asked() {
+        let t = TimeFormat::AutoAssumeUtc
+            .parse("2020-03-09 10:14:33")
+            .unwrap();
+        assert_eq!(format_ts(t), "2020-03-09T10:14:33.000Z");
+    }
+
+    #[test]
+    fn epoch_magnitudes() {
+        let s = TimeFormat::Auto.parse("1783418400").unwrap();
+        let ms = TimeFormat::Auto.parse("1783418400000").unwrap();
+        assert_eq!(s, ms);
+        assert_eq!(
+            TimeFormat::EpochSeconds.parse("1.5").unwrap(),
+            TimeFormat::EpochMillis.parse("1500").unwrap()
+        );
+        assert!(TimeFormat::Auto.parse("1e300").is_err());
+    }
+
+    #[test]
+    fn pattern_with_offset() {
+        let f = TimeFormat::Pattern {
+            format: "%Y-%m-%d %H:%M:%S".into(),
+            offset_ms: 3 * 3600 * 1000,
+        };
+        let t = f.parse("2020-03-09 13:14:33").unwrap();
+        assert_eq!(format_ts(t), "2020-03-09T10:14:33.000Z");
+        assert!(f.parse("09/03/2020").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(500));
+        assert_eq!(parse_duration("1.5s"), Ok(1500));
+        assert_eq!(parse_duration("2h"), Ok(7_200_000));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert_eq!(format_duration(3_723_000), "1h02m");
+        assert_eq!(format_duration(42_000), "42s");
+    }
+
+    proptest! {
+        /// The fast parser agrees with chrono on every valid RFC 3339 timestamp.
+        #[test]
+        fn agrees_with_chrono(ms in -2_000_000_000_000i64..32_000_000_000_000i64, off_min in -1439i64..1439) {
+            let off = chrono::FixedOffset::east_opt((off_min * 60) as i32).unwrap();
+            let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap().with_timezone(&off);
+            let text = t.to_rfc3339_opts(SecondsFormat::Millis, true);
+            prop_assert_eq!(TimeFormat::Auto.parse(&text), Ok(ms));
+        }
+
+        /// Arbitrary text never panics the parser.
+        #[test]
+        fn never_panics(s in "\\PC{0,40}") {
+            let _ = TimeFormat::Auto.parse(&s);
+        }
+
+        #[test]
+        fn never_panics_near_shape(s in "[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,9})?(Z|[+-][0-9]{2}:[0-9]{2})?") {
+            let _ = TimeFormat::Auto.parse(&s);
+        }
+    }
+}
