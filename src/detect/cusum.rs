@@ -1,14 +1,20 @@
 //! **cusum**: slow drifts ("boiling frog" manipulation) that a tracking baseline follows.
 //!
-//! - Samples are averaged in blocks, which tames the autocorrelation of 1 Hz telemetry.
-//! - After a warm-up of blocks, a reference level and the spread of block means around
-//!   it are learned; both keep adapting slowly, but only while no drift is building up.
-//! - Two-sided CUSUM on the standardised block means: `S⁺ = max(0, S⁺ + z − k)`,
-//!   `S⁻ = max(0, S⁻ − z − k)`; `max(S⁺, S⁻) >= h` is a finding.
+//! - Samples are averaged in blocks; a reference level follows the block means slowly
+//!   (half-life of hours), with each step clipped at 3σ, and stands still while a drift
+//!   builds up, so the drift is not absorbed; after `rebaseline_blocks` in alarm the new
+//!   level is accepted.
+//! - σ is the long-run spread of block means around the reference, learned online, so a
+//!   signal's normal daily swing is part of its baseline; the lag-1 autocorrelation ρ of
+//!   the deviations is learned too, and z is scaled by `sqrt((1−ρ)/(1+ρ))`, so a
+//!   wandering signal (grid frequency) does not look like a drift.
+//! - Two-sided CUSUM on the scaled z: `S⁺ = max(0, S⁺ + z − k)`, `S⁻ = max(0, S⁻ − z − k)`;
+//!   `max(S⁺, S⁻) >= threshold` is a finding. σ and ρ stop learning while S is above half
+//!   the threshold.
 //!
-//! Blind spots: drifts slower than the reference's adaptation (hours-long half-life by
-//! default), and signals whose normal swing is as large as the drift (daily load
-//! profiles): the physics detectors see those through the quantities that must follow.
+//! Blind spots: drifts slower than the reference's adaptation, drifts within a signal's
+//! normal swing (daily load profiles); the physics detectors see those through the
+//! quantities that must follow. Nothing is judged before the warm-up (2 h at 1 Hz).
 
 use super::{point_finding, sig, Detector, PerKind, PointTable};
 use crate::attack;
@@ -28,14 +34,19 @@ pub struct CusumParams {
     pub enabled: bool,
     /// Samples averaged into one block.
     pub block_samples: u32,
-    /// Allowance k, in standard deviations of block means.
+    /// Allowance k, in (decorrelated) standard deviations.
     pub k: f64,
     /// Decision threshold h.
     pub threshold: f64,
-    /// Blocks used to learn the reference before judging.
+    /// Blocks used to learn the reference, σ and ρ before judging.
     pub warmup_blocks: u32,
-    /// Half-life of the reference's adaptation, in blocks.
+    /// Half-life of the reference, in blocks.
     pub reference_halflife_blocks: f64,
+    /// Half-life of the σ and ρ estimates, in blocks.
+    pub spread_halflife_blocks: f64,
+    /// After this many blocks in alarm, the new level is accepted as the baseline (a
+    /// lasting change of operating point then gives one alert, not an endless one).
+    pub rebaseline_blocks: u32,
 }
 
 impl Default for CusumParams {
@@ -44,9 +55,13 @@ impl Default for CusumParams {
             enabled: true,
             block_samples: 30,
             k: 0.5,
-            threshold: 12.0,
-            warmup_blocks: 20,
+            // With k = 0.5 this is about 10^7 in-control blocks per false alarm per side
+            // (Siegmund's approximation): ~0.3 a day over a thousand 1 Hz points.
+            threshold: 15.0,
+            warmup_blocks: 240,
             reference_halflife_blocks: 240.0,
+            spread_halflife_blocks: 960.0,
+            rebaseline_blocks: 120,
         }
     }
 }
@@ -58,10 +73,21 @@ struct State {
     blocks: u32,
     reference: f64,
     var: f64,
+    rho_num: f64,
+    prev_z: f64,
     s_hi: f64,
     s_lo: f64,
+    alarm_blocks: u32,
+    relearn: u32,
     since: Ts,
     since_ref: f64,
+}
+
+/// Blocks averaged into the new reference after a rebaseline.
+const RELEARN_BLOCKS: u32 = 10;
+
+fn alpha(halflife: f64) -> f64 {
+    1.0 - 0.5f64.powf(1.0 / halflife.max(1.0))
 }
 
 /// The CUSUM detector.
@@ -105,12 +131,8 @@ impl Detector for Cusum {
             s.sum = 0.0;
             s.count = 0;
             s.blocks += 1;
-            if s.blocks <= params.warmup_blocks.max(2) {
-                // Welford over the warm-up blocks.
-                let n = f64::from(s.blocks);
-                let d = block - s.reference;
-                s.reference += d / n;
-                s.var += (d * (block - s.reference) - s.var) / n;
+            if s.blocks == 1 {
+                s.reference = block;
                 continue;
             }
             let res = if st.resolution.is_finite() {
@@ -118,27 +140,71 @@ impl Detector for Cusum {
             } else {
                 0.0
             };
-            let sigma = s
-                .var
-                .sqrt()
-                .max(res / f64::from(params.block_samples.max(1)).sqrt())
+            let floor = (res / f64::from(params.block_samples.max(1)).sqrt())
                 .max(1e-9 * s.reference.abs())
                 .max(1e-12);
-            let z = (block - s.reference) / sigma;
+            let sigma = s.var.sqrt().max(floor);
+            let d = block - s.reference;
+            let z = d / sigma;
+            let warm = s.blocks <= params.warmup_blocks.max(2);
+            let n = f64::from(s.blocks);
+            // During the warm-up the weights start at 1/n so the first blocks count fully.
+            let (a_ref, a_spread) = if warm {
+                (
+                    alpha(params.reference_halflife_blocks).max(1.0 / n),
+                    (1.0 / n).max(alpha(params.spread_halflife_blocks)),
+                )
+            } else {
+                (
+                    alpha(params.reference_halflife_blocks),
+                    alpha(params.spread_halflife_blocks),
+                )
+            };
+            let learning = warm || s.s_hi.max(s.s_lo) < params.threshold / 2.0;
+            let clipped = if warm {
+                d
+            } else {
+                d.clamp(-3.0 * sigma, 3.0 * sigma)
+            };
+            // While a drift builds up nothing is learned: the attack must not become
+            // the baseline (a lasting new level is accepted by the rebaseline below).
+            if learning {
+                s.var += a_spread * (clipped * clipped - s.var);
+                let zc = z.clamp(-3.0, 3.0);
+                s.rho_num += a_spread * (zc * s.prev_z - s.rho_num);
+                s.prev_z = zc;
+                s.reference += a_ref * clipped;
+            }
+            if warm {
+                continue;
+            }
+            if s.relearn > 0 {
+                // After a rebaseline: the reference is the plain mean of a few blocks.
+                s.relearn -= 1;
+                let m = f64::from(RELEARN_BLOCKS - s.relearn);
+                s.reference += (block - s.reference) / m;
+                continue;
+            }
+            let rho = s.rho_num.clamp(0.0, 0.98);
+            let ze = z * ((1.0 - rho) / (1.0 + rho)).sqrt();
             if s.s_hi == 0.0 && s.s_lo == 0.0 {
                 s.since = frame.ts;
                 s.since_ref = s.reference;
             }
-            s.s_hi = (s.s_hi + z - params.k).max(0.0);
-            s.s_lo = (s.s_lo - z - params.k).max(0.0);
+            // Capping the sums a little above the threshold bounds how long an alarm
+            // outlives its cause (the sums fall by k per block once z is back near 0).
+            let cap = 1.5 * params.threshold;
+            s.s_hi = (s.s_hi + ze - params.k).clamp(0.0, cap);
+            s.s_lo = (s.s_lo - ze - params.k).clamp(0.0, cap);
             let score = s.s_hi.max(s.s_lo);
-            if score < params.threshold / 2.0 {
-                let alpha = 1.0 - 0.5f64.powf(1.0 / params.reference_halflife_blocks.max(1.0));
-                let d = block - s.reference;
-                s.reference += alpha * d;
-                s.var = (1.0 - alpha) * (s.var + alpha * d * d);
-            }
-            if score >= params.threshold {
+            if score < params.threshold {
+                s.alarm_blocks = 0;
+            } else if s.alarm_blocks >= params.rebaseline_blocks {
+                s.reference = block;
+                (s.s_hi, s.s_lo, s.alarm_blocks, s.relearn) = (0.0, 0.0, 0, RELEARN_BLOCKS - 1);
+                continue;
+            } else {
+                s.alarm_blocks += 1;
                 let metric = &frame.registry.point(p).metric;
                 let dir = if s.s_hi >= s.s_lo { "up" } else { "down" };
                 out.push(point_finding(
@@ -150,14 +216,15 @@ impl Detector for Cusum {
                     Severity::Medium,
                     attack::for_process_change(metric, st.class),
                     format!(
-                        "{metric} has drifted {dir} from its reference {} to {} (block means, σ {}) since {}",
+                        "{metric} has drifted {dir} from {} to {} since {}, beyond its learned normal swing (σ {} of {}-sample means)",
                         sig(s.since_ref),
                         sig(block),
+                        format_ts(s.since),
                         sig(sigma),
-                        format_ts(s.since)
+                        params.block_samples
                     ),
-                    json!({"reference": s.since_ref, "block_mean": block, "block_sigma": sigma,
-                           "s_hi": s.s_hi, "s_lo": s.s_lo, "drift_since": format_ts(s.since)}),
+                    json!({"reference_at_start": s.since_ref, "block_mean": block, "block_sigma": sigma,
+                           "autocorrelation": rho, "s_hi": s.s_hi, "s_lo": s.s_lo, "drift_since": format_ts(s.since)}),
                 ));
             }
         }
@@ -175,12 +242,12 @@ mod tests {
 
     #[test]
     fn slow_ramp_is_caught_and_flat_noise_is_not() {
-        // 2 h of 1 Hz flow with noise, then a decay of 10 % over the next 2 hours.
-        let n = 4 * 3600;
+        // 3 h of 1 Hz flow with noise, then a decay of 10 % over 2 hours, then a new level.
+        let n = 9 * 3600;
         let mut series = noisy(n, 50.0, 0.5, 3);
-        let onset = 2 * 3600;
+        let onset = 3 * 3600;
         for (i, v) in series.iter_mut().enumerate().skip(onset) {
-            *v -= 5.0 * (i - onset) as f64 / (2.0 * 3600.0);
+            *v -= 5.0 * ((i - onset) as f64 / (2.0 * 3600.0)).min(1.0);
         }
         let mut h = Harness::new();
         let mut d = det();
@@ -190,6 +257,40 @@ mod tests {
         // The ramp reaches 1 σ of the raw noise after 12 minutes; caught within 30.
         assert!(at - onset < 30 * 60, "detected after {} s", at - onset);
         assert!(h.findings[0].1.reason.contains("down"));
+        // The level stays down: after the rebaseline period the alarm stops for good.
+        let last = h.findings.last().unwrap().0;
+        assert!(last < n - 3600, "alarm ended at {last}");
+    }
+
+    #[test]
+    fn wandering_and_daily_signals_stay_quiet() {
+        use rand::{rngs::StdRng, SeedableRng};
+        use rand_distr::{Distribution, Normal};
+        let mut rng = StdRng::seed_from_u64(11);
+        let step = Normal::new(0.0, 0.004).unwrap();
+        let mut f = 50.0;
+        let freq: Vec<f64> = (0..24 * 3600)
+            .map(|_| {
+                f += -0.002 * (f - 50.0) + step.sample(&mut rng);
+                f
+            })
+            .collect();
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "grid_meter", "frequency_hz", &freq);
+        assert_eq!(h.findings.len(), 0, "AR(1) wander is not a drift");
+        let noise = noisy(24 * 3600, 0.0, 4.0, 12);
+        let load: Vec<f64> = noise
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                800.0 * (1.0 + 0.12 * (i as f64 / 86_400.0 * std::f64::consts::TAU).sin()) + n
+            })
+            .collect();
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "pdu", "it_load_kw", &load);
+        assert_eq!(h.findings.len(), 0, "a daily profile is not a drift");
     }
 
     #[test]

@@ -167,13 +167,29 @@ enum Layout {
     Wide(Box<Wide>),
 }
 
+/// Where a value column goes.
+struct Target {
+    device: String,
+    kind: String,
+    metric: String,
+    scale: f64,
+    offset: f64,
+}
+
+/// A label column and the labelled run it is in, if any.
+struct LabelColumn {
+    index: usize,
+    name: String,
+    run: Option<(Ts, Ts)>,
+}
+
 struct Wide {
     time: usize,
     format: TimeFormat,
     site: String,
-    /// Per column: (device, kind, metric, scale, offset), or None for time/ignored/labels.
-    columns: Vec<Option<(String, String, String, f64, f64)>>,
-    labels: Vec<(usize, String, Option<(Ts, Ts)>)>,
+    /// Per column: its target, or None for the time, ignored and label columns.
+    columns: Vec<Option<Target>>,
+    labels: Vec<LabelColumn>,
 }
 
 /// A CSV capture (long or wide).
@@ -325,28 +341,35 @@ impl CsvSource {
                         return;
                     }
                 };
-                for (col, label, window) in &mut w.labels {
-                    let on = text(*col)
+                for l in &mut w.labels {
+                    let on = text(l.index)
                         .ok()
                         .and_then(|t| t.parse::<f64>().ok())
                         .is_some_and(|v| v != 0.0);
-                    match (on, window.as_mut()) {
+                    match (on, l.run.as_mut()) {
                         (true, Some((_, end))) => *end = ts,
-                        (true, None) => *window = Some((ts, ts)),
+                        (true, None) => l.run = Some((ts, ts)),
                         (false, Some(&mut (start, end))) => {
                             self.stats.label_windows.push(LabelWindow {
-                                column: label.clone(),
+                                column: l.name.clone(),
                                 start,
                                 end,
                             });
-                            *window = None;
+                            l.run = None;
                         }
                         (false, None) => {}
                     }
                 }
                 let mut bad = None;
                 for (i, col) in w.columns.iter().enumerate() {
-                    let Some((device, kind, metric, scale, offset)) = col else {
+                    let Some(Target {
+                        device,
+                        kind,
+                        metric,
+                        scale,
+                        offset,
+                    }) = col
+                    else {
                         continue;
                     };
                     let Ok(t) = text(i) else {
@@ -387,10 +410,10 @@ impl CsvSource {
 
     fn finish_labels(&mut self) {
         if let Layout::Wide(w) = &mut self.layout {
-            for (_, label, window) in &mut w.labels {
-                if let Some((start, end)) = window.take() {
+            for l in &mut w.labels {
+                if let Some((start, end)) = l.run.take() {
                     self.stats.label_windows.push(LabelWindow {
-                        column: label.clone(),
+                        column: l.name.clone(),
                         start,
                         end,
                     });
@@ -436,17 +459,21 @@ fn wide_layout(cols: &[String], m: &WideMapping, path: &Path) -> Result<Wide, St
                 return None;
             }
             if m.label_columns.iter().any(|l| l.eq_ignore_ascii_case(c)) {
-                labels.push((i, c.clone(), None));
+                labels.push(LabelColumn {
+                    index: i,
+                    name: c.clone(),
+                    run: None,
+                });
                 return None;
             }
             let cm = m.columns.get(c).cloned().unwrap_or_default();
-            Some((
-                cm.device.unwrap_or_else(|| device.clone()),
-                cm.kind.unwrap_or_else(|| m.kind.clone()),
-                cm.metric.unwrap_or_else(|| metric_name(c)),
-                cm.scale.unwrap_or(1.0),
-                cm.offset.unwrap_or(0.0),
-            ))
+            Some(Target {
+                device: cm.device.unwrap_or_else(|| device.clone()),
+                kind: cm.kind.unwrap_or_else(|| m.kind.clone()),
+                metric: cm.metric.unwrap_or_else(|| metric_name(c)),
+                scale: cm.scale.unwrap_or(1.0),
+                offset: cm.offset.unwrap_or(0.0),
+            })
         })
         .collect();
     Ok(Wide {
