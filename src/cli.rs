@@ -75,6 +75,9 @@ pub struct SimulateArgs {
     /// Start time (RFC 3339).
     #[arg(long, default_value = "2026-07-07T00:00:00Z")]
     pub start: String,
+    /// Compression level for .gz (0-9) or .zst (1-22) output.
+    #[arg(long)]
+    pub level: Option<i32>,
 }
 
 /// `wattchdog check-config`.

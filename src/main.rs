@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Command::Replay(a) => run_replay(a),
@@ -116,14 +117,17 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
             l
         }
         Compression::Gzip => {
-            let mut w =
-                flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
+            let mut w = flate2::write::GzEncoder::new(
+                BufWriter::new(file),
+                flate2::Compression::new(a.level.unwrap_or(6).clamp(0, 9) as u32),
+            );
             let l = sim::simulate(&opts, &mut w)?;
             w.finish()?.flush()?;
             l
         }
         Compression::Zstd => {
-            let mut w = zstd::stream::write::Encoder::new(BufWriter::new(file), 9)?;
+            let mut w =
+                zstd::stream::write::Encoder::new(BufWriter::new(file), a.level.unwrap_or(9))?;
             let l = sim::simulate(&opts, &mut w)?;
             w.finish()?.flush()?;
             l

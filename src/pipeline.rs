@@ -259,6 +259,16 @@ impl Pipeline {
 
     fn correlate(&mut self, out: &mut Vec<Output>) {
         self.stats.findings += self.findings.len() as u64;
+        // Findings of one instant come in the order devices happened to arrive in; a
+        // canonical order makes alert and incident ids independent of file order.
+        if self.findings.len() > 1 {
+            let reg = &self.registry;
+            self.findings.sort_by(|a, b| {
+                let (da, db) = (reg.device(a.device), reg.device(b.device));
+                (&da.site, &da.name, a.detector, &a.metrics)
+                    .cmp(&(&db.site, &db.name, b.detector, &b.metrics))
+            });
+        }
         for f in self.findings.drain(..) {
             self.correlator.observe(f, &self.registry, out);
         }

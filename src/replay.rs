@@ -112,9 +112,8 @@ pub fn replay(
     if opts.inputs.is_empty() {
         return Err(ReplayError::NoInputs);
     }
-    let started = Instant::now();
     let counter = ByteCounter::default();
-    let mut sources: Vec<Box<dyn CaptureSource>> = opts
+    let sources: Vec<Box<dyn CaptureSource>> = opts
         .inputs
         .iter()
         .map(|p| {
@@ -133,7 +132,33 @@ pub fn replay(
         .map(|m| m.len())
         .sum();
     let bar = opts.progress.then(|| progress_bar(total_bytes));
+    let report = replay_sources(
+        cfg,
+        sources,
+        opts.speed,
+        &mut |_| {
+            if let Some(bar) = &bar {
+                bar.set_position(counter.get());
+            }
+        },
+        on_output,
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(report)
+}
 
+/// Replays already opened sources, merged by event time. `progress` is called every
+/// 65,536 events with the number of events so far.
+pub fn replay_sources(
+    cfg: &Config,
+    mut sources: Vec<Box<dyn CaptureSource>>,
+    speed: Option<f64>,
+    progress: &mut dyn FnMut(u64),
+    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+) -> Result<ReplayReport, ReplayError> {
+    let started = Instant::now();
     let mut pipeline = Pipeline::new(cfg);
     let mut heads: BinaryHeap<Reverse<(Ts, usize)>> = BinaryHeap::new();
     let mut pending: Vec<Option<Event>> = Vec::with_capacity(sources.len());
@@ -166,7 +191,7 @@ pub fn replay(
         };
         first = Some(first.map_or(ts, |f| f.min(ts)));
         last = Some(last.map_or(ts, |l| l.max(ts)));
-        if let (Some(speed), Some(t0)) = (opts.speed, first) {
+        if let (Some(speed), Some(t0)) = (speed, first) {
             let due = Duration::from_secs_f64(((ts - t0).max(0) as f64 / 1000.0) / speed);
             if let Some(wait) = due.checked_sub(pace_start.elapsed()) {
                 std::thread::sleep(wait);
@@ -181,17 +206,12 @@ pub fn replay(
             pending[i] = Some(next);
         }
         n += 1;
-        if let Some(bar) = &bar {
-            if n % 65_536 == 0 {
-                bar.set_position(counter.get());
-            }
+        if n % 65_536 == 0 {
+            progress(n);
         }
     }
     pipeline.finish(&mut outputs);
     handle(&mut outputs)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
     // Alerts still open carry more findings than their last emitted snapshot.
     for a in pipeline.open_alerts() {
         alerts.put(&a.id, a.clone());

@@ -1,0 +1,93 @@
+//! Commands other than the main replay path: check-config, wide CSV, several files.
+
+use crate::support::{alerts_without_wall_clock, repo, run, simulate};
+use serde_json::Value;
+
+#[test]
+fn check_config_accepts_valid_and_names_key_and_line_of_invalid() {
+    let out = run(&[
+        "check-config",
+        repo("tests/fixtures/valid.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "check-config",
+        repo("tests/fixtures/misspelt.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("treshold") && err.contains("line 5"), "{err}");
+    let out = run(&[
+        "check-config",
+        "--mapping",
+        repo("tests/fixtures/wide.mapping.toml").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn wide_csv_with_a_mapping() {
+    let out = run(&[
+        "replay",
+        "--json",
+        repo("tests/fixtures/wide.csv").to_str().unwrap(),
+        "--mapping",
+        repo("tests/fixtures/wide.mapping.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 8 rows × 3 value columns, minus one empty cell and one non-number.
+    assert_eq!(r["readings"], 22);
+    assert_eq!(r["bad_by_reason"]["wrong_type"], 1);
+    assert_eq!(
+        r["first_ts"], "2020-03-09T09:14:30.000Z",
+        "local UTC+3 converted"
+    );
+    let w = &r["files"][0]["label_windows"][0];
+    assert_eq!(
+        (w["start"].as_str(), w["end"].as_str()),
+        (
+            Some("2020-03-09T09:14:33.000Z"),
+            Some("2020-03-09T09:14:35.000Z")
+        )
+    );
+}
+
+#[test]
+fn several_files_merge_by_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.jsonl");
+    simulate(&whole, 2.5, 31, "telemetry-blackout");
+    // Split by device: chillers in one file, everything else in the other.
+    let text = std::fs::read_to_string(&whole).unwrap();
+    let (a, b): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.contains("\"chiller-"));
+    let (pa, pb) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl.gz"));
+    std::fs::write(&pa, a.join("\n")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&pb).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut gz, b.join("\n").as_bytes()).unwrap();
+    gz.finish().unwrap();
+    let alerts = |files: &[&std::path::Path], name: &str| {
+        let out_path = dir.path().join(name);
+        let mut args = vec!["replay".to_string()];
+        args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+        args.extend(["--alerts".into(), out_path.to_string_lossy().into_owned()]);
+        let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success());
+        alerts_without_wall_clock(&std::fs::read_to_string(out_path).unwrap())
+    };
+    let one = alerts(&[&whole], "one.jsonl");
+    let two = alerts(&[&pb, &pa], "two.jsonl");
+    assert!(!one.is_empty());
+    assert_eq!(one, two);
+}

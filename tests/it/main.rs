@@ -1,0 +1,8 @@
+//! Integration tests: the real binary and the real pipeline on real files.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod determinism;
+mod replay_data;
