@@ -3,8 +3,11 @@
 //! - During a warm-up the detector learns how often the point's value does *not* change
 //!   from one sample to the next (`p0`, with |delta| below a small fraction of the usual
 //!   |delta| counting as unchanged). Points that were mostly still (p0 > 0.5) are skipped.
+//! - For a quantised sensor the chance of staying put depends on the value: it is
+//!   highest at the most common reading. So the per-sample chance used is the larger of
+//!   `p0` and the frequency of the most common warm-up value.
 //! - The run length that chance would produce with probability below `false_alarm_prob`
-//!   is `ln(false_alarm_prob) / ln(p0)` samples; a run of unchanged values that long is a
+//!   is `ln(false_alarm_prob) / ln(p)` samples; a run of unchanged values that long is a
 //!   finding, which persists while the value stays frozen.
 //! - Learned statistics are frozen after the warm-up, so a frozen value cannot teach the
 //!   detector that frozen is normal.
@@ -43,7 +46,8 @@ impl Default for FlatlineParams {
         Self {
             enabled: true,
             warmup_samples: 300,
-            false_alarm_prob: 1e-7,
+            // About one chance alarm in 30 years of a 1 Hz point.
+            false_alarm_prob: 1e-9,
             min_run: 10,
             tolerance: 0.01,
         }
@@ -54,6 +58,7 @@ impl Default for FlatlineParams {
 struct State {
     seen: u64,
     still: u64,
+    values: Vec<f64>,
     abs_delta_sum: f64,
     eps: f64,
     p0: f64,
@@ -99,13 +104,16 @@ impl Detector for Flatline {
             if s.seen < params.warmup_samples {
                 s.seen += 1;
                 s.abs_delta_sum += d;
+                s.values.push(st.value);
                 if d == 0.0 {
                     s.still += 1;
                 }
                 if s.seen == params.warmup_samples {
                     s.eps = params.tolerance * s.abs_delta_sum / s.seen as f64;
                     // Laplace-smoothed chance that a sample does not move.
-                    s.p0 = (s.still as f64 + 1.0) / (s.seen as f64 + 2.0);
+                    let p_still = (s.still as f64 + 1.0) / (s.seen as f64 + 2.0);
+                    let values = std::mem::take(&mut s.values);
+                    s.p0 = p_still.max(mode_frequency(values));
                     s.eligible = s.p0 <= 0.5 && s.abs_delta_sum > 0.0;
                     let run = params.false_alarm_prob.ln() / s.p0.ln();
                     s.needed = (run.ceil() as u32).max(params.min_run);
@@ -146,6 +154,20 @@ impl Detector for Flatline {
             }
         }
     }
+}
+
+/// Frequency of the most common value (1 / n for all-distinct values).
+fn mode_frequency(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 1.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let (mut best, mut run) = (1, 1);
+    for w in values.windows(2) {
+        run = if w[0] == w[1] { run + 1 } else { 1 };
+        best = best.max(run);
+    }
+    best as f64 / values.len() as f64
 }
 
 #[cfg(test)]
@@ -189,6 +211,21 @@ mod tests {
             h.findings.len(),
             0,
             "chance runs of a coarse sensor are not flatlines"
+        );
+    }
+
+    #[test]
+    fn runs_at_the_most_common_reading_are_not_flatlines() {
+        // σ just above the resolution: the middle reading comes up a third of the time.
+        let raw = noisy(7 * 86_400, 545.0, 0.12, 13);
+        let series: Vec<f64> = raw.iter().map(|v| (v * 10.0).round() / 10.0).collect();
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "ups", "battery_voltage_v", &series);
+        assert_eq!(
+            h.findings.len(),
+            0,
+            "a week of a coarse sensor, no flatline"
         );
     }
 
