@@ -35,16 +35,20 @@ fn end_to_end(c: &mut Criterion) {
         let readings = data.iter().filter(|&&b| b == b'\n').count() as u64;
         g.throughput(Throughput::Elements(readings));
         g.bench_with_input(BenchmarkId::from_parameter(name), &data, |b, data| {
-            b.iter(|| {
-                let src: Box<dyn CaptureSource> = Box::new(JsonlSource::new(
-                    Box::new(Cursor::new(data.clone())),
-                    "bench".into(),
-                    1 << 20,
-                ));
-                let mut sink = AlertJsonl::new(std::io::sink());
-                replay_sources(&cfg, vec![src], None, &mut |_| {}, &mut |o| sink.handle(o))
-                    .expect("replays")
-            })
+            b.iter_batched(
+                || data.clone(),
+                |data| {
+                    let src: Box<dyn CaptureSource> = Box::new(JsonlSource::new(
+                        Box::new(Cursor::new(data)),
+                        "bench".into(),
+                        1 << 20,
+                    ));
+                    let mut sink = AlertJsonl::new(std::io::sink());
+                    replay_sources(&cfg, vec![src], None, &mut |_| {}, &mut |o| sink.handle(o))
+                        .expect("replays")
+                },
+                BatchSize::LargeInput,
+            )
         });
     }
     g.finish();
