@@ -390,10 +390,24 @@ pub struct Frame<'a> {
     pub registry: &'a Registry,
 }
 
-impl Frame<'_> {
+impl<'a> Frame<'a> {
     /// Kind of the frame's device.
     pub fn kind(&self) -> DeviceKind {
         self.registry.device(self.device).kind
+    }
+
+    /// The frame's points that carry a good value at this instant.
+    pub fn good(&self) -> impl Iterator<Item = (PointId, &'a PointState)> + '_ {
+        let (store, ts) = (self.store, self.ts);
+        self.updated.iter().filter_map(move |&p| {
+            let st = store.point(p);
+            (st.quality == Quality::Good && st.ts == ts).then_some((p, st))
+        })
+    }
+
+    /// The good points that are analog (what the statistical detectors judge).
+    pub fn good_analog(&self) -> impl Iterator<Item = (PointId, &'a PointState)> + '_ {
+        self.good().filter(|(_, st)| st.is_analog())
     }
 }
 

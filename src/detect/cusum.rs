@@ -19,7 +19,7 @@
 use super::{point_finding, sig, Detector, PerKind, PointTable};
 use crate::attack;
 use crate::feature::Frame;
-use crate::model::{Finding, Quality, Severity, Ts};
+use crate::model::{Finding, Severity, Ts};
 use crate::time::format_ts;
 use serde::Deserialize;
 use serde_json::json;
@@ -116,11 +116,7 @@ impl Detector for Cusum {
         if !params.enabled {
             return;
         }
-        for &p in frame.updated {
-            let st = frame.store.point(p);
-            if st.quality != Quality::Good || st.ts != frame.ts || !st.is_analog() {
-                continue;
-            }
+        for (p, st) in frame.good_analog() {
             let s = self.state.get_or_insert(p, State::default);
             s.sum += st.value;
             s.count += 1;

@@ -12,7 +12,7 @@
 use super::{point_finding, sig, Detector, PerKind, PointTable};
 use crate::attack;
 use crate::feature::Frame;
-use crate::model::{Finding, Quality, Severity};
+use crate::model::{Finding, Severity};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -69,11 +69,7 @@ impl Detector for EwmaZ {
         if !params.enabled {
             return;
         }
-        for &p in frame.updated {
-            let st = frame.store.point(p);
-            if st.quality != Quality::Good || st.ts != frame.ts || !st.is_analog() {
-                continue;
-            }
+        for (p, st) in frame.good_analog() {
             let run = self.run.get_or_insert(p, || 0);
             if st.n <= params.warmup_samples || st.z.abs() < params.threshold {
                 *run = 0;

@@ -18,7 +18,7 @@
 use super::{point_finding, sig, Detector, PerKind, PointTable};
 use crate::attack;
 use crate::feature::Frame;
-use crate::model::{Finding, Quality, Severity, Ts};
+use crate::model::{Finding, Severity, Ts};
 use crate::time::format_duration;
 use serde::Deserialize;
 use serde_json::json;
@@ -94,11 +94,7 @@ impl Detector for Flatline {
         if !params.enabled {
             return;
         }
-        for &p in frame.updated {
-            let st = frame.store.point(p);
-            if st.quality != Quality::Good || st.ts != frame.ts || st.n < 2 || !st.is_analog() {
-                continue;
-            }
+        for (p, st) in frame.good_analog().filter(|(_, st)| st.n >= 2) {
             let s = self.state.get_or_insert(p, State::default);
             let d = st.delta.abs();
             if s.seen < params.warmup_samples {

@@ -72,11 +72,7 @@ impl Detector for Limits {
         if !params.enabled {
             return;
         }
-        for &p in frame.updated {
-            let st = frame.store.point(p);
-            if st.quality != crate::model::Quality::Good || st.ts != frame.ts {
-                continue;
-            }
+        for (p, st) in frame.good() {
             let metric = &frame.registry.point(p).metric;
             let over = params.metrics.get(metric.as_str());
             let pick = |o: Option<f64>, s: Option<f64>| o.or(s);

@@ -17,7 +17,7 @@
 use super::{point_finding, Detector, PerKind, PointTable};
 use crate::attack;
 use crate::feature::Frame;
-use crate::model::{Finding, Quality, Severity, Ts};
+use crate::model::{Finding, Severity, Ts};
 use crate::time::{format_duration, format_ts};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
@@ -157,11 +157,7 @@ impl Detector for Replay {
             return;
         }
         let w = params.window_samples.max(2);
-        for &p in frame.updated {
-            let st = frame.store.point(p);
-            if st.quality != Quality::Good || st.ts != frame.ts || !st.is_analog() {
-                continue;
-            }
+        for (p, st) in frame.good_analog() {
             let s = self.state.get_or_insert(p, || State::new(w));
             if s.warm.len() < params.warmup_samples && !s.eligible && s.quantum == 0.0 {
                 s.warm.push(st.value);

@@ -12,7 +12,7 @@
 //! Rows are split with `csv-core` (quoting per RFC 4180), one bounded line at a time.
 //! The delimiter is `,` unless the mapping says otherwise or the header has `;` and no `,`.
 
-use super::{BadReason, CaptureSource, Event, FileStats, LabelWindow, Line, SourceError};
+use super::{BadReason, CaptureSource, Event, FileStats, LabelWindow, Line, Lines, SourceError};
 use crate::feature::Registry;
 use crate::model::Ts;
 use crate::time::{parse_duration, TimeFormat};
@@ -194,17 +194,19 @@ struct Wide {
 
 /// A CSV capture (long or wide).
 pub struct CsvSource {
-    reader: Box<dyn BufRead + Send>,
+    lines: Lines,
+    rows: Rows,
+    done: bool,
+}
+
+/// Turns rows into events; apart from the line reader so both can be borrowed at once.
+struct Rows {
     parser: csv_core::Reader,
     layout: Layout,
-    line_buf: Vec<u8>,
     fields: Vec<u8>,
     ends: Vec<usize>,
-    line: u64,
-    max_line: usize,
     pending: std::collections::VecDeque<Event>,
     stats: FileStats,
-    done: bool,
 }
 
 impl CsvSource {
@@ -259,29 +261,25 @@ impl CsvSource {
         let mut stats = FileStats::new(&name, format);
         stats.lines = 1;
         Ok(Self {
-            reader,
-            parser,
-            layout,
-            line_buf: Vec::with_capacity(256),
-            fields: Vec::with_capacity(256),
-            ends: Vec::with_capacity(16),
-            line: 1,
-            max_line,
-            pending: Default::default(),
-            stats,
+            lines: Lines::new(reader, max_line, 1),
+            rows: Rows {
+                parser,
+                layout,
+                fields: Vec::with_capacity(256),
+                ends: Vec::with_capacity(16),
+                pending: Default::default(),
+                stats,
+            },
             done: false,
         })
     }
+}
 
-    fn row(&mut self, reg: &mut Registry) {
-        let Some(n) = split_into(
-            &mut self.parser,
-            &self.line_buf,
-            &mut self.fields,
-            &mut self.ends,
-        ) else {
+impl Rows {
+    fn row(&mut self, line: u64, text: &[u8], reg: &mut Registry) {
+        let Some(n) = split_into(&mut self.parser, text, &mut self.fields, &mut self.ends) else {
             self.stats
-                .bad_line(self.line, BadReason::BadCsvRow, "broken quoting");
+                .bad_line(line, BadReason::BadCsvRow, "broken quoting");
             return;
         };
         let field = |i: usize| -> &[u8] {
@@ -293,7 +291,7 @@ impl CsvSource {
             Layout::Long { quality } => {
                 if n < 6 {
                     self.stats.bad_line(
-                        self.line,
+                        line,
                         BadReason::BadCsvRow,
                         format!("{n} columns, expected at least 6"),
                     );
@@ -319,13 +317,13 @@ impl CsvSource {
                         self.stats.readings += 1;
                         self.pending.push_back(ev);
                     }
-                    Err((reason, detail)) => self.stats.bad_line(self.line, reason, detail),
+                    Err((reason, detail)) => self.stats.bad_line(line, reason, detail),
                 }
             }
             Layout::Wide(w) => {
                 if n != w.columns.len() {
                     self.stats.bad_line(
-                        self.line,
+                        line,
                         BadReason::BadCsvRow,
                         format!("{n} columns, the header has {}", w.columns.len()),
                     );
@@ -337,7 +335,7 @@ impl CsvSource {
                 {
                     Ok(ts) => ts,
                     Err(e) => {
-                        self.stats.bad_line(self.line, BadReason::BadTimestamp, e);
+                        self.stats.bad_line(line, BadReason::BadTimestamp, e);
                         return;
                     }
                 };
@@ -402,7 +400,7 @@ impl CsvSource {
                     }
                 }
                 if let Some((reason, detail)) = bad {
-                    self.stats.bad_line(self.line, reason, detail);
+                    self.stats.bad_line(line, reason, detail);
                 }
             }
         }
@@ -555,49 +553,24 @@ fn split_into(
 impl CaptureSource for CsvSource {
     fn next_event(&mut self, reg: &mut Registry) -> Option<Event> {
         loop {
-            if let Some(ev) = self.pending.pop_front() {
+            if let Some(ev) = self.rows.pending.pop_front() {
                 return Some(ev);
             }
             if self.done {
                 return None;
             }
-            match super::read_line_bounded(&mut *self.reader, &mut self.line_buf, self.max_line) {
-                Ok(Line::Eof) => {
+            match self.lines.next_line(&mut self.rows.stats) {
+                Some((line, text)) => self.rows.row(line, text, reg),
+                None => {
                     self.done = true;
-                    self.finish_labels();
-                }
-                Ok(Line::TooLong) => {
-                    self.line += 1;
-                    self.stats.lines += 1;
-                    let max = self.max_line;
-                    self.stats.bad_line(
-                        self.line,
-                        BadReason::LineTooLong,
-                        format!("longer than {max} bytes"),
-                    );
-                }
-                Ok(Line::Ok) => {
-                    self.line += 1;
-                    self.stats.lines += 1;
-                    if !self.line_buf.iter().all(u8::is_ascii_whitespace) {
-                        self.row(reg);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(file = %self.stats.file, line = self.line, error = %e, "capture ended early");
-                    self.stats.error = Some(format!(
-                        "{}: read error after line {}: {e}",
-                        self.stats.file, self.line
-                    ));
-                    self.done = true;
-                    self.finish_labels();
+                    self.rows.finish_labels();
                 }
             }
         }
     }
 
     fn stats(&self) -> &FileStats {
-        &self.stats
+        &self.rows.stats
     }
 }
 
@@ -627,24 +600,24 @@ mod tests {
         let text = "ts,site,device,kind,metric,value\n2026-07-07T10:00:00Z,ams1,ups-1,ups,load_pct,41.5\n2026-07-07T10:00:01Z,ams1,ups-1,ups,load_pct,abc\n\"2026-07-07T10:00:02Z\",ams1,\"ups-1\",ups,load_pct,42\nbroken,row\n";
         let (src, evs, _) = source(text, None, "a.csv").unwrap();
         assert_eq!(evs.len(), 2);
-        assert_eq!(src.stats.format, "csv-long");
-        assert_eq!(src.stats.bad.get(&BadReason::WrongType), Some(&1));
-        assert_eq!(src.stats.bad.get(&BadReason::BadCsvRow), Some(&1));
-        assert_eq!(src.stats.first_bad[0].line, 3);
+        assert_eq!(src.rows.stats.format, "csv-long");
+        assert_eq!(src.rows.stats.bad.get(&BadReason::WrongType), Some(&1));
+        assert_eq!(src.rows.stats.bad.get(&BadReason::BadCsvRow), Some(&1));
+        assert_eq!(src.rows.stats.first_bad[0].line, 3);
     }
 
     #[test]
     fn wide_csv_default_mapping_with_labels() {
         let text = "datetime;Temperature;Volume Flow RateRMS;anomaly\n2020-03-09 10:14:33;70.1;32.0;0\n2020-03-09 10:14:34;70.2;;1\n2020-03-09 10:14:35;70.3;31.0;1\n2020-03-09 10:14:36;70.4;31.5;0\n";
         let (src, evs, reg) = source(text, None, "data/1.csv").unwrap();
-        assert_eq!(src.stats.format, "csv-wide");
+        assert_eq!(src.rows.stats.format, "csv-wide");
         assert_eq!(evs.len(), 7, "the empty cell is a gap, not a reading");
         let dev = reg.device(0);
         assert_eq!((dev.name.as_str(), dev.kind_name.as_str()), ("1", "other"));
         assert_eq!(reg.point(1).metric, "volume_flow_raterms");
-        assert_eq!(src.stats.label_windows.len(), 1);
+        assert_eq!(src.rows.stats.label_windows.len(), 1);
         assert_eq!(
-            src.stats.label_windows[0].end - src.stats.label_windows[0].start,
+            src.rows.stats.label_windows[0].end - src.rows.stats.label_windows[0].start,
             1000
         );
     }
@@ -656,7 +629,7 @@ mod tests {
         )
         .unwrap();
         let (src, evs, reg) = source("F,t\n10,09/03/2020 12:00\n", Some(&m), "x.csv").unwrap();
-        assert_eq!(src.stats.bad_total(), 0);
+        assert_eq!(src.rows.stats.bad_total(), 0);
         match &evs[0] {
             Event::Sample { ts, value, .. } => {
                 assert_eq!(crate::time::format_ts(*ts), "2020-03-09T10:00:00.000Z");

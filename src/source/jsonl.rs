@@ -4,7 +4,7 @@
 //! allocation, and the point is interned before the line buffer is reused, so a reading
 //! costs no allocation. Unknown fields are ignored (forward compatibility).
 
-use super::{BadReason, CaptureSource, Event, FileStats, Line};
+use super::{BadReason, CaptureSource, Event, FileStats, Lines};
 use crate::feature::Registry;
 use crate::model::{Command, Quality, Ts};
 use crate::time::{epoch_auto, TimeFormat};
@@ -16,10 +16,7 @@ use std::io::BufRead;
 
 /// A JSONL capture.
 pub struct JsonlSource {
-    reader: Box<dyn BufRead + Send>,
-    buf: Vec<u8>,
-    line: u64,
-    max_line: usize,
+    lines: Lines,
     stats: FileStats,
 }
 
@@ -27,10 +24,7 @@ impl JsonlSource {
     /// Reads `reader`, naming it `name` in messages.
     pub fn new(reader: Box<dyn BufRead + Send>, name: String, max_line: usize) -> Self {
         Self {
-            reader,
-            buf: Vec::with_capacity(256),
-            line: 0,
-            max_line,
+            lines: Lines::new(reader, max_line, 0),
             stats: FileStats::new(&name, "jsonl"),
         }
     }
@@ -38,47 +32,19 @@ impl JsonlSource {
 
 impl CaptureSource for JsonlSource {
     fn next_event(&mut self, reg: &mut Registry) -> Option<Event> {
-        loop {
-            match super::read_line_bounded(&mut *self.reader, &mut self.buf, self.max_line) {
-                Ok(Line::Eof) => return None,
-                Ok(Line::TooLong) => {
-                    self.line += 1;
-                    self.stats.lines += 1;
-                    let max = self.max_line;
-                    self.stats.bad_line(
-                        self.line,
-                        BadReason::LineTooLong,
-                        format!("longer than {max} bytes"),
-                    );
-                }
-                Ok(Line::Ok) => {
-                    self.line += 1;
-                    self.stats.lines += 1;
-                    if self.buf.iter().all(u8::is_ascii_whitespace) {
-                        continue;
+        while let Some((line, text)) = self.lines.next_line(&mut self.stats) {
+            match parse_line(text, reg) {
+                Ok(ev) => {
+                    match ev {
+                        Event::Sample { .. } => self.stats.readings += 1,
+                        Event::Command(_) => self.stats.commands += 1,
                     }
-                    match parse_line(&self.buf, reg) {
-                        Ok(ev) => {
-                            match ev {
-                                Event::Sample { .. } => self.stats.readings += 1,
-                                Event::Command(_) => self.stats.commands += 1,
-                            }
-                            return Some(ev);
-                        }
-                        Err((reason, detail)) => self.stats.bad_line(self.line, reason, detail),
-                    }
+                    return Some(ev);
                 }
-                Err(e) => {
-                    let msg = format!(
-                        "{}: read error after line {}: {e}",
-                        self.stats.file, self.line
-                    );
-                    tracing::error!(file = %self.stats.file, line = self.line, error = %e, "capture ended early");
-                    self.stats.error = Some(msg);
-                    return None;
-                }
+                Err((reason, detail)) => self.stats.bad_line(line, reason, detail),
             }
         }
+        None
     }
 
     fn stats(&self) -> &FileStats {

@@ -344,6 +344,60 @@ pub fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> 
     Ok(Line::Ok)
 }
 
+/// Numbered, bounded lines of one capture. Over-long lines are counted as bad, blank
+/// lines skipped, and an I/O error ends the file with the error recorded in the stats.
+pub struct Lines {
+    reader: Box<dyn BufRead + Send>,
+    buf: Vec<u8>,
+    line: u64,
+    max: usize,
+    done: bool,
+}
+
+impl Lines {
+    /// Lines of `reader`, at most `max` bytes each, numbered after `lines_before`.
+    pub fn new(reader: Box<dyn BufRead + Send>, max: usize, lines_before: u64) -> Self {
+        Self {
+            reader,
+            buf: Vec::with_capacity(256),
+            line: lines_before,
+            max,
+            done: false,
+        }
+    }
+
+    /// The next non-blank line and its 1-based number; `None` at the end.
+    pub fn next_line(&mut self, stats: &mut FileStats) -> Option<(u64, &[u8])> {
+        while !self.done {
+            match read_line_bounded(&mut *self.reader, &mut self.buf, self.max) {
+                Ok(Line::Eof) => self.done = true,
+                Ok(Line::TooLong) => {
+                    self.line += 1;
+                    stats.lines += 1;
+                    let detail = format!("longer than {} bytes", self.max);
+                    stats.bad_line(self.line, BadReason::LineTooLong, detail);
+                }
+                Ok(Line::Ok) => {
+                    self.line += 1;
+                    stats.lines += 1;
+                    if !self.buf.iter().all(u8::is_ascii_whitespace) {
+                        return Some((self.line, &self.buf));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(file = %stats.file, line = self.line, error = %e, "capture ended early");
+                    stats.error = Some(format!(
+                        "{}: read error after line {}: {e}",
+                        stats.file, self.line
+                    ));
+                    self.done = true;
+                }
+            }
+        }
+        None
+    }
+}
+
 fn memchr(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
 }
