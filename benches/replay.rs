@@ -20,9 +20,10 @@ fn capture(hours: f64, attacks: &str) -> Vec<u8> {
         hours,
         seed: 9,
         attacks: sim::parse_attacks(attacks).expect("valid attacks"),
+        intensity: sim::Intensity::Obvious,
     };
     let mut buf = Vec::new();
-    sim::simulate(&opts, &mut buf).expect("simulates");
+    sim::simulate(&sim::Facility::default(), &opts, &mut buf).expect("simulates");
     buf
 }
 
@@ -30,7 +31,7 @@ fn end_to_end(c: &mut Criterion) {
     let cfg = Config::default();
     let mut g = c.benchmark_group("replay_jsonl");
     g.sample_size(10);
-    for (name, hours, attacks) in [("2h-clean", 2.0, "none"), ("6h-5-attacks", 6.0, "all")] {
+    for (name, hours, attacks) in [("2h-clean", 2.0, "none"), ("10h-11-attacks", 10.0, "all")] {
         let data = capture(hours, attacks);
         let readings = data.iter().filter(|&&b| b == b'\n').count() as u64;
         g.throughput(Throughput::Elements(readings));

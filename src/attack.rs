@@ -26,6 +26,11 @@ pub const MODIFY_PARAMETER: Technique = Technique {
     id: "T0836",
     name: "Modify Parameter",
 };
+/// T0846 Remote System Discovery.
+pub const REMOTE_SYSTEM_DISCOVERY: Technique = Technique {
+    id: "T0846",
+    name: "Remote System Discovery",
+};
 /// T0855 Unauthorized Command Message.
 pub const UNAUTHORIZED_COMMAND: Technique = Technique {
     id: "T0855",

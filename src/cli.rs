@@ -63,8 +63,8 @@ pub struct SimulateArgs {
     /// Output capture (.jsonl, .jsonl.gz or .jsonl.zst); labels go beside it.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Simulated hours.
-    #[arg(long, default_value_t = 6.0)]
+    /// Simulated hours (all eleven attacks need 9.9 h).
+    #[arg(long, default_value_t = 10.0)]
     pub hours: f64,
     /// Random seed.
     #[arg(long, default_value_t = 1)]
@@ -72,6 +72,15 @@ pub struct SimulateArgs {
     /// Attacks: `all`, `none`, or a comma-separated list of scenario names.
     #[arg(long, default_value = "all")]
     pub attacks: String,
+    /// Attack intensity: `subtle` or `obvious`.
+    #[arg(long, default_value = "obvious")]
+    pub intensity: String,
+    /// Built-in facility variant: default, hyperscale-60hz, edge-small.
+    #[arg(long, default_value = "default", conflicts_with = "facility")]
+    pub variant: String,
+    /// Facility description (TOML) instead of a built-in variant.
+    #[arg(long)]
+    pub facility: Option<PathBuf>,
     /// Start time (RFC 3339).
     #[arg(long, default_value = "2026-07-07T00:00:00Z")]
     pub start: String,

@@ -17,9 +17,14 @@
 use crate::detect::cusum::CusumParams;
 use crate::detect::ewma::EwmaParams;
 use crate::detect::flatline::FlatlineParams;
+use crate::detect::grid::BreakerParams;
 use crate::detect::limits::LimitsParams;
+use crate::detect::oscillation::OscillationParams;
+use crate::detect::physics::PhysicsParams;
+use crate::detect::protocol::ProtocolParams;
 use crate::detect::replay::ReplayParams;
 use crate::detect::staleness::StalenessParams;
+use crate::detect::ups::UpsParams;
 use crate::detect::PerKind;
 use crate::feature::FeatureParams;
 use crate::model::DeviceKind;
@@ -151,6 +156,16 @@ pub struct DetectorsConfig {
     pub replay: ReplayParams,
     /// Silence.
     pub staleness: StalenessParams,
+    /// UPS bypass, on-battery and draining with healthy mains.
+    pub ups: UpsParams,
+    /// Breaker openings without a grid disturbance.
+    pub breaker: BreakerParams,
+    /// Learned physical relations between points.
+    pub physics: PhysicsParams,
+    /// Periodic power swings.
+    pub oscillation: OscillationParams,
+    /// Commands on the wire (global: `[detectors.protocol]`).
+    pub protocol: ProtocolParams,
 }
 
 /// The file as written. Parsed twice: with typed detector tables (`D =
@@ -428,6 +443,103 @@ fn validate_detectors(d: &DetectorsConfig, at: &str, origin: &str) -> Result<(),
         origin,
         &k("staleness.min_silence"),
         d.staleness.min_silence >= 0,
+        "must not be negative",
+    )?;
+    check(
+        origin,
+        &k("physics.threshold"),
+        d.physics.threshold > 0.0,
+        "must be greater than 0",
+    )?;
+    check(
+        origin,
+        &k("physics.warmup_samples"),
+        d.physics.warmup_samples >= 10,
+        "must be at least 10",
+    )?;
+    check(
+        origin,
+        &k("physics.persist_samples"),
+        d.physics.persist_samples >= 1,
+        "must be at least 1",
+    )?;
+    check(
+        origin,
+        &k("physics.halflife_samples"),
+        d.physics.halflife_samples >= 1.0,
+        "must be at least 1",
+    )?;
+    let o = &d.oscillation;
+    check(
+        origin,
+        &k("oscillation.window_samples"),
+        (16..=4096).contains(&o.window_samples),
+        "must be between 16 and 4096",
+    )?;
+    check(
+        origin,
+        &k("oscillation.hop_samples"),
+        o.hop_samples >= 1,
+        "must be at least 1",
+    )?;
+    check(
+        origin,
+        &k("oscillation.min_hz"),
+        o.min_hz > 0.0 && o.min_hz < o.max_hz,
+        "must be positive and below max_hz",
+    )?;
+    check(
+        origin,
+        &k("oscillation.threshold"),
+        o.threshold > 1.0,
+        "must be greater than 1",
+    )?;
+    check(
+        origin,
+        &k("oscillation.warmup_windows"),
+        o.warmup_windows >= 1,
+        "must be at least 1",
+    )?;
+    check(
+        origin,
+        &k("ups.drain_pct_per_min"),
+        d.ups.drain_pct_per_min > 0.0,
+        "must be greater than 0",
+    )?;
+    check(
+        origin,
+        &k("ups.window"),
+        d.ups.window >= 1000,
+        "must be at least 1s",
+    )?;
+    check(
+        origin,
+        &k("breaker.disturbance_z"),
+        d.breaker.disturbance_z > 0.0,
+        "must be greater than 0",
+    )?;
+    check(
+        origin,
+        &k("breaker.lookback"),
+        d.breaker.lookback >= 0,
+        "must not be negative",
+    )?;
+    check(
+        origin,
+        &k("protocol.scan_devices"),
+        d.protocol.scan_devices >= 1,
+        "must be at least 1",
+    )?;
+    check(
+        origin,
+        &k("protocol.scan_window"),
+        d.protocol.scan_window >= 1,
+        "must be at least 1ms",
+    )?;
+    check(
+        origin,
+        &k("protocol.learn"),
+        d.protocol.learn >= 0,
         "must not be negative",
     )?;
     for (metric, l) in &d.limits.metrics {

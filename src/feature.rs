@@ -102,7 +102,8 @@ impl Registry {
         Ok(id)
     }
 
-    /// The device for `(site, device)`, registering it if new.
+    /// The device for `(site, device)`, registering it if new. An empty `kind` (a device
+    /// named only by a command so far) is replaced by the kind of its first reading.
     pub fn intern_device(
         &mut self,
         site: &str,
@@ -110,6 +111,12 @@ impl Registry {
         kind: &str,
     ) -> Result<DeviceId, RegistryError> {
         if let Some(&d) = self.by_name.get(site).and_then(|m| m.get(device)) {
+            // A device first named by a command learns its kind from its first reading.
+            let info = &mut self.devices[d as usize];
+            if info.kind_name.is_empty() && !kind.is_empty() {
+                info.kind = DeviceKind::parse(kind);
+                info.kind_name = kind.to_owned();
+            }
             return Ok(d);
         }
         if self.devices.len() >= self.max_points {
@@ -403,6 +410,17 @@ impl<'a> Frame<'a> {
             let st = store.point(p);
             (st.quality == Quality::Good && st.ts == ts).then_some((p, st))
         })
+    }
+
+    /// A metric of the frame's device with a good value at this instant.
+    pub fn metric(&self, name: &str) -> Option<&'a PointState> {
+        let (store, reg, ts) = (self.store, self.registry, self.ts);
+        reg.device(self.device)
+            .points
+            .iter()
+            .find(|&&p| reg.point(p).metric == name)
+            .map(|&p| store.point(p))
+            .filter(|st| st.quality == Quality::Good && st.ts == ts)
     }
 
     /// The good points that are analog (what the statistical detectors judge).

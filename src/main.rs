@@ -94,6 +94,10 @@ fn run_replay(a: ReplayArgs) -> Result<ExitCode> {
 fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
     use wattchdog::sim;
     use wattchdog::source::{split_compression, Compression};
+    let facility = match &a.facility {
+        Some(p) => sim::Facility::load(p)?,
+        None => sim::Facility::variant(&a.variant)?,
+    };
     let opts = sim::SimOptions {
         start: wattchdog::time::TimeFormat::Auto
             .parse(&a.start)
@@ -101,6 +105,8 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
         hours: a.hours,
         seed: a.seed,
         attacks: sim::parse_attacks(&a.attacks)?,
+        intensity: sim::Intensity::parse(&a.intensity)
+            .with_context(|| format!("--intensity {:?}: use subtle or obvious", a.intensity))?,
     };
     anyhow::ensure!(
         a.hours > 0.0 && a.hours.is_finite(),
@@ -112,7 +118,7 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
     let labels = match split_compression(&name).1 {
         Compression::None => {
             let mut w = BufWriter::new(file);
-            let l = sim::simulate(&opts, &mut w)?;
+            let l = sim::simulate(&facility, &opts, &mut w)?;
             w.flush()?;
             l
         }
@@ -121,14 +127,14 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
                 BufWriter::new(file),
                 flate2::Compression::new(a.level.unwrap_or(6).clamp(0, 9) as u32),
             );
-            let l = sim::simulate(&opts, &mut w)?;
+            let l = sim::simulate(&facility, &opts, &mut w)?;
             w.finish()?.flush()?;
             l
         }
         Compression::Zstd => {
             let mut w =
                 zstd::stream::write::Encoder::new(BufWriter::new(file), a.level.unwrap_or(9))?;
-            let l = sim::simulate(&opts, &mut w)?;
+            let l = sim::simulate(&facility, &opts, &mut w)?;
             w.finish()?.flush()?;
             l
         }

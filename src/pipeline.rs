@@ -210,7 +210,20 @@ impl Pipeline {
                 }
                 self.updated[dev].push(point);
             }
-            Event::Command(_) => self.stats.commands += 1,
+            Event::Command(cmd) => {
+                self.stats.commands += 1;
+                match self.registry.intern_device(&cmd.site, &cmd.device, "") {
+                    Ok(dev) => {
+                        for d in &mut self.detectors {
+                            d.command(&cmd, dev, &self.registry, &mut self.findings);
+                        }
+                        self.correlate(out);
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %cmd.device, error = %e, "command not judged")
+                    }
+                }
+            }
         }
     }
 

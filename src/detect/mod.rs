@@ -12,13 +12,18 @@
 pub mod cusum;
 pub mod ewma;
 pub mod flatline;
+pub mod grid;
 pub mod limits;
+pub mod oscillation;
+pub mod physics;
+pub mod protocol;
 pub mod replay;
 pub mod staleness;
+pub mod ups;
 
 use crate::config::DetectorsConfig;
-use crate::feature::{FeatureStore, Frame, PointId, Registry};
-use crate::model::{DeviceKind, Finding, Severity, Technique, Ts};
+use crate::feature::{DeviceId, FeatureStore, Frame, PointId, Registry};
+use crate::model::{Command, DeviceKind, Finding, Severity, Technique, Ts};
 
 /// A detector of one family.
 ///
@@ -32,6 +37,15 @@ pub trait Detector: Send {
     fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>);
     /// Called when the watermark passes `now`; for detectors of silence.
     fn tick(&mut self, _now: Ts, _store: &FeatureStore, _reg: &Registry, _out: &mut Vec<Finding>) {}
+    /// Looks at a control action seen on the wire; `device` is its target's id.
+    fn command(
+        &mut self,
+        _cmd: &Command,
+        _device: DeviceId,
+        _reg: &Registry,
+        _out: &mut Vec<Finding>,
+    ) {
+    }
 }
 
 /// One value per device kind, indexed by [`DeviceKind::index`].
@@ -50,39 +64,78 @@ impl<T> PerKind<T> {
     }
 }
 
+/// Parameters every detector has.
+pub trait Enabled {
+    /// Whether the detector runs for a kind.
+    fn enabled(&self) -> bool;
+}
+
+macro_rules! enabled {
+    ($($t:ty),*) => {$(impl Enabled for $t { fn enabled(&self) -> bool { self.enabled } })*};
+}
+enabled!(
+    limits::LimitsParams,
+    ewma::EwmaParams,
+    cusum::CusumParams,
+    flatline::FlatlineParams,
+    replay::ReplayParams,
+    staleness::StalenessParams,
+    ups::UpsParams,
+    grid::BreakerParams,
+    physics::PhysicsParams,
+    oscillation::OscillationParams,
+    protocol::ProtocolParams
+);
+
+/// The per-kind table of one detector's parameters, if any kind enables it.
+fn table<P: Clone + Enabled>(
+    cfg: &PerKind<DetectorsConfig>,
+    pick: fn(&DetectorsConfig) -> &P,
+) -> Option<PerKind<P>> {
+    let t = PerKind::from_fn(|k| pick(cfg.get(k)).clone());
+    DeviceKind::ALL
+        .iter()
+        .any(|&k| t.get(k).enabled())
+        .then_some(t)
+}
+
 /// Builds the enabled detectors from the effective per-kind configuration.
 pub fn build(cfg: &PerKind<DetectorsConfig>) -> Vec<Box<dyn Detector>> {
     let mut out: Vec<Box<dyn Detector>> = Vec::new();
-    let any = |f: fn(&DetectorsConfig) -> bool| DeviceKind::ALL.iter().any(|&k| f(cfg.get(k)));
-    if any(|c| c.limits.enabled) {
-        out.push(Box::new(limits::Limits::new(PerKind::from_fn(|k| {
-            cfg.get(k).limits.clone()
-        }))));
+    if let Some(t) = table(cfg, |c| &c.limits) {
+        out.push(Box::new(limits::Limits::new(t)));
     }
-    if any(|c| c.ewma_z.enabled) {
-        out.push(Box::new(ewma::EwmaZ::new(PerKind::from_fn(|k| {
-            cfg.get(k).ewma_z.clone()
-        }))));
+    if let Some(t) = table(cfg, |c| &c.ewma_z) {
+        out.push(Box::new(ewma::EwmaZ::new(t)));
     }
-    if any(|c| c.cusum.enabled) {
-        out.push(Box::new(cusum::Cusum::new(PerKind::from_fn(|k| {
-            cfg.get(k).cusum.clone()
-        }))));
+    if let Some(t) = table(cfg, |c| &c.cusum) {
+        out.push(Box::new(cusum::Cusum::new(t)));
     }
-    if any(|c| c.flatline.enabled) {
-        out.push(Box::new(flatline::Flatline::new(PerKind::from_fn(|k| {
-            cfg.get(k).flatline.clone()
-        }))));
+    if let Some(t) = table(cfg, |c| &c.flatline) {
+        out.push(Box::new(flatline::Flatline::new(t)));
     }
-    if any(|c| c.replay.enabled) {
-        out.push(Box::new(replay::Replay::new(PerKind::from_fn(|k| {
-            cfg.get(k).replay.clone()
-        }))));
+    if let Some(t) = table(cfg, |c| &c.replay) {
+        out.push(Box::new(replay::Replay::new(t)));
     }
-    if any(|c| c.staleness.enabled) {
-        out.push(Box::new(staleness::Staleness::new(PerKind::from_fn(|k| {
-            cfg.get(k).staleness.clone()
-        }))));
+    if let Some(t) = table(cfg, |c| &c.staleness) {
+        out.push(Box::new(staleness::Staleness::new(t)));
+    }
+    if let Some(t) = table(cfg, |c| &c.ups) {
+        out.push(Box::new(ups::UpsState::new(t)));
+    }
+    if let Some(t) = table(cfg, |c| &c.breaker) {
+        out.push(Box::new(grid::Breaker::new(t)));
+    }
+    if let Some(t) = table(cfg, |c| &c.physics) {
+        out.push(Box::new(physics::Physics::new(t)));
+    }
+    if let Some(t) = table(cfg, |c| &c.oscillation) {
+        out.push(Box::new(oscillation::Oscillation::new(t)));
+    }
+    // Commands carry no device kind worth trusting: the global parameters apply.
+    let protocol = &cfg.get(DeviceKind::Other).protocol;
+    if protocol.enabled {
+        out.push(Box::new(protocol::Protocol::new(protocol.clone())));
     }
     out
 }

@@ -65,7 +65,7 @@ fn wide_csv_with_a_mapping() {
 fn several_files_merge_by_event_time() {
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole.jsonl");
-    simulate(&whole, 2.5, 31, "telemetry-blackout");
+    simulate(&whole, 3.5, 31, "telemetry-blackout");
     // Split by device: chillers in one file, everything else in the other.
     let text = std::fs::read_to_string(&whole).unwrap();
     let (a, b): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.contains("\"chiller-"));

@@ -10,7 +10,7 @@ use wattchdog::Config;
 fn paced_and_unpaced_replays_give_identical_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let cap = dir.path().join("c.jsonl");
-    simulate(&cap, 2.5, 21, "chiller-setpoint-tamper");
+    simulate(&cap, 3.5, 21, "chiller-setpoint-tamper");
     let mut results = Vec::new();
     for speed in [None, Some("100000")] {
         let alerts = dir
@@ -68,7 +68,7 @@ fn feed(lines: &[&str], heartbeat_every: Option<usize>) -> Vec<String> {
 fn heartbeats_and_batching_do_not_change_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let cap = dir.path().join("c.jsonl");
-    simulate(&cap, 2.5, 22, "telemetry-blackout");
+    simulate(&cap, 3.5, 22, "telemetry-blackout");
     let text = std::fs::read_to_string(&cap).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let base = feed(&lines, None);

@@ -28,9 +28,10 @@ pub fn simulate(path: &Path, hours: f64, seed: u64, attacks: &str) -> Vec<Label>
         hours,
         seed,
         attacks: sim::parse_attacks(attacks).unwrap(),
+        intensity: sim::Intensity::Obvious,
     };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let labels = sim::simulate(&opts, &mut f).unwrap();
+    let labels = sim::simulate(&sim::Facility::default(), &opts, &mut f).unwrap();
     std::io::Write::flush(&mut f).unwrap();
     labels
 }

@@ -1,0 +1,488 @@
+//! **physics**: cross-signal invariants that a spoofed or manipulated value breaks.
+//!
+//! Each relation predicts one metric from another quantity, `y ≈ a + b·x`, with `a` and
+//! `b` learned online per device by recursive least squares (inputs centred on their
+//! first value, a prior slope of `y/x` at that point, exponential forgetting), so each
+//! facility's constants — UPS efficiency, chiller COP, the site's other load, meter
+//! ratios — are learned, never assumed. The residual's spread is learned too; after a
+//! warm-up, `|residual| / σ ≥ threshold` for `persist` samples is a finding. Nothing is
+//! learned while the residual is large, so an attack does not teach the model.
+//!
+//! | relation | y | x | only when |
+//! |---|---|---|---|
+//! | UPS efficiency | input_power_kw | output_power_kw | online (not on battery, not in bypass, battery full) |
+//! | UPS load | load_pct | output_power_kw | always |
+//! | chiller COP | power_kw | heat removed = flow × (return − supply) × c_p | running |
+//! | chiller setpoint | supply_temp_c | setpoint_c | running |
+//! | site balance | grid active_power_kw | Σ UPS input_power_kw + Σ chiller power_kw | breaker closed |
+//! | grid frequency | grid frequency_hz | mean UPS input_frequency_hz | UPS inputs live |
+//! | grid voltage | grid voltage_l1_v | mean UPS input_voltage_v | UPS inputs live |
+//!
+//! Blind spots: an attacker who spoofs every quantity of a relation consistently;
+//! relations whose inputs are missing from the capture are simply not evaluated.
+
+use super::{sig, Detector, PerKind};
+use crate::attack;
+use crate::feature::{DeviceId, Frame, PointState};
+use crate::model::{DeviceKind, Finding, Quality, Severity, Technique};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use serde_json::json;
+
+const NAME: &str = "physics";
+const CP_WATER: f64 = 4.186;
+
+/// Parameters of the physics detector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PhysicsParams {
+    /// Whether the detector runs for this kind.
+    pub enabled: bool,
+    /// |residual| / σ at or above which a sample counts.
+    pub threshold: f64,
+    /// Samples each relation learns from before it is judged.
+    pub warmup_samples: u64,
+    /// Consecutive samples over the threshold needed for a finding.
+    pub persist_samples: u32,
+    /// Half-life of the relation's memory, in samples.
+    pub halflife_samples: f64,
+}
+
+impl Default for PhysicsParams {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 8.0,
+            warmup_samples: 1800,
+            persist_samples: 5,
+            halflife_samples: 7200.0,
+        }
+    }
+}
+
+/// Where a relation's input comes from.
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    /// Another metric of the same device.
+    Metric(&'static str),
+    /// Heat removed by a chiller: flow × (return − supply) × c_p, kW.
+    ChillerHeat,
+    /// Sum of metrics over the site's devices of some kinds.
+    SiteSum(&'static [(DeviceKind, &'static str)]),
+    /// Mean of a metric over the site's devices of a kind (only live, non-zero values).
+    SiteMean(DeviceKind, &'static str),
+}
+
+/// When a relation holds.
+#[derive(Debug, Clone, Copy)]
+enum Gate {
+    Always,
+    UpsOnline,
+    Running,
+    BreakerClosed,
+}
+
+struct Spec {
+    kind: DeviceKind,
+    name: &'static str,
+    target: &'static str,
+    input: Input,
+    gate: Gate,
+    technique: Technique,
+    meaning: &'static str,
+}
+
+const SITE_POWER: &[(DeviceKind, &str)] = &[
+    (DeviceKind::Ups, "input_power_kw"),
+    (DeviceKind::Chiller, "power_kw"),
+];
+
+const RELATIONS: &[Spec] = &[
+    Spec {
+        kind: DeviceKind::Ups,
+        name: "ups_efficiency",
+        target: "input_power_kw",
+        input: Input::Metric("output_power_kw"),
+        gate: Gate::UpsOnline,
+        technique: attack::MANIPULATION_OF_CONTROL,
+        meaning: "input power no longer matches output power at the learned efficiency",
+    },
+    Spec {
+        kind: DeviceKind::Ups,
+        name: "ups_load",
+        target: "load_pct",
+        input: Input::Metric("output_power_kw"),
+        gate: Gate::Always,
+        technique: attack::SPOOF_REPORTING,
+        meaning: "reported load no longer matches output power",
+    },
+    Spec {
+        kind: DeviceKind::Chiller,
+        name: "chiller_cop",
+        target: "power_kw",
+        input: Input::ChillerHeat,
+        gate: Gate::Running,
+        technique: attack::SPOOF_REPORTING,
+        meaning:
+            "electrical power no longer matches the heat removed (flow × ΔT) at the learned COP",
+    },
+    Spec {
+        kind: DeviceKind::Chiller,
+        name: "chiller_setpoint",
+        target: "supply_temp_c",
+        input: Input::Metric("setpoint_c"),
+        gate: Gate::Running,
+        technique: attack::MODIFY_PARAMETER,
+        meaning: "supply temperature no longer tracks the setpoint",
+    },
+    Spec {
+        kind: DeviceKind::GridMeter,
+        name: "site_balance",
+        target: "active_power_kw",
+        input: Input::SiteSum(SITE_POWER),
+        gate: Gate::BreakerClosed,
+        technique: attack::SPOOF_REPORTING,
+        meaning:
+            "interconnect power no longer matches UPS inputs + chillers + the learned remainder",
+    },
+    Spec {
+        kind: DeviceKind::GridMeter,
+        name: "grid_frequency",
+        target: "frequency_hz",
+        input: Input::SiteMean(DeviceKind::Ups, "input_frequency_hz"),
+        gate: Gate::Always,
+        technique: attack::SPOOF_REPORTING,
+        meaning: "meter frequency no longer matches the frequency the UPS inputs see",
+    },
+    Spec {
+        kind: DeviceKind::GridMeter,
+        name: "grid_voltage",
+        target: "voltage_l1_v",
+        input: Input::SiteMean(DeviceKind::Ups, "input_voltage_v"),
+        gate: Gate::Always,
+        technique: attack::SPOOF_REPORTING,
+        meaning: "meter voltage no longer matches the voltage the UPS inputs see",
+    },
+];
+
+/// A two-parameter recursive least-squares fit `y' = a + b·x'` on centred data.
+#[derive(Debug, Clone)]
+struct Fit {
+    x0: f64,
+    y0: f64,
+    theta: [f64; 2],
+    p: [[f64; 2]; 2],
+    var: f64,
+    n: u64,
+    run: u32,
+}
+
+impl Fit {
+    fn new(x: f64, y: f64) -> Self {
+        let b0 = if x.abs() > 1e-9 { y / x } else { 1.0 };
+        let scale = y.abs().max(1.0);
+        let xs = x.abs().max(1.0);
+        Self {
+            x0: x,
+            y0: y,
+            theta: [0.0, b0],
+            // Weak priors: offset within the target's scale, slope within y/x's.
+            p: [[scale * scale, 0.0], [0.0, (scale / xs).powi(2)]],
+            var: 0.0,
+            n: 0,
+            run: 0,
+        }
+    }
+
+    fn predict(&self, x: f64) -> f64 {
+        self.y0 + self.theta[0] + self.theta[1] * (x - self.x0)
+    }
+
+    fn learn(&mut self, x: f64, y: f64, lambda: f64) {
+        let phi = [1.0, x - self.x0];
+        let e = (y - self.y0) - (self.theta[0] + self.theta[1] * phi[1]);
+        let pphi = [
+            self.p[0][0] * phi[0] + self.p[0][1] * phi[1],
+            self.p[1][0] * phi[0] + self.p[1][1] * phi[1],
+        ];
+        let denom = lambda + phi[0] * pphi[0] + phi[1] * pphi[1];
+        if !denom.is_finite() || denom <= 0.0 {
+            return;
+        }
+        let k = [pphi[0] / denom, pphi[1] / denom];
+        self.theta[0] += k[0] * e;
+        self.theta[1] += k[1] * e;
+        for (row, ki) in self.p.iter_mut().zip(k) {
+            for (pij, pj) in row.iter_mut().zip(pphi) {
+                *pij = (*pij - ki * pj) / lambda;
+            }
+        }
+    }
+}
+
+/// The physics detector.
+pub struct Physics {
+    params: PerKind<PhysicsParams>,
+    fits: FxHashMap<(DeviceId, usize), Fit>,
+}
+
+impl Physics {
+    /// Builds it from per-kind parameters.
+    pub fn new(params: PerKind<PhysicsParams>) -> Self {
+        Self {
+            params,
+            fits: FxHashMap::default(),
+        }
+    }
+}
+
+fn fresh<'a>(frame: &Frame<'a>, name: &str) -> Option<&'a PointState> {
+    frame.metric(name)
+}
+
+fn flag(frame: &Frame<'_>, name: &str) -> Option<bool> {
+    fresh(frame, name).map(|p| p.value >= 0.5)
+}
+
+/// A metric of another device of the site, if it was reported at this instant.
+fn site_values<'a>(
+    frame: &'a Frame<'_>,
+    kind: DeviceKind,
+    metric: &'a str,
+) -> impl Iterator<Item = Option<f64>> + 'a {
+    let reg = frame.registry;
+    let site = &reg.device(frame.device).site;
+    reg.devices()
+        .iter()
+        .filter(move |d| d.kind == kind && &d.site == site)
+        .map(move |d| {
+            d.points
+                .iter()
+                .find(|&&p| reg.point(p).metric == metric)
+                .map(|&p| frame.store.point(p))
+                .filter(|st| st.quality == Quality::Good && st.ts == frame.ts)
+                .map(|st| st.value)
+        })
+}
+
+fn input_value(frame: &Frame<'_>, input: Input) -> Option<f64> {
+    match input {
+        Input::Metric(m) => fresh(frame, m).map(|p| p.value),
+        Input::ChillerHeat => {
+            let flow = fresh(frame, "flow_lps")?.value;
+            let ret = fresh(frame, "return_temp_c")?.value;
+            let sup = fresh(frame, "supply_temp_c")?.value;
+            Some(flow * (ret - sup) * CP_WATER)
+        }
+        Input::SiteSum(parts) => {
+            let mut sum = 0.0;
+            let mut any = false;
+            for &(kind, metric) in parts {
+                for v in site_values(frame, kind, metric) {
+                    sum += v?; // a device missing this instant: no balance to check
+                    any = true;
+                }
+            }
+            any.then_some(sum)
+        }
+        Input::SiteMean(kind, metric) => {
+            let (mut sum, mut n) = (0.0, 0);
+            for v in site_values(frame, kind, metric).flatten() {
+                if v > 0.0 {
+                    sum += v;
+                    n += 1;
+                }
+            }
+            (n > 0).then(|| sum / f64::from(n))
+        }
+    }
+}
+
+fn gate_open(frame: &Frame<'_>, gate: Gate) -> bool {
+    match gate {
+        Gate::Always => true,
+        Gate::UpsOnline => {
+            flag(frame, "on_battery") != Some(true)
+                && flag(frame, "bypass_active") != Some(true)
+                && fresh(frame, "battery_charge_pct").is_none_or(|p| p.value >= 99.5)
+                && fresh(frame, "input_voltage_v").is_none_or(|p| p.value > 0.0)
+        }
+        Gate::Running => flag(frame, "running") != Some(false),
+        Gate::BreakerClosed => flag(frame, "breaker_closed") != Some(false),
+    }
+}
+
+impl Detector for Physics {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>) {
+        let kind = frame.kind();
+        let params = self.params.get(kind);
+        if !params.enabled {
+            return;
+        }
+        let lambda = 0.5f64.powf(1.0 / params.halflife_samples.max(1.0));
+        for (i, spec) in RELATIONS.iter().enumerate().filter(|(_, s)| s.kind == kind) {
+            let Some(target) = fresh(frame, spec.target) else {
+                continue;
+            };
+            if !gate_open(frame, spec.gate) {
+                continue;
+            }
+            let Some(x) = input_value(frame, spec.input) else {
+                continue;
+            };
+            let y = target.value;
+            let fit = self
+                .fits
+                .entry((frame.device, i))
+                .or_insert_with(|| Fit::new(x, y));
+            let predicted = fit.predict(x);
+            let resid = y - predicted;
+            let res_floor = if target.resolution.is_finite() {
+                target.resolution
+            } else {
+                0.0
+            };
+            let sigma = fit.var.sqrt().max(res_floor).max(1e-9 * y.abs()).max(1e-12);
+            let z = resid / sigma;
+            let warm = fit.n < params.warmup_samples;
+            if warm || z.abs() < 3.0 {
+                fit.learn(x, y, lambda);
+                let a = if warm {
+                    1.0 / (fit.n as f64 + 1.0)
+                } else {
+                    1.0 - lambda
+                };
+                let r = if warm {
+                    resid
+                } else {
+                    resid.clamp(-3.0 * sigma, 3.0 * sigma)
+                };
+                fit.var += a * (r * r - fit.var);
+                fit.n += 1;
+            }
+            if warm || z.abs() < params.threshold {
+                fit.run = 0;
+                continue;
+            }
+            fit.run += 1;
+            if fit.run < params.persist_samples {
+                continue;
+            }
+            let dev = &frame.registry.device(frame.device).name;
+            out.push(Finding {
+                ts: frame.ts,
+                device: frame.device,
+                metrics: vec![spec.target.to_owned()],
+                detector: NAME,
+                score: z.abs(),
+                threshold: params.threshold,
+                severity: if z.abs() >= 3.0 * params.threshold { Severity::High } else { Severity::Medium },
+                technique: spec.technique,
+                reason: format!(
+                    "{dev}: {} ({} = {}, expected {} ± {} from the learned relation)",
+                    spec.meaning,
+                    spec.target,
+                    sig(y),
+                    sig(predicted),
+                    sig(sigma)
+                ),
+                evidence: json!({"relation": spec.name, "value": y, "expected": predicted, "input": x,
+                                 "residual_sigma": sigma, "z": z, "slope": fit.theta[1]}),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testkit::noisy;
+    use crate::feature::{FeatureParams, FeatureStore, Registry};
+    use crate::model::Ts;
+
+    /// Feeds a chiller whose power follows heat at a COP of `cop`, optionally with the
+    /// supply sensor reading `lie` °C low from step `from` on.
+    fn chiller(cop: f64, lie: f64, from: usize) -> Vec<(usize, Finding)> {
+        let mut reg = Registry::new(100);
+        let ms = [
+            "flow_lps",
+            "return_temp_c",
+            "supply_temp_c",
+            "power_kw",
+            "running",
+        ];
+        let pts: Vec<_> = ms
+            .iter()
+            .map(|m| reg.intern("s", "chiller-1", "chiller", m).unwrap())
+            .collect();
+        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut d = Physics::new(PerKind::from_fn(|_| PhysicsParams::default()));
+        let n = 6000;
+        let load = noisy(n, 0.0, 1.0, 7);
+        let (nf, nt, np) = (
+            noisy(n, 0.0, 0.2, 8),
+            noisy(n, 0.0, 0.03, 9),
+            noisy(n, 0.0, 1.0, 10),
+        );
+        let mut found = Vec::new();
+        let mut l = 0.0;
+        for i in 0..n {
+            l = 0.999 * l + load[i];
+            let heat = 400.0 + 3.0 * l;
+            let flow = 40.0;
+            let sup = 7.0;
+            let ret = sup + heat / (CP_WATER * flow);
+            let rep_sup = if i >= from { sup - lie } else { sup };
+            let vals = [
+                flow + nf[i],
+                ret + nt[i],
+                rep_sup + nt[(i + 1) % n],
+                heat / cop + np[i],
+                1.0,
+            ];
+            let ts = i as Ts * 1000;
+            for (p, v) in pts.iter().zip(vals) {
+                st.update(&reg, *p, ts, v, Quality::Good);
+            }
+            let frame = Frame {
+                ts,
+                device: 0,
+                updated: &pts,
+                store: &st,
+                registry: &reg,
+            };
+            let mut out = Vec::new();
+            d.observe(&frame, &mut out);
+            found.extend(out.into_iter().map(|f| (i, f)));
+        }
+        found
+    }
+
+    #[test]
+    fn cop_is_learned_whatever_it_is_and_a_lying_supply_sensor_breaks_it() {
+        for cop in [2.8, 4.2, 6.5] {
+            assert!(
+                chiller(cop, 0.0, usize::MAX).is_empty(),
+                "clean at COP {cop}"
+            );
+            let f = chiller(cop, 1.0, 4000);
+            let at = f.first().map(|x| x.0).expect("spoof detected");
+            assert!((4000..4010).contains(&at), "COP {cop}: at {at}");
+            assert_eq!(f[0].1.evidence["relation"], "chiller_cop");
+        }
+    }
+
+    #[test]
+    fn fit_recovers_a_line() {
+        let mut fit = Fit::new(100.0, 250.0);
+        for i in 0..2000 {
+            let x = 100.0 + (i % 50) as f64;
+            fit.learn(x, 30.0 + 2.2 * x, 0.9999);
+        }
+        assert!((fit.predict(180.0) - (30.0 + 2.2 * 180.0)).abs() < 0.01);
+    }
+}

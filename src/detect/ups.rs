@@ -1,0 +1,229 @@
+//! **ups**: a UPS that leaves its protected state while its mains is healthy.
+//!
+//! - The input voltage's normal level is learned during a warm-up; mains is healthy
+//!   while the input is within 15 % of it.
+//! - With healthy mains: `bypass_active = 1` (the load is unprotected), `on_battery = 1`
+//!   (the battery is being spent for nothing), or a battery charge falling faster than
+//!   `drain_pct_per_min` over `window` (a drain the flags do not admit) are findings.
+//!
+//! Blind spots: a UPS without input-voltage or battery telemetry; attacks during a real
+//! mains outage (the breaker and staleness detectors see those).
+
+use super::{sig, Detector, PerKind, PointTable};
+use crate::attack;
+use crate::feature::Frame;
+use crate::model::{DeviceKind, Finding, Severity, Ts};
+use crate::time::{format_duration, serde_duration};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::VecDeque;
+
+const NAME: &str = "ups";
+
+/// Parameters of the UPS state detector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpsParams {
+    /// Whether the detector runs for this kind (it only acts on `ups` devices).
+    pub enabled: bool,
+    /// Samples of input voltage used to learn its normal level.
+    pub warmup_samples: u32,
+    /// Battery charge falling faster than this (percent per minute) is a drain.
+    pub drain_pct_per_min: f64,
+    /// Window over which the charge's slope is measured.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub window: i64,
+}
+
+impl Default for UpsParams {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            warmup_samples: 60,
+            drain_pct_per_min: 0.2,
+            window: 120_000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    volts_sum: f64,
+    volts_n: u32,
+    charge: VecDeque<(Ts, f64)>,
+}
+
+/// The UPS state detector.
+pub struct UpsState {
+    params: PerKind<UpsParams>,
+    state: PointTable<State>,
+}
+
+impl UpsState {
+    /// Builds it from per-kind parameters.
+    pub fn new(params: PerKind<UpsParams>) -> Self {
+        Self {
+            params,
+            state: PointTable::default(),
+        }
+    }
+}
+
+impl Detector for UpsState {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>) {
+        let params = self.params.get(frame.kind());
+        if frame.kind() != DeviceKind::Ups || !params.enabled {
+            return;
+        }
+        let s = self.state.get_or_insert(frame.device, State::default);
+        let Some(vin) = frame.metric("input_voltage_v").map(|p| p.value) else {
+            return;
+        };
+        if s.volts_n < params.warmup_samples {
+            if vin > 0.0 {
+                s.volts_sum += vin;
+                s.volts_n += 1;
+            }
+            return;
+        }
+        let nominal = s.volts_sum / f64::from(s.volts_n);
+        if (vin - nominal).abs() > 0.15 * nominal {
+            s.charge.clear();
+            return;
+        }
+        let dev = &frame.registry.device(frame.device).name;
+        let mut finding = |metric: &str, score: f64, reason: String, evidence| {
+            out.push(Finding {
+                ts: frame.ts,
+                device: frame.device,
+                metrics: vec![metric.to_owned()],
+                detector: NAME,
+                score,
+                threshold: 1.0,
+                severity: Severity::High,
+                technique: attack::MANIPULATION_OF_CONTROL,
+                reason,
+                evidence,
+            });
+        };
+        if frame
+            .metric("bypass_active")
+            .is_some_and(|p| p.value >= 0.5)
+        {
+            finding(
+                "bypass_active",
+                1.0,
+                format!("{dev} is in bypass although its mains is healthy ({} V): its load runs unprotected", sig(vin)),
+                json!({"input_voltage_v": vin, "nominal_input_v": nominal}),
+            );
+        }
+        if frame.metric("on_battery").is_some_and(|p| p.value >= 0.5) {
+            finding(
+                "on_battery",
+                1.0,
+                format!(
+                    "{dev} runs on battery although its mains is healthy ({} V)",
+                    sig(vin)
+                ),
+                json!({"input_voltage_v": vin, "nominal_input_v": nominal}),
+            );
+        }
+        if let Some(c) = frame.metric("battery_charge_pct").map(|p| p.value) {
+            s.charge.push_back((frame.ts, c));
+            while s
+                .charge
+                .front()
+                .is_some_and(|&(t, _)| frame.ts - t > params.window)
+            {
+                s.charge.pop_front();
+            }
+            if let Some(&(t0, c0)) = s.charge.front() {
+                let span = frame.ts - t0;
+                if span >= params.window / 2 && span > 0 {
+                    let per_min = (c - c0) * 60_000.0 / span as f64;
+                    if per_min <= -params.drain_pct_per_min {
+                        finding(
+                            "battery_charge_pct",
+                            -per_min / params.drain_pct_per_min,
+                            format!(
+                                "{dev}'s battery charge fell from {} % to {} % in {} with healthy mains: the battery is being drained",
+                                sig(c0),
+                                sig(c),
+                                format_duration(span)
+                            ),
+                            json!({"charge_pct": c, "charge_pct_before": c0, "pct_per_min": per_min, "input_voltage_v": vin}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feature::{FeatureParams, FeatureStore, Registry};
+    use crate::model::Quality;
+
+    fn run(samples: &[(f64, f64, f64, f64)]) -> Vec<(usize, Finding)> {
+        let mut reg = Registry::new(100);
+        let names = [
+            "input_voltage_v",
+            "bypass_active",
+            "on_battery",
+            "battery_charge_pct",
+        ];
+        let pts: Vec<_> = names
+            .iter()
+            .map(|m| reg.intern("s", "ups-1", "ups", m).unwrap())
+            .collect();
+        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut d = UpsState::new(PerKind::from_fn(|_| UpsParams::default()));
+        let mut found = Vec::new();
+        for (i, &(v, b, ob, c)) in samples.iter().enumerate() {
+            let ts = i as Ts * 1000;
+            for (p, x) in pts.iter().zip([v, b, ob, c]) {
+                st.update(&reg, *p, ts, x, Quality::Good);
+            }
+            let frame = Frame {
+                ts,
+                device: 0,
+                updated: &pts,
+                store: &st,
+                registry: &reg,
+            };
+            let mut out = Vec::new();
+            d.observe(&frame, &mut out);
+            found.extend(out.into_iter().map(|f| (i, f)));
+        }
+        found
+    }
+
+    #[test]
+    fn bypass_and_battery_with_healthy_mains() {
+        let mut s = vec![(400.0, 0.0, 0.0, 100.0); 100];
+        s.extend(vec![(400.0, 1.0, 0.0, 100.0); 5]);
+        let f = run(&s);
+        assert_eq!(f.first().map(|x| x.0), Some(100));
+        assert_eq!(f[0].1.metrics, vec!["bypass_active".to_string()]);
+        // Mains lost: being on battery is what a UPS is for.
+        let mut s = vec![(400.0, 0.0, 0.0, 100.0); 100];
+        s.extend(vec![(0.0, 0.0, 1.0, 99.0); 30]);
+        assert!(run(&s).is_empty());
+    }
+
+    #[test]
+    fn silent_drain_is_seen_from_the_charge() {
+        let mut s = vec![(400.0, 0.0, 0.0, 100.0); 100];
+        s.extend((0..300).map(|i| (400.0, 0.0, 0.0, 100.0 - i as f64 * 0.01)));
+        let f = run(&s);
+        let at = f.first().expect("drain seen").0;
+        assert!((100..200).contains(&at), "at {at}");
+        assert_eq!(f[0].1.metrics, vec!["battery_charge_pct".to_string()]);
+    }
+}
