@@ -23,8 +23,33 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write a simulated facility's telemetry, with scheduled attacks, and its labels.
     Simulate(SimulateArgs),
+    /// Score detections against the captures' labels sidecars.
+    Eval(EvalArgs),
     /// Validate a config file (or a wide-CSV mapping with --mapping).
     CheckConfig(CheckConfigArgs),
+}
+
+/// `wattchdog eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Labelled captures (each with `<name>.labels.json` beside it).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Config file for the replay.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Score these alerts (JSONL) instead of replaying (one capture only).
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Mapping for wide CSV captures.
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// Time after a window's end in which a detection still counts (e.g. `5m`).
+    #[arg(long, default_value = "5m")]
+    pub grace: String,
+    /// Print the score as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `wattchdog replay`.

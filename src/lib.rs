@@ -21,6 +21,7 @@
 //! - [`correlate`]: findings → alerts → incidents.
 //! - [`sink`]: alert outputs.
 //! - [`replay`]: replay of captures with a report.
+//! - [`eval`]: scoring alerts against labels.
 //! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures.
 //! - [`cli`]: the command line.
 
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod correlate;
 pub mod detect;
+pub mod eval;
 pub mod feature;
 pub mod model;
 pub mod pipeline;

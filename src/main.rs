@@ -6,7 +6,7 @@ use clap::Parser;
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
-use wattchdog::cli::{CheckConfigArgs, Cli, Command, ReplayArgs, SimulateArgs};
+use wattchdog::cli::{CheckConfigArgs, Cli, Command, EvalArgs, ReplayArgs, SimulateArgs};
 use wattchdog::replay::{replay, ReplayOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::csv::WideMapping;
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Replay(a) => run_replay(a),
         Command::Simulate(a) => run_simulate(a),
+        Command::Eval(a) => run_eval(a),
         Command::CheckConfig(a) => check_config(a),
     };
     match result {
@@ -150,6 +151,91 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
         labels_path.display(),
         labels.len()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_eval(a: EvalArgs) -> Result<ExitCode> {
+    use wattchdog::eval::{self, AlertView, Score};
+    let cfg = load_config(a.config.as_deref())?;
+    let mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
+    let grace = wattchdog::time::parse_duration(&a.grace).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        a.alerts.is_none() || a.files.len() == 1,
+        "--alerts scores one capture: give exactly one"
+    );
+    let mut score = Score::default();
+    for file in &a.files {
+        let labels_path = wattchdog::sim::labels_path(file);
+        if !labels_path.exists() {
+            return Err(eval::EvalError::NoLabels {
+                capture: file.display().to_string(),
+                expected: labels_path.display().to_string(),
+            }
+            .into());
+        }
+        let (labels, warnings) = eval::load_labels(&labels_path)?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        let (alerts, span) = match &a.alerts {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let alerts: Vec<AlertView> = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}", p.display(), i + 1)))
+                    .collect::<Result<_>>()?;
+                let lo = labels.iter().map(|l| l.start).chain(alerts.iter().map(|a| a.ts)).min().unwrap_or(0);
+                let hi = labels.iter().map(|l| l.end).chain(alerts.iter().map(|a| a.ts)).max().unwrap_or(0);
+                (alerts, (lo, hi))
+            }
+            None => {
+                let opts = ReplayOptions {
+                    inputs: vec![file.clone()],
+                    mapping: mapping.clone(),
+                    speed: None,
+                    progress: false,
+                };
+                let report = replay(&cfg, &opts, &mut |_| Ok(()))?;
+                for e in &report.errors {
+                    eprintln!("warning: {e}");
+                }
+                let known = report.devices.iter().cloned().collect();
+                let unknown = eval::unknown_devices(&labels, &known);
+                if !unknown.is_empty() {
+                    eprintln!(
+                        "warning: {} names devices the capture never mentions: {}",
+                        labels_path.display(),
+                        unknown.join(", ")
+                    );
+                }
+                let span = (
+                    report.first_ts.as_deref().and_then(eval::parse_ts).unwrap_or(0),
+                    report.last_ts.as_deref().and_then(eval::parse_ts).unwrap_or(0),
+                );
+                let alerts = report
+                    .alerts
+                    .iter()
+                    .map(|x| AlertView {
+                        id: x.id.clone(),
+                        ts: x.ts,
+                        device: x.device.clone(),
+                        detector: x.detector.to_owned(),
+                        incident_id: x.incident_id.clone(),
+                    })
+                    .collect();
+                (alerts, span)
+            }
+        };
+        eval::score_capture(&mut score, &labels, &alerts, span, grace);
+    }
+    score.finish();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&score)?);
+    } else {
+        print!("{}", score.render());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -61,6 +61,8 @@ pub struct ReplayReport {
     pub pipeline: PipelineStats,
     /// Detectors that ran.
     pub detectors: Vec<&'static str>,
+    /// Device names seen, in order of first appearance.
+    pub devices: Vec<String>,
     /// First event time.
     pub first_ts: Option<String>,
     /// Last event time.
@@ -239,6 +241,7 @@ pub fn replay_sources(
         },
         pipeline: stats,
         detectors: pipeline.detector_names(),
+        devices: pipeline.registry.devices().iter().map(|d| d.name.clone()).collect(),
         first_ts: first.map(format_ts),
         last_ts: last.map(format_ts),
         elapsed_s: elapsed,

@@ -1,11 +1,12 @@
 //! **cusum**: slow drifts ("boiling frog" manipulation) that a tracking baseline follows.
 //!
-//! - Samples are averaged in blocks; a reference level follows the block means slowly
-//!   (half-life of hours), with each step clipped at 3σ, and stands still while a drift
-//!   builds up, so the drift is not absorbed; after `rebaseline_blocks` in alarm the new
-//!   level is accepted.
-//! - σ is the long-run spread of block means around the reference, learned online, so a
-//!   signal's normal daily swing is part of its baseline; the lag-1 autocorrelation ρ of
+//! - Samples are averaged in blocks; a reference level *and trend* (Holt) follow the
+//!   block means, the trend slowly (ten times the level's half-life), with each step
+//!   clipped at 3σ. While a drift builds up the reference only extrapolates its trend,
+//!   so the drift is not absorbed; after `rebaseline_blocks` in alarm the new level is
+//!   accepted. Following the trend keeps daily load profiles from looking like drifts.
+//! - σ is the long-run spread of block means around the reference's one-block-ahead
+//!   prediction, learned online; the lag-1 autocorrelation ρ of
 //!   the deviations is learned too, and z is scaled by `sqrt((1−ρ)/(1+ρ))`, so a
 //!   wandering signal (grid frequency) does not look like a drift.
 //! - Two-sided CUSUM on the scaled z: `S⁺ = max(0, S⁺ + z − k)`, `S⁻ = max(0, S⁻ − z − k)`;
@@ -40,7 +41,7 @@ pub struct CusumParams {
     pub threshold: f64,
     /// Blocks used to learn the reference, σ and ρ before judging.
     pub warmup_blocks: u32,
-    /// Half-life of the reference, in blocks.
+    /// Half-life of the reference level, in blocks (its trend's is ten times longer).
     pub reference_halflife_blocks: f64,
     /// Half-life of the σ and ρ estimates, in blocks.
     pub spread_halflife_blocks: f64,
@@ -54,12 +55,13 @@ impl Default for CusumParams {
         Self {
             enabled: true,
             block_samples: 30,
-            k: 0.5,
-            // With k = 0.5 this is about 10^7 in-control blocks per false alarm per side
-            // (Siegmund's approximation): ~0.3 a day over a thousand 1 Hz points.
+            // k = 1 ignores wander of up to one (decorrelated) σ: minutes-long load swings
+            // are normal. With h = 15 an in-control series essentially never alarms
+            // (Siegmund: ~e^32 blocks), and a drift of δσ is caught in ~15/(δ−1) blocks.
+            k: 1.0,
             threshold: 15.0,
             warmup_blocks: 240,
-            reference_halflife_blocks: 240.0,
+            reference_halflife_blocks: 30.0,
             spread_halflife_blocks: 960.0,
             rebaseline_blocks: 120,
         }
@@ -72,6 +74,7 @@ struct State {
     count: u32,
     blocks: u32,
     reference: f64,
+    slope: f64,
     var: f64,
     rho_num: f64,
     prev_z: f64,
@@ -140,7 +143,8 @@ impl Detector for Cusum {
                 .max(1e-9 * s.reference.abs())
                 .max(1e-12);
             let sigma = s.var.sqrt().max(floor);
-            let d = block - s.reference;
+            let pred = s.reference + s.slope;
+            let d = block - pred;
             let z = d / sigma;
             let warm = s.blocks <= params.warmup_blocks.max(2);
             let n = f64::from(s.blocks);
@@ -169,7 +173,10 @@ impl Detector for Cusum {
                 let zc = z.clamp(-3.0, 3.0);
                 s.rho_num += a_spread * (zc * s.prev_z - s.rho_num);
                 s.prev_z = zc;
-                s.reference += a_ref * clipped;
+                s.reference = pred + a_ref * clipped;
+                s.slope += 0.1 * alpha(params.reference_halflife_blocks) * clipped;
+            } else {
+                s.reference = pred;
             }
             if warm {
                 continue;
@@ -185,7 +192,7 @@ impl Detector for Cusum {
             let ze = z * ((1.0 - rho) / (1.0 + rho)).sqrt();
             if s.s_hi == 0.0 && s.s_lo == 0.0 {
                 s.since = frame.ts;
-                s.since_ref = s.reference;
+                s.since_ref = pred;
             }
             // Capping the sums a little above the threshold bounds how long an alarm
             // outlives its cause (the sums fall by k per block once z is back near 0).
@@ -197,6 +204,7 @@ impl Detector for Cusum {
                 s.alarm_blocks = 0;
             } else if s.alarm_blocks >= params.rebaseline_blocks {
                 s.reference = block;
+                s.slope = 0.0;
                 (s.s_hi, s.s_lo, s.alarm_blocks, s.relearn) = (0.0, 0.0, 0, RELEARN_BLOCKS - 1);
                 continue;
             } else {

@@ -7,7 +7,10 @@
 //!   (not while alarming); a bin's power divided by its normal power is, for noise,
 //!   exponentially distributed, so a ratio of `threshold` = 25 happens by chance about
 //!   once in 10¹¹ bins.
-//! - The highest ratio in the band is the score; the finding names the period.
+//! - The highest ratio in the band is the score; it counts only when that bin also stands
+//!   out from its neighbours two to four bins away (`line_contrast` × their median
+//!   ratio): a periodic swing is a line, while a step or a ramp spreads smoothly over the
+//!   spectrum. The finding names the period.
 //!
 //! Blind spots: swings slower than 0.02 Hz (see `cusum`), faster than half the sampling
 //! rate (aliased), or weaker than the point's normal variability at that frequency.
@@ -42,6 +45,9 @@ pub struct OscillationParams {
     pub threshold: f64,
     /// Windows used to learn the normal spectrum.
     pub warmup_windows: u32,
+    /// How far the peak bin's ratio must stand above its neighbours' (median of the bins
+    /// two to four away).
+    pub line_contrast: f64,
 }
 
 impl Default for OscillationParams {
@@ -62,6 +68,7 @@ impl Default for OscillationParams {
             max_hz: 1.0,
             threshold: 25.0,
             warmup_windows: 30,
+            line_contrast: 8.0,
         }
     }
 }
@@ -146,7 +153,8 @@ impl Detector for Oscillation {
                 1.0
             };
             let k_min = ((params.min_hz * n as f64 * dt_s).ceil() as usize).max(1);
-            let k_max = ((params.max_hz * n as f64 * dt_s).floor() as usize).min(n / 2);
+            // The Nyquist bin is real-valued (χ² with one degree of freedom): left out.
+            let k_max = ((params.max_hz * n as f64 * dt_s).floor() as usize).min(n / 2 - 1);
             if k_min > k_max {
                 continue;
             }
@@ -163,8 +171,8 @@ impl Detector for Oscillation {
             }
             let slope = sxy / sxx;
             for (i, v) in s.values.iter().enumerate() {
-                self.buf
-                    .push((v - mean_v - slope * (i as f64 - mean_i)) * self.hann[i]);
+                let detrended = v - mean_v - slope * (i as f64 - mean_i);
+                self.buf.push(detrended * self.hann[i]);
             }
             let power: Vec<f64> = (k_min..=k_max)
                 .map(|k| {
@@ -202,7 +210,15 @@ impl Detector for Oscillation {
                 .filter(|&i| ratios[i] >= params.threshold)
                 .max_by(|&a, &b| power[a].total_cmp(&power[b]))
                 .unwrap_or(0);
-            if ratio >= params.threshold {
+            let peak = (0..ratios.len()).max_by(|&a, &b| ratios[a].total_cmp(&ratios[b])).unwrap_or(0);
+            let mut around: Vec<f64> = (2..=4)
+                .flat_map(|d| [peak.checked_sub(d), Some(peak + d)])
+                .flatten()
+                .filter_map(|i| ratios.get(i).copied())
+                .collect();
+            around.sort_by(f64::total_cmp);
+            let neighbours = around.get(around.len() / 2).copied().unwrap_or(0.0);
+            if ratio >= params.threshold && ratio >= params.line_contrast * neighbours {
                 let period = n as f64 * dt_s / (k_min + best) as f64;
                 s.alarm = Some((ratio, period));
                 push(out, frame, p, &params, ratio, period, metric);
@@ -250,6 +266,18 @@ mod tests {
 
     fn det() -> Oscillation {
         Oscillation::new(PerKind::from_fn(|_| OscillationParams::default()))
+    }
+
+    #[test]
+    fn steps_are_not_oscillations() {
+        let mut series = noisy(3 * 3600, 500.0, 2.0, 19);
+        for v in &mut series[9000..9300] {
+            *v -= 400.0; // a UPS going to battery for five minutes
+        }
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "ups", "input_power_kw", &series);
+        assert!(h.findings.is_empty(), "{:?}", h.findings.first().map(|f| &f.1.reason));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct Protocol {
     first: Option<Ts>,
     writers: FxHashSet<String>,
     recent: FxHashMap<String, VecDeque<(Ts, DeviceId)>>,
+    /// Per client, the device its reconnaissance findings are filed under, so a scan of
+    /// a hundred unit ids is one alert that grows, not a hundred.
+    recon_anchor: FxHashMap<String, DeviceId>,
 }
 
 impl Protocol {
@@ -82,6 +85,7 @@ impl Protocol {
             first: None,
             writers,
             recent: FxHashMap::default(),
+            recon_anchor: FxHashMap::default(),
         }
     }
 }
@@ -98,10 +102,11 @@ impl Detector for Protocol {
         let learning = cmd.ts - first < self.params.learn;
         let dev_name = &reg.device(device).name;
         let evidence = json!({"client": cmd.client, "function": cmd.function, "address": cmd.address, "values": cmd.values});
-        let mut finding = |score: f64, severity, technique, reason: String| {
+        let recon_device = *self.recon_anchor.entry(cmd.client.clone()).or_insert(device);
+        let mut finding = |score: f64, severity, technique, reason: String, on: DeviceId| {
             out.push(Finding {
                 ts: cmd.ts,
-                device,
+                device: on,
                 metrics: Vec::new(),
                 detector: NAME,
                 score,
@@ -129,6 +134,7 @@ impl Detector for Protocol {
                         "{} wrote {what} {} of {dev_name} (function {}, value {:?}) but is not a known writer",
                         cmd.client, cmd.address, cmd.function, cmd.values
                     ),
+                    device,
                 );
             }
         }
@@ -147,6 +153,7 @@ impl Detector for Protocol {
                     "{} sent {what} (function {}) to {dev_name}: reconnaissance",
                     cmd.client, cmd.function
                 ),
+                recon_device,
             );
         }
         let window = self.params.scan_window;
@@ -167,6 +174,7 @@ impl Detector for Protocol {
                     distinct.len(),
                     format_duration(window)
                 ),
+                recon_device,
             );
         }
     }

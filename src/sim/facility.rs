@@ -45,7 +45,7 @@ pub enum FacilityError {
 }
 
 /// Built-in variants.
-pub const VARIANTS: [&str; 3] = ["default", "hyperscale-60hz", "edge-small"];
+pub const VARIANTS: [&str; 4] = ["default", "hyperscale-60hz", "edge-small", "colo-legacy"];
 
 /// IT load.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -271,6 +271,7 @@ impl Facility {
             "default" => "",
             "hyperscale-60hz" => HYPERSCALE,
             "edge-small" => EDGE,
+            "colo-legacy" => COLO,
             other => return Err(FacilityError::UnknownVariant(other.to_owned())),
         };
         Self::from_toml_str(text, name)
@@ -574,6 +575,51 @@ temp_resolution_c = 0.1
 flow_lps = 0.15
 power_kw = 0.8
 voltage_v = 1.2
+frequency_hz = 0.01
+"#;
+
+const COLO: &str = r#"
+site = "fra2"
+bms_client = "10.1.1.40"
+[it]
+nominal_kw = 1500
+daily_amplitude = 0.05
+peak_hour = 11
+noise_kw = 2.5
+pdus = 6
+[ups]
+count = 3
+rated_kw = 800
+efficiency = 0.93
+efficiency_droop = 0.1
+battery_kwh = 250
+voltage_v = 415
+battery_voltage_v = 432
+[chillers]
+count = 2
+setpoint_c = 6.0
+flow_lps = 75
+cop = 3.6
+cop_per_c = 0.1
+tau_s = 600
+[room]
+crahs = 8
+fan_kw = 4.0
+nominal_c = 23
+tau_s = 1200
+approach_c = 12.0
+[grid]
+frequency_hz = 50
+voltage_v = 11000
+power_factor = 0.9
+other_kw = 60
+frequency_walk_hz = 0.005
+[noise]
+temp_c = 0.1
+temp_resolution_c = 0.1
+flow_lps = 1.0
+power_kw = 4.0
+voltage_v = 15.0
 frequency_hz = 0.01
 "#;
 
