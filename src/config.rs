@@ -500,7 +500,12 @@ fn validate_detectors(d: &DetectorsConfig, at: &str, origin: &str) -> Result<(),
         o.warmup_windows >= 1,
         "must be at least 1",
     )?;
-    check(origin, &k("oscillation.line_contrast"), d.oscillation.line_contrast >= 1.0, "must be at least 1")?;
+    check(
+        origin,
+        &k("oscillation.line_contrast"),
+        d.oscillation.line_contrast >= 1.0,
+        "must be at least 1",
+    )?;
     check(
         origin,
         &k("ups.drain_pct_per_min"),

@@ -63,7 +63,10 @@ pub fn load_labels(path: &Path) -> Result<(Vec<LabelWindow>, Vec<String>), EvalE
         serde_json::from_str(&text).map_err(|e| bad(format!("not a labels array: {e}")))?;
     for (i, l) in labels.iter().enumerate() {
         if l.end < l.start {
-            return Err(bad(format!("label {i} ({}) ends before it starts", l.scenario)));
+            return Err(bad(format!(
+                "label {i} ({}) ends before it starts",
+                l.scenario
+            )));
         }
         if l.devices.is_empty() {
             return Err(bad(format!("label {i} ({}) names no device", l.scenario)));
@@ -73,7 +76,14 @@ pub fn load_labels(path: &Path) -> Result<(Vec<LabelWindow>, Vec<String>), EvalE
     let warnings = labels
         .windows(2)
         .filter(|w| w[1].start < w[0].end)
-        .map(|w| format!("{}: labels {} and {} overlap", path.display(), w[0].scenario, w[1].scenario))
+        .map(|w| {
+            format!(
+                "{}: labels {} and {} overlap",
+                path.display(),
+                w[0].scenario,
+                w[1].scenario
+            )
+        })
         .collect();
     Ok((labels, warnings))
 }
@@ -141,7 +151,13 @@ pub struct Score {
 }
 
 /// Scores one capture's alerts (final states; repeated snapshots of an id are fine).
-pub fn score_capture(score: &mut Score, labels: &[LabelWindow], alerts: &[AlertView], span: (Ts, Ts), grace: i64) {
+pub fn score_capture(
+    score: &mut Score,
+    labels: &[LabelWindow],
+    alerts: &[AlertView],
+    span: (Ts, Ts),
+    grace: i64,
+) {
     let mut by_id: BTreeMap<&str, &AlertView> = BTreeMap::new();
     for a in alerts {
         by_id.entry(&a.id).or_insert(a);
@@ -164,7 +180,10 @@ pub fn score_capture(score: &mut Score, labels: &[LabelWindow], alerts: &[AlertV
     }
     for a in &alerts {
         score.alerts += 1;
-        if !labels.iter().any(|l| a.ts >= l.start && a.ts <= l.end + grace) {
+        if !labels
+            .iter()
+            .any(|l| a.ts >= l.start && a.ts <= l.end + grace)
+        {
             score.false_alerts += 1;
         }
     }
@@ -177,7 +196,9 @@ pub fn score_capture(score: &mut Score, labels: &[LabelWindow], alerts: &[AlertV
     }
     for first in incidents.values() {
         score.incidents += 1;
-        let explained = labels.iter().any(|l| first.ts >= l.start && first.ts <= l.end + grace);
+        let explained = labels
+            .iter()
+            .any(|l| first.ts >= l.start && first.ts <= l.end + grace);
         if !explained {
             score.false_incidents += 1;
             score.false_incident_starts.push(format!(
@@ -225,14 +246,28 @@ impl Score {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "{:<26} {:>9} {:>13}  first detectors", "scenario", "detected", "median delay");
+        let _ = writeln!(
+            s,
+            "{:<26} {:>9} {:>13}  first detectors",
+            "scenario", "detected", "median delay"
+        );
         for (name, sc) in &self.scenarios {
             let delay = sc
                 .median_delay_s
                 .map(|d| format_duration((d * 1000.0) as i64))
                 .unwrap_or_else(|| "-".into());
-            let dets: Vec<String> = sc.first_detectors.iter().map(|(d, n)| format!("{d}×{n}")).collect();
-            let _ = writeln!(s, "{name:<26} {:>5}/{:<3} {delay:>13}  {}", sc.detected, sc.labelled, dets.join(" "));
+            let dets: Vec<String> = sc
+                .first_detectors
+                .iter()
+                .map(|(d, n)| format!("{d}×{n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "{name:<26} {:>5}/{:<3} {delay:>13}  {}",
+                sc.detected,
+                sc.labelled,
+                dets.join(" ")
+            );
         }
         let _ = writeln!(
             s,
@@ -297,11 +332,14 @@ mod tests {
 
     #[test]
     fn detection_delay_and_false_incidents() {
-        let labels = [label(1000, 2000, "a", "d1"), label(10_000, 11_000, "b", "d2")];
+        let labels = [
+            label(1000, 2000, "a", "d1"),
+            label(10_000, 11_000, "b", "d2"),
+        ];
         let alerts = [
             alert("x", 1500, "d1", "i1"),
-            alert("y", 1600, "d2", "i1"),      // wrong device for a
-            alert("z", 50_000, "d2", "i2"),    // nothing labelled then
+            alert("y", 1600, "d2", "i1"),         // wrong device for a
+            alert("z", 50_000, "d2", "i2"),       // nothing labelled then
             alert("w", 11_000 + 300, "d2", "i3"), // within grace
         ];
         let mut s = Score::default();
@@ -319,13 +357,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.labels.json");
         std::fs::write(&p, "[{\"start\":\"2026-01-01T00:00:00Z\"}]").unwrap();
-        assert!(load_labels(&p).unwrap_err().to_string().contains("not a labels array"));
+        assert!(load_labels(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a labels array"));
         std::fs::write(
             &p,
             r#"[{"start":"2026-01-01T00:10:00Z","end":"2026-01-01T00:00:00Z","scenario":"a","devices":["d"]}]"#,
         )
         .unwrap();
-        assert!(load_labels(&p).unwrap_err().to_string().contains("ends before"));
+        assert!(load_labels(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("ends before"));
         std::fs::write(
             &p,
             r#"[{"start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:10:00Z","scenario":"a","devices":["d"]},

@@ -179,15 +179,29 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
         }
         let (alerts, span) = match &a.alerts {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
                 let alerts: Vec<AlertView> = text
                     .lines()
                     .enumerate()
                     .filter(|(_, l)| !l.trim().is_empty())
-                    .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}", p.display(), i + 1)))
+                    .map(|(i, l)| {
+                        serde_json::from_str(l)
+                            .with_context(|| format!("{}:{}", p.display(), i + 1))
+                    })
                     .collect::<Result<_>>()?;
-                let lo = labels.iter().map(|l| l.start).chain(alerts.iter().map(|a| a.ts)).min().unwrap_or(0);
-                let hi = labels.iter().map(|l| l.end).chain(alerts.iter().map(|a| a.ts)).max().unwrap_or(0);
+                let lo = labels
+                    .iter()
+                    .map(|l| l.start)
+                    .chain(alerts.iter().map(|a| a.ts))
+                    .min()
+                    .unwrap_or(0);
+                let hi = labels
+                    .iter()
+                    .map(|l| l.end)
+                    .chain(alerts.iter().map(|a| a.ts))
+                    .max()
+                    .unwrap_or(0);
                 (alerts, (lo, hi))
             }
             None => {
@@ -211,8 +225,16 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
                     );
                 }
                 let span = (
-                    report.first_ts.as_deref().and_then(eval::parse_ts).unwrap_or(0),
-                    report.last_ts.as_deref().and_then(eval::parse_ts).unwrap_or(0),
+                    report
+                        .first_ts
+                        .as_deref()
+                        .and_then(eval::parse_ts)
+                        .unwrap_or(0),
+                    report
+                        .last_ts
+                        .as_deref()
+                        .and_then(eval::parse_ts)
+                        .unwrap_or(0),
                 );
                 let alerts = report
                     .alerts

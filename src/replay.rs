@@ -241,7 +241,12 @@ pub fn replay_sources(
         },
         pipeline: stats,
         detectors: pipeline.detector_names(),
-        devices: pipeline.registry.devices().iter().map(|d| d.name.clone()).collect(),
+        devices: pipeline
+            .registry
+            .devices()
+            .iter()
+            .map(|d| d.name.clone())
+            .collect(),
         first_ts: first.map(format_ts),
         last_ts: last.map(format_ts),
         elapsed_s: elapsed,

@@ -210,7 +210,9 @@ impl Detector for Oscillation {
                 .filter(|&i| ratios[i] >= params.threshold)
                 .max_by(|&a, &b| power[a].total_cmp(&power[b]))
                 .unwrap_or(0);
-            let peak = (0..ratios.len()).max_by(|&a, &b| ratios[a].total_cmp(&ratios[b])).unwrap_or(0);
+            let peak = (0..ratios.len())
+                .max_by(|&a, &b| ratios[a].total_cmp(&ratios[b]))
+                .unwrap_or(0);
             let mut around: Vec<f64> = (2..=4)
                 .flat_map(|d| [peak.checked_sub(d), Some(peak + d)])
                 .flatten()
@@ -277,7 +279,11 @@ mod tests {
         let mut h = Harness::new();
         let mut d = det();
         h.run(&mut d, "ups", "input_power_kw", &series);
-        assert!(h.findings.is_empty(), "{:?}", h.findings.first().map(|f| &f.1.reason));
+        assert!(
+            h.findings.is_empty(),
+            "{:?}",
+            h.findings.first().map(|f| &f.1.reason)
+        );
     }
 
     #[test]

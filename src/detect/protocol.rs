@@ -102,7 +102,10 @@ impl Detector for Protocol {
         let learning = cmd.ts - first < self.params.learn;
         let dev_name = &reg.device(device).name;
         let evidence = json!({"client": cmd.client, "function": cmd.function, "address": cmd.address, "values": cmd.values});
-        let recon_device = *self.recon_anchor.entry(cmd.client.clone()).or_insert(device);
+        let recon_device = *self
+            .recon_anchor
+            .entry(cmd.client.clone())
+            .or_insert(device);
         let mut finding = |score: f64, severity, technique, reason: String, on: DeviceId| {
             out.push(Finding {
                 ts: cmd.ts,

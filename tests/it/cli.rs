@@ -91,3 +91,100 @@ fn several_files_merge_by_event_time() {
     assert!(!one.is_empty());
     assert_eq!(one, two);
 }
+
+#[test]
+fn eval_without_labels_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("nolabels.jsonl");
+    std::fs::write(&cap, "").unwrap();
+    let out = run(&["eval", cap.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no labels") && err.contains("nolabels.labels.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_warns_about_labels_naming_unknown_devices_and_overlaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("c.jsonl");
+    std::fs::write(
+        &cap,
+        r#"{"ts":"2026-07-07T10:00:00Z","site":"a","device":"ups-1","kind":"ups","metric":"load_pct","value":40}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.labels.json"),
+        r#"[{"start":"2026-07-07T10:00:00Z","end":"2026-07-07T10:10:00Z","scenario":"x","devices":["ups-9"]},
+            {"start":"2026-07-07T10:05:00Z","end":"2026-07-07T10:20:00Z","scenario":"y","devices":["ups-1"]}]"#,
+    )
+    .unwrap();
+    let out = run(&["eval", "--json", cap.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ups-9") && err.contains("overlap"), "{err}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (s["labelled"].as_u64(), s["detected"].as_u64()),
+        (Some(2), Some(0))
+    );
+}
+
+#[test]
+fn simulate_rejects_an_impossible_facility_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f.toml");
+    std::fs::write(&f, "[chillers]\nflow_lps = -5\n").unwrap();
+    let out = run(&[
+        "simulate",
+        "--facility",
+        f.to_str().unwrap(),
+        "-o",
+        dir.path().join("x.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chillers.flow_lps"));
+    std::fs::write(&f, "[pumps]\ncount = 2\n").unwrap();
+    let out = run(&[
+        "simulate",
+        "--facility",
+        f.to_str().unwrap(),
+        "-o",
+        dir.path().join("x.jsonl").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pumps"));
+}
+
+#[test]
+fn simulate_writes_a_capture_and_labels_that_eval_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("s.jsonl.gz");
+    let out = run(&[
+        "simulate",
+        "--variant",
+        "edge-small",
+        "--hours",
+        "3.2",
+        "--seed",
+        "4",
+        "--attacks",
+        "ups-forced-bypass",
+        "-o",
+        cap.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["eval", "--json", cap.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["scenarios"]["ups-forced-bypass"]["detected"], 1);
+}

@@ -1,18 +1,58 @@
-//! The bundled capture, replayed by the real binary, against its labels.
+//! The bundled captures, scored against their labels by the real binary.
 
-use crate::support::{repo, run, secs};
+use crate::support::{repo, run};
 use serde_json::Value;
 
 #[test]
-fn bundled_capture_alerts_match_its_labels() {
+fn bundled_captures_every_scenario_detected_no_false_incident() {
+    let captures = [
+        "replay-data/facility-cooling.jsonl.zst",
+        "replay-data/edge-power.jsonl.zst",
+    ];
+    let paths: Vec<String> = captures
+        .iter()
+        .map(|c| repo(c).to_string_lossy().into_owned())
+        .collect();
+    let mut args = vec!["eval", "--json"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let score: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        score["labelled"], 11,
+        "the two captures cover the eleven scenarios"
+    );
+    assert_eq!(score["scenarios"].as_object().unwrap().len(), 11);
+    for (name, s) in score["scenarios"].as_object().unwrap() {
+        assert_eq!(s["detected"], s["labelled"], "{name} missed");
+        assert!(
+            s["median_delay_s"].as_f64().unwrap() <= 600.0,
+            "{name} slow: {}",
+            s["median_delay_s"]
+        );
+    }
+    assert_eq!(
+        score["false_incidents"], 0,
+        "{}",
+        score["false_incident_starts"]
+    );
+}
+
+#[test]
+fn replay_of_a_bundled_capture_reports_and_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    let capture = repo("replay-data/facility-6h.jsonl.zst");
+    let alerts = dir.path().join("alerts.jsonl");
+    let capture = repo("replay-data/facility-cooling.jsonl.zst");
     let out = run(&[
         "replay",
         capture.to_str().unwrap(),
         "--alerts",
-        dir.path().join("alerts.jsonl").to_str().unwrap(),
+        alerts.to_str().unwrap(),
         "--report",
         report.to_str().unwrap(),
     ]);
@@ -22,42 +62,34 @@ fn bundled_capture_alerts_match_its_labels() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let labels: Value = serde_json::from_slice(
-        &std::fs::read(repo("replay-data/facility-6h.labels.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(r["bad_lines"], 0);
-    assert_eq!(r["late"], 0);
-    let alerts = r["alerts"].as_array().unwrap();
-    let labels = labels.as_array().unwrap();
-    assert_eq!(labels.len(), 5);
-    for l in labels {
-        let (start, end) = (
-            secs(l["start"].as_str().unwrap()),
-            secs(l["end"].as_str().unwrap()),
-        );
-        let devices = l["devices"].as_array().unwrap();
-        let first = alerts
-            .iter()
-            .filter(|a| devices.contains(&a["device"]))
-            .map(|a| secs(a["ts"].as_str().unwrap()))
-            .filter(|&t| t >= start && t <= end + 300.0)
-            .fold(f64::INFINITY, f64::min);
-        assert!(first.is_finite(), "{} not detected", l["scenario"]);
-        assert!(
-            first - start <= 600.0,
-            "{} detected only after {} s",
-            l["scenario"],
-            first - start
-        );
-    }
-    // Every incident starts inside a labelled window (or its 15-minute aftermath).
-    for i in r["incidents"].as_array().unwrap() {
-        let t = secs(i["start"].as_str().unwrap());
-        let explained = labels.iter().any(|l| {
-            t >= secs(l["start"].as_str().unwrap()) - 60.0
-                && t <= secs(l["end"].as_str().unwrap()) + 900.0
-        });
-        assert!(explained, "false incident: {}", i["summary"]);
+    assert_eq!(
+        (r["bad_lines"].as_u64(), r["late"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(r["readings"].as_u64().unwrap() > 1_000_000);
+    // Every line of the alert stream is an alert in the DESIGN.md schema.
+    let text = std::fs::read_to_string(&alerts).unwrap();
+    assert!(!text.is_empty());
+    for line in text.lines() {
+        let a: Value = serde_json::from_str(line).unwrap();
+        for key in [
+            "id",
+            "ts",
+            "detected_at",
+            "site",
+            "device",
+            "metrics",
+            "detector",
+            "score",
+            "threshold",
+            "severity",
+            "technique",
+            "summary",
+            "evidence",
+            "incident_id",
+        ] {
+            assert!(a.get(key).is_some(), "alert without {key}: {line}");
+        }
+        assert!(a["technique"]["id"].as_str().unwrap().starts_with('T'));
     }
 }
