@@ -46,8 +46,3 @@ pub fn alerts_without_wall_clock(text: &str) -> Vec<serde_json::Value> {
         })
         .collect()
 }
-
-/// Seconds since the epoch of an RFC 3339 string.
-pub fn secs(ts: &str) -> f64 {
-    wattchdog::time::TimeFormat::Auto.parse(ts).unwrap() as f64 / 1000.0
-}
