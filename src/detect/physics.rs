@@ -476,6 +476,165 @@ mod tests {
         }
     }
 
+    /// A small site (a grid meter, two UPS, a chiller) whose readings obey every relation,
+    /// with constants drawn from `k`; `fault(step, device, metric, value)` may change a
+    /// reported value. Returns the relations that fired, with their first step.
+    fn site(k: f64, fault: impl Fn(usize, &str, &str, f64) -> f64) -> Vec<(usize, String)> {
+        let mut reg = Registry::new(1000);
+        let devices: [(&str, &str, &[&str]); 4] = [
+            (
+                "ups-1",
+                "ups",
+                &[
+                    "input_power_kw",
+                    "output_power_kw",
+                    "load_pct",
+                    "input_frequency_hz",
+                    "input_voltage_v",
+                ],
+            ),
+            (
+                "ups-2",
+                "ups",
+                &[
+                    "input_power_kw",
+                    "output_power_kw",
+                    "load_pct",
+                    "input_frequency_hz",
+                    "input_voltage_v",
+                ],
+            ),
+            (
+                "chiller-1",
+                "chiller",
+                &[
+                    "flow_lps",
+                    "return_temp_c",
+                    "supply_temp_c",
+                    "setpoint_c",
+                    "power_kw",
+                ],
+            ),
+            (
+                "grid-1",
+                "grid_meter",
+                &["active_power_kw", "frequency_hz", "voltage_l1_v"],
+            ),
+        ];
+        let ids: Vec<Vec<u32>> = devices
+            .iter()
+            .map(|(d, kind, ms)| {
+                ms.iter()
+                    .map(|m| reg.intern("s", d, kind, m).unwrap())
+                    .collect()
+            })
+            .collect();
+        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut det = Physics::new(PerKind::from_fn(|_| PhysicsParams::default()));
+        let n = 5000;
+        let noise = noisy(n * 16, 0.0, 1.0, 21);
+        let mut nz = noise.iter().copied();
+        let (mut wander, mut f) = (0.0, 50.0);
+        let mut fired: Vec<(usize, String)> = Vec::new();
+        for i in 0..n {
+            let mut e = || nz.next().unwrap_or(0.0);
+            wander = 0.998 * wander + e();
+            f += -0.002 * (f - 50.0) + 0.004 * e();
+            let out_kw = 300.0 * k + 2.0 * wander;
+            let eff = 0.9 + 0.05 * k;
+            let heat = 500.0 * k + 3.0 * wander;
+            let flow = 30.0 * k;
+            let cop = 3.0 + k;
+            let v = 400.0 + 2.0 * e();
+            let ups = |e: &mut dyn FnMut() -> f64| {
+                vec![
+                    out_kw / eff + 0.5 * e(),
+                    out_kw + 0.5 * e(),
+                    out_kw / (6.0 * k) + 0.05 * e(),
+                    f + 0.002 * e(),
+                    v + 0.3 * e(),
+                ]
+            };
+            let u1 = ups(&mut e);
+            let u2 = ups(&mut e);
+            let ch = vec![
+                flow + 0.1 * e(),
+                7.0 + heat / (CP_WATER * flow) + 0.02 * e(),
+                7.0 + 0.02 * e(),
+                7.0,
+                heat / cop + 0.5 * e(),
+            ];
+            let grid = vec![
+                u1[0] + u2[0] + ch[4] + 40.0 * k + 0.8 * e(),
+                f + 0.002 * e(),
+                v * 0.575 + 0.2 * e(),
+            ];
+            let ts = i as Ts * 1000;
+            for (d, vals) in [u1, u2, ch, grid].into_iter().enumerate() {
+                for (j, &p) in ids[d].iter().enumerate() {
+                    let value = fault(i, devices[d].0, devices[d].2[j], vals[j]);
+                    st.update(&reg, p, ts, value, Quality::Good);
+                }
+            }
+            for (d, pts) in ids.iter().enumerate() {
+                let frame = Frame {
+                    ts,
+                    device: d as u32,
+                    updated: pts,
+                    store: &st,
+                    registry: &reg,
+                };
+                let mut out = Vec::new();
+                det.observe(&frame, &mut out);
+                for f in out {
+                    let r = f.evidence["relation"].as_str().unwrap().to_owned();
+                    if !fired.iter().any(|(_, x)| *x == r) {
+                        fired.push((i, r));
+                    }
+                }
+            }
+        }
+        fired
+    }
+
+    #[test]
+    fn every_relation_is_quiet_on_consistent_sites_with_other_constants() {
+        for k in [0.7, 1.0, 1.6] {
+            assert!(
+                site(k, |_, _, _, v| v).is_empty(),
+                "k = {k}: {:?}",
+                site(k, |_, _, _, v| v)
+            );
+        }
+    }
+
+    #[test]
+    fn every_relation_catches_its_own_fault() {
+        let cases: [(&str, &str, &str, fn(f64) -> f64); 7] = [
+            ("ups_efficiency", "ups-1", "input_power_kw", |v| v * 0.93), // silent bypass: losses vanish
+            ("ups_load", "ups-2", "load_pct", |v| v * 0.8),
+            ("chiller_cop", "chiller-1", "supply_temp_c", |v| v - 1.5), // the supply sensor lies
+            ("chiller_setpoint", "chiller-1", "setpoint_c", |v| v + 4.0), // setpoint moved, water did not follow
+            ("site_balance", "grid-1", "active_power_kw", |v| v + 60.0),  // load behind the meter
+            ("grid_frequency", "grid-1", "frequency_hz", |_| 50.0),       // meter frozen at nominal
+            ("grid_voltage", "grid-1", "voltage_l1_v", |v| v + 12.0),
+        ];
+        for (relation, device, metric, change) in cases {
+            let fired = site(1.0, |i, d, m, v| {
+                if i >= 4000 && d == device && m == metric {
+                    change(v)
+                } else {
+                    v
+                }
+            });
+            let hit = fired.iter().find(|(_, r)| r == relation);
+            assert!(
+                hit.is_some_and(|(i, _)| (4000..4060).contains(i)),
+                "{relation}: {fired:?}"
+            );
+        }
+    }
+
     #[test]
     fn fit_recovers_a_line() {
         let mut fit = Fit::new(100.0, 250.0);
