@@ -610,7 +610,8 @@ mod tests {
 
     #[test]
     fn every_relation_catches_its_own_fault() {
-        let cases: [(&str, &str, &str, fn(f64) -> f64); 7] = [
+        type Case = (&'static str, &'static str, &'static str, fn(f64) -> f64);
+        let cases: [Case; 7] = [
             ("ups_efficiency", "ups-1", "input_power_kw", |v| v * 0.93), // silent bypass: losses vanish
             ("ups_load", "ups-2", "load_pct", |v| v * 0.8),
             ("chiller_cop", "chiller-1", "supply_temp_c", |v| v - 1.5), // the supply sensor lies
