@@ -172,6 +172,8 @@ struct Fit {
     y0: f64,
     theta: [f64; 2],
     p: [[f64; 2]; 2],
+    /// Trace of the prior covariance: the bound that stops windup.
+    p_max: f64,
     var: f64,
     n: u64,
     run: u32,
@@ -182,12 +184,14 @@ impl Fit {
         let b0 = if x.abs() > 1e-9 { y / x } else { 1.0 };
         let scale = y.abs().max(1.0);
         let xs = x.abs().max(1.0);
+        let p = [[scale * scale, 0.0], [0.0, (scale / xs).powi(2)]];
         Self {
             x0: x,
             y0: y,
             theta: [0.0, b0],
             // Weak priors: offset within the target's scale, slope within y/x's.
-            p: [[scale * scale, 0.0], [0.0, (scale / xs).powi(2)]],
+            p,
+            p_max: p[0][0] + p[1][1],
             var: 0.0,
             n: 0,
             run: 0,
@@ -216,6 +220,16 @@ impl Fit {
             for (pij, pj) in row.iter_mut().zip(pphi) {
                 *pij = (*pij - ki * pj) / lambda;
             }
+        }
+        // Forgetting divides P by λ at every step, so a direction the data never excites
+        // (a nearly constant input) grows without bound and the fit goes wild after a few
+        // days ("windup"). Keeping the trace under the prior's prevents it.
+        let sym = 0.5 * (self.p[0][1] + self.p[1][0]);
+        (self.p[0][1], self.p[1][0]) = (sym, sym);
+        let trace = self.p[0][0] + self.p[1][1];
+        if trace > self.p_max {
+            let f = self.p_max / trace;
+            self.p.iter_mut().flatten().for_each(|v| *v *= f);
         }
     }
 }
@@ -634,6 +648,28 @@ mod tests {
                 "{relation}: {fired:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_week_of_an_unexciting_input_does_not_wind_the_fit_up() {
+        // Meter voltage against a UPS's input voltage: the same slowly wandering grid,
+        // each with its own noise, for a week at 1 Hz.
+        let noise = noisy(3 * 604_800, 0.0, 1.0, 23);
+        let lambda = 0.5f64.powf(1.0 / 7200.0);
+        let mut g = 230.0;
+        let mut fit = Fit::new(208.0, 230.0);
+        let mut worst: f64 = 0.0;
+        for i in 0..604_800 {
+            g += -0.003 * (g - 230.0) + 0.092 * noise[3 * i];
+            let x = 208.0 * g / 230.0 + 1.2 * noise[3 * i + 1];
+            let y = g + 1.2 * noise[3 * i + 2];
+            if i > 1800 {
+                worst = worst.max((fit.predict(x) - y).abs());
+            }
+            fit.learn(x, y, lambda);
+        }
+        assert!(worst < 12.0, "worst prediction error {worst} V");
+        assert!(fit.p.iter().flatten().all(|v| v.is_finite()));
     }
 
     #[test]
