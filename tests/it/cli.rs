@@ -188,3 +188,39 @@ fn simulate_writes_a_capture_and_labels_that_eval_scores() {
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["scenarios"]["ups-forced-bypass"]["detected"], 1);
 }
+
+#[test]
+fn eval_scores_an_alert_file_as_it_scores_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("s.jsonl");
+    crate::support::simulate(&cap, 3.2, 5, "sensor-replay");
+    let alerts = dir.path().join("alerts.jsonl");
+    let out = run(&[
+        "replay",
+        cap.to_str().unwrap(),
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let from_file = run(&[
+        "eval",
+        "--json",
+        cap.to_str().unwrap(),
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ]);
+    let from_replay = run(&["eval", "--json", cap.to_str().unwrap()]);
+    assert!(
+        from_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    let a: Value = serde_json::from_slice(&from_file.stdout).unwrap();
+    let b: Value = serde_json::from_slice(&from_replay.stdout).unwrap();
+    assert_eq!(a["scenarios"], b["scenarios"]);
+    assert_eq!(a["scenarios"]["sensor-replay"]["detected"], 1);
+    assert_eq!(
+        (a["incidents"].as_u64(), a["false_incidents"].as_u64()),
+        (b["incidents"].as_u64(), b["false_incidents"].as_u64())
+    );
+}

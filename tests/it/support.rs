@@ -21,7 +21,7 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Writes a simulated capture (plain JSONL) and returns its labels.
+/// Writes a simulated capture (plain JSONL) and its labels sidecar; returns the labels.
 pub fn simulate(path: &Path, hours: f64, seed: u64, attacks: &str) -> Vec<Label> {
     let opts = SimOptions {
         start: 1_783_382_400_000,
@@ -33,6 +33,11 @@ pub fn simulate(path: &Path, hours: f64, seed: u64, attacks: &str) -> Vec<Label>
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let labels = sim::simulate(&sim::Facility::default(), &opts, &mut f).unwrap();
     std::io::Write::flush(&mut f).unwrap();
+    std::fs::write(
+        sim::labels_path(path),
+        serde_json::to_string(&labels).unwrap(),
+    )
+    .unwrap();
     labels
 }
 
