@@ -152,7 +152,9 @@ impl Detector for Oscillation {
             } else {
                 1.0
             };
-            let k_min = ((params.min_hz * n as f64 * dt_s).ceil() as usize).max(1);
+            // The bin holding the band edge is included: a swing just inside the band leaks
+            // into it.
+            let k_min = ((params.min_hz * n as f64 * dt_s).floor() as usize).max(1);
             // The Nyquist bin is real-valued (χ² with one degree of freedom): left out.
             let k_max = ((params.max_hz * n as f64 * dt_s).floor() as usize).min(n / 2 - 1);
             if k_min > k_max {

@@ -1,22 +1,24 @@
 //! **physics**: cross-signal invariants that a spoofed or manipulated value breaks.
 //!
-//! Each relation predicts one metric from another quantity, `y ≈ a + b·x`, with `a` and
-//! `b` learned online per device by recursive least squares (inputs centred on their
-//! first value, a prior slope of `y/x` at that point, exponential forgetting), so each
-//! facility's constants — UPS efficiency, chiller COP, the site's other load, meter
-//! ratios — are learned, never assumed. The residual's spread is learned too; after a
+//! Each relation predicts one metric from another quantity and learns its constants
+//! online per device, so each facility's UPS efficiency, chiller COP, other load and
+//! meter ratios are learned, never assumed. Quantities that are proportional by physics
+//! use a ratio `y ≈ b·x` with `b` the ratio of exponentially weighted means (noise in `x`
+//! does not bias it, where a regression slope would be diluted towards zero); the site
+//! balance, which has an unknown remainder, uses `y ≈ a + b·x` by recursive least
+//! squares (centred inputs, exponential forgetting, bounded covariance). The residual's spread is learned too; after a
 //! warm-up, `|residual| / σ ≥ threshold` for `persist` samples is a finding. Nothing is
 //! learned while the residual is large, so an attack does not teach the model.
 //!
-//! | relation | y | x | only when |
-//! |---|---|---|---|
-//! | UPS efficiency | input_power_kw | output_power_kw | online (not on battery, not in bypass, battery full) |
-//! | UPS load | load_pct | output_power_kw | always |
-//! | chiller COP | power_kw | heat removed = flow × (return − supply) × c_p | running |
-//! | chiller setpoint | supply_temp_c | setpoint_c | running |
-//! | site balance | grid active_power_kw | Σ UPS input_power_kw + Σ chiller power_kw | breaker closed |
-//! | grid frequency | grid frequency_hz | mean UPS input_frequency_hz | UPS inputs live |
-//! | grid voltage | grid voltage_l1_v | mean UPS input_voltage_v | UPS inputs live |
+//! | relation | y | x | model | only when |
+//! |---|---|---|---|---|
+//! | UPS efficiency | input_power_kw | output_power_kw | ratio | online (not on battery, not in bypass, battery full) |
+//! | UPS load | load_pct | output_power_kw | ratio | always |
+//! | chiller COP | power_kw | heat removed = flow × (return − supply) × c_p | ratio | running |
+//! | chiller setpoint | supply_temp_c | setpoint_c | ratio | running |
+//! | site balance | grid active_power_kw | Σ UPS input_power_kw + Σ chiller power_kw | linear | breaker closed |
+//! | grid frequency | grid frequency_hz | mean UPS input_frequency_hz | ratio | UPS inputs live |
+//! | grid voltage | grid voltage_l1_v | mean UPS input_voltage_v | ratio | UPS inputs live |
 //!
 //! Blind spots: an attacker who spoofs every quantity of a relation consistently;
 //! relations whose inputs are missing from the capture are simply not evaluated.
@@ -82,7 +84,17 @@ enum Gate {
     BreakerClosed,
 }
 
+/// How a relation's constants are learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    /// `y ≈ b·x`, `b` = ratio of weighted means.
+    Ratio,
+    /// `y ≈ a + b·x` by recursive least squares.
+    Linear,
+}
+
 struct Spec {
+    model: Model,
     kind: DeviceKind,
     name: &'static str,
     target: &'static str,
@@ -99,6 +111,7 @@ const SITE_POWER: &[(DeviceKind, &str)] = &[
 
 const RELATIONS: &[Spec] = &[
     Spec {
+        model: Model::Ratio,
         kind: DeviceKind::Ups,
         name: "ups_efficiency",
         target: "input_power_kw",
@@ -108,6 +121,7 @@ const RELATIONS: &[Spec] = &[
         meaning: "input power no longer matches output power at the learned efficiency",
     },
     Spec {
+        model: Model::Ratio,
         kind: DeviceKind::Ups,
         name: "ups_load",
         target: "load_pct",
@@ -117,6 +131,7 @@ const RELATIONS: &[Spec] = &[
         meaning: "reported load no longer matches output power",
     },
     Spec {
+        model: Model::Ratio,
         kind: DeviceKind::Chiller,
         name: "chiller_cop",
         target: "power_kw",
@@ -127,6 +142,7 @@ const RELATIONS: &[Spec] = &[
             "electrical power no longer matches the heat removed (flow × ΔT) at the learned COP",
     },
     Spec {
+        model: Model::Ratio,
         kind: DeviceKind::Chiller,
         name: "chiller_setpoint",
         target: "supply_temp_c",
@@ -136,6 +152,7 @@ const RELATIONS: &[Spec] = &[
         meaning: "supply temperature no longer tracks the setpoint",
     },
     Spec {
+        model: Model::Linear,
         kind: DeviceKind::GridMeter,
         name: "site_balance",
         target: "active_power_kw",
@@ -146,6 +163,7 @@ const RELATIONS: &[Spec] = &[
             "interconnect power no longer matches UPS inputs + chillers + the learned remainder",
     },
     Spec {
+        model: Model::Ratio,
         kind: DeviceKind::GridMeter,
         name: "grid_frequency",
         target: "frequency_hz",
@@ -155,6 +173,7 @@ const RELATIONS: &[Spec] = &[
         meaning: "meter frequency no longer matches the frequency the UPS inputs see",
     },
     Spec {
+        model: Model::Ratio,
         kind: DeviceKind::GridMeter,
         name: "grid_voltage",
         target: "voltage_l1_v",
@@ -168,6 +187,9 @@ const RELATIONS: &[Spec] = &[
 /// A two-parameter recursive least-squares fit `y' = a + b·x'` on centred data.
 #[derive(Debug, Clone)]
 struct Fit {
+    model: Model,
+    mx: f64,
+    my: f64,
     x0: f64,
     y0: f64,
     theta: [f64; 2],
@@ -180,12 +202,15 @@ struct Fit {
 }
 
 impl Fit {
-    fn new(x: f64, y: f64) -> Self {
+    fn new(model: Model, x: f64, y: f64) -> Self {
         let b0 = if x.abs() > 1e-9 { y / x } else { 1.0 };
         let scale = y.abs().max(1.0);
         let xs = x.abs().max(1.0);
         let p = [[scale * scale, 0.0], [0.0, (scale / xs).powi(2)]];
         Self {
+            model,
+            mx: x,
+            my: y,
             x0: x,
             y0: y,
             theta: [0.0, b0],
@@ -199,10 +224,20 @@ impl Fit {
     }
 
     fn predict(&self, x: f64) -> f64 {
-        self.y0 + self.theta[0] + self.theta[1] * (x - self.x0)
+        match self.model {
+            Model::Ratio => x * self.my / self.mx,
+            Model::Linear => self.y0 + self.theta[0] + self.theta[1] * (x - self.x0),
+        }
     }
 
     fn learn(&mut self, x: f64, y: f64, lambda: f64) {
+        if self.model == Model::Ratio {
+            // Weighted means; 1/n at first so the start is not over-weighted.
+            let a = (1.0 / (self.n as f64 + 2.0)).max(1.0 - lambda);
+            self.mx += a * (x - self.mx);
+            self.my += a * (y - self.my);
+            return;
+        }
         let phi = [1.0, x - self.x0];
         let e = (y - self.y0) - (self.theta[0] + self.theta[1] * phi[1]);
         let pphi = [
@@ -349,10 +384,13 @@ impl Detector for Physics {
                 continue;
             };
             let y = target.value;
+            if spec.model == Model::Ratio && x.abs() < 1e-6 {
+                continue; // no ratio through zero
+            }
             let fit = self
                 .fits
                 .entry((frame.device, i))
-                .or_insert_with(|| Fit::new(x, y));
+                .or_insert_with(|| Fit::new(spec.model, x, y));
             let predicted = fit.predict(x);
             let resid = y - predicted;
             let res_floor = if target.resolution.is_finite() {
@@ -405,7 +443,7 @@ impl Detector for Physics {
                     sig(sigma)
                 ),
                 evidence: json!({"relation": spec.name, "value": y, "expected": predicted, "input": x,
-                                 "residual_sigma": sigma, "z": z, "slope": fit.theta[1]}),
+                                 "residual_sigma": sigma, "z": z, "model": format!("{:?}", spec.model).to_lowercase()}),
             });
         }
     }
@@ -657,7 +695,7 @@ mod tests {
         let noise = noisy(3 * 604_800, 0.0, 1.0, 23);
         let lambda = 0.5f64.powf(1.0 / 7200.0);
         let mut g = 230.0;
-        let mut fit = Fit::new(208.0, 230.0);
+        let mut fit = Fit::new(Model::Linear, 208.0, 230.0);
         let mut worst: f64 = 0.0;
         for i in 0..604_800 {
             g += -0.003 * (g - 230.0) + 0.092 * noise[3 * i];
@@ -674,7 +712,7 @@ mod tests {
 
     #[test]
     fn fit_recovers_a_line() {
-        let mut fit = Fit::new(100.0, 250.0);
+        let mut fit = Fit::new(Model::Linear, 100.0, 250.0);
         for i in 0..2000 {
             let x = 100.0 + (i % 50) as f64;
             fit.learn(x, 30.0 + 2.2 * x, 0.9999);
