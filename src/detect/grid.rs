@@ -147,37 +147,19 @@ impl Detector for Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testkit::noisy;
-    use crate::feature::{FeatureParams, FeatureStore, Registry};
-    use crate::model::Quality;
+    use crate::detect::testkit::{noisy, Harness};
 
     fn run(freq: &[f64], closed: &[f64]) -> Vec<(usize, Finding)> {
-        let mut reg = Registry::new(100);
-        let f = reg
-            .intern("s", "grid-1", "grid_meter", "frequency_hz")
-            .unwrap();
-        let b = reg
-            .intern("s", "grid-1", "grid_meter", "breaker_closed")
-            .unwrap();
-        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut h = Harness::new();
         let mut d = Breaker::new(PerKind::from_fn(|_| BreakerParams::default()));
-        let mut found = Vec::new();
-        for (i, (&fv, &bv)) in freq.iter().zip(closed).enumerate() {
-            let ts = i as Ts * 1000;
-            st.update(&reg, f, ts, fv, Quality::Good);
-            st.update(&reg, b, ts, bv, Quality::Good);
-            let frame = Frame {
-                ts,
-                device: 0,
-                updated: &[f, b],
-                store: &st,
-                registry: &reg,
-            };
-            let mut out = Vec::new();
-            d.observe(&frame, &mut out);
-            found.extend(out.into_iter().map(|x| (i, x)));
+        for (&f, &b) in freq.iter().zip(closed) {
+            h.feed_frame(
+                &mut d,
+                "grid_meter",
+                &[("frequency_hz", f), ("breaker_closed", b)],
+            );
         }
-        found
+        h.findings
     }
 
     #[test]

@@ -242,6 +242,31 @@ pub(crate) mod testkit {
             self.step += 1;
         }
 
+        /// Feeds one frame of several metrics of one device at time `step` seconds.
+        pub fn feed_frame(&mut self, det: &mut dyn Detector, kind: &str, values: &[(&str, f64)]) {
+            let ts = self.step as Ts * 1000;
+            let pts: Vec<PointId> = values
+                .iter()
+                .map(|(m, _)| self.reg.intern("site", "dev-1", kind, m).unwrap())
+                .collect();
+            for (p, (_, v)) in pts.iter().zip(values) {
+                self.store.update(&self.reg, *p, ts, *v, Quality::Good);
+            }
+            let device = self.reg.point(pts[0]).device;
+            let frame = Frame {
+                ts,
+                device,
+                updated: &pts,
+                store: &self.store,
+                registry: &self.reg,
+            };
+            let mut out = Vec::new();
+            det.observe(&frame, &mut out);
+            self.findings
+                .extend(out.into_iter().map(|f| (self.step, f)));
+            self.step += 1;
+        }
+
         /// Feeds a whole series.
         pub fn run(&mut self, det: &mut dyn Detector, kind: &str, metric: &str, series: &[f64]) {
             for &v in series {

@@ -452,26 +452,14 @@ impl Detector for Physics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testkit::noisy;
+    use crate::detect::testkit::{noisy, Harness};
     use crate::feature::{FeatureParams, FeatureStore, Registry};
     use crate::model::Ts;
 
     /// Feeds a chiller whose power follows heat at a COP of `cop`, optionally with the
     /// supply sensor reading `lie` °C low from step `from` on.
     fn chiller(cop: f64, lie: f64, from: usize) -> Vec<(usize, Finding)> {
-        let mut reg = Registry::new(100);
-        let ms = [
-            "flow_lps",
-            "return_temp_c",
-            "supply_temp_c",
-            "power_kw",
-            "running",
-        ];
-        let pts: Vec<_> = ms
-            .iter()
-            .map(|m| reg.intern("s", "chiller-1", "chiller", m).unwrap())
-            .collect();
-        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut h = Harness::new();
         let mut d = Physics::new(PerKind::from_fn(|_| PhysicsParams::default()));
         let n = 6000;
         let load = noisy(n, 0.0, 1.0, 7);
@@ -480,38 +468,23 @@ mod tests {
             noisy(n, 0.0, 0.03, 9),
             noisy(n, 0.0, 1.0, 10),
         );
-        let mut found = Vec::new();
         let mut l = 0.0;
         for i in 0..n {
             l = 0.999 * l + load[i];
             let heat = 400.0 + 3.0 * l;
-            let flow = 40.0;
-            let sup = 7.0;
+            let (flow, sup) = (40.0, 7.0);
             let ret = sup + heat / (CP_WATER * flow);
             let rep_sup = if i >= from { sup - lie } else { sup };
-            let vals = [
-                flow + nf[i],
-                ret + nt[i],
-                rep_sup + nt[(i + 1) % n],
-                heat / cop + np[i],
-                1.0,
+            let frame = [
+                ("flow_lps", flow + nf[i]),
+                ("return_temp_c", ret + nt[i]),
+                ("supply_temp_c", rep_sup + nt[(i + 1) % n]),
+                ("power_kw", heat / cop + np[i]),
+                ("running", 1.0),
             ];
-            let ts = i as Ts * 1000;
-            for (p, v) in pts.iter().zip(vals) {
-                st.update(&reg, *p, ts, v, Quality::Good);
-            }
-            let frame = Frame {
-                ts,
-                device: 0,
-                updated: &pts,
-                store: &st,
-                registry: &reg,
-            };
-            let mut out = Vec::new();
-            d.observe(&frame, &mut out);
-            found.extend(out.into_iter().map(|f| (i, f)));
+            h.feed_frame(&mut d, "chiller", &frame);
         }
-        found
+        h.findings
     }
 
     #[test]

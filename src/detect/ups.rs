@@ -167,41 +167,21 @@ impl Detector for UpsState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feature::{FeatureParams, FeatureStore, Registry};
-    use crate::model::Quality;
+    use crate::detect::testkit::Harness;
 
     fn run(samples: &[(f64, f64, f64, f64)]) -> Vec<(usize, Finding)> {
-        let mut reg = Registry::new(100);
-        let names = [
-            "input_voltage_v",
-            "bypass_active",
-            "on_battery",
-            "battery_charge_pct",
-        ];
-        let pts: Vec<_> = names
-            .iter()
-            .map(|m| reg.intern("s", "ups-1", "ups", m).unwrap())
-            .collect();
-        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut h = Harness::new();
         let mut d = UpsState::new(PerKind::from_fn(|_| UpsParams::default()));
-        let mut found = Vec::new();
-        for (i, &(v, b, ob, c)) in samples.iter().enumerate() {
-            let ts = i as Ts * 1000;
-            for (p, x) in pts.iter().zip([v, b, ob, c]) {
-                st.update(&reg, *p, ts, x, Quality::Good);
-            }
-            let frame = Frame {
-                ts,
-                device: 0,
-                updated: &pts,
-                store: &st,
-                registry: &reg,
-            };
-            let mut out = Vec::new();
-            d.observe(&frame, &mut out);
-            found.extend(out.into_iter().map(|f| (i, f)));
+        for &(v, b, ob, c) in samples {
+            let frame = [
+                ("input_voltage_v", v),
+                ("bypass_active", b),
+                ("on_battery", ob),
+                ("battery_charge_pct", c),
+            ];
+            h.feed_frame(&mut d, "ups", &frame);
         }
-        found
+        h.findings
     }
 
     #[test]
