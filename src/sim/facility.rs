@@ -480,6 +480,11 @@ impl Facility {
         (1..=self.ups.count).map(|i| format!("ups-{i}")).collect()
     }
 
+    /// PDU names.
+    pub fn pdu_names(&self) -> Vec<String> {
+        (1..=self.it.pdus).map(|i| format!("pdu-{i}")).collect()
+    }
+
     /// Chiller names.
     pub fn chiller_names(&self) -> Vec<String> {
         (1..=self.chillers.count)

@@ -211,7 +211,7 @@ impl Simulator {
             ups: f.ups_names(),
             chillers: f.chiller_names(),
             crahs: (1..=f.room.crahs).map(|i| format!("crah-{i}")).collect(),
-            pdus: (1..=f.it.pdus).map(|i| format!("pdu-{i}")).collect(),
+            pdus: f.pdu_names(),
         };
         Ok(Self {
             attacks,

@@ -93,6 +93,13 @@ fn targets(name: &str, f: &Facility) -> Vec<String> {
         "chiller-sensor-spoof" | "sensor-replay" | "flow-drift" => vec![ch[0].clone()],
         "ups-forced-bypass" => vec![ups[0].clone()],
         "ups-battery-drain" | "telemetry-blackout" => vec![last(&ups)],
+        "load-oscillation" => {
+            // The swing runs down the whole power chain.
+            let mut v = f.pdu_names();
+            v.extend(ups);
+            v.push("grid-1".into());
+            v
+        }
         "modbus-recon" => {
             let mut v = ups;
             v.extend(ch);
