@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Detection quality on simulated facilities: for each variant, SEEDS seeds of every
 # scenario at an intensity, plus a clean multi-day capture for false incidents.
-#   scripts/eval-matrix.sh [INTENSITY=obvious] [SEEDS=10] [CLEAN_DAYS=7]
+#   scripts/eval-matrix.sh [INTENSITY=obvious] [SEEDS=10] [CLEAN_DAYS=7] [CONFIG]
+# CONFIG, if given, is passed to `wattchdog eval -c` (e.g. a config that disables the
+# protocol detector, to measure what the physical evidence alone catches).
 # Prints one `wattchdog eval` table per variant. Captures go to a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 intensity=${1:-obvious}
 seeds=${2:-10}
 clean_days=${3:-7}
+config=()
+if [ -n "${4:-}" ]; then config=(-c "$4"); fi
 bin=target/release/wattchdog
 cargo build --release --quiet
 work=$(mktemp -d)
@@ -21,9 +25,9 @@ for variant in hyperscale-60hz edge-small colo-legacy default; do
     files+=("$f")
   done
   echo "== $variant: $seeds seeds × 11 scenarios, $intensity"
-  "$bin" eval "${files[@]}"
+  "$bin" eval "${config[@]}" "${files[@]}"
   c="$work/$variant-clean.jsonl.zst"
   "$bin" simulate --variant "$variant" --seed 100 --hours $((24 * clean_days)) --attacks none --level 1 -o "$c" 2>/dev/null
   echo "== $variant: clean, $clean_days days"
-  "$bin" eval "$c" | tail -n +2
+  "$bin" eval "${config[@]}" "$c" | tail -n +2
 done

@@ -469,6 +469,18 @@ fn validate_detectors(d: &DetectorsConfig, at: &str, origin: &str) -> Result<(),
         d.physics.halflife_samples >= 1.0,
         "must be at least 1",
     )?;
+    check(
+        origin,
+        &k("physics.sustained_halflife_samples"),
+        d.physics.sustained_halflife_samples >= 1.0,
+        "must be at least 1",
+    )?;
+    check(
+        origin,
+        &k("physics.sustained_threshold"),
+        d.physics.sustained_threshold > 0.0,
+        "must be greater than 0",
+    )?;
     let o = &d.oscillation;
     check(
         origin,

@@ -6,12 +6,13 @@
 //!   so the drift is not absorbed; after `rebaseline_blocks` in alarm the new level is
 //!   accepted. Following the trend keeps daily load profiles from looking like drifts.
 //! - σ is the long-run spread of block means around the reference's one-block-ahead
-//!   prediction, learned online; the lag-1 autocorrelation ρ of
-//!   the deviations is learned too, and z is scaled by `sqrt((1−ρ)/(1+ρ))`, so a
-//!   wandering signal (grid frequency) does not look like a drift.
+//!   prediction, learned online; so is how much autocorrelation inflates the variance of
+//!   a sum of 16 consecutive deviations, and z is divided by the square root of that
+//!   inflation, so a wandering signal (grid frequency, a room's slow thermal swings) does
+//!   not look like a drift.
 //! - Two-sided CUSUM on the scaled z: `S⁺ = max(0, S⁺ + z − k)`, `S⁻ = max(0, S⁻ − z − k)`;
-//!   `max(S⁺, S⁻) >= threshold` is a finding. σ and ρ stop learning while S is above half
-//!   the threshold.
+//!   `max(S⁺, S⁻) >= threshold` is a finding. σ and the inflation stop learning while S is
+//!   above half the threshold.
 //!
 //! Blind spots: drifts slower than the reference's adaptation, drifts within a signal's
 //! normal swing (daily load profiles); the physics detectors see those through the
@@ -39,11 +40,11 @@ pub struct CusumParams {
     pub k: f64,
     /// Decision threshold h.
     pub threshold: f64,
-    /// Blocks used to learn the reference, σ and ρ before judging.
+    /// Blocks used to learn the reference, σ and the variance inflation before judging.
     pub warmup_blocks: u32,
     /// Half-life of the reference level, in blocks (its trend's is ten times longer).
     pub reference_halflife_blocks: f64,
-    /// Half-life of the σ and ρ estimates, in blocks.
+    /// Half-life of the σ and variance-inflation estimates, in blocks.
     pub spread_halflife_blocks: f64,
     /// After this many blocks in alarm, the new level is accepted as the baseline (a
     /// lasting change of operating point then gives one alert, not an endless one).
@@ -76,8 +77,12 @@ struct State {
     reference: f64,
     slope: f64,
     var: f64,
-    rho_num: f64,
-    prev_z: f64,
+    /// The last `VIF_BLOCKS` z-scores and their sum.
+    recent_z: std::collections::VecDeque<f64>,
+    recent_sum: f64,
+    /// Learned variance of a sum of `VIF_BLOCKS` consecutive z divided by their number:
+    /// the variance inflation autocorrelation causes (1 for independent blocks).
+    vif: f64,
     s_hi: f64,
     s_lo: f64,
     alarm_blocks: u32,
@@ -85,6 +90,10 @@ struct State {
     since: Ts,
     since_ref: f64,
 }
+
+/// Blocks over which the variance inflation of correlated block means is measured
+/// (8 minutes at 1 Hz with 30-sample blocks).
+const VIF_BLOCKS: usize = 16;
 
 /// Blocks averaged into the new reference after a rebaseline.
 const RELEARN_BLOCKS: u32 = 10;
@@ -171,8 +180,15 @@ impl Detector for Cusum {
             if learning {
                 s.var += a_spread * (clipped * clipped - s.var);
                 let zc = z.clamp(-3.0, 3.0);
-                s.rho_num += a_spread * (zc * s.prev_z - s.rho_num);
-                s.prev_z = zc;
+                s.recent_z.push_back(zc);
+                s.recent_sum += zc;
+                if s.recent_z.len() > VIF_BLOCKS {
+                    s.recent_sum -= s.recent_z.pop_front().unwrap_or(0.0);
+                }
+                if s.recent_z.len() == VIF_BLOCKS {
+                    let inflation = s.recent_sum * s.recent_sum / VIF_BLOCKS as f64;
+                    s.vif += a_spread.max(1.0 / n) * (inflation - s.vif);
+                }
                 s.reference = pred + a_ref * clipped;
                 s.slope += 0.1 * alpha(params.reference_halflife_blocks) * clipped;
             } else {
@@ -188,8 +204,8 @@ impl Detector for Cusum {
                 s.reference += (block - s.reference) / m;
                 continue;
             }
-            let rho = s.rho_num.clamp(0.0, 0.98);
-            let ze = z * ((1.0 - rho) / (1.0 + rho)).sqrt();
+            let vif = s.vif.clamp(1.0, 100.0);
+            let ze = z / vif.sqrt();
             if s.s_hi == 0.0 && s.s_lo == 0.0 {
                 s.since = frame.ts;
                 s.since_ref = pred;
@@ -228,7 +244,7 @@ impl Detector for Cusum {
                         params.block_samples
                     ),
                     json!({"reference_at_start": s.since_ref, "block_mean": block, "block_sigma": sigma,
-                           "autocorrelation": rho, "s_hi": s.s_hi, "s_lo": s.s_lo, "drift_since": format_ts(s.since)}),
+                           "variance_inflation": vif, "s_hi": s.s_hi, "s_lo": s.s_lo, "drift_since": format_ts(s.since)}),
                 ));
             }
         }

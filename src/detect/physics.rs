@@ -20,6 +20,12 @@
 //! | grid frequency | grid frequency_hz | mean UPS input_frequency_hz | ratio | UPS inputs live |
 //! | grid voltage | grid voltage_l1_v | mean UPS input_voltage_v | ratio | UPS inputs live |
 //!
+//! Two tests run on the residual's z-score: a jump (`|z| ≥ threshold` for `persist`
+//! samples) and a sustained shift (an exponential average of z, over about
+//! `sustained_halflife_samples`, beyond `sustained_threshold` times its own learned
+//! spread) — the second catches a persistent offset of a few σ, such as a UPS silently
+//! put in bypass, whose conversion losses are only a few percent of its input.
+//!
 //! Blind spots: an attacker who spoofs every quantity of a relation consistently;
 //! relations whose inputs are missing from the capture are simply not evaluated.
 
@@ -48,6 +54,10 @@ pub struct PhysicsParams {
     pub persist_samples: u32,
     /// Half-life of the relation's memory, in samples.
     pub halflife_samples: f64,
+    /// Half-life of the averaged z-score of the sustained-shift test, in samples.
+    pub sustained_halflife_samples: f64,
+    /// The averaged z-score over its learned spread at or above which a shift counts.
+    pub sustained_threshold: f64,
 }
 
 impl Default for PhysicsParams {
@@ -58,6 +68,8 @@ impl Default for PhysicsParams {
             warmup_samples: 1800,
             persist_samples: 5,
             halflife_samples: 7200.0,
+            sustained_halflife_samples: 60.0,
+            sustained_threshold: 10.0,
         }
     }
 }
@@ -199,6 +211,9 @@ struct Fit {
     var: f64,
     n: u64,
     run: u32,
+    /// Exponential average of z, and its learned variance.
+    zs: f64,
+    zs_var: f64,
 }
 
 impl Fit {
@@ -220,6 +235,8 @@ impl Fit {
             var: 0.0,
             n: 0,
             run: 0,
+            zs: 0.0,
+            zs_var: 0.0,
         }
     }
 
@@ -416,34 +433,56 @@ impl Detector for Physics {
                 fit.var += a * (r * r - fit.var);
                 fit.n += 1;
             }
-            if warm || z.abs() < params.threshold {
-                fit.run = 0;
+            // Sustained shift: the averaged z against its own learned spread, floored by
+            // what white noise would give (so a very smooth warm-up cannot make it touchy).
+            let a_s = 1.0 - 0.5f64.powf(1.0 / params.sustained_halflife_samples.max(1.0));
+            fit.zs += a_s * (z.clamp(-50.0, 50.0) - fit.zs);
+            let zs_sigma = fit.zs_var.sqrt().max((a_s / (2.0 - a_s)).sqrt());
+            let shift = fit.zs / zs_sigma;
+            if warm || shift.abs() < 3.0 {
+                let aw = if warm {
+                    1.0 / (fit.n as f64 + 1.0)
+                } else {
+                    1.0 - lambda
+                };
+                fit.zs_var += aw * (fit.zs * fit.zs - fit.zs_var);
+            }
+            let jump = !warm && z.abs() >= params.threshold;
+            fit.run = if jump { fit.run + 1 } else { 0 };
+            let jumped = jump && fit.run >= params.persist_samples;
+            let sustained = !warm
+                && fit.n > 2 * params.warmup_samples
+                && shift.abs() >= params.sustained_threshold;
+            if !jumped && !sustained {
                 continue;
             }
-            fit.run += 1;
-            if fit.run < params.persist_samples {
-                continue;
-            }
+            let (score, threshold) = if jumped {
+                (z.abs(), params.threshold)
+            } else {
+                (shift.abs(), params.sustained_threshold)
+            };
             let dev = &frame.registry.device(frame.device).name;
             out.push(Finding {
                 ts: frame.ts,
                 device: frame.device,
                 metrics: vec![spec.target.to_owned()],
                 detector: NAME,
-                score: z.abs(),
-                threshold: params.threshold,
-                severity: if z.abs() >= 3.0 * params.threshold { Severity::High } else { Severity::Medium },
+                score,
+                threshold,
+                severity: if score >= 3.0 * threshold { Severity::High } else { Severity::Medium },
                 technique: spec.technique,
                 reason: format!(
-                    "{dev}: {} ({} = {}, expected {} ± {} from the learned relation)",
+                    "{dev}: {} ({} = {}, expected {} ± {} from the learned relation{})",
                     spec.meaning,
                     spec.target,
                     sig(y),
                     sig(predicted),
-                    sig(sigma)
+                    sig(sigma),
+                    if jump { "" } else { ", a sustained offset" }
                 ),
                 evidence: json!({"relation": spec.name, "value": y, "expected": predicted, "input": x,
-                                 "residual_sigma": sigma, "z": z, "model": format!("{:?}", spec.model).to_lowercase()}),
+                                 "residual_sigma": sigma, "z": z, "averaged_z": fit.zs, "shift": shift,
+                                 "model": format!("{:?}", spec.model).to_lowercase()}),
             });
         }
     }
@@ -681,6 +720,23 @@ mod tests {
         }
         assert!(worst < 12.0, "worst prediction error {worst} V");
         assert!(fit.p.iter().flatten().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn a_small_sustained_offset_is_caught_by_the_averaged_test() {
+        // A silent bypass: input power 0.6 % low, under 3σ of one sample's residual.
+        let fired = site(1.0, |i, d, m, v| {
+            if i >= 4000 && d == "ups-1" && m == "input_power_kw" {
+                v * 0.994
+            } else {
+                v
+            }
+        });
+        let hit = fired.iter().find(|(_, r)| r == "ups_efficiency");
+        assert!(
+            hit.is_some_and(|(i, _)| (4000..4300).contains(i)),
+            "{fired:?}"
+        );
     }
 
     #[test]
