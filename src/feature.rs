@@ -267,7 +267,8 @@ impl PointState {
             .max(1e-12)
     }
 
-    /// The last `min(n, WINDOW)` values, oldest first.
+    /// The last `min(n, WINDOW)` values, oldest first (evidence for analysts, and the
+    /// rolling window later feature vectors are built from).
     pub fn window(&self) -> impl Iterator<Item = f64> + '_ {
         let len = (self.n as usize).min(WINDOW);
         let start = self.n as usize + WINDOW - len;

@@ -102,7 +102,8 @@ impl Detector for EwmaZ {
                     sig(st.sigma()),
                     run
                 ),
-                json!({"value": st.value, "baseline_mean": st.mean, "baseline_sigma": st.sigma(), "z": st.z, "consecutive": *run}),
+                json!({"value": st.value, "baseline_mean": st.mean, "baseline_sigma": st.sigma(), "z": st.z, "consecutive": *run,
+                       "recent": st.window().collect::<Vec<_>>()}),
             ));
         }
     }

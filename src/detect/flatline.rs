@@ -145,7 +145,8 @@ impl Detector for Flatline {
                         100.0 * (1.0 - s.p0)
                     ),
                     json!({"value": st.value, "run_samples": s.run, "needed_samples": s.needed,
-                           "learned_p_unchanged": s.p0, "tolerance": s.eps}),
+                           "learned_p_unchanged": s.p0, "tolerance": s.eps,
+                           "recent": st.window().collect::<Vec<_>>()}),
                 ));
             }
         }

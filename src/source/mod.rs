@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
@@ -436,9 +436,6 @@ pub fn open_capture(
         Format::Csv => Box::new(csv::CsvSource::new(reader, name, max_line, mapping, path)?),
     })
 }
-
-/// Paths given on the command line, as given (kept for messages).
-pub type Inputs = Vec<PathBuf>;
 
 #[cfg(test)]
 mod tests {
