@@ -1,8 +1,8 @@
 //! **oscillation**: periodic power swings (load-altering attacks, Aurora-style cycling).
 //!
 //! - For the watched metrics (active power, chiller and UPS power, IT load), a window of
-//!   `window_samples` values is detrended, Hann-windowed and transformed (a direct DFT
-//!   on the bins of the 0.02–1 Hz band, below Nyquist) every `hop_samples` samples.
+//!   `window_samples` values is detrended, Hann-windowed and transformed (an FFT; the
+//!   bins of the 0.02–1 Hz band below Nyquist are kept) every `hop_samples` samples.
 //! - Each bin's normal power is learned over the first windows and then follows slowly
 //!   (not while alarming); a bin's power divided by its normal power is, for noise,
 //!   exponentially distributed, so a ratio of `threshold` = 25 happens by chance about
@@ -19,9 +19,12 @@ use super::{sig, Detector, PerKind, PointTable};
 use crate::attack;
 use crate::feature::Frame;
 use crate::model::{Finding, Severity};
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 const NAME: &str = "oscillation";
 
@@ -87,10 +90,11 @@ struct State {
 pub struct Oscillation {
     params: PerKind<OscillationParams>,
     state: PointTable<State>,
-    cos: Vec<f64>,
-    sin: Vec<f64>,
+    planner: FftPlanner<f64>,
+    fft: Option<Arc<dyn Fft<f64>>>,
     hann: Vec<f64>,
-    buf: Vec<f64>,
+    buf: Vec<Complex<f64>>,
+    scratch: Vec<Complex<f64>>,
 }
 
 impl Oscillation {
@@ -99,21 +103,24 @@ impl Oscillation {
         Self {
             params,
             state: PointTable::default(),
-            cos: Vec::new(),
-            sin: Vec::new(),
+            planner: FftPlanner::new(),
+            fft: None,
             hann: Vec::new(),
             buf: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
+    /// Plans the transform and the window for `n` samples (once per size).
     fn tables(&mut self, n: usize) {
-        if self.cos.len() == n {
+        if self.hann.len() == n {
             return;
         }
         let w = std::f64::consts::TAU / n as f64;
-        self.cos = (0..n).map(|i| (w * i as f64).cos()).collect();
-        self.sin = (0..n).map(|i| (w * i as f64).sin()).collect();
         self.hann = (0..n).map(|i| 0.5 - 0.5 * (w * i as f64).cos()).collect();
+        let fft = self.planner.plan_fft_forward(n);
+        self.scratch = vec![Complex::default(); fft.get_inplace_scratch_len()];
+        self.fft = Some(fft);
     }
 }
 
@@ -160,7 +167,7 @@ impl Detector for Oscillation {
             if k_min > k_max {
                 continue;
             }
-            // Detrend (least-squares line), then window.
+            // Detrend (least-squares line), window, transform.
             self.buf.clear();
             let nf = n as f64;
             let mean_i = (nf - 1.0) / 2.0;
@@ -174,18 +181,14 @@ impl Detector for Oscillation {
             let slope = sxy / sxx;
             for (i, v) in s.values.iter().enumerate() {
                 let detrended = v - mean_v - slope * (i as f64 - mean_i);
-                self.buf.push(detrended * self.hann[i]);
+                self.buf.push(Complex::new(detrended * self.hann[i], 0.0));
             }
-            let power: Vec<f64> = (k_min..=k_max)
-                .map(|k| {
-                    let (mut re, mut im) = (0.0, 0.0);
-                    for (i, x) in self.buf.iter().enumerate() {
-                        let j = (i * k) % n;
-                        re += x * self.cos[j];
-                        im -= x * self.sin[j];
-                    }
-                    re * re + im * im
-                })
+            if let Some(fft) = &self.fft {
+                fft.process_with_scratch(&mut self.buf, &mut self.scratch);
+            }
+            let power: Vec<f64> = self.buf[k_min..=k_max]
+                .iter()
+                .map(|c| c.norm_sqr())
                 .collect();
             if s.baseline.len() != power.len() || s.k_min != k_min {
                 s.baseline = vec![0.0; power.len()];
