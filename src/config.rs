@@ -29,42 +29,13 @@ use crate::detect::PerKind;
 use crate::feature::FeatureParams;
 use crate::model::DeviceKind;
 use crate::time::serde_duration;
+use crate::tomlfile::{self, check, TomlError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use thiserror::Error;
 
-/// Why a config could not be loaded.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Syntax error, wrong type or unknown key (the message names key, line and column).
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message, with line and column.
-        message: String,
-    },
-    /// A value breaks a rule.
-    #[error("{path}: {key} {rule}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// Dotted key.
-        key: String,
-        /// The rule it breaks.
-        rule: String,
-    },
-}
+/// Why a config could not be loaded (the file, and the key and line or rule).
+pub type ConfigError = TomlError;
 
 /// Ingestion and event-time settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -203,20 +174,12 @@ impl Default for Config {
 impl Config {
     /// Loads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        Self::from_toml_str(&tomlfile::read(path)?, &path.display().to_string())
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let parse_err = |e: toml::de::Error| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        };
-        let typed: RawConfig<DetectorsConfig> = toml::from_str(text).map_err(parse_err)?;
+        let typed: RawConfig<DetectorsConfig> = tomlfile::parse(text, origin)?;
         for kind in typed.kinds.keys() {
             if DeviceKind::parse(kind) == DeviceKind::Other && kind != "other" {
                 return Err(ConfigError::Invalid {
@@ -229,7 +192,7 @@ impl Config {
                 });
             }
         }
-        let raw: RawConfig<toml::Table> = toml::from_str(text).map_err(parse_err)?;
+        let raw: RawConfig<toml::Table> = tomlfile::parse(text, origin)?;
         let mut per_kind = Vec::new();
         for kind in DeviceKind::ALL {
             let mut merged = raw.detectors.clone();
@@ -313,18 +276,6 @@ impl Config {
             c.incident_window >= 0,
             "must not be negative",
         )
-    }
-}
-
-fn check(origin: &str, key: &str, ok: bool, rule: &str) -> Result<(), ConfigError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid {
-            path: origin.to_owned(),
-            key: key.to_owned(),
-            rule: rule.to_owned(),
-        })
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`vocabulary`]: the metric vocabulary as a typed table with physical limits.
 //! - [`time`]: event-time parsing (fast RFC 3339) and durations.
 //! - [`config`]: `wattchdog.toml`, validated, with per-kind detector overrides.
+//! - [`tomlfile`]: reading people-written TOML with errors that name file, key and line.
 //! - [`source`]: capture readers (JSONL, CSV long and wide; gzip and zstd) and bad-line
 //!   accounting.
 //! - [`feature`]: the registry of points and per-point feature state; frames.
@@ -39,6 +40,7 @@ pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod tomlfile;
 pub mod vocabulary;
 
 pub use config::Config;

@@ -5,6 +5,7 @@
 //! that name the key. Three built-in variants differ in size, grid frequency, constants
 //! and sensor quality, so detectors can be checked on facilities they were not tuned on.
 
+use crate::tomlfile::{self, TomlError};
 use serde::Deserialize;
 use std::path::Path;
 use thiserror::Error;
@@ -13,32 +14,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum FacilityError {
-    /// Unreadable file.
-    #[error("cannot read facility {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Syntax, type or unknown key.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message with line and column.
-        message: String,
-    },
-    /// A value breaks a rule.
-    #[error("{path}: {key} {rule}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// Dotted key.
-        key: String,
-        /// The rule.
-        rule: String,
-    },
+    /// Unreadable file, syntax, unknown key, or a value that breaks a rule.
+    #[error(transparent)]
+    File(#[from] TomlError),
     /// Unknown variant name.
     #[error("unknown facility variant {0:?} (known: {known})", known = VARIANTS.join(", "))]
     UnknownVariant(String),
@@ -279,35 +257,18 @@ impl Facility {
 
     /// Loads and validates a facility file.
     pub fn load(path: &Path) -> Result<Self, FacilityError> {
-        let text = std::fs::read_to_string(path).map_err(|source| FacilityError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        Self::from_toml_str(&tomlfile::read(path)?, &path.display().to_string())
     }
 
     /// Parses and validates facility TOML.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, FacilityError> {
-        let f: Self = toml::from_str(text).map_err(|e| FacilityError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let f: Self = tomlfile::parse(text, origin)?;
         f.validate(origin)?;
         Ok(f)
     }
 
-    fn validate(&self, origin: &str) -> Result<(), FacilityError> {
-        let check = |ok: bool, key: &str, rule: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(FacilityError::Invalid {
-                    path: origin.to_owned(),
-                    key: key.to_owned(),
-                    rule: rule.to_owned(),
-                })
-            }
-        };
+    fn validate(&self, origin: &str) -> Result<(), TomlError> {
+        let check = |ok: bool, key: &str, rule: &str| tomlfile::check(origin, key, ok, rule);
         let pos = |v: f64| v.is_finite() && v > 0.0;
         let name_ok = |s: &str| {
             !s.is_empty()
