@@ -544,30 +544,17 @@ mod tests {
     /// with constants drawn from `k`; `fault(step, device, metric, value)` may change a
     /// reported value. Returns the relations that fired, with their first step.
     fn site(k: f64, fault: impl Fn(usize, &str, &str, f64) -> f64) -> Vec<(usize, String)> {
+        const UPS_METRICS: &[&str] = &[
+            "input_power_kw",
+            "output_power_kw",
+            "load_pct",
+            "input_frequency_hz",
+            "input_voltage_v",
+        ];
         let mut reg = Registry::new(1000);
         let devices: [(&str, &str, &[&str]); 4] = [
-            (
-                "ups-1",
-                "ups",
-                &[
-                    "input_power_kw",
-                    "output_power_kw",
-                    "load_pct",
-                    "input_frequency_hz",
-                    "input_voltage_v",
-                ],
-            ),
-            (
-                "ups-2",
-                "ups",
-                &[
-                    "input_power_kw",
-                    "output_power_kw",
-                    "load_pct",
-                    "input_frequency_hz",
-                    "input_voltage_v",
-                ],
-            ),
+            ("ups-1", "ups", UPS_METRICS),
+            ("ups-2", "ups", UPS_METRICS),
             (
                 "chiller-1",
                 "chiller",
