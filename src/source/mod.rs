@@ -314,7 +314,7 @@ pub fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> 
             break;
         }
         any = true;
-        let (take, done) = match memchr(chunk) {
+        let (take, done) = match memchr::memchr(b'\n', chunk) {
             Some(i) => (i + 1, true),
             None => (chunk.len(), false),
         };
@@ -396,10 +396,6 @@ impl Lines {
         }
         None
     }
-}
-
-fn memchr(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
 }
 
 /// The capture formats, told apart by file name (and, for CSV, by header).
