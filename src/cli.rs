@@ -25,7 +25,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Score detections against the captures' labels sidecars.
     Eval(EvalArgs),
-    /// Validate a config file (or a wide-CSV mapping with --mapping).
+    /// Validate a config file (or a wide-CSV mapping, or a Modbus register map).
     CheckConfig(CheckConfigArgs),
 }
 
@@ -120,6 +120,9 @@ pub struct CheckConfigArgs {
     /// The config file.
     pub file: PathBuf,
     /// Treat the file as a wide-CSV mapping instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "register_map")]
     pub mapping: bool,
+    /// Treat the file as a Modbus register map (`protocols/modbus/*.toml`) instead.
+    #[arg(long)]
+    pub register_map: bool,
 }

@@ -18,6 +18,7 @@
 //! - [`feature`]: the registry of points and per-point feature state; frames.
 //! - [`detect`]: the `Detector` trait and one module per detector family.
 //! - [`attack`]: MITRE ATT&CK for ICS techniques.
+//! - [`protocol`]: Modbus register maps and the codec both ways (no I/O).
 //! - [`pipeline`]: reorder buffer, watermark, frames, ticks: the one pipeline.
 //! - [`correlate`]: findings → alerts → incidents.
 //! - [`sink`]: alert outputs.
@@ -35,6 +36,7 @@ pub mod eval;
 pub mod feature;
 pub mod model;
 pub mod pipeline;
+pub mod protocol;
 pub mod replay;
 pub mod sim;
 pub mod sink;

@@ -264,6 +264,16 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
 fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
     if a.mapping {
         WideMapping::load(&a.file)?;
+    } else if a.register_map {
+        let m = wattchdog::protocol::registers::RegisterMap::load(&a.file)?;
+        println!(
+            "{}: ok, profile {} ({}), {} registers",
+            a.file.display(),
+            m.profile,
+            m.kind,
+            m.registers.len()
+        );
+        return Ok(ExitCode::SUCCESS);
     } else {
         Config::load(&a.file)?;
     }

@@ -224,3 +224,32 @@ fn eval_scores_an_alert_file_as_it_scores_a_replay() {
         (b["incidents"].as_u64(), b["false_incidents"].as_u64())
     );
 }
+
+#[test]
+fn every_shipped_register_map_validates() {
+    let dir = repo("protocols/modbus");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = run(&["check-config", "--register-map", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "profile = \"p\"\nkind = \"ups\"\nsource = \"s\"\n[[registers]]\nmetric = \"x\"\ntable = \"holding\"\naddress = 0\ntype = \"f32\"\nwords = 1\n").unwrap();
+    let out = run(&[
+        "check-config",
+        "--register-map",
+        bad.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("registers[0] (x).words"));
+}
