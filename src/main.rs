@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 use wattchdog::cli::{CheckConfigArgs, Cli, Command, EvalArgs, ReplayArgs, SimulateArgs};
-use wattchdog::replay::{replay, ReplayOptions};
+use wattchdog::replay::{replay, ReplayError, ReplayOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::csv::WideMapping;
 use wattchdog::Config;
@@ -65,12 +65,22 @@ fn run_replay(a: ReplayArgs) -> Result<ExitCode> {
         (None, true) => None,
     };
     let mut sink = out.map(AlertJsonl::new);
-    let report = replay(&cfg, &opts, &mut |o| match &mut sink {
+    let result = replay(&cfg, &opts, &mut |o| match &mut sink {
         Some(s) => s.handle(o),
         None => Ok(()),
-    })?;
+    });
+    // A reader that stops early (`| head`) is not an error worth a message.
+    if let Err(ReplayError::Output(e)) = &result {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let report = result?;
     if let Some(s) = &mut sink {
-        s.flush().context("cannot write alerts")?;
+        match s.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            r => r.context("cannot write alerts")?,
+        }
     }
     if let Some(p) = &a.report {
         let f = BufWriter::new(

@@ -167,3 +167,27 @@ fn out_of_order_readings_are_reordered_and_late_ones_counted() {
     assert_eq!(r["readings"], 5);
     assert_eq!(r["late"], 1);
 }
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let capture = repo("replay-data/facility-cooling.jsonl.zst");
+    let mut child = wattchdog()
+        .args(["replay", capture.to_str().unwrap(), "--no-progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line of alerts, then hang up, as `| head -1` does.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert!(first.starts_with("{\"id\":"), "{first}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Broken pipe"));
+}
