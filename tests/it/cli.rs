@@ -1,19 +1,14 @@
 //! Commands other than the main replay path: check-config, wide CSV, several files.
 
-use crate::support::{alerts_without_wall_clock, repo, run, simulate};
+use crate::support::{alerts_without_wall_clock, repo, run, run_ok, simulate};
 use serde_json::Value;
 
 #[test]
 fn check_config_accepts_valid_and_names_key_and_line_of_invalid() {
-    let out = run(&[
+    run_ok(&[
         "check-config",
         repo("tests/fixtures/valid.toml").to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let out = run(&[
         "check-config",
         repo("tests/fixtures/misspelt.toml").to_str().unwrap(),
@@ -31,18 +26,13 @@ fn check_config_accepts_valid_and_names_key_and_line_of_invalid() {
 
 #[test]
 fn wide_csv_with_a_mapping() {
-    let out = run(&[
+    let out = run_ok(&[
         "replay",
         "--json",
         repo("tests/fixtures/wide.csv").to_str().unwrap(),
         "--mapping",
         repo("tests/fixtures/wide.mapping.toml").to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     // 8 rows × 3 value columns, minus one empty cell and one non-number.
     assert_eq!(r["readings"], 22);
@@ -161,7 +151,7 @@ fn simulate_rejects_an_impossible_facility_naming_the_key() {
 fn simulate_writes_a_capture_and_labels_that_eval_scores() {
     let dir = tempfile::tempdir().unwrap();
     let cap = dir.path().join("s.jsonl.gz");
-    let out = run(&[
+    run_ok(&[
         "simulate",
         "--variant",
         "edge-small",
@@ -174,17 +164,7 @@ fn simulate_writes_a_capture_and_labels_that_eval_scores() {
         "-o",
         cap.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run(&["eval", "--json", cap.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&["eval", "--json", cap.to_str().unwrap()]);
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["scenarios"]["ups-forced-bypass"]["detected"], 1);
 }

@@ -16,6 +16,17 @@ pub fn run(args: &[&str]) -> Output {
     wattchdog().args(args).output().expect("binary runs")
 }
 
+/// Runs the binary and insists it succeeded (its stderr is the failure message).
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Path of a checked-in file relative to the crate root.
 pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
