@@ -1,3 +1,6 @@
-//! Pure protocol decoding, no I/O: Modbus register maps and their codec.
+//! Pure protocol decoding, no I/O: Modbus register maps and their codec, the built-in
+//! profiles, and read plans (which requests cover a map's polled registers).
 
+pub mod plan;
+pub mod profiles;
 pub mod registers;

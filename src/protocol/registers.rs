@@ -116,6 +116,14 @@ pub struct Register {
     /// Whether clients may write it (a setpoint).
     #[serde(default)]
     pub writable: bool,
+    /// Whether the poller reads it as telemetry (default true; false for command points
+    /// and text).
+    #[serde(default = "yes")]
+    pub poll: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> f64 {
@@ -435,6 +443,12 @@ impl RegisterMap {
             }
             check(
                 origin,
+                &key("poll"),
+                !(r.poll && r.data_type == DataType::String),
+                "must be false for strings (text is not telemetry)",
+            )?;
+            check(
+                origin,
                 &key("writable"),
                 !r.writable || r.table != Table::Input && r.table != Table::Discrete,
                 "input registers and discrete inputs cannot be written",
@@ -501,6 +515,7 @@ mod tests {
             max: None,
             not_available: Vec::new(),
             writable: false,
+            poll: true,
         }
     }
 
