@@ -27,6 +27,25 @@ pub enum Command {
     Eval(EvalArgs),
     /// Validate a config file (or a wide-CSV mapping, or a Modbus register map).
     CheckConfig(CheckConfigArgs),
+    /// Poll the configured devices live and raise alerts (Ctrl-C or SIGTERM stops).
+    Run(RunArgs),
+}
+
+/// `wattchdog run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file with the sources (`[[modbus.devices]]`).
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Write alert JSONL here (appending) instead of `[sinks] alerts` or stdout.
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Stop after this long (wall time, e.g. `90s`); default: until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Write the run summary (JSON) here at shutdown.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// `wattchdog eval`.
@@ -106,9 +125,23 @@ pub struct SimulateArgs {
     /// Facility description (TOML) instead of a built-in variant.
     #[arg(long)]
     pub facility: Option<PathBuf>,
-    /// Start time (RFC 3339).
-    #[arg(long, default_value = "2026-07-07T00:00:00Z")]
-    pub start: String,
+    /// Start time (RFC 3339); default 2026-07-07T00:00:00Z, or now with --serve-modbus.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Serve the devices over Modbus TCP at this address (port 0: any free port) while
+    /// simulating on the clock, instead of writing the capture as fast as possible.
+    #[arg(long)]
+    pub serve_modbus: Option<String>,
+    /// With --serve-modbus: simulated seconds per wall second.
+    #[arg(long, default_value_t = 1.0, requires = "serve_modbus")]
+    pub speed: f64,
+    /// With --serve-modbus: write a `wattchdog run` config polling the served devices
+    /// (written once the port is bound).
+    #[arg(long, requires = "serve_modbus")]
+    pub write_config: Option<PathBuf>,
+    /// Poll interval to put in the --write-config file.
+    #[arg(long, default_value = "1s", requires = "write_config")]
+    pub poll_interval: String,
     /// Compression level for .gz (0-9) or .zst (1-22) output.
     #[arg(long)]
     pub level: Option<i32>,

@@ -14,6 +14,7 @@
 //! threshold = 8.0            # only for grid meters
 //! ```
 
+use crate::collect::modbus::ModbusConfig;
 use crate::detect::cusum::CusumParams;
 use crate::detect::ewma::EwmaParams;
 use crate::detect::flatline::FlatlineParams;
@@ -150,6 +151,48 @@ struct RawConfig<D: Default> {
     correlator: CorrelatorConfig,
     detectors: D,
     kinds: BTreeMap<String, D>,
+    clock: ClockConfig,
+    modbus: ModbusConfig,
+    sinks: SinksConfig,
+}
+
+/// `[clock]`: event time of live sources (`wattchdog run`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// Event-time speed relative to the wall clock; 1 (the default) is real time. Faster
+    /// clocks poll simulated devices served at the same speed (`simulate --serve-modbus`).
+    pub speed: f64,
+    /// Where event time and wall time coincide when `speed` is not 1 (RFC 3339).
+    #[serde(default, deserialize_with = "crate::time::serde_ts::deserialize_opt")]
+    pub epoch: Option<crate::model::Ts>,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        Self {
+            speed: 1.0,
+            epoch: None,
+        }
+    }
+}
+
+impl ClockConfig {
+    /// The clock.
+    pub fn clock(&self) -> crate::time::Clock {
+        crate::time::Clock {
+            epoch: self.epoch.unwrap_or(0),
+            speed: self.speed,
+        }
+    }
+}
+
+/// `[sinks]`: where `wattchdog run` sends alerts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinksConfig {
+    /// Alert JSONL file (appended); default: standard output.
+    pub alerts: Option<std::path::PathBuf>,
 }
 
 /// A validated configuration.
@@ -163,6 +206,12 @@ pub struct Config {
     pub correlator: CorrelatorConfig,
     /// Effective detector parameters per kind.
     pub detectors: PerKind<DetectorsConfig>,
+    /// Event time of live sources.
+    pub clock: ClockConfig,
+    /// Modbus devices to poll.
+    pub modbus: ModbusConfig,
+    /// Outputs of `run`.
+    pub sinks: SinksConfig,
 }
 
 impl Default for Config {
@@ -224,6 +273,9 @@ impl Config {
             },
             correlator: typed.correlator,
             detectors,
+            clock: typed.clock,
+            modbus: typed.modbus,
+            sinks: typed.sinks,
         };
         cfg.validate(origin)?;
         Ok(cfg)
@@ -275,6 +327,19 @@ impl Config {
             "correlator.incident_window",
             c.incident_window >= 0,
             "must not be negative",
+        )?;
+        let speed = self.clock.speed;
+        check(
+            origin,
+            "clock.speed",
+            speed.is_finite() && speed > 0.0 && speed <= 10_000.0,
+            "must be in (0, 10000]",
+        )?;
+        check(
+            origin,
+            "clock.epoch",
+            speed == 1.0 || self.clock.epoch.is_some(),
+            "must be given when clock.speed is not 1",
         )
     }
 }

@@ -377,6 +377,13 @@ impl FeatureStore {
         &self.points[id as usize]
     }
 
+    /// State of a point, if it has had a sample yet (a point is registered when its
+    /// first reading is read, which can be before that reading leaves the reorder
+    /// buffer).
+    pub fn get(&self, id: PointId) -> Option<&PointState> {
+        self.points.get(id as usize)
+    }
+
     /// All point states, indexed by point id.
     pub fn points(&self) -> &[PointState] {
         &self.points
@@ -420,7 +427,7 @@ impl<'a> Frame<'a> {
             .points
             .iter()
             .find(|&&p| reg.point(p).metric == name)
-            .map(|&p| store.point(p))
+            .and_then(|&p| store.get(p))
             .filter(|st| st.quality == Quality::Good && st.ts == ts)
     }
 
@@ -489,6 +496,23 @@ mod tests {
         assert!((p.mean - 10.06).abs() < 0.03, "mean {}", p.mean);
         st.update(&reg, 0, 3_000_000, 12.0, Quality::Good);
         assert!(st.point(0).z > 20.0, "z {}", st.point(0).z);
+    }
+
+    #[test]
+    fn a_point_registered_but_not_yet_sampled_is_absent_not_a_panic() {
+        // Live sources intern a reading when it arrives; it may still sit in the
+        // reorder buffer while another frame of its device is judged.
+        let (mut reg, st) = store_with(&[1.0]);
+        reg.intern("s", "d", "other", "y").unwrap();
+        let frame = Frame {
+            ts: 0,
+            device: 0,
+            updated: &[0],
+            store: &st,
+            registry: &reg,
+        };
+        assert!(frame.metric("x").is_some());
+        assert!(frame.metric("y").is_none());
     }
 
     proptest! {

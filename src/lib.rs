@@ -29,11 +29,13 @@
 
 pub mod attack;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod correlate;
 pub mod detect;
 pub mod eval;
 pub mod feature;
+pub mod live;
 pub mod model;
 pub mod pipeline;
 pub mod protocol;

@@ -6,7 +6,7 @@ use clap::Parser;
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
-use wattchdog::cli::{CheckConfigArgs, Cli, Command, EvalArgs, ReplayArgs, SimulateArgs};
+use wattchdog::cli::{CheckConfigArgs, Cli, Command, EvalArgs, ReplayArgs, RunArgs, SimulateArgs};
 use wattchdog::replay::{replay, ReplayError, ReplayOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::csv::WideMapping;
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => run_simulate(a),
         Command::Eval(a) => run_eval(a),
         Command::CheckConfig(a) => check_config(a),
+        Command::Run(a) => run_live(a),
     };
     match result {
         Ok(code) => code,
@@ -110,9 +111,14 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
         None => sim::Facility::variant(&a.variant)?,
     };
     let opts = sim::SimOptions {
-        start: wattchdog::time::TimeFormat::Auto
-            .parse(&a.start)
-            .context("--start")?,
+        start: match (&a.start, &a.serve_modbus) {
+            (Some(t), _) => wattchdog::time::TimeFormat::Auto
+                .parse(t)
+                .context("--start")?,
+            // Served devices live on the wall clock: start on the current second.
+            (None, Some(_)) => chrono::Utc::now().timestamp() * 1000,
+            (None, None) => 1_783_382_400_000, // 2026-07-07T00:00:00Z
+        },
         hours: a.hours,
         seed: a.seed,
         attacks: sim::parse_attacks(&a.attacks)?,
@@ -123,6 +129,9 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
         a.hours > 0.0 && a.hours.is_finite(),
         "--hours must be positive"
     );
+    if let Some(addr) = &a.serve_modbus {
+        return serve_modbus(&a, addr, facility, &opts);
+    }
     let file =
         File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
     let name = a.output.to_string_lossy().into_owned();
@@ -288,5 +297,174 @@ fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
         Config::load(&a.file)?;
     }
     println!("{}: ok", a.file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn serve_modbus(
+    a: &SimulateArgs,
+    addr: &str,
+    facility: wattchdog::sim::Facility,
+    opts: &wattchdog::sim::SimOptions,
+) -> Result<ExitCode> {
+    use wattchdog::sim::{self, serve};
+    anyhow::ensure!(
+        a.speed > 0.0 && a.speed <= 10_000.0,
+        "--speed must be in (0, 10000]"
+    );
+    anyhow::ensure!(
+        !a.output.to_string_lossy().ends_with(".gz")
+            && !a.output.to_string_lossy().ends_with(".zst"),
+        "--serve-modbus streams its capture: give a plain .jsonl output"
+    );
+    let simulator = sim::Simulator::new(facility.clone(), opts)?;
+    let labels_path = sim::labels_path(&a.output);
+    std::fs::write(
+        &labels_path,
+        serde_json::to_string_pretty(&simulator.labels())? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", labels_path.display()))?;
+    let out = BufWriter::new(
+        File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?,
+    );
+    let clock = wattchdog::time::Clock {
+        epoch: opts.start,
+        speed: a.speed,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let bound = listener.local_addr()?;
+        let devices = serve::served_devices(&simulator)?;
+        if let Some(p) = &a.write_config {
+            let text = serve::run_config(&facility.site, bound, &devices, clock, &a.poll_interval);
+            // Written whole under a temporary name, so a reader never sees half a file.
+            let tmp = p.with_extension("toml.tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, p))
+                .with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        eprintln!(
+            "serving {} devices on {bound} (units 1-{}) at {}x; capture {}; Ctrl-C stops",
+            devices.len(),
+            devices.len(),
+            a.speed,
+            a.output.display()
+        );
+        serve::serve(
+            simulator,
+            facility.site.clone(),
+            listener,
+            clock,
+            Box::new(out),
+            Default::default(),
+            stop_signal(),
+        )
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn run_live(a: RunArgs) -> Result<ExitCode> {
+    let cfg = Config::load(&a.config)?;
+    let base = a
+        .config
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let origin = a.config.display().to_string();
+    let duration = a
+        .duration
+        .as_deref()
+        .map(wattchdog::time::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--duration")?;
+    let alerts_path = a.alerts.clone().or_else(|| cfg.sinks.alerts.clone());
+    let out: Box<dyn Write> = match &alerts_path {
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        None => Box::new(io::stdout().lock()),
+    };
+    let mut sink = AlertJsonl::new(out);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let stop = async {
+            match duration {
+                Some(ms) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(ms.max(0) as u64)) => {}
+                        () = stop_signal() => {}
+                    }
+                }
+                None => stop_signal().await,
+            }
+        };
+        wattchdog::live::run(
+            &cfg,
+            &base,
+            &origin,
+            &mut |o| {
+                sink.handle(o)?;
+                sink.flush()
+            },
+            stop,
+        )
+        .await
+    })?;
+    sink.flush()?;
+    let requests: u64 = report.devices.iter().map(|d| d.requests).sum();
+    let failed: u64 = report
+        .devices
+        .iter()
+        .map(|d| d.timeouts + d.transport_errors)
+        .sum();
+    eprintln!(
+        "run: {} devices, {} requests ({} failed), {} readings, {} alerts",
+        report.devices.len(),
+        requests,
+        failed,
+        report.pipeline.readings,
+        sink.written()
+    );
+    if let Some(p) = &a.report {
+        std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

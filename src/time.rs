@@ -239,6 +239,45 @@ pub fn format_ts(ts: Ts) -> String {
     }
 }
 
+/// Event time for live sources: the wall clock, optionally running `speed` times faster
+/// from `epoch` (a simulated facility served faster than real time and the collector
+/// polling it agree on the time of every reading by sharing epoch and speed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clock {
+    /// Event time and wall time coincide here.
+    pub epoch: Ts,
+    /// Event-time milliseconds per wall millisecond (1 = real time).
+    pub speed: f64,
+}
+
+impl Clock {
+    /// Real time.
+    pub fn wall() -> Self {
+        Self {
+            epoch: 0,
+            speed: 1.0,
+        }
+    }
+
+    /// Event time now.
+    pub fn now(&self) -> Ts {
+        self.at(Utc::now().timestamp_millis())
+    }
+
+    /// Event time at wall time `wall_ms`.
+    pub fn at(&self, wall_ms: Ts) -> Ts {
+        if self.speed == 1.0 {
+            return wall_ms;
+        }
+        self.epoch + ((wall_ms - self.epoch) as f64 * self.speed).round() as Ts
+    }
+
+    /// Wall duration of an event-time span.
+    pub fn wall_duration(&self, event_ms: i64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64((event_ms.max(0) as f64 / 1000.0) / self.speed)
+    }
+}
+
 /// The wall clock now, RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -325,6 +364,11 @@ pub mod serde_ts {
         }
         d.deserialize_any(V)
     }
+
+    /// As [`deserialize`], for optional fields (`#[serde(default)]`).
+    pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ts>, D::Error> {
+        deserialize(d).map(Some)
+    }
 }
 
 /// Serde helper for config durations written as strings (`"30s"`).
@@ -335,6 +379,11 @@ pub mod serde_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let s = String::deserialize(d)?;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// As [`deserialize`], for optional fields (`#[serde(default)]`).
+    pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        deserialize(d).map(Some)
     }
 }
 

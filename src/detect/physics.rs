@@ -325,7 +325,7 @@ fn site_values<'a>(
             d.points
                 .iter()
                 .find(|&&p| reg.point(p).metric == metric)
-                .map(|&p| frame.store.point(p))
+                .and_then(|&p| frame.store.get(p))
                 .filter(|st| st.quality == Quality::Good && st.ts == frame.ts)
                 .map(|st| st.value)
         })

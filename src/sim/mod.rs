@@ -19,6 +19,7 @@
 
 pub mod facility;
 pub mod scenario;
+pub mod serve;
 
 use crate::model::Ts;
 pub use facility::{Facility, FacilityError, VARIANTS};
@@ -177,6 +178,17 @@ pub struct Simulator {
     thermal_mass: f64,
     history: VecDeque<f64>,
     frozen: Option<f64>,
+    wire: Wire,
+}
+
+/// Control actions that arrived over the wire (simulated devices served over Modbus);
+/// they hold until written back.
+#[derive(Debug, Default)]
+struct Wire {
+    setpoint: Vec<Option<f64>>,
+    bypass: Vec<bool>,
+    drain: Vec<bool>,
+    breaker_open: bool,
 }
 
 struct Names {
@@ -233,6 +245,12 @@ impl Simulator {
             thermal_mass: ua * f.room.tau_s,
             history: VecDeque::with_capacity(3700),
             frozen: None,
+            wire: Wire {
+                setpoint: vec![None; f.chillers.count],
+                bypass: vec![false; f.ups.count],
+                drain: vec![false; f.ups.count],
+                breaker_open: false,
+            },
             f,
         })
     }
@@ -249,6 +267,53 @@ impl Simulator {
                 intensity: a.intensity,
             })
             .collect()
+    }
+
+    /// Every device as `(name, kind)`, in the order the simulator reports them.
+    pub fn devices(&self) -> Vec<(String, &'static str)> {
+        let n = &self.names;
+        let mut out: Vec<(String, &'static str)> = Vec::new();
+        out.extend(n.pdus.iter().map(|d| (d.clone(), "pdu")));
+        out.extend(n.ups.iter().map(|d| (d.clone(), "ups")));
+        out.extend(n.chillers.iter().map(|d| (d.clone(), "chiller")));
+        out.extend(n.crahs.iter().map(|d| (d.clone(), "crah")));
+        out.push(("room-1".into(), "env"));
+        out.push(("grid-1".into(), "grid_meter"));
+        out
+    }
+
+    /// Event time of the next second to simulate.
+    pub fn now(&self) -> Ts {
+        self.start + self.s * STEP_MS
+    }
+
+    /// Applies a control point written over the wire: a chiller's `setpoint_c` (the
+    /// nominal value releases it), a UPS's `bypass_command` and `battery_test_command`
+    /// (non-zero forces static bypass / discharges the battery), the grid's
+    /// `breaker_close_command` (0 trips the incomer). Returns false for anything else.
+    pub fn apply_write(&mut self, device: &str, metric: &str, value: f64) -> bool {
+        let idx = |list: &[String]| list.iter().position(|d| d == device);
+        let on = value != 0.0;
+        match metric {
+            "setpoint_c" => match idx(&self.names.chillers) {
+                Some(c) => {
+                    let nominal = (value - self.f.chillers.setpoint_c).abs() < 1e-6;
+                    self.wire.setpoint[c] = (!nominal).then_some(value);
+                }
+                None => return false,
+            },
+            "bypass_command" => match idx(&self.names.ups) {
+                Some(j) => self.wire.bypass[j] = on,
+                None => return false,
+            },
+            "battery_test_command" => match idx(&self.names.ups) {
+                Some(j) => self.wire.drain[j] = on,
+                None => return false,
+            },
+            "breaker_close_command" if device == "grid-1" => self.wire.breaker_open = !on,
+            _ => return false,
+        }
+        true
     }
 
     /// Whether every second has been simulated.
@@ -313,7 +378,7 @@ impl Simulator {
         }
         let spoof = self.active("chiller-sensor-spoof").cloned();
         for (c, sp) in self.setpoint.iter_mut().enumerate() {
-            *sp = nominal_sp;
+            *sp = self.wire.setpoint[c].unwrap_or(nominal_sp);
             if c == last_ch {
                 if let Some(a) = &tamper {
                     *sp += if Self::obvious(a) { 6.0 } else { 2.5 };
@@ -327,7 +392,8 @@ impl Simulator {
             }
         }
         // Routine BMS rewrites of the setpoints, every 15 minutes.
-        if s % 900 == 450 && tamper.is_none() {
+        let wire_setpoint = self.wire.setpoint.iter().any(Option::is_some);
+        if s % 900 == 450 && tamper.is_none() && !wire_setpoint {
             for c in &self.names.chillers {
                 cmds.push((
                     c.clone(),
@@ -358,7 +424,8 @@ impl Simulator {
         if let Some(a) = self.starts("ups-battery-drain").cloned() {
             cmds.push((a.devices[0].clone(), ATTACKER, 6, REG_BATTERY_TEST, 1));
         }
-        let breaker_open = self.active("breaker-trip-injection").is_some();
+        let breaker_open =
+            self.active("breaker-trip-injection").is_some() || self.wire.breaker_open;
         if self.starts("breaker-trip-injection").is_some() {
             cmds.push(("grid-1".into(), ATTACKER, 5, COIL_BREAKER, 0));
         }
@@ -414,14 +481,14 @@ impl Simulator {
         for j in 0..f.ups.count {
             let frac = (ups_out / f.ups.rated_kw).clamp(0.0, 1.2);
             let mut eff = f.ups.efficiency - f.ups.efficiency_droop * (1.0 - frac).powi(2);
-            if j == 0 && bypass.is_some() {
+            if (j == 0 && bypass.is_some()) || self.wire.bypass[j] {
                 eff = 0.995;
                 bypass_flag[j] = true;
             }
             let draw = ups_out / eff;
             ups_loss_heat += draw;
             // Share of the load the battery carries.
-            let battery_share = if breaker_open {
+            let battery_share = if breaker_open || self.wire.drain[j] {
                 1.0
             } else if j == f.ups.count - 1 {
                 match &drain {
@@ -512,7 +579,8 @@ impl Simulator {
                 (ups_v, self.grid_f)
             };
             // The subtle attacks hide the state flags; the powers still tell.
-            let show_bypass = bypass_flag[j] && bypass.as_ref().is_some_and(Self::obvious);
+            let show_bypass = bypass_flag[j]
+                && (self.wire.bypass[j] || bypass.as_ref().is_some_and(Self::obvious));
             let vbat = f.ups.battery_voltage_v * (0.96 + 0.04 * self.charge[j] / 100.0)
                 - if on_battery[j] {
                     0.02 * f.ups.battery_voltage_v
@@ -594,7 +662,7 @@ impl Simulator {
                     self.history.pop_front();
                 }
             }
-            let reported_sp = if c == last_ch {
+            let reported_sp = if c == last_ch || self.wire.setpoint[c].is_some() {
                 self.setpoint[c]
             } else {
                 nominal_sp
@@ -745,7 +813,12 @@ pub fn simulate(
 
 /// One JSONL line. Names are validated identifiers and fixed strings: no escaping needed;
 /// `{value}` prints the shortest text that reads back as the same f64.
-fn write_event(line: &mut Vec<u8>, ts: &str, site: &str, ev: &SimEvent<'_>) -> io::Result<()> {
+pub(crate) fn write_event(
+    line: &mut Vec<u8>,
+    ts: &str,
+    site: &str,
+    ev: &SimEvent<'_>,
+) -> io::Result<()> {
     line.clear();
     match ev {
         SimEvent::Reading { device, kind, metric, value } => writeln!(

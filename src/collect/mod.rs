@@ -1,0 +1,3 @@
+//! Live sources: collectors that read devices and hand readings to the pipeline.
+
+pub mod modbus;

@@ -1,0 +1,553 @@
+//! The Modbus TCP poller.
+//!
+//! - Each device polls on its own task, on its own schedule (`interval` of event time),
+//!   with the read plan of its profile: the fewest requests that cover its registers.
+//!   A semaphore bounds how many devices are mid-cycle at once; a slow device only
+//!   holds its own permit.
+//! - Every request is wrapped in a timeout (tokio-modbus has none). After a timeout or a
+//!   transport error the connection is dropped — a late reply would otherwise be taken
+//!   for the next request's — and re-opened with exponential backoff and jitter.
+//! - A Modbus exception is an answer: the request's points are reported with
+//!   `quality = "bad"` (carrying their last good value) and counted. A "not available"
+//!   sentinel is a bad-quality point too. A timeout is silence: nothing is reported, so
+//!   the staleness detector raises denial of view when it lasts.
+//! - Readings are stamped when their response arrives.
+//! - Read-only by construction: the link type below exposes the four read functions and
+//!   nothing else, and this module never imports tokio-modbus's `Writer`.
+
+use crate::model::{Quality, Reading, Ts};
+use crate::protocol::plan::{plan, PlanLimits, ReadRequest};
+use crate::protocol::profiles;
+use crate::protocol::registers::{CodecError, RegisterMap, Table};
+use crate::time::{serde_duration, Clock};
+use crate::tomlfile::{check, TomlError};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_modbus::client::Reader;
+use tokio_modbus::Slave;
+use tracing::{debug, info, warn};
+
+/// `[modbus]` in `wattchdog.toml`: defaults for every device, and the devices.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModbusConfig {
+    /// Site of the devices. Default `"site"`.
+    pub site: String,
+    /// Poll interval (event time). Default `"1s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub interval: i64,
+    /// Per-request timeout (wall time). Default `"1s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub timeout: i64,
+    /// Unused registers a request may read to join two entries. Default 0.
+    pub max_gap: u16,
+    /// Registers per request (1..=125). Default 125.
+    pub max_registers: u16,
+    /// Coils or discrete inputs per request (1..=2000). Default 2000.
+    pub max_bits: u16,
+    /// Devices polling at the same moment. Default 64.
+    pub concurrency: usize,
+    /// First reconnect delay; doubles up to `backoff_max`. Default `"500ms"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub backoff_min: i64,
+    /// Longest reconnect delay. Default `"30s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub backoff_max: i64,
+    /// The devices.
+    pub devices: Vec<DeviceConfig>,
+}
+
+impl Default for ModbusConfig {
+    fn default() -> Self {
+        Self {
+            site: "site".into(),
+            interval: 1000,
+            timeout: 1000,
+            max_gap: 0,
+            max_registers: 125,
+            max_bits: 2000,
+            concurrency: 64,
+            backoff_min: 500,
+            backoff_max: 30_000,
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// One `[[modbus.devices]]` entry; unset fields take `[modbus]`'s value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Device name, unique within the site.
+    pub name: String,
+    /// `host:port` of the device or its gateway.
+    pub address: String,
+    /// Unit id (1..=247 behind gateways; 255 or 0 for some direct devices).
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// Built-in profile name, or a register-map file (`.toml`, relative to the config).
+    pub profile: String,
+    /// Site, if not `[modbus]`'s.
+    pub site: Option<String>,
+    /// Poll interval.
+    #[serde(default, deserialize_with = "serde_duration::deserialize_opt")]
+    pub interval: Option<i64>,
+    /// Request timeout.
+    #[serde(default, deserialize_with = "serde_duration::deserialize_opt")]
+    pub timeout: Option<i64>,
+    /// See `[modbus] max_gap`.
+    pub max_gap: Option<u16>,
+    /// See `[modbus] max_registers`.
+    pub max_registers: Option<u16>,
+}
+
+fn default_unit() -> u8 {
+    1
+}
+
+impl ModbusConfig {
+    /// Checks the settings and resolves every device's profile (files relative to
+    /// `base`) into a ready-to-run poller description.
+    pub fn resolve(&self, base: &Path, origin: &str) -> Result<Vec<DevicePlan>, TomlError> {
+        check(
+            origin,
+            "modbus.interval",
+            self.interval >= 1,
+            "must be at least 1ms",
+        )?;
+        check(
+            origin,
+            "modbus.timeout",
+            self.timeout >= 1,
+            "must be at least 1ms",
+        )?;
+        check(
+            origin,
+            "modbus.concurrency",
+            self.concurrency >= 1,
+            "must be at least 1",
+        )?;
+        check(
+            origin,
+            "modbus.backoff_min",
+            self.backoff_min >= 1 && self.backoff_min <= self.backoff_max,
+            "must be at least 1ms and at most backoff_max",
+        )?;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::with_capacity(self.devices.len());
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = |k: &str| format!("modbus.devices[{i}] ({}).{k}", d.name);
+            let site = d.site.clone().unwrap_or_else(|| self.site.clone());
+            check(
+                origin,
+                &key("name"),
+                !d.name.is_empty(),
+                "must not be empty",
+            )?;
+            check(
+                origin,
+                &key("name"),
+                seen.insert((site.clone(), d.name.clone())),
+                "is used twice in one site",
+            )?;
+            check(
+                origin,
+                &key("address"),
+                d.address
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)),
+                "must be host:port",
+            )?;
+            let interval = d.interval.unwrap_or(self.interval);
+            let timeout = d.timeout.unwrap_or(self.timeout);
+            check(
+                origin,
+                &key("interval"),
+                interval >= 1,
+                "must be at least 1ms",
+            )?;
+            check(
+                origin,
+                &key("timeout"),
+                timeout >= 1,
+                "must be at least 1ms",
+            )?;
+            let max_registers = d.max_registers.unwrap_or(self.max_registers);
+            check(
+                origin,
+                &key("max_registers"),
+                (1..=125).contains(&max_registers),
+                "must be 1..=125",
+            )?;
+            check(
+                origin,
+                "modbus.max_bits",
+                (1..=2000).contains(&self.max_bits),
+                "must be 1..=2000",
+            )?;
+            let map = profiles::resolve(&d.profile, base).map_err(|e| TomlError::Invalid {
+                path: origin.to_owned(),
+                key: key("profile"),
+                rule: e.to_string(),
+            })?;
+            let limits = PlanLimits {
+                max_registers,
+                max_bits: self.max_bits,
+                max_gap: d.max_gap.unwrap_or(self.max_gap),
+            };
+            let requests = plan(&map, &limits);
+            check(
+                origin,
+                &key("profile"),
+                !requests.is_empty(),
+                "has no polled registers",
+            )?;
+            out.push(DevicePlan {
+                site,
+                name: d.name.clone(),
+                address: d.address.clone(),
+                unit: d.unit,
+                interval,
+                timeout,
+                requests,
+                map: Arc::new(map),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A device ready to poll.
+#[derive(Debug, Clone)]
+pub struct DevicePlan {
+    /// Site.
+    pub site: String,
+    /// Device name.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Unit id.
+    pub unit: u8,
+    /// Poll interval (event-time ms).
+    pub interval: i64,
+    /// Request timeout (wall ms).
+    pub timeout: i64,
+    /// Reads per cycle.
+    pub requests: Vec<ReadRequest>,
+    /// Its register map.
+    pub map: Arc<RegisterMap>,
+}
+
+/// Counters of one device's poller.
+#[derive(Debug, Default)]
+pub struct DeviceStats {
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Responses with data.
+    pub responses: AtomicU64,
+    /// Modbus exception responses.
+    pub exceptions: AtomicU64,
+    /// Requests that timed out.
+    pub timeouts: AtomicU64,
+    /// Transport failures (reset, refused, protocol errors).
+    pub transport_errors: AtomicU64,
+    /// Connections opened.
+    pub connects: AtomicU64,
+    /// Readings reported good.
+    pub good: AtomicU64,
+    /// Readings reported bad (exception or "not available").
+    pub bad: AtomicU64,
+    /// Cycles started late because the previous one overran the interval.
+    pub overruns: AtomicU64,
+}
+
+/// A snapshot of [`DeviceStats`], for reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)]
+pub struct DeviceCounts {
+    pub device: String,
+    pub requests: u64,
+    pub responses: u64,
+    pub exceptions: u64,
+    pub timeouts: u64,
+    pub transport_errors: u64,
+    pub connects: u64,
+    pub good: u64,
+    pub bad: u64,
+    pub overruns: u64,
+}
+
+impl DeviceStats {
+    /// The counters now.
+    pub fn snapshot(&self, device: &str) -> DeviceCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DeviceCounts {
+            device: device.to_owned(),
+            requests: g(&self.requests),
+            responses: g(&self.responses),
+            exceptions: g(&self.exceptions),
+            timeouts: g(&self.timeouts),
+            transport_errors: g(&self.transport_errors),
+            connects: g(&self.connects),
+            good: g(&self.good),
+            bad: g(&self.bad),
+            overruns: g(&self.overruns),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The only handle this module holds on a device: reads, nothing else.
+struct ReadOnlyLink(tokio_modbus::client::Context);
+
+impl ReadOnlyLink {
+    async fn connect(address: &str, unit: u8) -> std::io::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self(tokio_modbus::client::tcp::attach_slave(
+            stream,
+            Slave(unit),
+        )))
+    }
+
+    /// Registers, or bits as 0/1 words.
+    async fn read(&mut self, r: &ReadRequest) -> tokio_modbus::Result<Vec<u16>> {
+        let words = |bits: Vec<bool>| bits.into_iter().map(u16::from).collect();
+        Ok(match r.table {
+            Table::Coil => self.0.read_coils(r.start, r.count).await?.map(words),
+            Table::Discrete => self
+                .0
+                .read_discrete_inputs(r.start, r.count)
+                .await?
+                .map(words),
+            Table::Holding => self.0.read_holding_registers(r.start, r.count).await?,
+            Table::Input => self.0.read_input_registers(r.start, r.count).await?,
+        })
+    }
+}
+
+/// Settings shared by every device task.
+#[derive(Debug, Clone, Copy)]
+pub struct PollSettings {
+    /// Event time.
+    pub clock: Clock,
+    /// First reconnect delay (wall ms).
+    pub backoff_min: i64,
+    /// Longest reconnect delay (wall ms).
+    pub backoff_max: i64,
+}
+
+/// Polls one device until `stop` turns true, sending each response's readings.
+pub async fn poll_device(
+    dev: DevicePlan,
+    settings: PollSettings,
+    limit: Arc<Semaphore>,
+    stats: Arc<DeviceStats>,
+    tx: mpsc::Sender<Vec<Reading>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let clock = settings.clock;
+    let kind = dev.map.kind.clone();
+    let timeout = Duration::from_millis(dev.timeout as u64);
+    let mut last_good: Vec<f64> = vec![0.0; dev.map.registers.len()];
+    let mut link: Option<ReadOnlyLink> = None;
+    let mut backoff = settings.backoff_min;
+    let mut next = clock.now();
+    loop {
+        // Wait for the next cycle (or for a reconnect delay), unless told to stop.
+        let wait = clock.wall_duration(next - clock.now());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let started = clock.now();
+        next += dev.interval;
+        if next <= started {
+            bump(&stats.overruns, 1);
+            next = started + dev.interval;
+        }
+        if link.is_none() {
+            match tokio::time::timeout(timeout, ReadOnlyLink::connect(&dev.address, dev.unit)).await
+            {
+                Ok(Ok(l)) => {
+                    bump(&stats.connects, 1);
+                    debug!(device = %dev.name, address = %dev.address, "connected");
+                    link = Some(l);
+                    backoff = settings.backoff_min;
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timed out".to_owned(),
+                    };
+                    debug!(device = %dev.name, address = %dev.address, error = %why, "cannot connect");
+                    bump(&stats.transport_errors, 1);
+                    // Exponential backoff with ±25 % jitter, never sooner than the next cycle.
+                    let jitter = rand::rng().random_range(0.75..1.25);
+                    let delay = (backoff as f64 * jitter) as i64;
+                    backoff = (backoff * 2).min(settings.backoff_max);
+                    let resume = clock.now() + (delay as f64 * clock.speed) as i64;
+                    next = next.max(resume);
+                    continue;
+                }
+            }
+        }
+        let Ok(_permit) = limit.acquire().await else {
+            break;
+        };
+        let Some(l) = link.as_mut() else { continue };
+        for req in &dev.requests {
+            bump(&stats.requests, 1);
+            let answer = tokio::time::timeout(timeout, l.read(req)).await;
+            let ts = clock.now();
+            let readings = match answer {
+                Ok(Ok(Ok(words))) => {
+                    bump(&stats.responses, 1);
+                    decode(&dev, &kind, req, &words, ts, &mut last_good, &stats)
+                }
+                Ok(Ok(Err(exception))) => {
+                    bump(&stats.exceptions, 1);
+                    debug!(device = %dev.name, function = req.function(), start = req.start, %exception, "exception");
+                    bad(&dev, &kind, req, ts, &last_good, &stats)
+                }
+                Ok(Err(e)) => {
+                    bump(&stats.transport_errors, 1);
+                    debug!(device = %dev.name, error = %e, "transport error; reconnecting");
+                    link = None;
+                    break;
+                }
+                Err(_) => {
+                    bump(&stats.timeouts, 1);
+                    debug!(device = %dev.name, timeout_ms = dev.timeout, "timeout; reconnecting");
+                    link = None;
+                    break;
+                }
+            };
+            if tx.send(readings).await.is_err() {
+                return;
+            }
+        }
+    }
+    debug!(device = %dev.name, "poller stopped");
+}
+
+fn reading(dev: &DevicePlan, kind: &str, metric: &str, ts: Ts, value: f64, q: Quality) -> Reading {
+    Reading {
+        ts,
+        site: dev.site.clone(),
+        device: dev.name.clone(),
+        kind: kind.to_owned(),
+        metric: metric.to_owned(),
+        value,
+        quality: q,
+    }
+}
+
+fn decode(
+    dev: &DevicePlan,
+    kind: &str,
+    req: &ReadRequest,
+    words: &[u16],
+    ts: Ts,
+    last_good: &mut [f64],
+    stats: &DeviceStats,
+) -> Vec<Reading> {
+    req.decode(&dev.map, words)
+        .into_iter()
+        .zip(&req.entries)
+        .map(|((metric, value), &i)| match value {
+            Ok(v) if v.is_finite() => {
+                bump(&stats.good, 1);
+                last_good[i] = v;
+                reading(dev, kind, metric, ts, v, Quality::Good)
+            }
+            other => {
+                if let Err(e @ (CodecError::Short { .. } | CodecError::OutOfRange { .. })) = &other
+                {
+                    warn!(device = %dev.name, error = %e, "undecodable response");
+                }
+                bump(&stats.bad, 1);
+                reading(dev, kind, metric, ts, last_good[i], Quality::Bad)
+            }
+        })
+        .collect()
+}
+
+fn bad(
+    dev: &DevicePlan,
+    kind: &str,
+    req: &ReadRequest,
+    ts: Ts,
+    last_good: &[f64],
+    stats: &DeviceStats,
+) -> Vec<Reading> {
+    bump(&stats.bad, req.entries.len() as u64);
+    req.entries
+        .iter()
+        .map(|&i| {
+            let metric = &dev.map.registers[i].metric;
+            reading(dev, kind, metric, ts, last_good[i], Quality::Bad)
+        })
+        .collect()
+}
+
+/// The running pollers of a config.
+pub struct Collector {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stats: Vec<(String, Arc<DeviceStats>)>,
+}
+
+impl Collector {
+    /// Starts one task per device, sending readings into `tx`.
+    pub fn start(
+        devices: Vec<DevicePlan>,
+        concurrency: usize,
+        settings: PollSettings,
+        tx: mpsc::Sender<Vec<Reading>>,
+    ) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::new();
+        let mut stats = Vec::new();
+        info!(devices = devices.len(), "modbus collector starting");
+        for dev in devices {
+            let s = Arc::new(DeviceStats::default());
+            stats.push((dev.name.clone(), s.clone()));
+            tasks.push(tokio::spawn(poll_device(
+                dev,
+                settings,
+                limit.clone(),
+                s,
+                tx.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        Self { stop, tasks, stats }
+    }
+
+    /// Every device's counters.
+    pub fn counts(&self) -> Vec<DeviceCounts> {
+        self.stats.iter().map(|(n, s)| s.snapshot(n)).collect()
+    }
+
+    /// Stops every poller and waits for them.
+    pub async fn stop(self) -> Vec<DeviceCounts> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.stats.iter().map(|(n, s)| s.snapshot(n)).collect()
+    }
+}

@@ -1,0 +1,402 @@
+//! The simulated facility served over Modbus TCP (`simulate --serve-modbus`): one unit
+//! id per device behind one gateway address, each device's registers laid out by its
+//! built-in profile and encoded with the same codec the poller decodes with.
+//!
+//! The plant runs on a [`Clock`] (real time, or faster for tests and demos) and the
+//! register images are refreshed every simulated second. Clients may write the
+//! profiles' writable points; the plant reacts (a chiller follows a new setpoint, a UPS
+//! goes to bypass) and every write, like every other non-read request (diagnostics,
+//! device identification), is reported as a `command` line in the capture the server
+//! writes, next to the readings: the ground truth to compare detections with.
+
+use super::{write_event, SimError, SimEvent, Simulator};
+use crate::model::{Command, Ts};
+use crate::protocol::image::{DeviceImage, Refusal};
+use crate::protocol::profiles;
+use crate::protocol::registers::Table;
+use crate::time::{format_ts, Clock};
+use rustc_hash::FxHashMap;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
+use tracing::{debug, info, warn};
+
+/// One served device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedDevice {
+    /// Device name.
+    pub name: String,
+    /// Device kind.
+    pub kind: &'static str,
+    /// Modbus unit id.
+    pub unit: u8,
+    /// Built-in profile.
+    pub profile: &'static str,
+}
+
+/// Requests received, by function code (what a read-only client must never exceed).
+#[derive(Debug)]
+pub struct FunctionCounts([AtomicU64; 256]);
+
+impl Default for FunctionCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl FunctionCounts {
+    fn add(&self, function: u8) {
+        self.0[usize::from(function)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(function, count)` for every function code received.
+    pub fn seen(&self) -> Vec<(u8, u64)> {
+        (0..=255u8)
+            .filter_map(|f| {
+                let n = self.0[usize::from(f)].load(Ordering::Relaxed);
+                (n > 0).then_some((f, n))
+            })
+            .collect()
+    }
+}
+
+/// A request that is not a read, as the device saw it.
+#[derive(Debug)]
+struct WireEvent {
+    device: String,
+    client: String,
+    function: u8,
+    address: u16,
+    values: Vec<u16>,
+    changed: Vec<(String, f64)>,
+}
+
+/// What the connection handlers share with the plant.
+struct Gateway {
+    images: Mutex<Vec<DeviceImage>>,
+    names: Vec<String>,
+    counts: Arc<FunctionCounts>,
+    events: mpsc::Sender<WireEvent>,
+}
+
+/// The devices and unit ids a simulator will serve.
+pub fn served_devices(sim: &Simulator) -> Result<Vec<ServedDevice>, SimError> {
+    sim.devices()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, kind))| {
+            let profile = profiles::for_kind(kind).ok_or_else(|| {
+                SimError::Io(std::io::Error::other(format!("no profile for {kind}")))
+            })?;
+            let unit = u8::try_from(i + 1)
+                .ok()
+                .filter(|u| *u <= 247)
+                .ok_or_else(|| {
+                    SimError::Io(std::io::Error::other(
+                        "more than 247 devices do not fit one Modbus gateway",
+                    ))
+                })?;
+            Ok(ServedDevice {
+                name,
+                kind,
+                unit,
+                profile,
+            })
+        })
+        .collect()
+}
+
+/// A `wattchdog.toml` that polls the served devices at `addr` every `interval` of event
+/// time, on the same clock.
+pub fn run_config(
+    site: &str,
+    addr: SocketAddr,
+    devices: &[ServedDevice],
+    clock: Clock,
+    interval: &str,
+) -> String {
+    let mut s = format!(
+        "# Polls `wattchdog simulate --serve-modbus {addr}`.\n\
+         [clock]\nspeed = {}\nepoch = \"{}\"\n\n[modbus]\nsite = \"{site}\"\ninterval = \"{interval}\"\n",
+        clock.speed,
+        format_ts(clock.epoch)
+    );
+    for d in devices {
+        s += &format!(
+            "\n[[modbus.devices]]\nname = \"{}\"\naddress = \"{addr}\"\nunit = {}\nprofile = \"{}\"\n",
+            d.name, d.unit, d.profile
+        );
+    }
+    s
+}
+
+/// Serves `sim` on `listener` until the simulation ends or `shutdown` resolves, writing
+/// readings and commands as canonical JSONL to `out`.
+pub async fn serve(
+    mut sim: Simulator,
+    site: String,
+    listener: TcpListener,
+    clock: Clock,
+    mut out: Box<dyn Write + Send>,
+    counts: Arc<FunctionCounts>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SimError> {
+    let devices = served_devices(&sim)?;
+    let mut images = Vec::with_capacity(devices.len());
+    for d in &devices {
+        let map = profiles::builtin(d.profile)
+            .and_then(Result::ok)
+            .ok_or_else(|| SimError::Io(std::io::Error::other("bad built-in profile")))?;
+        images.push(DeviceImage::new(map));
+    }
+    let index: FxHashMap<String, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.clone(), i))
+        .collect();
+    let (tx, mut rx) = mpsc::channel(1024);
+    let gateway = Arc::new(Gateway {
+        images: Mutex::new(images),
+        names: devices.iter().map(|d| d.name.clone()).collect(),
+        counts,
+        events: tx,
+    });
+    let server = tokio_modbus::server::tcp::Server::new(listener);
+    let on_connected = {
+        let gateway = gateway.clone();
+        move |stream, peer: SocketAddr| {
+            let service = Service {
+                gateway: gateway.clone(),
+                peer: peer.ip().to_string(),
+            };
+            async move { Ok(Some((service, stream))) }
+        }
+    };
+    let server = tokio::spawn(async move {
+        if let Err(e) = server
+            .serve(
+                &on_connected,
+                |e| debug!(error = %e, "modbus connection ended"),
+            )
+            .await
+        {
+            warn!(error = %e, "modbus server stopped");
+        }
+    });
+
+    tokio::pin!(shutdown);
+    let mut line = Vec::with_capacity(256);
+    let mut unmapped: u64 = 0;
+    loop {
+        let target = clock.now();
+        while let Ok(ev) = rx.try_recv() {
+            for (metric, value) in &ev.changed {
+                sim.apply_write(&ev.device, metric, *value);
+            }
+            let cmd = Command {
+                ts: sim.now().min(target),
+                site: site.clone(),
+                device: ev.device,
+                client: ev.client,
+                function: ev.function,
+                address: u32::from(ev.address),
+                values: ev.values,
+            };
+            serde_json::to_writer(&mut out, &cmd).map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        {
+            let mut images = gateway
+                .images
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut ts_text = (Ts::MIN, String::new());
+            while sim.now() <= target && !sim.done() {
+                sim.step(&mut |ts, ev| {
+                    if let SimEvent::Reading {
+                        device,
+                        metric,
+                        value,
+                        ..
+                    } = ev
+                    {
+                        if let Some(&i) = index.get(device) {
+                            if !images[i].set(metric, value) {
+                                unmapped += 1;
+                            }
+                        }
+                    }
+                    if ts_text.0 != ts {
+                        ts_text = (ts, format_ts(ts));
+                    }
+                    write_event(&mut line, &ts_text.1, &site, &ev)?;
+                    out.write_all(&line)
+                })?;
+            }
+        }
+        out.flush()?;
+        if sim.done() {
+            info!("simulation finished");
+            break;
+        }
+        let wait = clock.wall_duration(sim.now() - target).clamp(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(200),
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    if unmapped > 0 {
+        warn!(unmapped, "readings that did not fit their register");
+    }
+    server.abort();
+    out.flush()?;
+    Ok(())
+}
+
+/// One client connection.
+struct Service {
+    gateway: Arc<Gateway>,
+    peer: String,
+}
+
+impl Service {
+    fn answer(&self, req: SlaveRequest<'static>) -> Result<Response, ExceptionCode> {
+        let unit = usize::from(req.slave);
+        let request = req.request;
+        let function = function_code(&request);
+        self.gateway.counts.add(function);
+        let g = &self.gateway;
+        let Some(i) = unit.checked_sub(1).filter(|i| *i < g.names.len()) else {
+            return Err(ExceptionCode::GatewayTargetDevice);
+        };
+        let mut images = g.images.lock().unwrap_or_else(PoisonError::into_inner);
+        let image = &mut images[i];
+        let refused = |r: Refusal| match r {
+            Refusal::IllegalDataAddress => ExceptionCode::IllegalDataAddress,
+            Refusal::IllegalDataValue => ExceptionCode::IllegalDataValue,
+        };
+        let bits = |w: Vec<u16>| w.into_iter().map(|b| b != 0).collect::<Vec<bool>>();
+        let (address, values, result) = match request {
+            Request::ReadCoils(a, n) => {
+                return image
+                    .read(Table::Coil, a, n)
+                    .map(|w| Response::ReadCoils(bits(w)))
+                    .map_err(refused)
+            }
+            Request::ReadDiscreteInputs(a, n) => {
+                return image
+                    .read(Table::Discrete, a, n)
+                    .map(|w| Response::ReadDiscreteInputs(bits(w)))
+                    .map_err(refused)
+            }
+            Request::ReadHoldingRegisters(a, n) => {
+                return image
+                    .read(Table::Holding, a, n)
+                    .map(Response::ReadHoldingRegisters)
+                    .map_err(refused)
+            }
+            Request::ReadInputRegisters(a, n) => {
+                return image
+                    .read(Table::Input, a, n)
+                    .map(Response::ReadInputRegisters)
+                    .map_err(refused)
+            }
+            Request::WriteSingleRegister(a, w) => (
+                a,
+                vec![w],
+                image
+                    .write(Table::Holding, a, &[w])
+                    .map(|c| (c, Response::WriteSingleRegister(a, w))),
+            ),
+            Request::WriteMultipleRegisters(a, ws) => {
+                let n = ws.len() as u16;
+                (
+                    a,
+                    ws.to_vec(),
+                    image
+                        .write(Table::Holding, a, &ws)
+                        .map(|c| (c, Response::WriteMultipleRegisters(a, n))),
+                )
+            }
+            Request::WriteSingleCoil(a, on) => (
+                a,
+                vec![if on { 0xFF00 } else { 0 }],
+                image
+                    .write(Table::Coil, a, &[u16::from(on)])
+                    .map(|c| (c, Response::WriteSingleCoil(a, on))),
+            ),
+            Request::WriteMultipleCoils(a, cs) => {
+                let words: Vec<u16> = cs.iter().map(|&c| u16::from(c)).collect();
+                let n = words.len() as u16;
+                (
+                    a,
+                    words.clone(),
+                    image
+                        .write(Table::Coil, a, &words)
+                        .map(|c| (c, Response::WriteMultipleCoils(a, n))),
+                )
+            }
+            // Diagnostics, identification and the rest: not served, but seen.
+            _ => (0, Vec::new(), Err(Refusal::IllegalDataAddress)),
+        };
+        drop(images);
+        let (changed, response) = match result {
+            Ok((c, r)) => (c, Ok(r)),
+            Err(r) if is_write(function) => (Vec::new(), Err(refused(r))),
+            Err(_) => (Vec::new(), Err(ExceptionCode::IllegalFunction)),
+        };
+        let ev = WireEvent {
+            device: g.names[i].clone(),
+            client: self.peer.clone(),
+            function,
+            address,
+            values,
+            changed,
+        };
+        if g.events.try_send(ev).is_err() {
+            return Err(ExceptionCode::ServerDeviceBusy);
+        }
+        response
+    }
+}
+
+fn is_write(function: u8) -> bool {
+    matches!(function, 5 | 6 | 15 | 16)
+}
+
+fn function_code(r: &Request<'_>) -> u8 {
+    match r {
+        Request::ReadCoils(..) => 1,
+        Request::ReadDiscreteInputs(..) => 2,
+        Request::ReadHoldingRegisters(..) => 3,
+        Request::ReadInputRegisters(..) => 4,
+        Request::WriteSingleCoil(..) => 5,
+        Request::WriteSingleRegister(..) => 6,
+        Request::WriteMultipleCoils(..) => 15,
+        Request::WriteMultipleRegisters(..) => 16,
+        Request::ReportServerId => 17,
+        Request::MaskWriteRegister(..) => 22,
+        Request::ReadWriteMultipleRegisters(..) => 23,
+        Request::ReadDeviceIdentification(..) => 43,
+        Request::Custom(f, _) => *f,
+    }
+}
+
+impl tokio_modbus::server::Service for Service {
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        std::future::ready(self.answer(req))
+    }
+}
