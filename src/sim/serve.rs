@@ -10,12 +10,13 @@
 //! writes, next to the readings: the ground truth to compare detections with.
 
 use super::{write_event, SimError, SimEvent, Simulator};
-use crate::model::{Command, Ts};
+use crate::model::Ts;
 use crate::protocol::image::{DeviceImage, Refusal};
 use crate::protocol::profiles;
 use crate::protocol::registers::Table;
 use crate::time::{format_ts, Clock};
 use rustc_hash::FxHashMap;
+use serde::Serialize;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -198,16 +199,17 @@ pub async fn serve(
             for (metric, value) in &ev.changed {
                 sim.apply_write(&ev.device, metric, *value);
             }
-            let cmd = Command {
+            let line = CommandLine {
                 ts: sim.now().min(target),
-                site: site.clone(),
-                device: ev.device,
-                client: ev.client,
+                kind: "command",
+                site: &site,
+                device: &ev.device,
+                client: &ev.client,
                 function: ev.function,
                 address: u32::from(ev.address),
-                values: ev.values,
+                values: &ev.values,
             };
-            serde_json::to_writer(&mut out, &cmd).map_err(std::io::Error::from)?;
+            serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }
         {
@@ -259,6 +261,21 @@ pub async fn serve(
     server.abort();
     out.flush()?;
     Ok(())
+}
+
+/// A `command` line of the capture format (DESIGN.md).
+#[derive(Serialize)]
+struct CommandLine<'a> {
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    ts: Ts,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    site: &'a str,
+    device: &'a str,
+    client: &'a str,
+    function: u8,
+    address: u32,
+    values: &'a [u16],
 }
 
 /// One client connection.

@@ -5,4 +5,6 @@ mod support;
 mod bad_input;
 mod cli;
 mod determinism;
+mod interop_modbus;
+mod modbus;
 mod replay_data;

@@ -62,3 +62,92 @@ pub fn alerts_without_wall_clock(text: &str) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A child process killed when dropped (peers and servers started by tests).
+pub struct Peer(pub std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether an interop peer is usable. Under `CI=true` a missing peer fails the test
+/// (CI installs it); elsewhere the test says why it is skipped and passes.
+pub fn peer_available(what: &str, probe: &mut Command) -> bool {
+    let ok = probe
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what} is missing under CI=true: .ci/run must install it"
+        );
+        eprintln!("skipping: {what} is not installed (CI installs it)");
+    }
+    ok
+}
+
+/// pymodbus for Python 3, the independent Modbus implementation of the interop tests.
+pub fn pymodbus_available() -> bool {
+    peer_available(
+        "pymodbus (pip install pymodbus)",
+        Command::new("python3").args(["-c", "import pymodbus"]),
+    )
+}
+
+/// A free loopback port (free when asked; the peer binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on the loopback `port`.
+pub fn wait_for_port(port: u16, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits for a file to appear (written whole by its producer).
+pub fn wait_for_file(path: &Path, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Readings of a JSONL capture as `(ts, device, metric, value)`.
+pub fn capture_readings(text: &str) -> Vec<(i64, String, String, f64)> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("metric").is_some())
+        .map(|v| {
+            let ts = wattchdog::time::TimeFormat::Auto
+                .parse(v["ts"].as_str().unwrap())
+                .unwrap();
+            (
+                ts,
+                v["device"].as_str().unwrap().to_owned(),
+                v["metric"].as_str().unwrap().to_owned(),
+                v["value"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
