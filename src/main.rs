@@ -294,7 +294,19 @@ fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     } else {
-        Config::load(&a.file)?;
+        let cfg = Config::load(&a.file)?;
+        let base = a.file.parent().unwrap_or(std::path::Path::new("."));
+        let devices = cfg.modbus.resolve(base, &a.file.display().to_string())?;
+        if !devices.is_empty() {
+            let requests: usize = devices.iter().map(|d| d.requests.len()).sum();
+            println!(
+                "{}: ok, {} Modbus devices, {} read requests per poll cycle",
+                a.file.display(),
+                devices.len(),
+                requests
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     println!("{}: ok", a.file.display());
     Ok(ExitCode::SUCCESS)

@@ -864,6 +864,54 @@ mod tests {
     }
 
     #[test]
+    fn writes_over_the_wire_drive_the_plant_until_written_back() {
+        let opts = SimOptions {
+            start: 0,
+            hours: 2.0,
+            seed: 1,
+            attacks: Vec::new(),
+            intensity: Intensity::Obvious,
+        };
+        let mut sim = Simulator::new(Facility::default(), &opts).unwrap();
+        let mut last = std::collections::HashMap::new();
+        let mut run = |sim: &mut Simulator, secs: usize| {
+            for _ in 0..secs {
+                sim.step(&mut |_, ev| {
+                    if let SimEvent::Reading {
+                        device,
+                        metric,
+                        value,
+                        ..
+                    } = ev
+                    {
+                        last.insert(format!("{device}/{metric}"), value);
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            }
+            last.clone()
+        };
+        let before = run(&mut sim, 600);
+        assert!(sim.apply_write("chiller-1", "setpoint_c", 13.0));
+        assert!(sim.apply_write("ups-2", "bypass_command", 1.0));
+        assert!(
+            !sim.apply_write("ups-2", "setpoint_c", 13.0),
+            "not a chiller"
+        );
+        assert!(!sim.apply_write("chiller-1", "fan_speed_pct", 1.0));
+        let after = run(&mut sim, 1800);
+        assert_eq!(after["chiller-1/setpoint_c"], 13.0);
+        assert!(after["chiller-1/supply_temp_c"] > before["chiller-1/supply_temp_c"] + 4.0);
+        assert_eq!(after["ups-2/bypass_active"], 1.0);
+        assert!(sim.apply_write("chiller-1", "setpoint_c", 7.0));
+        assert!(sim.apply_write("ups-2", "bypass_command", 0.0));
+        let back = run(&mut sim, 3000);
+        assert!((back["chiller-1/supply_temp_c"] - 7.0).abs() < 0.5);
+        assert_eq!(back["ups-2/bypass_active"], 0.0);
+    }
+
+    #[test]
     fn deterministic_by_seed() {
         assert_eq!(
             run("default", 0.05, "none", 3).0,

@@ -123,7 +123,8 @@ pub fn run_config(
 ) -> String {
     let mut s = format!(
         "# Polls `wattchdog simulate --serve-modbus {addr}`.\n\
-         [clock]\nspeed = {}\nepoch = \"{}\"\n\n[modbus]\nsite = \"{site}\"\ninterval = \"{interval}\"\n",
+         [clock]\nspeed = {}\nepoch = \"{}\"\n\n[modbus]\nsite = \"{site}\"\ninterval = \"{interval}\"\n\
+         # The simulated devices read undefined registers inside a block as zeros.\nmax_gap = 16\n",
         clock.speed,
         format_ts(clock.epoch)
     );
@@ -415,5 +416,100 @@ impl tokio_modbus::server::Service for Service {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         std::future::ready(self.answer(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Facility, Intensity, SimOptions};
+    use std::borrow::Cow;
+
+    fn gateway() -> (Service, mpsc::Receiver<WireEvent>, Vec<ServedDevice>) {
+        let opts = SimOptions {
+            start: 0,
+            hours: 1.0,
+            seed: 1,
+            attacks: Vec::new(),
+            intensity: Intensity::Obvious,
+        };
+        let sim = Simulator::new(Facility::default(), &opts).unwrap();
+        let devices = served_devices(&sim).unwrap();
+        let images = devices
+            .iter()
+            .map(|d| DeviceImage::new(profiles::builtin(d.profile).unwrap().unwrap()))
+            .collect();
+        let (tx, rx) = mpsc::channel(8);
+        let g = Arc::new(Gateway {
+            images: Mutex::new(images),
+            names: devices.iter().map(|d| d.name.clone()).collect(),
+            counts: Arc::default(),
+            events: tx,
+        });
+        let svc = Service {
+            gateway: g,
+            peer: "10.66.0.99".into(),
+        };
+        (svc, rx, devices)
+    }
+
+    fn req(unit: u8, request: Request<'static>) -> SlaveRequest<'static> {
+        SlaveRequest {
+            slave: unit,
+            request,
+        }
+    }
+
+    #[test]
+    fn units_map_to_devices_and_unknown_units_are_gateway_failures() {
+        let (svc, _rx, devices) = gateway();
+        let chiller = devices.iter().find(|d| d.kind == "chiller").unwrap();
+        assert!(matches!(
+            svc.answer(req(chiller.unit, Request::ReadHoldingRegisters(1000, 6))),
+            Ok(Response::ReadHoldingRegisters(w)) if w.len() == 6
+        ));
+        assert_eq!(
+            svc.answer(req(200, Request::ReadHoldingRegisters(1000, 1))),
+            Err(ExceptionCode::GatewayTargetDevice)
+        );
+        assert_eq!(
+            svc.answer(req(chiller.unit, Request::ReadInputRegisters(1000, 1))),
+            Err(ExceptionCode::IllegalDataAddress)
+        );
+    }
+
+    #[test]
+    fn writes_and_reconnaissance_are_reported_with_the_client() {
+        let (svc, mut rx, devices) = gateway();
+        let ups = devices.iter().find(|d| d.kind == "ups").unwrap();
+        assert!(svc
+            .answer(req(ups.unit, Request::WriteSingleCoil(2001, true)))
+            .is_ok());
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(
+            (
+                ev.device.as_str(),
+                ev.client.as_str(),
+                ev.function,
+                ev.values
+            ),
+            (ups.name.as_str(), "10.66.0.99", 5, vec![0xFF00])
+        );
+        assert_eq!(ev.changed, vec![("bypass_command".to_owned(), 1.0)]);
+        assert_eq!(
+            svc.answer(req(ups.unit, Request::WriteSingleRegister(0x0424, 1))),
+            Err(ExceptionCode::IllegalDataAddress)
+        );
+        assert!(rx.try_recv().unwrap().changed.is_empty());
+        assert_eq!(
+            svc.answer(req(
+                ups.unit,
+                Request::Custom(8, Cow::Borrowed(&[0, 0, 0, 0]))
+            )),
+            Err(ExceptionCode::IllegalFunction)
+        );
+        assert_eq!(rx.try_recv().unwrap().function, 8);
+        let seen: Vec<u8> = svc.gateway.counts.seen().iter().map(|(f, _)| *f).collect();
+        assert_eq!(seen, vec![5, 6, 8]);
     }
 }

@@ -222,7 +222,10 @@ fn every_shipped_register_map_validates() {
             n += 1;
         }
     }
-    assert!(n >= 1);
+    assert!(
+        n >= 6,
+        "a UPS, chiller, CRAH, PDU, sensor and grid profiles"
+    );
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "profile = \"p\"\nkind = \"ups\"\nsource = \"s\"\n[[registers]]\nmetric = \"x\"\ntable = \"holding\"\naddress = 0\ntype = \"f32\"\nwords = 1\n").unwrap();
     let out = run(&[
@@ -232,4 +235,50 @@ fn every_shipped_register_map_validates() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("registers[0] (x).words"));
+}
+
+#[test]
+fn check_config_resolves_modbus_devices_and_run_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::copy(
+        repo("protocols/modbus/chiller-generic.toml"),
+        dir.path().join("mine.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        "[modbus]\nsite = \"ams1\"\nmax_gap = 10\n\
+         [[modbus.devices]]\nname = \"ups-1\"\naddress = \"10.0.0.5:502\"\nunit = 3\nprofile = \"ups-generic\"\n\
+         [[modbus.devices]]\nname = \"chiller-1\"\naddress = \"chiller-1.bms:502\"\nprofile = \"mine.toml\"\n",
+    )
+    .unwrap();
+    let out = run_ok(&["check-config", cfg.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("2 Modbus devices, 3 read requests per poll cycle"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (bad, key) in [
+        ("profile = \"ups-generic\"", "profile = \"nope\""),
+        ("address = \"10.0.0.5:502\"", "address = \"10.0.0.5\""),
+        ("name = \"chiller-1\"", "name = \"ups-1\""),
+    ] {
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(bad, key);
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, text).unwrap();
+        for cmd in [vec!["check-config"], vec!["run", "--duration", "1s", "-c"]] {
+            let mut args = cmd.clone();
+            args.push(broken.to_str().unwrap());
+            let out = run(&args);
+            assert!(!out.status.success(), "{args:?} accepted {key}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("modbus.devices["), "{key}: {err}");
+        }
+    }
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let out = run(&["run", "-c", empty.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sources configured"));
 }
