@@ -4,7 +4,9 @@
 //! Every source feeds one pipeline, driven by event time:
 //!
 //! ```text
-//! capture files ─► source ─► Event ─► pipeline (reorder buffer → features → detectors) ─► correlator ─► sinks
+//! capture files ─► source ─┐
+//!                          ├► Event ─► pipeline (reorder buffer → features → detectors) ─► correlator ─► sinks
+//! Modbus poller ─► live ───┘
 //! ```
 //!
 //! # Layout
@@ -18,13 +20,17 @@
 //! - [`feature`]: the registry of points and per-point feature state; frames.
 //! - [`detect`]: the `Detector` trait and one module per detector family.
 //! - [`attack`]: MITRE ATT&CK for ICS techniques.
-//! - [`protocol`]: Modbus register maps and the codec both ways (no I/O).
+//! - [`protocol`]: Modbus register maps and the codec both ways, built-in profiles, read
+//!   plans, device images (no I/O).
+//! - [`collect`]: live collectors (the Modbus TCP poller).
+//! - [`live`]: `run` — collectors into the pipeline on the event-time clock.
 //! - [`pipeline`]: reorder buffer, watermark, frames, ticks: the one pipeline.
 //! - [`correlate`]: findings → alerts → incidents.
 //! - [`sink`]: alert outputs.
 //! - [`replay`]: replay of captures with a report.
 //! - [`eval`]: scoring alerts against labels.
-//! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures.
+//! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures or
+//!   serving its devices over Modbus TCP.
 //! - [`cli`]: the command line.
 
 pub mod attack;

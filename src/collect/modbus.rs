@@ -345,7 +345,109 @@ pub struct PollSettings {
     pub backoff_max: i64,
 }
 
-/// Polls one device until `stop` turns true, sending each response's readings.
+/// One device's connection and decoding state: connect, then run cycles.
+pub struct DevicePoller {
+    dev: DevicePlan,
+    kind: String,
+    timeout: Duration,
+    clock: Clock,
+    link: Option<ReadOnlyLink>,
+    last_good: Vec<f64>,
+    stats: Arc<DeviceStats>,
+}
+
+impl DevicePoller {
+    /// A poller that is not connected yet.
+    pub fn new(dev: DevicePlan, clock: Clock, stats: Arc<DeviceStats>) -> Self {
+        Self {
+            kind: dev.map.kind.clone(),
+            timeout: Duration::from_millis(dev.timeout.max(1) as u64),
+            last_good: vec![0.0; dev.map.registers.len()],
+            dev,
+            clock,
+            link: None,
+            stats,
+        }
+    }
+
+    /// Whether a connection is open.
+    pub fn connected(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Opens the connection (within the request timeout).
+    pub async fn connect(&mut self) -> Result<(), String> {
+        let dev = &self.dev;
+        match tokio::time::timeout(self.timeout, ReadOnlyLink::connect(&dev.address, dev.unit))
+            .await
+        {
+            Ok(Ok(l)) => {
+                bump(&self.stats.connects, 1);
+                debug!(device = %dev.name, address = %dev.address, "connected");
+                self.link = Some(l);
+                Ok(())
+            }
+            failed => {
+                bump(&self.stats.transport_errors, 1);
+                Err(match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connect timed out".to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Sends every request of the plan once, in order, and returns the readings, each
+    /// stamped when its response arrived. A timeout or transport error ends the cycle
+    /// and drops the connection (see the module notes).
+    pub async fn cycle(&mut self) -> Vec<Reading> {
+        let mut out = Vec::new();
+        let Some(link) = self.link.as_mut() else {
+            return out;
+        };
+        let (dev, stats) = (&self.dev, &self.stats);
+        for req in &dev.requests {
+            bump(&stats.requests, 1);
+            let answer = tokio::time::timeout(self.timeout, link.read(req)).await;
+            let ts = self.clock.now();
+            match answer {
+                Ok(Ok(Ok(words))) => {
+                    bump(&stats.responses, 1);
+                    decode(
+                        dev,
+                        &self.kind,
+                        req,
+                        &words,
+                        ts,
+                        &mut self.last_good,
+                        stats,
+                        &mut out,
+                    );
+                }
+                Ok(Ok(Err(exception))) => {
+                    bump(&stats.exceptions, 1);
+                    debug!(device = %dev.name, function = req.function(), start = req.start, %exception, "exception");
+                    bad(dev, &self.kind, req, ts, &self.last_good, stats, &mut out);
+                }
+                Ok(Err(e)) => {
+                    bump(&stats.transport_errors, 1);
+                    debug!(device = %dev.name, error = %e, "transport error; reconnecting");
+                    self.link = None;
+                    break;
+                }
+                Err(_) => {
+                    bump(&stats.timeouts, 1);
+                    debug!(device = %dev.name, timeout_ms = dev.timeout, "timeout; reconnecting");
+                    self.link = None;
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Polls one device until `stop` turns true, sending each cycle's readings.
 pub async fn poll_device(
     dev: DevicePlan,
     settings: PollSettings,
@@ -355,10 +457,9 @@ pub async fn poll_device(
     mut stop: watch::Receiver<bool>,
 ) {
     let clock = settings.clock;
-    let kind = dev.map.kind.clone();
-    let timeout = Duration::from_millis(dev.timeout as u64);
-    let mut last_good: Vec<f64> = vec![0.0; dev.map.registers.len()];
-    let mut link: Option<ReadOnlyLink> = None;
+    let interval = dev.interval;
+    let name = dev.name.clone();
+    let mut poller = DevicePoller::new(dev, clock, stats.clone());
     let mut backoff = settings.backoff_min;
     let mut next = clock.now();
     loop {
@@ -372,74 +473,34 @@ pub async fn poll_device(
             break;
         }
         let started = clock.now();
-        next += dev.interval;
+        next += interval;
         if next <= started {
             bump(&stats.overruns, 1);
-            next = started + dev.interval;
+            next = started + interval;
         }
-        if link.is_none() {
-            match tokio::time::timeout(timeout, ReadOnlyLink::connect(&dev.address, dev.unit)).await
-            {
-                Ok(Ok(l)) => {
-                    bump(&stats.connects, 1);
-                    debug!(device = %dev.name, address = %dev.address, "connected");
-                    link = Some(l);
-                    backoff = settings.backoff_min;
-                }
-                failed => {
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "connect timed out".to_owned(),
-                    };
-                    debug!(device = %dev.name, address = %dev.address, error = %why, "cannot connect");
-                    bump(&stats.transport_errors, 1);
-                    // Exponential backoff with ±25 % jitter, never sooner than the next cycle.
-                    let jitter = rand::rng().random_range(0.75..1.25);
-                    let delay = (backoff as f64 * jitter) as i64;
-                    backoff = (backoff * 2).min(settings.backoff_max);
-                    let resume = clock.now() + (delay as f64 * clock.speed) as i64;
-                    next = next.max(resume);
-                    continue;
-                }
+        if !poller.connected() {
+            if let Err(why) = poller.connect().await {
+                debug!(device = %name, error = %why, "cannot connect");
+                // Exponential backoff with ±25 % jitter, never sooner than the next cycle.
+                let jitter = rand::rng().random_range(0.75..1.25);
+                let delay = (backoff as f64 * jitter) as i64;
+                backoff = (backoff * 2).min(settings.backoff_max);
+                next = next.max(clock.now() + (delay as f64 * clock.speed) as i64);
+                continue;
             }
+            backoff = settings.backoff_min;
         }
-        let Ok(_permit) = limit.acquire().await else {
-            break;
-        };
-        let Some(l) = link.as_mut() else { continue };
-        for req in &dev.requests {
-            bump(&stats.requests, 1);
-            let answer = tokio::time::timeout(timeout, l.read(req)).await;
-            let ts = clock.now();
-            let readings = match answer {
-                Ok(Ok(Ok(words))) => {
-                    bump(&stats.responses, 1);
-                    decode(&dev, &kind, req, &words, ts, &mut last_good, &stats)
-                }
-                Ok(Ok(Err(exception))) => {
-                    bump(&stats.exceptions, 1);
-                    debug!(device = %dev.name, function = req.function(), start = req.start, %exception, "exception");
-                    bad(&dev, &kind, req, ts, &last_good, &stats)
-                }
-                Ok(Err(e)) => {
-                    bump(&stats.transport_errors, 1);
-                    debug!(device = %dev.name, error = %e, "transport error; reconnecting");
-                    link = None;
-                    break;
-                }
-                Err(_) => {
-                    bump(&stats.timeouts, 1);
-                    debug!(device = %dev.name, timeout_ms = dev.timeout, "timeout; reconnecting");
-                    link = None;
-                    break;
-                }
+        let readings = {
+            let Ok(_permit) = limit.acquire().await else {
+                break;
             };
-            if tx.send(readings).await.is_err() {
-                return;
-            }
+            poller.cycle().await
+        };
+        if !readings.is_empty() && tx.send(readings).await.is_err() {
+            return;
         }
     }
-    debug!(device = %dev.name, "poller stopped");
+    debug!(device = %name, "poller stopped");
 }
 
 fn reading(dev: &DevicePlan, kind: &str, metric: &str, ts: Ts, value: f64, q: Quality) -> Reading {
@@ -454,6 +515,7 @@ fn reading(dev: &DevicePlan, kind: &str, metric: &str, ts: Ts, value: f64, q: Qu
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode(
     dev: &DevicePlan,
     kind: &str,
@@ -462,26 +524,30 @@ fn decode(
     ts: Ts,
     last_good: &mut [f64],
     stats: &DeviceStats,
-) -> Vec<Reading> {
-    req.decode(&dev.map, words)
-        .into_iter()
-        .zip(&req.entries)
-        .map(|((metric, value), &i)| match value {
-            Ok(v) if v.is_finite() => {
-                bump(&stats.good, 1);
-                last_good[i] = v;
-                reading(dev, kind, metric, ts, v, Quality::Good)
-            }
-            other => {
-                if let Err(e @ (CodecError::Short { .. } | CodecError::OutOfRange { .. })) = &other
-                {
-                    warn!(device = %dev.name, error = %e, "undecodable response");
+    out: &mut Vec<Reading>,
+) {
+    let decoded = req.decode(&dev.map, words);
+    out.extend(
+        decoded
+            .into_iter()
+            .zip(&req.entries)
+            .map(|((metric, value), &i)| match value {
+                Ok(v) if v.is_finite() => {
+                    bump(&stats.good, 1);
+                    last_good[i] = v;
+                    reading(dev, kind, metric, ts, v, Quality::Good)
                 }
-                bump(&stats.bad, 1);
-                reading(dev, kind, metric, ts, last_good[i], Quality::Bad)
-            }
-        })
-        .collect()
+                other => {
+                    if let Err(e @ (CodecError::Short { .. } | CodecError::OutOfRange { .. })) =
+                        &other
+                    {
+                        warn!(device = %dev.name, error = %e, "undecodable response");
+                    }
+                    bump(&stats.bad, 1);
+                    reading(dev, kind, metric, ts, last_good[i], Quality::Bad)
+                }
+            }),
+    );
 }
 
 fn bad(
@@ -491,15 +557,13 @@ fn bad(
     ts: Ts,
     last_good: &[f64],
     stats: &DeviceStats,
-) -> Vec<Reading> {
+    out: &mut Vec<Reading>,
+) {
     bump(&stats.bad, req.entries.len() as u64);
-    req.entries
-        .iter()
-        .map(|&i| {
-            let metric = &dev.map.registers[i].metric;
-            reading(dev, kind, metric, ts, last_good[i], Quality::Bad)
-        })
-        .collect()
+    out.extend(req.entries.iter().map(|&i| {
+        let metric = &dev.map.registers[i].metric;
+        reading(dev, kind, metric, ts, last_good[i], Quality::Bad)
+    }));
 }
 
 /// The running pollers of a config.

@@ -161,42 +161,14 @@ pub async fn serve(
         .enumerate()
         .map(|(i, d)| (d.name.clone(), i))
         .collect();
-    let (tx, mut rx) = mpsc::channel(1024);
-    let gateway = Arc::new(Gateway {
-        images: Mutex::new(images),
-        names: devices.iter().map(|d| d.name.clone()).collect(),
-        counts,
-        events: tx,
-    });
-    let server = tokio_modbus::server::tcp::Server::new(listener);
-    let on_connected = {
-        let gateway = gateway.clone();
-        move |stream, peer: SocketAddr| {
-            let service = Service {
-                gateway: gateway.clone(),
-                peer: peer.ip().to_string(),
-            };
-            async move { Ok(Some((service, stream))) }
-        }
-    };
-    let server = tokio::spawn(async move {
-        if let Err(e) = server
-            .serve(
-                &on_connected,
-                |e| debug!(error = %e, "modbus connection ended"),
-            )
-            .await
-        {
-            warn!(error = %e, "modbus server stopped");
-        }
-    });
-
+    let named = devices.iter().map(|d| d.name.clone()).zip(images).collect();
+    let mut gateway = GatewayHandle::start(listener, named, counts);
     tokio::pin!(shutdown);
     let mut line = Vec::with_capacity(256);
     let mut unmapped: u64 = 0;
     loop {
         let target = clock.now();
-        while let Ok(ev) = rx.try_recv() {
+        while let Ok(ev) = gateway.events.try_recv() {
             for (metric, value) in &ev.changed {
                 sim.apply_write(&ev.device, metric, *value);
             }
@@ -214,10 +186,7 @@ pub async fn serve(
             out.write_all(b"\n")?;
         }
         {
-            let mut images = gateway
-                .images
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut images = gateway.images();
             let mut ts_text = (Ts::MIN, String::new());
             while sim.now() <= target && !sim.done() {
                 sim.step(&mut |ts, ev| {
@@ -259,9 +228,75 @@ pub async fn serve(
     if unmapped > 0 {
         warn!(unmapped, "readings that did not fit their register");
     }
-    server.abort();
+    gateway.stop();
     out.flush()?;
     Ok(())
+}
+
+/// A running Modbus TCP gateway: one unit id per device image, from 1.
+pub struct GatewayHandle {
+    gateway: Arc<Gateway>,
+    events: mpsc::Receiver<WireEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatewayHandle {
+    /// Serves `devices` (name and image; unit ids 1, 2, … in order) on `listener`,
+    /// counting requests by function code in `counts`.
+    pub fn start(
+        listener: TcpListener,
+        devices: Vec<(String, DeviceImage)>,
+        counts: Arc<FunctionCounts>,
+    ) -> Self {
+        let (tx, events) = mpsc::channel(1024);
+        let (names, images) = devices.into_iter().unzip();
+        let gateway = Arc::new(Gateway {
+            images: Mutex::new(images),
+            names,
+            counts,
+            events: tx,
+        });
+        let server = tokio_modbus::server::tcp::Server::new(listener);
+        let on_connected = {
+            let gateway = gateway.clone();
+            move |stream, peer: SocketAddr| {
+                let service = Service {
+                    gateway: gateway.clone(),
+                    peer: peer.ip().to_string(),
+                };
+                async move { Ok(Some((service, stream))) }
+            }
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = server
+                .serve(
+                    &on_connected,
+                    |e| debug!(error = %e, "modbus connection ended"),
+                )
+                .await
+            {
+                warn!(error = %e, "modbus server stopped");
+            }
+        });
+        Self {
+            gateway,
+            events,
+            task,
+        }
+    }
+
+    /// The device images, locked (unit id − 1 indexes them).
+    pub fn images(&self) -> std::sync::MutexGuard<'_, Vec<DeviceImage>> {
+        self.gateway
+            .images
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops accepting and serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
 }
 
 /// A `command` line of the capture format (DESIGN.md).
