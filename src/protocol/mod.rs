@@ -5,3 +5,5 @@ pub mod image;
 pub mod plan;
 pub mod profiles;
 pub mod registers;
+pub mod sparkplug;
+pub mod topics;
