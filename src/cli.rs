@@ -130,10 +130,17 @@ pub struct SimulateArgs {
     pub start: Option<String>,
     /// Serve the devices over Modbus TCP at this address (port 0: any free port) while
     /// simulating on the clock, instead of writing the capture as fast as possible.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "publish_mqtt")]
     pub serve_modbus: Option<String>,
-    /// With --serve-modbus: simulated seconds per wall second.
-    #[arg(long, default_value_t = 1.0, requires = "serve_modbus")]
+    /// Publish the devices to this MQTT broker (`mqtt://host:port`) while simulating on
+    /// the clock (topic map `wattchdog-sim`, or `wattchdog-sim-sparkplug` with --sparkplug).
+    #[arg(long)]
+    pub publish_mqtt: Option<String>,
+    /// With --publish-mqtt: Sparkplug B instead of JSON.
+    #[arg(long, requires = "publish_mqtt")]
+    pub sparkplug: bool,
+    /// With --serve-modbus or --publish-mqtt: simulated seconds per wall second.
+    #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
     /// With --serve-modbus: write a `wattchdog run` config polling the served devices
     /// (written once the port is bound).

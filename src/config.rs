@@ -15,6 +15,7 @@
 //! ```
 
 use crate::collect::modbus::ModbusConfig;
+use crate::collect::mqtt::MqttConfig;
 use crate::detect::cusum::CusumParams;
 use crate::detect::ewma::EwmaParams;
 use crate::detect::flatline::FlatlineParams;
@@ -153,6 +154,7 @@ struct RawConfig<D: Default> {
     kinds: BTreeMap<String, D>,
     clock: ClockConfig,
     modbus: ModbusConfig,
+    mqtt: MqttConfig,
     sinks: SinksConfig,
 }
 
@@ -163,9 +165,26 @@ pub struct ClockConfig {
     /// Event-time speed relative to the wall clock; 1 (the default) is real time. Faster
     /// clocks poll simulated devices served at the same speed (`simulate --serve-modbus`).
     pub speed: f64,
-    /// Where event time and wall time coincide when `speed` is not 1 (RFC 3339).
-    #[serde(default, deserialize_with = "crate::time::serde_ts::deserialize_opt")]
+    /// Where event time and wall time coincide when `speed` is not 1 (a TOML date-time,
+    /// an RFC 3339 string, or epoch seconds/milliseconds).
+    #[serde(default, deserialize_with = "epoch")]
     pub epoch: Option<crate::model::Ts>,
+}
+
+fn epoch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<crate::model::Ts>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Toml(toml::value::Datetime),
+        Other(#[serde(deserialize_with = "crate::time::serde_ts::deserialize")] crate::model::Ts),
+    }
+    match Written::deserialize(d)? {
+        Written::Other(ts) => Ok(Some(ts)),
+        Written::Toml(dt) => crate::time::TimeFormat::Auto
+            .parse(&dt.to_string())
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 impl Default for ClockConfig {
@@ -210,6 +229,8 @@ pub struct Config {
     pub clock: ClockConfig,
     /// Modbus devices to poll.
     pub modbus: ModbusConfig,
+    /// MQTT brokers to subscribe to.
+    pub mqtt: MqttConfig,
     /// Outputs of `run`.
     pub sinks: SinksConfig,
 }
@@ -275,6 +296,7 @@ impl Config {
             detectors,
             clock: typed.clock,
             modbus: typed.modbus,
+            mqtt: typed.mqtt,
             sinks: typed.sinks,
         };
         cfg.validate(origin)?;

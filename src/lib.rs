@@ -34,6 +34,7 @@
 //! - [`cli`]: the command line.
 
 pub mod attack;
+pub mod broker;
 pub mod cli;
 pub mod collect;
 pub mod config;

@@ -6,6 +6,7 @@
 //! by the staleness detector while it is silent, not when it speaks again.
 
 use crate::collect::modbus::{Collector, DeviceCounts, PollSettings};
+use crate::collect::mqtt::{self, MqttCounts, MqttStats};
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::{Reading, Ts};
@@ -28,7 +29,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] TomlError),
     /// Nothing to collect from.
-    #[error("{0}: no sources configured (add [[modbus.devices]])")]
+    #[error("{0}: no sources configured (add [[modbus.devices]] or [[mqtt.brokers]])")]
     NoSources(String),
     /// A sink failed.
     #[error("writing output: {0}")]
@@ -40,8 +41,10 @@ pub enum RunError {
 pub struct RunReport {
     /// Pipeline counters.
     pub pipeline: PipelineStats,
-    /// Per-device collector counters.
+    /// Per-device Modbus counters.
     pub devices: Vec<DeviceCounts>,
+    /// Per-broker MQTT counters.
+    pub mqtt: Vec<MqttCounts>,
     /// Readings dropped because the point table was full.
     pub dropped: u64,
     /// Event time of the last heartbeat.
@@ -60,11 +63,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
     let devices = cfg.modbus.resolve(base, origin)?;
-    if devices.is_empty() {
+    let brokers = cfg.mqtt.resolve(base, origin)?;
+    if devices.is_empty() && brokers.is_empty() {
         return Err(RunError::NoSources(origin.to_owned()));
     }
     let clock = cfg.clock.clock();
     let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(1024);
+    let (stop_mqtt, stop_rx) = tokio::sync::watch::channel(false);
+    let mut subscribers = Vec::new();
+    for plan in brokers {
+        let stats = std::sync::Arc::new(MqttStats::default());
+        let name = plan.cfg.url.clone();
+        let task = tokio::spawn(mqtt::subscribe(
+            plan,
+            clock,
+            stats.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        ));
+        subscribers.push((name, stats, task));
+    }
     let collector = Collector::start(
         devices,
         cfg.modbus.concurrency,
@@ -108,6 +126,12 @@ pub async fn run(
     }
     info!("stopping collectors");
     let devices = collector.stop().await;
+    let _ = stop_mqtt.send(true);
+    let mut mqtt_counts = Vec::new();
+    for (name, stats, task) in subscribers {
+        let _ = task.await;
+        mqtt_counts.push(stats.snapshot(&name));
+    }
     while let Ok(batch) = rx.try_recv() {
         for r in batch {
             dropped += u64::from(!push(&mut pipeline, r, &mut outputs));
@@ -123,6 +147,7 @@ pub async fn run(
     Ok(RunReport {
         pipeline: pipeline.stats().clone(),
         devices,
+        mqtt: mqtt_counts,
         dropped,
         last_ts,
     })

@@ -115,9 +115,11 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
             (Some(t), _) => wattchdog::time::TimeFormat::Auto
                 .parse(t)
                 .context("--start")?,
-            // Served devices live on the wall clock: start on the current second.
-            (None, Some(_)) => chrono::Utc::now().timestamp() * 1000,
-            (None, None) => 1_783_382_400_000, // 2026-07-07T00:00:00Z
+            // Live devices run on the wall clock: start on the current second.
+            (None, _) if a.serve_modbus.is_some() || a.publish_mqtt.is_some() => {
+                chrono::Utc::now().timestamp() * 1000
+            }
+            (None, _) => 1_783_382_400_000, // 2026-07-07T00:00:00Z
         },
         hours: a.hours,
         seed: a.seed,
@@ -131,6 +133,9 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
     );
     if let Some(addr) = &a.serve_modbus {
         return serve_modbus(&a, addr, facility, &opts);
+    }
+    if let Some(url) = &a.publish_mqtt {
+        return publish_mqtt(&a, url, facility, &opts);
     }
     let file =
         File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
@@ -339,6 +344,71 @@ async fn stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Checks the live-simulation options, writes the labels and opens the capture.
+fn live_simulation(
+    a: &SimulateArgs,
+    facility: &wattchdog::sim::Facility,
+    opts: &wattchdog::sim::SimOptions,
+) -> Result<(
+    wattchdog::sim::Simulator,
+    BufWriter<File>,
+    wattchdog::time::Clock,
+)> {
+    use wattchdog::sim;
+    anyhow::ensure!(
+        a.speed > 0.0 && a.speed <= 10_000.0,
+        "--speed must be in (0, 10000]"
+    );
+    let name = a.output.to_string_lossy();
+    anyhow::ensure!(
+        !name.ends_with(".gz") && !name.ends_with(".zst"),
+        "a live simulation streams its capture: give a plain .jsonl output"
+    );
+    let simulator = sim::Simulator::new(facility.clone(), opts)?;
+    let labels_path = sim::labels_path(&a.output);
+    std::fs::write(
+        &labels_path,
+        serde_json::to_string_pretty(&simulator.labels())? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", labels_path.display()))?;
+    let out = BufWriter::new(
+        File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?,
+    );
+    let clock = wattchdog::time::Clock {
+        epoch: opts.start,
+        speed: a.speed,
+    };
+    Ok((simulator, out, clock))
+}
+
+fn publish_mqtt(
+    a: &SimulateArgs,
+    url: &str,
+    facility: wattchdog::sim::Facility,
+    opts: &wattchdog::sim::SimOptions,
+) -> Result<ExitCode> {
+    use wattchdog::sim::publish;
+    let popts = publish::PublishOptions::from_url(url, a.sparkplug).map_err(anyhow::Error::msg)?;
+    let (simulator, out, clock) = live_simulation(a, &facility, opts)?;
+    eprintln!(
+        "publishing {} devices to {url} ({}) at {}x; capture {}; Ctrl-C stops",
+        simulator.devices().len(),
+        if a.sparkplug { "Sparkplug B" } else { "JSON" },
+        a.speed,
+        a.output.display()
+    );
+    let sent = runtime()?.block_on(publish::publish(
+        simulator,
+        facility.site.clone(),
+        popts,
+        clock,
+        Box::new(out),
+        stop_signal(),
+    ))?;
+    eprintln!("published {sent} messages");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve_modbus(

@@ -33,6 +33,9 @@ pub struct PipelineStats {
     pub frames: u64,
     /// Findings produced.
     pub findings: u64,
+    /// Samples dropped because their point already had a sample at that instant (an
+    /// at-least-once source redelivering, or the same file given twice).
+    pub duplicates: u64,
 }
 
 /// How many late events are logged individually.
@@ -199,6 +202,14 @@ impl Pipeline {
                 quality,
                 ..
             } => {
+                if self
+                    .store
+                    .get(point)
+                    .is_some_and(|st| st.n > 0 && st.ts == ts)
+                {
+                    self.stats.duplicates += 1;
+                    return;
+                }
                 self.stats.readings += 1;
                 self.store.update(&self.registry, point, ts, value, quality);
                 let dev = self.registry.point(point).device as usize;

@@ -62,7 +62,29 @@ impl Detector for Staleness {
         "staleness"
     }
 
-    fn observe(&mut self, _frame: &crate::feature::Frame<'_>, _out: &mut Vec<Finding>) {}
+    /// A device that declares itself offline (a Sparkplug death certificate, a gateway's
+    /// last will: `online = 0`) is denial of view at once, before any silence.
+    fn observe(&mut self, frame: &crate::feature::Frame<'_>, out: &mut Vec<Finding>) {
+        if !self.params.get(frame.kind()).enabled {
+            return;
+        }
+        let Some(st) = frame.metric("online").filter(|st| st.value == 0.0) else {
+            return;
+        };
+        let name = &frame.registry.device(frame.device).name;
+        out.push(Finding {
+            ts: frame.ts,
+            device: frame.device,
+            metrics: vec!["online".into()],
+            detector: "staleness",
+            score: 1.0,
+            threshold: 1.0,
+            severity: Severity::High,
+            technique: attack::DENIAL_OF_VIEW,
+            reason: format!("{name} declared itself offline (death certificate or last will)"),
+            evidence: json!({"online": st.value, "at": format_ts(frame.ts)}),
+        });
+    }
 
     fn tick(&mut self, now: Ts, store: &FeatureStore, reg: &Registry, out: &mut Vec<Finding>) {
         let states = store.points();
@@ -178,5 +200,21 @@ mod tests {
         let dev: Vec<_> = out.iter().filter(|f| f.metrics.is_empty()).collect();
         assert_eq!(dev.first().map(|f| f.ts), Some(95_000));
         assert_eq!(dev[0].severity, Severity::High);
+    }
+
+    #[test]
+    fn a_declared_death_is_denial_of_view_at_once() {
+        let mut h = crate::detect::testkit::Harness::new();
+        let mut det = Staleness::new(PerKind::from_fn(|_| StalenessParams::default()));
+        h.feed_frame(&mut det, "chiller", &[("online", 1.0), ("flow_lps", 40.0)]);
+        assert!(h.findings.is_empty());
+        h.feed_frame(&mut det, "chiller", &[("online", 0.0)]);
+        assert_eq!(h.findings.len(), 1);
+        let f = &h.findings[0].1;
+        assert_eq!(
+            (f.severity, f.metrics.clone()),
+            (Severity::High, vec!["online".to_owned()])
+        );
+        assert!(f.reason.contains("offline"));
     }
 }

@@ -3,6 +3,7 @@
 //! built-in profile or a map file of its own.
 
 use super::registers::RegisterMap;
+use super::topics::TopicMap;
 use crate::tomlfile::TomlError;
 use std::path::Path;
 
@@ -77,6 +78,41 @@ pub fn resolve(spec: &str, base: &Path) -> Result<RegisterMap, TomlError> {
     })
 }
 
+/// Name and text of every shipped MQTT topic map.
+pub const TOPIC_MAPS: [(&str, &str); 3] = [
+    (
+        "wattchdog-sim",
+        include_str!("../../protocols/mqtt/wattchdog-sim.toml"),
+    ),
+    (
+        "wattchdog-sim-sparkplug",
+        include_str!("../../protocols/mqtt/wattchdog-sim-sparkplug.toml"),
+    ),
+    (
+        "generic-json-gateway",
+        include_str!("../../protocols/mqtt/generic-json-gateway.toml"),
+    ),
+];
+
+/// Resolves a config's topic `map`: a `.toml` path (relative to `base`), else a
+/// built-in map's name.
+pub fn topic_map(spec: &str, base: &Path) -> Result<TopicMap, TomlError> {
+    if spec.ends_with(".toml") {
+        return TopicMap::load(&base.join(spec));
+    }
+    match TOPIC_MAPS.iter().find(|(n, _)| *n == spec) {
+        Some((n, text)) => TopicMap::from_toml_str(text, &format!("<built-in topic map {n}>")),
+        None => Err(TomlError::Invalid {
+            path: spec.to_owned(),
+            key: "map".into(),
+            rule: format!(
+                "is neither a .toml file nor a built-in topic map ({})",
+                TOPIC_MAPS.map(|(n, _)| n).join(", ")
+            ),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +126,11 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/modbus");
         let files = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(files, BUILTIN.len(), "every file in {dir:?} is built in");
+        for (name, _) in TOPIC_MAPS {
+            assert_eq!(topic_map(name, Path::new(".")).unwrap().profile, name);
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/mqtt");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), TOPIC_MAPS.len());
     }
 
     #[test]

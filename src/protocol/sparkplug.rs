@@ -157,6 +157,83 @@ pub fn rebirth_request(group: &str, node: &str, now: Ts) -> (String, Vec<u8>) {
     )
 }
 
+/// Encodes a birth certificate for publishers: NBIRTH (`device` None, with `bdSeq`) or
+/// DBIRTH, with the kind as `Properties/kind` and every value named, aliased 1, 2, … in
+/// order.
+#[allow(clippy::too_many_arguments)]
+pub fn birth(
+    group: &str,
+    node: &str,
+    device: Option<&str>,
+    kind: &str,
+    values: &[(&str, f64)],
+    ts: Ts,
+    seq: u8,
+    bd_seq: Option<u64>,
+) -> (String, Vec<u8>) {
+    let mut metrics = Vec::with_capacity(values.len() + 2);
+    if let Some(b) = bd_seq {
+        metrics.push(Metric {
+            name: Some("bdSeq".into()),
+            datatype: Some(8),
+            value: Some(MetricValue::Long(b)),
+            ..Metric::default()
+        });
+    }
+    metrics.push(Metric::text("Properties/kind", kind));
+    for (i, (name, v)) in values.iter().enumerate() {
+        metrics.push(Metric::number(Some(name), Some(i as u64 + 1), *v));
+    }
+    let topic = match device {
+        None => format!("spBv1.0/{group}/NBIRTH/{node}"),
+        Some(d) => format!("spBv1.0/{group}/DBIRTH/{node}/{d}"),
+    };
+    (topic, payload(ts, seq, metrics))
+}
+
+/// Encodes DDATA for publishers: `(alias, value)` pairs.
+pub fn data(
+    group: &str,
+    node: &str,
+    device: &str,
+    values: &[(u64, f64)],
+    ts: Ts,
+    seq: u8,
+) -> (String, Vec<u8>) {
+    let metrics = values
+        .iter()
+        .map(|(a, v)| Metric::number(None, Some(*a), *v))
+        .collect();
+    (
+        format!("spBv1.0/{group}/DDATA/{node}/{device}"),
+        payload(ts, seq, metrics),
+    )
+}
+
+/// Encodes the node's death certificate (its MQTT last will).
+pub fn death(group: &str, node: &str, bd_seq: u64) -> (String, Vec<u8>) {
+    let p = Payload {
+        metrics: vec![Metric {
+            name: Some("bdSeq".into()),
+            datatype: Some(8),
+            value: Some(MetricValue::Long(bd_seq)),
+            ..Metric::default()
+        }],
+        ..Payload::default()
+    };
+    (format!("spBv1.0/{group}/NDEATH/{node}"), p.encode_to_vec())
+}
+
+fn payload(ts: Ts, seq: u8, metrics: Vec<Metric>) -> Vec<u8> {
+    Payload {
+        timestamp: Some(ts.max(0) as u64),
+        metrics,
+        seq: Some(u64::from(seq)),
+        ..Payload::default()
+    }
+    .encode_to_vec()
+}
+
 #[derive(Debug, Default)]
 struct DeviceState {
     aliases: FxHashMap<u64, String>,

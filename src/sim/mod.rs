@@ -18,6 +18,7 @@
 //! simulated devices use it); [`simulate`] writes a JSONL capture and returns its labels.
 
 pub mod facility;
+pub mod publish;
 pub mod scenario;
 pub mod serve;
 
@@ -319,6 +320,20 @@ impl Simulator {
     /// Whether every second has been simulated.
     pub fn done(&self) -> bool {
         self.s >= self.end_s
+    }
+
+    /// Simulates every second up to event time `target` (live use: `target` is a
+    /// [`crate::time::Clock`]'s now). Returns how much event time remains until the next
+    /// second is due.
+    pub fn catch_up(
+        &mut self,
+        target: Ts,
+        emit: &mut dyn FnMut(Ts, SimEvent<'_>) -> io::Result<()>,
+    ) -> io::Result<Ts> {
+        while self.now() <= target && !self.done() {
+            self.step(emit)?;
+        }
+        Ok(self.now() - target)
     }
 
     fn active(&self, name: &str) -> Option<&Attack> {
@@ -829,6 +844,77 @@ pub(crate) fn write_event(
             line,
             "{{\"ts\":\"{ts}\",\"type\":\"command\",\"site\":\"{site}\",\"device\":\"{device}\",\"client\":\"{client}\",\"function\":{function},\"address\":{address},\"values\":[{value}]}}"
         ),
+    }
+}
+
+/// Writes a live simulation's capture: readings and commands as canonical JSONL.
+pub(crate) struct CaptureWriter {
+    out: Box<dyn Write + Send>,
+    site: String,
+    line: Vec<u8>,
+    ts_text: (Ts, String),
+}
+
+/// A `command` line of the capture format (DESIGN.md).
+#[derive(Serialize)]
+struct CommandLine<'a> {
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    ts: Ts,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    site: &'a str,
+    device: &'a str,
+    client: &'a str,
+    function: u8,
+    address: u32,
+    values: &'a [u16],
+}
+
+impl CaptureWriter {
+    pub(crate) fn new(out: Box<dyn Write + Send>, site: &str) -> Self {
+        Self {
+            out,
+            site: site.to_owned(),
+            line: Vec::with_capacity(256),
+            ts_text: (Ts::MIN, String::new()),
+        }
+    }
+
+    /// One event of the simulator.
+    pub(crate) fn event(&mut self, ts: Ts, ev: &SimEvent<'_>) -> io::Result<()> {
+        if self.ts_text.0 != ts {
+            self.ts_text = (ts, crate::time::format_ts(ts));
+        }
+        write_event(&mut self.line, &self.ts_text.1, &self.site, ev)?;
+        self.out.write_all(&self.line)
+    }
+
+    /// A request a client sent over the wire.
+    pub(crate) fn command(
+        &mut self,
+        ts: Ts,
+        device: &str,
+        client: &str,
+        function: u8,
+        address: u32,
+        values: &[u16],
+    ) -> io::Result<()> {
+        let line = CommandLine {
+            ts,
+            kind: "command",
+            site: &self.site,
+            device,
+            client,
+            function,
+            address,
+            values,
+        };
+        serde_json::to_writer(&mut self.out, &line).map_err(io::Error::from)?;
+        self.out.write_all(b"\n")
+    }
+
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 

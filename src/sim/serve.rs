@@ -9,14 +9,13 @@
 //! device identification), is reported as a `command` line in the capture the server
 //! writes, next to the readings: the ground truth to compare detections with.
 
-use super::{write_event, SimError, SimEvent, Simulator};
+use super::{CaptureWriter, SimError, SimEvent, Simulator};
 use crate::model::Ts;
 use crate::protocol::image::{DeviceImage, Refusal};
 use crate::protocol::profiles;
 use crate::protocol::registers::Table;
 use crate::time::{format_ts, Clock};
 use rustc_hash::FxHashMap;
-use serde::Serialize;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -144,7 +143,7 @@ pub async fn serve(
     site: String,
     listener: TcpListener,
     clock: Clock,
-    mut out: Box<dyn Write + Send>,
+    out: Box<dyn Write + Send>,
     counts: Arc<FunctionCounts>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SimError> {
@@ -164,7 +163,7 @@ pub async fn serve(
     let named = devices.iter().map(|d| d.name.clone()).zip(images).collect();
     let mut gateway = GatewayHandle::start(listener, named, counts);
     tokio::pin!(shutdown);
-    let mut line = Vec::with_capacity(256);
+    let mut capture = CaptureWriter::new(out, &site);
     let mut unmapped: u64 = 0;
     loop {
         let target = clock.now();
@@ -172,56 +171,40 @@ pub async fn serve(
             for (metric, value) in &ev.changed {
                 sim.apply_write(&ev.device, metric, *value);
             }
-            let line = CommandLine {
-                ts: sim.now().min(target),
-                kind: "command",
-                site: &site,
-                device: &ev.device,
-                client: &ev.client,
-                function: ev.function,
-                address: u32::from(ev.address),
-                values: &ev.values,
-            };
-            serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)?;
-            out.write_all(b"\n")?;
+            let at = sim.now().min(target);
+            capture.command(
+                at,
+                &ev.device,
+                &ev.client,
+                ev.function,
+                u32::from(ev.address),
+                &ev.values,
+            )?;
         }
-        {
+        let ahead = {
             let mut images = gateway.images();
-            let mut ts_text = (Ts::MIN, String::new());
-            while sim.now() <= target && !sim.done() {
-                sim.step(&mut |ts, ev| {
-                    if let SimEvent::Reading {
-                        device,
-                        metric,
-                        value,
-                        ..
-                    } = ev
-                    {
-                        if let Some(&i) = index.get(device) {
-                            if !images[i].set(metric, value) {
-                                unmapped += 1;
-                            }
-                        }
+            sim.catch_up(target, &mut |ts, ev| {
+                if let SimEvent::Reading {
+                    device,
+                    metric,
+                    value,
+                    ..
+                } = ev
+                {
+                    if let Some(&i) = index.get(device) {
+                        unmapped += u64::from(!images[i].set(metric, value));
                     }
-                    if ts_text.0 != ts {
-                        ts_text = (ts, format_ts(ts));
-                    }
-                    write_event(&mut line, &ts_text.1, &site, &ev)?;
-                    out.write_all(&line)
-                })?;
-            }
-        }
-        out.flush()?;
+                }
+                capture.event(ts, &ev)
+            })?
+        };
+        capture.flush()?;
         if sim.done() {
             info!("simulation finished");
             break;
         }
-        let wait = clock.wall_duration(sim.now() - target).clamp(
-            std::time::Duration::from_millis(1),
-            std::time::Duration::from_millis(200),
-        );
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(pace(clock, ahead)) => {}
             () = &mut shutdown => break,
         }
     }
@@ -229,8 +212,17 @@ pub async fn serve(
         warn!(unmapped, "readings that did not fit their register");
     }
     gateway.stop();
-    out.flush()?;
+    capture.flush()?;
     Ok(())
+}
+
+/// Wall time to sleep until the next simulated second is due (bounded, so shutdown and
+/// client writes are noticed promptly).
+pub(crate) fn pace(clock: Clock, ahead: Ts) -> std::time::Duration {
+    clock.wall_duration(ahead).clamp(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(200),
+    )
 }
 
 /// A running Modbus TCP gateway: one unit id per device image, from 1.
@@ -297,21 +289,6 @@ impl GatewayHandle {
     pub fn stop(self) {
         self.task.abort();
     }
-}
-
-/// A `command` line of the capture format (DESIGN.md).
-#[derive(Serialize)]
-struct CommandLine<'a> {
-    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
-    ts: Ts,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    site: &'a str,
-    device: &'a str,
-    client: &'a str,
-    function: u8,
-    address: u32,
-    values: &'a [u16],
 }
 
 /// One client connection.
