@@ -234,6 +234,11 @@ fn payload(ts: Ts, seq: u8, metrics: Vec<Metric>) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Sparkplug's own bookkeeping metrics, not telemetry.
+fn is_control(name: &str) -> bool {
+    name == "bdSeq" || name.starts_with("Node Control/") || name.starts_with("Device Control/")
+}
+
 #[derive(Debug, Default)]
 struct DeviceState {
     aliases: FxHashMap<u64, String>,
@@ -382,7 +387,8 @@ impl SparkplugDecoder {
                         .into_mut(),
                 };
                 for m in &p.metrics {
-                    if m.name.as_deref() == Some(kind_metric.as_str()) {
+                    let name = m.name.as_deref().unwrap_or_default();
+                    if name == kind_metric || is_control(name) {
                         continue;
                     }
                     match (m.name.as_deref(), m.as_f64()) {
@@ -420,6 +426,9 @@ impl SparkplugDecoder {
                         .name
                         .clone()
                         .or_else(|| m.alias.and_then(|a| state.aliases.get(&a).cloned()));
+                    if name.as_deref().is_some_and(is_control) {
+                        continue;
+                    }
                     match (name, m.as_f64()) {
                         (Some(name), Some(v)) => out.readings.push(Reading {
                             ts: ts_of(m),

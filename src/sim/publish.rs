@@ -95,7 +95,7 @@ pub async fn publish(
     let ncmd = format!("spBv1.0/{site}/NCMD/{EDGE_NODE}");
     let driver = {
         let (need_birth, client, ncmd) = (need_birth.clone(), client.clone(), ncmd.clone());
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -113,7 +113,7 @@ pub async fn publish(
                     }
                 }
             }
-        })
+        }))
     };
 
     tokio::pin!(shutdown);
@@ -159,6 +159,8 @@ pub async fn publish(
         let have_values = latest.iter().any(|v| !v.is_empty());
         if have_values && need_birth.swap(false, Ordering::SeqCst) {
             if opts.sparkplug {
+                // The latest values are those of the last simulated second.
+                let at = sim.now() - 1000;
                 seq = 0;
                 let mut msgs = vec![birth(
                     &site,
@@ -166,7 +168,7 @@ pub async fn publish(
                     None,
                     "gateway",
                     &[],
-                    target,
+                    at,
                     seq,
                     Some(bd_seq),
                 )];
@@ -178,7 +180,7 @@ pub async fn publish(
                         Some(name),
                         kind,
                         &latest[i],
-                        target,
+                        at,
                         seq,
                         None,
                     ));
@@ -232,8 +234,18 @@ pub async fn publish(
     capture.flush()?;
     let _ = client.disconnect().await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    driver.abort();
+    drop(driver);
     Ok(sent.load(Ordering::Relaxed))
+}
+
+/// The event-loop task dies with the publisher, however it ends (an aborted publisher
+/// drops its connection, and the broker then sends the last will).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn send(

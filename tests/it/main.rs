@@ -7,4 +7,5 @@ mod cli;
 mod determinism;
 mod interop_modbus;
 mod modbus;
+mod mqtt;
 mod replay_data;

@@ -151,3 +151,11 @@ pub fn capture_readings(text: &str) -> Vec<(i64, String, String, f64)> {
         })
         .collect()
 }
+
+/// Mosquitto and its clients, the independent MQTT broker of the interop tests.
+pub fn mosquitto_available() -> bool {
+    peer_available(
+        "mosquitto and mosquitto-clients (apt-get install mosquitto mosquitto-clients)",
+        Command::new("sh").args(["-c", "command -v mosquitto && command -v mosquitto_pub"]),
+    )
+}
