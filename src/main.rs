@@ -301,15 +301,27 @@ fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
     } else {
         let cfg = Config::load(&a.file)?;
         let base = a.file.parent().unwrap_or(std::path::Path::new("."));
-        let devices = cfg.modbus.resolve(base, &a.file.display().to_string())?;
+        let origin = a.file.display().to_string();
+        let devices = cfg.modbus.resolve(base, &origin)?;
+        let brokers = cfg.mqtt.resolve(base, &origin)?;
+        let mut parts = Vec::new();
         if !devices.is_empty() {
             let requests: usize = devices.iter().map(|d| d.requests.len()).sum();
-            println!(
-                "{}: ok, {} Modbus devices, {} read requests per poll cycle",
-                a.file.display(),
+            parts.push(format!(
+                "{} Modbus devices, {} read requests per poll cycle",
                 devices.len(),
                 requests
-            );
+            ));
+        }
+        for b in &brokers {
+            parts.push(format!(
+                "MQTT {} subscribing to {}",
+                b.cfg.url,
+                b.map.filters().join(" ")
+            ));
+        }
+        if !parts.is_empty() {
+            println!("{}: ok, {}", a.file.display(), parts.join("; "));
             return Ok(ExitCode::SUCCESS);
         }
     }

@@ -282,3 +282,40 @@ fn check_config_resolves_modbus_devices_and_run_refuses_bad_ones() {
     let out = run(&["run", "-c", empty.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no sources configured"));
 }
+
+#[test]
+fn check_config_resolves_mqtt_brokers_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    let write = |text: &str| std::fs::write(&cfg, text).unwrap();
+    write("[[mqtt.brokers]]\nurl = \"mqtt://broker.local\"\nmap = \"wattchdog-sim-sparkplug\"\n");
+    let out = run_ok(&["check-config", cfg.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("subscribing to spBv1.0/+/#"));
+    for (text, key) in [
+        (
+            "url = \"http://x\"\nmap = \"wattchdog-sim\"\n",
+            "mqtt.brokers[0].url",
+        ),
+        (
+            "url = \"mqtt://x\"\nmap = \"nope\"\n",
+            "mqtt.brokers[0].map",
+        ),
+        (
+            "url = \"mqtts://x\"\nmap = \"wattchdog-sim\"\n",
+            "mqtt.brokers[0].ca_file",
+        ),
+        (
+            "url = \"mqtt://x\"\nmap = \"wattchdog-sim\"\ncert_file = \"c.pem\"\n",
+            "mqtt.brokers[0].cert_file",
+        ),
+    ] {
+        write(&format!("[[mqtt.brokers]]\n{text}"));
+        let out = run(&["check-config", cfg.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(key),
+            "{key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

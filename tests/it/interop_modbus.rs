@@ -3,8 +3,8 @@
 //! `CI=true` a missing pymodbus fails these tests.
 
 use crate::support::{
-    capture_readings, free_port, pymodbus_available, repo, wait_for_file, wait_for_port, wattchdog,
-    Peer,
+    capture_readings, command_ok, free_port, pymodbus_available, repo, wait_for_file,
+    wait_for_port, wattchdog, Peer,
 };
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -122,15 +122,10 @@ fn a_pymodbus_client_reads_and_writes_the_simulated_devices() {
         .to_owned();
     std::thread::sleep(Duration::from_millis(1500));
     let client = |args: &[&str]| -> serde_json::Value {
-        let out = python("modbus_client.py")
-            .args(["--port", &port, "--unit", &unit])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = command_ok(
+            python("modbus_client.py")
+                .args(["--port", &port, "--unit", &unit])
+                .args(args),
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod determinism;
 mod interop_modbus;
+mod interop_mqtt;
 mod modbus;
 mod mqtt;
 mod replay_data;

@@ -18,10 +18,15 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Runs the binary and insists it succeeded (its stderr is the failure message).
 pub fn run_ok(args: &[&str]) -> Output {
-    let out = run(args);
+    command_ok(wattchdog().args(args))
+}
+
+/// Runs any command and insists it succeeded (its stderr is the failure message).
+pub fn command_ok(c: &mut Command) -> Output {
+    let out = c.output().expect("command runs");
     assert!(
         out.status.success(),
-        "{}",
+        "{c:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
