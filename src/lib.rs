@@ -4,9 +4,9 @@
 //! Every source feeds one pipeline, driven by event time:
 //!
 //! ```text
-//! capture files ─► source ─┐
-//!                          ├► Event ─► pipeline (reorder buffer → features → detectors) ─► correlator ─► sinks
-//! Modbus poller ─► live ───┘
+//! capture files ───────────────► source ─┐
+//!                                        ├► Event ─► pipeline (reorder buffer → features → detectors) ─► correlator ─► sinks
+//! Modbus poller, MQTT subscriber ─► live ─┘
 //! ```
 //!
 //! # Layout
@@ -21,8 +21,9 @@
 //! - [`detect`]: the `Detector` trait and one module per detector family.
 //! - [`attack`]: MITRE ATT&CK for ICS techniques.
 //! - [`protocol`]: Modbus register maps and the codec both ways, built-in profiles, read
-//!   plans, device images (no I/O).
-//! - [`collect`]: live collectors (the Modbus TCP poller).
+//!   plans, device images; MQTT topic maps and Sparkplug B (no I/O).
+//! - [`collect`]: live collectors (the Modbus TCP poller, the MQTT subscriber).
+//! - [`broker`]: the embedded MQTT broker for the demo and tests.
 //! - [`live`]: `run` — collectors into the pipeline on the event-time clock.
 //! - [`pipeline`]: reorder buffer, watermark, frames, ticks: the one pipeline.
 //! - [`correlate`]: findings → alerts → incidents.
@@ -30,7 +31,7 @@
 //! - [`replay`]: replay of captures with a report.
 //! - [`eval`]: scoring alerts against labels.
 //! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures or
-//!   serving its devices over Modbus TCP.
+//!   serving its devices over Modbus TCP or publishing them to MQTT.
 //! - [`cli`]: the command line.
 
 pub mod attack;
