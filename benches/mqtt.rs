@@ -246,6 +246,7 @@ fn main() {
             &rt,
         );
         let _ = child.kill();
+        let _ = child.wait();
     } else {
         println!("mosquitto: not installed, skipped");
     }
