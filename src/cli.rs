@@ -29,6 +29,36 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Poll the configured devices live and raise alerts (Ctrl-C or SIGTERM stops).
     Run(RunArgs),
+    /// The whole system on this machine: a simulated facility over Modbus and MQTT,
+    /// scheduled attacks, the dashboard (Ctrl-C stops).
+    Demo(DemoArgs),
+}
+
+/// `wattchdog demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Simulated seconds per wall second (100: the first attack within two minutes).
+    #[arg(long, default_value_t = 100.0)]
+    pub speed: f64,
+    /// Dashboard address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Device kinds collected over MQTT; the others are polled over Modbus TCP
+    /// (`none` for Modbus only).
+    #[arg(long, default_value = "pdu,crah,env")]
+    pub mqtt_kinds: String,
+    /// Facility variant.
+    #[arg(long, default_value = "default")]
+    pub variant: String,
+    /// Seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Attack intensity: obvious or subtle.
+    #[arg(long, default_value = "obvious")]
+    pub intensity: String,
+    /// Keep the store and configs here (default: a temporary directory, removed at exit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `wattchdog run`.

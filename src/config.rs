@@ -156,6 +156,9 @@ struct RawConfig<D: Default> {
     modbus: ModbusConfig,
     mqtt: MqttConfig,
     sinks: SinksConfig,
+    store: crate::soc::StoreConfig,
+    http: Option<crate::soc::HttpConfig>,
+    webhooks: Vec<crate::webhook::Receiver>,
 }
 
 /// `[clock]`: event time of live sources (`wattchdog run`).
@@ -233,6 +236,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Outputs of `run`.
     pub sinks: SinksConfig,
+    /// Store, HTTP server and webhooks.
+    pub soc: crate::soc::SocConfig,
 }
 
 impl Default for Config {
@@ -298,6 +303,11 @@ impl Config {
             modbus: typed.modbus,
             mqtt: typed.mqtt,
             sinks: typed.sinks,
+            soc: crate::soc::SocConfig {
+                store: typed.store,
+                http: typed.http,
+                webhooks: typed.webhooks,
+            },
         };
         cfg.validate(origin)?;
         Ok(cfg)
@@ -362,7 +372,8 @@ impl Config {
             "clock.epoch",
             speed == 1.0 || self.clock.epoch.is_some(),
             "must be given when clock.speed is not 1",
-        )
+        )?;
+        self.soc.validate(origin)
     }
 }
 

@@ -28,10 +28,15 @@
 //! - [`pipeline`]: reorder buffer, watermark, frames, ticks: the one pipeline.
 //! - [`correlate`]: findings → alerts → incidents.
 //! - [`sink`]: alert outputs.
+//! - [`store`]: the durable store (SQLite, WAL): alerts, incidents, acks, webhook outbox.
+//! - [`soc`]: the live SOC sinks: store, HTTP API and dashboard, SSE, metrics, webhooks.
+//! - [`http`]: the API, the stream and the dashboard page.
+//! - [`webhook`]: signed webhook delivery from the outbox.
 //! - [`replay`]: replay of captures with a report.
 //! - [`eval`]: scoring alerts against labels.
 //! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures or
 //!   serving its devices over Modbus TCP or publishing them to MQTT.
+//! - [`demo`]: `wattchdog demo`, the whole system on one machine.
 //! - [`cli`]: the command line.
 
 pub mod attack;
@@ -40,9 +45,11 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod correlate;
+pub mod demo;
 pub mod detect;
 pub mod eval;
 pub mod feature;
+pub mod http;
 pub mod live;
 pub mod model;
 pub mod pipeline;
@@ -50,10 +57,13 @@ pub mod protocol;
 pub mod replay;
 pub mod sim;
 pub mod sink;
+pub mod soc;
 pub mod source;
+pub mod store;
 pub mod time;
 pub mod tomlfile;
 pub mod vocabulary;
+pub mod webhook;
 
 pub use config::Config;
 pub use correlate::Output;

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::{Reading, Ts};
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::soc::Soc;
 use crate::source::Event;
 use crate::tomlfile::TomlError;
 use serde::Serialize;
@@ -34,6 +35,9 @@ pub enum RunError {
     /// A sink failed.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
+    /// The store, HTTP server or webhooks could not start.
+    #[error(transparent)]
+    Soc(#[from] crate::soc::SocError),
 }
 
 /// What a run did, for the summary at shutdown.
@@ -59,6 +63,28 @@ pub async fn run(
     cfg: &Config,
     base: &Path,
     origin: &str,
+    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
+    let mut soc = match cfg.soc.enabled() {
+        true => Some(Soc::start(&cfg.soc, base, origin).await?),
+        false => None,
+    };
+    if let Some(addr) = soc.as_ref().and_then(|s| s.addr) {
+        info!(%addr, "dashboard at http://{addr}/");
+    }
+    let result = collect(cfg, base, origin, &mut soc, on_output, shutdown).await;
+    if let Some(s) = soc {
+        s.stop().await;
+    }
+    result
+}
+
+async fn collect(
+    cfg: &Config,
+    base: &Path,
+    origin: &str,
+    soc: &mut Option<Soc>,
     on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
@@ -109,6 +135,9 @@ pub async fn run(
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     for r in batch {
+                        if let Some(s) = soc.as_ref() {
+                            s.reading(&r);
+                        }
                         dropped += u64::from(!push(&mut pipeline, r, &mut outputs));
                     }
                 }
@@ -117,10 +146,17 @@ pub async fn run(
             _ = heartbeat.tick() => {
                 last_ts = clock.now();
                 pipeline.advance_to(last_ts, &mut outputs);
+                if let Some(s) = soc.as_mut() {
+                    s.tick(last_ts);
+                }
             }
             () = &mut shutdown => break,
         }
         for o in outputs.drain(..) {
+            // Stored first: nothing is reported that a crash could lose.
+            if let Some(s) = soc.as_ref() {
+                s.output(&o)?;
+            }
             on_output(&o)?;
         }
     }
@@ -139,6 +175,9 @@ pub async fn run(
     }
     pipeline.finish(&mut outputs);
     for o in outputs.drain(..) {
+        if let Some(s) = soc.as_ref() {
+            s.output(&o)?;
+        }
         on_output(&o)?;
     }
     if dropped > 0 {

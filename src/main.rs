@@ -6,7 +6,9 @@ use clap::Parser;
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
-use wattchdog::cli::{CheckConfigArgs, Cli, Command, EvalArgs, ReplayArgs, RunArgs, SimulateArgs};
+use wattchdog::cli::{
+    CheckConfigArgs, Cli, Command, DemoArgs, EvalArgs, ReplayArgs, RunArgs, SimulateArgs,
+};
 use wattchdog::replay::{replay, ReplayError, ReplayOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::csv::WideMapping;
@@ -18,7 +20,8 @@ fn main() -> ExitCode {
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
+        // rumqttd logs every client that hangs up early (our own readiness probe) as an error.
+        .unwrap_or_else(|| "warn,rumqttd=off".into());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()),
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => run_eval(a),
         Command::CheckConfig(a) => check_config(a),
         Command::Run(a) => run_live(a),
+        Command::Demo(a) => run_demo(a),
     };
     match result {
         Ok(code) => code,
@@ -560,5 +564,59 @@ fn run_live(a: RunArgs) -> Result<ExitCode> {
         std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_demo(a: DemoArgs) -> Result<ExitCode> {
+    use wattchdog::demo::{self, DemoOptions};
+    let intensity = wattchdog::sim::Intensity::parse(&a.intensity)
+        .with_context(|| format!("--intensity {:?}: use subtle or obvious", a.intensity))?;
+    let mqtt_kinds = match a.mqtt_kinds.trim() {
+        "none" | "" => Vec::new(),
+        list => list.split(',').map(|k| k.trim().to_owned()).collect(),
+    };
+    let (dir, temporary) = match &a.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("wattchdog-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let opts = DemoOptions {
+        speed: a.speed,
+        listen: a.listen.clone(),
+        mqtt_kinds,
+        variant: a.variant.clone(),
+        seed: a.seed,
+        intensity,
+        dir: dir.clone(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let result = runtime()?.block_on(demo::run(
+        opts,
+        &mut |url, schedule| {
+            println!("wattchdog demo: dashboard at {url}");
+            println!("(the token is in the link; Ctrl-C stops)\nattacks (wall-clock time):");
+            for (at, scenario, devices) in schedule {
+                println!("  {at}  {scenario} on {devices}");
+            }
+        },
+        &mut |o| {
+            if let wattchdog::correlate::Output::Alert(al) = o {
+                if seen.insert(al.id.clone()) {
+                    println!(
+                        "alert {:?} {} {}: {}",
+                        al.severity, al.device, al.detector, al.summary
+                    );
+                }
+            }
+            Ok(())
+        },
+        stop_signal(),
+    ));
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,244 @@
+//! The SOC surface over HTTP (axum): the JSON API, the live stream (SSE), Prometheus
+//! metrics, and the dashboard page.
+//!
+//! Every route but `/healthz` and the page itself needs `Authorization: Bearer <token>`
+//! (compared in constant time); the page asks for the token and keeps it in the
+//! browser's session storage, so it never travels in a URL. The server binds
+//! 127.0.0.1 unless configured otherwise.
+
+pub mod board;
+
+use crate::store::{AlertQuery, Store};
+use crate::time::TimeFormat;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use board::Board;
+use serde::Deserialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::broadcast;
+
+/// What the HTTP handlers share with the live loop.
+pub struct AppState {
+    /// The durable store.
+    pub store: Arc<Mutex<Store>>,
+    /// The bearer token.
+    pub token: String,
+    /// Live events for SSE: `(event name, JSON data)`.
+    pub events: broadcast::Sender<(&'static str, String)>,
+    /// Latest device state.
+    pub board: Mutex<Board>,
+    /// Prometheus metrics.
+    pub metrics: Mutex<prometheus_client::registry::Registry>,
+}
+
+impl AppState {
+    /// Publishes a live event to every stream client (none listening is fine).
+    pub fn publish(&self, event: &'static str, data: String) {
+        let _ = self.events.send((event, data));
+    }
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{id}/ack", post(ack))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/webhooks/dead", get(dead_letters))
+        .route("/api/v1/stream", get(stream))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(api)
+        .with_state(state)
+}
+
+/// Constant-time comparison of the presented bearer token.
+fn authorised(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+async fn auth(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorised(req.headers(), &state.token) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct AlertParams {
+    site: Option<String>,
+    device: Option<String>,
+    severity: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn alerts(State(state): State<Arc<AppState>>, Query(p): Query<AlertParams>) -> Response {
+    let time = |s: &Option<String>| {
+        s.as_deref()
+            .map(|t| TimeFormat::Auto.parse(t).map_err(|e| e.to_string()))
+            .transpose()
+    };
+    let min_severity = match p.severity.as_deref() {
+        None => None,
+        Some(s) => match serde_json::from_value(json!(s)) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return bad_request(format!(
+                    "severity {s:?}: use info, low, medium, high or critical"
+                ))
+            }
+        },
+    };
+    let (since, until) = match (time(&p.since), time(&p.until)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    let q = AlertQuery {
+        site: p.site,
+        device: p.device,
+        min_severity,
+        since,
+        until,
+        limit: p.limit.unwrap_or(100),
+        offset: p.offset.unwrap_or(0),
+    };
+    let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
+    match store.alerts(&q) {
+        Ok(list) => {
+            Json(json!({"alerts": list, "limit": q.limit.clamp(1, 1000), "offset": q.offset}))
+                .into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn incidents(State(state): State<Arc<AppState>>, Query(p): Query<Page>) -> Response {
+    let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
+    match store.incidents(p.limit.unwrap_or(100), p.offset.unwrap_or(0)) {
+        Ok(list) => Json(json!({"incidents": list})).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AckBody {
+    by: Option<String>,
+}
+
+async fn ack(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Option<Json<AckBody>>,
+) -> Response {
+    let by = body
+        .and_then(|b| b.0.by)
+        .unwrap_or_else(|| "analyst".into());
+    let result = state
+        .store
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .ack(&id, &by);
+    match result {
+        Ok(true) => {
+            state.publish("ack", json!({"id": id, "by": by}).to_string());
+            Json(json!({"id": id, "acked_by": by})).into_response()
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, "no such alert\n").into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn devices(State(state): State<Arc<AppState>>) -> Response {
+    let board = state.board.lock().unwrap_or_else(PoisonError::into_inner);
+    Json(json!({"devices": board.snapshot()})).into_response()
+}
+
+async fn dead_letters(State(state): State<Arc<AppState>>) -> Response {
+    let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
+    match store.dead_letters(100) {
+        Ok(list) => Json(json!({"dead": list})).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = String::new();
+    let registry = state.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        return internal(e);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Server-sent events: `alert`, `incident`, `devices`, `ack`. A client too slow to keep
+/// up is told how many events it missed (`lagged`) and should reload the lists.
+async fn stream(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let rx = state.events.subscribe();
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok((name, data)) => Event::default().event(name).data(data),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(n.to_string())
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(ev), rx))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

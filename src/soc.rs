@@ -1,0 +1,360 @@
+//! The SOC sinks of `run` and `demo`: the durable store, the HTTP API and dashboard, the
+//! live stream, Prometheus metrics and webhooks, fed by the live loop.
+//!
+//! Order matters for durability: an alert is committed to the store (with its webhook
+//! deliveries) before it is streamed, written to JSONL or counted anywhere else.
+
+use crate::correlate::Output;
+use crate::http::board::Board;
+use crate::http::{self, AppState};
+use crate::model::Reading;
+use crate::store::Store;
+use crate::time::serde_duration;
+use crate::tomlfile::{check, TomlError};
+use crate::webhook::{self, Receiver};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file (relative to the config); none: no store.
+    pub path: Option<PathBuf>,
+    /// Closed alerts and incidents older than this (event time) are deleted. Default `"30d"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub retention: i64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            retention: 30 * 86_400_000,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token (or `token_file`).
+    pub token: Option<String>,
+    /// File holding the bearer token (first line).
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// Why the SOC sinks could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SocError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] TomlError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    site: String,
+    device: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeverityLabel {
+    severity: String,
+}
+
+/// The running sinks.
+pub struct Soc {
+    state: Arc<AppState>,
+    store: Arc<Mutex<Store>>,
+    receivers: Vec<Receiver>,
+    readings: Counter,
+    alerts: Family<SeverityLabel, Counter>,
+    scores: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
+    last_devices: Instant,
+    last_prune: Instant,
+    retention: i64,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the HTTP server listens, if it runs.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Everything `[store]`, `[http]` and `[[webhooks]]` configure.
+#[derive(Debug, Clone, Default)]
+pub struct SocConfig {
+    /// Store.
+    pub store: StoreConfig,
+    /// HTTP server.
+    pub http: Option<HttpConfig>,
+    /// Webhook receivers.
+    pub webhooks: Vec<Receiver>,
+}
+
+impl SocConfig {
+    /// Whether any SOC sink is configured.
+    pub fn enabled(&self) -> bool {
+        self.store.path.is_some() || self.http.is_some() || !self.webhooks.is_empty()
+    }
+
+    /// Checks the sections.
+    pub fn validate(&self, origin: &str) -> Result<(), TomlError> {
+        webhook::validate(&self.webhooks, origin)?;
+        check(
+            origin,
+            "store.path",
+            self.store.path.is_some() || (self.http.is_none() && self.webhooks.is_empty()),
+            "is required by [http] and [[webhooks]] (they read from the store)",
+        )?;
+        if let Some(h) = &self.http {
+            check(
+                origin,
+                "http.token",
+                h.token.is_some() != h.token_file.is_some(),
+                "give token or token_file (exactly one)",
+            )?;
+            check(
+                origin,
+                "http.token",
+                h.token.as_ref().is_none_or(|t| t.len() >= 16),
+                "must be at least 16 characters",
+            )?;
+        }
+        check(
+            origin,
+            "store.retention",
+            self.store.retention >= 3_600_000,
+            "must be at least 1h",
+        )
+    }
+}
+
+impl Soc {
+    /// Opens the store and starts the HTTP server and the webhook worker.
+    pub async fn start(cfg: &SocConfig, base: &Path, origin: &str) -> Result<Self, SocError> {
+        cfg.validate(origin)?;
+        let path = cfg
+            .store
+            .path
+            .as_ref()
+            .map(|p| base.join(p))
+            .ok_or_else(|| TomlError::Invalid {
+                path: origin.into(),
+                key: "store.path".into(),
+                rule: "is required".into(),
+            })?;
+        let store = Arc::new(Mutex::new(Store::open(&path)?));
+        info!(path = %path.display(), "store open");
+        let token = match &cfg.http {
+            Some(HttpConfig { token: Some(t), .. }) => t.clone(),
+            Some(HttpConfig {
+                token_file: Some(f),
+                ..
+            }) => {
+                let f = base.join(f);
+                let text = crate::tomlfile::read(&f)?;
+                let t = text.lines().next().unwrap_or("").trim().to_owned();
+                check(
+                    origin,
+                    "http.token_file",
+                    t.len() >= 16,
+                    "must hold a token of at least 16 characters",
+                )?;
+                t
+            }
+            _ => String::new(),
+        };
+        let mut registry = prometheus_client::registry::Registry::with_prefix("wattchdog");
+        let readings = Counter::default();
+        let alerts = Family::<SeverityLabel, Counter>::default();
+        let scores = Family::<DeviceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("readings", "Readings processed", readings.clone());
+        registry.register(
+            "alerts",
+            "Alert snapshots stored, by severity",
+            alerts.clone(),
+        );
+        registry.register(
+            "anomaly_score",
+            "Highest score/threshold of a device's open alerts (above 1: above threshold)",
+            scores.clone(),
+        );
+        let (events, _) = broadcast::channel(1024);
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            token,
+            events,
+            board: Mutex::new(Board::default()),
+            metrics: Mutex::new(registry),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut addr = None;
+        if let Some(h) = &cfg.http {
+            let listener = tokio::net::TcpListener::bind(&h.listen)
+                .await
+                .map_err(|source| SocError::Listen {
+                    addr: h.listen.clone(),
+                    source,
+                })?;
+            addr = listener.local_addr().ok();
+            let app = http::router(state.clone());
+            let mut stop_http = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop_http.changed().await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    warn!(error = %e, "http server stopped");
+                }
+            }));
+            info!(addr = ?addr, "http listening");
+        }
+        if !cfg.webhooks.is_empty() {
+            tasks.push(tokio::spawn(webhook::deliver(
+                cfg.webhooks.clone(),
+                store.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        Ok(Self {
+            state,
+            store,
+            receivers: cfg.webhooks.clone(),
+            readings,
+            alerts,
+            scores,
+            last_devices: Instant::now(),
+            last_prune: Instant::now(),
+            retention: cfg.store.retention,
+            stop,
+            tasks,
+            addr,
+        })
+    }
+
+    /// A reading reached the pipeline.
+    pub fn reading(&self, r: &Reading) {
+        self.readings.inc();
+        self.state
+            .board
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reading(r);
+    }
+
+    /// Stores an output, then streams it. An error means it was not stored.
+    pub fn output(&self, o: &Output) -> std::io::Result<()> {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        match o {
+            Output::Alert(a) => {
+                let wanted: Vec<&str> = self
+                    .receivers
+                    .iter()
+                    .filter(|r| r.wants(a))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                store.put_alert(a, &wanted).map_err(std::io::Error::other)?;
+                drop(store);
+                self.alerts
+                    .get_or_create(&SeverityLabel {
+                        severity: format!("{:?}", a.severity).to_lowercase(),
+                    })
+                    .inc();
+                self.state
+                    .board
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .alert(a);
+                if let Ok(text) = serde_json::to_string(a) {
+                    self.state.publish("alert", text);
+                }
+            }
+            Output::Incident(i) => {
+                store.put_incident(i).map_err(std::io::Error::other)?;
+                drop(store);
+                if let Ok(text) = serde_json::to_string(i) {
+                    self.state.publish("incident", text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Periodic work: device updates on the stream (at most once a second), score
+    /// gauges, retention.
+    pub fn tick(&mut self, now: crate::model::Ts) {
+        if self.last_devices.elapsed() >= Duration::from_secs(1) {
+            self.last_devices = Instant::now();
+            let mut board = self
+                .state
+                .board
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let changed = board.take_dirty();
+            for (site, device, kind, score) in board.scores() {
+                self.scores
+                    .get_or_create(&DeviceLabels { site, device, kind })
+                    .set(score);
+            }
+            drop(board);
+            if !changed.is_empty() {
+                if let Ok(text) = serde_json::to_string(&changed) {
+                    self.state.publish("devices", text);
+                }
+            }
+        }
+        if self.last_prune.elapsed() >= Duration::from_secs(3600) {
+            self.last_prune = Instant::now();
+            let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+            match store.prune(now - self.retention) {
+                Ok(n) if n > 0 => info!(rows = n, "retention: pruned"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "retention failed"),
+            }
+        }
+    }
+
+    /// Stops the server and the webhook worker.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The durable store: embedded SQLite in WAL mode for alerts, incidents, acknowledgements
+//! and the webhook outbox.
+//!
+//! An alert is handed to any other sink (stdout, SSE, webhooks) only after the
+//! transaction that stored it — and queued its webhooks — committed, so whatever was
+//! reported as stored survives a `kill -9` (WAL with `synchronous = NORMAL` loses
+//! nothing on a process crash; only a power cut may drop the last transactions).
+//! Schema changes are numbered migrations recorded in `user_version`.
+
+use crate::model::{Alert, Incident, Severity, Ts};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::Path;
+use thiserror::Error;
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite.
+    #[error("store {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// A stored document that does not parse (a damaged database).
+    #[error("store: damaged row: {0}")]
+    Damaged(String),
+}
+
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE TABLE alerts (
+    id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    severity INTEGER NOT NULL,
+    technique TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    stored_at INTEGER NOT NULL,
+    acked_at INTEGER,
+    acked_by TEXT
+);
+CREATE INDEX alerts_ts ON alerts (ts);
+CREATE INDEX alerts_site_device ON alerts (site, device);
+CREATE TABLE incidents (
+    id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    severity INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX incidents_start ON incidents (start);
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    last_error TEXT,
+    delivered_at INTEGER,
+    dead_at INTEGER
+);
+CREATE INDEX outbox_due ON outbox (delivered_at, dead_at, next_at);
+"#];
+
+/// Filters of an alert listing.
+#[derive(Debug, Clone, Default)]
+pub struct AlertQuery {
+    /// Only this site.
+    pub site: Option<String>,
+    /// Only this device.
+    pub device: Option<String>,
+    /// At least this severity.
+    pub min_severity: Option<Severity>,
+    /// Event time at or after.
+    pub since: Option<Ts>,
+    /// Event time before.
+    pub until: Option<Ts>,
+    /// Page size (at most 1,000).
+    pub limit: usize,
+    /// Rows to skip.
+    pub offset: usize,
+}
+
+/// A queued webhook delivery.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxItem {
+    /// Queue position.
+    pub seq: i64,
+    /// Receiver name.
+    pub receiver: String,
+    /// The alert (its id is the idempotency key).
+    pub alert_id: String,
+    /// The body to send.
+    pub body: String,
+    /// When it was queued (wall ms).
+    pub created_at: i64,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// The latest failure.
+    pub last_error: Option<String>,
+}
+
+/// The database.
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+fn severity_rank(s: Severity) -> i64 {
+    s as i64
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let name = path.display().to_string();
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        })?;
+        let store = Self { conn, path: name };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+            path: ":memory:".into(),
+            source,
+        })?;
+        let store = Self {
+            conn,
+            path: ":memory:".into(),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let e = self.err();
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(&e)?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&e)?;
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(&e)?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(&e)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            self.conn.execute_batch(sql).map_err(&e)?;
+            self.conn
+                .pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(&e)?;
+        }
+        Ok(())
+    }
+
+    /// Stores an alert snapshot (keeping its acknowledgement) and queues it for each of
+    /// `receivers`, in one transaction.
+    pub fn put_alert(&mut self, a: &Alert, receivers: &[&str]) -> Result<(), StoreError> {
+        let body = serde_json::to_string(a).map_err(|e| StoreError::Damaged(e.to_string()))?;
+        let path = self.path.clone();
+        let e = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&e)?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO alerts (id, site, device, kind, detector, severity, technique, ts, last_seen, status, incident_id, body, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (id) DO UPDATE SET severity = excluded.severity, last_seen = excluded.last_seen,
+               status = excluded.status, incident_id = excluded.incident_id, body = excluded.body, stored_at = excluded.stored_at",
+            params![
+                a.id,
+                a.site,
+                a.device,
+                a.kind,
+                a.detector,
+                severity_rank(a.severity),
+                a.technique.id,
+                a.ts,
+                a.last_seen,
+                format!("{:?}", a.status).to_lowercase(),
+                a.incident_id,
+                body,
+                now
+            ],
+        )
+        .map_err(&e)?;
+        for r in receivers {
+            tx.execute(
+                "INSERT INTO outbox (receiver, alert_id, body, created_at, next_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![r, a.id, body, now],
+            )
+            .map_err(&e)?;
+        }
+        tx.commit().map_err(&e)
+    }
+
+    /// Stores an incident snapshot.
+    pub fn put_incident(&mut self, i: &Incident) -> Result<(), StoreError> {
+        let body = serde_json::to_string(i).map_err(|e| StoreError::Damaged(e.to_string()))?;
+        self.conn
+            .execute(
+                "INSERT INTO incidents (id, site, start, end, severity, status, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET end = excluded.end, severity = excluded.severity,
+                   status = excluded.status, body = excluded.body",
+                params![
+                    i.id,
+                    i.site,
+                    i.start,
+                    i.end,
+                    severity_rank(i.severity),
+                    format!("{:?}", i.status).to_lowercase(),
+                    body
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Alerts, newest first, with their acknowledgement under `ack`.
+    pub fn alerts(&self, q: &AlertQuery) -> Result<Vec<Value>, StoreError> {
+        let mut sql = String::from("SELECT body, acked_at, acked_by FROM alerts WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(s) = &q.site {
+            args.push(s.clone().into());
+            sql += &format!(" AND site = ?{}", args.len());
+        }
+        if let Some(d) = &q.device {
+            args.push(d.clone().into());
+            sql += &format!(" AND device = ?{}", args.len());
+        }
+        if let Some(s) = q.min_severity {
+            args.push(severity_rank(s).into());
+            sql += &format!(" AND severity >= ?{}", args.len());
+        }
+        if let Some(t) = q.since {
+            args.push(t.into());
+            sql += &format!(" AND ts >= ?{}", args.len());
+        }
+        if let Some(t) = q.until {
+            args.push(t.into());
+            sql += &format!(" AND ts < ?{}", args.len());
+        }
+        sql += &format!(
+            " ORDER BY ts DESC, id LIMIT {} OFFSET {}",
+            q.limit.clamp(1, 1000),
+            q.offset
+        );
+        let e = self.err();
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(&e)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .map_err(&e)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, at, by) = row.map_err(&e)?;
+            let mut v: Value =
+                serde_json::from_str(&body).map_err(|e| StoreError::Damaged(e.to_string()))?;
+            if let (Some(at), Some(obj)) = (at, v.as_object_mut()) {
+                obj.insert(
+                    "ack".into(),
+                    serde_json::json!({"at": crate::time::format_ts(at), "by": by}),
+                );
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Incidents, newest first.
+    pub fn incidents(&self, limit: usize, offset: usize) -> Result<Vec<Value>, StoreError> {
+        let e = self.err();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM incidents ORDER BY start DESC, id LIMIT ?1 OFFSET ?2")
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map(params![limit.clamp(1, 1000) as i64, offset as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(&e)?;
+        rows.map(|b| {
+            let b = b.map_err(&e)?;
+            serde_json::from_str(&b).map_err(|e| StoreError::Damaged(e.to_string()))
+        })
+        .collect()
+    }
+
+    /// Acknowledges an alert; false when there is no such alert.
+    pub fn ack(&mut self, id: &str, by: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE alerts SET acked_at = ?2, acked_by = ?3 WHERE id = ?1",
+                params![id, now_ms(), by],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    /// Number of alerts stored.
+    pub fn alert_count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(self.err())
+    }
+
+    /// Deliveries due at `now` (wall ms), oldest first.
+    pub fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.outbox(
+            "WHERE delivered_at IS NULL AND dead_at IS NULL AND next_at <= ?1 ORDER BY seq LIMIT ?2",
+            params![now, limit as i64],
+        )
+    }
+
+    /// Deliveries given up on.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.outbox(
+            "WHERE dead_at IS NOT NULL ORDER BY seq DESC LIMIT ?1",
+            params![limit as i64],
+        )
+    }
+
+    fn outbox(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let e = self.err();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT seq, receiver, alert_id, body, created_at, attempts, last_error FROM outbox {filter}"
+            ))
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok(OutboxItem {
+                    seq: r.get(0)?,
+                    receiver: r.get(1)?,
+                    alert_id: r.get(2)?,
+                    body: r.get(3)?,
+                    created_at: r.get(4)?,
+                    attempts: r.get(5)?,
+                    last_error: r.get(6)?,
+                })
+            })
+            .map_err(&e)?;
+        rows.collect::<Result<_, _>>().map_err(&e)
+    }
+
+    /// Records a successful delivery.
+    pub fn delivered(&mut self, seq: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1 WHERE seq = ?1",
+                params![seq, now_ms()],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Records a failed attempt: retry at `next_at`, or give up (`None`).
+    pub fn failed(
+        &mut self,
+        seq: i64,
+        error: &str,
+        next_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let sql = match next_at {
+            Some(_) => "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3 WHERE seq = ?1",
+            None => "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, dead_at = ?3 WHERE seq = ?1",
+        };
+        self.conn
+            .execute(sql, params![seq, error, next_at.unwrap_or_else(now_ms)])
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Deletes closed alerts and incidents whose last activity is older than `before`
+    /// (event time), and deliveries finished before it (wall time); returns rows deleted.
+    pub fn prune(&mut self, before: Ts) -> Result<usize, StoreError> {
+        let e = self.err();
+        let mut n = self
+            .conn
+            .execute(
+                "DELETE FROM alerts WHERE status = 'closed' AND last_seen < ?1",
+                params![before],
+            )
+            .map_err(&e)?;
+        n += self
+            .conn
+            .execute(
+                "DELETE FROM incidents WHERE status = 'closed' AND end < ?1",
+                params![before],
+            )
+            .map_err(&e)?;
+        n += self
+            .conn
+            .execute(
+                "DELETE FROM outbox WHERE coalesce(delivered_at, dead_at) < ?1",
+                params![before],
+            )
+            .map_err(&e)?;
+        Ok(n)
+    }
+
+    /// The stored body of one alert.
+    pub fn alert(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let body: Option<String> = self
+            .conn
+            .query_row("SELECT body FROM alerts WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError::Damaged(e.to_string())))
+            .transpose()
+    }
+}
