@@ -459,3 +459,107 @@ impl Store {
             .transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AlertStatus, Technique};
+
+    fn alert(id: &str, ts: Ts, severity: Severity, status: AlertStatus) -> Alert {
+        Alert {
+            id: id.into(),
+            ts,
+            detected_at: "2026-07-07T00:00:00.000Z".into(),
+            site: "ams1".into(),
+            device: "ups-1".into(),
+            kind: "ups".into(),
+            metrics: vec!["load_pct".into()],
+            detector: "ewma_z",
+            score: 9.0,
+            threshold: 6.0,
+            severity,
+            technique: Technique {
+                id: "T0831",
+                name: "Manipulation of Control",
+            },
+            summary: "s".into(),
+            evidence: serde_json::json!({}),
+            incident_id: "in-1".into(),
+            status,
+            last_seen: ts,
+            findings: 1,
+        }
+    }
+
+    #[test]
+    fn alerts_upsert_filter_page_and_keep_their_ack() {
+        let mut s = Store::in_memory().unwrap();
+        for i in 0..5 {
+            let sev = if i % 2 == 0 { Severity::High } else { Severity::Low };
+            s.put_alert(&alert(&format!("a{i}"), i * 1000, sev, AlertStatus::Open), &[])
+                .unwrap();
+        }
+        assert!(s.ack("a4", "ops").unwrap());
+        assert!(!s.ack("nope", "ops").unwrap());
+        // A later snapshot of the same alert updates it and keeps the ack.
+        s.put_alert(&alert("a4", 4000, Severity::Critical, AlertStatus::Closed), &[])
+            .unwrap();
+        assert_eq!(s.alert_count().unwrap(), 5);
+        let q = |min: Option<Severity>, limit, offset| AlertQuery {
+            min_severity: min,
+            limit,
+            offset,
+            ..AlertQuery::default()
+        };
+        let all = s.alerts(&q(None, 100, 0)).unwrap();
+        assert_eq!(all[0]["id"], "a4", "newest first");
+        assert_eq!(all[0]["severity"], "critical");
+        assert_eq!(all[0]["ack"]["by"], "ops");
+        assert_eq!(s.alerts(&q(Some(Severity::High), 100, 0)).unwrap().len(), 3);
+        let page = s.alerts(&q(None, 2, 2)).unwrap();
+        assert_eq!((page.len(), page[0]["id"].as_str()), (2, Some("a2")));
+        let window = AlertQuery {
+            since: Some(1000),
+            until: Some(3000),
+            limit: 10,
+            ..AlertQuery::default()
+        };
+        assert_eq!(s.alerts(&window).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_outbox_retries_and_gives_up() {
+        let mut s = Store::in_memory().unwrap();
+        s.put_alert(&alert("a1", 0, Severity::High, AlertStatus::Open), &["grid", "soc"])
+            .unwrap();
+        let due = s.due(i64::MAX, 10).unwrap();
+        assert_eq!(due.len(), 2);
+        s.delivered(due[0].seq).unwrap();
+        s.failed(due[1].seq, "HTTP 503", Some(i64::MAX - 1)).unwrap();
+        assert!(s.due(now_ms(), 10).unwrap().is_empty(), "retry not due yet");
+        let again = s.due(i64::MAX, 10).unwrap();
+        assert_eq!((again.len(), again[0].attempts), (1, 1));
+        s.failed(again[0].seq, "HTTP 503", None).unwrap();
+        assert!(s.due(i64::MAX, 10).unwrap().is_empty());
+        let dead = s.dead_letters(10).unwrap();
+        assert_eq!((dead[0].receiver.as_str(), dead[0].last_error.as_deref()), ("soc", Some("HTTP 503")));
+    }
+
+    #[test]
+    fn a_reopened_file_keeps_everything_and_retention_prunes_closed_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.put_alert(&alert("old", 0, Severity::Low, AlertStatus::Closed), &[])
+                .unwrap();
+            s.put_alert(&alert("open", 0, Severity::Low, AlertStatus::Open), &[])
+                .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.alert_count().unwrap(), 2);
+        assert_eq!(s.prune(1000).unwrap(), 1);
+        assert!(s.alert("old").unwrap().is_none());
+        assert!(s.alert("open").unwrap().is_some());
+    }
+}

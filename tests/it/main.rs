@@ -10,3 +10,4 @@ mod interop_mqtt;
 mod modbus;
 mod mqtt;
 mod replay_data;
+mod soc;
