@@ -495,15 +495,25 @@ mod tests {
     fn alerts_upsert_filter_page_and_keep_their_ack() {
         let mut s = Store::in_memory().unwrap();
         for i in 0..5 {
-            let sev = if i % 2 == 0 { Severity::High } else { Severity::Low };
-            s.put_alert(&alert(&format!("a{i}"), i * 1000, sev, AlertStatus::Open), &[])
-                .unwrap();
+            let sev = if i % 2 == 0 {
+                Severity::High
+            } else {
+                Severity::Low
+            };
+            s.put_alert(
+                &alert(&format!("a{i}"), i * 1000, sev, AlertStatus::Open),
+                &[],
+            )
+            .unwrap();
         }
         assert!(s.ack("a4", "ops").unwrap());
         assert!(!s.ack("nope", "ops").unwrap());
         // A later snapshot of the same alert updates it and keeps the ack.
-        s.put_alert(&alert("a4", 4000, Severity::Critical, AlertStatus::Closed), &[])
-            .unwrap();
+        s.put_alert(
+            &alert("a4", 4000, Severity::Critical, AlertStatus::Closed),
+            &[],
+        )
+        .unwrap();
         assert_eq!(s.alert_count().unwrap(), 5);
         let q = |min: Option<Severity>, limit, offset| AlertQuery {
             min_severity: min,
@@ -530,19 +540,26 @@ mod tests {
     #[test]
     fn the_outbox_retries_and_gives_up() {
         let mut s = Store::in_memory().unwrap();
-        s.put_alert(&alert("a1", 0, Severity::High, AlertStatus::Open), &["grid", "soc"])
-            .unwrap();
+        s.put_alert(
+            &alert("a1", 0, Severity::High, AlertStatus::Open),
+            &["grid", "soc"],
+        )
+        .unwrap();
         let due = s.due(i64::MAX, 10).unwrap();
         assert_eq!(due.len(), 2);
         s.delivered(due[0].seq).unwrap();
-        s.failed(due[1].seq, "HTTP 503", Some(i64::MAX - 1)).unwrap();
+        s.failed(due[1].seq, "HTTP 503", Some(i64::MAX - 1))
+            .unwrap();
         assert!(s.due(now_ms(), 10).unwrap().is_empty(), "retry not due yet");
         let again = s.due(i64::MAX, 10).unwrap();
         assert_eq!((again.len(), again[0].attempts), (1, 1));
         s.failed(again[0].seq, "HTTP 503", None).unwrap();
         assert!(s.due(i64::MAX, 10).unwrap().is_empty());
         let dead = s.dead_letters(10).unwrap();
-        assert_eq!((dead[0].receiver.as_str(), dead[0].last_error.as_deref()), ("soc", Some("HTTP 503")));
+        assert_eq!(
+            (dead[0].receiver.as_str(), dead[0].last_error.as_deref()),
+            ("soc", Some("HTTP 503"))
+        );
     }
 
     #[test]

@@ -28,7 +28,10 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, Strin
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -52,7 +55,10 @@ fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
 fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     let have_python = Command::new("python3").arg("--version").output().is_ok();
     if !have_python {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "python3 is missing under CI=true");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is missing under CI=true"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -60,7 +66,15 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     // The plant: warm-up and one attack at 300× (38 s).
     let _plant = Peer(
         wattchdog()
-            .args(["simulate", "--serve-modbus", "127.0.0.1:0", "--speed", "300", "--hours", "3.2"])
+            .args([
+                "simulate",
+                "--serve-modbus",
+                "127.0.0.1:0",
+                "--speed",
+                "300",
+                "--hours",
+                "3.2",
+            ])
             .args(["--attacks", "chiller-setpoint-tamper", "--seed", "5", "-o"])
             .arg(d.join("served.jsonl"))
             .arg("--write-config")
@@ -76,7 +90,15 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     let _receiver = Peer(
         Command::new("python3")
             .arg(repo("tests/interop/webhook_receiver.py"))
-            .args(["--port", &hook_port.to_string(), "--secret", SECRET, "--fail-first", "5", "--out"])
+            .args([
+                "--port",
+                &hook_port.to_string(),
+                "--secret",
+                SECRET,
+                "--fail-first",
+                "5",
+                "--out",
+            ])
             .arg(&received)
             .stdout(Stdio::null())
             .spawn()
@@ -108,10 +130,25 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     // The API needs the token; health does not.
     assert_eq!(http(http_port, "GET", "/healthz", None).0, 200);
     assert_eq!(http(http_port, "GET", "/api/v1/alerts", None).0, 401);
-    assert_eq!(http(http_port, "GET", "/api/v1/alerts", Some("wrong-token-0123456789")).0, 401);
-    assert_eq!(http(http_port, "GET", "/api/v1/devices", Some(TOKEN)).0, 200);
+    assert_eq!(
+        http(
+            http_port,
+            "GET",
+            "/api/v1/alerts",
+            Some("wrong-token-0123456789")
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(http_port, "GET", "/api/v1/devices", Some(TOKEN)).0,
+        200
+    );
     let (status, page) = http(http_port, "GET", "/", None);
-    assert!(status == 200 && page.contains("wattchdog"), "the page itself is public");
+    assert!(
+        status == 200 && page.contains("wattchdog"),
+        "the page itself is public"
+    );
 
     // The stream carries the alerts as they are raised.
     let mut sse = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
@@ -134,7 +171,11 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     assert!(streamed_alert, "an alert arrived on the stream");
 
     // A few alerts stored and reported, then the process is killed mid-stream.
-    wait_until(Duration::from_secs(30), || lines(&alerts).len() >= 3, "three alert lines");
+    wait_until(
+        Duration::from_secs(30),
+        || lines(&alerts).len() >= 3,
+        "three alert lines",
+    );
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let reported: BTreeSet<String> = lines(&alerts)
@@ -148,14 +189,18 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     wait_for_port(http_port, Duration::from_secs(20));
     let (status, body) = http(http_port, "GET", "/api/v1/alerts?limit=1000", Some(TOKEN));
     assert_eq!(status, 200);
-    let stored: BTreeSet<String> = serde_json::from_str::<serde_json::Value>(&body).unwrap()["alerts"]
+    let stored: BTreeSet<String> = serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        ["alerts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a["id"].as_str().unwrap().to_owned())
         .collect();
     let lost: Vec<&String> = reported.difference(&stored).collect();
-    assert!(lost.is_empty(), "reported as stored but lost by kill -9: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "reported as stored but lost by kill -9: {lost:?}"
+    );
     // Every stored alert reaches the receiver (after its 5 refusals), signed.
     wait_until(
         Duration::from_secs(remaining.max(10.0) as u64),
@@ -169,12 +214,47 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
         },
         "every stored alert delivered",
     );
+    // The dashboard, in a real browser: the stored alerts render.
+    if crate::support::peer_available(
+        "chromium (apt-get install chromium)",
+        Command::new("sh").args(["-c", "command -v chromium"]),
+    ) {
+        let url = format!("http://127.0.0.1:{http_port}/#token={TOKEN}");
+        let browser = |extra: &[&str]| {
+            Command::new("chromium")
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                ])
+                .args(["--window-size=1280,900", "--virtual-time-budget=5000"])
+                .args(extra)
+                .arg(&url)
+                .stderr(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let dom = String::from_utf8_lossy(&browser(&["--dump-dom"]).stdout).into_owned();
+        let rendered = stored
+            .iter()
+            .filter(|id| dom.contains(&format!("data-id=\"{id}\"")))
+            .count();
+        assert!(rendered >= 1, "no stored alert rendered in the page: {dom}");
+        assert!(dom.contains("class=\"tile"), "device tiles render");
+        // For humans: what the analyst saw.
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+        browser(&[&format!("--screenshot={}", shot.display())]);
+    }
     let _ = second.kill();
     let _ = second.wait();
     let deliveries = lines(&received);
     assert!(deliveries.iter().filter(|r| r["refused"] == true).count() == 5);
     for r in &deliveries {
         assert_eq!(r["valid"], true, "signature verified by Python's hmac: {r}");
-        assert_eq!(r["key"], r["id"], "the idempotency key is the alert id: {r}");
+        assert_eq!(
+            r["key"], r["id"],
+            "the idempotency key is the alert id: {r}"
+        );
     }
 }
