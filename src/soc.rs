@@ -57,6 +57,10 @@ pub struct HttpConfig {
     pub token: Option<String>,
     /// File holding the bearer token (first line).
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -151,6 +155,12 @@ impl SocConfig {
                 h.token.as_ref().is_none_or(|t| t.len() >= 16),
                 "must be at least 16 characters",
             )?;
+            check(
+                origin,
+                "http.cert_file",
+                h.cert_file.is_some() == h.key_file.is_some(),
+                "and key_file go together",
+            )?;
         }
         check(
             origin,
@@ -232,17 +242,33 @@ impl Soc {
             addr = listener.local_addr().ok();
             let app = http::router(state.clone());
             let mut stop_http = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop_http.changed().await;
-                };
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    warn!(error = %e, "http server stopped");
+            let shutdown = async move {
+                let _ = stop_http.changed().await;
+            };
+            match (&h.cert_file, &h.key_file) {
+                (Some(c), Some(k)) => {
+                    let tls = http::tls::TlsListener::new(listener, &base.join(c), &base.join(k))
+                        .map_err(|rule| TomlError::Invalid {
+                        path: origin.into(),
+                        key: "http.cert_file".into(),
+                        rule,
+                    })?;
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(e) = axum::serve(tls, app).with_graceful_shutdown(shutdown).await
+                        {
+                            warn!(error = %e, "https server stopped");
+                        }
+                    }));
                 }
-            }));
+                _ => tasks.push(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        warn!(error = %e, "http server stopped");
+                    }
+                })),
+            }
             info!(addr = ?addr, "http listening");
         }
         if !cfg.webhooks.is_empty() {

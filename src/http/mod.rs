@@ -7,6 +7,7 @@
 //! 127.0.0.1 unless configured otherwise.
 
 pub mod board;
+pub mod tls;
 
 use crate::store::{AlertQuery, Store};
 use crate::time::TimeFormat;

@@ -3,7 +3,9 @@
 //! the middle of a QoS 1 stream, and Sparkplug B encoded by an independent encoder.
 //! Under `CI=true` a missing Mosquitto fails these tests.
 
-use crate::support::{command_ok, free_port, mosquitto_available, repo, wait_for_port, Peer};
+use crate::support::{
+    command_ok, free_port, make_certs, mosquitto_available, repo, wait_for_port, Peer,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -177,37 +179,6 @@ async fn mosquitto_pub_readings_arrive_decoded() {
     );
     // Only the map's filters are subscribed: other topics never arrive.
     assert_eq!(stats.unmapped.load(std::sync::atomic::Ordering::Relaxed), 0);
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
-fn make_certs(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "wattchdog test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
-    write("ca.pem", ca.pem());
-    for (name, sans) in [
-        (
-            "server",
-            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
-        ),
-        ("client", vec!["wattchdog".to_owned()]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(sans).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        write(&format!("{name}.pem"), cert.pem());
-        write(&format!("{name}.key"), key.serialize_pem());
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,3 +258,51 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_the_api_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::make_certs(dir.path());
+    let text = format!(
+        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n"
+    );
+    let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
+    let soc = wattchdog::soc::Soc::start(&cfg.soc, dir.path(), "t")
+        .await
+        .unwrap();
+    let addr = soc.addr.unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let health = client
+        .get(format!("https://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+    let denied = client
+        .get(format!("https://{addr}/api/v1/alerts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    let ok = client
+        .get(format!("https://{addr}/api/v1/alerts"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    soc.stop().await;
+}
