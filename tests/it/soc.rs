@@ -306,3 +306,78 @@ async fn https_serves_the_api_with_the_configured_certificate() {
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
     soc.stop().await;
 }
+
+#[test]
+fn the_demo_shows_the_first_attacks_alerts_and_nothing_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut demo = Peer(
+        wattchdog()
+            .args([
+                "demo",
+                "--speed",
+                "300",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The banner: the link with the token, then the schedule.
+    let mut out = BufReader::new(demo.0.stdout.take().unwrap());
+    let mut banner = String::new();
+    out.read_line(&mut banner).unwrap();
+    let token = banner.split("#token=").nth(1).unwrap().trim().to_owned();
+    let mut first = String::new();
+    while !first.trim_start().starts_with("20") {
+        first.clear();
+        out.read_line(&mut first).unwrap();
+    }
+    let attack_at = wattchdog::time::TimeFormat::Auto
+        .parse(first.split_whitespace().next().unwrap())
+        .unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    wait_for_port(port, Duration::from_secs(20));
+    let alerts = || -> Vec<serde_json::Value> {
+        let (status, body) = http(port, "GET", "/api/v1/alerts?limit=1000", Some(&token));
+        assert_eq!(status, 200);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["alerts"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    wait_until(
+        Duration::from_secs(90),
+        || !alerts().is_empty(),
+        "the demo's first alert",
+    );
+    let list = alerts();
+    let detected = |a: &serde_json::Value| {
+        wattchdog::time::TimeFormat::Auto
+            .parse(a["detected_at"].as_str().unwrap())
+            .unwrap()
+    };
+    assert!(
+        list.iter().all(|a| detected(a) >= attack_at),
+        "no alert before the first attack ({first}): {list:#?}"
+    );
+    let (status, devices) = http(port, "GET", "/api/v1/devices", Some(&token));
+    assert_eq!(status, 200);
+    let devices: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    let kinds: BTreeSet<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    for k in ["ups", "chiller", "crah", "pdu", "env", "grid_meter"] {
+        assert!(
+            kinds.contains(k),
+            "{k} collected (Modbus and MQTT): {kinds:?}"
+        );
+    }
+}
