@@ -37,6 +37,7 @@
 //! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures or
 //!   serving its devices over Modbus TCP or publishing them to MQTT.
 //! - [`demo`]: `wattchdog demo`, the whole system on one machine.
+//! - [`iforest`]: the isolation forest, written as a linfa algorithm.
 //! - [`cli`]: the command line.
 
 pub mod attack;
@@ -50,6 +51,7 @@ pub mod detect;
 pub mod eval;
 pub mod feature;
 pub mod http;
+pub mod iforest;
 pub mod live;
 pub mod model;
 pub mod pipeline;

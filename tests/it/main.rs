@@ -5,6 +5,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod determinism;
+mod iforest_reference;
 mod interop_modbus;
 mod interop_mqtt;
 mod modbus;

@@ -195,3 +195,11 @@ pub fn make_certs(dir: &Path) {
         write(&format!("{name}.key"), key.serialize_pem());
     }
 }
+
+/// scikit-learn and numpy, the reference isolation forest.
+pub fn sklearn_available() -> bool {
+    peer_available(
+        "scikit-learn (pip install scikit-learn)",
+        Command::new("python3").args(["-c", "import sklearn, numpy"]),
+    )
+}

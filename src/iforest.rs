@@ -1,0 +1,469 @@
+//! Isolation forest (Liu, Ting & Zhou, ICDM 2008) written as linfa algorithms are:
+//! hyperparameters checked through [`ParamGuard`], fitting through [`Fit`] on a
+//! `DatasetBase`, scoring through [`PredictInplace`] (so `Predict` comes for free).
+//!
+//! - `t` trees, each grown on a subsample of `ψ` rows drawn without replacement, to a
+//!   height limit of ⌈log₂ ψ⌉: a random feature (among those not constant in the node)
+//!   and a split drawn uniformly between its minimum and maximum.
+//! - The path length of a row is its depth in the tree plus c(n) for the rows left
+//!   unseparated in its leaf, c(n) = 2H(n−1) − 2(n−1)/n, H(i) ≈ ln i + γ; the score is
+//!   2^(−E[h(x)] / c(ψ)): near 1 for anomalies, about 0.5 or less for normal rows.
+//! - Deterministic for a seed (tree `i` uses its own generator seeded from the seed and
+//!   `i`). Trees are stored flat, one array of nodes each with child indices, so scoring
+//!   a row allocates nothing and a fitted forest is `Send + Sync`.
+
+use linfa::dataset::DatasetBase;
+use linfa::traits::{Fit, PredictInplace};
+use linfa::ParamGuard;
+use ndarray::{Array1, ArrayBase, ArrayView1, Data, Ix2};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why fitting or loading failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum IForestError {
+    /// A hyperparameter out of range.
+    #[error("isolation forest: {0}")]
+    Params(String),
+    /// No rows, or rows with non-finite values.
+    #[error("isolation forest: {0}")]
+    Data(String),
+    /// A tree that is not a valid tree (loaded from an untrusted file).
+    #[error("isolation forest: tree {tree}: {problem}")]
+    Malformed {
+        /// Tree index.
+        tree: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// linfa's own error.
+    #[error(transparent)]
+    Linfa(#[from] linfa::Error),
+}
+
+/// Hyperparameters, checked (what fitting uses).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IsolationForestValidParams {
+    /// Trees (`t`, default 100).
+    pub n_trees: usize,
+    /// Rows per tree (`ψ`, default 256; fewer rows than this use them all).
+    pub sample_size: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Hyperparameters, unchecked: build, then [`ParamGuard::check`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IsolationForestParams(IsolationForestValidParams);
+
+impl Default for IsolationForestParams {
+    fn default() -> Self {
+        Self(IsolationForestValidParams {
+            n_trees: 100,
+            sample_size: 256,
+            seed: 0,
+        })
+    }
+}
+
+impl IsolationForestParams {
+    /// Sets `t`.
+    pub fn n_trees(mut self, n: usize) -> Self {
+        self.0.n_trees = n;
+        self
+    }
+    /// Sets `ψ`.
+    pub fn sample_size(mut self, n: usize) -> Self {
+        self.0.sample_size = n;
+        self
+    }
+    /// Sets the seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.0.seed = seed;
+        self
+    }
+}
+
+impl ParamGuard for IsolationForestParams {
+    type Checked = IsolationForestValidParams;
+    type Error = IForestError;
+
+    fn check_ref(&self) -> Result<&Self::Checked, Self::Error> {
+        let p = &self.0;
+        if !(1..=10_000).contains(&p.n_trees) {
+            return Err(IForestError::Params(format!(
+                "n_trees {} is not in 1..=10000",
+                p.n_trees
+            )));
+        }
+        if !(2..=1 << 20).contains(&p.sample_size) {
+            return Err(IForestError::Params(format!(
+                "sample_size {} is not in 2..=1048576",
+                p.sample_size
+            )));
+        }
+        Ok(p)
+    }
+
+    fn check(self) -> Result<Self::Checked, Self::Error> {
+        self.check_ref()?;
+        Ok(self.0)
+    }
+}
+
+/// A tree node: a split, or a leaf holding its path-length adjustment. 16 bytes: the
+/// right child is always `left + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Split value (`x < value` goes left), or for a leaf: depth + c(size).
+    pub value: f64,
+    /// Feature index, or `u32::MAX` for a leaf.
+    pub feature: u32,
+    /// Left child index; the right child follows it (unused for leaves).
+    pub left: u32,
+}
+
+const LEAF: u32 = u32::MAX;
+
+/// A fitted forest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsolationForest {
+    /// Columns of the rows it was fitted on.
+    pub n_features: usize,
+    /// Rows per tree actually used (ψ, or fewer when the data had fewer rows).
+    pub sample_size: usize,
+    /// The trees, each an array of nodes rooted at index 0.
+    pub trees: Vec<Vec<Node>>,
+}
+
+/// c(n): the average path length of an unsuccessful search in a binary search tree.
+pub fn c(n: usize) -> f64 {
+    match n {
+        0 | 1 => 0.0,
+        2 => 1.0,
+        n => {
+            let n = n as f64;
+            2.0 * ((n - 1.0).ln() + 0.577_215_664_9) - 2.0 * (n - 1.0) / n
+        }
+    }
+}
+
+impl<D: Data<Elem = f64>, T> Fit<ArrayBase<D, Ix2>, T, IForestError>
+    for IsolationForestValidParams
+{
+    type Object = IsolationForest;
+
+    fn fit(
+        &self,
+        dataset: &DatasetBase<ArrayBase<D, Ix2>, T>,
+    ) -> Result<IsolationForest, IForestError> {
+        let x = &dataset.records;
+        let (rows, cols) = x.dim();
+        if rows == 0 || cols == 0 {
+            return Err(IForestError::Data("no rows or no columns".into()));
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(IForestError::Data("rows must be finite".into()));
+        }
+        let p = self;
+        let psi = p.sample_size.min(rows);
+        let limit = (psi as f64).log2().ceil() as usize;
+        let trees = (0..p.n_trees)
+            .map(|t| {
+                let mut rng =
+                    StdRng::seed_from_u64(p.seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let sample = rand::seq::index::sample(&mut rng, rows, psi).into_vec();
+                grow(x, sample, limit, &mut rng)
+            })
+            .collect();
+        Ok(IsolationForest {
+            n_features: cols,
+            sample_size: psi,
+            trees,
+        })
+    }
+}
+
+/// Grows one tree over `rows` (indices into `x`).
+fn grow<D: Data<Elem = f64>>(
+    x: &ArrayBase<D, Ix2>,
+    rows: Vec<usize>,
+    limit: usize,
+    rng: &mut StdRng,
+) -> Vec<Node> {
+    let mut nodes = vec![Node {
+        feature: LEAF,
+        value: 0.0,
+        left: 0,
+    }];
+    // (node index, its rows, depth)
+    let mut stack = vec![(0usize, rows, 0usize)];
+    let cols = x.ncols();
+    while let Some((at, rows, depth)) = stack.pop() {
+        let leaf = |n: usize| Node {
+            feature: LEAF,
+            value: depth as f64 + c(n),
+            left: 0,
+        };
+        if depth >= limit || rows.len() <= 1 {
+            nodes[at] = leaf(rows.len());
+            continue;
+        }
+        // Features that still vary in this node.
+        let ranges: Vec<(usize, f64, f64)> = (0..cols)
+            .filter_map(|f| {
+                let (lo, hi) =
+                    rows.iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                            let v = x[[r, f]];
+                            (lo.min(v), hi.max(v))
+                        });
+                (lo < hi).then_some((f, lo, hi))
+            })
+            .collect();
+        if ranges.is_empty() {
+            nodes[at] = leaf(rows.len());
+            continue;
+        }
+        let (f, lo, hi) = ranges[rng.random_range(0..ranges.len())];
+        let split = rng.random_range(lo..hi);
+        let (left, right): (Vec<usize>, Vec<usize>) =
+            rows.into_iter().partition(|&r| x[[r, f]] < split);
+        let l = nodes.len();
+        nodes.push(leaf(0));
+        nodes.push(leaf(0));
+        nodes[at] = Node {
+            feature: f as u32,
+            value: split,
+            left: l as u32,
+        };
+        stack.push((l, left, depth + 1));
+        stack.push((l + 1, right, depth + 1));
+    }
+    nodes
+}
+
+/// Path length of a row through one tree: depth plus the leaf's adjustment.
+#[inline]
+fn path(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
+    let mut i = 0usize;
+    loop {
+        let n = tree[i];
+        if n.feature == LEAF {
+            return n.value;
+        }
+        i = n.left as usize + usize::from(value(n.feature as usize) >= n.value);
+    }
+}
+
+/// Rows scored together, tree by tree, so each tree stays in cache across the block.
+const BLOCK: usize = 256;
+
+impl IsolationForest {
+    /// Anomaly score of one row (length `n_features`), in (0, 1].
+    pub fn score_row(&self, row: ArrayView1<'_, f64>) -> f64 {
+        let total: f64 = self.trees.iter().map(|t| path(t, |f| row[f])).sum();
+        self.score_of(total)
+    }
+
+    /// The score of a row whose path lengths over all trees sum to `total`.
+    fn score_of(&self, total: f64) -> f64 {
+        let mean = total / self.trees.len() as f64;
+        2f64.powf(-mean / c(self.sample_size).max(f64::MIN_POSITIVE))
+    }
+
+    /// Checks a forest read from an untrusted file: feature indices in range, children
+    /// after their parent (so no cycles) and inside the tree, finite values.
+    pub fn validate(&self) -> Result<(), IForestError> {
+        if self.trees.is_empty() || self.n_features == 0 || self.sample_size < 2 {
+            return Err(IForestError::Malformed {
+                tree: 0,
+                problem: "no trees, no features or a sample size below 2".into(),
+            });
+        }
+        for (t, tree) in self.trees.iter().enumerate() {
+            let bad = |problem: String| IForestError::Malformed { tree: t, problem };
+            if tree.is_empty() {
+                return Err(bad("no nodes".into()));
+            }
+            for (i, n) in tree.iter().enumerate() {
+                if !n.value.is_finite() {
+                    return Err(bad(format!("node {i} has a non-finite value")));
+                }
+                if n.feature == LEAF {
+                    continue;
+                }
+                if n.feature as usize >= self.n_features {
+                    return Err(bad(format!(
+                        "node {i} splits on feature {} of {}",
+                        n.feature, self.n_features
+                    )));
+                }
+                for child in [n.left as usize, n.left as usize + 1] {
+                    if child <= i || child >= tree.len() {
+                        return Err(bad(format!(
+                            "node {i} has child {child} (must be after it and below {})",
+                            tree.len()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for IsolationForest {
+    /// Tree-major over blocks of rows (a tree's nodes stay in L1 while a block of rows
+    /// walks it); contiguous rows are read as slices.
+    fn predict_inplace(&self, x: &ArrayBase<D, Ix2>, y: &mut Array1<f64>) {
+        let (rows, cols) = x.dim();
+        let mut acc = [0.0f64; BLOCK];
+        for start in (0..rows).step_by(BLOCK) {
+            let end = (start + BLOCK).min(rows);
+            let acc = &mut acc[..end - start];
+            acc.fill(0.0);
+            match x.as_slice() {
+                Some(flat) => {
+                    for tree in &self.trees {
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let row = &flat[(start + k) * cols..(start + k + 1) * cols];
+                            *a += path(tree, |f| row[f]);
+                        }
+                    }
+                }
+                None => {
+                    for tree in &self.trees {
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let row = x.row(start + k);
+                            *a += path(tree, |f| row[f]);
+                        }
+                    }
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                y[start + k] = self.score_of(*a);
+            }
+        }
+    }
+
+    fn default_target(&self, x: &ArrayBase<D, Ix2>) -> Array1<f64> {
+        Array1::zeros(x.nrows())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linfa::traits::Predict;
+    use ndarray::Array2;
+    use proptest::prelude::*;
+    use rand_distr::{Distribution, Normal};
+
+    fn blob(n: usize, outliers: usize, seed: u64) -> Array2<f64> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let normal = Normal::new(0.0, 1.0).unwrap();
+        Array2::from_shape_fn((n + outliers, 4), |(r, _)| {
+            if r < n {
+                normal.sample(&mut rng)
+            } else {
+                8.0 + normal.sample(&mut rng)
+            }
+        })
+    }
+
+    #[test]
+    fn outliers_score_high_and_fits_are_deterministic() {
+        let x = blob(1000, 10, 1);
+        let params = IsolationForestParams::default().seed(7);
+        let model = params
+            .check()
+            .unwrap()
+            .fit(&DatasetBase::from(x.clone()))
+            .unwrap();
+        let scores: Array1<f64> = model.predict(&x);
+        let normal = scores.slice(ndarray::s![..1000]).mean().unwrap();
+        let outlier = scores.slice(ndarray::s![1000..]).mean().unwrap();
+        assert!(
+            outlier > 0.65 && normal < 0.5,
+            "normal {normal}, outlier {outlier}"
+        );
+        let again = params
+            .check()
+            .unwrap()
+            .fit(&DatasetBase::from(x.clone()))
+            .unwrap();
+        assert_eq!(model, again);
+        model.validate().unwrap();
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<IsolationForest>();
+    }
+
+    #[test]
+    fn batch_scoring_equals_row_by_row_in_any_layout() {
+        let x = blob(700, 5, 3);
+        let m = IsolationForestParams::default()
+            .n_trees(20)
+            .check()
+            .unwrap()
+            .fit(&DatasetBase::from(x.clone()))
+            .unwrap();
+        let batch: Array1<f64> = m.predict(&x);
+        let transposed = x.t().to_owned().reversed_axes(); // same values, column-major
+        let batch_f: Array1<f64> = m.predict(&transposed);
+        for (r, row) in x.rows().into_iter().enumerate() {
+            assert_eq!(batch[r], m.score_row(row));
+            assert_eq!(batch_f[r], batch[r]);
+        }
+    }
+
+    #[test]
+    fn parameters_and_data_are_checked() {
+        assert!(IsolationForestParams::default().n_trees(0).check().is_err());
+        assert!(IsolationForestParams::default()
+            .sample_size(1)
+            .check()
+            .is_err());
+        let p = IsolationForestParams::default().check().unwrap();
+        let bad = Array2::from_elem((3, 2), f64::NAN);
+        assert!(p.fit(&DatasetBase::from(bad)).is_err());
+    }
+
+    #[test]
+    fn c_matches_the_paper() {
+        assert_eq!(c(1), 0.0);
+        assert_eq!(c(2), 1.0);
+        assert!((c(256) - 10.244_770_920_8).abs() < 1e-6, "{}", c(256));
+    }
+
+    #[test]
+    fn malformed_trees_are_refused() {
+        let x = blob(50, 0, 2);
+        let mut m = IsolationForestParams::default()
+            .n_trees(3)
+            .check()
+            .unwrap()
+            .fit(&DatasetBase::from(x))
+            .unwrap();
+        let split = m.trees[0].iter().position(|n| n.feature != LEAF).unwrap();
+        m.trees[0][split].left = split as u32; // a cycle
+        assert!(m.validate().is_err());
+        m.trees[0][split].left = 10_000;
+        assert!(m.validate().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn scores_stay_in_range(rows in proptest::collection::vec(proptest::collection::vec(-1e6f64..1e6, 3), 2..60), probe in proptest::collection::vec(-1e9f64..1e9, 3)) {
+            let n = rows.len();
+            let x = Array2::from_shape_vec((n, 3), rows.into_iter().flatten().collect()).unwrap();
+            let m = IsolationForestParams::default().n_trees(10).check().unwrap().fit(&DatasetBase::from(x)).unwrap();
+            m.validate().unwrap();
+            let s = m.score_row(ArrayView1::from(&probe));
+            prop_assert!(s > 0.0 && s <= 1.0, "{}", s);
+        }
+    }
+}
