@@ -66,9 +66,10 @@ pub async fn run(
     on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
-    let mut soc = match cfg.soc.enabled() {
-        true => Some(Soc::start(&cfg.soc, base, origin).await?),
-        false => None,
+    let mut soc = if cfg.soc.enabled() {
+        Some(Soc::start(&cfg.soc, base, origin).await?)
+    } else {
+        None
     };
     if let Some(addr) = soc.as_ref().and_then(|s| s.addr) {
         info!(%addr, "dashboard at http://{addr}/");
@@ -133,14 +134,7 @@ async fn collect(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => {
-                    for r in batch {
-                        if let Some(s) = soc.as_ref() {
-                            s.reading(&r);
-                        }
-                        dropped += u64::from(!push(&mut pipeline, r, &mut outputs));
-                    }
-                }
+                Some(batch) => dropped += take(batch, soc.as_ref(), &mut pipeline, &mut outputs),
                 None => break,
             },
             _ = heartbeat.tick() => {
@@ -152,13 +146,7 @@ async fn collect(
             }
             () = &mut shutdown => break,
         }
-        for o in outputs.drain(..) {
-            // Stored first: nothing is reported that a crash could lose.
-            if let Some(s) = soc.as_ref() {
-                s.output(&o)?;
-            }
-            on_output(&o)?;
-        }
+        emit(&mut outputs, soc.as_ref(), on_output)?;
     }
     info!("stopping collectors");
     let devices = collector.stop().await;
@@ -169,17 +157,10 @@ async fn collect(
         mqtt_counts.push(stats.snapshot(&name));
     }
     while let Ok(batch) = rx.try_recv() {
-        for r in batch {
-            dropped += u64::from(!push(&mut pipeline, r, &mut outputs));
-        }
+        dropped += take(batch, soc.as_ref(), &mut pipeline, &mut outputs);
     }
     pipeline.finish(&mut outputs);
-    for o in outputs.drain(..) {
-        if let Some(s) = soc.as_ref() {
-            s.output(&o)?;
-        }
-        on_output(&o)?;
-    }
+    emit(&mut outputs, soc.as_ref(), on_output)?;
     if dropped > 0 {
         warn!(dropped, "readings dropped: too many points");
     }
@@ -190,6 +171,34 @@ async fn collect(
         dropped,
         last_ts,
     })
+}
+
+/// Hands a batch of readings to the board and the pipeline; returns how many were
+/// dropped (point table full).
+fn take(batch: Vec<Reading>, soc: Option<&Soc>, p: &mut Pipeline, out: &mut Vec<Output>) -> u64 {
+    let mut dropped = 0;
+    for r in batch {
+        if let Some(s) = soc {
+            s.reading(&r);
+        }
+        dropped += u64::from(!push(p, r, out));
+    }
+    dropped
+}
+
+/// Sends the outputs on: stored first, so nothing is reported that a crash could lose.
+fn emit(
+    outputs: &mut Vec<Output>,
+    soc: Option<&Soc>,
+    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    for o in outputs.drain(..) {
+        if let Some(s) = soc {
+            s.output(&o)?;
+        }
+        on_output(&o)?;
+    }
+    Ok(())
 }
 
 /// Interns and pushes one reading; false when the point table is full.
