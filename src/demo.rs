@@ -140,8 +140,10 @@ pub async fn run(
         .map(|_| format!("{:02x}", rand::rng().random::<u8>()))
         .collect();
     let mut text = format!(
-        "[clock]\nspeed = {}\nepoch = {start}\n\n[store]\npath = \"demo.db\"\n\n[http]\nlisten = \"{}\"\ntoken = \"{token}\"\n\n[modbus]\nsite = \"{site}\"\nmax_gap = 16\n",
-        opts.speed, opts.listen
+        "[clock]\nspeed = {}\nepoch = {start}\n\n[store]\npath = \"demo.db\"\n\n[http]\nlisten = \"{}\"\ntoken = \"{token}\"\n\n[modbus]\nsite = \"{site}\"\nmax_gap = 16\n{}",
+        opts.speed,
+        opts.listen,
+        sim::serve::accelerated_silence(opts.speed)
     );
     for d in devices.iter().filter(|d| !mqtt_kinds.contains(d.kind)) {
         text += &format!(

@@ -123,9 +123,10 @@ pub fn run_config(
     let mut s = format!(
         "# Polls `wattchdog simulate --serve-modbus {addr}`.\n\
          [clock]\nspeed = {}\nepoch = \"{}\"\n\n[modbus]\nsite = \"{site}\"\ninterval = \"{interval}\"\n\
-         # The simulated devices read undefined registers inside a block as zeros.\nmax_gap = 16\n",
+         # The simulated devices read undefined registers inside a block as zeros.\nmax_gap = 16\n{}",
         clock.speed,
-        format_ts(clock.epoch)
+        format_ts(clock.epoch),
+        accelerated_silence(clock.speed)
     );
     for d in devices {
         s += &format!(
@@ -134,6 +135,18 @@ pub fn run_config(
         );
     }
     s
+}
+
+/// On an accelerated clock, a wall-clock hiccup of the collectors (a busy machine, a
+/// scheduler pause) is `speed` times longer in event time: the silence the staleness
+/// detector tolerates grows with it (one wall second), never below its 15 s default.
+pub fn accelerated_silence(speed: f64) -> String {
+    let secs = speed.ceil().max(15.0);
+    if secs > 15.0 {
+        format!("\n[detectors.staleness]\nmin_silence = \"{secs}s\"\n")
+    } else {
+        String::new()
+    }
 }
 
 /// Serves `sim` on `listener` until the simulation ends or `shutdown` resolves, writing
