@@ -433,30 +433,8 @@ fn serve_modbus(
     facility: wattchdog::sim::Facility,
     opts: &wattchdog::sim::SimOptions,
 ) -> Result<ExitCode> {
-    use wattchdog::sim::{self, serve};
-    anyhow::ensure!(
-        a.speed > 0.0 && a.speed <= 10_000.0,
-        "--speed must be in (0, 10000]"
-    );
-    anyhow::ensure!(
-        !a.output.to_string_lossy().ends_with(".gz")
-            && !a.output.to_string_lossy().ends_with(".zst"),
-        "--serve-modbus streams its capture: give a plain .jsonl output"
-    );
-    let simulator = sim::Simulator::new(facility.clone(), opts)?;
-    let labels_path = sim::labels_path(&a.output);
-    std::fs::write(
-        &labels_path,
-        serde_json::to_string_pretty(&simulator.labels())? + "\n",
-    )
-    .with_context(|| format!("cannot write {}", labels_path.display()))?;
-    let out = BufWriter::new(
-        File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?,
-    );
-    let clock = wattchdog::time::Clock {
-        epoch: opts.start,
-        speed: a.speed,
-    };
+    use wattchdog::sim::serve;
+    let (simulator, out, clock) = live_simulation(a, &facility, opts)?;
     let rt = runtime()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)

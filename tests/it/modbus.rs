@@ -1,8 +1,7 @@
 //! The Modbus collector against real Modbus TCP on loopback: the simulated devices, a
 //! misbehaving server, and (in `interop_modbus`) pymodbus.
 
-use crate::support::{capture_readings, run_ok, wait_for_file, wattchdog, Peer};
-use std::io::Write;
+use crate::support::{capture_readings, run_ok, wait_for_file, wattchdog, Peer, SharedBuf};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,20 +15,6 @@ use wattchdog::sim::serve::{run_config, serve, served_devices, FunctionCounts};
 use wattchdog::sim::{Facility, Intensity, SimOptions, Simulator};
 use wattchdog::time::Clock;
 use wattchdog::Config;
-
-/// A `Write` the test can read while the server writes.
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn now_s() -> i64 {
     chrono::Utc::now().timestamp() * 1000

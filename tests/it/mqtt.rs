@@ -1,8 +1,8 @@
 //! MQTT end to end through the embedded broker: the simulator publishes, the subscriber
 //! decodes, as JSON and as Sparkplug B; a publisher that dies is denial of view.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use crate::support::SharedBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use wattchdog::collect::mqtt::{subscribe, MqttStats};
@@ -11,19 +11,6 @@ use wattchdog::sim::publish::{publish, PublishOptions};
 use wattchdog::sim::{Facility, Intensity, SimOptions, Simulator};
 use wattchdog::time::Clock;
 use wattchdog::Config;
-
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Publishes the simulated facility through the embedded broker for `secs` wall seconds
 /// at 20×, subscribes with `map`, and returns what arrived and what was published. The

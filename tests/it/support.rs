@@ -203,3 +203,17 @@ pub fn sklearn_available() -> bool {
         Command::new("python3").args(["-c", "import sklearn, numpy"]),
     )
 }
+
+/// A `Write` a test can read while a server writes to it.
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
