@@ -38,6 +38,7 @@
 //!   serving its devices over Modbus TCP or publishing them to MQTT.
 //! - [`demo`]: `wattchdog demo`, the whole system on one machine.
 //! - [`iforest`]: the isolation forest, written as a linfa algorithm.
+//! - [`model_file`]: versioned model files, checked as untrusted input.
 //! - [`cli`]: the command line.
 
 pub mod attack;
@@ -54,6 +55,7 @@ pub mod http;
 pub mod iforest;
 pub mod live;
 pub mod model;
+pub mod model_file;
 pub mod pipeline;
 pub mod protocol;
 pub mod replay;

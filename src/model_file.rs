@@ -1,0 +1,266 @@
+//! Versioned model files in `models/` (`<kind>.iforest.json`): the forest, the feature
+//! list and scaler it expects, its alert threshold, and where it came from. A model file
+//! is untrusted input: the version, every length and every tree are checked at load,
+//! and each problem is an error naming the file.
+
+use crate::iforest::{IForestError, IsolationForest, IsolationForestValidParams};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use thiserror::Error;
+
+/// The format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Per-feature standardisation: `(x − mean) / scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    /// Means.
+    pub mean: Vec<f64>,
+    /// Scales (standard deviations; never zero).
+    pub scale: Vec<f64>,
+}
+
+/// One training input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    /// File name as given.
+    pub file: String,
+    /// SHA-256 of its bytes (hex).
+    pub sha256: String,
+}
+
+/// Where a model came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The captures.
+    pub inputs: Vec<Input>,
+    /// Feature rows trained on.
+    pub rows: usize,
+    /// wattchdog version that trained it.
+    pub wattchdog: String,
+}
+
+/// A model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Device kind it judges.
+    pub kind: String,
+    /// Feature names, in column order.
+    pub features: Vec<String>,
+    /// Standardisation applied before scoring.
+    pub scaler: Scaler,
+    /// Hyperparameters it was fitted with.
+    pub params: IsolationForestValidParams,
+    /// Scores at or above this are anomalous.
+    pub threshold: f64,
+    /// The forest.
+    pub forest: IsolationForest,
+    /// Provenance.
+    pub provenance: Provenance,
+}
+
+/// Why a model file cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// Unreadable.
+    #[error("cannot read model {path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not the JSON of a model.
+    #[error("model {path}: {message}")]
+    Parse {
+        /// File.
+        path: String,
+        /// serde_json's message (with line and column).
+        message: String,
+    },
+    /// Parsed, but not usable.
+    #[error("model {path}: {problem}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl ModelFile {
+    /// Parses and checks a model; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, ModelError> {
+        // The version first, so an old or future file says so instead of failing on a field.
+        let version = serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| ModelError::Parse {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?
+            .get("format_version")
+            .and_then(serde_json::Value::as_u64);
+        if version != Some(u64::from(FORMAT_VERSION)) {
+            return Err(ModelError::Invalid {
+                path: origin.to_owned(),
+                problem: format!(
+                    "format_version {version:?}; this build reads {FORMAT_VERSION} (retrain with `wattchdog train`)"
+                ),
+            });
+        }
+        let m: Self = serde_json::from_str(text).map_err(|e| ModelError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        m.check().map_err(|problem| ModelError::Invalid {
+            path: origin.to_owned(),
+            problem,
+        })?;
+        Ok(m)
+    }
+
+    /// Loads and checks a model file.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// The model as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let n = self.features.len();
+        if n == 0 {
+            return Err("no features".into());
+        }
+        if self.scaler.mean.len() != n || self.scaler.scale.len() != n {
+            return Err(format!(
+                "{n} features but a scaler of {} means and {} scales",
+                self.scaler.mean.len(),
+                self.scaler.scale.len()
+            ));
+        }
+        if self
+            .scaler
+            .mean
+            .iter()
+            .chain(&self.scaler.scale)
+            .any(|v| !v.is_finite())
+            || self.scaler.scale.iter().any(|s| *s <= 0.0)
+        {
+            return Err("scaler values must be finite and scales positive".into());
+        }
+        if self.forest.n_features != n {
+            return Err(format!(
+                "{n} features but a forest over {}",
+                self.forest.n_features
+            ));
+        }
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            return Err(format!("threshold {} is not in (0, 1]", self.threshold));
+        }
+        self.forest
+            .validate()
+            .map_err(|e: IForestError| e.to_string())
+    }
+
+    /// Checks that `features` are the model's, in order (the caller's feature extractor
+    /// and the model must agree).
+    pub fn expects(&self, features: &[&str]) -> Result<(), String> {
+        if self
+            .features
+            .iter()
+            .map(String::as_str)
+            .eq(features.iter().copied())
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "the model expects features {:?}, the extractor gives {features:?}",
+                self.features
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iforest::IsolationForestParams;
+    use linfa::traits::Fit;
+    use linfa::DatasetBase;
+    use linfa::ParamGuard;
+    use ndarray::Array2;
+    use proptest::prelude::*;
+
+    fn model() -> ModelFile {
+        let x = Array2::from_shape_fn((64, 2), |(r, c)| (r * (c + 1)) as f64 % 7.0);
+        let params = IsolationForestParams::default().n_trees(5).check().unwrap();
+        let forest = params.fit(&DatasetBase::from(x)).unwrap();
+        ModelFile {
+            format_version: FORMAT_VERSION,
+            kind: "chiller".into(),
+            features: vec!["a".into(), "b".into()],
+            scaler: Scaler {
+                mean: vec![0.0, 0.0],
+                scale: vec![1.0, 1.0],
+            },
+            params,
+            threshold: 0.6,
+            forest,
+            provenance: Provenance {
+                inputs: vec![Input {
+                    file: "x.jsonl".into(),
+                    sha256: "00".into(),
+                }],
+                rows: 64,
+                wattchdog: "0.1.0".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_and_names_every_problem() {
+        let m = model();
+        let back = ModelFile::from_json(&m.to_json(), "m.json").unwrap();
+        assert_eq!(back, m);
+        assert!(m.expects(&["a", "b"]).is_ok());
+        assert!(m.expects(&["b", "a"]).is_err());
+        let err = |f: &dyn Fn(&mut ModelFile)| {
+            let mut bad = model();
+            f(&mut bad);
+            ModelFile::from_json(&bad.to_json(), "m.json")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&|m| m.format_version = 2).contains("format_version"));
+        assert!(err(&|m| m.features.push("c".into())).contains("3 features"));
+        assert!(err(&|m| m.scaler.scale[0] = 0.0).contains("scales positive"));
+        assert!(err(&|m| m.threshold = 1.5).contains("threshold"));
+        assert!(err(&|m| m.forest.trees[0][0].left = 0).contains("tree 0"));
+        let e = ModelFile::from_json("{\"format_version\": 1}", "m.json").unwrap_err();
+        assert!(e.to_string().starts_with("model m.json:"), "{e}");
+    }
+
+    proptest! {
+        /// Arbitrary bytes, and valid files with one byte changed, never panic.
+        #[test]
+        fn loading_never_panics(junk in ".{0,200}", at in 0usize..4000, byte in any::<u8>()) {
+            let _ = ModelFile::from_json(&junk, "m.json");
+            let mut text = model().to_json().into_bytes();
+            let i = at % text.len();
+            text[i] = byte;
+            if let Ok(t) = String::from_utf8(text) {
+                let _ = ModelFile::from_json(&t, "m.json");
+            }
+        }
+    }
+}
