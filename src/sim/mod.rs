@@ -283,6 +283,16 @@ impl Simulator {
         out
     }
 
+    /// Each device's position in [`Simulator::devices`], by name (live outputs keep
+    /// per-device state in that order).
+    pub fn device_index(&self) -> rustc_hash::FxHashMap<String, usize> {
+        self.devices()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (d, _))| (d, i))
+            .collect()
+    }
+
     /// Event time of the next second to simulate.
     pub fn now(&self) -> Ts {
         self.start + self.s * STEP_MS

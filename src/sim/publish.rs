@@ -122,11 +122,7 @@ pub async fn publish(
     let mut seq: u8 = 0;
     // Latest values per device, in device order (births need them all).
     let mut latest: Vec<Values> = vec![Vec::new(); devices.len()];
-    let index: rustc_hash::FxHashMap<String, usize> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, (d, _))| (d.clone(), i))
-        .collect();
+    let index = sim.device_index();
     loop {
         let target = clock.now();
         // Each new second's values per device (a batch spans one second except when

@@ -15,7 +15,6 @@ use crate::protocol::image::{DeviceImage, Refusal};
 use crate::protocol::profiles;
 use crate::protocol::registers::Table;
 use crate::time::{format_ts, Clock};
-use rustc_hash::FxHashMap;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -168,11 +167,8 @@ pub async fn serve(
             .ok_or_else(|| SimError::Io(std::io::Error::other("bad built-in profile")))?;
         images.push(DeviceImage::new(map));
     }
-    let index: FxHashMap<String, usize> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.name.clone(), i))
-        .collect();
+    // served_devices keeps the simulator's order: unit id − 1 is the device index.
+    let index = sim.device_index();
     let named = devices.iter().map(|d| d.name.clone()).zip(images).collect();
     let mut gateway = GatewayHandle::start(listener, named, counts);
     tokio::pin!(shutdown);
