@@ -25,6 +25,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Score detections against the captures' labels sidecars.
     Eval(EvalArgs),
+    /// Fit the isolation-forest model of a device kind on normal captures.
+    Train(TrainArgs),
     /// Validate a config file (or a wide-CSV mapping, or a Modbus register map).
     CheckConfig(CheckConfigArgs),
     /// Poll the configured devices live and raise alerts (Ctrl-C or SIGTERM stops).
@@ -99,6 +101,51 @@ pub struct EvalArgs {
     /// Print the score as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `wattchdog train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Normal captures (windows in a `<name>.labels.json` beside one are left out).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Device kind: ups, chiller, crah, grid_meter, pdu, env.
+    #[arg(long)]
+    pub kind: String,
+    /// Output model file (e.g. `models/chiller.iforest.json`).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Config whose `[features]` parameters the features use.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Mapping for wide CSV captures.
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// Trees.
+    #[arg(long, default_value_t = 100)]
+    pub trees: usize,
+    /// Rows per tree (ψ).
+    #[arg(long, default_value_t = 256)]
+    pub sample_size: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Plain isolation-forest scores (saturating beyond the training data), as in the
+    /// paper and scikit-learn, instead of extrapolating ones.
+    #[arg(long)]
+    pub no_extrapolate: bool,
+    /// Quantile of the training scores taken as the alert threshold.
+    #[arg(long, default_value_t = 0.9999)]
+    pub quantile: f64,
+    /// Keep every n-th frame of a device.
+    #[arg(long, default_value_t = 5)]
+    pub every: u32,
+    /// Samples each device needs before its frames are kept.
+    #[arg(long, default_value_t = 600)]
+    pub warmup_samples: u64,
+    /// Time after a labelled window's end still left out (e.g. `30m`).
+    #[arg(long, default_value = "30m")]
+    pub label_margin: String,
 }
 
 /// `wattchdog replay`.

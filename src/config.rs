@@ -139,6 +139,8 @@ pub struct DetectorsConfig {
     pub oscillation: OscillationParams,
     /// Commands on the wire (global: `[detectors.protocol]`).
     pub protocol: ProtocolParams,
+    /// Isolation forest over each device's feature vector.
+    pub iforest: crate::detect::iforest::IForestParams,
 }
 
 /// The file as written. Parsed twice: with typed detector tables (`D =
@@ -228,6 +230,8 @@ pub struct Config {
     pub correlator: CorrelatorConfig,
     /// Effective detector parameters per kind.
     pub detectors: PerKind<DetectorsConfig>,
+    /// The isolation-forest model of each kind (none where disabled or absent).
+    pub models: PerKind<Option<std::sync::Arc<crate::detect::iforest::Model>>>,
     /// Event time of live sources.
     pub clock: ClockConfig,
     /// Modbus devices to poll.
@@ -291,6 +295,14 @@ impl Config {
         }
         let mut it = per_kind.into_iter();
         let detectors = PerKind::from_fn(|_| it.next().unwrap_or_default());
+        let models = crate::detect::iforest::models_for(&PerKind::from_fn(|k| {
+            detectors.get(k).iforest.clone()
+        }))
+        .map_err(|e| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: "detectors.iforest.models".into(),
+            rule: e.to_string(),
+        })?;
         let cfg = Self {
             pipeline: typed.pipeline,
             features: FeatureParams {
@@ -299,6 +311,7 @@ impl Config {
             },
             correlator: typed.correlator,
             detectors,
+            models,
             clock: typed.clock,
             modbus: typed.modbus,
             mqtt: typed.mqtt,
@@ -566,6 +579,18 @@ fn validate_detectors(d: &DetectorsConfig, at: &str, origin: &str) -> Result<(),
         &k("oscillation.line_contrast"),
         d.oscillation.line_contrast >= 1.0,
         "must be at least 1",
+    )?;
+    check(
+        origin,
+        &k("iforest.persist_samples"),
+        d.iforest.persist_samples >= 1,
+        "must be at least 1",
+    )?;
+    check(
+        origin,
+        &k("iforest.threshold"),
+        d.iforest.threshold.is_none_or(|t| t > 0.0 && t <= 1.0),
+        "must be in (0, 1]",
     )?;
     check(
         origin,

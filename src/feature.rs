@@ -328,21 +328,37 @@ impl PointState {
             return;
         }
         let sigma = self.sigma();
-        let resid = value - self.mean;
-        self.z = resid / sigma;
-        // Warm-up uses a growing window (1/n) so early samples are not underweighted;
-        // after that the weight settles at the half-life's.
-        let alpha_hl = 1.0 - 0.5f64.powf(1.0 / p.halflife_samples);
-        let alpha = (1.0 / (self.n as f64 + 1.0)).max(alpha_hl);
-        let warm = (self.n as f64) < p.halflife_samples.min(30.0);
-        let clipped = if warm {
-            resid
-        } else {
-            resid.clamp(-p.clip_sigma * sigma, p.clip_sigma * sigma)
-        };
-        self.mean += alpha * clipped;
-        self.var = (1.0 - alpha) * (self.var + alpha * clipped * clipped);
+        self.z = robust_update(&mut self.mean, &mut self.var, self.n, sigma, value, p);
     }
+}
+
+/// One step of the robust running mean and variance shared by points and derived
+/// quantities: returns the z-score of `value` against (`mean`, `sigma`) *before* the
+/// update, then folds it in. `n` is the number of values folded so far (≥ 1).
+///
+/// Warm-up uses a growing window (1/n) so early samples are not underweighted; after
+/// that the weight settles at the half-life's. Past the first few samples, residuals
+/// are clipped at `clip_sigma` σ (Huber), so an attack does not become the baseline.
+pub(crate) fn robust_update(
+    mean: &mut f64,
+    var: &mut f64,
+    n: u64,
+    sigma: f64,
+    value: f64,
+    p: &FeatureParams,
+) -> f64 {
+    let resid = value - *mean;
+    let alpha_hl = 1.0 - 0.5f64.powf(1.0 / p.halflife_samples);
+    let alpha = (1.0 / (n as f64 + 1.0)).max(alpha_hl);
+    let warm = (n as f64) < p.halflife_samples.min(30.0);
+    let clipped = if warm {
+        resid
+    } else {
+        resid.clamp(-p.clip_sigma * sigma, p.clip_sigma * sigma)
+    };
+    *mean += alpha * clipped;
+    *var = (1.0 - alpha) * (*var + alpha * clipped * clipped);
+    resid / sigma
 }
 
 /// Per-point state for every registered point.

@@ -53,6 +53,10 @@ pub struct IsolationForestValidParams {
     pub sample_size: usize,
     /// Seed.
     pub seed: u64,
+    /// Score values outside a node's range as possibly isolated there (see
+    /// [`IsolationForest::extrapolate`]); off by default, as in the paper.
+    #[serde(default)]
+    pub extrapolate: bool,
 }
 
 /// Hyperparameters, unchecked: build, then [`ParamGuard::check`].
@@ -65,6 +69,7 @@ impl Default for IsolationForestParams {
             n_trees: 100,
             sample_size: 256,
             seed: 0,
+            extrapolate: false,
         })
     }
 }
@@ -83,6 +88,11 @@ impl IsolationForestParams {
     /// Sets the seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.0.seed = seed;
+        self
+    }
+    /// Sets extrapolating scores.
+    pub fn extrapolate(mut self, on: bool) -> Self {
+        self.0.extrapolate = on;
         self
     }
 }
@@ -114,9 +124,12 @@ impl ParamGuard for IsolationForestParams {
     }
 }
 
-/// A tree node: a split, or a leaf holding its path-length adjustment. 16 bytes: the
-/// right child is always `left + 1`.
+/// A tree node: a split, or a leaf holding its path-length adjustment. 24 bytes: the
+/// right child is always `left + 1`. A split also keeps the range `[lo, hi]` its rows
+/// had on its feature (for extrapolating scores). Written compactly: a split as
+/// `[feature, value, left, lo, hi]`, a leaf as `[value]`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "NodeRepr", into = "NodeRepr")]
 pub struct Node {
     /// Split value (`x < value` goes left), or for a leaf: depth + c(size).
     pub value: f64,
@@ -124,9 +137,51 @@ pub struct Node {
     pub feature: u32,
     /// Left child index; the right child follows it (unused for leaves).
     pub left: u32,
+    /// Lowest value of the split feature among the node's rows (0 for leaves).
+    pub lo: f32,
+    /// Highest value of the split feature among the node's rows (0 for leaves).
+    pub hi: f32,
 }
 
 const LEAF: u32 = u32::MAX;
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum NodeRepr {
+    Leaf((f64,)),
+    Split((u32, f64, u32, f32, f32)),
+}
+
+impl From<NodeRepr> for Node {
+    fn from(r: NodeRepr) -> Self {
+        match r {
+            NodeRepr::Leaf((value,)) => Node {
+                value,
+                feature: LEAF,
+                left: 0,
+                lo: 0.0,
+                hi: 0.0,
+            },
+            NodeRepr::Split((feature, value, left, lo, hi)) => Node {
+                value,
+                feature,
+                left,
+                lo,
+                hi,
+            },
+        }
+    }
+}
+
+impl From<Node> for NodeRepr {
+    fn from(n: Node) -> Self {
+        if n.feature == LEAF {
+            NodeRepr::Leaf((n.value,))
+        } else {
+            NodeRepr::Split((n.feature, n.value, n.left, n.lo, n.hi))
+        }
+    }
+}
 
 /// A fitted forest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +192,15 @@ pub struct IsolationForest {
     pub sample_size: usize,
     /// The trees, each an array of nodes rooted at index 0.
     pub trees: Vec<Vec<Node>>,
+    /// Extrapolating scores. A plain isolation forest scores a value far outside the
+    /// training data like the most extreme training row (it lands in their leaf), so
+    /// scores saturate. With this on, a value outside a split node's range `[lo, hi]`
+    /// counts as isolated at that node with the probability that a split drawn over
+    /// the range widened to include it would have cut it off — `(lo − x)/(hi − x)`
+    /// below, `(x − hi)/(x − lo)` above — and the path length is the expectation.
+    /// Rows inside every range score exactly as without it.
+    #[serde(default)]
+    pub extrapolate: bool,
 }
 
 /// c(n): the average path length of an unsuccessful search in a binary search tree.
@@ -183,7 +247,19 @@ impl<D: Data<Elem = f64>, T> Fit<ArrayBase<D, Ix2>, T, IForestError>
             n_features: cols,
             sample_size: psi,
             trees,
+            extrapolate: p.extrapolate,
         })
+    }
+}
+
+/// `v` as f32, rounded away from the data (`dir` −1: down, +1: up), so every row the
+/// node held is inside its stored range.
+fn outward(v: f64, dir: f64) -> f32 {
+    let r = v as f32;
+    if (f64::from(r) - v) * dir >= 0.0 {
+        r
+    } else {
+        r + dir as f32 * (r.abs() * f32::EPSILON + f32::MIN_POSITIVE)
     }
 }
 
@@ -198,6 +274,8 @@ fn grow<D: Data<Elem = f64>>(
         feature: LEAF,
         value: 0.0,
         left: 0,
+        lo: 0.0,
+        hi: 0.0,
     }];
     // (node index, its rows, depth)
     let mut stack = vec![(0usize, rows, 0usize)];
@@ -207,6 +285,8 @@ fn grow<D: Data<Elem = f64>>(
             feature: LEAF,
             value: depth as f64 + c(n),
             left: 0,
+            lo: 0.0,
+            hi: 0.0,
         };
         if depth >= limit || rows.len() <= 1 {
             nodes[at] = leaf(rows.len());
@@ -239,6 +319,8 @@ fn grow<D: Data<Elem = f64>>(
             feature: f as u32,
             value: split,
             left: l as u32,
+            lo: outward(lo, -1.0),
+            hi: outward(hi, 1.0),
         };
         stack.push((l, left, depth + 1));
         stack.push((l + 1, right, depth + 1));
@@ -259,13 +341,46 @@ fn path(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
     }
 }
 
+/// Expected path length of a row through one tree when values outside a node's range
+/// may be isolated there (see [`IsolationForest::extrapolate`]).
+#[inline]
+fn path_extrapolated(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
+    let (mut i, mut depth, mut stay, mut acc) = (0usize, 0.0f64, 1.0f64, 0.0f64);
+    loop {
+        let n = tree[i];
+        if n.feature == LEAF {
+            return acc + stay * n.value;
+        }
+        let x = value(n.feature as usize);
+        let (lo, hi) = (f64::from(n.lo), f64::from(n.hi));
+        let cut = if x < lo {
+            (lo - x) / (hi - x)
+        } else if x > hi {
+            (x - hi) / (x - lo)
+        } else {
+            0.0
+        };
+        depth += 1.0;
+        acc += stay * cut * depth;
+        stay *= 1.0 - cut;
+        i = n.left as usize + usize::from(x >= n.value);
+    }
+}
+
 /// Rows scored together, tree by tree, so each tree stays in cache across the block.
 const BLOCK: usize = 256;
 
 impl IsolationForest {
     /// Anomaly score of one row (length `n_features`), in (0, 1].
     pub fn score_row(&self, row: ArrayView1<'_, f64>) -> f64 {
-        let total: f64 = self.trees.iter().map(|t| path(t, |f| row[f])).sum();
+        let total: f64 = if self.extrapolate {
+            self.trees
+                .iter()
+                .map(|t| path_extrapolated(t, |f| row[f]))
+                .sum()
+        } else {
+            self.trees.iter().map(|t| path(t, |f| row[f])).sum()
+        };
         self.score_of(total)
     }
 
@@ -302,6 +417,9 @@ impl IsolationForest {
                         n.feature, self.n_features
                     )));
                 }
+                if !(n.lo.is_finite() && n.hi.is_finite() && n.lo <= n.hi) {
+                    return Err(bad(format!("node {i} has an invalid range")));
+                }
                 for child in [n.left as usize, n.left as usize + 1] {
                     if child <= i || child >= tree.len() {
                         return Err(bad(format!(
@@ -327,6 +445,14 @@ impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for Iso
             let acc = &mut acc[..end - start];
             acc.fill(0.0);
             match x.as_slice() {
+                _ if self.extrapolate => {
+                    for tree in &self.trees {
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let row = x.row(start + k);
+                            *a += path_extrapolated(tree, |f| row[f]);
+                        }
+                    }
+                }
                 Some(flat) => {
                     for tree in &self.trees {
                         for (k, a) in acc.iter_mut().enumerate() {
@@ -430,6 +556,39 @@ mod tests {
         let p = IsolationForestParams::default().check().unwrap();
         let bad = Array2::from_elem((3, 2), f64::NAN);
         assert!(p.fit(&DatasetBase::from(bad)).is_err());
+    }
+
+    #[test]
+    fn extrapolation_lifts_only_rows_outside_the_training_ranges() {
+        // Fewer rows than ψ: every tree holds every row, so each training row is inside
+        // the range of every node on its path.
+        let x = blob(200, 0, 3);
+        let plain = IsolationForestParams::default().seed(1).check().unwrap();
+        let ext = IsolationForestParams::default()
+            .seed(1)
+            .extrapolate(true)
+            .check()
+            .unwrap();
+        let (a, b) = (
+            plain.fit(&DatasetBase::from(x.view())).unwrap(),
+            ext.fit(&DatasetBase::from(x.view())).unwrap(),
+        );
+        assert_eq!(
+            a.trees, b.trees,
+            "extrapolation changes scoring, not the trees"
+        );
+        for r in 0..x.nrows() {
+            let row = x.row(r);
+            assert!((a.score_row(row) - b.score_row(row)).abs() < 1e-12);
+        }
+        let far = |d: f64| ndarray::Array1::from(vec![d; x.ncols()]);
+        let (near, farther) = (b.score_row(far(8.0).view()), b.score_row(far(80.0).view()));
+        assert!(farther > near, "{farther} vs {near}");
+        assert!(farther > 0.8, "a far outlier scores near 1: {farther}");
+        // The plain forest cannot tell them apart: both land in the same leaves.
+        assert!((a.score_row(far(8.0).view()) - a.score_row(far(80.0).view())).abs() < 1e-12);
+        let batch = b.predict(&ndarray::stack![ndarray::Axis(0), far(8.0), far(80.0)]);
+        assert!((batch[0] - near).abs() < 1e-12 && (batch[1] - farther).abs() < 1e-12);
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub mod source;
 pub mod store;
 pub mod time;
 pub mod tomlfile;
+pub mod train;
+pub mod vectors;
 pub mod vocabulary;
 pub mod webhook;
 

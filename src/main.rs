@@ -7,11 +7,13 @@ use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 use wattchdog::cli::{
-    CheckConfigArgs, Cli, Command, DemoArgs, EvalArgs, ReplayArgs, RunArgs, SimulateArgs,
+    CheckConfigArgs, Cli, Command, DemoArgs, EvalArgs, ReplayArgs, RunArgs, SimulateArgs, TrainArgs,
 };
+use wattchdog::model::DeviceKind;
 use wattchdog::replay::{replay, ReplayError, ReplayOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::csv::WideMapping;
+use wattchdog::train::{train, TrainOptions};
 use wattchdog::Config;
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => run_replay(a),
         Command::Simulate(a) => run_simulate(a),
         Command::Eval(a) => run_eval(a),
+        Command::Train(a) => run_train(a),
         Command::CheckConfig(a) => check_config(a),
         Command::Run(a) => run_live(a),
         Command::Demo(a) => run_demo(a),
@@ -286,6 +289,47 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
     } else {
         print!("{}", score.render());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_train(a: TrainArgs) -> Result<ExitCode> {
+    let cfg = load_config(a.config.as_deref())?;
+    let kind = DeviceKind::parse(&a.kind);
+    if kind.as_str() != a.kind {
+        anyhow::bail!(
+            "--kind {}: not a device kind (one of: {})",
+            a.kind,
+            DeviceKind::ALL.map(|k| k.as_str()).join(", ")
+        );
+    }
+    let mut opts = TrainOptions::new(a.files, kind);
+    opts.mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
+    opts.trees = a.trees;
+    opts.sample_size = a.sample_size;
+    opts.seed = a.seed;
+    opts.extrapolate = !a.no_extrapolate;
+    opts.quantile = a.quantile;
+    opts.every = a.every;
+    opts.warmup_samples = a.warmup_samples;
+    opts.label_margin = wattchdog::time::parse_duration(&a.label_margin)
+        .map_err(|e| anyhow::anyhow!("--label-margin {}: {e}", a.label_margin))?;
+    let model = train(&cfg, &opts)?;
+    if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&a.output, model.to_json() + "\n")
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    let p = &model.provenance;
+    eprintln!(
+        "wrote {}: {kind} model, {} features, {} rows from {} device(s) ({} labelled rows left out), threshold {:.4} (q{})",
+        a.output.display(),
+        model.features.len(),
+        p.rows,
+        p.devices.len(),
+        p.labelled_rows_left_out,
+        model.threshold,
+        p.threshold_quantile
+    );
     Ok(ExitCode::SUCCESS)
 }
 

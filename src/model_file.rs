@@ -23,7 +23,7 @@ pub struct Scaler {
 /// One training input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Input {
-    /// File name as given.
+    /// File name (without its directory).
     pub file: String,
     /// SHA-256 of its bytes (hex).
     pub sha256: String,
@@ -36,6 +36,16 @@ pub struct Provenance {
     pub inputs: Vec<Input>,
     /// Feature rows trained on.
     pub rows: usize,
+    /// Rows left out because they fell in labelled windows.
+    pub labelled_rows_left_out: usize,
+    /// Devices the rows came from.
+    pub devices: Vec<String>,
+    /// Quantile of the training scores taken as the threshold.
+    pub threshold_quantile: f64,
+    /// Every n-th frame of a device was kept.
+    pub every: u32,
+    /// Samples a device had before its rows were kept.
+    pub warmup_samples: u64,
     /// wattchdog version that trained it.
     pub wattchdog: String,
 }
@@ -131,9 +141,9 @@ impl ModelFile {
         Self::from_json(&text, &path.display().to_string())
     }
 
-    /// The model as pretty JSON.
+    /// The model as compact JSON (a forest is tens of thousands of nodes).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     fn check(&self) -> Result<(), String> {
@@ -222,6 +232,11 @@ mod tests {
                     sha256: "00".into(),
                 }],
                 rows: 64,
+                labelled_rows_left_out: 0,
+                devices: vec!["chiller-1".into()],
+                threshold_quantile: 0.999,
+                every: 1,
+                warmup_samples: 600,
                 wattchdog: "0.1.0".into(),
             },
         }

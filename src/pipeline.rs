@@ -94,7 +94,7 @@ impl Pipeline {
         Self {
             registry: Registry::new(cfg.pipeline.max_points),
             store: FeatureStore::new(cfg.features),
-            detectors: detect::build(&cfg.detectors),
+            detectors: detect::build(cfg),
             correlator: Correlator::new(cfg.correlator.clone()),
             queue: BinaryHeap::new(),
             seq: 0,
@@ -109,6 +109,11 @@ impl Pipeline {
             findings: Vec::new(),
             stats: PipelineStats::default(),
         }
+    }
+
+    /// Adds a detector after those the config enabled (training adds a recorder).
+    pub fn add_detector(&mut self, detector: Box<dyn Detector>) {
+        self.detectors.push(detector);
     }
 
     /// Counters so far.

@@ -155,13 +155,23 @@ pub fn replay(
 /// 65,536 events with the number of events so far.
 pub fn replay_sources(
     cfg: &Config,
+    sources: Vec<Box<dyn CaptureSource>>,
+    speed: Option<f64>,
+    progress: &mut dyn FnMut(u64),
+    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+) -> Result<ReplayReport, ReplayError> {
+    replay_into(Pipeline::new(cfg), sources, speed, progress, on_output)
+}
+
+/// [`replay_sources`] through a pipeline the caller built (with extra detectors, say).
+pub fn replay_into(
+    mut pipeline: Pipeline,
     mut sources: Vec<Box<dyn CaptureSource>>,
     speed: Option<f64>,
     progress: &mut dyn FnMut(u64),
     on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
 ) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
-    let mut pipeline = Pipeline::new(cfg);
     let mut heads: BinaryHeap<Reverse<(Ts, usize)>> = BinaryHeap::new();
     let mut pending: Vec<Option<Event>> = Vec::with_capacity(sources.len());
     for (i, s) in sources.iter_mut().enumerate() {

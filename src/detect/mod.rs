@@ -13,6 +13,7 @@ pub mod cusum;
 pub mod ewma;
 pub mod flatline;
 pub mod grid;
+pub mod iforest;
 pub mod limits;
 pub mod oscillation;
 pub mod physics;
@@ -84,7 +85,8 @@ enabled!(
     grid::BreakerParams,
     physics::PhysicsParams,
     oscillation::OscillationParams,
-    protocol::ProtocolParams
+    protocol::ProtocolParams,
+    iforest::IForestParams
 );
 
 /// The per-kind table of one detector's parameters, if any kind enables it.
@@ -99,8 +101,9 @@ fn table<P: Clone + Enabled>(
         .then_some(t)
 }
 
-/// Builds the enabled detectors from the effective per-kind configuration.
-pub fn build(cfg: &PerKind<DetectorsConfig>) -> Vec<Box<dyn Detector>> {
+/// Builds the enabled detectors from a validated configuration.
+pub fn build(config: &crate::config::Config) -> Vec<Box<dyn Detector>> {
+    let cfg = &config.detectors;
     let mut out: Vec<Box<dyn Detector>> = Vec::new();
     if let Some(t) = table(cfg, |c| &c.limits) {
         out.push(Box::new(limits::Limits::new(t)));
@@ -131,6 +134,18 @@ pub fn build(cfg: &PerKind<DetectorsConfig>) -> Vec<Box<dyn Detector>> {
     }
     if let Some(t) = table(cfg, |c| &c.oscillation) {
         out.push(Box::new(oscillation::Oscillation::new(t)));
+    }
+    if let Some(t) = table(cfg, |c| &c.iforest) {
+        if DeviceKind::ALL
+            .iter()
+            .any(|&k| config.models.get(k).is_some())
+        {
+            out.push(Box::new(iforest::IForest::new(
+                t,
+                config.models.clone(),
+                config.features,
+            )));
+        }
     }
     // Commands carry no device kind worth trusting: the global parameters apply.
     let protocol = &cfg.get(DeviceKind::Other).protocol;

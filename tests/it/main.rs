@@ -12,3 +12,4 @@ mod modbus;
 mod mqtt;
 mod replay_data;
 mod soc;
+mod train;

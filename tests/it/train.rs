@@ -1,0 +1,119 @@
+//! `wattchdog train` end to end: reproducible models, labelled windows left out, models
+//! used by replay, bad model files refused with their name.
+
+use crate::support::{run, run_ok, simulate};
+use serde_json::Value;
+
+#[test]
+fn training_is_reproducible_leaves_out_labels_and_the_model_is_used_by_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let normal = dir.path().join("normal.jsonl");
+    let attacked = dir.path().join("attacked.jsonl");
+    simulate(&normal, 1.5, 3, "none");
+    let labels = simulate(&attacked, 3.2, 4, "chiller-setpoint-tamper");
+    assert_eq!(labels.len(), 1);
+    let models = dir.path().join("models");
+    let train = |out: &std::path::Path| {
+        run_ok(&[
+            "train",
+            normal.to_str().unwrap(),
+            attacked.to_str().unwrap(),
+            "--kind",
+            "chiller",
+            "--trees",
+            "20",
+            "--every",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let a = models.join("chiller.iforest.json");
+    let b = dir.path().join("again.json");
+    train(&a);
+    train(&b);
+    let (ta, tb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(ta == tb, "the same inputs and options give the same bytes");
+
+    let m: Value = serde_json::from_slice(&ta).unwrap();
+    assert_eq!(m["format_version"], 1);
+    assert_eq!(m["kind"], "chiller");
+    let p = &m["provenance"];
+    assert_eq!(p["inputs"][0]["file"], "normal.jsonl");
+    assert_eq!(
+        p["inputs"][0]["sha256"].as_str().unwrap(),
+        wattchdog::train::sha256_file(&normal).unwrap()
+    );
+    assert!(
+        p["labelled_rows_left_out"].as_u64().unwrap() > 0,
+        "the attack window is not trained on"
+    );
+    // Two chillers, every second frame after a 600-sample warm-up, 1.5 h + 3.2 h.
+    let rows = p["rows"].as_u64().unwrap();
+    assert!(rows > 5_000 && rows < 16_200, "rows {rows}");
+
+    let cfg = dir.path().join("wattchdog.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[detectors.iforest]\nmodels = {:?}\n",
+            models.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = run_ok(&[
+        "replay",
+        "--json",
+        "-c",
+        cfg.to_str().unwrap(),
+        normal.to_str().unwrap(),
+    ]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["detectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "iforest"),
+        "{}",
+        r["detectors"]
+    );
+
+    // A damaged model is a config error that names the file.
+    let mut bad = String::from_utf8(ta).unwrap();
+    bad = bad.replacen("\"trees\":[[[", "\"trees\":[[[99,", 1);
+    std::fs::write(&a, bad).unwrap();
+    let out = run(&[
+        "replay",
+        "-c",
+        cfg.to_str().unwrap(),
+        normal.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chiller.iforest.json"), "{err}");
+}
+
+#[test]
+fn the_built_in_models_run_by_default_and_a_wrong_kind_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("c.jsonl");
+    simulate(&capture, 0.2, 5, "none");
+    let out = run_ok(&["replay", "--json", capture.to_str().unwrap()]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["detectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d == "iforest"));
+    let out = run(&[
+        "train",
+        capture.to_str().unwrap(),
+        "--kind",
+        "toaster",
+        "-o",
+        dir.path().join("m.json").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a device kind"));
+}
