@@ -41,6 +41,9 @@ fn bench(c: &mut Criterion) {
             s
         })
     });
+    g.bench_function("score_batch_100k_rows_all_cores", |b| {
+        b.iter(|| model.predict_par(&test))
+    });
     g.throughput(Throughput::Elements(1));
     let mut i = 0;
     g.bench_function("score_one_row", |b| {

@@ -18,6 +18,6 @@ for variant in default hyperscale-60hz edge-small; do
   inputs+=("$work/normal-$variant.jsonl.zst")
 done
 mkdir -p "$out"
-for kind in ups chiller crah grid_meter pdu env; do
+for kind in ups chiller crah grid_meter env; do
   "$bin" train "${inputs[@]}" --kind "$kind" -o "$out/$kind.iforest.json"
 done

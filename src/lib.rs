@@ -39,6 +39,8 @@
 //! - [`demo`]: `wattchdog demo`, the whole system on one machine.
 //! - [`iforest`]: the isolation forest, written as a linfa algorithm.
 //! - [`model_file`]: versioned model files, checked as untrusted input.
+//! - [`vectors`]: per-kind feature vectors of a device against its own baseline.
+//! - [`train`]: `wattchdog train`, fitting a kind's forest on normal captures.
 //! - [`cli`]: the command line.
 
 pub mod attack;

@@ -76,6 +76,11 @@ pub struct KindFeatures {
     pub names: Vec<String>,
     /// Every metric read (analog, states, derived inputs), without repeats.
     metrics: Vec<&'static str>,
+    /// Positions in `metrics` of the analog metrics, the states and each relation's
+    /// inputs (resolved once, so a frame compares no strings).
+    analog_at: Vec<usize>,
+    states_at: Vec<usize>,
+    inputs_at: Vec<Vec<usize>>,
 }
 
 impl KindFeatures {
@@ -102,6 +107,13 @@ impl KindFeatures {
                 metrics.push(m);
             }
         }
+        let at = |m: &&str| metrics.iter().position(|x| x == m).unwrap_or(0);
+        let analog_at = analog.iter().map(at).collect();
+        let states_at = states.iter().map(at).collect();
+        let inputs_at = derived
+            .iter()
+            .map(|d| d.inputs.iter().map(at).collect())
+            .collect();
         Self {
             kind,
             analog,
@@ -109,6 +121,9 @@ impl KindFeatures {
             derived,
             names,
             metrics,
+            analog_at,
+            states_at,
+            inputs_at,
         }
     }
 
@@ -125,6 +140,17 @@ impl KindFeatures {
     /// Feature names as `&str`.
     pub fn name_refs(&self) -> Vec<&str> {
         self.names.iter().map(String::as_str).collect()
+    }
+
+    /// A feature's value as a person reads it: z-scores and summaries back from the
+    /// sign(z)·ln(1 + |z|) the forest sees; surprises as they are.
+    pub fn natural(&self, feature: usize, v: f64) -> f64 {
+        let states = self.analog.len()..self.analog.len() + self.states.len();
+        if states.contains(&feature) {
+            v
+        } else {
+            v.signum() * v.abs().exp_m1()
+        }
     }
 
     /// The metrics a feature is about (a derived feature is about its inputs).
@@ -202,7 +228,7 @@ pub const SUMMARY: [&str; 2] = ["max_abs_z", "rms_z"];
 pub fn for_kind(kind: DeviceKind) -> Option<&'static KindFeatures> {
     static ALL: OnceLock<Vec<KindFeatures>> = OnceLock::new();
     let all = ALL.get_or_init(|| {
-        use DeviceKind::*;
+        use DeviceKind::{Chiller, Crah, Env, GridMeter, Ups};
         vec![
             KindFeatures::new(
                 Ups,
@@ -246,7 +272,8 @@ pub fn for_kind(kind: DeviceKind) -> Option<&'static KindFeatures> {
                 &["breaker_closed"],
                 &GRID_DERIVED,
             ),
-            KindFeatures::new(Pdu, &["it_load_kw"], &[], &[]),
+            // A PDU reports one metric: not a multivariate question (ewma_z and cusum
+            // watch it), and a forest over it only adds false alarms.
             KindFeatures::new(Env, &["room_temp_c", "humidity_pct"], &[], &[]),
         ]
     });
@@ -325,8 +352,7 @@ impl Extractor {
     pub fn describe(&mut self, frame: &Frame<'_>, row: &mut Vec<f64>) -> Option<Described> {
         let kf = for_kind(frame.kind())?;
         let dev = device(&mut self.devices, frame.device, kf, frame);
-        let point = |m: &str| -> Option<&PointState> {
-            let i = kf.metrics.iter().position(|x| *x == m)?;
+        let point = |i: usize| -> Option<&PointState> {
             dev.points[i]
                 .and_then(|p| frame.store.get(p))
                 .filter(|st| st.n > 0 && st.quality == Quality::Good)
@@ -342,8 +368,8 @@ impl Extractor {
             n_z += 1;
         };
         row.clear();
-        for m in kf.analog {
-            match point(m) {
+        for (&m, &i) in kf.analog.iter().zip(&kf.analog_at) {
+            match point(i) {
                 Some(st) => {
                     warm &= st.n >= self.warmup;
                     let z = (st.value - st.mean) / st.sigma();
@@ -353,8 +379,8 @@ impl Extractor {
                 None => row.push(f64::NAN),
             }
         }
-        for s in kf.states {
-            match point(s) {
+        for (&s, &i) in kf.states.iter().zip(&kf.states_at) {
+            match point(i) {
                 Some(st) => {
                     let surprise = surprise(st);
                     seen(surprise, s);
@@ -363,10 +389,10 @@ impl Extractor {
                 None => row.push(f64::NAN),
             }
         }
-        for (d, stats) in kf.derived.iter().zip(&mut dev.derived) {
+        for ((d, at), stats) in kf.derived.iter().zip(&kf.inputs_at).zip(&mut dev.derived) {
             self.inputs.clear();
             self.inputs
-                .extend(d.inputs.iter().filter_map(|m| point(m).map(|st| st.value)));
+                .extend(at.iter().filter_map(|&i| point(i).map(|st| st.value)));
             let value = (self.inputs.len() == d.inputs.len())
                 .then(|| (d.f)(&self.inputs))
                 .flatten()
@@ -444,10 +470,18 @@ mod tests {
     }
 
     #[test]
+    fn natural_values_undo_the_log() {
+        let kf = for_kind(DeviceKind::Chiller).unwrap();
+        assert!((kf.natural(0, slog(-40.0)) + 40.0).abs() < 1e-9);
+        let running = kf.analog.len();
+        assert_eq!(kf.natural(running, 2.5), 2.5);
+    }
+
+    #[test]
     fn every_kind_names_its_features_once_and_maps_them_to_metrics() {
         for kind in DeviceKind::ALL {
             let Some(kf) = for_kind(kind) else {
-                assert_eq!(kind, DeviceKind::Other);
+                assert!(matches!(kind, DeviceKind::Other | DeviceKind::Pdu), "{kind}");
                 continue;
             };
             let mut names = kf.names.clone();

@@ -54,7 +54,7 @@ impl Default for IForestParams {
             enabled: true,
             models: None,
             warmup_samples: 600,
-            persist_samples: 5,
+            persist_samples: 10,
             threshold: None,
         }
     }
@@ -145,10 +145,6 @@ const BUILT_IN: &[(DeviceKind, &str)] = &[
     (
         DeviceKind::GridMeter,
         include_str!("../../models/grid_meter.iforest.json"),
-    ),
-    (
-        DeviceKind::Pdu,
-        include_str!("../../models/pdu.iforest.json"),
     ),
     (
         DeviceKind::Env,
@@ -331,7 +327,7 @@ fn finding(
     }
     let listed = top
         .iter()
-        .map(|&j| format!("{} = {}", kf.names[j], sig(raw[j])))
+        .map(|&j| format!("{} = {}", kf.names[j], sig(kf.natural(j, raw[j]))))
         .collect::<Vec<_>>()
         .join(", ");
     let device = &frame.registry.device(frame.device).name;
@@ -368,7 +364,7 @@ fn finding(
             "model": model.origin,
             "top": top.iter().map(|&j| json!({
                 "feature": kf.names[j],
-                "value": raw[j],
+                "value": kf.natural(j, raw[j]),
                 "contribution": contrib[j],
             })).collect::<Vec<_>>(),
         }),
