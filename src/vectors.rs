@@ -481,7 +481,10 @@ mod tests {
     fn every_kind_names_its_features_once_and_maps_them_to_metrics() {
         for kind in DeviceKind::ALL {
             let Some(kf) = for_kind(kind) else {
-                assert!(matches!(kind, DeviceKind::Other | DeviceKind::Pdu), "{kind}");
+                assert!(
+                    matches!(kind, DeviceKind::Other | DeviceKind::Pdu),
+                    "{kind}"
+                );
                 continue;
             };
             let mut names = kf.names.clone();
