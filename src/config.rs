@@ -253,11 +253,18 @@ impl Default for Config {
 impl Config {
     /// Loads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_toml_str(&tomlfile::read(path)?, &path.display().to_string())
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::parse(&tomlfile::read(path)?, &path.display().to_string(), base)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, origin, Path::new(""))
+    }
+
+    /// Parses config text whose relative paths (model directories) are relative to
+    /// `base`, the config file's directory.
+    fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
         let typed: RawConfig<DetectorsConfig> = tomlfile::parse(text, origin)?;
         for kind in typed.kinds.keys() {
             if DeviceKind::parse(kind) == DeviceKind::Other && kind != "other" {
@@ -296,7 +303,9 @@ impl Config {
         let mut it = per_kind.into_iter();
         let detectors = PerKind::from_fn(|_| it.next().unwrap_or_default());
         let models = crate::detect::iforest::models_for(&PerKind::from_fn(|k| {
-            detectors.get(k).iforest.clone()
+            let mut p = detectors.get(k).iforest.clone();
+            p.models = p.models.map(|dir| base.join(dir));
+            p
         }))
         .map_err(|e| ConfigError::Invalid {
             path: origin.to_owned(),

@@ -353,6 +353,18 @@ fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
         let devices = cfg.modbus.resolve(base, &origin)?;
         let brokers = cfg.mqtt.resolve(base, &origin)?;
         let mut parts = Vec::new();
+        let forests: Vec<String> = DeviceKind::ALL
+            .iter()
+            .filter_map(|&k| {
+                cfg.models
+                    .get(k)
+                    .as_ref()
+                    .map(|m| format!("{k} ({})", m.origin))
+            })
+            .collect();
+        if !forests.is_empty() {
+            parts.push(format!("iforest models: {}", forests.join(", ")));
+        }
         if !devices.is_empty() {
             let requests: usize = devices.iter().map(|d| d.requests.len()).sum();
             parts.push(format!(
