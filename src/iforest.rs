@@ -384,6 +384,30 @@ impl IsolationForest {
         self.score_of(total)
     }
 
+    /// The score of a row if it is at least `threshold`, else `None` — exactly the
+    /// decision `score_row(row) >= threshold`, but a row whose path lengths already
+    /// exceed what a score of `threshold` allows stops early (paths are never negative):
+    /// a normal row is settled after about half of the trees.
+    pub fn score_row_at_least(&self, row: ArrayView1<'_, f64>, threshold: f64) -> Option<f64> {
+        // score ≥ threshold ⟺ total ≤ −log2(threshold) · c(ψ) · t.
+        let limit = -threshold.log2() * c(self.sample_size) * self.trees.len() as f64;
+        // Stop only when clearly past the limit; the exact comparison is the score's.
+        let stop = limit * (1.0 + 1e-9) + 1e-9;
+        let mut total = 0.0;
+        for t in &self.trees {
+            total += if self.extrapolate {
+                path_extrapolated(t, |f| row[f])
+            } else {
+                path(t, |f| row[f])
+            };
+            if total > stop {
+                return None;
+            }
+        }
+        let s = self.score_of(total);
+        (s >= threshold).then_some(s)
+    }
+
     /// The score of a row whose path lengths over all trees sum to `total`.
     fn score_of(&self, total: f64) -> f64 {
         let mean = total / self.trees.len() as f64;
@@ -610,6 +634,26 @@ mod tests {
         assert!((a.score_row(far(8.0).view()) - a.score_row(far(80.0).view())).abs() < 1e-12);
         let batch = b.predict(&ndarray::stack![ndarray::Axis(0), far(8.0), far(80.0)]);
         assert!((batch[0] - near).abs() < 1e-12 && (batch[1] - farther).abs() < 1e-12);
+    }
+
+    #[test]
+    fn early_stopping_decides_exactly_like_the_full_score() {
+        for extrapolate in [false, true] {
+            let x = blob(2000, 40, 11);
+            let f = IsolationForestParams::default()
+                .extrapolate(extrapolate)
+                .check()
+                .unwrap()
+                .fit(&DatasetBase::from(x.view()))
+                .unwrap();
+            let scores = f.predict(&x);
+            for th in [0.3, 0.5, 0.55, 0.6, 0.7, 0.9] {
+                for (r, &s) in scores.iter().enumerate() {
+                    let got = f.score_row_at_least(x.row(r), th);
+                    assert_eq!(got, (s >= th).then_some(s), "row {r} threshold {th}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -101,6 +101,25 @@ impl Model {
     /// Standardises `raw` into `scaled` (missing entries become the training mean, 0) and
     /// scores it.
     pub fn score(&self, raw: &[f64], scaled: &mut Vec<f64>) -> f64 {
+        self.scale(raw, scaled);
+        self.file.forest.score_row(ArrayView1::from(&scaled[..]))
+    }
+
+    /// [`Model::score`] if it is at least `threshold`; `None` (often without visiting
+    /// every tree) otherwise.
+    pub fn score_at_least(
+        &self,
+        raw: &[f64],
+        scaled: &mut Vec<f64>,
+        threshold: f64,
+    ) -> Option<f64> {
+        self.scale(raw, scaled);
+        self.file
+            .forest
+            .score_row_at_least(ArrayView1::from(&scaled[..]), threshold)
+    }
+
+    fn scale(&self, raw: &[f64], scaled: &mut Vec<f64>) {
         let s = &self.file.scaler;
         scaled.clear();
         scaled.extend(
@@ -108,7 +127,6 @@ impl Model {
                 .zip(s.mean.iter().zip(&s.scale))
                 .map(|(x, (m, sd))| if x.is_nan() { 0.0 } else { (x - m) / sd }),
         );
-        self.file.forest.score_row(ArrayView1::from(&scaled[..]))
     }
 
     /// For each feature, how much the score of `scaled` falls when that feature alone
@@ -262,12 +280,12 @@ impl Detector for IForest {
             params.threshold.unwrap_or(model.file.threshold),
         );
         let model = Arc::clone(model);
-        let score = model.score(&self.row, &mut self.scaled);
+        let score = model.score_at_least(&self.row, &mut self.scaled, threshold);
         let run = self.run(frame.device);
-        if score < threshold {
+        let Some(score) = score else {
             *run = 0;
             return;
-        }
+        };
         *run += 1;
         let run = *run;
         if run < persist {
