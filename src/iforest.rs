@@ -636,16 +636,25 @@ mod tests {
         assert!((batch[0] - near).abs() < 1e-12 && (batch[1] - farther).abs() < 1e-12);
     }
 
+    /// The data with a plain and an extrapolating forest fitted on it.
+    fn both_kinds(x: Array2<f64>) -> Vec<(Array2<f64>, IsolationForest)> {
+        [false, true]
+            .into_iter()
+            .map(|extrapolate| {
+                let f = IsolationForestParams::default()
+                    .extrapolate(extrapolate)
+                    .check()
+                    .unwrap()
+                    .fit(&DatasetBase::from(x.view()))
+                    .unwrap();
+                (x.clone(), f)
+            })
+            .collect()
+    }
+
     #[test]
     fn early_stopping_decides_exactly_like_the_full_score() {
-        for extrapolate in [false, true] {
-            let x = blob(2000, 40, 11);
-            let f = IsolationForestParams::default()
-                .extrapolate(extrapolate)
-                .check()
-                .unwrap()
-                .fit(&DatasetBase::from(x.view()))
-                .unwrap();
+        for (x, f) in both_kinds(blob(2000, 40, 11)) {
             let scores = f.predict(&x);
             for th in [0.3, 0.5, 0.55, 0.6, 0.7, 0.9] {
                 for (r, &s) in scores.iter().enumerate() {
@@ -658,14 +667,7 @@ mod tests {
 
     #[test]
     fn parallel_scoring_equals_sequential() {
-        for extrapolate in [false, true] {
-            let x = blob(3000, 30, 9);
-            let f = IsolationForestParams::default()
-                .extrapolate(extrapolate)
-                .check()
-                .unwrap()
-                .fit(&DatasetBase::from(x.view()))
-                .unwrap();
+        for (x, f) in both_kinds(blob(3000, 30, 9)) {
             assert_eq!(f.predict(&x), f.predict_par(&x));
         }
     }
