@@ -367,6 +367,36 @@ fn path_extrapolated(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
     }
 }
 
+/// Rows that walk a tree side by side in batch scoring.
+const LANES: usize = 8;
+
+/// Adds the path lengths of `lanes.len()` consecutive rows (row-major in `rows`, `cols`
+/// wide) through `tree` to `lanes`. The rows step down the tree together, one level per
+/// round, without branches (a row at a leaf stays there), so the loads of different
+/// rows overlap instead of each walk waiting on its own chain of nodes.
+#[inline]
+fn add_paths_lockstep(tree: &[Node], rows: &[f64], cols: usize, lanes: &mut [f64]) {
+    let n = lanes.len();
+    let mut at = [0u32; LANES];
+    loop {
+        let mut moved = false;
+        for k in 0..n {
+            let node = tree[at[k] as usize];
+            let leaf = node.feature == LEAF;
+            let f = if leaf { 0 } else { node.feature as usize };
+            let next = node.left + u32::from(rows[k * cols + f] >= node.value);
+            at[k] = if leaf { at[k] } else { next };
+            moved |= !leaf;
+        }
+        if !moved {
+            break;
+        }
+    }
+    for (k, l) in lanes.iter_mut().enumerate() {
+        *l += tree[at[k] as usize].value;
+    }
+}
+
 /// Rows scored together, tree by tree, so each tree stays in cache across the block.
 const BLOCK: usize = 256;
 
@@ -478,10 +508,10 @@ impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for Iso
                     }
                 }
                 Some(flat) => {
+                    let rows = &flat[start * cols..end * cols];
                     for tree in &self.trees {
-                        for (k, a) in acc.iter_mut().enumerate() {
-                            let row = &flat[(start + k) * cols..(start + k + 1) * cols];
-                            *a += path(tree, |f| row[f]);
+                        for (g, lanes) in acc.chunks_mut(LANES).enumerate() {
+                            add_paths_lockstep(tree, &rows[g * LANES * cols..], cols, lanes);
                         }
                     }
                 }
