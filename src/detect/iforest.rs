@@ -1,7 +1,8 @@
 //! **iforest**: a device whose telemetry, taken as a whole, is unlike normal operation.
 //!
 //! Each frame of a device becomes a feature vector ([`crate::vectors`]: every metric
-//! against its own baseline, steps, noise levels, physical relations), standardised
+//! against its own baseline, states' surprise, physical relations, their maximum and
+//! RMS), standardised
 //! with the model's scaler and scored by the kind's isolation forest. A score at or above
 //! the model's threshold (a quantile of its training scores) for `persist_samples`
 //! consecutive frames is a finding. The evidence names the features that raised the
@@ -221,7 +222,8 @@ pub fn models_for(
 pub struct IForest {
     params: PerKind<IForestParams>,
     models: PerKind<Option<Arc<Model>>>,
-    extractor: Extractor,
+    /// One per kind, each with that kind's warm-up.
+    extractors: PerKind<Extractor>,
     runs: Vec<u32>,
     row: Vec<f64>,
     scaled: Vec<f64>,
@@ -234,15 +236,12 @@ impl IForest {
         models: PerKind<Option<Arc<Model>>>,
         features: FeatureParams,
     ) -> Self {
-        let warmup = DeviceKind::ALL
-            .iter()
-            .map(|&k| params.get(k).warmup_samples)
-            .max()
-            .unwrap_or(0);
+        let extractors =
+            PerKind::from_fn(|k| Extractor::new(features, params.get(k).warmup_samples));
         Self {
             params,
             models,
-            extractor: Extractor::new(features, warmup),
+            extractors,
             runs: Vec::new(),
             row: Vec::new(),
             scaled: Vec::new(),
@@ -271,7 +270,7 @@ impl Detector for IForest {
         if !params.enabled {
             return;
         }
-        let Some(described) = self.extractor.describe(frame, &mut self.row) else {
+        let Some(described) = self.extractors.get_mut(kind).describe(frame, &mut self.row) else {
             *self.run(frame.device) = 0;
             return;
         };
@@ -554,7 +553,7 @@ mod tests {
         }
         let at = h.first_after(2000).unwrap_or_else(|| {
             let mut row = Vec::new();
-            let d = det.extractor.describe(
+            let d = det.extractors.get_mut(DeviceKind::Crah).describe(
                 &crate::feature::Frame {
                     ts: 0,
                     device: 0,

@@ -63,6 +63,11 @@ impl<T> PerKind<T> {
     pub fn get(&self, kind: DeviceKind) -> &T {
         &self.0[kind.index()]
     }
+
+    /// The value for a kind, mutably.
+    pub fn get_mut(&mut self, kind: DeviceKind) -> &mut T {
+        &mut self.0[kind.index()]
+    }
 }
 
 /// Parameters every detector has.
