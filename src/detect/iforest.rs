@@ -7,7 +7,9 @@
 //! the model's threshold (a quantile of its training scores) for `persist_samples`
 //! consecutive frames is a finding. The evidence names the features that raised the
 //! score most: each one's contribution is how much the score falls when that feature
-//! alone is put back to its training mean.
+//! alone is put back to its training mean. They are found once per run of anomalous
+//! frames (their values are updated every frame), so a run is one alert about the same
+//! metrics.
 //!
 //! Models come from `models/` (built into the binary) or from the directory set with
 //! `[detectors.iforest] models = "dir"` (`<dir>/<kind>.iforest.json`); a model is
@@ -19,7 +21,7 @@
 
 use super::{sig, Detector, PerKind};
 use crate::attack;
-use crate::feature::{DeviceId, FeatureParams, Frame};
+use crate::feature::{FeatureParams, Frame};
 use crate::model::{DeviceKind, Finding, Severity, Ts};
 use crate::model_file::{ModelError, ModelFile};
 use crate::vectors::{self, Extractor};
@@ -224,7 +226,9 @@ pub struct IForest {
     models: PerKind<Option<Arc<Model>>>,
     /// One per kind, each with that kind's warm-up.
     extractors: PerKind<Extractor>,
-    runs: Vec<u32>,
+    /// Per device: consecutive frames over the threshold, and the features that made
+    /// the current run anomalous (found once per run, so the alert keeps its metrics).
+    runs: Vec<(u32, Vec<(usize, f64)>)>,
     row: Vec<f64>,
     scaled: Vec<f64>,
 }
@@ -247,14 +251,6 @@ impl IForest {
             scaled: Vec::new(),
         }
     }
-
-    fn run(&mut self, dev: DeviceId) -> &mut u32 {
-        let i = dev as usize;
-        if self.runs.len() <= i {
-            self.runs.resize(i + 1, 0);
-        }
-        &mut self.runs[i]
-    }
 }
 
 impl Detector for IForest {
@@ -271,7 +267,9 @@ impl Detector for IForest {
             return;
         }
         let Some(described) = self.extractors.get_mut(kind).describe(frame, &mut self.row) else {
-            *self.run(frame.device) = 0;
+            if let Some(r) = self.runs.get_mut(frame.device as usize) {
+                r.0 = 0;
+            }
             return;
         };
         let (persist, threshold) = (
@@ -280,27 +278,40 @@ impl Detector for IForest {
         );
         let model = Arc::clone(model);
         let score = model.score_at_least(&self.row, &mut self.scaled, threshold);
-        let run = self.run(frame.device);
+        let i = frame.device as usize;
+        if self.runs.len() <= i {
+            self.runs.resize_with(i + 1, Default::default);
+        }
+        let (row, scaled, state) = (&self.row, &self.scaled, &mut self.runs[i]);
         let Some(score) = score else {
-            *run = 0;
+            state.0 = 0;
             return;
         };
-        *run += 1;
-        let run = *run;
-        if run < persist {
+        state.0 += 1;
+        if state.0 < persist {
             return;
         }
+        if state.0 == persist {
+            state.1 = top_features(&model, scaled);
+        }
         out.push(finding(
-            frame,
-            &model,
-            &self.row,
-            &self.scaled,
-            score,
-            threshold,
-            run,
-            described,
+            frame, &model, row, score, threshold, state.0, &state.1, described,
         ));
     }
+}
+
+/// The features whose return to the training mean lowers the score most, with that
+/// drop, largest first.
+fn top_features(model: &Model, scaled: &[f64]) -> Vec<(usize, f64)> {
+    let contrib = model.contributions(scaled);
+    let mut order: Vec<usize> = (0..contrib.len()).collect();
+    order.sort_by(|&a, &b| contrib[b].total_cmp(&contrib[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .filter(|&j| contrib[j] > 0.0)
+        .take(TOP)
+        .map(|j| (j, contrib[j]))
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -308,24 +319,16 @@ fn finding(
     frame: &Frame<'_>,
     model: &Model,
     raw: &[f64],
-    scaled: &[f64],
     score: f64,
     threshold: f64,
     run: u32,
+    top: &[(usize, f64)],
     described: vectors::Described,
 ) -> Finding {
     let kind = frame.kind();
     let kf = vectors::for_kind(kind).expect("a model exists only for kinds with features");
-    let contrib = model.contributions(scaled);
-    let mut order: Vec<usize> = (0..contrib.len()).collect();
-    order.sort_by(|&a, &b| contrib[b].total_cmp(&contrib[a]).then(a.cmp(&b)));
-    let top: Vec<usize> = order
-        .into_iter()
-        .filter(|&j| contrib[j] > 0.0)
-        .take(TOP)
-        .collect();
     let mut metrics: Vec<String> = Vec::new();
-    for &j in &top {
+    for &(j, _) in top {
         // A summary feature is about whichever metric is furthest from its baseline.
         let about = kf.metrics_of(j);
         let about = if about.is_empty() {
@@ -344,7 +347,7 @@ fn finding(
     }
     let listed = top
         .iter()
-        .map(|&j| format!("{} = {}", kf.names[j], sig(kf.natural(j, raw[j]))))
+        .map(|&(j, _)| format!("{} = {}", kf.names[j], sig(kf.natural(j, raw[j]))))
         .collect::<Vec<_>>()
         .join(", ");
     let device = &frame.registry.device(frame.device).name;
@@ -379,10 +382,10 @@ fn finding(
             "missing_features": described.missing,
             "furthest_from_baseline": described.loudest,
             "model": model.origin,
-            "top": top.iter().map(|&j| json!({
+            "top": top.iter().map(|&(j, c)| json!({
                 "feature": kf.names[j],
                 "value": kf.natural(j, raw[j]),
-                "contribution": contrib[j],
+                "contribution": c,
             })).collect::<Vec<_>>(),
         }),
     }
