@@ -102,13 +102,7 @@ impl Model {
     }
 
     /// Standardises `raw` into `scaled` (missing entries become the training mean, 0) and
-    /// scores it.
-    pub fn score(&self, raw: &[f64], scaled: &mut Vec<f64>) -> f64 {
-        self.scale(raw, scaled);
-        self.file.forest.score_row(ArrayView1::from(&scaled[..]))
-    }
-
-    /// [`Model::score`] if it is at least `threshold`; `None` (often without visiting
+    /// returns its score if it is at least `threshold`; `None` (often without visiting
     /// every tree) otherwise.
     pub fn score_at_least(
         &self,
@@ -276,7 +270,6 @@ impl Detector for IForest {
             params.persist_samples,
             params.threshold.unwrap_or(model.file.threshold),
         );
-        let model = Arc::clone(model);
         let score = model.score_at_least(&self.row, &mut self.scaled, threshold);
         let i = frame.device as usize;
         if self.runs.len() <= i {
@@ -292,10 +285,10 @@ impl Detector for IForest {
             return;
         }
         if state.0 == persist {
-            state.1 = top_features(&model, scaled);
+            state.1 = top_features(model, scaled);
         }
         out.push(finding(
-            frame, &model, row, score, threshold, state.0, &state.1, described,
+            frame, model, row, score, threshold, state.0, &state.1, described,
         ));
     }
 }
@@ -570,7 +563,8 @@ mod tests {
             let mut sc = Vec::new();
             panic!(
                 "not flagged: {d:?} {row:?} score {} threshold {}",
-                m.score(&row, &mut sc),
+                m.score_at_least(&row, &mut sc, f64::MIN_POSITIVE)
+                    .unwrap_or(0.0),
                 m.file.threshold
             )
         });
