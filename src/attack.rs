@@ -6,6 +6,16 @@
 use crate::model::Technique;
 use crate::vocabulary::MetricClass;
 
+/// T0814 Denial of Service.
+pub const DENIAL_OF_SERVICE: Technique = Technique {
+    id: "T0814",
+    name: "Denial of Service",
+};
+/// T0866 Exploitation of Remote Services.
+pub const EXPLOITATION_OF_REMOTE_SERVICES: Technique = Technique {
+    id: "T0866",
+    name: "Exploitation of Remote Services",
+};
 /// T0815 Denial of View.
 pub const DENIAL_OF_VIEW: Technique = Technique {
     id: "T0815",

@@ -156,6 +156,7 @@ struct RawConfig<D: Default> {
     kinds: BTreeMap<String, D>,
     clock: ClockConfig,
     modbus: ModbusConfig,
+    pcap: crate::source::pcap::PcapConfig,
     mqtt: MqttConfig,
     sinks: SinksConfig,
     store: crate::soc::StoreConfig,
@@ -236,6 +237,10 @@ pub struct Config {
     pub clock: ClockConfig,
     /// Modbus devices to poll.
     pub modbus: ModbusConfig,
+    /// How packet captures are read.
+    pub pcap: crate::source::pcap::PcapConfig,
+    /// Modbus ports and devices by server address, for packet captures.
+    pub wire: std::sync::Arc<crate::source::pcap::WireMap>,
     /// MQTT brokers to subscribe to.
     pub mqtt: MqttConfig,
     /// Outputs of `run`.
@@ -312,6 +317,12 @@ impl Config {
             key: "detectors.iforest.models".into(),
             rule: e.to_string(),
         })?;
+        let plans = typed.modbus.resolve(base, origin)?;
+        let wire = std::sync::Arc::new(crate::source::pcap::WireMap::new(
+            &typed.pcap,
+            &typed.modbus.site,
+            &plans,
+        ));
         let cfg = Self {
             pipeline: typed.pipeline,
             features: FeatureParams {
@@ -323,6 +334,8 @@ impl Config {
             models,
             clock: typed.clock,
             modbus: typed.modbus,
+            pcap: typed.pcap,
+            wire,
             mqtt: typed.mqtt,
             sinks: typed.sinks,
             soc: crate::soc::SocConfig {

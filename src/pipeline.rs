@@ -25,6 +25,8 @@ use std::collections::BinaryHeap;
 pub struct PipelineStats {
     /// Samples processed.
     pub readings: u64,
+    /// Modbus exchanges seen on the wire (packet captures).
+    pub exchanges: u64,
     /// Commands processed.
     pub commands: u64,
     /// Events that arrived after the watermark passed them.
@@ -239,6 +241,13 @@ impl Pipeline {
                         tracing::warn!(device = %cmd.device, error = %e, "command not judged")
                     }
                 }
+            }
+            Event::Traffic(t) => {
+                self.stats.exchanges += 1;
+                for d in &mut self.detectors {
+                    d.traffic(&t, &self.registry, &mut self.findings);
+                }
+                self.correlate(out);
             }
         }
     }

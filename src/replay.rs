@@ -7,7 +7,7 @@ use crate::model::{Alert, AlertStatus, Incident, Ts};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::source::csv::WideMapping;
 use crate::source::{
-    open_capture, BadReason, ByteCounter, CaptureSource, Event, FileStats, SourceError,
+    open_capture, BadReason, ByteCounter, CaptureSource, Event, FileStats, OpenOptions, SourceError,
 };
 use crate::time::{format_duration, format_ts};
 use serde::Serialize;
@@ -115,17 +115,11 @@ pub fn replay(
         return Err(ReplayError::NoInputs);
     }
     let counter = ByteCounter::default();
+    let how = OpenOptions::from_config(cfg, opts.mapping.clone());
     let sources: Vec<Box<dyn CaptureSource>> = opts
         .inputs
         .iter()
-        .map(|p| {
-            open_capture(
-                p,
-                opts.mapping.as_ref(),
-                cfg.pipeline.max_line_bytes,
-                &counter,
-            )
-        })
+        .map(|p| open_capture(p, &how, &counter))
         .collect::<Result<_, _>>()?;
     let total_bytes: u64 = opts
         .inputs

@@ -16,7 +16,7 @@ use crate::model::{DeviceKind, Ts};
 use crate::model_file::{Input, ModelFile, Provenance, Scaler, FORMAT_VERSION};
 use crate::pipeline::Pipeline;
 use crate::replay::{replay_into, ReplayError};
-use crate::source::{open_capture, ByteCounter};
+use crate::source::{open_capture, ByteCounter, OpenOptions};
 use crate::vectors;
 use linfa::traits::{Fit, Predict};
 use linfa::{DatasetBase, ParamGuard};
@@ -170,13 +170,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<ModelFile, TrainError>
             windows,
             Arc::clone(&recorded),
         )));
-        let source = open_capture(
-            path,
-            opts.mapping.as_ref(),
-            cfg.pipeline.max_line_bytes,
-            &ByteCounter::default(),
-        )
-        .map_err(ReplayError::from)?;
+        let how = OpenOptions::from_config(cfg, opts.mapping.clone());
+        let source =
+            open_capture(path, &how, &ByteCounter::default()).map_err(ReplayError::from)?;
         let report = replay_into(pipeline, vec![source], None, &mut |_| {}, &mut |_| Ok(()))?;
         if let Some(e) = report.errors.first() {
             return Err(TrainError::Io {

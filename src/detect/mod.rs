@@ -38,6 +38,8 @@ pub trait Detector: Send {
     fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>);
     /// Called when the watermark passes `now`; for detectors of silence.
     fn tick(&mut self, _now: Ts, _store: &FeatureStore, _reg: &Registry, _out: &mut Vec<Finding>) {}
+    /// Looks at one Modbus exchange seen on the wire (packet captures).
+    fn traffic(&mut self, _t: &crate::source::Traffic, _reg: &Registry, _out: &mut Vec<Finding>) {}
     /// Looks at a control action seen on the wire; `device` is its target's id.
     fn command(
         &mut self,
@@ -155,7 +157,10 @@ pub fn build(config: &crate::config::Config) -> Vec<Box<dyn Detector>> {
     // Commands carry no device kind worth trusting: the global parameters apply.
     let protocol = &cfg.get(DeviceKind::Other).protocol;
     if protocol.enabled {
-        out.push(Box::new(protocol::Protocol::new(protocol.clone())));
+        out.push(Box::new(protocol::Protocol::new(
+            protocol.clone(),
+            config.wire.clone(),
+        )));
     }
     out
 }

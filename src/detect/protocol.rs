@@ -1,30 +1,52 @@
-//! **protocol**: control actions on the wire that the facility's normal operation does
-//! not explain.
+//! **protocol**: what happens on the wire that the facility's normal operation does not
+//! explain. Commands come from every source (JSONL `command` lines, packet captures);
+//! exchanges ([`Traffic`]) only from packet captures.
 //!
-//! - Writers: the configured `allowlist`, plus every client that wrote during the first
-//!   `learn` of event time (the BMS rewriting its setpoints). After that, a write
-//!   (functions 5, 6, 15, 16, 22, 23) from anyone else is a finding: a modified parameter
-//!   for register writes, an unauthorised command for coil writes.
+//! Always:
 //! - Unusual function codes (diagnostics 8, report server id 17, device identification
-//!   43, and anything outside the read/write set) are findings at once: that is how
-//!   reconnaissance looks.
-//! - A client addressing more than `scan_devices` distinct devices within `scan_window`
-//!   is a scan.
+//!   43, and anything outside the read/write set) are reconnaissance.
+//! - A write to a register or coil that the device's profile does not list as writable
+//!   (a measured value, an undefined address) is a finding whoever sends it.
+//! - A client addressing more than `scan_devices` distinct devices (server × unit id)
+//!   within `scan_window` is a scan; more than `exception_burst` exception responses to
+//!   one client within the window is probing.
+//! - A response no request asked for is a spoofed report (or a man in the middle); a
+//!   frame that breaks the protocol is an exploitation attempt.
+//!
+//! After learning (the first `learn` of event time; `"0s"` turns these rules off):
+//! - writers: the `allowlist` plus every client that wrote while learning (the BMS
+//!   rewriting its setpoints); a write from anyone else is a finding.
+//! - talkers: a client never seen while learning is reported once.
+//! - sweeps: more than `sweep_ranges` distinct (function, address) requests to one
+//!   device within the window that its client never made while learning.
+//! - rate: a client sending more than `rate_factor` × its busiest learned minute
+//!   (and at least 60 requests) within a minute.
 //!
 //! Blind spots: an attacker who writes from the BMS's own address, or who was already
-//! writing while the detector learned; reads are not seen unless a source reports them.
+//! active while the detector learned.
 
 use super::Detector;
 use crate::attack;
 use crate::feature::{DeviceId, Registry};
-use crate::model::{Command, Finding, Severity, Ts};
+use crate::model::{Command, Finding, Severity, Technique, Ts};
+use crate::protocol::frame::is_write;
+use crate::protocol::profiles;
+use crate::protocol::registers::{RegisterMap, Table};
+use crate::source::pcap::WireMap;
+use crate::source::{Outcome, Traffic};
 use crate::time::{format_duration, serde_duration};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 const NAME: &str = "protocol";
+/// Bucket of the request-rate rule.
+const MINUTE: i64 = 60_000;
+/// Fewest requests in a minute the rate rule reports (a client polling once a minute
+/// that reads five times is not a flood).
+const MIN_FLOOD: u64 = 60;
 
 /// Parameters of the protocol detector (global, not per kind).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -34,15 +56,22 @@ pub struct ProtocolParams {
     pub enabled: bool,
     /// Clients allowed to write, whatever was learned.
     pub allowlist: Vec<String>,
-    /// Writers seen during this first stretch of event time are trusted (e.g. `"1h"`;
-    /// `"0s"` trusts only the allowlist).
+    /// Writers, talkers, request ranges and rates seen during this first stretch of
+    /// event time are normal (e.g. `"1h"`; `"0s"` trusts only the allowlist).
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub learn: i64,
     /// Distinct devices one client may address within `scan_window` before it is a scan.
     pub scan_devices: usize,
-    /// Window of the scan rule.
+    /// Window of the scan, exception and sweep rules.
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub scan_window: i64,
+    /// Exception responses to one client within `scan_window` before it is probing.
+    pub exception_burst: usize,
+    /// New (function, address) requests to one device within `scan_window` before it is
+    /// a register sweep.
+    pub sweep_ranges: usize,
+    /// A minute with this many times the client's busiest learned minute is a flood.
+    pub rate_factor: f64,
 }
 
 impl Default for ProtocolParams {
@@ -53,40 +82,193 @@ impl Default for ProtocolParams {
             learn: 3_600_000,
             scan_devices: 8,
             scan_window: 60_000,
+            exception_burst: 5,
+            sweep_ranges: 10,
+            rate_factor: 4.0,
         }
     }
-}
-
-fn is_write(function: u8) -> bool {
-    matches!(function, 5 | 6 | 15 | 16 | 22 | 23)
 }
 
 fn is_ordinary(function: u8) -> bool {
     matches!(function, 1..=4) || is_write(function)
 }
 
+/// What one client did, for the rules that count.
+#[derive(Default)]
+struct Client {
+    /// Devices addressed, with when.
+    recent: VecDeque<(Ts, DeviceId)>,
+    /// Exception responses, when.
+    exceptions: VecDeque<Ts>,
+    /// (device, function, address) requested while learning.
+    known: FxHashSet<(DeviceId, u8, u16)>,
+    /// New (device, function, address) requests, with when.
+    novel: VecDeque<(Ts, DeviceId, u8, u16)>,
+    /// Busiest learned minute.
+    learned_rate: u64,
+    /// Current minute and its count.
+    minute: i64,
+    count: u64,
+    /// Seen while learning.
+    learned: bool,
+    /// Already reported as a new talker.
+    reported_new: bool,
+}
+
+/// Addresses a device's profile allows to be written, per table.
+#[derive(Default)]
+struct Writable {
+    profile: String,
+    ranges: Vec<(Table, u32, u32)>,
+}
+
+impl Writable {
+    fn of(map: &RegisterMap) -> Self {
+        Self {
+            profile: map.profile.clone(),
+            ranges: map
+                .registers
+                .iter()
+                .filter(|r| r.writable)
+                .map(|r| {
+                    let a = u32::from(r.address);
+                    (r.table, a, a + u32::from(r.word_count()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether every address `[address, address + n)` of `table` is writable.
+    fn allows(&self, table: Table, address: u32, n: u32) -> bool {
+        (address..address + n.max(1)).all(|a| {
+            self.ranges
+                .iter()
+                .any(|&(t, lo, hi)| t == table && lo <= a && a < hi)
+        })
+    }
+}
+
 /// The protocol detector.
 pub struct Protocol {
     params: ProtocolParams,
+    wire: Arc<WireMap>,
     first: Option<Ts>,
     writers: FxHashSet<String>,
-    recent: FxHashMap<String, VecDeque<(Ts, DeviceId)>>,
+    clients: FxHashMap<Arc<str>, Client>,
     /// Per client, the device its reconnaissance findings are filed under, so a scan of
     /// a hundred unit ids is one alert that grows, not a hundred.
-    recon_anchor: FxHashMap<String, DeviceId>,
+    recon_anchor: FxHashMap<Arc<str>, DeviceId>,
+    writable: FxHashMap<DeviceId, Option<Arc<Writable>>>,
 }
 
 impl Protocol {
-    /// Builds it.
-    pub fn new(params: ProtocolParams) -> Self {
+    /// Builds it; `wire` names the profiles of configured Modbus devices (others get their
+    /// kind's built-in profile for the writable-set rule).
+    pub fn new(params: ProtocolParams, wire: Arc<WireMap>) -> Self {
         let writers = params.allowlist.iter().cloned().collect();
         Self {
             params,
+            wire,
             first: None,
             writers,
-            recent: FxHashMap::default(),
+            clients: FxHashMap::default(),
             recon_anchor: FxHashMap::default(),
+            writable: FxHashMap::default(),
         }
+    }
+
+    /// Whether `ts` is still in the learning stretch (which starts with the first event).
+    fn learning(&mut self, ts: Ts) -> bool {
+        let first = *self.first.get_or_insert(ts);
+        ts - first < self.params.learn
+    }
+
+    fn writable(&mut self, device: DeviceId, reg: &Registry) -> Option<Arc<Writable>> {
+        let wire = &self.wire;
+        self.writable
+            .entry(device)
+            .or_insert_with(|| {
+                let d = reg.device(device);
+                let map = wire.map_of(&d.site, &d.name).or_else(|| {
+                    let name = profiles::for_kind(&d.kind_name)?;
+                    profiles::builtin(name)?.ok().map(Arc::new)
+                })?;
+                Some(Arc::new(Writable::of(&map)))
+            })
+            .clone()
+    }
+
+    fn anchor(&mut self, client: &str, device: DeviceId) -> DeviceId {
+        if let Some(&d) = self.recon_anchor.get(client) {
+            return d;
+        }
+        self.recon_anchor.insert(Arc::from(client), device);
+        device
+    }
+
+    /// The distinct-devices rule, for commands and exchanges alike.
+    fn scan(
+        &mut self,
+        client: &str,
+        ts: Ts,
+        device: DeviceId,
+        out: &mut Vec<Finding>,
+        evidence: &serde_json::Value,
+    ) {
+        let window = self.params.scan_window;
+        let c = self.client(client);
+        c.recent.push_back((ts, device));
+        while c.recent.front().is_some_and(|&(t, _)| ts - t > window) {
+            c.recent.pop_front();
+        }
+        let distinct: FxHashSet<DeviceId> = c.recent.iter().map(|&(_, d)| d).collect();
+        if distinct.len() > self.params.scan_devices {
+            let on = self.anchor(client, device);
+            out.push(finding(
+                ts,
+                on,
+                distinct.len() as f64 / self.params.scan_devices as f64,
+                Severity::High,
+                attack::REMOTE_SYSTEM_DISCOVERY,
+                format!(
+                    "{client} addressed {} devices within {}: a scan",
+                    distinct.len(),
+                    format_duration(window)
+                ),
+                evidence.clone(),
+            ));
+        }
+    }
+
+    fn client(&mut self, client: &str) -> &mut Client {
+        if !self.clients.contains_key(client) {
+            self.clients.insert(Arc::from(client), Client::default());
+        }
+        self.clients.get_mut(client).expect("inserted above")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finding(
+    ts: Ts,
+    device: DeviceId,
+    score: f64,
+    severity: Severity,
+    technique: Technique,
+    reason: String,
+    evidence: serde_json::Value,
+) -> Finding {
+    Finding {
+        ts,
+        device,
+        metrics: Vec::new(),
+        detector: NAME,
+        score,
+        threshold: 1.0,
+        severity,
+        technique,
+        reason,
+        evidence,
     }
 }
 
@@ -98,47 +280,55 @@ impl Detector for Protocol {
     fn observe(&mut self, _frame: &crate::feature::Frame<'_>, _out: &mut Vec<Finding>) {}
 
     fn command(&mut self, cmd: &Command, device: DeviceId, reg: &Registry, out: &mut Vec<Finding>) {
-        let first = *self.first.get_or_insert(cmd.ts);
-        let learning = cmd.ts - first < self.params.learn;
-        let dev_name = &reg.device(device).name;
+        let learning = self.learning(cmd.ts);
+        let dev_name = reg.device(device).name.clone();
         let evidence = json!({"client": cmd.client, "function": cmd.function, "address": cmd.address, "values": cmd.values});
-        let recon_device = *self
-            .recon_anchor
-            .entry(cmd.client.clone())
-            .or_insert(device);
-        let mut finding = |score: f64, severity, technique, reason: String, on: DeviceId| {
-            out.push(Finding {
-                ts: cmd.ts,
-                device: on,
-                metrics: Vec::new(),
-                detector: NAME,
-                score,
-                threshold: 1.0,
-                severity,
-                technique,
-                reason,
-                evidence: evidence.clone(),
-            });
+        let coil = matches!(cmd.function, 5 | 15);
+        let write_technique = if coil {
+            attack::UNAUTHORIZED_COMMAND
+        } else {
+            attack::MODIFY_PARAMETER
         };
+        let what = if coil { "coil" } else { "register" };
         if is_write(cmd.function) {
             if learning {
                 self.writers.insert(cmd.client.clone());
             } else if !self.writers.contains(&cmd.client) {
-                let (technique, what) = if matches!(cmd.function, 5 | 15) {
-                    (attack::UNAUTHORIZED_COMMAND, "a coil")
-                } else {
-                    (attack::MODIFY_PARAMETER, "register")
-                };
-                finding(
+                out.push(finding(
+                    cmd.ts,
+                    device,
                     2.0,
                     Severity::High,
-                    technique,
+                    write_technique,
                     format!(
                         "{} wrote {what} {} of {dev_name} (function {}, value {:?}) but is not a known writer",
                         cmd.client, cmd.address, cmd.function, cmd.values
                     ),
-                    device,
-                );
+                    evidence.clone(),
+                ));
+            }
+            let table = if coil { Table::Coil } else { Table::Holding };
+            let n = match cmd.function {
+                22 => 1,
+                _ => cmd.values.len() as u32,
+            };
+            if cmd.function != 21 {
+                if let Some(w) = self.writable(device, reg) {
+                    if !w.allows(table, cmd.address, n) {
+                        out.push(finding(
+                            cmd.ts,
+                            device,
+                            2.0,
+                            Severity::High,
+                            write_technique,
+                            format!(
+                                "{} wrote {what} {} of {dev_name} (function {}), which profile {} does not list as writable",
+                                cmd.client, cmd.address, cmd.function, w.profile
+                            ),
+                            evidence.clone(),
+                        ));
+                    }
+                }
             }
         }
         if !is_ordinary(cmd.function) {
@@ -148,7 +338,10 @@ impl Detector for Protocol {
                 43 => "a device identification request",
                 _ => "an unusual function code",
             };
-            finding(
+            let on = self.anchor(&cmd.client, device);
+            out.push(finding(
+                cmd.ts,
+                on,
                 2.0,
                 Severity::High,
                 attack::REMOTE_SYSTEM_DISCOVERY,
@@ -156,30 +349,157 @@ impl Detector for Protocol {
                     "{} sent {what} (function {}) to {dev_name}: reconnaissance",
                     cmd.client, cmd.function
                 ),
-                recon_device,
-            );
+                evidence.clone(),
+            ));
         }
+        self.scan(&cmd.client, cmd.ts, device, out, &evidence);
+    }
+
+    fn traffic(&mut self, t: &Traffic, reg: &Registry, out: &mut Vec<Finding>) {
+        let learning = self.learning(t.ts);
+        let learn_rules = self.params.learn > 0;
+        let dev_name = reg.device(t.device).name.clone();
+        let evidence = json!({"client": &*t.client, "function": t.function, "address": t.address, "count": t.count, "outcome": format!("{:?}", t.outcome)});
         let window = self.params.scan_window;
-        let recent = self.recent.entry(cmd.client.clone()).or_default();
-        recent.push_back((cmd.ts, device));
-        while recent.front().is_some_and(|&(t, _)| cmd.ts - t > window) {
-            recent.pop_front();
-        }
-        let distinct: FxHashSet<DeviceId> = recent.iter().map(|&(_, d)| d).collect();
-        if distinct.len() > self.params.scan_devices {
-            finding(
-                distinct.len() as f64 / self.params.scan_devices as f64,
+        let (sweep_limit, burst_limit, factor) = (
+            self.params.sweep_ranges,
+            self.params.exception_burst,
+            self.params.rate_factor,
+        );
+        match t.outcome {
+            Outcome::Unsolicited => out.push(finding(
+                t.ts,
+                t.device,
+                2.0,
                 Severity::High,
-                attack::REMOTE_SYSTEM_DISCOVERY,
+                attack::SPOOF_REPORTING,
                 format!(
-                    "{} addressed {} devices within {}: a scan",
-                    cmd.client,
-                    distinct.len(),
-                    format_duration(window)
+                    "{dev_name} sent {} a response to no outstanding request: spoofed or injected (man in the middle)",
+                    t.client
                 ),
-                recon_device,
-            );
+                evidence.clone(),
+            )),
+            Outcome::Malformed(why) => out.push(finding(
+                t.ts,
+                t.device,
+                1.5,
+                Severity::Medium,
+                attack::EXPLOITATION_OF_REMOTE_SERVICES,
+                format!(
+                    "malformed Modbus frame between {} and {dev_name} ({why}): a fuzzer, an exploit attempt or a broken device",
+                    t.client
+                ),
+                evidence.clone(),
+            )),
+            _ => {}
         }
+        if matches!(t.outcome, Outcome::Unsolicited | Outcome::Malformed(_)) {
+            return;
+        }
+        let c = self.client(&t.client);
+        let mut found: Vec<(f64, Severity, Technique, String, bool)> = Vec::new();
+        // Request rate, per minute of event time.
+        let minute = t.ts.div_euclid(MINUTE);
+        if minute != c.minute {
+            c.minute = minute;
+            c.count = 0;
+        }
+        c.count += 1;
+        if learning {
+            c.learned = true;
+            c.learned_rate = c.learned_rate.max(c.count);
+            c.known.insert((t.device, t.function, t.address));
+        } else if learn_rules {
+            if !c.learned && !c.reported_new {
+                c.reported_new = true;
+                found.push((
+                    1.5,
+                    Severity::Medium,
+                    attack::REMOTE_SYSTEM_DISCOVERY,
+                    format!(
+                        "{} talks Modbus to {dev_name} (function {}) but was never seen while learning: a new talker",
+                        t.client, t.function
+                    ),
+                    true,
+                ));
+            }
+            let limit = (c.learned_rate as f64 * factor).max(MIN_FLOOD as f64);
+            if c.count as f64 > limit && c.count == limit as u64 + 1 {
+                found.push((
+                    c.count as f64 / limit,
+                    Severity::Medium,
+                    attack::DENIAL_OF_SERVICE,
+                    format!(
+                        "{} sent over {} requests within a minute, {}× its busiest minute while learning ({})",
+                        t.client, limit as u64, factor, c.learned_rate
+                    ),
+                    true,
+                ));
+            }
+            if !c.known.contains(&(t.device, t.function, t.address)) {
+                c.novel.push_back((t.ts, t.device, t.function, t.address));
+                while c.novel.front().is_some_and(|&(ts, ..)| t.ts - ts > window) {
+                    c.novel.pop_front();
+                }
+                let distinct: FxHashSet<(u8, u16)> = c
+                    .novel
+                    .iter()
+                    .filter(|n| n.1 == t.device)
+                    .map(|n| (n.2, n.3))
+                    .collect();
+                if distinct.len() > sweep_limit {
+                    found.push((
+                        distinct.len() as f64 / sweep_limit as f64,
+                        Severity::High,
+                        attack::REMOTE_SYSTEM_DISCOVERY,
+                        format!(
+                            "{} made {} requests to {dev_name} at addresses it never used while learning, within {}: a register sweep",
+                            t.client,
+                            distinct.len(),
+                            format_duration(window)
+                        ),
+                        false,
+                    ));
+                }
+            }
+        }
+        if let Outcome::Exception(_) = t.outcome {
+            c.exceptions.push_back(t.ts);
+            while c.exceptions.front().is_some_and(|&ts| t.ts - ts > window) {
+                c.exceptions.pop_front();
+            }
+            if c.exceptions.len() > burst_limit {
+                found.push((
+                    c.exceptions.len() as f64 / burst_limit as f64,
+                    Severity::High,
+                    attack::REMOTE_SYSTEM_DISCOVERY,
+                    format!(
+                        "{} drew {} exception responses within {}: probing for units and registers",
+                        t.client,
+                        c.exceptions.len(),
+                        format_duration(window)
+                    ),
+                    true,
+                ));
+            }
+        }
+        for (score, severity, technique, reason, recon) in found {
+            let on = if recon {
+                self.anchor(&t.client, t.device)
+            } else {
+                t.device
+            };
+            out.push(finding(
+                t.ts,
+                on,
+                score,
+                severity,
+                technique,
+                reason,
+                evidence.clone(),
+            ));
+        }
+        self.scan(&t.client, t.ts, t.device, out, &evidence);
     }
 }
 
@@ -201,7 +521,7 @@ mod tests {
 
     fn run(cmds: &[Command]) -> Vec<Finding> {
         let mut reg = Registry::new(100);
-        let mut d = Protocol::new(ProtocolParams::default());
+        let mut d = Protocol::new(ProtocolParams::default(), Arc::default());
         let mut out = Vec::new();
         for c in cmds {
             let dev = reg.intern_device(&c.site, &c.device, "").unwrap();

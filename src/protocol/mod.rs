@@ -1,6 +1,7 @@
 //! Pure protocol decoding, no I/O: Modbus register maps and their codec, the built-in
 //! profiles, and read plans (which requests cover a map's polled registers).
 
+pub mod frame;
 pub mod image;
 pub mod plan;
 pub mod profiles;

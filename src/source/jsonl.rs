@@ -37,7 +37,7 @@ impl CaptureSource for JsonlSource {
                 Ok(ev) => {
                     match ev {
                         Event::Sample { .. } => self.stats.readings += 1,
-                        Event::Command(_) => self.stats.commands += 1,
+                        Event::Command(_) | Event::Traffic(_) => self.stats.commands += 1,
                     }
                     return Some(ev);
                 }

@@ -6,8 +6,10 @@
 
 pub mod csv;
 pub mod jsonl;
+pub mod pcap;
+pub mod tcp;
 
-use crate::feature::{PointId, Registry};
+use crate::feature::{DeviceId, PointId, Registry};
 use crate::model::{Command, Quality, Ts};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -34,6 +36,43 @@ pub enum Event {
     },
     /// A control action.
     Command(Box<Command>),
+    /// A Modbus exchange seen on the wire (packet captures only).
+    Traffic(Box<Traffic>),
+}
+
+/// What the wire showed of one Modbus exchange (or of a frame that is not one), for the
+/// protocol detector. Not part of the capture formats: only packet captures have it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic {
+    /// Event time (of the response, or of the moment the exchange was judged).
+    pub ts: Ts,
+    /// The server and unit id as a device.
+    pub device: DeviceId,
+    /// Client address.
+    pub client: Arc<str>,
+    /// Function code of the request.
+    pub function: u8,
+    /// First address (diagnostics: sub-function; 43: MEI type).
+    pub address: u16,
+    /// Registers or bits.
+    pub count: u16,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// How a Modbus exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A fitting response.
+    Answered,
+    /// An exception response with this code.
+    Exception(u8),
+    /// No response within the timeout, or before the connection closed.
+    Unanswered,
+    /// A response that no outstanding request asked for: spoofing or a man in the middle.
+    Unsolicited,
+    /// A frame that breaks the protocol (the reason's report key).
+    Malformed(&'static str),
 }
 
 impl Event {
@@ -42,6 +81,7 @@ impl Event {
         match self {
             Self::Sample { ts, .. } => *ts,
             Self::Command(c) => c.ts,
+            Self::Traffic(t) => t.ts,
         }
     }
 }
@@ -73,6 +113,22 @@ pub enum BadReason {
     BadCsvRow,
     /// The capture names more points than `pipeline.max_points`.
     TooManyPoints,
+    /// A packet whose link, IP or TCP header cannot be read.
+    BadPacket,
+    /// A link type other than Ethernet, Linux cooked, loopback or raw IP.
+    UnsupportedLink,
+    /// A packet cut short by the capture's snaplen.
+    TruncatedPacket,
+    /// Bytes on a Modbus port that are not Modbus (protocol id not 0).
+    NotModbus,
+    /// An MBAP length outside 2..=254.
+    BadMbapLength,
+    /// A PDU that does not fit its function's layout.
+    BadPdu,
+    /// A response that does not fit its request (size, echo, function).
+    ResponseMismatch,
+    /// A response to no outstanding request.
+    UnsolicitedResponse,
 }
 
 impl BadReason {
@@ -90,6 +146,14 @@ impl BadReason {
             Self::BadQuality => "bad_quality",
             Self::BadCsvRow => "bad_csv_row",
             Self::TooManyPoints => "too_many_points",
+            Self::BadPacket => "bad_packet",
+            Self::UnsupportedLink => "unsupported_link",
+            Self::TruncatedPacket => "truncated_packet",
+            Self::NotModbus => "not_modbus",
+            Self::BadMbapLength => "bad_mbap_length",
+            Self::BadPdu => "bad_pdu",
+            Self::ResponseMismatch => "response_mismatch",
+            Self::UnsolicitedResponse => "unsolicited_response",
         }
     }
 }
@@ -99,7 +163,7 @@ impl BadReason {
 pub struct BadLine {
     /// File name as given.
     pub file: String,
-    /// 1-based line number.
+    /// 1-based line number (packet number in packet captures).
     pub line: u64,
     /// Reason.
     pub reason: BadReason,
@@ -117,7 +181,7 @@ pub struct FileStats {
     pub file: String,
     /// Format used.
     pub format: String,
-    /// Lines read (including header and bad lines).
+    /// Lines read (including header and bad lines); packets in packet captures.
     pub lines: u64,
     /// Readings produced.
     pub readings: u64,
@@ -131,6 +195,9 @@ pub struct FileStats {
     pub error: Option<String>,
     /// Labelled windows found in label columns (wide CSV).
     pub label_windows: Vec<LabelWindow>,
+    /// Packet, stream and Modbus counters (packet captures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<pcap::WireStats>,
 }
 
 impl FileStats {
@@ -405,14 +472,19 @@ pub enum Format {
     Jsonl,
     /// CSV, long or wide (decided by its header).
     Csv,
+    /// pcap or pcapng (decided by its magic number).
+    Pcap,
 }
 
 /// The format of a capture from its name; stdin and unknown names are JSONL.
 pub fn detect_format(path: &Path) -> Format {
     let name = path.to_string_lossy();
     let (base, _) = split_compression(&name);
-    if base.to_ascii_lowercase().ends_with(".csv") {
+    let base = base.to_ascii_lowercase();
+    if base.ends_with(".csv") {
         Format::Csv
+    } else if base.ends_with(".pcap") || base.ends_with(".pcapng") || base.ends_with(".cap") {
+        Format::Pcap
     } else {
         Format::Jsonl
     }
@@ -421,16 +493,49 @@ pub fn detect_format(path: &Path) -> Format {
 /// Opens any capture file as a source.
 pub fn open_capture(
     path: &Path,
-    mapping: Option<&csv::WideMapping>,
-    max_line: usize,
+    how: &OpenOptions,
     counter: &ByteCounter,
 ) -> Result<Box<dyn CaptureSource>, SourceError> {
     let reader = open_input(path, counter)?;
     let name = path.to_string_lossy().to_string();
+    let max_line = how.max_line_bytes;
     Ok(match detect_format(path) {
         Format::Jsonl => Box::new(jsonl::JsonlSource::new(reader, name, max_line)),
-        Format::Csv => Box::new(csv::CsvSource::new(reader, name, max_line, mapping, path)?),
+        Format::Csv => Box::new(csv::CsvSource::new(
+            reader,
+            name,
+            max_line,
+            how.mapping.as_ref(),
+            path,
+        )?),
+        Format::Pcap => Box::new(pcap::PcapSource::new(
+            Box::new(reader),
+            name,
+            how.wire.clone(),
+        )?),
     })
+}
+
+/// How capture files are read, beyond their names.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Mapping of wide CSV files.
+    pub mapping: Option<csv::WideMapping>,
+    /// Longest accepted line (`pipeline.max_line_bytes`).
+    pub max_line_bytes: usize,
+    /// Modbus ports and devices of packet captures.
+    pub wire: Arc<pcap::WireMap>,
+}
+
+impl OpenOptions {
+    /// The options a configuration implies, with a wide-CSV mapping if one was given.
+    pub fn from_config(cfg: &crate::Config, mapping: Option<csv::WideMapping>) -> Self {
+        Self {
+            mapping,
+            max_line_bytes: cfg.pipeline.max_line_bytes,
+            wire: cfg.wire.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
