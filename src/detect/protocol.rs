@@ -8,8 +8,9 @@
 //! - A write to a register or coil that the device's profile does not list as writable
 //!   (a measured value, an undefined address) is a finding whoever sends it.
 //! - A client addressing more than `scan_devices` distinct devices (server × unit id)
-//!   within `scan_window` is a scan; more than `exception_burst` exception responses to
-//!   one client within the window is probing.
+//!   within `scan_window`, not counting those it addressed while learning, is a scan;
+//!   more than `exception_burst` exception responses to one client within the window
+//!   is probing.
 //! - A response no request asked for is a spoofed report (or a man in the middle); a
 //!   frame that breaks the protocol is an exploitation attempt.
 //!
@@ -96,7 +97,9 @@ fn is_ordinary(function: u8) -> bool {
 /// What one client did, for the rules that count.
 #[derive(Default)]
 struct Client {
-    /// Devices addressed, with when.
+    /// Devices addressed while learning.
+    known_devices: FxHashSet<DeviceId>,
+    /// Other devices addressed, with when.
     recent: VecDeque<(Ts, DeviceId)>,
     /// Exception responses, when.
     exceptions: VecDeque<Ts>,
@@ -206,7 +209,8 @@ impl Protocol {
         device
     }
 
-    /// The distinct-devices rule, for commands and exchanges alike.
+    /// The distinct-devices rule, for commands and exchanges alike: devices the client
+    /// addressed while learning (a BMS polls them all) do not count.
     fn scan(
         &mut self,
         client: &str,
@@ -216,7 +220,14 @@ impl Protocol {
         evidence: &serde_json::Value,
     ) {
         let window = self.params.scan_window;
+        let learning = self.learning(ts);
         let c = self.client(client);
+        if learning {
+            c.known_devices.insert(device);
+        }
+        if c.known_devices.contains(&device) {
+            return;
+        }
         c.recent.push_back((ts, device));
         while c.recent.front().is_some_and(|&(t, _)| ts - t > window) {
             c.recent.pop_front();
@@ -546,14 +557,135 @@ mod tests {
     #[test]
     fn diagnostics_and_scans_are_reconnaissance() {
         let mut cmds = vec![cmd(0, "x", "ups-1", 43)];
-        cmds.extend((0..12).map(|i| cmd(1000 + i, "y", &format!("unit-{i}"), 3)));
+        cmds.push(cmd(1000, "y", "unit-0", 3));
+        cmds.extend((0..12).map(|i| cmd(4_000_000 + i, "y", &format!("unit-{i}"), 3)));
         let out = run(&cmds);
+        assert!(
+            out.iter()
+                .any(|f| f.reason.contains("addressed 9 devices") && f.reason.contains("a scan")),
+            "the device it read while learning does not count: {out:?}"
+        );
         assert_eq!(out[0].technique.id, "T0846");
         assert!(out.iter().any(|f| f.reason.contains("a scan")));
         assert_eq!(
             run(&[cmd(0, "y", "ups-1", 3)]).len(),
             0,
             "one ordinary read is nothing"
+        );
+    }
+
+    /// Runs exchanges `(ts, client, device, function, address, outcome)` after one
+    /// learned exchange of the BMS at time 0.
+    fn wire(params: ProtocolParams, ex: &[(Ts, &str, &str, u8, u16, Outcome)]) -> Vec<Finding> {
+        let mut reg = Registry::new(1000);
+        let mut d = Protocol::new(params, Arc::default());
+        let mut out = Vec::new();
+        for &(ts, client, device, function, address, outcome) in ex {
+            let dev = reg.intern_device("s", device, "chiller").unwrap();
+            let t = Traffic {
+                ts,
+                device: dev,
+                client: Arc::from(client),
+                function,
+                address,
+                count: 1,
+                outcome,
+            };
+            d.traffic(&t, &reg, &mut out);
+        }
+        out
+    }
+
+    const LATER: Ts = 4_000_000;
+
+    #[test]
+    fn new_talkers_are_reported_once_and_learned_ones_never() {
+        let ok = Outcome::Answered;
+        let out = wire(
+            ProtocolParams::default(),
+            &[
+                (0, "bms", "chiller-1", 3, 1000, ok),
+                (LATER, "bms", "chiller-1", 3, 1000, ok),
+                (LATER + 1, "10.9.9.9", "chiller-1", 3, 1000, ok),
+                (LATER + 2, "10.9.9.9", "chiller-1", 3, 1000, ok),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].reason.contains("new talker"));
+    }
+
+    #[test]
+    fn exception_bursts_sweeps_and_floods() {
+        let mut ex = vec![(0, "bms", "chiller-1", 3, 1000, Outcome::Answered)];
+        // A sweep: 12 addresses never read while learning, each refused.
+        ex.extend((0..12u16).map(|i| {
+            (
+                LATER + Ts::from(i),
+                "bms",
+                "chiller-1",
+                3,
+                2000 + i,
+                Outcome::Exception(2),
+            )
+        }));
+        let out = wire(ProtocolParams::default(), &ex);
+        assert!(out.iter().any(|f| f.reason.contains("exception responses")));
+        assert!(out.iter().any(|f| f.reason.contains("register sweep")));
+        assert!(!out.iter().any(|f| f.reason.contains("new talker")));
+        // A flood: 61 reads within a minute from a client that read once a minute.
+        let mut ex = vec![(0, "bms", "chiller-1", 3, 1000, Outcome::Answered)];
+        ex.extend((0..61).map(|i| {
+            (
+                LATER + i * 100,
+                "bms",
+                "chiller-1",
+                3,
+                1000,
+                Outcome::Answered,
+            )
+        }));
+        let out = wire(ProtocolParams::default(), &ex);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].technique.id, "T0814");
+    }
+
+    #[test]
+    fn unsolicited_and_malformed_frames_are_findings_even_while_learning() {
+        let out = wire(
+            ProtocolParams::default(),
+            &[
+                (0, "bms", "ups-1", 3, 0, Outcome::Unsolicited),
+                (
+                    1,
+                    "bms",
+                    "ups-1",
+                    0,
+                    0,
+                    Outcome::Malformed("bad_mbap_length"),
+                ),
+            ],
+        );
+        assert_eq!(out[0].technique.id, "T0856");
+        assert_eq!(out[1].technique.id, "T0866");
+    }
+
+    #[test]
+    fn writes_outside_the_profile_are_findings_whoever_writes() {
+        let mut reg = Registry::new(100);
+        let dev = reg.intern_device("s", "chiller-1", "chiller").unwrap();
+        let mut d = Protocol::new(ProtocolParams::default(), Arc::default());
+        let mut out = Vec::new();
+        // chiller-generic: 1201 is the writable setpoint, 1000 the measured supply.
+        let mut c = cmd(0, "bms", "chiller-1", 6);
+        d.command(&c, dev, &reg, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        c.address = 1000;
+        d.command(&c, dev, &reg, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].reason.contains("does not list as writable"),
+            "{}",
+            out[0].reason
         );
     }
 }

@@ -691,7 +691,8 @@ mod tests {
         fn read_requests_round_trip(function in 1u8..=4, address: u16, count in 1u16..=125) {
             let [a0, a1] = address.to_be_bytes();
             let [c0, c1] = count.to_be_bytes();
-            let r = parse_request(&[function, a0, a1, c0, c1]).unwrap();
+            let bytes = [function, a0, a1, c0, c1];
+            let r = parse_request(&bytes).unwrap();
             prop_assert_eq!(r, Request::Read { function, address, count });
         }
     }

@@ -10,6 +10,7 @@ mod interop_modbus;
 mod interop_mqtt;
 mod modbus;
 mod mqtt;
+mod pcap;
 mod replay_data;
 mod soc;
 mod train;

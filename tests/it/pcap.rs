@@ -1,0 +1,231 @@
+//! Packet captures made from real traffic: pymodbus clients (the BMS polling, a rogue
+//! workstation writing a setpoint, a scanner walking unit ids) talk to the simulated
+//! devices on loopback while tcpdump captures; the capture is then replayed and must give
+//! the values the plant served and the detections the traffic deserves. Under `CI=true`
+//! a missing tcpdump or pymodbus fails the test.
+
+use crate::support::{
+    capture_readings, command_ok, peer_available, pymodbus_available, repo, wait_for_file,
+    wattchdog, Peer,
+};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use wattchdog::feature::Registry;
+use wattchdog::source::{open_capture, ByteCounter, Event, OpenOptions};
+use wattchdog::Config;
+
+fn tcpdump_available() -> bool {
+    peer_available(
+        "tcpdump (apt-get install tcpdump), run as root",
+        Command::new("sh").args([
+            "-c",
+            "command -v tcpdump && tcpdump -D | grep -q '\\blo\\b'",
+        ]),
+    )
+}
+
+fn traffic(port: u16, source: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(repo("tests/interop/modbus_traffic.py"))
+        .args(["--port", &port.to_string(), "--source", source])
+        .args(args);
+    c
+}
+
+/// The read plan of every configured device, as the pymodbus poller takes it.
+fn write_plan(cfg: &Config, dir: &Path) -> std::path::PathBuf {
+    let plans = cfg.modbus.resolve(dir, "run.toml").unwrap();
+    let plan: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|p| {
+            let reads: Vec<[u16; 3]> = p
+                .requests
+                .iter()
+                .map(|r| [u16::from(r.function()), r.start, r.count])
+                .collect();
+            serde_json::json!({"unit": p.unit, "reads": reads})
+        })
+        .collect();
+    let path = dir.join("plan.json");
+    std::fs::write(&path, serde_json::to_string(&plan).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detections() {
+    if !pymodbus_available() || !tcpdump_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served.jsonl");
+    let run_toml = dir.path().join("run.toml");
+    let _server = Peer(
+        wattchdog()
+            .args(["simulate", "--serve-modbus", "127.0.0.1:0", "--hours", "1"])
+            .args(["--attacks", "none", "-o"])
+            .arg(&served)
+            .arg("--write-config")
+            .arg(&run_toml)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_file(&run_toml, Duration::from_secs(20));
+    let cfg = Config::load(&run_toml).unwrap();
+    let port: u16 = cfg.modbus.devices[0]
+        .address
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let chiller = cfg
+        .modbus
+        .devices
+        .iter()
+        .find(|d| d.name == "chiller-2")
+        .unwrap()
+        .unit;
+    let plan = write_plan(&cfg, dir.path());
+    let pcap = dir.path().join("wire.pcap");
+    let dump = Peer(
+        Command::new("tcpdump")
+            .args(["-i", "lo", "-n", "-U", "-s", "0", "-w"])
+            .arg(&pcap)
+            .args(["tcp", "port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_file(&pcap, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    let at = |s: f64| {
+        if let Some(wait) = Duration::from_secs_f64(s).checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    };
+    // The BMS polls every device twice a second for 8 s, and sets a setpoint while the
+    // detector learns; a rogue workstation writes the same setpoint later; a scanner
+    // walks unit ids 1–40 (the gateway serves fewer).
+    let bms = traffic(
+        port,
+        "127.0.0.1",
+        &["poll", plan.to_str().unwrap(), "8", "0.5"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    at(1.0);
+    let unit = chiller.to_string();
+    command_ok(&mut traffic(
+        port,
+        "127.0.0.1",
+        &["write", &unit, "1201", "1200"],
+    ));
+    at(5.0);
+    command_ok(&mut traffic(
+        port,
+        "127.0.0.2",
+        &["write", &unit, "1201", "1300"],
+    ));
+    at(6.0);
+    command_ok(&mut traffic(port, "127.0.0.3", &["scan", "1", "40"]));
+    let polled = bms.wait_with_output().unwrap();
+    assert!(polled.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    drop(dump);
+
+    // What the capture decodes to, read through the library.
+    let how = OpenOptions::from_config(&cfg, None);
+    let mut source = open_capture(&pcap, &how, &ByteCounter::default()).unwrap();
+    let mut reg = Registry::new(10_000);
+    let (mut samples, mut commands) = (Vec::new(), Vec::new());
+    while let Some(ev) = source.next_event(&mut reg) {
+        match ev {
+            Event::Sample { point, value, .. } => {
+                let p = reg.point(point);
+                let d = reg.device(p.device);
+                samples.push((d.name.clone(), p.metric.clone(), value));
+            }
+            Event::Command(c) => commands.push(*c),
+            Event::Traffic(_) => {}
+        }
+    }
+    let stats = source.stats();
+    assert_eq!(stats.bad_total(), 0, "{:?}", stats.first_bad);
+    let wire = stats.wire.clone().unwrap();
+    assert!(wire.requests > 100 && wire.exceptions >= 20, "{wire:?}");
+    let truth = capture_readings(&std::fs::read_to_string(&served).unwrap());
+    let supply: Vec<f64> = samples
+        .iter()
+        .filter(|(d, m, _)| d == "chiller-2" && m == "supply_temp_c")
+        .map(|s| s.2)
+        .collect();
+    assert!(supply.len() >= 10, "{} supply readings", supply.len());
+    for v in &supply {
+        assert!(
+            truth.iter().any(|(_, d, m, t)| d == "chiller-2"
+                && m == "supply_temp_c"
+                && (t - v).abs() < 0.006),
+            "decoded supply {v} °C, which the plant never served"
+        );
+    }
+    let writes: Vec<_> = commands
+        .iter()
+        .map(|c| {
+            (
+                c.client.as_str(),
+                c.device.as_str(),
+                c.function,
+                c.address,
+                c.values.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            ("127.0.0.1", "chiller-2", 6, 1201, vec![1200]),
+            ("127.0.0.2", "chiller-2", 6, 1201, vec![1300])
+        ]
+    );
+
+    // The replay: the rogue write and the scan are found; the BMS is not blamed.
+    let test_toml = dir.path().join("test.toml");
+    let mut text = std::fs::read_to_string(&run_toml).unwrap();
+    text.push_str("\n[detectors.protocol]\nlearn = \"3s\"\n");
+    std::fs::write(&test_toml, text).unwrap();
+    let out = command_ok(
+        wattchdog()
+            .args(["replay", "--json", "-c"])
+            .arg(&test_toml)
+            .arg(&pcap),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let protocol: Vec<&serde_json::Value> = report["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["detector"] == "protocol")
+        .collect();
+    let by = |client: &str, technique: &str| {
+        protocol
+            .iter()
+            .any(|a| a["evidence"]["client"] == client && a["technique"]["id"] == technique)
+    };
+    assert!(
+        by("127.0.0.2", "T0836"),
+        "rogue write not found: {protocol:#?}"
+    );
+    assert!(by("127.0.0.3", "T0846"), "scan not found: {protocol:#?}");
+    assert!(
+        protocol
+            .iter()
+            .all(|a| a["evidence"]["client"] != "127.0.0.1"),
+        "the BMS was blamed: {protocol:#?}"
+    );
+    assert!(report["readings"].as_u64().unwrap() > 100);
+}
