@@ -961,3 +961,319 @@ impl Emitter {
         self.words = words;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::CaptureSource;
+    use etherparse::PacketBuilder;
+
+    const BMS: [u8; 4] = [10, 0, 0, 9];
+    const DEV: [u8; 4] = [10, 0, 0, 5];
+
+    /// How packets are framed below IP.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Link {
+        Ethernet,
+        Vlan,
+        Sll2,
+        Ipv6,
+    }
+
+    /// A TCP segment from the BMS (`up`) or the device, as link-layer bytes.
+    fn segment(link: Link, up: bool, seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
+        let (sp, dp) = if up { (40000, 502) } else { (502, 40000) };
+        let mut ip = Vec::new();
+        let ether_type: u16 = if link == Link::Ipv6 {
+            let (s, d) = ([0xfd; 16], {
+                let mut d = [0xfd; 16];
+                d[15] = 5;
+                d
+            });
+            let (s, d) = if up { (s, d) } else { (d, s) };
+            let b = PacketBuilder::ipv6(s, d, 64).tcp(sp, dp, seq, 1000);
+            let b = if syn { b.syn() } else { b.psh().ack(1) };
+            b.write(&mut ip, payload).unwrap();
+            0x86DD
+        } else {
+            let (s, d) = if up { (BMS, DEV) } else { (DEV, BMS) };
+            let b = PacketBuilder::ipv4(s, d, 64).tcp(sp, dp, seq, 1000);
+            let b = if syn { b.syn() } else { b.psh().ack(1) };
+            b.write(&mut ip, payload).unwrap();
+            0x0800
+        };
+        let mut out = Vec::new();
+        match link {
+            Link::Sll2 => {
+                out.extend(ether_type.to_be_bytes());
+                out.extend([0, 0, 0, 0, 0, 1, 0, 1, 0, 6]);
+                out.extend([0; 8]);
+            }
+            _ => {
+                out.extend([2; 6]);
+                out.extend([1; 6]);
+                if link == Link::Vlan {
+                    out.extend(0x8100u16.to_be_bytes());
+                    out.extend(42u16.to_be_bytes());
+                }
+                out.extend(ether_type.to_be_bytes());
+            }
+        }
+        out.extend(ip);
+        out
+    }
+
+    /// A classic pcap file (microseconds) of `(ms, packet, original length)`.
+    fn pcap(linktype: u32, packets: &[(u64, Vec<u8>, usize)]) -> Vec<u8> {
+        let mut f = Vec::new();
+        for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, linktype] {
+            f.extend(v.to_le_bytes());
+        }
+        for (ms, data, orig) in packets {
+            for v in [
+                *ms / 1000,
+                (*ms % 1000) * 1000,
+                data.len() as u64,
+                *orig as u64,
+            ] {
+                f.extend((v as u32).to_le_bytes());
+            }
+            f.extend(data);
+        }
+        f
+    }
+
+    /// The same packets as a pcapng file (one interface, microseconds).
+    fn pcapng(linktype: u16, packets: &[(u64, Vec<u8>, usize)]) -> Vec<u8> {
+        let mut f = Vec::new();
+        let block = |f: &mut Vec<u8>, kind: u32, body: &[u8]| {
+            let len = (12 + body.len().div_ceil(4) * 4) as u32;
+            f.extend(kind.to_le_bytes());
+            f.extend(len.to_le_bytes());
+            f.extend(body);
+            f.extend(vec![0; body.len().div_ceil(4) * 4 - body.len()]);
+            f.extend(len.to_le_bytes());
+        };
+        let mut shb = 0x1A2B_3C4Du32.to_le_bytes().to_vec();
+        shb.extend([1, 0, 0, 0]);
+        shb.extend((-1i64).to_le_bytes());
+        block(&mut f, 0x0A0D_0D0A, &shb);
+        let mut idb = u32::from(linktype).to_le_bytes().to_vec();
+        idb.extend(65535u32.to_le_bytes());
+        block(&mut f, 1, &idb);
+        for (ms, data, orig) in packets {
+            let us = ms * 1000;
+            let mut epb = Vec::new();
+            for v in [
+                0u32,
+                (us >> 32) as u32,
+                us as u32,
+                data.len() as u32,
+                *orig as u32,
+            ] {
+                epb.extend(v.to_le_bytes());
+            }
+            epb.extend(data);
+            block(&mut f, 6, &epb);
+        }
+        f
+    }
+
+    fn adu(t: u16, pdu: &[u8]) -> Vec<u8> {
+        let mut v = t.to_be_bytes().to_vec();
+        v.extend([0, 0]);
+        v.extend((pdu.len() as u16 + 1).to_be_bytes());
+        v.push(1);
+        v.extend(pdu);
+        v
+    }
+
+    /// Handshake, a read of supply and return water (7.00 °C, 12.50 °C) and a setpoint
+    /// write, with the TCP sequence numbers a real stack would use.
+    fn session(link: Link) -> Vec<(u64, Vec<u8>, usize)> {
+        let read = adu(1, &[3, 0x03, 0xE8, 0, 2]);
+        let data = adu(1, &[3, 4, 0x02, 0xBC, 0x04, 0xE2]);
+        let write = adu(2, &[6, 0x04, 0xB1, 0x05, 0x14]);
+        let pkts = [
+            segment(link, true, 99, true, &[]),
+            segment(link, false, 499, true, &[]),
+            segment(link, true, 100, false, &read),
+            segment(link, false, 500, false, &data),
+            segment(link, true, 112, false, &write),
+            segment(link, false, 513, false, &write),
+        ];
+        pkts.into_iter()
+            .enumerate()
+            .map(|(i, p)| (1_783_382_400_000 + i as u64 * 10, p.clone(), p.len()))
+            .collect()
+    }
+
+    fn config() -> crate::Config {
+        crate::Config::from_toml_str(
+            "[modbus]\nsite = \"lab\"\n[[modbus.devices]]\nname = \"chiller-1\"\naddress = \"10.0.0.5:502\"\nunit = 1\nprofile = \"chiller-generic\"\n\
+             [[modbus.devices]]\nname = \"chiller-6\"\naddress = \"[fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fd05]:502\"\nunit = 1\nprofile = \"chiller-generic\"\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    type Samples = Vec<(String, String, f64)>;
+
+    /// Reads a capture: samples as (device, metric, value), commands, exchanges, stats.
+    fn read(bytes: Vec<u8>) -> (Samples, Vec<Command>, Vec<Traffic>, FileStats) {
+        let cfg = config();
+        let mut src = PcapSource::new(
+            Box::new(std::io::Cursor::new(bytes)),
+            "t.pcap".into(),
+            cfg.wire.clone(),
+        )
+        .unwrap();
+        let mut reg = Registry::new(100);
+        let (mut s, mut c, mut t) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(ev) = src.next_event(&mut reg) {
+            match ev {
+                Event::Sample { point, value, .. } => {
+                    let p = reg.point(point);
+                    s.push((reg.device(p.device).name.clone(), p.metric.clone(), value));
+                }
+                Event::Command(x) => c.push(*x),
+                Event::Traffic(x) => t.push(*x),
+            }
+        }
+        (s, c, t, src.stats().clone())
+    }
+
+    fn expect_session(bytes: Vec<u8>, device: &str, client: &str) {
+        let (s, c, t, stats) = read(bytes);
+        assert_eq!(stats.bad_total(), 0, "{:?}", stats.first_bad);
+        assert_eq!(
+            s,
+            [
+                (device.to_owned(), "supply_temp_c".to_owned(), 7.0),
+                (device.to_owned(), "return_temp_c".to_owned(), 12.5)
+            ]
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].client.as_str(), c[0].function, c[0].address),
+            (client, 6, 1201)
+        );
+        assert_eq!(c[0].values, [1300]);
+        assert_eq!(t.len(), 2);
+        assert!(t.iter().all(|t| t.outcome == Outcome::Answered));
+    }
+
+    #[test]
+    fn every_link_layer_and_both_file_formats_give_the_same_events() {
+        let v4 = "10.0.0.9";
+        expect_session(pcap(1, &session(Link::Ethernet)), "chiller-1", v4);
+        expect_session(pcap(1, &session(Link::Vlan)), "chiller-1", v4);
+        expect_session(pcap(276, &session(Link::Sll2)), "chiller-1", v4);
+        let v6 = "fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd";
+        expect_session(pcap(1, &session(Link::Ipv6)), "chiller-6", v6);
+        expect_session(pcapng(1, &session(Link::Ethernet)), "chiller-1", v4);
+    }
+
+    #[test]
+    fn split_reordered_and_retransmitted_segments_are_put_back() {
+        let mut pkts = session(Link::Ethernet);
+        // The response split in two, the halves swapped, the first half sent twice.
+        let data = adu(1, &[3, 4, 0x02, 0xBC, 0x04, 0xE2]);
+        let (a, b) = data.split_at(5);
+        let first = segment(Link::Ethernet, false, 500, false, a);
+        let second = segment(Link::Ethernet, false, 505, false, b);
+        let ts = pkts[3].0;
+        pkts.splice(
+            3..4,
+            [
+                (ts, second.clone(), second.len()),
+                (ts, first.clone(), first.len()),
+                (ts, first.clone(), first.len()),
+            ],
+        );
+        let (s, _, _, stats) = read(pcap(1, &pkts));
+        assert_eq!(s.len(), 2);
+        let w = stats.wire.unwrap();
+        assert_eq!((w.out_of_order, w.retransmissions), (1, 1));
+    }
+
+    #[test]
+    fn bad_input_is_counted_by_reason_and_the_rest_still_decodes() {
+        let mut pkts = session(Link::Ethernet);
+        // The read response is cut by the snaplen: that exchange is lost, the write not.
+        let full = pkts[3].1.clone();
+        pkts[3] = (pkts[3].0, full[..full.len() - 6].to_vec(), full.len());
+        // A response no one asked for, and HTTP on port 502 in another connection.
+        let forged = segment(Link::Ethernet, false, 525, false, &adu(77, &[3, 2, 0, 1]));
+        pkts.push((pkts[5].0 + 1, forged.clone(), forged.len()));
+        for (syn, seq, payload) in [
+            (true, 4999, &b""[..]),
+            (false, 5000, b"GET / HTTP/1.1\r\n\r\n"),
+        ] {
+            let mut p = segment(Link::Ethernet, true, seq, syn, payload);
+            p[34..36].copy_from_slice(&40001u16.to_be_bytes());
+            pkts.push((pkts[5].0 + 2, p.clone(), p.len()));
+        }
+        let (s, c, t, stats) = read(pcap(1, &pkts));
+        assert!(s.is_empty(), "{s:?}");
+        assert_eq!(c.len(), 1, "the write still decodes");
+        for reason in [
+            BadReason::TruncatedPacket,
+            BadReason::UnsolicitedResponse,
+            BadReason::NotModbus,
+        ] {
+            assert_eq!(
+                stats.bad.get(&reason),
+                Some(&1),
+                "{reason:?}: {:?}",
+                stats.bad
+            );
+        }
+        assert!(t.iter().any(|t| t.outcome == Outcome::Unsolicited));
+        assert!(
+            t.iter().any(|t| t.outcome == Outcome::Unanswered),
+            "the cut read went unanswered"
+        );
+        assert!(
+            stats.first_bad.iter().all(|b| b.line >= 4),
+            "{:?}",
+            stats.first_bad
+        );
+    }
+
+    #[test]
+    fn a_truncated_file_keeps_what_came_before_and_says_where_it_ended() {
+        let mut bytes = pcap(1, &session(Link::Ethernet));
+        bytes.truncate(bytes.len() - 10);
+        let (s, c, _, stats) = read(bytes);
+        assert_eq!(s.len(), 2);
+        assert_eq!(c.len(), 1, "the write request was whole; its echo was cut");
+        assert!(stats.error.unwrap().contains("after packet 5"));
+    }
+
+    #[test]
+    fn not_a_capture_is_an_error_naming_the_file() {
+        let err = PcapSource::new(
+            Box::new(&b"{\"ts\":1}\n"[..]),
+            "x.pcap".into(),
+            Arc::default(),
+        );
+        assert!(err.err().unwrap().to_string().contains("x.pcap"));
+    }
+
+    proptest::proptest! {
+        /// Any bytes after a valid header, and any bytes at all: no panic, and counters
+        /// that add up.
+        #[test]
+        fn arbitrary_captures_never_panic(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), raw: bool) {
+            let mut bytes = if raw { Vec::new() } else { pcap(1, &session(Link::Ethernet)) };
+            bytes.extend(tail);
+            if let Ok(mut src) = PcapSource::new(Box::new(std::io::Cursor::new(bytes)), "p".into(), config().wire.clone()) {
+                let mut reg = Registry::new(1000);
+                while src.next_event(&mut reg).is_some() {}
+                let w = src.stats().wire.clone().unwrap();
+                proptest::prop_assert!(w.responses + w.unsolicited <= w.adus);
+            }
+        }
+    }
+}
