@@ -181,7 +181,8 @@ pub struct ReplayArgs {
 /// `wattchdog simulate`.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// Output capture (.jsonl, .jsonl.gz or .jsonl.zst); labels go beside it.
+    /// Output capture (.jsonl, .jsonl.gz, .jsonl.zst, or .pcap: the Modbus/TCP traffic);
+    /// labels go beside it.
     #[arg(short, long)]
     pub output: PathBuf,
     /// Simulated hours (all eleven attacks need 9.9 h).
@@ -220,8 +221,9 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
     /// With --serve-modbus: write a `wattchdog run` config polling the served devices
-    /// (written once the port is bound).
-    #[arg(long, requires = "serve_modbus")]
+    /// (written once the port is bound). With a `.pcap` output: write the config that
+    /// names the devices behind the simulated gateway, for replaying the capture.
+    #[arg(long)]
     pub write_config: Option<PathBuf>,
     /// Poll interval to put in the --write-config file.
     #[arg(long, default_value = "1s", requires = "write_config")]

@@ -147,7 +147,27 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
     let file =
         File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
     let name = a.output.to_string_lossy().into_owned();
+    let pcap = wattchdog::source::detect_format(&a.output) == wattchdog::source::Format::Pcap;
+    anyhow::ensure!(
+        a.write_config.is_none() || pcap,
+        "--write-config needs --serve-modbus or a .pcap output"
+    );
     let labels = match split_compression(&name).1 {
+        _ if pcap => {
+            anyhow::ensure!(
+                !name.to_ascii_lowercase().ends_with(".pcapng"),
+                "the simulator writes classic pcap: name the output .pcap"
+            );
+            let mut w = BufWriter::new(file);
+            let l = sim::pcap::simulate_pcap(&facility, &opts, &mut w)?;
+            w.flush()?;
+            if let Some(path) = &a.write_config {
+                let devices = sim::pcap::devices(&facility, &opts)?;
+                std::fs::write(path, sim::pcap::replay_config(&devices, &facility.site))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            l
+        }
         Compression::None => {
             let mut w = BufWriter::new(file);
             let l = sim::simulate(&facility, &opts, &mut w)?;

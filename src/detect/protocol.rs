@@ -9,8 +9,9 @@
 //!   (a measured value, an undefined address) is a finding whoever sends it.
 //! - A client addressing more than `scan_devices` distinct devices (server × unit id)
 //!   within `scan_window`, not counting those it addressed while learning, is a scan;
-//!   more than `exception_burst` exception responses to one client within the window
-//!   is probing.
+//!   more than `exception_burst` exception responses within the window to requests the
+//!   client did not make while learning is probing (a failing device that refuses the
+//!   BMS's routine polls is the staleness detector's business).
 //! - A response no request asked for is a spoofed report (or a man in the middle); a
 //!   frame that breaks the protocol is an exploitation attempt.
 //!
@@ -474,7 +475,10 @@ impl Detector for Protocol {
                 }
             }
         }
-        if let Outcome::Exception(_) = t.outcome {
+        // Exceptions to the requests a client always makes are a failing device (the
+        // staleness detector's business), not probing.
+        let routine = learn_rules && c.known.contains(&(t.device, t.function, t.address));
+        if matches!(t.outcome, Outcome::Exception(_)) && !routine {
             c.exceptions.push_back(t.ts);
             while c.exceptions.front().is_some_and(|&ts| t.ts - ts > window) {
                 c.exceptions.pop_front();

@@ -18,6 +18,7 @@
 //! simulated devices use it); [`simulate`] writes a JSONL capture and returns its labels.
 
 pub mod facility;
+pub mod pcap;
 pub mod publish;
 pub mod scenario;
 pub mod serve;
@@ -938,6 +939,8 @@ pub fn labels_path(capture: &std::path::Path) -> std::path::PathBuf {
     let stem = base
         .strip_suffix(".jsonl")
         .or_else(|| base.strip_suffix(".csv"))
+        .or_else(|| base.strip_suffix(".pcapng"))
+        .or_else(|| base.strip_suffix(".pcap"))
         .unwrap_or(base);
     capture.with_file_name(format!("{stem}.labels.json"))
 }
