@@ -218,7 +218,7 @@ impl Protocol {
         ts: Ts,
         device: DeviceId,
         out: &mut Vec<Finding>,
-        evidence: &serde_json::Value,
+        evidence: &dyn Fn() -> serde_json::Value,
     ) {
         let window = self.params.scan_window;
         let learning = self.learning(ts);
@@ -247,7 +247,7 @@ impl Protocol {
                     distinct.len(),
                     format_duration(window)
                 ),
-                evidence.clone(),
+                evidence(),
             ));
         }
     }
@@ -364,14 +364,15 @@ impl Detector for Protocol {
                 evidence.clone(),
             ));
         }
-        self.scan(&cmd.client, cmd.ts, device, out, &evidence);
+        self.scan(&cmd.client, cmd.ts, device, out, &|| evidence.clone());
     }
 
     fn traffic(&mut self, t: &Traffic, reg: &Registry, out: &mut Vec<Finding>) {
         let learning = self.learning(t.ts);
         let learn_rules = self.params.learn > 0;
-        let dev_name = reg.device(t.device).name.clone();
-        let evidence = json!({"client": &*t.client, "function": t.function, "address": t.address, "count": t.count, "outcome": format!("{:?}", t.outcome)});
+        // Built only for findings: most exchanges are routine.
+        let dev_name = &reg.device(t.device).name;
+        let evidence = || json!({"client": &*t.client, "function": t.function, "address": t.address, "count": t.count, "outcome": format!("{:?}", t.outcome)});
         let window = self.params.scan_window;
         let (sweep_limit, burst_limit, factor) = (
             self.params.sweep_ranges,
@@ -389,7 +390,7 @@ impl Detector for Protocol {
                     "{dev_name} sent {} a response to no outstanding request: spoofed or injected (man in the middle)",
                     t.client
                 ),
-                evidence.clone(),
+                evidence(),
             )),
             Outcome::Malformed(why) => out.push(finding(
                 t.ts,
@@ -401,7 +402,7 @@ impl Detector for Protocol {
                     "malformed Modbus frame between {} and {dev_name} ({why}): a fuzzer, an exploit attempt or a broken device",
                     t.client
                 ),
-                evidence.clone(),
+                evidence(),
             )),
             _ => {}
         }
@@ -511,7 +512,7 @@ impl Detector for Protocol {
                 severity,
                 technique,
                 reason,
-                evidence.clone(),
+                evidence(),
             ));
         }
         self.scan(&t.client, t.ts, t.device, out, &evidence);
