@@ -244,4 +244,7 @@ pub struct CheckConfigArgs {
     /// Treat the file as a Modbus register map (`protocols/modbus/*.toml`) instead.
     #[arg(long)]
     pub register_map: bool,
+    /// Print the Modbus devices and their read plans as JSON (for scripts).
+    #[arg(long, conflicts_with_all = ["mapping", "register_map"])]
+    pub json: bool,
 }

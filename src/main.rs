@@ -372,6 +372,21 @@ fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
         let origin = a.file.display().to_string();
         let devices = cfg.modbus.resolve(base, &origin)?;
         let brokers = cfg.mqtt.resolve(base, &origin)?;
+        if a.json {
+            let modbus: Vec<serde_json::Value> = devices
+                .iter()
+                .map(|d| {
+                    let requests: Vec<serde_json::Value> = d
+                        .requests
+                        .iter()
+                        .map(|r| serde_json::json!({"function": r.function(), "start": r.start, "count": r.count}))
+                        .collect();
+                    serde_json::json!({"site": d.site, "name": d.name, "address": d.address, "unit": d.unit, "profile": d.map.profile, "requests": requests})
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "modbus": modbus }));
+            return Ok(ExitCode::SUCCESS);
+        }
         let mut parts = Vec::new();
         let forests: Vec<String> = DeviceKind::ALL
             .iter()
@@ -392,6 +407,18 @@ fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
                 devices.len(),
                 requests
             ));
+            parts.push(format!(
+                "packet captures: Modbus on TCP ports {}",
+                cfg.wire
+                    .ports()
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            for d in cfg.wire.unmatched() {
+                eprintln!("warning: {d}: a host name, which packet captures cannot be matched to; give its IP address");
+            }
         }
         for b in &brokers {
             parts.push(format!(

@@ -286,12 +286,32 @@ impl ReplayReport {
             self.elapsed_s,
             self.readings_per_s
         );
+        for f in &self.files {
+            if let Some(w) = &f.wire {
+                let _ = writeln!(
+                    s,
+                    "{}: {} packets, {} TCP connections; {} Modbus requests: {} answered ({} with an exception), {} unanswered; {} unsolicited responses; segments: {} retransmitted, {} out of order, {} holes",
+                    f.file,
+                    w.packets,
+                    w.connections,
+                    w.requests,
+                    w.responses,
+                    w.exceptions,
+                    w.unanswered,
+                    w.unsolicited,
+                    w.retransmissions,
+                    w.out_of_order,
+                    w.gaps
+                );
+            }
+        }
         if let (Some(a), Some(b)) = (&self.first_ts, &self.last_ts) {
             let span = crate::time::TimeFormat::Auto.parse(b).unwrap_or(0)
                 - crate::time::TimeFormat::Auto.parse(a).unwrap_or(0);
             let _ = writeln!(s, "event time {a} → {b} ({})", format_duration(span));
         }
         if self.bad_lines > 0 {
+            // In packet captures a "line" is a packet number.
             let reasons: Vec<String> = self
                 .bad_by_reason
                 .iter()

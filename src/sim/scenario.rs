@@ -124,7 +124,8 @@ pub fn schedule(
         return Err(super::SimError::TooShort {
             hours: total_s as f64 / 3600.0,
             attacks: names.len(),
-            need: need as f64 / 3600.0,
+            // Rounded up to the tenth shown, so the advice is enough.
+            need: (need as f64 / 360.0).ceil() / 10.0,
         });
     }
     let slot = if names.is_empty() {

@@ -123,6 +123,13 @@ impl WireMap {
             .map(|d| d.map.clone())
     }
 
+    /// The TCP ports read as Modbus, sorted.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.ports.iter().copied().collect();
+        p.sort_unstable();
+        p
+    }
+
     /// Devices whose address is a host name, which packets cannot be matched to.
     pub fn unmatched(&self) -> &[String] {
         &self.unmatched
