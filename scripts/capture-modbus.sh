@@ -45,5 +45,9 @@ sleep 1; python3 $t --port $port --source 127.0.0.3 scan 1 20 >/dev/null
 wait $poll
 sleep 0.5
 kill -INT $dump; wait $dump 2>/dev/null || true
-sed "s/^address = .*/address = \"127.0.0.1:$port\"/" "$tmp/run.toml" | grep -v '^\[clock\]\|^speed\|^epoch' > "$out/loopback.toml"
+{
+  sed -e "s/^address = .*/address = \"127.0.0.1:$port\"/" \
+    -e "1s|^# Polls|# The devices of tests/fixtures/pcap/loopback.pcap (scripts/capture-modbus.sh):\n#|" "$tmp/run.toml" | grep -v '^\[clock\]\|^speed\|^epoch'
+  printf '\n# The capture lasts seconds, not hours: the protocol detector learns what is\n# normal from its first 2 s (the BMS polling and writing).\n[detectors.protocol]\nlearn = "2s"\n'
+} > "$out/loopback.toml"
 ls -l "$out/loopback.pcap" "$out/loopback.toml"

@@ -585,6 +585,19 @@ mod tests {
             }
         }
 
+        /// The loader of people-written (and attacker-supplied) map files: junk, and a
+        /// real profile with one byte changed, give an error or a map, never a panic.
+        #[test]
+        fn loading_never_panics(junk in ".{0,200}", at in 0usize..4000, byte in any::<u8>()) {
+            let _ = RegisterMap::from_toml_str(&junk, "junk.toml");
+            let mut text = include_str!("../../protocols/modbus/chiller-generic.toml").as_bytes().to_vec();
+            let at = at % text.len();
+            text[at] = byte;
+            if let Ok(t) = String::from_utf8(text) {
+                let _ = RegisterMap::from_toml_str(&t, "chiller.toml");
+            }
+        }
+
         #[test]
         fn bits_and_text_round_trip(on in any::<bool>(), text in "[A-Za-z0-9 -]{0,8}", o in 0usize..4) {
             let m = map(ORDERS[o].0, ORDERS[o].1);

@@ -1,0 +1,9 @@
+//! One line of a JSONL capture.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use wattchdog::feature::Registry;
+use wattchdog::source::jsonl::parse_line;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_line(data, &mut Registry::new(100));
+});
