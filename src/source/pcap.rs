@@ -169,6 +169,16 @@ pub struct WireStats {
     pub unsolicited: u64,
 }
 
+/// One ADU as cut from a stream, with where and when it was seen.
+struct Seen<'a> {
+    server: SocketAddr,
+    client: &'a Arc<str>,
+    h: Mbap,
+    pdu: &'a [u8],
+    now: Ts,
+    packet: u64,
+}
+
 /// A request waiting for its response.
 struct Pending {
     ts: Ts,
@@ -591,10 +601,18 @@ fn drain(
                 if let Some(w) = &mut em.stats.wire {
                     w.adus += 1;
                 }
+                let seen = Seen {
+                    server: *server,
+                    client: client_name,
+                    h,
+                    pdu,
+                    now,
+                    packet,
+                };
                 if to_server {
-                    em.request(reg, *server, client_name, pending, h, pdu, now, packet);
+                    em.request(reg, pending, seen);
                 } else {
-                    em.response(reg, *server, client_name, pending, h, pdu, now, packet);
+                    em.response(reg, pending, seen);
                 }
             }
             Err(e) => {
@@ -709,18 +727,20 @@ impl Emitter {
         })));
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn request(
         &mut self,
         reg: &mut Registry,
-        server: SocketAddr,
-        client: &Arc<str>,
         pending: &mut FxHashMap<u16, Pending>,
-        h: Mbap,
-        pdu: &[u8],
-        now: Ts,
-        packet: u64,
+        seen: Seen<'_>,
     ) {
+        let Seen {
+            server,
+            client,
+            h,
+            pdu,
+            now,
+            packet,
+        } = seen;
         if let Some(w) = &mut self.stats.wire {
             w.requests += 1;
         }
@@ -765,18 +785,20 @@ impl Emitter {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn response(
         &mut self,
         reg: &mut Registry,
-        server: SocketAddr,
-        client: &Arc<str>,
         pending: &mut FxHashMap<u16, Pending>,
-        h: Mbap,
-        pdu: &[u8],
-        now: Ts,
-        packet: u64,
+        seen: Seen<'_>,
     ) {
+        let Seen {
+            server,
+            client,
+            h,
+            pdu,
+            now,
+            packet,
+        } = seen;
         let dev = self.slot(reg, server, h.unit).device;
         let function = pdu.first().copied().unwrap_or(0) & 0x7F;
         let Some(p) = pending.remove(&h.transaction).filter(|p| p.unit == h.unit) else {

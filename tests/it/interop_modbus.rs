@@ -3,8 +3,8 @@
 //! `CI=true` a missing pymodbus fails these tests.
 
 use crate::support::{
-    capture_readings, command_ok, free_port, pymodbus_available, repo, wait_for_file,
-    wait_for_port, wattchdog, Peer,
+    capture_readings, command_ok, free_port, pymodbus_available, repo, serve_facility,
+    wait_for_port, Peer,
 };
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -92,20 +92,7 @@ fn a_pymodbus_client_reads_and_writes_the_simulated_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let capture = dir.path().join("served.jsonl");
-    let run_toml = dir.path().join("run.toml");
-    let _server = Peer(
-        wattchdog()
-            .args(["simulate", "--serve-modbus", "127.0.0.1:0", "--hours", "1"])
-            .args(["--attacks", "none", "-o"])
-            .arg(&capture)
-            .arg("--write-config")
-            .arg(&run_toml)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_file(&run_toml, Duration::from_secs(20));
+    let (_server, capture, run_toml) = serve_facility(dir.path());
     let cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&run_toml).unwrap()).unwrap();
     let devices = cfg["modbus"]["devices"].as_array().unwrap();
     let chiller = devices

@@ -5,8 +5,8 @@
 //! a missing tcpdump or pymodbus fails the test.
 
 use crate::support::{
-    capture_readings, command_ok, peer_available, pymodbus_available, repo, wait_for_file,
-    wattchdog, Peer,
+    capture_readings, command_ok, peer_available, pymodbus_available, repo, serve_facility,
+    wait_for_file, wattchdog, Peer,
 };
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -58,20 +58,7 @@ fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detectio
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let served = dir.path().join("served.jsonl");
-    let run_toml = dir.path().join("run.toml");
-    let _server = Peer(
-        wattchdog()
-            .args(["simulate", "--serve-modbus", "127.0.0.1:0", "--hours", "1"])
-            .args(["--attacks", "none", "-o"])
-            .arg(&served)
-            .arg("--write-config")
-            .arg(&run_toml)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_file(&run_toml, Duration::from_secs(20));
+    let (_server, served, run_toml) = serve_facility(dir.path());
     let cfg = Config::load(&run_toml).unwrap();
     let port: u16 = cfg.modbus.devices[0]
         .address

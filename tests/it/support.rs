@@ -217,3 +217,24 @@ impl std::io::Write for SharedBuf {
         Ok(())
     }
 }
+
+/// The simulated facility served over Modbus TCP on a free loopback port, in real time:
+/// the server (killed when dropped), the capture of what it served, and the `run` config
+/// that names its devices (written once the port is bound).
+pub fn serve_facility(dir: &Path) -> (Peer, PathBuf, PathBuf) {
+    let served = dir.join("served.jsonl");
+    let run_toml = dir.join("run.toml");
+    let server = Peer(
+        wattchdog()
+            .args(["simulate", "--serve-modbus", "127.0.0.1:0", "--hours", "1"])
+            .args(["--attacks", "none", "-o"])
+            .arg(&served)
+            .arg("--write-config")
+            .arg(&run_toml)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_file(&run_toml, std::time::Duration::from_secs(20));
+    (server, served, run_toml)
+}
