@@ -335,21 +335,31 @@ impl PcapSource {
                     };
                     if let Some((link, raw_ts, cut, data)) = packet {
                         let ts = if raw_ts == u64::MAX {
-                            self.now
+                            Some(self.now.max(0))
                         } else {
                             to_ms(raw_ts, link)
                         };
-                        self.now = self.now.max(ts);
-                        let now = self.now;
-                        packet_in(
-                            &mut self.conns,
-                            &mut self.emit,
-                            reg,
-                            link.linktype,
-                            now,
-                            cut,
-                            data,
-                        );
+                        if let Some(ts) = ts {
+                            self.now = self.now.max(ts);
+                            let now = self.now;
+                            packet_in(
+                                &mut self.conns,
+                                &mut self.emit,
+                                reg,
+                                link.linktype,
+                                now,
+                                cut,
+                                data,
+                            );
+                        } else {
+                            self.emit.stats.lines += 1;
+                            let n = self.emit.stats.lines;
+                            self.emit.stats.bad_line(
+                                n,
+                                BadReason::BadTimestamp,
+                                "packet time beyond the year 9999",
+                            );
+                        }
                     }
                     reader.consume(offset);
                 }
@@ -400,9 +410,13 @@ impl PcapSource {
     }
 }
 
-fn to_ms(raw: u64, link: Link) -> Ts {
+/// A packet's time in epoch milliseconds, if it is a time wattchdog can handle.
+fn to_ms(raw: u64, link: Link) -> Option<Ts> {
     let ms = u128::from(raw) * 1000 / u128::from(link.resolution.max(1));
-    (ms as i64).saturating_add(link.offset.saturating_mul(1000))
+    let ts = i64::try_from(ms)
+        .ok()?
+        .checked_add(link.offset.checked_mul(1000)?)?;
+    crate::time::epoch_to_ms(ts as f64).filter(|t| *t >= 0)
 }
 
 impl CaptureSource for PcapSource {
