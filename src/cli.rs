@@ -101,6 +101,10 @@ pub struct EvalArgs {
     /// Print the score as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write the HTML report of the replay with the per-scenario table (one capture
+    /// only, not with --alerts).
+    #[arg(long, conflicts_with = "alerts")]
+    pub report_html: Option<PathBuf>,
 }
 
 /// `wattchdog train`.
@@ -166,6 +170,10 @@ pub struct ReplayArgs {
     /// Write the full report (JSON) here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write the incident responder's report here: one self-contained HTML file with
+    /// a timeline and per-incident plots (labels drawn when a sidecar exists).
+    #[arg(long)]
+    pub report_html: Option<PathBuf>,
     /// Print the report as JSON on stdout instead of the human summary on stderr (alerts
     /// then go only to --alerts).
     #[arg(long)]

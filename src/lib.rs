@@ -33,6 +33,7 @@
 //! - [`http`]: the API, the stream and the dashboard page.
 //! - [`webhook`]: signed webhook delivery from the outbox.
 //! - [`replay`]: replay of captures with a report.
+//! - [`report_html`]: the self-contained HTML report of a replay or an evaluation.
 //! - [`eval`]: scoring alerts against labels.
 //! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures or
 //!   serving its devices over Modbus TCP or publishing them to MQTT.
@@ -61,6 +62,7 @@ pub mod model_file;
 pub mod pipeline;
 pub mod protocol;
 pub mod replay;
+pub mod report_html;
 pub mod sim;
 pub mod sink;
 pub mod soc;

@@ -64,6 +64,7 @@ fn run_replay(a: ReplayArgs) -> Result<ExitCode> {
         mapping,
         speed: a.speed.filter(|s| *s > 0.0),
         progress: !a.no_progress && io::stderr().is_terminal(),
+        keep_scores: a.report_html.is_some(),
     };
     let out: Option<Box<dyn Write>> = match (&a.alerts, a.json) {
         (Some(p), _) => Some(Box::new(BufWriter::new(
@@ -95,6 +96,19 @@ fn run_replay(a: ReplayArgs) -> Result<ExitCode> {
             File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         );
         serde_json::to_writer_pretty(f, &report).context("cannot write the report")?;
+    }
+    if let Some(p) = &a.report_html {
+        let labels = sidecar_labels(&a.files);
+        write_html_report(
+            p,
+            &cfg,
+            a.config.as_deref(),
+            &opts,
+            &report,
+            labels,
+            None,
+            0,
+        )?;
     }
     if a.json {
         let mut stdout = io::stdout().lock();
@@ -214,7 +228,12 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
         a.alerts.is_none() || a.files.len() == 1,
         "--alerts scores one capture: give exactly one"
     );
+    anyhow::ensure!(
+        a.report_html.is_none() || a.files.len() == 1,
+        "--report-html reports one capture: give exactly one"
+    );
     let mut score = Score::default();
+    let mut html = None;
     for file in &a.files {
         let labels_path = wattchdog::sim::labels_path(file);
         if !labels_path.exists() {
@@ -261,8 +280,12 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
                     mapping: mapping.clone(),
                     speed: None,
                     progress: false,
+                    keep_scores: a.report_html.is_some(),
                 };
                 let report = replay(&cfg, &opts, &mut |_| Ok(()))?;
+                if a.report_html.is_some() {
+                    html = Some((opts, report.clone(), labels.clone()));
+                }
                 for e in &report.errors {
                     eprintln!("warning: {e}");
                 }
@@ -304,12 +327,92 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
         eval::score_capture(&mut score, &labels, &alerts, span, grace);
     }
     score.finish();
+    if let (Some(p), Some((opts, report, labels))) = (&a.report_html, html) {
+        write_html_report(
+            p,
+            &cfg,
+            a.config.as_deref(),
+            &opts,
+            &report,
+            labels,
+            Some(score.clone()),
+            grace,
+        )?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&score)?);
     } else {
         print!("{}", score.render());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The labelled windows of the captures' sidecars that exist and read cleanly (a report
+/// without labels is still a report).
+fn sidecar_labels(files: &[std::path::PathBuf]) -> Vec<wattchdog::eval::LabelWindow> {
+    let mut out = Vec::new();
+    for f in files {
+        let path = wattchdog::sim::labels_path(f);
+        if path.exists() {
+            match wattchdog::eval::load_labels(&path) {
+                Ok((labels, _)) => out.extend(labels),
+                Err(e) => eprintln!("warning: labels not drawn: {e}"),
+            }
+        }
+    }
+    out
+}
+
+/// Writes the HTML report of a replay: digests the captures and the config, reads the
+/// captures again for the incidents' telemetry, renders.
+#[allow(clippy::too_many_arguments)]
+fn write_html_report(
+    path: &std::path::Path,
+    cfg: &Config,
+    config_path: Option<&std::path::Path>,
+    opts: &ReplayOptions,
+    report: &wattchdog::replay::ReplayReport,
+    labels: Vec<wattchdog::eval::LabelWindow>,
+    score: Option<wattchdog::eval::Score>,
+    grace: i64,
+) -> Result<()> {
+    use wattchdog::report_html::{self, Context, FileDigest};
+    let digest = |p: &std::path::Path| -> Result<(u64, String)> {
+        let bytes = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let sha = wattchdog::train::sha256_file(p)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        Ok((bytes, sha))
+    };
+    let mut files = Vec::new();
+    for f in &opts.inputs {
+        let (bytes, sha256) = digest(f)?;
+        files.push(FileDigest {
+            name: f.display().to_string(),
+            bytes,
+            sha256,
+        });
+    }
+    let config = match config_path {
+        Some(p) => format!("{} (sha256 {})", p.display(), digest(p)?.1),
+        None => "built-in defaults".to_owned(),
+    };
+    let how = wattchdog::source::OpenOptions::from_config(cfg, opts.mapping.clone());
+    let telemetry = report_html::gather(report, &opts.inputs, &how)?;
+    let ctx = Context {
+        files,
+        config,
+        labels,
+        score,
+        grace,
+        generated: format!(
+            "generated {} by wattchdog {}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+            env!("CARGO_PKG_VERSION")
+        ),
+    };
+    let html = report_html::render(report, &ctx, &telemetry, &report.scores);
+    std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn run_train(a: TrainArgs) -> Result<ExitCode> {

@@ -88,7 +88,29 @@ pub struct Pipeline {
     updated: Vec<Vec<PointId>>,
     findings: Vec<Finding>,
     stats: PipelineStats,
+    score_log: Option<Vec<ScorePoint>>,
 }
+
+/// One finding's score, kept for reports that plot scores over time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScorePoint {
+    /// Event time.
+    pub ts: Ts,
+    /// Device name.
+    pub device: String,
+    /// Detector.
+    pub detector: &'static str,
+    /// Metrics, as the alert names them.
+    pub metrics: Vec<String>,
+    /// Score.
+    pub score: f64,
+    /// Threshold.
+    pub threshold: f64,
+}
+
+/// Findings a score log keeps at most (a report needs the incidents' neighbourhoods, not
+/// every finding of a noisy capture).
+const MAX_SCORE_LOG: usize = 2_000_000;
 
 impl Pipeline {
     /// Builds the pipeline from a validated config.
@@ -110,7 +132,21 @@ impl Pipeline {
             updated: Vec::new(),
             findings: Vec::new(),
             stats: PipelineStats::default(),
+            score_log: None,
         }
+    }
+
+    /// Keeps every finding's score from now on (for the HTML report).
+    pub fn log_scores(&mut self) {
+        self.score_log.get_or_insert_with(Vec::new);
+    }
+
+    /// The scores logged so far, handed over.
+    pub fn take_scores(&mut self) -> Vec<ScorePoint> {
+        self.score_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Adds a detector after those the config enabled (training adds a recorder).
@@ -306,6 +342,20 @@ impl Pipeline {
                 (&da.site, &da.name, a.detector, &a.metrics)
                     .cmp(&(&db.site, &db.name, b.detector, &b.metrics))
             });
+        }
+        if let Some(log) = &mut self.score_log {
+            for f in &self.findings {
+                if log.len() < MAX_SCORE_LOG {
+                    log.push(ScorePoint {
+                        ts: f.ts,
+                        device: self.registry.device(f.device).name.clone(),
+                        detector: f.detector,
+                        metrics: f.metrics.clone(),
+                        score: f.score,
+                        threshold: f.threshold,
+                    });
+                }
+            }
         }
         for f in self.findings.drain(..) {
             self.correlator.observe(f, &self.registry, out);

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::{Alert, AlertStatus, Incident, Ts};
+pub use crate::pipeline::ScorePoint;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::source::csv::WideMapping;
 use crate::source::{
@@ -28,6 +29,8 @@ pub struct ReplayOptions {
     pub speed: Option<f64>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Keep every finding's score in the report (for `--report-html`).
+    pub keep_scores: bool,
 }
 
 /// Why a replay could not run.
@@ -77,6 +80,9 @@ pub struct ReplayReport {
     pub incidents: Vec<Incident>,
     /// Files that ended early on an I/O error.
     pub errors: Vec<String>,
+    /// Every finding's score, when asked for ([`ReplayOptions::keep_scores`]).
+    #[serde(skip)]
+    pub scores: Vec<ScorePoint>,
 }
 
 /// Keeps the latest snapshot of each id, in order of first appearance.
@@ -128,8 +134,12 @@ pub fn replay(
         .map(|m| m.len())
         .sum();
     let bar = opts.progress.then(|| progress_bar(total_bytes));
-    let report = replay_sources(
-        cfg,
+    let mut pipeline = Pipeline::new(cfg);
+    if opts.keep_scores {
+        pipeline.log_scores();
+    }
+    let report = replay_into(
+        pipeline,
         sources,
         opts.speed,
         &mut |_| {
@@ -232,6 +242,7 @@ pub fn replay_into(
         }
     }
     let stats = pipeline.stats().clone();
+    let scores = pipeline.take_scores();
     Ok(ReplayReport {
         lines: files.iter().map(|f| f.lines).sum(),
         bad_lines: files.iter().map(FileStats::bad_total).sum(),
@@ -256,6 +267,7 @@ pub fn replay_into(
         elapsed_s: elapsed,
         alerts: alerts.into_vec(),
         incidents: incidents.into_vec(),
+        scores,
     })
 }
 

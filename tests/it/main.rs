@@ -12,5 +12,6 @@ mod modbus;
 mod mqtt;
 mod pcap;
 mod replay_data;
+mod report;
 mod soc;
 mod train;

@@ -1,0 +1,787 @@
+//! The incident responder's report (`replay --report-html`, `eval --report-html`): one
+//! self-contained HTML file — inline CSS and SVG, no script, no font, no request — that
+//! opens anywhere, offline, years later, and diffs cleanly (one line says when it was
+//! made; everything else depends only on the input).
+//!
+//! It holds the capture's provenance, a timeline of alerts per device with the labelled
+//! windows beside them, and per incident the alerts, the telemetry of the metrics they
+//! name from before the first alert to after the last (with commands marked and the
+//! detectors' normalised scores under it), and the commands seen. The telemetry comes
+//! from a second read of the captures, kept only inside the incidents' windows and
+//! reduced to the minimum and maximum per pixel column.
+
+use crate::eval::{LabelWindow, Score};
+use crate::feature::Registry;
+use crate::model::{Alert, Command, Incident, Severity, Ts};
+use crate::replay::{ReplayReport, ScorePoint};
+use crate::source::{open_capture, ByteCounter, Event, OpenOptions, SourceError};
+use crate::time::{format_duration, format_ts};
+use plotters::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// Event time shown before an incident's first alert and after its last.
+const CONTEXT_MS: Ts = 10 * 60_000;
+/// Width of plots in pixels (and so of the min/max reduction).
+const WIDTH: u32 = 900;
+/// Metrics plotted per incident at most (the first named by its alerts).
+const MAX_METRICS: usize = 8;
+
+/// A capture file as the header lists it.
+#[derive(Debug, Clone)]
+pub struct FileDigest {
+    /// Name as given.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// Everything the report shows besides the replay report itself.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The captures.
+    pub files: Vec<FileDigest>,
+    /// The config used: its path and SHA-256, or "built-in defaults".
+    pub config: String,
+    /// Labelled windows from the captures' sidecars.
+    pub labels: Vec<LabelWindow>,
+    /// The eval score, for `eval --report-html`.
+    pub score: Option<Score>,
+    /// Grace after a window's end within which an alert still detects it.
+    pub grace: Ts,
+    /// The one line that says when the report was made.
+    pub generated: String,
+}
+
+/// Telemetry and commands inside the incidents' windows.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// `(device, metric)` → reduced `(ts, value)` points, in time order.
+    pub series: BTreeMap<(String, String), Vec<(Ts, f64)>>,
+    /// Commands on the incidents' devices inside their windows.
+    pub commands: Vec<Command>,
+}
+
+/// A plotted series: device and metric.
+type SeriesKey = (String, String);
+
+/// The window and metrics each incident's plots cover.
+fn windows(report: &ReplayReport) -> Vec<(Ts, Ts, Vec<SeriesKey>)> {
+    let by_id: BTreeMap<&str, &Alert> = report.alerts.iter().map(|a| (a.id.as_str(), a)).collect();
+    report
+        .incidents
+        .iter()
+        .map(|inc| {
+            let alerts: Vec<&Alert> = inc
+                .alerts
+                .iter()
+                .filter_map(|id| by_id.get(id.as_str()).copied())
+                .collect();
+            let from = alerts.iter().map(|a| a.ts).min().unwrap_or(inc.start) - CONTEXT_MS;
+            let to = alerts.iter().map(|a| a.last_seen).max().unwrap_or(inc.end) + CONTEXT_MS;
+            let mut metrics = Vec::new();
+            for a in &alerts {
+                for m in &a.metrics {
+                    let key = (a.device.clone(), m.clone());
+                    if !metrics.contains(&key) && metrics.len() < MAX_METRICS {
+                        metrics.push(key);
+                    }
+                }
+            }
+            (from, to, metrics)
+        })
+        .collect()
+}
+
+/// Reads the captures again for the telemetry the incidents' plots need.
+pub fn gather(
+    report: &ReplayReport,
+    inputs: &[PathBuf],
+    how: &OpenOptions,
+) -> Result<Telemetry, SourceError> {
+    let wins = windows(report);
+    // (device, metric) → windows; device → windows (for commands).
+    let mut want: BTreeMap<(String, String), Vec<(Ts, Ts)>> = BTreeMap::new();
+    let mut devices: BTreeMap<String, Vec<(Ts, Ts)>> = BTreeMap::new();
+    for ((from, to, metrics), inc) in wins.iter().zip(&report.incidents) {
+        for m in metrics {
+            want.entry(m.clone()).or_default().push((*from, *to));
+        }
+        for d in &inc.devices {
+            devices.entry(d.clone()).or_default().push((*from, *to));
+        }
+    }
+    let inside = |w: &[(Ts, Ts)], ts: Ts| w.iter().any(|&(a, b)| a <= ts && ts <= b);
+    let mut raw: BTreeMap<(String, String), Vec<(Ts, f64)>> = BTreeMap::new();
+    let mut commands = Vec::new();
+    for path in inputs {
+        let mut src = open_capture(path, how, &ByteCounter::default())?;
+        let mut reg = Registry::new(how_points(report));
+        // Per point: which wanted series it is, decided once.
+        let mut slot: Vec<Option<Option<(String, String)>>> = Vec::new();
+        while let Some(ev) = src.next_event(&mut reg) {
+            match ev {
+                Event::Sample {
+                    ts, point, value, ..
+                } => {
+                    let i = point as usize;
+                    if slot.len() <= i {
+                        slot.resize(i + 1, None);
+                    }
+                    let key = slot[i].get_or_insert_with(|| {
+                        let p = reg.point(point);
+                        let key = (reg.device(p.device).name.clone(), p.metric.clone());
+                        want.contains_key(&key).then_some(key)
+                    });
+                    if let Some(key) = key {
+                        if inside(&want[key], ts) {
+                            raw.entry(key.clone()).or_default().push((ts, value));
+                        }
+                    }
+                }
+                Event::Command(c) => {
+                    if devices.get(&c.device).is_some_and(|w| inside(w, c.ts)) {
+                        commands.push(*c);
+                    }
+                }
+                Event::Traffic(_) => {}
+            }
+        }
+    }
+    commands.sort_by(|a, b| (a.ts, &a.device, &a.client).cmp(&(b.ts, &b.device, &b.client)));
+    let mut series = BTreeMap::new();
+    for (key, mut pts) in raw {
+        pts.sort_by_key(|p| p.0);
+        let w = &want[&key];
+        let (lo, hi) = (
+            w.iter().map(|x| x.0).min().unwrap_or(0),
+            w.iter().map(|x| x.1).max().unwrap_or(0),
+        );
+        series.insert(key, reduce(&pts, lo, hi, WIDTH as usize));
+    }
+    Ok(Telemetry { series, commands })
+}
+
+fn how_points(report: &ReplayReport) -> usize {
+    (report.devices.len() * 64).max(100_000)
+}
+
+/// Keeps the minimum and maximum of each of `columns` equal slices of `[lo, hi]`, in
+/// time order: what a plot `columns` pixels wide can show of the series.
+pub fn reduce(points: &[(Ts, f64)], lo: Ts, hi: Ts, columns: usize) -> Vec<(Ts, f64)> {
+    if points.len() <= 2 * columns || hi <= lo {
+        return points.to_vec();
+    }
+    let span = (hi - lo) as f64;
+    let mut out = Vec::with_capacity(2 * columns);
+    let mut i = 0;
+    while i < points.len() {
+        let col = (((points[i].0 - lo) as f64 / span) * columns as f64).floor() as i64;
+        let mut j = i;
+        let (mut min, mut max) = (i, i);
+        while j < points.len()
+            && (((points[j].0 - lo) as f64 / span) * columns as f64).floor() as i64 == col
+        {
+            if points[j].1 < points[min].1 {
+                min = j;
+            }
+            if points[j].1 > points[max].1 {
+                max = j;
+            }
+            j += 1;
+        }
+        let (a, b) = if min <= max { (min, max) } else { (max, min) };
+        out.push(points[a]);
+        if b != a {
+            out.push(points[b]);
+        }
+        i = j;
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            _ => o.push(c),
+        }
+    }
+    o
+}
+
+fn severity_colour(s: Severity) -> RGBColor {
+    match s {
+        Severity::Info => RGBColor(0x8b, 0x94, 0x9e),
+        Severity::Low => RGBColor(0x3f, 0xb9, 0x50),
+        Severity::Medium => RGBColor(0xd2, 0x99, 0x22),
+        Severity::High => RGBColor(0xf0, 0x88, 0x3e),
+        Severity::Critical => RGBColor(0xda, 0x36, 0x33),
+    }
+}
+
+const LABEL_FILL: RGBColor = RGBColor(0x6e, 0x40, 0xc9);
+const COMMAND: RGBColor = RGBColor(0x1f, 0x6f, 0xeb);
+
+/// Clock time of a point on an axis of event time.
+fn hhmm(ts: Ts, span: Ts) -> String {
+    let t = format_ts(ts);
+    // 2026-07-07T10:00:00.000Z → 10:00 (or 10:00:05 when the span is short).
+    let end = if span <= 30 * 60_000 { 19 } else { 16 };
+    t.get(11..end).unwrap_or(&t).to_owned()
+}
+
+/// The timeline: one lane per device with alerts (and per labelled device), alerts as
+/// bars coloured by severity from opening to last finding, labelled windows as bands.
+fn timeline(report: &ReplayReport, labels: &[LabelWindow], span: (Ts, Ts)) -> String {
+    let mut lanes: Vec<String> = Vec::new();
+    for a in &report.alerts {
+        if !lanes.contains(&a.device) {
+            lanes.push(a.device.clone());
+        }
+    }
+    for l in labels {
+        for d in &l.devices {
+            if !lanes.contains(d) {
+                lanes.push(d.clone());
+            }
+        }
+    }
+    let height = 60 + 22 * lanes.len().max(1) as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let (lo, hi) = (span.0, span.1.max(span.0 + 1));
+        let n = lanes.len().max(1) as f64;
+        let chart = ChartBuilder::on(&root)
+            .margin(8)
+            .x_label_area_size(24)
+            .y_label_area_size(140)
+            .build_cartesian_2d(lo..hi, 0f64..n);
+        let Ok(mut chart) = chart else {
+            return String::new();
+        };
+        let _ = chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_y_axis()
+            .x_labels(8)
+            .x_label_formatter(&|t| hhmm(*t, hi - lo))
+            .draw();
+        // Lane names at the left, level with their lanes.
+        for (i, name) in lanes.iter().enumerate() {
+            let (_, py) = chart.backend_coord(&(lo, n - i as f64 - 0.5));
+            let _ = root.draw(&Text::new(
+                name.clone(),
+                (4, py - 6),
+                ("sans-serif", 12).into_font(),
+            ));
+        }
+        let row = |d: &str| {
+            lanes
+                .iter()
+                .position(|x| x == d)
+                .map(|i| n - i as f64 - 1.0)
+        };
+        let _ = chart.draw_series(labels.iter().flat_map(|l| {
+            l.devices.iter().filter_map(|d| row(d)).map(move |y| {
+                Rectangle::new(
+                    [(l.start, y + 0.05), (l.end.max(l.start + 1), y + 0.95)],
+                    LABEL_FILL.mix(0.18).filled(),
+                )
+            })
+        }));
+        let _ = chart.draw_series(report.alerts.iter().filter_map(|a| {
+            let y = row(&a.device)?;
+            // At least a few pixels wide, so a one-finding alert is visible.
+            let min_w = (hi - lo) / WIDTH as i64 * 3;
+            Some(Rectangle::new(
+                [(a.ts, y + 0.25), (a.last_seen.max(a.ts + min_w), y + 0.75)],
+                severity_colour(a.severity).filled(),
+            ))
+        }));
+        // Labelled windows again, outlined on top, so none hides under an alert.
+        let _ = chart.draw_series(labels.iter().flat_map(|l| {
+            l.devices.iter().filter_map(|d| row(d)).map(move |y| {
+                Rectangle::new(
+                    [(l.start, y + 0.05), (l.end.max(l.start + 1), y + 0.95)],
+                    LABEL_FILL.stroke_width(1),
+                )
+            })
+        }));
+        let _ = root.present();
+    }
+    // Hooks for tests and readers: which label and alert each shape is.
+    let mut s = format!("<figure class=\"timeline\">{svg}<figcaption>");
+    for l in labels {
+        let _ = write!(
+            s,
+            "<span class=\"label\" data-label=\"{}\">{} {} → {} on {}</span> ",
+            esc(&l.scenario),
+            esc(&l.scenario),
+            format_ts(l.start),
+            format_ts(l.end),
+            esc(&l.devices.join(", "))
+        );
+    }
+    s.push_str("</figcaption></figure>");
+    s
+}
+
+/// One incident's plots: each metric on its own panel, commands as vertical lines,
+/// labelled windows as bands; then the alerts' scores over their thresholds.
+fn incident_plot(
+    inc: &Incident,
+    alerts: &[&Alert],
+    window: (Ts, Ts),
+    metrics: &[(String, String)],
+    tel: &Telemetry,
+    scores: &[ScorePoint],
+    labels: &[LabelWindow],
+) -> String {
+    let (lo, hi) = window;
+    let panel_h = 130u32;
+    let panels = metrics.len() + 1;
+    let mut svg = String::new();
+    {
+        let root =
+            SVGBackend::with_string(&mut svg, (WIDTH, panel_h * panels as u32)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let areas = root.split_evenly((panels, 1));
+        let commands: Vec<Ts> = tel
+            .commands
+            .iter()
+            .filter(|c| inc.devices.contains(&c.device) && c.ts >= lo && c.ts <= hi)
+            .map(|c| c.ts)
+            .collect();
+        let bands: Vec<(Ts, Ts)> = labels
+            .iter()
+            .filter(|l| {
+                l.devices.iter().any(|d| inc.devices.contains(d)) && l.end >= lo && l.start <= hi
+            })
+            .map(|l| (l.start.max(lo), l.end.min(hi)))
+            .collect();
+        for (k, (device, metric)) in metrics.iter().enumerate() {
+            let pts = tel
+                .series
+                .get(&(device.clone(), metric.clone()))
+                .map_or(&[][..], |v| &v[..]);
+            let (mut ymin, mut ymax) = pts
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+            if pts.is_empty() {
+                (ymin, ymax) = (0.0, 1.0);
+            }
+            let pad = ((ymax - ymin) * 0.08).max(1e-6);
+            let caption = format!("{device} · {metric}");
+            let Ok(mut chart) = ChartBuilder::on(&areas[k])
+                .margin(6)
+                .caption(caption, ("sans-serif", 13))
+                .x_label_area_size(18)
+                .y_label_area_size(60)
+                .build_cartesian_2d(lo..hi, (ymin - pad)..(ymax + pad))
+            else {
+                continue;
+            };
+            let _ = chart
+                .configure_mesh()
+                .light_line_style(TRANSPARENT)
+                .x_labels(8)
+                .y_labels(4)
+                .x_label_formatter(&|t| hhmm(*t, hi - lo))
+                .draw();
+            let _ = chart.draw_series(bands.iter().map(|&(a, b)| {
+                Rectangle::new(
+                    [(a, ymin - pad), (b, ymax + pad)],
+                    LABEL_FILL.mix(0.12).filled(),
+                )
+            }));
+            let _ = chart.draw_series(commands.iter().map(|&t| {
+                PathElement::new(
+                    vec![(t, ymin - pad), (t, ymax + pad)],
+                    COMMAND.stroke_width(1),
+                )
+            }));
+            let _ = chart.draw_series(LineSeries::new(pts.iter().copied(), BLACK.stroke_width(1)));
+        }
+        // Scores over thresholds: above 1 is above the detector's threshold.
+        let keyed: Vec<(&Alert, Vec<(Ts, f64)>)> = alerts
+            .iter()
+            .map(|a| {
+                let pts = scores
+                    .iter()
+                    .filter(|s| {
+                        s.device == a.device && s.detector == a.detector && s.metrics == a.metrics
+                    })
+                    .filter(|s| s.ts >= lo && s.ts <= hi && s.threshold > 0.0)
+                    .map(|s| (s.ts, s.score / s.threshold))
+                    .collect();
+                (*a, pts)
+            })
+            .collect();
+        let top = keyed
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|x| x.1))
+            .fold(2.0f64, f64::max)
+            .min(50.0);
+        if let Ok(mut chart) = ChartBuilder::on(&areas[panels - 1])
+            .margin(6)
+            .caption("score ÷ threshold (1 = threshold)", ("sans-serif", 13))
+            .x_label_area_size(18)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..hi, 0f64..top * 1.05)
+        {
+            let _ = chart
+                .configure_mesh()
+                .light_line_style(TRANSPARENT)
+                .x_labels(8)
+                .y_labels(4)
+                .x_label_formatter(&|t| hhmm(*t, hi - lo))
+                .draw();
+            let _ = chart.draw_series(std::iter::once(PathElement::new(
+                vec![(lo, 1.0), (hi, 1.0)],
+                RED.stroke_width(1),
+            )));
+            for (a, pts) in &keyed {
+                let colour = severity_colour(a.severity);
+                let _ = chart.draw_series(
+                    pts.iter()
+                        .map(|&(t, v)| Circle::new((t, v.min(top)), 2, colour.filled())),
+                );
+            }
+        }
+        let _ = root.present();
+    }
+    svg
+}
+
+/// Renders the whole report.
+pub fn render(
+    report: &ReplayReport,
+    ctx: &Context,
+    tel: &Telemetry,
+    scores: &[ScorePoint],
+) -> String {
+    let span = (
+        report
+            .first_ts
+            .as_deref()
+            .and_then(crate::eval::parse_ts)
+            .unwrap_or(0),
+        report
+            .last_ts
+            .as_deref()
+            .and_then(crate::eval::parse_ts)
+            .unwrap_or(0),
+    );
+    let mut h = String::with_capacity(1 << 20);
+    h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
+    h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+    let _ = writeln!(
+        h,
+        "<title>wattchdog report: {}</title>",
+        esc(&ctx
+            .files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "))
+    );
+    h.push_str(STYLE);
+    h.push_str("</head><body>\n<h1>wattchdog replay report</h1>\n");
+    let _ = writeln!(h, "<p class=\"generated\">{}</p>", esc(&ctx.generated));
+    // Header.
+    h.push_str("<table class=\"meta\">\n");
+    for f in &ctx.files {
+        let _ = writeln!(
+            h,
+            "<tr><th>capture</th><td>{} ({} bytes)<br><code>sha256 {}</code></td></tr>",
+            esc(&f.name),
+            f.bytes,
+            f.sha256
+        );
+    }
+    let sites: BTreeSet<&str> = report
+        .incidents
+        .iter()
+        .map(|i| i.site.as_str())
+        .chain(report.alerts.iter().map(|a| a.site.as_str()))
+        .collect();
+    let _ = writeln!(
+        h,
+        "<tr><th>event time</th><td>{} → {} ({})</td></tr>",
+        report.first_ts.as_deref().unwrap_or("–"),
+        report.last_ts.as_deref().unwrap_or("–"),
+        format_duration(span.1 - span.0)
+    );
+    let _ = writeln!(
+        h,
+        "<tr><th>sites</th><td>{}</td></tr>",
+        esc(&sites.into_iter().collect::<Vec<_>>().join(", "))
+    );
+    let _ = writeln!(
+        h,
+        "<tr><th>devices</th><td>{} ({})</td></tr>",
+        report.devices.len(),
+        esc(&report.devices.join(", "))
+    );
+    let p = &report.pipeline;
+    let _ = writeln!(
+        h,
+        "<tr><th>events</th><td>{} readings, {} commands, {} Modbus exchanges, {} late</td></tr>",
+        p.readings, p.commands, p.exchanges, p.late
+    );
+    let bad: Vec<String> = report
+        .bad_by_reason
+        .iter()
+        .map(|(r, c)| format!("{} {c}", r.as_str()))
+        .collect();
+    let _ = writeln!(
+        h,
+        "<tr><th>bad input</th><td>{}{}</td></tr>",
+        report.bad_lines,
+        if bad.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", bad.join(", "))
+        }
+    );
+    for e in &report.errors {
+        let _ = writeln!(h, "<tr><th>error</th><td>{}</td></tr>", esc(e));
+    }
+    let _ = writeln!(
+        h,
+        "<tr><th>detectors</th><td>{}</td></tr>",
+        esc(&report.detectors.join(", "))
+    );
+    let _ = writeln!(h, "<tr><th>config</th><td>{}</td></tr>", esc(&ctx.config));
+    let _ = writeln!(
+        h,
+        "<tr><th>wattchdog</th><td>{}</td></tr>",
+        env!("CARGO_PKG_VERSION")
+    );
+    h.push_str("</table>\n");
+    let _ = writeln!(
+        h,
+        "<p>{} incident{}, {} alert{}; {} labelled window{}.</p>",
+        report.incidents.len(),
+        if report.incidents.len() == 1 { "" } else { "s" },
+        report.alerts.len(),
+        if report.alerts.len() == 1 { "" } else { "s" },
+        ctx.labels.len(),
+        if ctx.labels.len() == 1 { "" } else { "s" }
+    );
+    // Timeline.
+    h.push_str("<h2>Timeline</h2>\n<p class=\"legend\"><span class=\"sw crit\"></span>critical <span class=\"sw high\"></span>high <span class=\"sw med\"></span>medium <span class=\"sw low\"></span>low <span class=\"sw lab\"></span>labelled window</p>\n");
+    h.push_str(&timeline(report, &ctx.labels, span));
+    // Eval table.
+    if let Some(score) = &ctx.score {
+        h.push_str("<h2>Scenarios</h2>\n<table class=\"eval\"><tr><th>scenario</th><th>detected</th><th>median delay</th><th>first detectors</th><th>incident</th></tr>\n");
+        for (name, s) in &score.scenarios {
+            let link = first_detection(report, &ctx.labels, name, ctx.grace)
+                .map(|id| format!("<a href=\"#{0}\">{0}</a>", esc(&id)))
+                .unwrap_or_else(|| "missed".into());
+            let delay = s
+                .median_delay_s
+                .map_or("–".into(), |d| format_duration((d * 1000.0) as i64));
+            let first: Vec<String> = s
+                .first_detectors
+                .iter()
+                .map(|(d, n)| format!("{d}×{n}"))
+                .collect();
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(name),
+                s.detected,
+                s.labelled,
+                delay,
+                esc(&first.join(" ")),
+                link
+            );
+        }
+        let _ = writeln!(
+            h,
+            "</table>\n<p>recall {:.3}, precision {:.3}, F1 {:.3}; {} false incident{} ({:.2} per day); {} alerts outside every window.</p>",
+            score.recall,
+            score.precision,
+            score.f1,
+            score.false_incidents,
+            if score.false_incidents == 1 { "" } else { "s" },
+            score.false_incidents_per_day,
+            score.false_alerts
+        );
+    }
+    // Incidents.
+    h.push_str("<h2>Incidents</h2>\n");
+    let by_id: BTreeMap<&str, &Alert> = report.alerts.iter().map(|a| (a.id.as_str(), a)).collect();
+    for (inc, (from, to, metrics)) in report.incidents.iter().zip(windows(report)) {
+        let alerts: Vec<&Alert> = inc
+            .alerts
+            .iter()
+            .filter_map(|id| by_id.get(id.as_str()).copied())
+            .collect();
+        let _ = writeln!(h, "<section class=\"incident\" id=\"{}\">", esc(&inc.id));
+        let _ = writeln!(
+            h,
+            "<h3><span class=\"sev {}\">{}</span> {} · {} → {}</h3>",
+            sev_class(inc.severity),
+            format!("{:?}", inc.severity).to_lowercase(),
+            esc(&inc.id),
+            format_ts(inc.start),
+            format_ts(inc.end)
+        );
+        let _ = writeln!(h, "<p>{}</p>", esc(&inc.summary));
+        let _ = writeln!(
+            h,
+            "<p>ATT&amp;CK for ICS: {} · devices: {} · detectors: {}</p>",
+            esc(&inc.techniques.join(", ")),
+            esc(&inc.devices.join(", ")),
+            esc(&inc.detectors.join(", "))
+        );
+        h.push_str("<table class=\"alerts\"><tr><th>opened</th><th>device</th><th>detector</th><th>severity</th><th>technique</th><th>score / threshold</th><th>summary</th></tr>\n");
+        for a in &alerts {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{:.3} / {:.3}</td><td>{}</td></tr>",
+                format_ts(a.ts),
+                esc(&a.device),
+                a.detector,
+                format!("{:?}", a.severity).to_lowercase(),
+                a.technique.id,
+                esc(a.technique.name),
+                a.score,
+                a.threshold,
+                esc(&a.summary)
+            );
+        }
+        h.push_str("</table>\n");
+        let _ = writeln!(
+            h,
+            "<figure class=\"plot\" data-metrics=\"{}\">",
+            metrics.len()
+        );
+        h.push_str(&incident_plot(
+            inc,
+            &alerts,
+            (from, to),
+            &metrics,
+            tel,
+            scores,
+            &ctx.labels,
+        ));
+        let _ = writeln!(
+            h,
+            "<figcaption>{} before the first alert to {} after the last; blue lines are commands, shaded bands labelled windows.</figcaption></figure>",
+            format_duration(CONTEXT_MS),
+            format_duration(CONTEXT_MS)
+        );
+        let cmds: Vec<&Command> = tel
+            .commands
+            .iter()
+            .filter(|c| inc.devices.contains(&c.device) && c.ts >= from && c.ts <= to)
+            .collect();
+        if !cmds.is_empty() {
+            h.push_str("<table class=\"commands\"><tr><th>time</th><th>device</th><th>client</th><th>function</th><th>address</th><th>values</th></tr>\n");
+            for c in cmds {
+                let _ = writeln!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td></tr>",
+                    format_ts(c.ts),
+                    esc(&c.device),
+                    esc(&c.client),
+                    c.function,
+                    c.address,
+                    c.values
+                );
+            }
+            h.push_str("</table>\n");
+        }
+        h.push_str("</section>\n");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn sev_class(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "crit",
+        Severity::High => "high",
+        Severity::Medium => "med",
+        Severity::Low | Severity::Info => "low",
+    }
+}
+
+/// The incident whose alert first detected a scenario (as eval counts it).
+fn first_detection(
+    report: &ReplayReport,
+    labels: &[LabelWindow],
+    scenario: &str,
+    grace: Ts,
+) -> Option<String> {
+    labels
+        .iter()
+        .filter(|l| l.scenario == scenario)
+        .filter_map(|l| {
+            report
+                .alerts
+                .iter()
+                .filter(|a| {
+                    l.devices.contains(&a.device) && a.ts >= l.start && a.ts <= l.end + grace
+                })
+                .min_by_key(|a| a.ts)
+        })
+        .min_by_key(|a| a.ts)
+        .map(|a| a.incident_id.clone())
+}
+
+const STYLE: &str = "<style>
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:960px;color:#1f2328;padding:0 12px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d0d7de}h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;margin:6px 0;width:100%}td,th{border:1px solid #d0d7de;padding:3px 6px;text-align:left;vertical-align:top;font-size:13px}
+th{background:#f6f8fa}code{font-size:12px;word-break:break-all}.generated{color:#59636e;font-size:12px}
+figure{margin:8px 0}figure svg{max-width:100%;height:auto}figcaption{font-size:12px;color:#59636e}
+.incident{border-left:4px solid #d0d7de;padding-left:12px;margin:20px 0}
+.sev{display:inline-block;padding:0 6px;border-radius:3px;color:#fff;font-size:12px}
+.crit{background:#da3633}.high{background:#f0883e}.med{background:#d29922}.low{background:#3fb950}
+.sw{display:inline-block;width:12px;height:10px;margin:0 3px 0 10px}.sw.lab{background:rgba(110,64,201,.3)}
+.label{display:inline-block;margin-right:8px}
+</style>\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_keeps_extremes_per_column_in_order() {
+        let pts: Vec<(Ts, f64)> = (0..10_000)
+            .map(|i| (i, if i == 5_003 { 99.0 } else { (i % 7) as f64 }))
+            .collect();
+        let r = reduce(&pts, 0, 9_999, 100);
+        assert!(r.len() <= 200);
+        assert!(r.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(r.contains(&(5_003, 99.0)), "the spike survives");
+        assert_eq!(
+            reduce(&pts[..50], 0, 49, 100).len(),
+            50,
+            "short series stay whole"
+        );
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
