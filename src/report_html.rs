@@ -27,6 +27,8 @@ const CONTEXT_MS: Ts = 10 * 60_000;
 const WIDTH: u32 = 900;
 /// Metrics plotted per incident at most (the first named by its alerts).
 const MAX_METRICS: usize = 8;
+/// Device names listed in the header at most.
+const MAX_DEVICES_LISTED: usize = 30;
 
 /// A capture file as the header lists it.
 #[derive(Debug, Clone)]
@@ -528,17 +530,35 @@ pub fn render(
         "<tr><th>sites</th><td>{}</td></tr>",
         esc(&sites.into_iter().collect::<Vec<_>>().join(", "))
     );
+    // A scan can name hundreds of unit ids: list the first few.
+    let shown: Vec<&str> = report
+        .devices
+        .iter()
+        .take(MAX_DEVICES_LISTED)
+        .map(String::as_str)
+        .collect();
+    let more = report.devices.len().saturating_sub(MAX_DEVICES_LISTED);
     let _ = writeln!(
         h,
-        "<tr><th>devices</th><td>{} ({})</td></tr>",
+        "<tr><th>devices</th><td>{} ({}{})</td></tr>",
         report.devices.len(),
-        esc(&report.devices.join(", "))
+        esc(&shown.join(", ")),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
     );
     let p = &report.pipeline;
+    let exchanges = if p.exchanges > 0 {
+        format!(", {} Modbus exchanges", p.exchanges)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         h,
-        "<tr><th>events</th><td>{} readings, {} commands, {} Modbus exchanges, {} late</td></tr>",
-        p.readings, p.commands, p.exchanges, p.late
+        "<tr><th>events</th><td>{} readings, {} commands{exchanges}, {} late</td></tr>",
+        p.readings, p.commands, p.late
     );
     let bad: Vec<String> = report
         .bad_by_reason
