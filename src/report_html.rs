@@ -426,8 +426,9 @@ fn incident_plot(
                     })
                     .filter(|s| s.ts >= lo && s.ts <= hi && s.threshold > 0.0)
                     .map(|s| (s.ts, s.score / s.threshold))
-                    .collect();
-                (*a, pts)
+                    .collect::<Vec<_>>();
+                // Dots, not a line (findings come and go): a few per few pixels is enough.
+                (*a, reduce(&pts, lo, hi, WIDTH as usize / 4))
             })
             .collect();
         let top = keyed
