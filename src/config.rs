@@ -141,6 +141,8 @@ pub struct DetectorsConfig {
     pub protocol: ProtocolParams,
     /// Isolation forest over each device's feature vector.
     pub iforest: crate::detect::iforest::IForestParams,
+    /// PCA T²/SPE and robust Mahalanobis distance over each device's metrics.
+    pub residual: crate::detect::residual::ResidualParams,
 }
 
 /// The file as written. Parsed twice: with typed detector tables (`D =
@@ -656,6 +658,9 @@ fn validate_detectors(d: &DetectorsConfig, at: &str, origin: &str) -> Result<(),
         d.protocol.learn >= 0,
         "must not be negative",
     )?;
+    if let Err((key, rule)) = d.residual.check() {
+        check(origin, &k(&format!("residual.{key}")), false, rule)?;
+    }
     for (metric, l) in &d.limits.metrics {
         if let (Some(lo), Some(hi)) = (l.min, l.max) {
             check(

@@ -19,6 +19,7 @@ pub mod oscillation;
 pub mod physics;
 pub mod protocol;
 pub mod replay;
+pub mod residual;
 pub mod staleness;
 pub mod ups;
 
@@ -93,7 +94,8 @@ enabled!(
     physics::PhysicsParams,
     oscillation::OscillationParams,
     protocol::ProtocolParams,
-    iforest::IForestParams
+    iforest::IForestParams,
+    residual::ResidualParams
 );
 
 /// The per-kind table of one detector's parameters, if any kind enables it.
@@ -141,6 +143,9 @@ pub fn build(config: &crate::config::Config) -> Vec<Box<dyn Detector>> {
     }
     if let Some(t) = table(cfg, |c| &c.oscillation) {
         out.push(Box::new(oscillation::Oscillation::new(t)));
+    }
+    if let Some(t) = table(cfg, |c| &c.residual) {
+        out.push(Box::new(residual::Residual::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.iforest) {
         if DeviceKind::ALL
