@@ -9,7 +9,7 @@ F1 = TP / (TP + (FN + FP) / 2), FAR = FP / (FP + TN), MAR = FN / (FN + TP), as i
 core/metrics.py.
 
     cargo build --release
-    scripts/skab-eval.py ../shared/datasets/skab/data [-c CONFIG] [--detectors a,b] [--files N]
+    scripts/skab-eval.py ../shared/datasets/skab/data [-c CONFIG] [--detectors a,b] [--files N] [--mapping M]
 
 The data is read where it lies (GPL-3.0; never copied into this project)."""
 import argparse
@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--detectors", default="", help="only alerts of these detectors (comma-separated)")
     ap.add_argument("--files", type=int, default=0, help="only the first N runs (a quick check)")
     ap.add_argument("--binary", default=str(root / "target/release/wattchdog"))
+    ap.add_argument("--mapping", default=str(root / "replay-data/benchmarks/skab.toml"),
+                    help="the wide-CSV mapping (e.g. one that ignores some columns)")
     a = ap.parse_args()
     files = sorted(glob.glob(f"{a.data}/valve1/*.csv")) + sorted(glob.glob(f"{a.data}/valve2/*.csv")) \
         + sorted(glob.glob(f"{a.data}/other/*.csv"))
@@ -67,7 +69,7 @@ def main():
     for path in files:
         out = subprocess.run(
             [a.binary, "replay", "--json", "--no-progress", "--mapping",
-             str(root / "replay-data/benchmarks/skab.toml"), "-c", a.config, path],
+             str(a.mapping), "-c", a.config, path],
             check=True, capture_output=True, text=True).stdout
         report = json.loads(out)
         alerts = [(iso_ms(x["ts"]), iso_ms(x["last_seen"])) for x in report["alerts"]
