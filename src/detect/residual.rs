@@ -11,7 +11,8 @@
 //! Each statistic's threshold is the `quantile` of its own warm-up scores times
 //! `margin`; a frame whose largest score ÷ threshold stays above 1 for
 //! `persist_samples` frames is a finding. The evidence names the statistic and the
-//! metrics that contribute most to it.
+//! metrics that contribute most to it; the run's findings are filed under the metrics
+//! that contributed most when it started, so one anomaly is one alert.
 //!
 //! Off by default until it has been judged on the simulated matrix; enable it per kind
 //! (`[kinds.chiller.residual] enabled = true`) or for all (`[detectors.residual]`).
@@ -257,13 +258,27 @@ fn shrunk_precision(z: &Array2<f64>) -> Option<(Array1<f64>, Array2<f64>)> {
     Some((centre, precision))
 }
 
+/// A run of frames above threshold.
+#[derive(Default)]
+struct Run {
+    /// Frames above threshold in it.
+    above: u32,
+    /// Frames below threshold since the last one above (a run ends after
+    /// `persist_samples` of them: brief dips do not split an anomaly).
+    below: u32,
+    /// The metrics its findings are filed under, chosen when it starts, so one anomaly
+    /// is one alert.
+    filed: Vec<String>,
+}
+
 /// Per device: warm-up rows, then the fitted models and the run above threshold.
 #[derive(Default)]
 enum State {
     #[default]
     Unseen,
     Warming(Vec<PointId>, Vec<f64>),
-    Fitted(Box<Fitted>, u32),
+    /// The models and the current run above threshold.
+    Fitted(Box<Fitted>, Run),
     /// Nothing to model (fewer than two varying metrics).
     Idle,
 }
@@ -323,7 +338,7 @@ impl Detector for Residual {
                     let data =
                         Array2::from_shape_vec((rows.len() / d, d), std::mem::take(rows)).ok();
                     next = Some(match data.and_then(|m| Fitted::fit(&m, columns, p)) {
-                        Some(f) => State::Fitted(Box::new(f), 0),
+                        Some(f) => State::Fitted(Box::new(f), Run::default()),
                         None => State::Idle,
                     });
                 }
@@ -343,11 +358,15 @@ impl Detector for Residual {
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .unwrap_or((0, 0.0));
                 if ratio <= 1.0 {
-                    *run = 0;
+                    run.below += 1;
+                    if run.below >= p.persist_samples {
+                        *run = Run::default();
+                    }
                     return;
                 }
-                *run += 1;
-                if *run < p.persist_samples {
+                run.below = 0;
+                run.above += 1;
+                if run.above < p.persist_samples {
                     return;
                 }
                 let contrib = f.contributions(&z, s);
@@ -358,7 +377,9 @@ impl Detector for Residual {
                     .filter(|&j| contrib[j] > 0.0)
                     .take(TOP)
                     .collect();
-                let metrics: Vec<String> = top.iter().map(|&j| f.columns[j].1.clone()).collect();
+                if run.filed.is_empty() {
+                    run.filed = top.iter().map(|&j| f.columns[j].1.clone()).collect();
+                }
                 let name = &frame.registry.device(frame.device).name;
                 let listed = top
                     .iter()
@@ -368,7 +389,7 @@ impl Detector for Residual {
                 out.push(Finding {
                     ts: frame.ts,
                     device: frame.device,
-                    metrics,
+                    metrics: run.filed.clone(),
                     detector: NAME,
                     score: scores[s],
                     threshold: f.thresholds[s],
@@ -376,7 +397,7 @@ impl Detector for Residual {
                     technique: attack::MANIPULATION_OF_CONTROL,
                     reason: format!(
                         "{name}'s metrics no longer move together as they did while learning: {} {:.1} over its threshold {:.1} for {} frames; most off: {listed}",
-                        STATISTICS[s], scores[s], f.thresholds[s], run
+                        STATISTICS[s], scores[s], f.thresholds[s], run.above
                     ),
                     evidence: json!({
                         "statistic": STATISTICS[s],
