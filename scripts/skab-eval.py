@@ -10,6 +10,7 @@ core/metrics.py.
 
     cargo build --release
     scripts/skab-eval.py ../shared/datasets/skab/data [-c CONFIG] [--detectors a,b] [--files N] [--mapping M]
+    scripts/skab-eval.py --self-test      # the scorer against a hand-computed case
 
 The data is read where it lies (GPL-3.0; never copied into this project)."""
 import argparse
@@ -50,9 +51,26 @@ def predicted(alerts, ts):
     return any(a[0] <= ts <= a[1] for a in alerts)
 
 
+def self_test():
+    # 10 test rows: truth 0011110000, alert open over rows 3..6 (ms 3000..6000).
+    truth = [False, False, True, True, True, True, False, False, False, False]
+    alerts = [(3000, 6000)]
+    c = [0, 0, 0, 0]
+    for i, t in enumerate(truth):
+        p = predicted(alerts, i * 1000)
+        c[0 if t and p else 1 if p else 2 if t else 3] += 1
+    assert c == [3, 1, 1, 5], c  # TP rows 3,4,5; FP row 6; FN row 2; TN the rest
+    f1, far, mar = score(c)
+    # F1 = 3 / (3 + (1 + 1) / 2) = 0.75; FAR = 1 / 6; MAR = 1 / 4.
+    assert abs(f1 - 0.75) < 1e-12 and abs(far - 100 / 6) < 1e-12 and abs(mar - 25.0) < 1e-12
+    assert score((0, 0, 0, 7)) == (0.0, 0.0, 0.0), "nothing to find, nothing found"
+    print("skab scorer: hand-computed cases pass")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("data", help="the SKAB data folder (valve1/, valve2/, other/)")
+    ap.add_argument("data", nargs="?", help="the SKAB data folder (valve1/, valve2/, other/)")
+    ap.add_argument("--self-test", action="store_true", help="check the scorer on hand-computed cases")
     ap.add_argument("-c", "--config", default=str(root / "replay-data/benchmarks/skab-residual.toml"))
     ap.add_argument("--detectors", default="", help="only alerts of these detectors (comma-separated)")
     ap.add_argument("--files", type=int, default=0, help="only the first N runs (a quick check)")
@@ -60,6 +78,11 @@ def main():
     ap.add_argument("--mapping", default=str(root / "replay-data/benchmarks/skab.toml"),
                     help="the wide-CSV mapping (e.g. one that ignores some columns)")
     a = ap.parse_args()
+    if a.self_test:
+        self_test()
+        return
+    if not a.data:
+        ap.error("give the SKAB data folder")
     files = sorted(glob.glob(f"{a.data}/valve1/*.csv")) + sorted(glob.glob(f"{a.data}/valve2/*.csv")) \
         + sorted(glob.glob(f"{a.data}/other/*.csv"))
     if a.files:

@@ -3,6 +3,7 @@
 mod support;
 
 mod bad_input;
+mod benchmarks;
 mod cli;
 mod determinism;
 mod iforest_reference;
