@@ -178,15 +178,17 @@ pub fn reduce(points: &[(Ts, f64)], lo: Ts, hi: Ts, columns: usize) -> Vec<(Ts, 
         return points.to_vec();
     }
     let span = (hi - lo) as f64;
+    // The last instant belongs to the last column, not to one past it.
+    let column = |ts: Ts| {
+        (((ts - lo) as f64 / span * columns as f64).floor() as i64).min(columns as i64 - 1)
+    };
     let mut out = Vec::with_capacity(2 * columns);
     let mut i = 0;
     while i < points.len() {
-        let col = (((points[i].0 - lo) as f64 / span) * columns as f64).floor() as i64;
+        let col = column(points[i].0);
         let mut j = i;
         let (mut min, mut max) = (i, i);
-        while j < points.len()
-            && (((points[j].0 - lo) as f64 / span) * columns as f64).floor() as i64 == col
-        {
+        while j < points.len() && column(points[j].0) == col {
             if points[j].1 < points[min].1 {
                 min = j;
             }
@@ -339,6 +341,36 @@ fn timeline(report: &ReplayReport, labels: &[LabelWindow], span: (Ts, Ts)) -> St
     s
 }
 
+/// A chart over `[lo, hi]` of event time on `area`, with clock-time labels and a light mesh.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    (lo, hi): (Ts, Ts),
+    y: std::ops::Range<f64>,
+) -> Option<
+    ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordi64, plotters::coord::types::RangedCoordf64>,
+    >,
+> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(6)
+        .caption(caption, ("sans-serif", 13))
+        .x_label_area_size(18)
+        .y_label_area_size(60)
+        .build_cartesian_2d(lo..hi, y)
+        .ok()?;
+    let _ = chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_labels(8)
+        .y_labels(4)
+        .x_label_formatter(&|t| hhmm(*t, hi - lo))
+        .draw();
+    Some(chart)
+}
+
 /// One incident's plots: each metric on its own panel, commands as vertical lines,
 /// labelled windows as bands; then the alerts' scores over their thresholds.
 fn incident_plot(
@@ -385,22 +417,10 @@ fn incident_plot(
             }
             let pad = ((ymax - ymin) * 0.08).max(1e-6);
             let caption = format!("{device} · {metric}");
-            let Ok(mut chart) = ChartBuilder::on(&areas[k])
-                .margin(6)
-                .caption(caption, ("sans-serif", 13))
-                .x_label_area_size(18)
-                .y_label_area_size(60)
-                .build_cartesian_2d(lo..hi, (ymin - pad)..(ymax + pad))
+            let Some(mut chart) = panel(&areas[k], &caption, (lo, hi), (ymin - pad)..(ymax + pad))
             else {
                 continue;
             };
-            let _ = chart
-                .configure_mesh()
-                .light_line_style(TRANSPARENT)
-                .x_labels(8)
-                .y_labels(4)
-                .x_label_formatter(&|t| hhmm(*t, hi - lo))
-                .draw();
             let _ = chart.draw_series(bands.iter().map(|&(a, b)| {
                 Rectangle::new(
                     [(a, ymin - pad), (b, ymax + pad)],
@@ -436,20 +456,12 @@ fn incident_plot(
             .flat_map(|(_, p)| p.iter().map(|x| x.1))
             .fold(2.0f64, f64::max)
             .min(50.0);
-        if let Ok(mut chart) = ChartBuilder::on(&areas[panels - 1])
-            .margin(6)
-            .caption("score ÷ threshold (1 = threshold)", ("sans-serif", 13))
-            .x_label_area_size(18)
-            .y_label_area_size(60)
-            .build_cartesian_2d(lo..hi, 0f64..top * 1.05)
-        {
-            let _ = chart
-                .configure_mesh()
-                .light_line_style(TRANSPARENT)
-                .x_labels(8)
-                .y_labels(4)
-                .x_label_formatter(&|t| hhmm(*t, hi - lo))
-                .draw();
+        if let Some(mut chart) = panel(
+            &areas[panels - 1],
+            "score ÷ threshold (1 = threshold)",
+            (lo, hi),
+            0f64..top * 1.05,
+        ) {
             let _ = chart.draw_series(std::iter::once(PathElement::new(
                 vec![(lo, 1.0), (hi, 1.0)],
                 RED.stroke_width(1),
@@ -796,6 +808,28 @@ mod tests {
             50,
             "short series stay whole"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the series: at most two points per column, in time order, taken from
+        /// the input, and the series' extremes kept.
+        #[test]
+        fn reduction_bounds(
+            values in proptest::collection::vec(-1e6f64..1e6, 1..3000),
+            gaps in proptest::collection::vec(0i64..50, 1..3000),
+            columns in 1usize..300,
+        ) {
+            let mut t = 0;
+            let pts: Vec<(Ts, f64)> = values.iter().zip(gaps.iter().cycle()).map(|(v, g)| { t += g; (t, *v) }).collect();
+            let (lo, hi) = (pts[0].0, pts[pts.len() - 1].0);
+            let r = reduce(&pts, lo, hi, columns);
+            proptest::prop_assert!(r.len() <= 2 * columns || r.len() == pts.len());
+            proptest::prop_assert!(r.windows(2).all(|w| w[0].0 <= w[1].0));
+            proptest::prop_assert!(r.iter().all(|p| pts.contains(p)));
+            let max = pts.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+            let min = pts.iter().map(|p| p.1).fold(f64::MAX, f64::min);
+            proptest::prop_assert!(r.iter().any(|p| p.1 == max) && r.iter().any(|p| p.1 == min));
+        }
     }
 
     #[test]
