@@ -32,6 +32,7 @@ fn last_json(out: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn the_benchmark_scorers_match_hand_computed_cases_and_run_on_the_data() {
+    let _quiet = crate::support::machine_lock();
     command_ok(script("skab-eval.py").arg("--self-test"));
     command_ok(script("nab-eval.py").arg("--self-test"));
     let Some(data) = datasets() else {

@@ -57,6 +57,8 @@ fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detectio
     if !pymodbus_available() || !tcpdump_available() {
         return;
     }
+    // Real clients on a wall-clock schedule against a learning window of seconds.
+    let _quiet = crate::support::machine_lock();
     let dir = tempfile::tempdir().unwrap();
     let (_server, served, run_toml) = serve_facility(dir.path());
     let cfg = Config::load(&run_toml).unwrap();
@@ -265,6 +267,7 @@ fn the_checked_in_loopback_capture_replays_to_the_same_story() {
 /// other capture.
 #[test]
 fn simulated_packet_captures_are_labelled_and_scored() {
+    let _quiet = crate::support::machine_lock();
     let dir = tempfile::tempdir().unwrap();
     let pcap = dir.path().join("wire.pcap");
     let cfg = dir.path().join("wire.toml");

@@ -19,6 +19,7 @@ fn body(html: &str) -> String {
 
 #[test]
 fn the_html_report_shows_every_incident_and_label_and_opens_offline() {
+    let _quiet = crate::support::machine_lock();
     let dir = tempfile::tempdir().unwrap();
     let (from_eval, from_replay) = (dir.path().join("eval.html"), dir.path().join("replay.html"));
     let out = command_ok(

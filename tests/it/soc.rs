@@ -309,6 +309,7 @@ async fn https_serves_the_api_with_the_configured_certificate() {
 
 #[test]
 fn the_demo_shows_the_first_attacks_alerts_and_nothing_before() {
+    let _quiet = crate::support::machine_lock();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut demo = Peer(

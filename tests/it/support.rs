@@ -238,3 +238,13 @@ pub fn serve_facility(dir: &Path) -> (Peer, PathBuf, PathBuf) {
     wait_for_file(&run_toml, std::time::Duration::from_secs(20));
     (server, served, run_toml)
 }
+
+/// Taken by the tests that judge timing on an accelerated clock and by the tests that
+/// load the machine hardest, so that one never runs beside the other: on two cores a busy
+/// neighbour (a browser, a benchmark replay) can stall a poller for a second, which at
+/// 300× is five minutes of silence.
+pub fn machine_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
