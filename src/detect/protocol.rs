@@ -302,22 +302,26 @@ impl Detector for Protocol {
             attack::MODIFY_PARAMETER
         };
         let what = if coil { "coil" } else { "register" };
+        // Both write rules file the same finding on the device written; only why differs.
+        let write_finding = |why: String| {
+            finding(
+                cmd.ts,
+                device,
+                2.0,
+                Severity::High,
+                write_technique,
+                format!(
+                    "{} wrote {what} {} of {dev_name} (function {}, value {:?}) {why}",
+                    cmd.client, cmd.address, cmd.function, cmd.values
+                ),
+                evidence.clone(),
+            )
+        };
         if is_write(cmd.function) {
             if learning {
                 self.writers.insert(cmd.client.clone());
             } else if !self.writers.contains(&cmd.client) {
-                out.push(finding(
-                    cmd.ts,
-                    device,
-                    2.0,
-                    Severity::High,
-                    write_technique,
-                    format!(
-                        "{} wrote {what} {} of {dev_name} (function {}, value {:?}) but is not a known writer",
-                        cmd.client, cmd.address, cmd.function, cmd.values
-                    ),
-                    evidence.clone(),
-                ));
+                out.push(write_finding("but is not a known writer".into()));
             }
             let table = if coil { Table::Coil } else { Table::Holding };
             let n = match cmd.function {
@@ -327,18 +331,10 @@ impl Detector for Protocol {
             if cmd.function != 21 {
                 if let Some(w) = self.writable(device, reg) {
                     if !w.allows(table, cmd.address, n) {
-                        out.push(finding(
-                            cmd.ts,
-                            device,
-                            2.0,
-                            Severity::High,
-                            write_technique,
-                            format!(
-                                "{} wrote {what} {} of {dev_name} (function {}), which profile {} does not list as writable",
-                                cmd.client, cmd.address, cmd.function, w.profile
-                            ),
-                            evidence.clone(),
-                        ));
+                        out.push(write_finding(format!(
+                            "which profile {} does not list as writable",
+                            w.profile
+                        )));
                     }
                 }
             }
