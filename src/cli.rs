@@ -107,6 +107,15 @@ pub struct EvalArgs {
     pub report_html: Option<PathBuf>,
 }
 
+/// The detectors `wattchdog train` makes models for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainDetector {
+    /// `<kind>.iforest.json`.
+    Iforest,
+    /// `<kind>.residual.json`.
+    Residual,
+}
+
 /// `wattchdog train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -116,9 +125,16 @@ pub struct TrainArgs {
     /// Device kind: ups, chiller, crah, grid_meter, pdu, env.
     #[arg(long)]
     pub kind: String,
-    /// Output model file (e.g. `models/chiller.iforest.json`).
+    /// Output model file (e.g. `models/chiller.iforest.json`,
+    /// `site-models/chiller.residual.json`).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Which detector's model: the isolation forest, or the residual model (PCA
+    /// T²/SPE and Mahalanobis, fitted with the config's `[detectors.residual]` settings;
+    /// `--trees`, `--sample-size`, `--seed`, `--no-extrapolate`, `--every` and
+    /// `--warmup-samples` are the forest's).
+    #[arg(long, value_enum, default_value_t = TrainDetector::Iforest)]
+    pub detector: TrainDetector,
     /// Config whose `[features]` parameters the features use.
     #[arg(short, long)]
     pub config: Option<PathBuf>,
@@ -138,9 +154,10 @@ pub struct TrainArgs {
     /// paper and scikit-learn, instead of extrapolating ones.
     #[arg(long)]
     pub no_extrapolate: bool,
-    /// Quantile of the training scores taken as the alert threshold.
-    #[arg(long, default_value_t = 0.9999)]
-    pub quantile: f64,
+    /// Quantile of the training scores taken as the alert threshold (default: 0.9999
+    /// for a forest; the config's `residual.quantile` for a residual model).
+    #[arg(long)]
+    pub quantile: Option<f64>,
     /// Keep every n-th frame of a device.
     #[arg(long, default_value_t = 5)]
     pub every: u32,

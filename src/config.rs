@@ -235,6 +235,8 @@ pub struct Config {
     pub detectors: PerKind<DetectorsConfig>,
     /// The isolation-forest model of each kind (none where disabled or absent).
     pub models: PerKind<Option<std::sync::Arc<crate::detect::iforest::Model>>>,
+    /// The trained residual model of each kind (none where disabled or absent).
+    pub residual_models: crate::detect::residual::Models,
     /// Event time of live sources.
     pub clock: ClockConfig,
     /// Modbus devices to poll.
@@ -319,6 +321,16 @@ impl Config {
             key: "detectors.iforest.models".into(),
             rule: e.to_string(),
         })?;
+        let residual_models = crate::detect::residual::models_for(&PerKind::from_fn(|k| {
+            let mut p = detectors.get(k).residual.clone();
+            p.models = p.models.map(|dir| base.join(dir));
+            p
+        }))
+        .map_err(|e| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: "detectors.residual.models".into(),
+            rule: e.to_string(),
+        })?;
         let plans = typed.modbus.resolve(base, origin)?;
         let wire = std::sync::Arc::new(crate::source::pcap::WireMap::new(
             &typed.pcap,
@@ -334,6 +346,7 @@ impl Config {
             correlator: typed.correlator,
             detectors,
             models,
+            residual_models,
             clock: typed.clock,
             modbus: typed.modbus,
             pcap: typed.pcap,

@@ -7,13 +7,14 @@ use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 use wattchdog::cli::{
-    CheckConfigArgs, Cli, Command, DemoArgs, EvalArgs, ReplayArgs, RunArgs, SimulateArgs, TrainArgs,
+    CheckConfigArgs, Cli, Command, DemoArgs, EvalArgs, ReplayArgs, RunArgs, SimulateArgs,
+    TrainArgs, TrainDetector,
 };
 use wattchdog::model::DeviceKind;
 use wattchdog::replay::{replay, ReplayError, ReplayOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::csv::WideMapping;
-use wattchdog::train::{train, TrainOptions};
+use wattchdog::train::{train, train_residual, TrainOptions};
 use wattchdog::Config;
 
 fn main() -> ExitCode {
@@ -431,28 +432,56 @@ fn run_train(a: TrainArgs) -> Result<ExitCode> {
     opts.sample_size = a.sample_size;
     opts.seed = a.seed;
     opts.extrapolate = !a.no_extrapolate;
-    opts.quantile = a.quantile;
+    if let (Some(q), TrainDetector::Iforest) = (a.quantile, a.detector) {
+        opts.quantile = q;
+    }
     opts.every = a.every;
     opts.warmup_samples = a.warmup_samples;
     opts.label_margin = wattchdog::time::parse_duration(&a.label_margin)
         .map_err(|e| anyhow::anyhow!("--label-margin {}: {e}", a.label_margin))?;
-    let model = train(&cfg, &opts)?;
     if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(&a.output, model.to_json() + "\n")
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
-    let p = &model.provenance;
-    eprintln!(
-        "wrote {}: {kind} model, {} features, {} rows from {} device(s) ({} labelled rows left out), threshold {:.4} (q{})",
-        a.output.display(),
-        model.features.len(),
-        p.rows,
-        p.devices.len(),
-        p.labelled_rows_left_out,
-        model.threshold,
-        p.threshold_quantile
-    );
+    let write = |json: String| {
+        std::fs::write(&a.output, json + "\n")
+            .with_context(|| format!("cannot write {}", a.output.display()))
+    };
+    match a.detector {
+        TrainDetector::Iforest => {
+            let model = train(&cfg, &opts)?;
+            write(model.to_json())?;
+            let p = &model.provenance;
+            eprintln!(
+                "wrote {}: {kind} model, {} features, {} rows from {} device(s) ({} labelled rows left out), threshold {:.4} (q{})",
+                a.output.display(),
+                model.features.len(),
+                p.rows,
+                p.devices.len(),
+                p.labelled_rows_left_out,
+                model.threshold,
+                p.threshold_quantile
+            );
+        }
+        TrainDetector::Residual => {
+            let file = train_residual(&cfg, &opts, a.quantile)?;
+            write(file.to_json())?;
+            let (m, p) = (&file.model, &file.provenance);
+            eprintln!(
+                "wrote {}: {kind} residual model over {} metrics ({} slow), {} rows from {} device(s) ({} labelled rows left out), thresholds T² {:.2} SPE {:.2} d² {:.2} (q{} × {})",
+                a.output.display(),
+                m.columns.len(),
+                m.slow.iter().filter(|&&s| s).count(),
+                p.rows,
+                p.devices.len(),
+                p.labelled_rows_left_out,
+                m.thresholds[0],
+                m.thresholds[1],
+                m.thresholds[2],
+                file.settings.quantile,
+                file.settings.margin
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

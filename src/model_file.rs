@@ -102,34 +102,55 @@ pub enum ModelError {
     },
 }
 
+/// Parses a versioned model file of any detector: the version first, so an old or
+/// future file says so instead of failing on a field; then the whole file, then
+/// `check`. `origin` names the file in errors.
+pub fn parse_versioned<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    version: u32,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, ModelError> {
+    let parse = |e: serde_json::Error| ModelError::Parse {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    };
+    let found = serde_json::from_str::<serde_json::Value>(text)
+        .map_err(parse)?
+        .get("format_version")
+        .and_then(serde_json::Value::as_u64);
+    if found != Some(u64::from(version)) {
+        return Err(ModelError::Invalid {
+            path: origin.to_owned(),
+            problem: format!(
+                "format_version {found:?}; this build reads {version} (retrain with `wattchdog train`)"
+            ),
+        });
+    }
+    let m: T = serde_json::from_str(text).map_err(parse)?;
+    check(&m).map_err(|problem| ModelError::Invalid {
+        path: origin.to_owned(),
+        problem,
+    })?;
+    Ok(m)
+}
+
+/// Reads a model file's text; `Ok(None)` when there is no such file.
+pub fn read_optional(path: &Path) -> Result<Option<String>, ModelError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
 impl ModelFile {
     /// Parses and checks a model; `origin` names it in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self, ModelError> {
-        // The version first, so an old or future file says so instead of failing on a field.
-        let version = serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|e| ModelError::Parse {
-                path: origin.to_owned(),
-                message: e.to_string(),
-            })?
-            .get("format_version")
-            .and_then(serde_json::Value::as_u64);
-        if version != Some(u64::from(FORMAT_VERSION)) {
-            return Err(ModelError::Invalid {
-                path: origin.to_owned(),
-                problem: format!(
-                    "format_version {version:?}; this build reads {FORMAT_VERSION} (retrain with `wattchdog train`)"
-                ),
-            });
-        }
-        let m: Self = serde_json::from_str(text).map_err(|e| ModelError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        m.check().map_err(|problem| ModelError::Invalid {
-            path: origin.to_owned(),
-            problem,
-        })?;
-        Ok(m)
+        parse_versioned(text, origin, FORMAT_VERSION, Self::check)
     }
 
     /// Loads and checks a model file.

@@ -1,4 +1,5 @@
-//! `wattchdog train`: fits the isolation forest of one device kind on normal captures.
+//! `wattchdog train`: fits the isolation forest (or, `--detector residual`, the
+//! residual model) of one device kind on normal captures.
 //!
 //! The captures go through the ordinary replay pipeline (so features are exactly what
 //! the detector will see); a recorder keeps every `every`-th feature vector of the
@@ -10,6 +11,11 @@
 
 use crate::config::Config;
 use crate::detect::iforest::{Recorded, Recorder};
+use crate::detect::residual::{
+    self,
+    file::{FitSettings, ResidualFile},
+};
+use crate::detect::Detector;
 use crate::eval::{load_labels, EvalError};
 use crate::iforest::{IForestError, IsolationForestParams};
 use crate::model::{DeviceKind, Ts};
@@ -130,8 +136,36 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<ModelFile, TrainError>
         .n_trees(opts.trees)
         .sample_size(opts.sample_size)
         .check()?;
+    let (inputs, rec) = record(cfg, opts, |windows, sink| {
+        Box::new(Recorder::new(
+            opts.kind,
+            cfg.features,
+            opts.warmup_samples,
+            opts.every,
+            windows,
+            sink,
+        ))
+    })?;
+    fit_rows(opts, rec, inputs)
+}
+
+/// Hashes the inputs and replays each on its own through a pipeline (without any
+/// configured model) that also runs the recorder `make` builds for that capture's
+/// labelled windows (plus the margin) and the shared record; returns the inputs and
+/// what was recorded.
+fn record<R: Default>(
+    cfg: &Config,
+    opts: &TrainOptions,
+    make: impl Fn(Vec<(Ts, Ts)>, Arc<Mutex<R>>) -> Box<dyn Detector>,
+) -> Result<(Vec<Input>, R), TrainError> {
+    let recorded = Arc::new(Mutex::new(R::default()));
     let mut inputs = Vec::new();
-    let mut skips = Vec::new();
+    let mut quiet = cfg.clone();
+    // The models already configured play no part in making a new one.
+    quiet.models = crate::detect::PerKind::from_fn(|_| None);
+    quiet.residual_models = crate::detect::PerKind::from_fn(|_| None);
+    // Each capture on its own: captures are separate facilities or periods, and merging
+    // them by event time would interleave unrelated devices of the same name.
     for path in &opts.inputs {
         // The name, not the path: where the file sat is not part of the model.
         inputs.push(Input {
@@ -151,25 +185,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<ModelFile, TrainError>
                     .map(|l| (l.start, l.end.saturating_add(opts.label_margin))),
             );
         }
-        skips.push(skip);
-    }
-
-    // Each capture on its own: captures are separate facilities or periods, and merging
-    // them by event time would interleave unrelated devices of the same name.
-    let recorded = Arc::new(Mutex::new(Recorded::default()));
-    let mut quiet = cfg.clone();
-    // The models already configured play no part in making a new one.
-    quiet.models = crate::detect::PerKind::from_fn(|_| None);
-    for (path, windows) in opts.inputs.iter().zip(skips) {
         let mut pipeline = Pipeline::new(&quiet);
-        pipeline.add_detector(Box::new(Recorder::new(
-            opts.kind,
-            cfg.features,
-            opts.warmup_samples,
-            opts.every,
-            windows,
-            Arc::clone(&recorded),
-        )));
+        pipeline.add_detector(make(skip, Arc::clone(&recorded)));
         let how = OpenOptions::from_config(cfg, opts.mapping.clone());
         let source =
             open_capture(path, &how, &ByteCounter::default()).map_err(ReplayError::from)?;
@@ -186,7 +203,59 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<ModelFile, TrainError>
             .lock()
             .map_err(|_| TrainError::Options("recorder poisoned".into()))?,
     );
-    fit_rows(opts, rec, inputs)
+    Ok((inputs, rec))
+}
+
+/// Trains the residual model of `opts.kind` on every complete frame of its devices
+/// (`every` and `warmup_samples` are the isolation forest's and play no part); the
+/// settings are the kind's `[detectors.residual]` ones in `cfg`, `opts.quantile`
+/// aside.
+pub fn train_residual(
+    cfg: &Config,
+    opts: &TrainOptions,
+    quantile: Option<f64>,
+) -> Result<ResidualFile, TrainError> {
+    let mut p = cfg.detectors.get(opts.kind).residual.clone();
+    if let Some(q) = quantile {
+        p.quantile = q;
+    }
+    p.check()
+        .map_err(|(key, rule)| TrainError::Options(format!("residual {key} {rule}")))?;
+    let (inputs, rec) = record(cfg, opts, |windows, sink| {
+        Box::new(residual::Recorder::new(opts.kind, windows, sink))
+    })?;
+    let rows = rec.rows();
+    if rows < MIN_ROWS {
+        return Err(TrainError::TooFewRows {
+            kind: opts.kind,
+            rows,
+            need: MIN_ROWS,
+        });
+    }
+    let model = residual::fit_recorded(&rec, &p).ok_or_else(|| {
+        TrainError::Options(format!(
+            "no residual model of {}: fewer than two metrics shared by every device varied, or too few rows after the {}-frame drift lag",
+            opts.kind, p.drift_lag
+        ))
+    })?;
+    tracing::info!(kind = %opts.kind, rows, devices = rec.devices.len(), columns = model.columns.len(), "trained");
+    Ok(ResidualFile {
+        format_version: residual::file::FORMAT_VERSION,
+        detector: "residual".into(),
+        kind: opts.kind.as_str().to_owned(),
+        settings: FitSettings::from(&p),
+        model,
+        provenance: Provenance {
+            inputs,
+            rows,
+            labelled_rows_left_out: rec.labelled,
+            devices: rec.devices.into_keys().collect(),
+            threshold_quantile: p.quantile,
+            every: 1,
+            warmup_samples: 0,
+            wattchdog: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    })
 }
 
 /// Fits a model of `opts.kind` on recorded rows (the second half of [`train`]).

@@ -145,7 +145,10 @@ pub fn build(config: &crate::config::Config) -> Vec<Box<dyn Detector>> {
         out.push(Box::new(oscillation::Oscillation::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.residual) {
-        out.push(Box::new(residual::Residual::new(t)));
+        out.push(Box::new(residual::Residual::new(
+            t,
+            config.residual_models.clone(),
+        )));
     }
     if let Some(t) = table(cfg, |c| &c.iforest) {
         if DeviceKind::ALL
