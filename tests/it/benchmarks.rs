@@ -58,6 +58,13 @@ fn the_benchmark_scorers_match_hand_computed_cases_and_run_on_the_data() {
         s["tp"].as_u64().unwrap() > 0,
         "the residual detector finds the closed valve: {s}"
     );
+    // The changepoint score: the run's labelled changepoints of its test part are
+    // windows, and a score of at most 100 (perfect) per profile comes back.
+    assert!(s["changepoints"].as_u64().unwrap() >= 1, "{s}");
+    for profile in ["standard", "low_fp", "low_fn"] {
+        let v = s["nab"][profile].as_f64().unwrap();
+        assert!(v.is_finite() && v <= 100.0, "{profile}: {s}");
+    }
     let out = command_ok(
         script("nab-eval.py")
             .arg(data.join("nab"))
