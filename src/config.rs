@@ -160,6 +160,7 @@ struct RawConfig<D: Default> {
     modbus: ModbusConfig,
     pcap: crate::source::pcap::PcapConfig,
     mqtt: MqttConfig,
+    kafka: crate::kafka::config::KafkaConfig,
     sinks: SinksConfig,
     store: crate::soc::StoreConfig,
     http: Option<crate::soc::HttpConfig>,
@@ -247,6 +248,8 @@ pub struct Config {
     pub wire: std::sync::Arc<crate::source::pcap::WireMap>,
     /// MQTT brokers to subscribe to.
     pub mqtt: MqttConfig,
+    /// Many sites over Kafka.
+    pub kafka: crate::kafka::config::KafkaConfig,
     /// Outputs of `run`.
     pub sinks: SinksConfig,
     /// Store, HTTP server and webhooks.
@@ -352,6 +355,7 @@ impl Config {
             pcap: typed.pcap,
             wire,
             mqtt: typed.mqtt,
+            kafka: typed.kafka,
             sinks: typed.sinks,
             soc: crate::soc::SocConfig {
                 store: typed.store,

@@ -56,6 +56,7 @@ pub mod eval;
 pub mod feature;
 pub mod http;
 pub mod iforest;
+pub mod kafka;
 pub mod live;
 pub mod model;
 pub mod model_file;

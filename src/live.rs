@@ -38,6 +38,19 @@ pub enum RunError {
     /// The store, HTTP server or webhooks could not start.
     #[error(transparent)]
     Soc(#[from] crate::soc::SocError),
+    /// `[kafka]` asks for Kafka in a build without it.
+    #[error(
+        "{0}: [kafka] needs a build with Kafka support (cargo build --release --features kafka)"
+    )]
+    NoKafka(String),
+    /// The Kafka client failed.
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Consuming from Kafka failed.
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Central(#[from] crate::kafka::central::CentralError),
 }
 
 /// What a run did, for the summary at shutdown.
@@ -54,6 +67,14 @@ pub struct RunReport {
     /// Event time of the last heartbeat.
     #[serde(with = "crate::time::serde_ts")]
     pub last_ts: Ts,
+    /// Edge: what was forwarded to Kafka.
+    #[cfg(feature = "kafka")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<crate::kafka::edge::ForwardCounts>,
+    /// Central: what was consumed from Kafka.
+    #[cfg(feature = "kafka")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumed: Option<crate::kafka::central::CentralCounts>,
 }
 
 /// Runs the configured collectors through the pipeline until `shutdown` resolves,
@@ -74,7 +95,11 @@ pub async fn run(
     if let Some(addr) = soc.as_ref().and_then(|s| s.addr) {
         info!(%addr, "dashboard at http://{addr}/");
     }
-    let result = collect(cfg, base, origin, &mut soc, on_output, shutdown).await;
+    let result = if cfg.kafka.consume {
+        central(cfg, origin, &soc, on_output, shutdown).await
+    } else {
+        collect(cfg, base, origin, &mut soc, on_output, shutdown).await
+    };
     if let Some(s) = soc {
         s.stop().await;
     }
@@ -89,6 +114,16 @@ async fn collect(
     on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
+    if cfg.kafka.used() && !cfg!(feature = "kafka") {
+        return Err(RunError::NoKafka(origin.to_owned()));
+    }
+    #[cfg(feature = "kafka")]
+    let forwarder = if cfg.kafka.forward {
+        Some(crate::kafka::edge::Forwarder::new(&cfg.kafka)?)
+    } else {
+        None
+    };
+    let detect = !cfg.kafka.forward || cfg.kafka.detect;
     let devices = cfg.modbus.resolve(base, origin)?;
     let brokers = cfg.mqtt.resolve(base, origin)?;
     if devices.is_empty() && brokers.is_empty() {
@@ -134,7 +169,15 @@ async fn collect(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => dropped += take(batch, soc.as_ref(), &mut pipeline, &mut outputs),
+                Some(batch) => {
+                    #[cfg(feature = "kafka")]
+                    if let Some(f) = &forwarder {
+                        f.send(&batch);
+                    }
+                    if detect {
+                        dropped += take(batch, soc.as_ref(), &mut pipeline, &mut outputs);
+                    }
+                }
                 None => break,
             },
             _ = heartbeat.tick() => {
@@ -157,7 +200,17 @@ async fn collect(
         mqtt_counts.push(stats.snapshot(&name));
     }
     while let Ok(batch) = rx.try_recv() {
-        dropped += take(batch, soc.as_ref(), &mut pipeline, &mut outputs);
+        #[cfg(feature = "kafka")]
+        if let Some(f) = &forwarder {
+            f.send(&batch);
+        }
+        if detect {
+            dropped += take(batch, soc.as_ref(), &mut pipeline, &mut outputs);
+        }
+    }
+    #[cfg(feature = "kafka")]
+    if let Some(f) = &forwarder {
+        f.flush(Duration::from_secs(30));
     }
     pipeline.finish(&mut outputs);
     emit(&mut outputs, soc.as_ref(), on_output)?;
@@ -170,7 +223,50 @@ async fn collect(
         mqtt: mqtt_counts,
         dropped,
         last_ts,
+        #[cfg(feature = "kafka")]
+        forwarded: forwarder.map(|f| f.stats.counts()),
+        #[cfg(feature = "kafka")]
+        consumed: None,
     })
+}
+
+/// Central mode: the pipeline fed from the telemetry topic in a consumer group.
+#[cfg(feature = "kafka")]
+async fn central(
+    cfg: &Config,
+    _origin: &str,
+    soc: &Option<Soc>,
+    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
+    info!(brokers = %cfg.kafka.brokers, topic = %cfg.kafka.telemetry_topic, group = %cfg.kafka.group, "consuming");
+    let mut emit = |o: &Output| {
+        if let Some(s) = soc {
+            s.output(o)?;
+        }
+        on_output(o)
+    };
+    let counts = crate::kafka::central::consume(cfg, &mut emit, shutdown).await?;
+    Ok(RunReport {
+        pipeline: crate::pipeline::PipelineStats::default(),
+        devices: Vec::new(),
+        mqtt: Vec::new(),
+        dropped: 0,
+        last_ts: 0,
+        forwarded: None,
+        consumed: Some(counts),
+    })
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn central(
+    _cfg: &Config,
+    origin: &str,
+    _soc: &Option<Soc>,
+    _on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    _shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
+    Err(RunError::NoKafka(origin.to_owned()))
 }
 
 /// Hands a batch of readings to the board and the pipeline; returns how many were

@@ -206,6 +206,11 @@ impl Pipeline {
         self.flush_frames(out);
     }
 
+    /// Everything before this event time has been processed (the watermark).
+    pub fn released(&self) -> Ts {
+        self.released
+    }
+
     /// Alerts open at this point, oldest first.
     pub fn open_alerts(&self) -> Vec<&crate::model::Alert> {
         self.correlator.open_alerts()

@@ -9,6 +9,8 @@ mod determinism;
 mod iforest_reference;
 mod interop_modbus;
 mod interop_mqtt;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod modbus;
 mod mqtt;
 mod pcap;

@@ -1,0 +1,427 @@
+//! Central: the telemetry topic read in a consumer group (cooperative-sticky), one
+//! pipeline per owned partition (a site's readings all land in one partition, so all its
+//! detector state is in one place).
+//!
+//! - **Assignment**: the new owner reads the partition's committed offset and, committed
+//!   with it, the offset where the last `warmup` of event time before it begins (each
+//!   owner keeps that window's start as it goes, so no broker time index is needed);
+//!   it replays from there to the committed offset with alerting muted, then goes live.
+//!   A partition never committed is read from its start.
+//! - **Offsets** are committed (with the event time of the record) only once the pipeline
+//!   has released every reading of the record and the alerts derived from it are stored:
+//!   a crash loses nothing, it replays. Alert ids are deterministic (site, device,
+//!   detector, metrics, start), so an alert raised again around a takeover is the same
+//!   alert to the store, the webhook outbox and the alerts topic.
+//! - **Revocation** drops the partition's state; a graceful stop (SIGTERM) first flushes
+//!   every pipeline, stores its alerts and commits, so the next owner starts where this
+//!   one ended.
+
+use super::codec;
+use super::config::KafkaConfig;
+use crate::config::Config;
+use crate::correlate::Output;
+use crate::model::Ts;
+use crate::pipeline::Pipeline;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why consuming stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CentralError {
+    /// The client could not be made or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Storing or writing an output failed.
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What consuming did, for the summary at shutdown.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CentralCounts {
+    /// Records processed live.
+    pub records: u64,
+    /// Records replayed muted to warm detectors up after an assignment.
+    pub warmup_records: u64,
+    /// Lines of records that were not readings (counted, skipped).
+    pub bad_lines: u64,
+    /// Partitions assigned and revoked over the run.
+    pub assigned: u64,
+    /// Partitions revoked.
+    pub revoked: u64,
+    /// Offset commits that failed (sent again; at worst the next owner replays).
+    pub commit_errors: u64,
+}
+
+/// One owned partition.
+struct Owned {
+    pipeline: Pipeline,
+    /// Offsets below this are replayed muted (the previous owner judged them).
+    live_from: i64,
+    /// Offsets processed live and not yet committable, with their newest event time.
+    pending: VecDeque<(i64, Ts)>,
+    /// Records of the last `warmup` of event time (newest event time, offset): the
+    /// front is where a next owner's warm-up starts.
+    window: VecDeque<(Ts, i64)>,
+    /// The next offset to commit and its event time.
+    commit: Option<(i64, Ts)>,
+    /// The highest offset the group coordinator has acknowledged (a failed commit, say
+    /// during a rebalance, is sent again at the next tick).
+    acked: i64,
+}
+
+/// State the rebalance callback and the loop share (both run in the loop's task).
+struct Shared {
+    cfg: Config,
+    partitions: BTreeMap<i32, Owned>,
+    counts: CentralCounts,
+}
+
+struct Context {
+    shared: Arc<Mutex<Shared>>,
+    topic: String,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.starting_points(consumer, tpl);
+                tracing::debug!(?tpl, "assigning");
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Ok(mut s) = self.shared.lock() {
+                    for e in tpl.elements() {
+                        s.partitions.remove(&e.partition());
+                        s.counts.revoked += 1;
+                        tracing::info!(partition = e.partition(), "partition revoked");
+                    }
+                }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the assignment failed");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => self.acknowledged(offsets),
+            Err(e) => {
+                if let Ok(mut s) = self.shared.lock() {
+                    s.counts.commit_errors += 1;
+                }
+                tracing::debug!(error = %e, "offset commit failed; sent again at the next tick");
+            }
+        }
+    }
+}
+
+impl Context {
+    /// Records what the coordinator acknowledged.
+    fn acknowledged(&self, offsets: &TopicPartitionList) {
+        if let Ok(mut s) = self.shared.lock() {
+            for e in offsets.elements() {
+                if let (Offset::Offset(o), Some(owned)) =
+                    (e.offset(), s.partitions.get_mut(&e.partition()))
+                {
+                    owned.acked = owned.acked.max(o);
+                }
+            }
+        }
+    }
+
+    /// Sets each newly assigned partition's starting offset: `warmup` of event time
+    /// before its committed offset (or its start), and opens its pipeline.
+    fn starting_points(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let wait = Duration::from_secs(10);
+        let committed = consumer.committed_offsets(tpl.clone(), wait);
+        let Ok(mut s) = self.shared.lock() else {
+            return;
+        };
+        for e in tpl.clone().elements() {
+            let p = e.partition();
+            let (offset, meta) = committed
+                .as_ref()
+                .ok()
+                .and_then(|c| c.find_partition(&self.topic, p))
+                .map(|c| (c.offset(), c.metadata().to_owned()))
+                .unwrap_or((Offset::Invalid, String::new()));
+            // The metadata is "<event time> <offset where the warm-up window before it
+            // starts>", written by the previous owner: exact in event time, and needs no
+            // time index on the broker.
+            let warm_from = meta
+                .split_once(' ')
+                .and_then(|(_, w)| w.parse::<i64>().ok());
+            let (live_from, start) = match (offset, warm_from) {
+                (Offset::Offset(c), Some(w)) => (c, Offset::Offset(w.clamp(0, c))),
+                (Offset::Offset(c), None) => (c, Offset::Offset(c)),
+                _ => (0, Offset::Beginning),
+            };
+            if let Err(e) = tpl.set_partition_offset(&self.topic, p, start) {
+                tracing::error!(partition = p, error = %e, "cannot set the starting offset");
+            }
+            tracing::info!(partition = p, live_from, start = ?start, committed_meta = %meta, "partition assigned");
+            let pipeline = Pipeline::new(&s.cfg);
+            s.partitions.insert(
+                p,
+                Owned {
+                    pipeline,
+                    live_from,
+                    pending: VecDeque::new(),
+                    window: VecDeque::new(),
+                    commit: None,
+                    acked: live_from,
+                },
+            );
+            s.counts.assigned += 1;
+        }
+    }
+}
+
+/// Consumes until `shutdown`, handing every live output to `emit` (which stores it
+/// first). Returns the counts.
+pub async fn consume(
+    cfg: &Config,
+    emit: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<CentralCounts, CentralError> {
+    let k: &KafkaConfig = &cfg.kafka;
+    let shared = Arc::new(Mutex::new(Shared {
+        cfg: cfg.clone(),
+        partitions: BTreeMap::new(),
+        counts: CentralCounts::default(),
+    }));
+    let consumer: StreamConsumer<Context> = ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.wait.max.ms", "100")
+        .create_with_context(Context {
+            shared: Arc::clone(&shared),
+            topic: k.telemetry_topic.clone(),
+        })?;
+    consumer.subscribe(&[&k.telemetry_topic])?;
+    let alerts = if k.alerts_topic.is_empty() {
+        None
+    } else {
+        let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &k.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Some(p)
+    };
+    let mut audit = match &k.audit {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+        None => None,
+    };
+    let mut commit_tick = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(shutdown);
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            m = consumer.recv() => {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Brokers down, say: librdkafka reconnects by itself; wait a
+                        // little rather than spin and flood the log.
+                        tracing::warn!(error = %e, "consuming");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let (p, o) = (m.partition(), m.offset());
+                let mut s = shared.lock().map_err(|_| std::io::Error::other("state poisoned"))?;
+                let Shared { partitions, counts, .. } = &mut *s;
+                let Some(owned) = partitions.get_mut(&p) else {
+                    continue;
+                };
+                let (events, bad) = codec::decode(m.payload().unwrap_or_default(), &mut owned.pipeline.registry);
+                for (line, reason, detail) in &bad {
+                    tracing::warn!(partition = p, offset = o, line, reason = reason.as_str(), detail, "bad telemetry line");
+                }
+                counts.bad_lines += bad.len() as u64;
+                let newest = events.iter().map(|e| e.ts()).max().unwrap_or(Ts::MIN);
+                for e in events {
+                    owned.pipeline.push(e, &mut out);
+                }
+                owned.window.push_back((newest, o));
+                while owned.window.front().is_some_and(|&(t, _)| t < newest.saturating_sub(k.warmup)) {
+                    owned.window.pop_front();
+                }
+                if o < owned.live_from {
+                    counts.warmup_records += 1;
+                    out.clear();
+                    if let Some(a) = audit.as_mut() {
+                        writeln!(a, "{p} {o} muted")?;
+                    }
+                    continue;
+                }
+                counts.records += 1;
+                owned.pending.push_back((o, newest));
+                if let Some(a) = audit.as_mut() {
+                    writeln!(a, "{p} {o}")?;
+                }
+                settle(owned);
+                drop(s);
+                for x in out.drain(..) {
+                    emit(&x)?;
+                    if let (Some(prod), Output::Alert(a)) = (&alerts, &x) {
+                        publish(prod, &k.alerts_topic, a);
+                    }
+                }
+            }
+            _ = commit_tick.tick() => {
+                if let Some(a) = audit.as_mut() {
+                    a.flush()?;
+                }
+                commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    // A graceful stop: flush every pipeline, store what it concludes, commit all.
+    {
+        let mut s = shared
+            .lock()
+            .map_err(|_| std::io::Error::other("state poisoned"))?;
+        for owned in s.partitions.values_mut() {
+            owned.pipeline.finish(&mut out);
+            if let Some(&(o, ts)) = owned.pending.back() {
+                owned.commit = Some((o + 1, ts));
+                owned.pending.clear();
+            }
+        }
+    }
+    for x in out.drain(..) {
+        emit(&x)?;
+    }
+    if let Some(a) = audit.as_mut() {
+        a.flush()?;
+    }
+    commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Sync);
+    if let Some(p) = &alerts {
+        let _ = rdkafka::producer::Producer::flush(p, Duration::from_secs(10));
+    }
+    consumer.unsubscribe();
+    let counts = shared.lock().map(|s| s.counts.clone()).unwrap_or_default();
+    Ok(counts)
+}
+
+/// Moves a partition's commit point past every record the pipeline has fully released.
+fn settle(owned: &mut Owned) {
+    let released = owned.pipeline.released();
+    while let Some(&(o, ts)) = owned.pending.front() {
+        if ts >= released {
+            break;
+        }
+        owned.pending.pop_front();
+        owned.commit = Some((o + 1, ts));
+    }
+}
+
+/// Commits each partition's settled offset with its event time as metadata.
+fn commit(
+    consumer: &StreamConsumer<Context>,
+    shared: &Mutex<Shared>,
+    topic: &str,
+    mode: CommitMode,
+) {
+    let Ok(mut s) = shared.lock() else {
+        return;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (&p, owned) in s.partitions.iter_mut() {
+        settle(owned);
+        if let Some((o, ts)) = owned.commit.filter(|&(o, _)| o > owned.acked) {
+            let warm_from = owned.window.front().map_or(o, |&(_, w)| w.min(o));
+            if tpl
+                .add_partition_offset(topic, p, Offset::Offset(o))
+                .is_ok()
+            {
+                if let Some(mut e) = tpl.find_partition(topic, p) {
+                    e.set_metadata(format!("{ts} {warm_from}"));
+                }
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    drop(s);
+    match consumer.commit(&tpl, mode) {
+        // A synchronous commit does not call back.
+        Ok(()) if matches!(mode, CommitMode::Sync) => consumer.context().acknowledged(&tpl),
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "offset commit failed; the next owner replays those records")
+        }
+    }
+}
+
+/// Produces an alert to the alerts topic keyed by its id (a SIEM deduplicates by key).
+fn publish(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, a: &crate::model::Alert) {
+    let Ok(body) = serde_json::to_vec(a) else {
+        return;
+    };
+    if let Err((e, _)) = p.send(BaseRecord::to(topic).key(&a.id).payload(&body)) {
+        tracing::warn!(error = %e, id = %a.id, "alert not produced");
+    }
+}
