@@ -5,7 +5,7 @@
 //! alerts of both, deduplicated by id, must be exactly those one uninterrupted instance
 //! raises on the same readings: none lost, none raised twice under another id.
 
-use crate::support::{machine_lock, run_ok, simulate, wattchdog};
+use crate::support::{machine_lock, run_ok, serve_facility, simulate, wattchdog, Peer};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -66,8 +66,10 @@ fn seconds(capture: &Path) -> Vec<(String, String, String)> {
 
 /// The records an instance judged live (`muted`: replayed to warm up instead).
 fn audit_of(path: &Path, muted: bool) -> BTreeSet<(i32, i64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // A line still being written (the instance flushes in blocks) is not read yet.
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
         .filter_map(|l| {
             let mut f = l.split(' ');
@@ -90,16 +92,6 @@ fn alert_ids(path: &Path) -> BTreeSet<String> {
         .filter_map(|v| v["id"].as_str().map(str::to_owned))
         .filter(|id| id.starts_with("al-"))
         .collect()
-}
-
-/// A running instance, killed if the test fails before it stops it.
-struct Instance(std::process::Child);
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Waits for `ok`; on a timeout prints the instances' logs (`dir`) and fails.
@@ -129,7 +121,11 @@ fn wait_until(dir: &Path, what: &str, limit: Duration, mut ok: impl FnMut() -> b
 #[test]
 fn a_killed_instance_s_sites_are_taken_over_with_nothing_lost_and_no_alert_twice() {
     let _quiet = machine_lock();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kafkait")
+        .keep(true)
+        .tempdir()
+        .unwrap();
     let capture = dir.path().join("facility.jsonl");
     let labels = simulate(&capture, 3.2, 4, "chiller-setpoint-tamper");
     let attack = wattchdog::time::format_ts(labels[0].start + 3 * 60_000);
@@ -188,7 +184,7 @@ fn a_killed_instance_s_sites_are_taken_over_with_nothing_lost_and_no_alert_twice
             ),
         )
         .unwrap();
-        Instance(
+        Peer(
             wattchdog()
                 .args([
                     "run",
@@ -314,5 +310,77 @@ fn a_killed_instance_s_sites_are_taken_over_with_nothing_lost_and_no_alert_twice
     assert_eq!(
         got, expected,
         "the same alerts, each once, as one instance raises"
+    );
+}
+
+#[test]
+fn the_edge_forwards_what_its_collectors_read_keyed_by_site() {
+    let _quiet = machine_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _served, run_toml) = serve_facility(dir.path());
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut cfg = std::fs::read_to_string(&run_toml).unwrap();
+    cfg.push_str(&format!(
+        "\n[kafka]\nbrokers = {brokers:?}\nforward = true\ndetect = false\n"
+    ));
+    std::fs::write(&run_toml, cfg).unwrap();
+    let report = dir.path().join("report.json");
+    run_ok(&[
+        "run",
+        "-c",
+        run_toml.to_str().unwrap(),
+        "--duration",
+        "4s",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let f = &r["forwarded"];
+    let delivered = f["delivered"].as_u64().unwrap();
+    assert!(delivered > 0, "{f}");
+    assert_eq!(
+        f["queued"], f["delivered"],
+        "everything queued is delivered: {f}"
+    );
+    assert_eq!(
+        (f["dropped"].as_u64(), f["failed"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(r["pipeline"]["readings"], 0, "detect = false: forward only");
+
+    // What is on the topic: records keyed by the site, each a chunk of reading lines.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[TOPIC]).unwrap();
+    let (mut records, mut readings) = (0u64, 0usize);
+    let t0 = Instant::now();
+    while records < delivered && t0.elapsed() < Duration::from_secs(30) {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        use rdkafka::message::Message;
+        let site = std::str::from_utf8(m.key().unwrap()).unwrap().to_owned();
+        let mut reg = wattchdog::feature::Registry::new(10_000);
+        let (events, bad) = wattchdog::kafka::codec::decode(m.payload().unwrap(), &mut reg);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(!events.is_empty());
+        assert!(
+            reg.devices().iter().all(|d| d.site == site),
+            "a record holds one site's readings"
+        );
+        records += 1;
+        readings += events.len();
+    }
+    assert_eq!(records, delivered);
+    assert!(
+        readings as u64 > delivered,
+        "records carry batches of readings"
     );
 }
