@@ -121,11 +121,7 @@ fn wait_until(dir: &Path, what: &str, limit: Duration, mut ok: impl FnMut() -> b
 #[test]
 fn a_killed_instance_s_sites_are_taken_over_with_nothing_lost_and_no_alert_twice() {
     let _quiet = machine_lock();
-    let dir = tempfile::Builder::new()
-        .prefix("kafkait")
-        .keep(true)
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("facility.jsonl");
     let labels = simulate(&capture, 3.2, 4, "chiller-setpoint-tamper");
     let attack = wattchdog::time::format_ts(labels[0].start + 3 * 60_000);
