@@ -311,13 +311,17 @@ pub async fn consume(
                     out.clear();
                     if let Some(a) = audit.as_mut() {
                         writeln!(a, "{p} {o} muted")?;
+                        a.flush()?;
                     }
                     continue;
                 }
                 counts.records += 1;
                 owned.pending.push_back((o, newest));
                 if let Some(a) = audit.as_mut() {
+                    // Test mode: a line per record, whole, before anything derived
+                    // from the record is committed.
                     writeln!(a, "{p} {o}")?;
+                    a.flush()?;
                 }
                 settle(owned);
                 drop(s);
