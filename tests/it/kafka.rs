@@ -1,6 +1,6 @@
 //! Many sites over Kafka, on librdkafka's in-process mock cluster: eight simulated sites
 //! on an eight-partition telemetry topic, two `wattchdog run` instances in one consumer
-//! group, one killed with SIGKILL while an attack is under way. The survivor must take
+//! group, one killed with SIGKILL (or stopped with SIGTERM) while an attack is under way. The survivor must take
 //! every partition over, process every record (the instances' audit files), and the
 //! alerts of both, deduplicated by id, must be exactly those one uninterrupted instance
 //! raises on the same readings: none lost, none raised twice under another id.
@@ -94,6 +94,16 @@ fn alert_ids(path: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Stops an instance with SIGTERM; it must exit cleanly.
+fn terminate(p: &mut Peer) {
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(p.0.wait().unwrap().success());
+}
+
 /// Waits for `ok`; on a timeout prints the instances' logs (`dir`) and fails.
 fn wait_until(dir: &Path, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let t0 = Instant::now();
@@ -120,6 +130,17 @@ fn wait_until(dir: &Path, what: &str, limit: Duration, mut ok: impl FnMut() -> b
 
 #[test]
 fn a_killed_instance_s_sites_are_taken_over_with_nothing_lost_and_no_alert_twice() {
+    failover(false);
+}
+
+#[test]
+fn an_instance_that_stops_hands_its_sites_over_with_nothing_lost_and_no_alert_twice() {
+    failover(true);
+}
+
+/// Two instances; `a` stops mid-attack, killed (SIGKILL) or asked to (`graceful`: SIGTERM,
+/// it flushes, stores and commits before leaving the group).
+fn failover(graceful: bool) {
     let _quiet = machine_lock();
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("facility.jsonl");
@@ -247,12 +268,16 @@ fn a_killed_instance_s_sites_are_taken_over_with_nothing_lost_and_no_alert_twice
         Duration::from_secs(30),
         || committed().iter().all(|(p, &c)| c >= last[p] - 60),
     );
-    let dead_commits = committed();
 
-    // The attack is under way; a dies without a word.
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
+    // The attack is under way; a stops.
+    if graceful {
+        terminate(&mut a);
+    } else {
+        a.0.kill().unwrap();
+        a.0.wait().unwrap();
+    }
     let killed = Instant::now();
+    let dead_commits = committed();
     produce(&records[split..]);
     let produced = delivered.lock().unwrap().clone();
     assert_eq!(produced.len(), records.len());
@@ -294,12 +319,7 @@ fn a_killed_instance_s_sites_are_taken_over_with_nothing_lost_and_no_alert_twice
     );
 
     // A graceful stop flushes and stores what is still buffered.
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &b.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    assert!(b.0.wait().unwrap().success());
+    terminate(&mut b);
 
     let mut got = alert_ids(&dir.path().join("a.alerts"));
     got.extend(alert_ids(&dir.path().join("b.alerts")));
