@@ -12,7 +12,8 @@
 //!   a crash loses nothing, it replays. Alert ids are deterministic (site, device,
 //!   detector, metrics, start), so an alert raised again around a takeover is the same
 //!   alert to the store, the webhook outbox and the alerts topic.
-//! - **Revocation** drops the partition's state; a graceful stop (SIGTERM) first flushes
+//! - **Revocation** commits what is settled and drops the partition's state (open alerts
+//!   are raised whole by the next owner); a graceful stop (SIGTERM) first flushes
 //!   every pipeline, stores its alerts and commits, so the next owner starts where this
 //!   one ended.
 
@@ -122,11 +123,28 @@ impl ConsumerContext for Context {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Hand over where this owner stands: commit what is settled (its alerts
+                // are stored), so the next owner judges live only the rest. What is
+                // still open in the pipeline is dropped, not flushed: a flush would
+                // close an alert early; the next owner, warmed up on the same readings,
+                // raises it whole under the same id.
+                let mut revoked = Vec::new();
                 if let Ok(mut s) = self.shared.lock() {
                     for e in tpl.elements() {
-                        s.partitions.remove(&e.partition());
+                        if let Some(owned) = s.partitions.remove(&e.partition()) {
+                            revoked.push((e.partition(), owned));
+                        }
                         s.counts.revoked += 1;
                         tracing::info!(partition = e.partition(), "partition revoked");
+                    }
+                }
+                let last = committable(revoked.iter_mut().map(|(p, o)| (&*p, o)), &self.topic);
+                if last.count() > 0 {
+                    if let Err(e) = consumer.commit(&last, CommitMode::Sync) {
+                        if let Ok(mut s) = self.shared.lock() {
+                            s.counts.commit_errors += 1;
+                        }
+                        tracing::warn!(error = %e, "committing revoked partitions failed; the next owner replays from the previous commit");
                     }
                 }
                 if cooperative {
@@ -376,18 +394,14 @@ fn settle(owned: &mut Owned) {
     }
 }
 
-/// Commits each partition's settled offset with its event time as metadata.
-fn commit(
-    consumer: &StreamConsumer<Context>,
-    shared: &Mutex<Shared>,
+/// The settled offsets of `partitions` not yet acknowledged, each with "<event time>
+/// <warm-up window start offset>" as metadata.
+fn committable<'a>(
+    partitions: impl Iterator<Item = (&'a i32, &'a mut Owned)>,
     topic: &str,
-    mode: CommitMode,
-) {
-    let Ok(mut s) = shared.lock() else {
-        return;
-    };
+) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    for (&p, owned) in s.partitions.iter_mut() {
+    for (&p, owned) in partitions {
         settle(owned);
         if let Some((o, ts)) = owned.commit.filter(|&(o, _)| o > owned.acked) {
             let warm_from = owned.window.front().map_or(o, |&(_, w)| w.min(o));
@@ -401,6 +415,20 @@ fn commit(
             }
         }
     }
+    tpl
+}
+
+/// Commits each owned partition's settled offset.
+fn commit(
+    consumer: &StreamConsumer<Context>,
+    shared: &Mutex<Shared>,
+    topic: &str,
+    mode: CommitMode,
+) {
+    let Ok(mut s) = shared.lock() else {
+        return;
+    };
+    let tpl = committable(s.partitions.iter_mut(), topic);
     if tpl.count() == 0 {
         return;
     }
