@@ -19,17 +19,18 @@
 
 use super::codec;
 use super::config::KafkaConfig;
+use super::logs::{Logs, Quiet};
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::Ts;
 use crate::pipeline::Pipeline;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
@@ -97,9 +98,18 @@ struct Shared {
 struct Context {
     shared: Arc<Mutex<Shared>>,
     topic: String,
+    logs: Logs,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logs.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(error, reason);
+    }
+}
 
 impl ConsumerContext for Context {
     fn rebalance(
@@ -268,16 +278,17 @@ pub async fn consume(
         .create_with_context(Context {
             shared: Arc::clone(&shared),
             topic: k.telemetry_topic.clone(),
+            logs: Logs::default(),
         })?;
     consumer.subscribe(&[&k.telemetry_topic])?;
     let alerts = if k.alerts_topic.is_empty() {
         None
     } else {
-        let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        let p: ThreadedProducer<Quiet> = ClientConfig::new()
             .set("bootstrap.servers", &k.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .create()?;
+            .create_with_context(Quiet::default())?;
         Some(p)
     };
     // Test mode; every line is flushed whole as it is written.
@@ -301,7 +312,9 @@ pub async fn consume(
                     Err(e) => {
                         // Brokers down, say: librdkafka reconnects by itself; wait a
                         // little rather than spin and flood the log.
-                        tracing::warn!(error = %e, "consuming");
+                        if let Some(held_back) = consumer.context().logs.admit_now(&e.to_string()) {
+                            tracing::warn!(error = %e, held_back, "consuming");
+                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -444,7 +457,7 @@ fn commit(
 }
 
 /// Produces an alert to the alerts topic keyed by its id (a SIEM deduplicates by key).
-fn publish(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, a: &crate::model::Alert) {
+fn publish(p: &ThreadedProducer<Quiet>, topic: &str, a: &crate::model::Alert) {
     let Ok(body) = serde_json::to_vec(a) else {
         return;
     };

@@ -5,8 +5,9 @@
 
 use super::codec;
 use super::config::KafkaConfig;
+use super::logs::Logs;
 use crate::model::Reading;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -58,9 +59,17 @@ impl ForwardStats {
     }
 }
 
-struct Context(Arc<ForwardStats>);
+struct Context(Arc<ForwardStats>, Logs);
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.1.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.1.error(error, reason);
+    }
+}
 
 impl ProducerContext for Context {
     /// Readings in the record.
@@ -100,7 +109,7 @@ impl Forwarder {
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", cfg.buffer.to_string())
             .set("message.timeout.ms", "300000")
-            .create_with_context(Context(Arc::clone(&stats)))?;
+            .create_with_context(Context(Arc::clone(&stats), Logs::default()))?;
         Ok(Self {
             producer,
             topic: cfg.telemetry_topic.clone(),

@@ -11,3 +11,5 @@ pub mod codec;
 pub mod config;
 #[cfg(feature = "kafka")]
 pub mod edge;
+#[cfg(feature = "kafka")]
+mod logs;
