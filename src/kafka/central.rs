@@ -59,6 +59,8 @@ pub enum CentralError {
 pub struct CentralCounts {
     /// Records processed live.
     pub records: u64,
+    /// Times a silent partition's pipeline was moved on by the event-time front.
+    pub heartbeats: u64,
     /// Records replayed muted to warm detectors up after an assignment.
     pub warmup_records: u64,
     /// Lines of records that were not readings (counted, skipped).
@@ -83,6 +85,12 @@ struct Owned {
     window: VecDeque<(Ts, i64)>,
     /// The next offset to commit and its event time.
     commit: Option<(i64, Ts)>,
+    /// The offset after the last record read.
+    next: i64,
+    /// When (wall clock) the last record was read.
+    heard: std::time::Instant,
+    /// Read up to the end of the partition (no record since the broker said so).
+    at_end: bool,
     /// The highest offset the group coordinator has acknowledged (a failed commit, say
     /// during a rebalance, is sent again at the next tick).
     acked: i64,
@@ -93,6 +101,9 @@ struct Shared {
     cfg: Config,
     partitions: BTreeMap<i32, Owned>,
     counts: CentralCounts,
+    /// The newest event time read live on any partition: the clock silent sites are
+    /// judged by.
+    front: Ts,
 }
 
 struct Context {
@@ -245,6 +256,9 @@ impl Context {
                     window: VecDeque::new(),
                     commit: None,
                     acked: live_from,
+                    next: live_from,
+                    heard: std::time::Instant::now(),
+                    at_end: false,
                 },
             );
             s.counts.assigned += 1;
@@ -264,6 +278,7 @@ pub async fn consume(
         cfg: cfg.clone(),
         partitions: BTreeMap::new(),
         counts: CentralCounts::default(),
+        front: Ts::MIN,
     }));
     let consumer: StreamConsumer<Context> = ClientConfig::new()
         .set("bootstrap.servers", &k.brokers)
@@ -275,6 +290,8 @@ pub async fn consume(
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .set("fetch.wait.max.ms", "100")
+        // Reaching a partition's end is what tells a silent site from a slow one.
+        .set("enable.partition.eof", "true")
         .create_with_context(Context {
             shared: Arc::clone(&shared),
             topic: k.telemetry_topic.clone(),
@@ -302,6 +319,9 @@ pub async fn consume(
         None => None,
     };
     let mut commit_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    // A partition with nothing to read for this long is a silent site, not a slow one.
+    let silence = Duration::from_millis(2 * cfg.pipeline.reorder_tolerance.max(1_000) as u64);
     tokio::pin!(shutdown);
     let mut out = Vec::new();
     loop {
@@ -309,6 +329,12 @@ pub async fn consume(
             m = consumer.recv() => {
                 let m = match m {
                     Ok(m) => m,
+                    Err(KafkaError::PartitionEOF(p)) => {
+                        if let Some(owned) = shared.lock().map_err(|_| std::io::Error::other("state poisoned"))?.partitions.get_mut(&p) {
+                            owned.at_end = true;
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         // Brokers down, say: librdkafka reconnects by itself; wait a
                         // little rather than spin and flood the log.
@@ -321,10 +347,13 @@ pub async fn consume(
                 };
                 let (p, o) = (m.partition(), m.offset());
                 let mut s = shared.lock().map_err(|_| std::io::Error::other("state poisoned"))?;
-                let Shared { partitions, counts, .. } = &mut *s;
+                let Shared { partitions, counts, front, .. } = &mut *s;
                 let Some(owned) = partitions.get_mut(&p) else {
                     continue;
                 };
+                owned.next = o + 1;
+                owned.heard = std::time::Instant::now();
+                owned.at_end = false;
                 let (events, bad) = codec::decode(m.payload().unwrap_or_default(), &mut owned.pipeline.registry);
                 for (line, reason, detail) in &bad {
                     tracing::warn!(partition = p, offset = o, line, reason = reason.as_str(), detail, "bad telemetry line");
@@ -348,6 +377,7 @@ pub async fn consume(
                     continue;
                 }
                 counts.records += 1;
+                *front = (*front).max(newest);
                 owned.pending.push_back((o, newest));
                 if let Some(a) = audit.as_mut() {
                     // Test mode: a line per record, whole, before anything derived
@@ -357,12 +387,28 @@ pub async fn consume(
                 }
                 settle(owned);
                 drop(s);
-                for x in out.drain(..) {
-                    emit(&x)?;
-                    if let (Some(prod), Output::Alert(a)) = (&alerts, &x) {
-                        publish(prod, &k.alerts_topic, a);
+                deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
+            }
+            _ = heartbeat.tick() => {
+                let mut s = shared.lock().map_err(|_| std::io::Error::other("state poisoned"))?;
+                let Shared { partitions, counts, front, .. } = &mut *s;
+                // Never ahead of the wall clock: one site's clock running fast must not
+                // make the others' readings late.
+                let now = (*front).min(chrono::Utc::now().timestamp_millis());
+                for owned in partitions.values_mut() {
+                    // Silent: live, read to the end, nothing read lately. Its devices
+                    // are judged on the others' event time.
+                    if owned.next >= owned.live_from
+                        && owned.at_end
+                        && owned.heard.elapsed() >= silence
+                        && now > owned.pipeline.released()
+                    {
+                        owned.pipeline.advance_to(now, &mut out);
+                        counts.heartbeats += 1;
                     }
                 }
+                drop(s);
+                deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
             }
             _ = commit_tick.tick() => {
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
@@ -383,9 +429,7 @@ pub async fn consume(
             }
         }
     }
-    for x in out.drain(..) {
-        emit(&x)?;
-    }
+    deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
     commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Sync);
     if let Some(p) = &alerts {
         let _ = rdkafka::producer::Producer::flush(p, Duration::from_secs(10));
@@ -454,6 +498,22 @@ fn commit(
             tracing::warn!(error = %e, "offset commit failed; the next owner replays those records")
         }
     }
+}
+
+/// Stores every output (`emit`), then produces each alert to the alerts topic, if any.
+fn deliver(
+    out: &mut Vec<Output>,
+    emit: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    alerts: Option<&ThreadedProducer<Quiet>>,
+    topic: &str,
+) -> std::io::Result<()> {
+    for x in out.drain(..) {
+        emit(&x)?;
+        if let (Some(p), Output::Alert(a)) = (alerts, &x) {
+            publish(p, topic, a);
+        }
+    }
+    Ok(())
 }
 
 /// Produces an alert to the alerts topic keyed by its id (a SIEM deduplicates by key).

@@ -46,9 +46,9 @@ impl ProducerContext for Delivered {
     }
 }
 
-/// The chiller readings of one simulated facility, per second, copied to `SITES` sites:
+/// The chiller readings of one simulated facility, per second, copied to `sites` sites:
 /// `(event time as written, site, JSONL lines)`.
-fn seconds(capture: &Path) -> Vec<(String, String, String)> {
+fn seconds(capture: &Path, sites: usize) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(capture).unwrap();
     let mut by_ts: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for line in text.lines().filter(|l| l.contains("\"chiller-")) {
@@ -60,7 +60,7 @@ fn seconds(capture: &Path) -> Vec<(String, String, String)> {
     }
     let mut out = Vec::new();
     for (ts, lines) in by_ts {
-        for s in 0..SITES {
+        for s in 0..sites {
             let site = format!("site-{s}");
             let mut chunk = String::new();
             for l in &lines {
@@ -271,7 +271,7 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
     let capture = d.join("facility.jsonl");
     let labels = simulate(&capture, 3.2, 4, "chiller-setpoint-tamper");
     let attack = wattchdog::time::format_ts(labels[0].start + 3 * 60_000);
-    let records = seconds(&capture);
+    let records = seconds(&capture, SITES);
     // Produced in three parts: before the event, between it and a second change of
     // owner (a restart's), after.
     let split = records.iter().position(|(ts, ..)| *ts >= attack).unwrap();
@@ -575,5 +575,104 @@ fn the_edge_forwards_what_its_collectors_read_keyed_by_site() {
     assert!(
         readings as u64 > delivered,
         "records carry batches of readings"
+    );
+}
+
+#[test]
+fn a_silent_site_is_judged_on_the_other_sites_event_time() {
+    let _quiet = machine_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let capture = d.join("facility.jsonl");
+    simulate(&capture, 0.25, 5, "");
+    let records = seconds(&capture, 2);
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer: ThreadedProducer<Delivered> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "50")
+        .create_with_context(Delivered(Arc::default()))
+        .unwrap();
+    // site-1 falls silent two thirds in; site-0 goes on.
+    let cut = records[records.len() * 2 / 3].0.clone();
+    let mut sent = 0;
+    for (ts, site, chunk) in &records {
+        if site == "site-1" && *ts >= cut {
+            continue;
+        }
+        // Each site on its own partition.
+        let p = if site == "site-0" { 0 } else { 1 };
+        producer
+            .send(
+                BaseRecord::to(TOPIC)
+                    .partition(p)
+                    .key(site.as_str())
+                    .payload(chunk.as_str()),
+            )
+            .unwrap();
+        sent += 1;
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let cfg = d.join("central.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"central\"\naudit = {:?}\n",
+            d.join("central.audit").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let alerts = d.join("central.alerts");
+    let central = Peer(
+        wattchdog()
+            .args([
+                "run",
+                "--log",
+                "info",
+                "-c",
+                cfg.to_str().unwrap(),
+                "--alerts",
+            ])
+            .arg(&alerts)
+            .stderr(std::fs::File::create(d.join("central.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        d,
+        "every record is processed",
+        Duration::from_secs(120),
+        || audit(&d.join("central.audit")).len() >= sent,
+    );
+    // Nothing more arrives for either site: site-1's silence is judged while the
+    // instance runs, on the event time site-0 reached.
+    let silent = |v: &serde_json::Value| v["detector"] == "staleness" && v["site"] == "site-1";
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&alerts)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    wait_until(
+        d,
+        "site-1's silence is an alert",
+        Duration::from_secs(30),
+        || read().iter().any(silent),
+    );
+    terminate(central);
+    let all = read();
+    let found: Vec<_> = all.iter().filter(|v| silent(v)).collect();
+    let parse = |t: &str| wattchdog::time::TimeFormat::Auto.parse(t).unwrap();
+    let cut = parse(&cut);
+    for a in &found {
+        let start = parse(a["ts"].as_str().unwrap());
+        assert!(start >= cut, "silence found where there was none: {a}");
+    }
+    assert!(
+        !all.iter()
+            .any(|v| v["detector"] == "staleness" && v["site"] == "site-0"),
+        "site-0 never fell silent"
     );
 }
