@@ -4,9 +4,10 @@
 //!
 //! - **Assignment**: the new owner reads the partition's committed offset and, committed
 //!   with it, the offset where the last `warmup` of event time before it begins (each
-//!   owner keeps that window's start as it goes, so no broker time index is needed);
-//!   it replays from there to the committed offset with alerting muted, then goes live.
-//!   A partition never committed is read from its start.
+//!   owner keeps that window's start as it goes, so no broker time index is needed;
+//!   a broker that drops commit metadata falls back to its time index, by the wall
+//!   clock); it replays from there to the committed offset with alerting muted, then
+//!   goes live. A partition never committed is read from its start.
 //! - **Offsets** are committed (with the event time of the record) only once the pipeline
 //!   has released every reading of the record and the alerts derived from it are stored:
 //!   a crash loses nothing, it replays. Alert ids are deterministic (site, device,
@@ -24,7 +25,7 @@ use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::Ts;
 use crate::pipeline::Pipeline;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -71,7 +72,16 @@ pub struct CentralCounts {
     pub revoked: u64,
     /// Offset commits that failed (sent again; at worst the next owner replays).
     pub commit_errors: u64,
+    /// Skipped offsets read again (a broker served a later batch first).
+    pub gaps_reread: u64,
+    /// Gaps in offsets taken as real after reading them again did not fill them.
+    pub gaps: u64,
 }
+
+/// A gap in offsets is read again this many times before it is taken as real.
+const GAP_RETRIES: u32 = 3;
+/// How far back (in records) a re-read starts per try: librdkafka's largest batch.
+const REREAD_BACK: i64 = 10_000;
 
 /// One owned partition.
 struct Owned {
@@ -85,12 +95,17 @@ struct Owned {
     window: VecDeque<(Ts, i64)>,
     /// The next offset to commit and its event time.
     commit: Option<(i64, Ts)>,
-    /// The offset after the last record read.
-    next: i64,
+    /// The offset after the last record read (none yet).
+    next: Option<i64>,
+    /// The gap in offsets last read again, and how many times.
+    gap: (i64, u32),
     /// When (wall clock) the last record was read.
     heard: std::time::Instant,
     /// Read up to the end of the partition (no record since the broker said so).
     at_end: bool,
+    /// Since when (wall clock) the others' event time has been ahead of this
+    /// partition's, with nothing read here since.
+    behind: Option<std::time::Instant>,
     /// The highest offset the group coordinator has acknowledged (a failed commit, say
     /// during a rebalance, is sent again at the next tick).
     acked: i64,
@@ -223,7 +238,8 @@ impl Context {
         let Ok(mut s) = self.shared.lock() else {
             return;
         };
-        for e in tpl.clone().elements() {
+        let mut plan = BTreeMap::new();
+        for e in tpl.elements() {
             let p = e.partition();
             let (offset, meta) = committed
                 .as_ref()
@@ -237,6 +253,23 @@ impl Context {
             let warm_from = meta
                 .split_once(' ')
                 .and_then(|(_, w)| w.parse::<i64>().ok());
+            plan.insert(p, (offset, warm_from, meta));
+        }
+        // A broker that does not keep commit metadata (tansu 0.6): the warm-up window
+        // from the broker's time index, by the wall clock (exact when telemetry is
+        // forwarded as it is read).
+        let unknown: Vec<i32> = plan
+            .iter()
+            .filter(|(_, (o, w, _))| matches!(o, Offset::Offset(_)) && w.is_none())
+            .map(|(&p, _)| p)
+            .collect();
+        let since = chrono::Utc::now().timestamp_millis() - s.cfg.kafka.warmup;
+        for (p, o) in by_time(consumer, &self.topic, &unknown, since) {
+            if let Some(entry) = plan.get_mut(&p) {
+                entry.1 = Some(o);
+            }
+        }
+        for (p, (offset, warm_from, meta)) in plan {
             let (live_from, start) = match (offset, warm_from) {
                 (Offset::Offset(c), Some(w)) => (c, Offset::Offset(w.clamp(0, c))),
                 (Offset::Offset(c), None) => (c, Offset::Offset(c)),
@@ -256,14 +289,58 @@ impl Context {
                     window: VecDeque::new(),
                     commit: None,
                     acked: live_from,
-                    next: live_from,
+                    next: None,
+                    gap: (-1, 0),
                     heard: std::time::Instant::now(),
                     at_end: false,
+                    behind: None,
                 },
             );
             s.counts.assigned += 1;
         }
     }
+}
+
+/// The first offset of each partition at or after event time `since` by the broker's
+/// time index (`ListOffsets`); a partition with nothing that new starts at its end.
+/// Partitions the broker cannot answer for are left out (they start cold, logged).
+fn by_time<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    since: Ts,
+) -> BTreeMap<i32, i64> {
+    if partitions.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(since));
+    }
+    let found = match consumer.offsets_for_times(tpl, Duration::from_secs(10)) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "no time index: new partitions start cold");
+            return BTreeMap::new();
+        }
+    };
+    let ends = |p: i32| {
+        consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map(|(_, high)| high)
+    };
+    found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            Offset::End => ends(e.partition()).ok().map(|h| (e.partition(), h)),
+            other => {
+                tracing::warn!(partition = e.partition(), offset = ?other, "no time index for the partition: it starts cold");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Consumes until `shutdown`, handing every live output to `emit` (which stores it
@@ -280,18 +357,19 @@ pub async fn consume(
         counts: CentralCounts::default(),
         front: Ts::MIN,
     }));
-    let consumer: StreamConsumer<Context> = ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group)
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "100")
-        // Reaching a partition's end is what tells a silent site from a slow one.
-        .set("enable.partition.eof", "true")
+    let consumer: StreamConsumer<Context> = k
+        .client_config(&[
+            ("group.id", &k.group),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+            ("fetch.wait.max.ms", "100"),
+            // Reaching a partition's end is what tells a silent site from a slow one.
+            ("enable.partition.eof", "true"),
+        ])
         .create_with_context(Context {
             shared: Arc::clone(&shared),
             topic: k.telemetry_topic.clone(),
@@ -301,10 +379,8 @@ pub async fn consume(
     let alerts = if k.alerts_topic.is_empty() {
         None
     } else {
-        let p: ThreadedProducer<Quiet> = ClientConfig::new()
-            .set("bootstrap.servers", &k.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+        let p: ThreadedProducer<Quiet> = k
+            .client_config(&[("enable.idempotence", "true"), ("acks", "all")])
             .create_with_context(Quiet::default())?;
         Some(p)
     };
@@ -351,9 +427,35 @@ pub async fn consume(
                 let Some(owned) = partitions.get_mut(&p) else {
                     continue;
                 };
-                owned.next = o + 1;
+                match owned.next {
+                    // Read before (a re-read from further back): already processed.
+                    Some(n) if o < n => continue,
+                    Some(n) if o > n => {
+                        // Offsets skipped: not on a plain telemetry topic, unless the
+                        // broker answered a fetch from inside a batch with the next batch
+                        // (tansu 0.6). Read again from a batch's length further back,
+                        // then further; a gap still there is real (retention, compaction).
+                        let tries = if owned.gap.0 == n { owned.gap.1 + 1 } else { 1 };
+                        owned.gap = (n, tries);
+                        if tries <= GAP_RETRIES {
+                            counts.gaps_reread += 1;
+                            tracing::warn!(partition = p, expected = n, got = o, tries, "offsets skipped: reading them again");
+                            let from = (n - REREAD_BACK * i64::from(tries)).max(0);
+                            drop(s);
+                            if let Err(e) = consumer.seek(&k.telemetry_topic, p, Offset::Offset(from), Duration::from_secs(5)) {
+                                tracing::warn!(partition = p, error = %e, "seeking back failed; the gap stays");
+                            }
+                            continue;
+                        }
+                        counts.gaps += 1;
+                        tracing::warn!(partition = p, from = n, to = o, "a gap in offsets stays: taken as real (retention, compaction)");
+                    }
+                    _ => {}
+                }
+                owned.next = Some(o + 1);
                 owned.heard = std::time::Instant::now();
                 owned.at_end = false;
+                owned.behind = None;
                 let (events, bad) = codec::decode(m.payload().unwrap_or_default(), &mut owned.pipeline.registry);
                 for (line, reason, detail) in &bad {
                     tracing::warn!(partition = p, offset = o, line, reason = reason.as_str(), detail, "bad telemetry line");
@@ -396,12 +498,21 @@ pub async fn consume(
                 // make the others' readings late.
                 let now = (*front).min(chrono::Utc::now().timestamp_millis());
                 for owned in partitions.values_mut() {
-                    // Silent: live, read to the end, nothing read lately. Its devices
+                    let released = owned.pipeline.released();
+                    if now > released.saturating_add(cfg.pipeline.reorder_tolerance) {
+                        owned.behind.get_or_insert_with(std::time::Instant::now);
+                    } else {
+                        owned.behind = None;
+                    }
+                    // Silent: live, read to the end, nothing read lately, and left
+                    // behind by the others for as long (so a burst that reached another
+                    // partition first is not mistaken for silence here). Its devices
                     // are judged on the others' event time.
-                    if owned.next >= owned.live_from
+                    if owned.next.is_some_and(|n| n >= owned.live_from)
                         && owned.at_end
                         && owned.heard.elapsed() >= silence
-                        && now > owned.pipeline.released()
+                        && owned.behind.is_some_and(|t| t.elapsed() >= silence)
+                        && now > released
                     {
                         owned.pipeline.advance_to(now, &mut out);
                         counts.heartbeats += 1;

@@ -29,6 +29,10 @@ pub struct KafkaConfig {
     pub warmup: i64,
     /// Producer queue bound, in records; what does not fit is dropped and counted.
     pub buffer: u32,
+    /// librdkafka properties for every client, as given (`"security.protocol" =
+    /// "SASL_SSL"`, `"sasl.mechanisms"`, `"ssl.ca.location"`, `"debug" = "cgrp"`, …).
+    /// They come last, so they override wattchdog's own settings: use with care.
+    pub client: std::collections::BTreeMap<String, String>,
     /// Test mode: append `partition offset` of every record processed live, and
     /// `partition offset muted` of every record replayed to warm up, to this file.
     pub audit: Option<std::path::PathBuf>,
@@ -46,12 +50,31 @@ impl Default for KafkaConfig {
             group: "wattchdog".into(),
             warmup: 30 * 60_000,
             buffer: 100_000,
+            client: Default::default(),
             audit: None,
         }
     }
 }
 
 impl KafkaConfig {
+    /// A librdkafka client config: the brokers, `ours`, then `[kafka.client]`.
+    #[cfg(feature = "kafka")]
+    pub fn client_config(&self, ours: &[(&str, &str)]) -> rdkafka::config::ClientConfig {
+        let mut c = rdkafka::config::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in ours {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        // Debug contexts asked for: let their lines through (`--log librdkafka=debug`).
+        if self.client.contains_key("debug") {
+            c.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        }
+        c
+    }
+
     /// Whether the config asks for Kafka at all.
     pub fn used(&self) -> bool {
         self.forward || self.consume

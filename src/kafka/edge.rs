@@ -7,7 +7,7 @@ use super::codec;
 use super::config::KafkaConfig;
 use super::logs::Logs;
 use crate::model::Reading;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -101,14 +101,21 @@ impl Forwarder {
     /// Connects a producer (brokers are reached lazily; a down broker is retried).
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
         let stats = Arc::new(ForwardStats::default());
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "20")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", cfg.buffer.to_string())
-            .set("message.timeout.ms", "300000")
+        let buffer = cfg.buffer.to_string();
+        let producer = cfg
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                // One request in flight: a site's records stay in order even on a
+                // broker that does not check idempotent producers' sequence numbers
+                // (tansu 0.6 appends concurrent requests out of order). A site's
+                // telemetry is far below what one request per round trip carries.
+                ("max.in.flight.requests.per.connection", "1"),
+                ("linger.ms", "20"),
+                ("compression.type", "lz4"),
+                ("queue.buffering.max.messages", &buffer),
+                ("message.timeout.ms", "300000"),
+            ])
             .create_with_context(Context(Arc::clone(&stats), Logs::default()))?;
         Ok(Self {
             producer,

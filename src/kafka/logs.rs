@@ -3,7 +3,7 @@
 //! at most once a minute, with how many like it were held back.
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use std::collections::HashMap;
@@ -40,6 +40,11 @@ impl Logs {
     /// A client-wide error (`ClientContext::error`): brokers down, say. librdkafka retries
     /// by itself, so it is a warning.
     pub fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition (asked for with `enable.partition.eof`) is news, not an
+        // error.
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            return;
+        }
         if let Some(held_back) = self.admit_now(reason) {
             tracing::warn!(target: "librdkafka", %error, held_back, "{reason}");
         }
