@@ -5,6 +5,12 @@
 //! consumer group reading the topic from its start; the clock runs from the first record
 //! processed to the last (the group join, about 3 s on the mock cluster, is left out).
 //!
+//! Produce to alert: how long after a record is produced the alert it decides is
+//! emitted (stored), through the broker, the consumer and the pipeline: a UPS of a warm
+//! site goes to bypass with healthy mains (decided on the first sample); the record and
+//! the six seconds after it (the pipeline's 5 s reorder tolerance is event time, not
+//! latency) are produced with the edge forwarder's settings, one iteration per site.
+//!
 //! `cargo bench --features kafka --bench kafka`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -141,5 +147,135 @@ fn consume(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, consume);
+/// Warm sites for the latency bench (one per iteration).
+const WARM_SITES: usize = 400;
+
+/// One second of a site's UPS: healthy mains, in bypass or not.
+fn ups_second(site: usize, ts: i64, bypass: bool) -> String {
+    let ts = wattchdog::time::format_ts(ts);
+    [
+        ("input_voltage_v", 230.0),
+        ("bypass_active", if bypass { 1.0 } else { 0.0 }),
+        ("on_battery", 0.0),
+        ("battery_charge_pct", 100.0),
+    ]
+    .iter()
+    .map(|(metric, value)| {
+        format!(
+            "{{\"ts\":\"{ts}\",\"site\":\"lat-{site}\",\"device\":\"ups-1\",\"kind\":\"ups\",\"metric\":\"{metric}\",\"value\":{value}}}\n"
+        )
+    })
+    .collect()
+}
+
+fn produce_to_alert(c: &mut Criterion) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(TOPIC, 1, 1).expect("topic");
+    let brokers = mock.bootstrap_servers();
+    // The edge forwarder's settings.
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let send = |site: usize, ts: i64, bypass: bool| {
+        let chunk = ups_second(site, ts, bypass);
+        let key = format!("lat-{site}");
+        producer
+            .send(BaseRecord::to(TOPIC).key(&key).payload(&chunk))
+            .expect("queued");
+    };
+    // Every site warm: 90 s of healthy readings (the detector learns its mains on 60).
+    let t0: i64 = 1_783_382_400_000;
+    for s in 0..90 {
+        for site in 0..WARM_SITES {
+            send(site, t0 + s * 1_000, false);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("delivered");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let audit = dir.path().join("audit");
+    let cfg_text = format!(
+        "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"latency\"\naudit = {:?}\n",
+        audit.to_str().unwrap_or_default()
+    );
+    // The central instance, on its own thread; alerts of the `ups` detector come back
+    // with the moment they were stored.
+    let (alerts_tx, alerts) = std::sync::mpsc::channel::<(String, Instant)>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let central = std::thread::spawn(move || {
+        let cfg = Config::from_toml_str(&cfg_text, "bench").expect("config");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut emit = |o: &wattchdog::correlate::Output| {
+            if let wattchdog::correlate::Output::Alert(a) = o {
+                if a.detector == "ups" {
+                    let _ = alerts_tx.send((a.site.clone(), Instant::now()));
+                }
+            }
+            Ok(())
+        };
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        rt.block_on(wattchdog::kafka::central::consume(&cfg, &mut emit, stop))
+            .expect("consumes");
+    });
+    let warm = 90 * WARM_SITES;
+    let t = Instant::now();
+    while lines(&audit) < warm {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "warm-up not consumed: {} of {warm} records",
+            lines(&audit)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut g = c.benchmark_group("kafka");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(5));
+    let mut next = 0usize;
+    g.bench_function("produce_to_alert", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let site = next;
+                next += 1;
+                assert!(site < WARM_SITES, "more iterations than warm sites");
+                // One partition, one event-time clock: each iteration later than the last.
+                let ts = t0 + 90_000 + site as i64 * 7_000;
+                let start = Instant::now();
+                send(site, ts, true);
+                for s in 1..=6 {
+                    send(site, ts + s * 1_000, false);
+                }
+                let want = format!("lat-{site}");
+                let at = loop {
+                    let (s, at) = alerts
+                        .recv_timeout(Duration::from_secs(30))
+                        .expect("the bypass is an alert");
+                    if s == want {
+                        break at;
+                    }
+                };
+                total += at - start;
+            }
+            total
+        })
+    });
+    g.finish();
+    let _ = stop_tx.send(());
+    central.join().expect("central stops");
+}
+
+criterion_group!(benches, consume, produce_to_alert);
 criterion_main!(benches);

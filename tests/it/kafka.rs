@@ -105,6 +105,23 @@ fn alert_ids(path: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// The partitions an instance holds now, by its log.
+fn assigned(dir: &Path, name: &str) -> BTreeSet<i32> {
+    let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let mut held = BTreeSet::new();
+    for l in log.lines() {
+        let p = l
+            .split_once("partition=")
+            .and_then(|(_, r)| r.split(' ').next()?.parse::<i32>().ok());
+        match p {
+            Some(p) if l.contains("partition assigned") => held.insert(p),
+            Some(p) if l.contains("partition revoked") => held.remove(&p),
+            _ => false,
+        };
+    }
+    held
+}
+
 /// Stops an instance with SIGTERM; it must exit cleanly.
 fn terminate(mut p: Peer) {
     let term = std::process::Command::new("kill")
@@ -440,6 +457,12 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
         });
         running.insert("a", instance("a"));
     }
+    // Production starts once the group has settled, so each instance is at work only on
+    // the partitions it keeps.
+    wait_until(d, "the group settles", Duration::from_secs(60), || {
+        let (a, b) = (assigned(d, "a"), assigned(d, "b"));
+        !a.is_empty() && !b.is_empty() && a.is_disjoint(&b) && a.len() + b.len() == SITES
+    });
     produce(&records[..split]);
     let before = delivered.lock().unwrap().len();
     wait_until(
