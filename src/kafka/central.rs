@@ -431,10 +431,11 @@ pub async fn consume(
                     // Read before (a re-read from further back): already processed.
                     Some(n) if o < n => continue,
                     Some(n) if o > n => {
-                        // Offsets skipped: not on a plain telemetry topic, unless the
-                        // broker answered a fetch from inside a batch with the next batch
-                        // (tansu 0.6). Read again from a batch's length further back,
-                        // then further; a gap still there is real (retention, compaction).
+                        // Offsets skipped: not on a plain telemetry topic, but tansu 0.6
+                        // does under load, and answers a fetch from the first missing
+                        // offset with the batch after the gap. Read again from a batch's
+                        // length further back, then further; a gap still there is real
+                        // (retention, compaction).
                         let tries = if owned.gap.0 == n { owned.gap.1 + 1 } else { 1 };
                         owned.gap = (n, tries);
                         if tries <= GAP_RETRIES {
