@@ -11,9 +11,12 @@
 //! the six seconds after it (the pipeline's 5 s reorder tolerance is event time, not
 //! latency) are produced with the edge forwarder's settings, one iteration per site.
 //!
-//! `cargo bench --features kafka --bench kafka`
+//! `cargo bench --features kafka --bench kafka`; against a running broker (tansu, say):
+//! `WATTCHDOG_BENCH_BROKERS=127.0.0.1:9092 cargo bench --features kafka --bench kafka`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -23,7 +26,63 @@ use std::time::{Duration, Instant};
 use wattchdog::config::Config;
 use wattchdog::sim::{self, Facility, Intensity, SimOptions};
 
-const TOPIC: &str = "wattchdog.telemetry.v1";
+/// A broker to run against: librdkafka's mock cluster in this process, or, with
+/// `WATTCHDOG_BENCH_BROKERS=host:port`, a running broker (a fresh topic per use).
+struct Broker {
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    brokers: String,
+    topic: String,
+}
+
+impl Broker {
+    fn new(partitions: i32) -> Self {
+        match std::env::var("WATTCHDOG_BENCH_BROKERS") {
+            Ok(brokers) => {
+                let topic = format!("wattchdog.bench.{}", unique());
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create()
+                    .expect("admin client");
+                let created = tokio::runtime::Runtime::new()
+                    .expect("runtime")
+                    .block_on(admin.create_topics(
+                        &[NewTopic::new(
+                            &topic,
+                            partitions,
+                            TopicReplication::Fixed(1),
+                        )],
+                        &AdminOptions::new(),
+                    ))
+                    .expect("create topics");
+                for r in created {
+                    r.expect("topic created");
+                }
+                Broker {
+                    _mock: None,
+                    brokers,
+                    topic,
+                }
+            }
+            Err(_) => {
+                let mock = MockCluster::new(1).expect("mock cluster");
+                let topic = "wattchdog.telemetry.v1".to_owned();
+                mock.create_topic(&topic, partitions, 1).expect("topic");
+                Broker {
+                    brokers: mock.bootstrap_servers(),
+                    _mock: Some(mock),
+                    topic,
+                }
+            }
+        }
+    }
+}
+
+/// A topic name suffix no earlier run used.
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
 const SITES: usize = 8;
 
 /// One record per site and second: (site, JSONL chunk); and the number of readings.
@@ -71,9 +130,8 @@ fn lines(path: &Path) -> usize {
 
 fn consume(c: &mut Criterion) {
     let (records, readings) = records();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic(TOPIC, SITES as i32, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let broker = Broker::new(SITES as i32);
+    let (brokers, topic) = (broker.brokers.clone(), broker.topic.clone());
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "100")
@@ -83,7 +141,7 @@ fn consume(c: &mut Criterion) {
         .expect("producer");
     for (site, chunk) in &records {
         producer
-            .send(BaseRecord::to(TOPIC).key(site).payload(chunk))
+            .send(BaseRecord::to(&topic).key(site).payload(chunk))
             .expect("queued");
     }
     producer.flush(Duration::from_secs(60)).expect("delivered");
@@ -102,7 +160,7 @@ fn consume(c: &mut Criterion) {
                 let audit = dir.path().join(format!("audit-{round}"));
                 let cfg = Config::from_toml_str(
                     &format!(
-                        "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"bench-{round}\"\naudit = {:?}\n",
+                        "[kafka]\nconsume = true\nbrokers = {brokers:?}\ntelemetry_topic = {topic:?}\ngroup = \"bench-{round}\"\naudit = {:?}\n",
                         audit.to_str().unwrap_or_default()
                     ),
                     "bench",
@@ -169,9 +227,8 @@ fn ups_second(site: usize, ts: i64, bypass: bool) -> String {
 }
 
 fn produce_to_alert(c: &mut Criterion) {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic(TOPIC, 1, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let broker = Broker::new(1);
+    let (brokers, topic) = (broker.brokers.clone(), broker.topic.clone());
     // The edge forwarder's settings.
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -187,7 +244,7 @@ fn produce_to_alert(c: &mut Criterion) {
         let chunk = ups_second(site, ts, bypass);
         let key = format!("lat-{site}");
         producer
-            .send(BaseRecord::to(TOPIC).key(&key).payload(&chunk))
+            .send(BaseRecord::to(&topic).key(&key).payload(&chunk))
             .expect("queued");
     };
     // Every site warm: 90 s of healthy readings (the detector learns its mains on 60).
@@ -201,7 +258,7 @@ fn produce_to_alert(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let audit = dir.path().join("audit");
     let cfg_text = format!(
-        "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"latency\"\naudit = {:?}\n",
+        "[kafka]\nconsume = true\nbrokers = {brokers:?}\ntelemetry_topic = {topic:?}\ngroup = \"latency\"\naudit = {:?}\n",
         audit.to_str().unwrap_or_default()
     );
     // The central instance, on its own thread; alerts of the `ups` detector come back
