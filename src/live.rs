@@ -246,9 +246,9 @@ async fn central(
         }
         on_output(o)
     };
-    let counts = crate::kafka::central::consume(cfg, &mut emit, shutdown).await?;
+    let (counts, pipeline) = crate::kafka::central::consume(cfg, &mut emit, shutdown).await?;
     Ok(RunReport {
-        pipeline: crate::pipeline::PipelineStats::default(),
+        pipeline,
         devices: Vec::new(),
         mqtt: Vec::new(),
         dropped: 0,

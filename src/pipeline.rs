@@ -40,6 +40,19 @@ pub struct PipelineStats {
     pub duplicates: u64,
 }
 
+impl PipelineStats {
+    /// Adds another pipeline's counters (several pipelines, one report).
+    pub fn add(&mut self, o: &PipelineStats) {
+        self.readings += o.readings;
+        self.exchanges += o.exchanges;
+        self.commands += o.commands;
+        self.late += o.late;
+        self.frames += o.frames;
+        self.findings += o.findings;
+        self.duplicates += o.duplicates;
+    }
+}
+
 /// How many late events are logged individually.
 const LOG_LATE: u64 = 5;
 /// Most silence checks run for one gap in the data; a longer gap is crossed in bigger

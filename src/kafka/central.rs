@@ -24,7 +24,7 @@ use super::logs::{Logs, Quiet};
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::Ts;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineStats};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
@@ -76,6 +76,9 @@ pub struct CentralCounts {
     pub gaps_reread: u64,
     /// Gaps in offsets taken as real after reading them again did not fill them.
     pub gaps: u64,
+    /// Partitions taken over with no warm-up (neither the commit metadata nor the
+    /// broker's time index said where it starts): detectors start cold there.
+    pub cold_starts: u64,
 }
 
 /// A gap in offsets is read again this many times before it is taken as real.
@@ -99,13 +102,17 @@ struct Owned {
     next: Option<i64>,
     /// The gap in offsets last read again, and how many times.
     gap: (i64, u32),
-    /// When (wall clock) the last record was read.
+    /// The newest event time read live here.
+    newest: Ts,
+    /// When (wall clock) the broker last handed over a record of this partition.
     heard: std::time::Instant,
     /// Read up to the end of the partition (no record since the broker said so).
     at_end: bool,
     /// Since when (wall clock) the others' event time has been ahead of this
     /// partition's, with nothing read here since.
     behind: Option<std::time::Instant>,
+    /// Judged silent since the last record read (logged once per silence).
+    silent: bool,
     /// The highest offset the group coordinator has acknowledged (a failed commit, say
     /// during a rebalance, is sent again at the next tick).
     acked: i64,
@@ -119,6 +126,8 @@ struct Shared {
     /// The newest event time read live on any partition: the clock silent sites are
     /// judged by.
     front: Ts,
+    /// The counters of the pipelines of partitions no longer held.
+    stats: PipelineStats,
 }
 
 struct Context {
@@ -168,6 +177,7 @@ impl ConsumerContext for Context {
                 if let Ok(mut s) = self.shared.lock() {
                     for e in tpl.elements() {
                         if let Some(owned) = s.partitions.remove(&e.partition()) {
+                            s.stats.add(owned.pipeline.stats());
                             revoked.push((e.partition(), owned));
                         }
                         s.counts.revoked += 1;
@@ -272,7 +282,12 @@ impl Context {
         for (p, (offset, warm_from, meta)) in plan {
             let (live_from, start) = match (offset, warm_from) {
                 (Offset::Offset(c), Some(w)) => (c, Offset::Offset(w.clamp(0, c))),
-                (Offset::Offset(c), None) => (c, Offset::Offset(c)),
+                (Offset::Offset(c), None) => {
+                    // Neither the commit nor the broker says where the warm-up starts.
+                    s.counts.cold_starts += 1;
+                    tracing::warn!(partition = p, offset = c, "no warm-up start known: the partition goes live cold at its committed offset");
+                    (c, Offset::Offset(c))
+                }
                 _ => (0, Offset::Beginning),
             };
             if let Err(e) = tpl.set_partition_offset(&self.topic, p, start) {
@@ -291,9 +306,11 @@ impl Context {
                     acked: live_from,
                     next: None,
                     gap: (-1, 0),
+                    newest: Ts::MIN,
                     heard: std::time::Instant::now(),
                     at_end: false,
                     behind: None,
+                    silent: false,
                 },
             );
             s.counts.assigned += 1;
@@ -344,18 +361,20 @@ fn by_time<C: ConsumerContext>(
 }
 
 /// Consumes until `shutdown`, handing every live output to `emit` (which stores it
-/// first). Returns the counts.
+/// first). Returns the counts and the pipelines' counters summed over every partition
+/// held (warm-up included).
 pub async fn consume(
     cfg: &Config,
     emit: &mut dyn FnMut(&Output) -> std::io::Result<()>,
     shutdown: impl Future<Output = ()>,
-) -> Result<CentralCounts, CentralError> {
+) -> Result<(CentralCounts, PipelineStats), CentralError> {
     let k: &KafkaConfig = &cfg.kafka;
     let shared = Arc::new(Mutex::new(Shared {
         cfg: cfg.clone(),
         partitions: BTreeMap::new(),
         counts: CentralCounts::default(),
         front: Ts::MIN,
+        stats: PipelineStats::default(),
     }));
     let consumer: StreamConsumer<Context> = k
         .client_config(&[
@@ -397,7 +416,9 @@ pub async fn consume(
     let mut commit_tick = tokio::time::interval(Duration::from_millis(500));
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     // A partition with nothing to read for this long is a silent site, not a slow one.
-    let silence = Duration::from_millis(2 * cfg.pipeline.reorder_tolerance.max(1_000) as u64);
+    let silence = k
+        .silence_ms(cfg.pipeline.reorder_tolerance)
+        .map(|ms| Duration::from_millis(ms.max(0) as u64));
     tokio::pin!(shutdown);
     let mut out = Vec::new();
     loop {
@@ -427,6 +448,11 @@ pub async fn consume(
                 let Some(owned) = partitions.get_mut(&p) else {
                     continue;
                 };
+                // Whatever the broker hands over, even a record read before or one past
+                // a gap, shows the partition has more to read: it is not silent.
+                owned.heard = std::time::Instant::now();
+                owned.at_end = false;
+                owned.behind = None;
                 match owned.next {
                     // Read before (a re-read from further back): already processed.
                     Some(n) if o < n => continue,
@@ -454,9 +480,9 @@ pub async fn consume(
                     _ => {}
                 }
                 owned.next = Some(o + 1);
-                owned.heard = std::time::Instant::now();
-                owned.at_end = false;
-                owned.behind = None;
+                if std::mem::take(&mut owned.silent) {
+                    tracing::info!(partition = p, offset = o, "partition heard again after a silence");
+                }
                 let (events, bad) = codec::decode(m.payload().unwrap_or_default(), &mut owned.pipeline.registry);
                 for (line, reason, detail) in &bad {
                     tracing::warn!(partition = p, offset = o, line, reason = reason.as_str(), detail, "bad telemetry line");
@@ -481,6 +507,7 @@ pub async fn consume(
                 }
                 counts.records += 1;
                 *front = (*front).max(newest);
+                owned.newest = owned.newest.max(newest);
                 owned.pending.push_back((o, newest));
                 if let Some(a) = audit.as_mut() {
                     // Test mode: a line per record, whole, before anything derived
@@ -492,32 +519,42 @@ pub async fn consume(
                 drop(s);
                 deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
             }
-            _ = heartbeat.tick() => {
+            _ = heartbeat.tick(), if silence.is_some() => {
+                let silence = silence.unwrap_or(Duration::MAX);
                 let mut s = shared.lock().map_err(|_| std::io::Error::other("state poisoned"))?;
                 let Shared { partitions, counts, front, .. } = &mut *s;
                 // Never ahead of the wall clock: one site's clock running fast must not
                 // make the others' readings late.
-                let now = (*front).min(chrono::Utc::now().timestamp_millis());
-                for owned in partitions.values_mut() {
+                let wall = chrono::Utc::now().timestamp_millis();
+                let now = (*front).min(wall);
+                for (&p, owned) in partitions.iter_mut() {
                     let released = owned.pipeline.released();
                     if now > released.saturating_add(cfg.pipeline.reorder_tolerance) {
                         owned.behind.get_or_insert_with(std::time::Instant::now);
                     } else {
                         owned.behind = None;
                     }
-                    // Silent: live, read to the end, nothing read lately, and left
-                    // behind by the others for as long (so a burst that reached another
-                    // partition first is not mistaken for silence here). Its devices
-                    // are judged on the others' event time.
-                    if owned.next.is_some_and(|n| n >= owned.live_from)
-                        && owned.at_end
-                        && owned.heard.elapsed() >= silence
-                        && owned.behind.is_some_and(|t| t.elapsed() >= silence)
-                        && now > released
-                    {
-                        owned.pipeline.advance_to(now, &mut out);
-                        counts.heartbeats += 1;
+                    let standing = Standing {
+                        live: owned.next.is_some_and(|n| n >= owned.live_from),
+                        at_end: owned.at_end,
+                        heard: owned.heard.elapsed(),
+                        behind: owned.behind.map(|t| t.elapsed()),
+                        newest: owned.newest,
+                        released,
+                    };
+                    let Some(to) = standing.silent_until(*front, wall, silence) else {
+                        continue;
+                    };
+                    if !std::mem::replace(&mut owned.silent, true) {
+                        tracing::info!(
+                            partition = p,
+                            newest = %crate::time::format_ts(owned.newest),
+                            judged_to = %crate::time::format_ts(to),
+                            "partition silent: its sites are judged on the others' event time"
+                        );
                     }
+                    owned.pipeline.advance_to(to, &mut out);
+                    counts.heartbeats += 1;
                 }
                 drop(s);
                 deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
@@ -547,8 +584,58 @@ pub async fn consume(
         let _ = rdkafka::producer::Producer::flush(p, Duration::from_secs(10));
     }
     consumer.unsubscribe();
-    let counts = shared.lock().map(|s| s.counts.clone()).unwrap_or_default();
-    Ok(counts)
+    let (counts, stats) = shared
+        .lock()
+        .map(|s| {
+            let mut stats = s.stats.clone();
+            for owned in s.partitions.values() {
+                stats.add(owned.pipeline.stats());
+            }
+            (s.counts.clone(), stats)
+        })
+        .unwrap_or_default();
+    Ok((counts, stats))
+}
+
+/// Where a partition stands when the heartbeat looks at it.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    /// Past its warm-up: judged live.
+    live: bool,
+    /// Read to its end (the broker said so, and nothing was handed over since).
+    at_end: bool,
+    /// Wall-clock time since the broker last handed over one of its records.
+    heard: Duration,
+    /// Wall-clock time the others' event time has been ahead of it by more than the
+    /// reorder tolerance (none: it is not).
+    behind: Option<Duration>,
+    /// The newest event time read live here.
+    newest: Ts,
+    /// Its pipeline's watermark.
+    released: Ts,
+}
+
+impl Standing {
+    /// The event time to move a silent partition's pipeline on to, or `None` when it
+    /// is not silent: live, read to its end, quiet and left behind for `silence` (so a
+    /// burst that reached another partition first is not mistaken for silence). The
+    /// others' event time `front` is the clock, but never ahead of the wall clock, and
+    /// never further past the partition's own newest reading than the wall-clock time
+    /// it has been quiet: when the others race through a backlog, a site that has been
+    /// quiet for ten seconds is judged on ten seconds of silence, not on the minutes of
+    /// event time the others covered meanwhile.
+    fn silent_until(&self, front: Ts, wall: Ts, silence: Duration) -> Option<Ts> {
+        let silent = self.live
+            && self.at_end
+            && self.heard >= silence
+            && self.behind.is_some_and(|b| b >= silence);
+        if !silent {
+            return None;
+        }
+        let quiet_ms = i64::try_from(self.heard.as_millis()).unwrap_or(i64::MAX);
+        let to = front.min(wall).min(self.newest.saturating_add(quiet_ms));
+        (to > self.released).then_some(to)
+    }
 }
 
 /// Moves a partition's commit point past every record the pipeline has fully released.
@@ -635,5 +722,75 @@ fn publish(p: &ThreadedProducer<Quiet>, topic: &str, a: &crate::model::Alert) {
     };
     if let Err((e, _)) = p.send(BaseRecord::to(topic).key(&a.id).payload(&body)) {
         tracing::warn!(error = %e, id = %a.id, "alert not produced");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(10);
+
+    /// A partition whose newest reading is at 1,000 s, released to 995 s, quiet and
+    /// behind for `quiet`.
+    fn quiet(quiet: Duration) -> Standing {
+        Standing {
+            live: true,
+            at_end: true,
+            heard: quiet,
+            behind: Some(quiet),
+            newest: 1_000_000,
+            released: 995_000,
+        }
+    }
+
+    #[test]
+    fn a_partition_is_silent_only_when_live_at_its_end_quiet_and_left_behind() {
+        let front = 1_012_000;
+        let wall = i64::MAX;
+        assert_eq!(quiet(S).silent_until(front, wall, S), Some(1_010_000));
+        assert_eq!(
+            quiet(S / 2).silent_until(front, wall, S),
+            None,
+            "not quiet long enough"
+        );
+        let not = |f: fn(&mut Standing)| {
+            let mut q = quiet(S);
+            f(&mut q);
+            q.silent_until(front, wall, S)
+        };
+        assert_eq!(not(|q| q.live = false), None, "warming up");
+        assert_eq!(not(|q| q.at_end = false), None, "more to read");
+        assert_eq!(not(|q| q.behind = None), None, "not left behind");
+        assert_eq!(
+            not(|q| q.behind = Some(S / 2)),
+            None,
+            "left behind only lately"
+        );
+        assert_eq!(
+            not(|q| q.released = 1_010_000),
+            None,
+            "already judged that far"
+        );
+    }
+
+    #[test]
+    fn silence_is_judged_no_further_than_the_wall_clock_time_it_has_lasted() {
+        // The others raced four minutes ahead through a backlog in ten seconds: this
+        // site is judged on ten seconds of silence, not four minutes.
+        assert_eq!(
+            quiet(S).silent_until(1_240_000, i64::MAX, S),
+            Some(1_010_000)
+        );
+        // Quiet for a minute, the others a little ahead: their event time is the clock.
+        assert_eq!(
+            quiet(Duration::from_secs(60)).silent_until(1_030_000, i64::MAX, S),
+            Some(1_030_000)
+        );
+        // Never ahead of the wall clock.
+        assert_eq!(
+            quiet(Duration::from_secs(60)).silent_until(1_030_000, 1_020_000, S),
+            Some(1_020_000)
+        );
     }
 }

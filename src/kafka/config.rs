@@ -27,6 +27,12 @@ pub struct KafkaConfig {
     /// committed offset, so its detectors are warm when it goes live (e.g. `30m`).
     #[serde(deserialize_with = "crate::time::serde_duration::deserialize")]
     pub warmup: i64,
+    /// Central: how long a partition read to its end must stay quiet, and left behind by
+    /// the others' event time, before its sites are judged silent on that time
+    /// (`"auto"`: twice the reorder tolerance, at least 2 s; a duration; or `"off"`,
+    /// when the edges detect silence themselves). Readings a site sends later than this
+    /// are late and counted, not used: raise it for a slow or jittery uplink.
+    pub silence: Silence,
     /// Producer queue bound, in records; what does not fit is dropped and counted.
     pub buffer: u32,
     /// librdkafka properties for every client, as given (`"security.protocol" =
@@ -49,6 +55,7 @@ impl Default for KafkaConfig {
             consume: false,
             group: "wattchdog".into(),
             warmup: 30 * 60_000,
+            silence: Silence::Auto,
             buffer: 100_000,
             client: Default::default(),
             audit: None,
@@ -75,8 +82,72 @@ impl KafkaConfig {
         c
     }
 
+    /// How long a quiet partition waits before its sites are judged silent, in ms;
+    /// `None`: never.
+    pub fn silence_ms(&self, reorder_tolerance: i64) -> Option<i64> {
+        match self.silence {
+            Silence::Auto => Some(2 * reorder_tolerance.max(1_000)),
+            Silence::Off => None,
+            Silence::After(ms) => Some(ms),
+        }
+    }
+
     /// Whether the config asks for Kafka at all.
     pub fn used(&self) -> bool {
         self.forward || self.consume
+    }
+}
+
+/// When a central instance judges a quiet partition's sites silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Silence {
+    /// Twice the reorder tolerance (at least 2 s).
+    #[default]
+    Auto,
+    /// Never: the edges (`detect = true`) judge silence themselves.
+    Off,
+    /// After this many milliseconds.
+    After(i64),
+}
+
+impl<'de> Deserialize<'de> for Silence {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "auto" => Ok(Silence::Auto),
+            "off" => Ok(Silence::Off),
+            other => match crate::time::parse_duration(other) {
+                Ok(ms) if ms > 0 => Ok(Silence::After(ms)),
+                Ok(_) => Err(serde::de::Error::custom(
+                    "silence must be positive (or \"off\")",
+                )),
+                Err(e) => Err(serde::de::Error::custom(format!(
+                    "{e} (expected \"auto\", \"off\" or a duration such as \"30s\")"
+                ))),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<KafkaConfig, toml::de::Error> {
+        toml::from_str(toml)
+    }
+
+    #[test]
+    fn silence_is_auto_off_or_a_positive_duration() {
+        let auto = parse("").unwrap();
+        assert_eq!(auto.silence_ms(5_000), Some(10_000));
+        assert_eq!(auto.silence_ms(200), Some(2_000), "at least 2 s");
+        assert_eq!(parse("silence = \"off\"").unwrap().silence_ms(5_000), None);
+        assert_eq!(
+            parse("silence = \"1m\"").unwrap().silence_ms(5_000),
+            Some(60_000)
+        );
+        assert!(parse("silence = \"0s\"").is_err());
+        assert!(parse("silence = \"soon\"").is_err());
     }
 }
