@@ -12,7 +12,7 @@ use ndarray::{Array1, Array2};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-use wattchdog::iforest::IsolationForestParams;
+use wattchdog::detect::iforest::forest::IsolationForestParams;
 
 fn data(rows: usize, seed: u64) -> Array2<f64> {
     let mut rng = StdRng::seed_from_u64(seed);

@@ -187,7 +187,7 @@ fn consume(c: &mut Criterion) {
                         let _ = rx.await;
                     };
                     let mut discard = |_: &wattchdog::correlate::Output| Ok(());
-                    let run = wattchdog::kafka::central::consume(&cfg, &mut discard, stop);
+                    let run = wattchdog::kafka::central::consume(cfg.central(), &mut discard, stop);
                     tokio::pin!(run);
                     let times = tokio::select! {
                         t = watch => t,
@@ -282,8 +282,12 @@ fn produce_to_alert(c: &mut Criterion) {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        rt.block_on(wattchdog::kafka::central::consume(&cfg, &mut emit, stop))
-            .expect("consumes");
+        rt.block_on(wattchdog::kafka::central::consume(
+            cfg.central(),
+            &mut emit,
+            stop,
+        ))
+        .expect("consumes");
     });
     let warm = 90 * WARM_SITES;
     let t = Instant::now();

@@ -5,11 +5,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
-use wattchdog::collect::modbus::{DevicePlan, DevicePoller, DeviceStats};
 use wattchdog::protocol::image::DeviceImage;
 use wattchdog::protocol::plan::{plan, PlanLimits};
 use wattchdog::protocol::registers::RegisterMap;
 use wattchdog::sim::serve::{FunctionCounts, GatewayHandle};
+use wattchdog::source::modbus::{DevicePlan, DevicePoller, DeviceStats};
 use wattchdog::time::Clock;
 
 const DEVICES: usize = 50;

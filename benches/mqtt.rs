@@ -10,11 +10,10 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use wattchdog::collect::mqtt::{subscribe, MessageDecoder, MqttStats};
-use wattchdog::pipeline::Pipeline;
-use wattchdog::protocol::profiles::topic_map;
+use wattchdog::model::event::Event;
+use wattchdog::protocol::profiles::named_topic_map;
 use wattchdog::protocol::sparkplug;
-use wattchdog::source::Event;
+use wattchdog::source::mqtt::{subscribe, MessageDecoder, MqttStats};
 use wattchdog::time::{format_ts, Clock};
 use wattchdog::Config;
 
@@ -50,7 +49,7 @@ fn json_message(device: usize, ts: i64, k: usize) -> (String, Vec<u8>) {
 
 fn decode(c: &mut Criterion) {
     let stats = MqttStats::default();
-    let map = Arc::new(topic_map("wattchdog-sim", std::path::Path::new(".")).unwrap());
+    let map = Arc::new(named_topic_map("wattchdog-sim").unwrap());
     let mut json = MessageDecoder::new(map, "bench");
     let (topic, payload) = json_message(1, 1_783_382_400_000, 3);
     let mut g = c.benchmark_group("mqtt");
@@ -58,7 +57,7 @@ fn decode(c: &mut Criterion) {
     g.bench_function("decode_json_10_metrics", |b| {
         b.iter(|| json.decode(&topic, &payload, 0, &stats).unwrap())
     });
-    let map = Arc::new(topic_map("wattchdog-sim-sparkplug", std::path::Path::new(".")).unwrap());
+    let map = Arc::new(named_topic_map("wattchdog-sim-sparkplug").unwrap());
     let mut sp = MessageDecoder::new(map, "bench");
     let values: Vec<(&str, f64)> = METRICS.iter().map(|m| (*m, 1.0)).collect();
     let (t, p) = sparkplug::birth("bench", "gw", None, "gateway", &[], 0, 0, Some(0));
@@ -147,7 +146,7 @@ async fn end_to_end(port: u16, messages: usize, rate: Option<f64>) -> (f64, f64,
                 .unwrap();
         }
     });
-    let mut pipeline = Pipeline::new(&Config::default());
+    let mut pipeline = Config::default().build_pipeline();
     let mut out = Vec::new();
     let mut latencies = Vec::with_capacity(messages);
     let want = messages * METRICS.len();
@@ -207,7 +206,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let port = wattchdog::broker::start(0).expect("embedded broker").port();
+    let port = wattchdog::app::broker::start(0)
+        .expect("embedded broker")
+        .port();
     report(
         "embedded rumqttd",
         "this process: broker, publisher, subscriber and pipeline",

@@ -7,9 +7,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
-use wattchdog::feature::Registry;
+use wattchdog::app::replay::replay_sources;
+use wattchdog::model::points::Registry;
 use wattchdog::protocol::frame;
-use wattchdog::replay::replay_sources;
 use wattchdog::sim::{self, Facility, SimOptions};
 use wattchdog::source::pcap::{PcapSource, WireMap};
 use wattchdog::source::CaptureSource;

@@ -5,8 +5,8 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::io::Cursor;
-use wattchdog::feature::Registry;
-use wattchdog::replay::replay_sources;
+use wattchdog::app::replay::replay_sources;
+use wattchdog::model::points::Registry;
 use wattchdog::sim::{self, SimOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::jsonl::{parse_line, JsonlSource};

@@ -11,11 +11,49 @@
 //! - Ids are derived from content (site, device, detector, metrics, start), so a capture
 //!   always gives the same ids and a webhook receiver can use them as idempotency keys.
 
-use crate::config::CorrelatorConfig;
-use crate::feature::{DeviceId, FeatureStore, Registry};
+use crate::feature::FeatureStore;
+use crate::model::points::{DeviceId, Registry};
 use crate::model::{Alert, AlertStatus, Finding, Incident, Severity, Ts};
 use crate::time::now_rfc3339;
+use crate::time::serde_duration;
+use crate::tomlfile::{rule, Broken};
 use rustc_hash::FxHashMap;
+use serde::Deserialize;
+
+/// How findings become alerts and incidents.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorrelatorParams {
+    /// An alert closes after this long without a finding (at least 3 of the device's
+    /// intervals). Default `"2m"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub clear_after: i64,
+    /// A new alert joins a site's open incident if it starts within this long of the
+    /// incident's latest activity. Default `"15m"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub incident_window: i64,
+}
+
+impl Default for CorrelatorParams {
+    fn default() -> Self {
+        Self {
+            clear_after: 120_000,
+            incident_window: 900_000,
+        }
+    }
+}
+
+impl CorrelatorParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(self.clear_after >= 1, "clear_after", "must be at least 1ms")?;
+        rule(
+            self.incident_window >= 0,
+            "incident_window",
+            "must not be negative",
+        )
+    }
+}
 
 /// What the correlator emits: a new or changed alert or incident (a full snapshot).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +74,7 @@ struct OpenIncident {
 
 /// The correlator.
 pub struct Correlator {
-    cfg: CorrelatorConfig,
+    cfg: CorrelatorParams,
     open: FxHashMap<AlertKey, Alert>,
     incidents: FxHashMap<String, OpenIncident>,
 }
@@ -55,7 +93,7 @@ fn fnv(parts: &[&[u8]]) -> u64 {
 
 impl Correlator {
     /// A correlator with nothing open.
-    pub fn new(cfg: CorrelatorConfig) -> Self {
+    pub fn new(cfg: CorrelatorParams) -> Self {
         Self {
             cfg,
             open: FxHashMap::default(),
@@ -300,7 +338,7 @@ fn incident_summary(i: &Incident) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack;
+    use crate::model::attack;
 
     fn finding(
         reg: &mut Registry,
@@ -342,7 +380,7 @@ mod tests {
     fn repeated_findings_update_one_alert_which_closes_when_quiet() {
         let mut reg = Registry::new(10);
         let store = FeatureStore::default();
-        let mut c = Correlator::new(CorrelatorConfig::default());
+        let mut c = Correlator::new(CorrelatorParams::default());
         let mut out = Vec::new();
         for t in 0..10 {
             let f = finding(&mut reg, "chiller-1", "ewma_z", t * 1000, 7.0 + t as f64);
@@ -375,7 +413,7 @@ mod tests {
     #[test]
     fn alerts_close_in_time_share_an_incident_and_corroboration_raises_it() {
         let mut reg = Registry::new(10);
-        let mut c = Correlator::new(CorrelatorConfig::default());
+        let mut c = Correlator::new(CorrelatorParams::default());
         let mut out = Vec::new();
         c.observe(
             finding(&mut reg, "chiller-1", "ewma_z", 0, 7.0),
@@ -428,7 +466,7 @@ mod tests {
     fn ids_are_deterministic() {
         let run = || {
             let mut reg = Registry::new(10);
-            let mut c = Correlator::new(CorrelatorConfig::default());
+            let mut c = Correlator::new(CorrelatorParams::default());
             let mut out = Vec::new();
             c.observe(
                 finding(&mut reg, "chiller-1", "ewma_z", 5, 7.0),

@@ -44,37 +44,22 @@
 //! - [`train`]: `wattchdog train`, fitting a kind's forest on normal captures.
 //! - [`cli`]: the command line.
 
-pub mod attack;
-pub mod broker;
-pub mod cli;
-pub mod collect;
+pub mod app;
 pub mod config;
 pub mod correlate;
-pub mod demo;
 pub mod detect;
-pub mod eval;
 pub mod feature;
 pub mod http;
-pub mod iforest;
 pub mod kafka;
-pub mod live;
 pub mod model;
-pub mod model_file;
 pub mod pipeline;
 pub mod protocol;
-pub mod replay;
-pub mod report_html;
+pub mod report;
 pub mod sim;
 pub mod sink;
-pub mod soc;
 pub mod source;
-pub mod store;
 pub mod time;
 pub mod tomlfile;
-pub mod train;
-pub mod vectors;
-pub mod vocabulary;
-pub mod webhook;
 
 pub use config::Config;
 pub use correlate::Output;

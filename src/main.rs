@@ -6,15 +6,15 @@ use clap::Parser;
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
-use wattchdog::cli::{
+use wattchdog::app::cli::{
     CheckConfigArgs, Cli, Command, DemoArgs, EvalArgs, ReplayArgs, RunArgs, SimulateArgs,
     TrainArgs, TrainDetector,
 };
+use wattchdog::app::replay::{replay, ReplayError, ReplayOptions};
+use wattchdog::app::train::{train, train_residual, TrainOptions};
 use wattchdog::model::DeviceKind;
-use wattchdog::replay::{replay, ReplayError, ReplayOptions};
 use wattchdog::sink::AlertJsonl;
 use wattchdog::source::csv::WideMapping;
-use wattchdog::train::{train, train_residual, TrainOptions};
 use wattchdog::Config;
 
 fn main() -> ExitCode {
@@ -221,7 +221,7 @@ fn run_simulate(a: SimulateArgs) -> Result<ExitCode> {
 }
 
 fn run_eval(a: EvalArgs) -> Result<ExitCode> {
-    use wattchdog::eval::{self, AlertView, Score};
+    use wattchdog::report::eval::{self, AlertView, Score};
     let cfg = load_config(a.config.as_deref())?;
     let mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
     let grace = wattchdog::time::parse_duration(&a.grace).map_err(anyhow::Error::msg)?;
@@ -350,12 +350,12 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode> {
 
 /// The labelled windows of the captures' sidecars that exist and read cleanly (a report
 /// without labels is still a report).
-fn sidecar_labels(files: &[std::path::PathBuf]) -> Vec<wattchdog::eval::LabelWindow> {
+fn sidecar_labels(files: &[std::path::PathBuf]) -> Vec<wattchdog::report::eval::LabelWindow> {
     let mut out = Vec::new();
     for f in files {
         let path = wattchdog::sim::labels_path(f);
         if path.exists() {
-            match wattchdog::eval::load_labels(&path) {
+            match wattchdog::report::eval::load_labels(&path) {
                 Ok((labels, _)) => out.extend(labels),
                 Err(e) => eprintln!("warning: labels not drawn: {e}"),
             }
@@ -372,15 +372,15 @@ fn write_html_report(
     cfg: &Config,
     config_path: Option<&std::path::Path>,
     opts: &ReplayOptions,
-    report: &wattchdog::replay::ReplayReport,
-    labels: Vec<wattchdog::eval::LabelWindow>,
-    score: Option<wattchdog::eval::Score>,
+    report: &wattchdog::app::replay::ReplayReport,
+    labels: Vec<wattchdog::report::eval::LabelWindow>,
+    score: Option<wattchdog::report::eval::Score>,
     grace: i64,
 ) -> Result<()> {
-    use wattchdog::report_html::{self, Context, FileDigest};
+    use wattchdog::report::html::{self, Context, FileDigest};
     let digest = |p: &std::path::Path| -> Result<(u64, String)> {
         let bytes = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let sha = wattchdog::train::sha256_file(p)
+        let sha = wattchdog::app::train::sha256_file(p)
             .with_context(|| format!("cannot read {}", p.display()))?;
         Ok((bytes, sha))
     };
@@ -398,7 +398,7 @@ fn write_html_report(
         None => "built-in defaults".to_owned(),
     };
     let how = wattchdog::source::OpenOptions::from_config(cfg, opts.mapping.clone());
-    let telemetry = report_html::gather(report, &opts.inputs, &how)?;
+    let telemetry = html::gather(report, &opts.inputs, &how)?;
     let ctx = Context {
         files,
         config,
@@ -411,7 +411,7 @@ fn write_html_report(
             env!("CARGO_PKG_VERSION")
         ),
     };
-    let html = report_html::render(report, &ctx, &telemetry, &report.scores);
+    let html = html::render(report, &ctx, &telemetry, &report.scores);
     std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -489,7 +489,10 @@ fn check_config(a: CheckConfigArgs) -> Result<ExitCode> {
     if a.mapping {
         WideMapping::load(&a.file)?;
     } else if a.register_map {
-        let m = wattchdog::protocol::registers::RegisterMap::load(&a.file)?;
+        let m = wattchdog::tomlfile::load(
+            &a.file,
+            wattchdog::protocol::registers::RegisterMap::from_toml_str,
+        )?;
         println!(
             "{}: ok, profile {} ({}), {} registers",
             a.file.display(),
@@ -746,7 +749,7 @@ fn run_live(a: RunArgs) -> Result<ExitCode> {
                 None => stop_signal().await,
             }
         };
-        wattchdog::live::run(
+        wattchdog::app::run::run(
             &cfg,
             &base,
             &origin,
@@ -781,7 +784,7 @@ fn run_live(a: RunArgs) -> Result<ExitCode> {
 }
 
 fn run_demo(a: DemoArgs) -> Result<ExitCode> {
-    use wattchdog::demo::{self, DemoOptions};
+    use wattchdog::app::demo::{self, DemoOptions};
     let intensity = wattchdog::sim::Intensity::parse(&a.intensity)
         .with_context(|| format!("--intensity {:?}: use subtle or obvious", a.intensity))?;
     let mqtt_kinds = match a.mqtt_kinds.trim() {

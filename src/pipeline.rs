@@ -10,15 +10,66 @@
 //! closing logic run at that instant. Because nothing depends on arrival timing, feeding
 //! a capture in one batch, in chunks, or paced at any speed gives the same alerts.
 
-use crate::config::Config;
 use crate::correlate::{Correlator, Output};
-use crate::detect::{self, Detector};
-use crate::feature::{DeviceId, FeatureStore, Frame, PointId, Registry};
+use crate::detect::Detector;
+use crate::feature::{FeatureParams, FeatureStore, Frame};
+use crate::model::event::Event;
+use crate::model::points::{DeviceId, PointId, Registry};
 use crate::model::{Finding, Ts};
-use crate::source::Event;
-use serde::Serialize;
+use crate::time::serde_duration;
+use crate::tomlfile::{rule, Broken};
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+/// Ingestion and event-time settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineParams {
+    /// Readings up to this far behind the newest one are reordered; later ones are
+    /// counted as late. Default `"5s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub reorder_tolerance: i64,
+    /// Silence detectors are consulted each time the watermark advances this much.
+    /// Default `"1s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub tick: i64,
+    /// Upper bound on distinct points (memory guard against hostile captures). Default
+    /// 200000.
+    pub max_points: usize,
+    /// Longest accepted capture line in bytes; longer lines are counted and skipped.
+    /// Default 1 MiB.
+    pub max_line_bytes: usize,
+}
+
+impl Default for PipelineParams {
+    fn default() -> Self {
+        Self {
+            reorder_tolerance: 5_000,
+            tick: 1_000,
+            max_points: 200_000,
+            max_line_bytes: 1 << 20,
+        }
+    }
+}
+
+impl PipelineParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.reorder_tolerance >= 0,
+            "reorder_tolerance",
+            "must not be negative",
+        )?;
+        rule(self.tick >= 1, "tick", "must be at least 1ms")?;
+        rule(self.max_points >= 1, "max_points", "must be at least 1")?;
+        rule(
+            self.max_line_bytes >= 64,
+            "max_line_bytes",
+            "must be at least 64",
+        )
+    }
+}
 
 /// Counters of the pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -126,17 +177,22 @@ pub struct ScorePoint {
 const MAX_SCORE_LOG: usize = 2_000_000;
 
 impl Pipeline {
-    /// Builds the pipeline from a validated config.
-    pub fn new(cfg: &Config) -> Self {
+    /// Builds the pipeline from its parts (checked parameters).
+    pub fn new(
+        params: &PipelineParams,
+        features: FeatureParams,
+        detectors: Vec<Box<dyn Detector>>,
+        correlator: Correlator,
+    ) -> Self {
         Self {
-            registry: Registry::new(cfg.pipeline.max_points),
-            store: FeatureStore::new(cfg.features),
-            detectors: detect::build(cfg),
-            correlator: Correlator::new(cfg.correlator.clone()),
+            registry: Registry::new(params.max_points),
+            store: FeatureStore::new(features),
+            detectors,
+            correlator,
             queue: BinaryHeap::new(),
             seq: 0,
-            tolerance: cfg.pipeline.reorder_tolerance,
-            tick: cfg.pipeline.tick,
+            tolerance: params.reorder_tolerance,
+            tick: params.tick,
             newest: Ts::MIN,
             released: Ts::MIN,
             next_tick: Ts::MIN,

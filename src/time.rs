@@ -5,9 +5,11 @@
 //! shapes (a strftime pattern for CSV exports, epoch seconds or milliseconds) go through
 //! chrono. Durations in the config are written `500ms`, `30s`, `10m`, `2h` or `1d`.
 
-use crate::model::Ts;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use thiserror::Error;
+
+/// Event time: milliseconds since 1970-01-01T00:00:00Z.
+pub type Ts = i64;
 
 /// Why a timestamp could not be read.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -45,6 +45,14 @@ pub fn read(path: &Path) -> Result<String, TomlError> {
     })
 }
 
+/// Reads a file and hands its text to `parse` with the path as the origin.
+pub fn load<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &str) -> Result<T, TomlError>,
+) -> Result<T, TomlError> {
+    parse(&read(path)?, &path.display().to_string())
+}
+
 /// Parses TOML text; `origin` names it in errors.
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, TomlError> {
     toml::from_str(text).map_err(|e| TomlError::Parse {
@@ -61,6 +69,52 @@ pub fn check(origin: &str, key: &str, ok: bool, rule: &str) -> Result<(), TomlEr
         Err(TomlError::Invalid {
             path: origin.to_owned(),
             key: key.to_owned(),
+            rule: rule.to_owned(),
+        })
+    }
+}
+
+/// A parameter that breaks a rule: its key within the component's table and the rule.
+/// Components check their own parameters; the config file adds where they were written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// Dotted key, relative to the component's table.
+    pub key: String,
+    /// The rule it breaks.
+    pub rule: String,
+}
+
+impl Broken {
+    /// The same key inside the table `prefix`.
+    pub fn under(self, prefix: &str) -> Self {
+        Self {
+            key: format!("{prefix}.{}", self.key),
+            rule: self.rule,
+        }
+    }
+
+    /// The error naming the file and the full key (`prefix.key`).
+    pub fn within(self, prefix: &str, origin: &str) -> TomlError {
+        let b = if prefix.is_empty() {
+            self
+        } else {
+            self.under(prefix)
+        };
+        TomlError::Invalid {
+            path: origin.to_owned(),
+            key: b.key,
+            rule: b.rule,
+        }
+    }
+}
+
+/// `Ok` when `ok`, else `key` breaks `rule` (for a component's own `check()`).
+pub fn rule(ok: bool, key: impl Into<String>, rule: &str) -> Result<(), Broken> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Broken {
+            key: key.into(),
             rule: rule.to_owned(),
         })
     }

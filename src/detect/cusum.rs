@@ -19,10 +19,11 @@
 //! quantities that must follow. Nothing is judged before the warm-up (2 h at 1 Hz).
 
 use super::{point_finding, sig, Detector, PerKind, PointTable};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{Finding, Severity, Ts};
 use crate::time::format_ts;
+use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -49,6 +50,30 @@ pub struct CusumParams {
     /// After this many blocks in alarm, the new level is accepted as the baseline (a
     /// lasting change of operating point then gives one alert, not an endless one).
     pub rebaseline_blocks: u32,
+}
+
+impl CusumParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.block_samples >= 1,
+            "block_samples",
+            "must be at least 1",
+        )?;
+        rule(self.k >= 0.0, "k", "must not be negative")?;
+        rule(self.threshold > 0.0, "threshold", "must be greater than 0")?;
+        rule(
+            self.warmup_blocks >= 2,
+            "warmup_blocks",
+            "must be at least 2",
+        )?;
+        rule(
+            self.reference_halflife_blocks >= 1.0,
+            "reference_halflife_blocks",
+            "must be at least 1",
+        )?;
+        Ok(())
+    }
 }
 
 impl Default for CusumParams {

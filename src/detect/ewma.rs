@@ -10,9 +10,10 @@
 //! the noise (see the physics detectors), booleans and setpoints (not analog).
 
 use super::{point_finding, sig, Detector, PerKind, PointTable};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{Finding, Severity};
+use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -30,6 +31,19 @@ pub struct EwmaParams {
     pub warmup_samples: u64,
     /// Consecutive samples over the threshold needed for a finding.
     pub persist_samples: u32,
+}
+
+impl EwmaParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(self.threshold > 0.0, "threshold", "must be greater than 0")?;
+        rule(
+            self.persist_samples >= 1,
+            "persist_samples",
+            "must be at least 1",
+        )?;
+        Ok(())
+    }
 }
 
 impl Default for EwmaParams {

@@ -16,10 +16,11 @@
 //! physics detectors for made-up noise); sensors that were quiet in their warm-up.
 
 use super::{point_finding, sig, Detector, PerKind, PointTable};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{Finding, Severity, Ts};
 use crate::time::format_duration;
+use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -39,6 +40,25 @@ pub struct FlatlineParams {
     pub min_run: u32,
     /// |delta| below this fraction of the mean warm-up |delta| counts as unchanged.
     pub tolerance: f64,
+}
+
+impl FlatlineParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.false_alarm_prob > 0.0 && self.false_alarm_prob < 1.0,
+            "false_alarm_prob",
+            "must be between 0 and 1",
+        )?;
+        rule(
+            self.warmup_samples >= 10,
+            "warmup_samples",
+            "must be at least 10",
+        )?;
+        rule(self.min_run >= 2, "min_run", "must be at least 2")?;
+        rule(self.tolerance >= 0.0, "tolerance", "must not be negative")?;
+        Ok(())
+    }
 }
 
 impl Default for FlatlineParams {

@@ -11,10 +11,11 @@
 //! frequency and voltage are spoofed as well (see `physics`).
 
 use super::{Detector, PerKind, PointTable};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{DeviceKind, Finding, Severity, Ts};
 use crate::time::{format_duration, format_ts, serde_duration};
+use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -31,6 +32,19 @@ pub struct BreakerParams {
     /// How far back a disturbance explains an opening.
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub lookback: i64,
+}
+
+impl BreakerParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.disturbance_z > 0.0,
+            "disturbance_z",
+            "must be greater than 0",
+        )?;
+        rule(self.lookback >= 0, "lookback", "must not be negative")?;
+        Ok(())
+    }
 }
 
 impl Default for BreakerParams {

@@ -1,7 +1,7 @@
 //! **limits**: values no healthy sensor can report.
 //!
 //! - Physical min/max and max rate of change per metric come from the vocabulary
-//!   ([`crate::vocabulary`]); the config can override them or add them for any metric.
+//!   ([`crate::model::vocabulary`]); the config can override them or add them for any metric.
 //! - A value outside `[min, max]` scores `1 + excess / (max - min)`; a rate beyond
 //!   `max_rate` scores `|rate| / max_rate`; both against a threshold of 1.
 //! - No learning and no warm-up: it fires on the first impossible sample.
@@ -10,9 +10,10 @@
 //! (operating bands differ between facilities and are learned by the other detectors).
 
 use super::{point_finding, sig, Detector, PerKind};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{Finding, Severity};
+use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -47,6 +48,25 @@ impl Default for LimitsParams {
             enabled: true,
             metrics: BTreeMap::new(),
         }
+    }
+}
+
+impl LimitsParams {
+    /// The first per-metric limit that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        for (metric, l) in &self.metrics {
+            if let (Some(lo), Some(hi)) = (l.min, l.max) {
+                rule(lo < hi, format!("metrics.{metric}"), "needs min < max")?;
+            }
+            if let Some(r) = l.max_rate {
+                rule(
+                    r > 0.0,
+                    format!("metrics.{metric}.max_rate"),
+                    "must be greater than 0",
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

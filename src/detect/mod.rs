@@ -15,17 +15,77 @@ pub mod flatline;
 pub mod grid;
 pub mod iforest;
 pub mod limits;
+pub mod model_file;
 pub mod oscillation;
 pub mod physics;
-pub mod protocol;
-pub mod replay;
+pub mod replay_attack;
 pub mod residual;
 pub mod staleness;
 pub mod ups;
+pub mod wire;
 
-use crate::config::DetectorsConfig;
-use crate::feature::{DeviceId, FeatureStore, Frame, PointId, Registry};
+use crate::feature::{FeatureStore, Frame};
+use crate::model::points::{DeviceId, PointId, Registry};
 use crate::model::{Command, DeviceKind, Finding, Severity, Technique, Ts};
+use crate::tomlfile::Broken;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Parameters of every detector for one kind (`[detectors.*]`, `[kinds.<kind>.*]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorParams {
+    /// Physical limits.
+    pub limits: limits::LimitsParams,
+    /// Robust EWMA z-score.
+    pub ewma_z: ewma::EwmaParams,
+    /// Two-sided CUSUM.
+    pub cusum: cusum::CusumParams,
+    /// Vanished noise.
+    pub flatline: flatline::FlatlineParams,
+    /// Repeated windows.
+    pub replay: replay_attack::ReplayParams,
+    /// Silence.
+    pub staleness: staleness::StalenessParams,
+    /// UPS bypass, on-battery and draining with healthy mains.
+    pub ups: ups::UpsParams,
+    /// Breaker openings without a grid disturbance.
+    pub breaker: grid::BreakerParams,
+    /// Learned physical relations between points.
+    pub physics: physics::PhysicsParams,
+    /// Periodic power swings.
+    pub oscillation: oscillation::OscillationParams,
+    /// Commands on the wire (global: `[detectors.protocol]`).
+    pub protocol: wire::ProtocolParams,
+    /// Isolation forest over each device's feature vector.
+    pub iforest: iforest::IForestParams,
+    /// PCA T²/SPE and robust Mahalanobis distance over each device's metrics.
+    pub residual: residual::ResidualParams,
+}
+
+impl DetectorParams {
+    /// The first parameter that breaks a rule, if any (keys name the detector's table).
+    pub fn check(&self) -> Result<(), Broken> {
+        self.ewma_z.check().map_err(|b| b.under("ewma_z"))?;
+        self.cusum.check().map_err(|b| b.under("cusum"))?;
+        self.flatline.check().map_err(|b| b.under("flatline"))?;
+        self.replay.check().map_err(|b| b.under("replay"))?;
+        self.staleness.check().map_err(|b| b.under("staleness"))?;
+        self.physics.check().map_err(|b| b.under("physics"))?;
+        self.oscillation
+            .check()
+            .map_err(|b| b.under("oscillation"))?;
+        self.iforest.check().map_err(|b| b.under("iforest"))?;
+        self.ups.check().map_err(|b| b.under("ups"))?;
+        self.breaker.check().map_err(|b| b.under("breaker"))?;
+        self.protocol.check().map_err(|b| b.under("protocol"))?;
+        self.residual.check().map_err(|(key, r)| Broken {
+            key: format!("residual.{key}"),
+            rule: r.to_owned(),
+        })?;
+        self.limits.check().map_err(|b| b.under("limits"))
+    }
+}
 
 /// A detector of one family.
 ///
@@ -40,7 +100,13 @@ pub trait Detector: Send {
     /// Called when the watermark passes `now`; for detectors of silence.
     fn tick(&mut self, _now: Ts, _store: &FeatureStore, _reg: &Registry, _out: &mut Vec<Finding>) {}
     /// Looks at one Modbus exchange seen on the wire (packet captures).
-    fn traffic(&mut self, _t: &crate::source::Traffic, _reg: &Registry, _out: &mut Vec<Finding>) {}
+    fn traffic(
+        &mut self,
+        _t: &crate::model::event::Traffic,
+        _reg: &Registry,
+        _out: &mut Vec<Finding>,
+    ) {
+    }
     /// Looks at a control action seen on the wire; `device` is its target's id.
     fn command(
         &mut self,
@@ -87,21 +153,21 @@ enabled!(
     ewma::EwmaParams,
     cusum::CusumParams,
     flatline::FlatlineParams,
-    replay::ReplayParams,
+    replay_attack::ReplayParams,
     staleness::StalenessParams,
     ups::UpsParams,
     grid::BreakerParams,
     physics::PhysicsParams,
     oscillation::OscillationParams,
-    protocol::ProtocolParams,
+    wire::ProtocolParams,
     iforest::IForestParams,
     residual::ResidualParams
 );
 
 /// The per-kind table of one detector's parameters, if any kind enables it.
 fn table<P: Clone + Enabled>(
-    cfg: &PerKind<DetectorsConfig>,
-    pick: fn(&DetectorsConfig) -> &P,
+    cfg: &PerKind<DetectorParams>,
+    pick: fn(&DetectorParams) -> &P,
 ) -> Option<PerKind<P>> {
     let t = PerKind::from_fn(|k| pick(cfg.get(k)).clone());
     DeviceKind::ALL
@@ -110,9 +176,25 @@ fn table<P: Clone + Enabled>(
         .then_some(t)
 }
 
-/// Builds the enabled detectors from a validated configuration.
-pub fn build(config: &crate::config::Config) -> Vec<Box<dyn Detector>> {
-    let cfg = &config.detectors;
+/// What the detectors are built from.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Each kind's checked parameters.
+    pub params: PerKind<DetectorParams>,
+    /// The isolation-forest model of each kind (none where disabled or absent).
+    pub models: PerKind<Option<Arc<iforest::Model>>>,
+    /// The trained residual model of each kind (none where disabled or absent).
+    pub residual_models: residual::Models,
+    /// The shared feature settings (the forest's vectors use them).
+    pub features: crate::feature::FeatureParams,
+    /// Register maps of the configured devices, by site and name (for the protocol
+    /// detector; other devices get their kind's built-in profile).
+    pub device_maps: Arc<crate::protocol::registers::DeviceMaps>,
+}
+
+/// Builds the enabled detectors.
+pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
+    let cfg = &config.params;
     let mut out: Vec<Box<dyn Detector>> = Vec::new();
     if let Some(t) = table(cfg, |c| &c.limits) {
         out.push(Box::new(limits::Limits::new(t)));
@@ -127,7 +209,7 @@ pub fn build(config: &crate::config::Config) -> Vec<Box<dyn Detector>> {
         out.push(Box::new(flatline::Flatline::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.replay) {
-        out.push(Box::new(replay::Replay::new(t)));
+        out.push(Box::new(replay_attack::Replay::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.staleness) {
         out.push(Box::new(staleness::Staleness::new(t)));
@@ -165,9 +247,9 @@ pub fn build(config: &crate::config::Config) -> Vec<Box<dyn Detector>> {
     // Commands carry no device kind worth trusting: the global parameters apply.
     let protocol = &cfg.get(DeviceKind::Other).protocol;
     if protocol.enabled {
-        out.push(Box::new(protocol::Protocol::new(
+        out.push(Box::new(wire::Protocol::new(
             protocol.clone(),
-            config.wire.clone(),
+            config.device_maps.clone(),
         )));
     }
     out
@@ -234,7 +316,8 @@ pub(crate) fn sig(v: f64) -> String {
 pub(crate) mod testkit {
     //! Drives one detector over synthetic series without the rest of the pipeline.
     use super::*;
-    use crate::feature::{FeatureParams, FeatureStore, Registry};
+    use crate::feature::{FeatureParams, FeatureStore};
+    use crate::model::points::Registry;
     use crate::model::Quality;
 
     /// A one-device harness: feed values at 1 Hz, collect findings.

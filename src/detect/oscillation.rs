@@ -16,9 +16,10 @@
 //! rate (aliased), or weaker than the point's normal variability at that frequency.
 
 use super::{sig, Detector, PerKind, PointTable};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{Finding, Severity};
+use crate::tomlfile::{rule, Broken};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 use serde::Deserialize;
@@ -51,6 +52,35 @@ pub struct OscillationParams {
     /// How far the peak bin's ratio must stand above its neighbours' (median of the bins
     /// two to four away).
     pub line_contrast: f64,
+}
+
+impl OscillationParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            (16..=4096).contains(&self.window_samples),
+            "window_samples",
+            "must be between 16 and 4096",
+        )?;
+        rule(self.hop_samples >= 1, "hop_samples", "must be at least 1")?;
+        rule(
+            self.min_hz > 0.0 && self.min_hz < self.max_hz,
+            "min_hz",
+            "must be positive and below max_hz",
+        )?;
+        rule(self.threshold > 1.0, "threshold", "must be greater than 1")?;
+        rule(
+            self.warmup_windows >= 1,
+            "warmup_windows",
+            "must be at least 1",
+        )?;
+        rule(
+            self.line_contrast >= 1.0,
+            "line_contrast",
+            "must be at least 1",
+        )?;
+        Ok(())
+    }
 }
 
 impl Default for OscillationParams {

@@ -30,9 +30,11 @@
 //! relations whose inputs are missing from the capture are simply not evaluated.
 
 use super::{sig, Detector, PerKind};
-use crate::attack;
-use crate::feature::{DeviceId, Frame, PointState};
+use crate::feature::{Frame, PointState};
+use crate::model::attack;
+use crate::model::points::DeviceId;
 use crate::model::{DeviceKind, Finding, Quality, Severity, Technique};
+use crate::tomlfile::{rule, Broken};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde_json::json;
@@ -58,6 +60,39 @@ pub struct PhysicsParams {
     pub sustained_halflife_samples: f64,
     /// The averaged z-score over its learned spread at or above which a shift counts.
     pub sustained_threshold: f64,
+}
+
+impl PhysicsParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(self.threshold > 0.0, "threshold", "must be greater than 0")?;
+        rule(
+            self.warmup_samples >= 10,
+            "warmup_samples",
+            "must be at least 10",
+        )?;
+        rule(
+            self.persist_samples >= 1,
+            "persist_samples",
+            "must be at least 1",
+        )?;
+        rule(
+            self.halflife_samples >= 1.0,
+            "halflife_samples",
+            "must be at least 1",
+        )?;
+        rule(
+            self.sustained_halflife_samples >= 1.0,
+            "sustained_halflife_samples",
+            "must be at least 1",
+        )?;
+        rule(
+            self.sustained_threshold > 0.0,
+            "sustained_threshold",
+            "must be greater than 0",
+        )?;
+        Ok(())
+    }
 }
 
 impl Default for PhysicsParams {
@@ -492,7 +527,8 @@ impl Detector for Physics {
 mod tests {
     use super::*;
     use crate::detect::testkit::{noisy, Harness};
-    use crate::feature::{FeatureParams, FeatureStore, Registry};
+    use crate::feature::{FeatureParams, FeatureStore};
+    use crate::model::points::Registry;
     use crate::model::Ts;
 
     /// Feeds a chiller whose power follows heat at a COP of `cop`, optionally with the

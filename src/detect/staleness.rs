@@ -12,10 +12,12 @@
 //! it) and devices that never produced `min_samples` samples.
 
 use super::{Detector, PerKind};
-use crate::attack;
-use crate::feature::{FeatureStore, Registry};
+use crate::feature::FeatureStore;
+use crate::model::attack;
+use crate::model::points::Registry;
 use crate::model::{Finding, Severity, Ts};
 use crate::time::{format_duration, format_ts, serde_duration};
+use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -32,6 +34,15 @@ pub struct StalenessParams {
     pub min_silence: i64,
     /// Samples a point needs before its interval is trusted.
     pub min_samples: u64,
+}
+
+impl StalenessParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(self.factor > 1.0, "factor", "must be greater than 1")?;
+        rule(self.min_silence >= 0, "min_silence", "must not be negative")?;
+        Ok(())
+    }
 }
 
 impl Default for StalenessParams {
@@ -162,7 +173,8 @@ impl Detector for Staleness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feature::{FeatureParams, FeatureStore, Registry};
+    use crate::feature::{FeatureParams, FeatureStore};
+    use crate::model::points::Registry;
     use crate::model::Quality;
 
     #[test]

@@ -10,10 +10,11 @@
 //! mains outage (the breaker and staleness detectors see those).
 
 use super::{sig, Detector, PerKind, PointTable};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{DeviceKind, Finding, Severity, Ts};
 use crate::time::{format_duration, serde_duration};
+use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -33,6 +34,19 @@ pub struct UpsParams {
     /// Window over which the charge's slope is measured.
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub window: i64,
+}
+
+impl UpsParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.drain_pct_per_min > 0.0,
+            "drain_pct_per_min",
+            "must be greater than 0",
+        )?;
+        rule(self.window >= 1000, "window", "must be at least 1s")?;
+        Ok(())
+    }
 }
 
 impl Default for UpsParams {

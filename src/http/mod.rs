@@ -9,7 +9,7 @@
 pub mod board;
 pub mod tls;
 
-use crate::store::{AlertQuery, Store};
+use crate::sink::store::{AlertQuery, Store};
 use crate::time::TimeFormat;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -21,8 +21,30 @@ use board::Board;
 use serde::Deserialize;
 use serde_json::json;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::broadcast;
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token (or `token_file`).
+    pub token: Option<String>,
+    /// File holding the bearer token (first line).
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
 
 /// What the HTTP handlers share with the live loop.
 pub struct AppState {

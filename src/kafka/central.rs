@@ -21,7 +21,6 @@
 use super::codec;
 use super::config::KafkaConfig;
 use super::logs::{Logs, Quiet};
-use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::Ts;
 use crate::pipeline::{Pipeline, PipelineStats};
@@ -118,9 +117,19 @@ struct Owned {
     acked: i64,
 }
 
+/// What a central instance judges with, besides the broker.
+pub struct Central {
+    /// Broker, topics and group.
+    pub kafka: KafkaConfig,
+    /// The pipelines' reorder tolerance (a silent partition is moved on by it).
+    pub reorder_tolerance: Ts,
+    /// A fresh pipeline for a newly assigned partition.
+    pub new_pipeline: Box<dyn Fn() -> Pipeline + Send + Sync>,
+}
+
 /// State the rebalance callback and the loop share (both run in the loop's task).
 struct Shared {
-    cfg: Config,
+    cfg: Central,
     partitions: BTreeMap<i32, Owned>,
     counts: CentralCounts,
     /// The newest event time read live on any partition: the clock silent sites are
@@ -294,7 +303,7 @@ impl Context {
                 tracing::error!(partition = p, error = %e, "cannot set the starting offset");
             }
             tracing::info!(partition = p, live_from, start = ?start, committed_meta = %meta, "partition assigned");
-            let pipeline = Pipeline::new(&s.cfg);
+            let pipeline = (s.cfg.new_pipeline)();
             s.partitions.insert(
                 p,
                 Owned {
@@ -364,13 +373,15 @@ fn by_time<C: ConsumerContext>(
 /// first). Returns the counts and the pipelines' counters summed over every partition
 /// held (warm-up included).
 pub async fn consume(
-    cfg: &Config,
+    cfg: Central,
     emit: &mut dyn FnMut(&Output) -> std::io::Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(CentralCounts, PipelineStats), CentralError> {
-    let k: &KafkaConfig = &cfg.kafka;
+    let k: KafkaConfig = cfg.kafka.clone();
+    let k = &k;
+    let tolerance = cfg.reorder_tolerance;
     let shared = Arc::new(Mutex::new(Shared {
-        cfg: cfg.clone(),
+        cfg,
         partitions: BTreeMap::new(),
         counts: CentralCounts::default(),
         front: Ts::MIN,
@@ -417,7 +428,7 @@ pub async fn consume(
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     // A partition with nothing to read for this long is a silent site, not a slow one.
     let silence = k
-        .silence_ms(cfg.pipeline.reorder_tolerance)
+        .silence_ms(tolerance)
         .map(|ms| Duration::from_millis(ms.max(0) as u64));
     tokio::pin!(shutdown);
     let mut out = Vec::new();
@@ -529,7 +540,7 @@ pub async fn consume(
                 let now = (*front).min(wall);
                 for (&p, owned) in partitions.iter_mut() {
                     let released = owned.pipeline.released();
-                    if now > released.saturating_add(cfg.pipeline.reorder_tolerance) {
+                    if now > released.saturating_add(tolerance) {
                         owned.behind.get_or_insert_with(std::time::Instant::now);
                     } else {
                         owned.behind = None;

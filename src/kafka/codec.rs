@@ -4,10 +4,11 @@
 //! same, fuzzed, line parser. A record from another producer is untrusted: each bad
 //! line is counted with its reason and skipped; the rest of the record is kept.
 
-use crate::feature::Registry;
+use crate::model::event::Event;
+use crate::model::points::Registry;
 use crate::model::Reading;
 use crate::source::jsonl::parse_line;
-use crate::source::{BadReason, Event};
+use crate::source::BadReason;
 
 /// The value of one telemetry record: one JSON reading per line.
 pub fn encode(batch: &[&Reading]) -> Vec<u8> {

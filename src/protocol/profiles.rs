@@ -5,7 +5,6 @@
 use super::registers::RegisterMap;
 use super::topics::TopicMap;
 use crate::tomlfile::TomlError;
-use std::path::Path;
 
 /// Name and text of every shipped profile.
 pub const BUILTIN: [(&str, &str); 7] = [
@@ -60,12 +59,14 @@ pub fn builtin(name: &str) -> Option<Result<RegisterMap, TomlError>> {
         .map(|(n, text)| RegisterMap::from_toml_str(text, &format!("<built-in profile {n}>")))
 }
 
-/// Resolves a config's `profile`: a path ending in `.toml` (relative to `base`, the
-/// config's directory), else the name of a built-in profile.
-pub fn resolve(spec: &str, base: &Path) -> Result<RegisterMap, TomlError> {
-    if spec.ends_with(".toml") {
-        return RegisterMap::load(&base.join(spec));
-    }
+/// A config's `profile` that names a file rather than a built-in profile.
+pub fn is_file(spec: &str) -> bool {
+    spec.ends_with(".toml")
+}
+
+/// The built-in profile a config's `profile` names, or an error listing them (file
+/// profiles, see [`is_file`], are read by the caller).
+pub fn named(spec: &str) -> Result<RegisterMap, TomlError> {
     builtin(spec).unwrap_or_else(|| {
         Err(TomlError::Invalid {
             path: spec.to_owned(),
@@ -94,12 +95,9 @@ pub const TOPIC_MAPS: [(&str, &str); 3] = [
     ),
 ];
 
-/// Resolves a config's topic `map`: a `.toml` path (relative to `base`), else a
-/// built-in map's name.
-pub fn topic_map(spec: &str, base: &Path) -> Result<TopicMap, TomlError> {
-    if spec.ends_with(".toml") {
-        return TopicMap::load(&base.join(spec));
-    }
+/// The built-in topic map a config's `map` names, or an error listing them (file maps,
+/// see [`is_file`], are read by the caller).
+pub fn named_topic_map(spec: &str) -> Result<TopicMap, TomlError> {
     match TOPIC_MAPS.iter().find(|(n, _)| *n == spec) {
         Some((n, text)) => TopicMap::from_toml_str(text, &format!("<built-in topic map {n}>")),
         None => Err(TomlError::Invalid {
@@ -116,6 +114,7 @@ pub fn topic_map(spec: &str, base: &Path) -> Result<TopicMap, TomlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn every_shipped_profile_is_valid_and_named_after_its_file() {
@@ -127,7 +126,7 @@ mod tests {
         let files = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(files, BUILTIN.len(), "every file in {dir:?} is built in");
         for (name, _) in TOPIC_MAPS {
-            assert_eq!(topic_map(name, Path::new(".")).unwrap().profile, name);
+            assert_eq!(named_topic_map(name).unwrap().profile, name);
         }
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/mqtt");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), TOPIC_MAPS.len());
@@ -139,7 +138,7 @@ mod tests {
             let m = builtin(for_kind(kind).unwrap()).unwrap().unwrap();
             assert_eq!(m.kind, kind);
         }
-        assert!(resolve("nope", Path::new("."))
+        assert!(named("nope")
             .unwrap_err()
             .to_string()
             .contains("ups-generic"));

@@ -10,8 +10,10 @@
 
 use crate::tomlfile::{self, check, TomlError};
 use serde::Deserialize;
-use std::path::Path;
 use thiserror::Error;
+
+/// Register maps of configured devices by (site, device name).
+pub type DeviceMaps = std::collections::BTreeMap<(String, String), std::sync::Arc<RegisterMap>>;
 
 /// Which Modbus table a register lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -359,11 +361,6 @@ impl Register {
 }
 
 impl RegisterMap {
-    /// Loads and validates a map file.
-    pub fn load(path: &Path) -> Result<Self, TomlError> {
-        Self::from_toml_str(&tomlfile::read(path)?, &path.display().to_string())
-    }
-
     /// Parses and validates a map.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, TomlError> {
         let m: Self = tomlfile::parse(text, origin)?;

@@ -12,7 +12,6 @@ use crate::time::TimeFormat;
 use crate::tomlfile::{self, check, TomlError};
 use serde::Deserialize;
 use serde_json::Value as Json;
-use std::path::Path;
 use thiserror::Error;
 
 /// How a message's payload is encoded.
@@ -127,11 +126,6 @@ pub enum PayloadError {
 const PLACEHOLDERS: [&str; 5] = ["{site}", "{kind}", "{device}", "{metric}", "{_}"];
 
 impl TopicMap {
-    /// Loads and validates a map file.
-    pub fn load(path: &Path) -> Result<Self, TomlError> {
-        Self::from_toml_str(&tomlfile::read(path)?, &path.display().to_string())
-    }
-
     /// Parses and validates a map.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, TomlError> {
         let m: Self = tomlfile::parse(text, origin)?;

@@ -1026,7 +1026,7 @@ mod tests {
     fn every_variant_writes_parseable_lines_and_ordered_labels() {
         for v in VARIANTS {
             let (text, labels) = run(v, 10.0, "all", 1);
-            let mut reg = crate::feature::Registry::new(100_000);
+            let mut reg = crate::model::points::Registry::new(100_000);
             for l in text.lines().step_by(97) {
                 crate::source::jsonl::parse_line(l.as_bytes(), &mut reg).unwrap();
             }

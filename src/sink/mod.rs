@@ -1,6 +1,9 @@
 //! Sinks: where alerts and incidents go. For now, alert JSONL (stdout or a file); the
 //! durable store, webhooks and the live stream build on the same [`Output`] events.
 
+pub mod store;
+pub mod webhook;
+
 use crate::correlate::Output;
 use std::io::{self, Write};
 

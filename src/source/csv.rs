@@ -12,8 +12,9 @@
 //! Rows are split with `csv-core` (quoting per RFC 4180), one bounded line at a time.
 //! The delimiter is `,` unless the mapping says otherwise or the header has `;` and no `,`.
 
-use super::{BadReason, CaptureSource, Event, FileStats, LabelWindow, Line, Lines, SourceError};
-use crate::feature::Registry;
+use super::{BadReason, CaptureSource, FileStats, LabelWindow, Line, Lines, SourceError};
+use crate::model::event::Event;
+use crate::model::points::Registry;
 use crate::model::Ts;
 use crate::time::{parse_duration, TimeFormat};
 use serde::Deserialize;

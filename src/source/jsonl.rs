@@ -4,8 +4,9 @@
 //! allocation, and the point is interned before the line buffer is reused, so a reading
 //! costs no allocation. Unknown fields are ignored (forward compatibility).
 
-use super::{BadReason, CaptureSource, Event, FileStats, Lines};
-use crate::feature::Registry;
+use super::{BadReason, CaptureSource, FileStats, Lines};
+use crate::model::event::Event;
+use crate::model::points::Registry;
 use crate::model::{Command, Quality, Ts};
 use crate::time::{epoch_auto, TimeFormat};
 use serde::de::{self, Deserializer, Visitor};

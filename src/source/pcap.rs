@@ -13,12 +13,13 @@
 //! Bad input is counted per reason with its packet number and never stops the replay.
 
 use super::tcp::{Pushed, Stream};
-use super::{BadReason, CaptureSource, Event, FileStats, Outcome, Traffic};
-use crate::collect::modbus::DevicePlan;
-use crate::feature::{DeviceId, PointId, Registry};
+use super::{BadReason, CaptureSource, FileStats};
+use crate::model::event::{Event, Outcome, Traffic};
+use crate::model::points::{DeviceId, PointId, Registry};
 use crate::model::{Command, Quality, Ts};
 use crate::protocol::frame::{self, Mbap, Request, Response};
-use crate::protocol::registers::{RegisterMap, Table, Value};
+use crate::protocol::registers::{DeviceMaps, RegisterMap, Table, Value};
+use crate::source::modbus::DevicePlan;
 use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pcap_parser::traits::PcapReaderIterator;
 use pcap_parser::{Block, Linktype, PcapBlockOwned, PcapError};
@@ -121,6 +122,14 @@ impl WireMap {
             .values()
             .find(|d| d.site == site && d.name == name)
             .map(|d| d.map.clone())
+    }
+
+    /// The register maps of the devices recognised by address, by (site, name).
+    pub fn device_maps(&self) -> DeviceMaps {
+        self.devices
+            .values()
+            .map(|d| ((d.site.clone(), d.name.clone()), d.map.clone()))
+            .collect()
     }
 
     /// The TCP ports read as Modbus, sorted.

@@ -2,8 +2,8 @@
 
 use crate::support::{alerts_without_wall_clock, run, simulate};
 use wattchdog::correlate::Output;
-use wattchdog::pipeline::Pipeline;
-use wattchdog::source::{jsonl, Event};
+use wattchdog::model::event::Event;
+use wattchdog::source::jsonl;
 use wattchdog::Config;
 
 #[test]
@@ -39,7 +39,7 @@ fn paced_and_unpaced_replays_give_identical_alerts() {
 /// send) interleaved at arbitrary points, and returns the alert stream.
 fn feed(lines: &[&str], heartbeat_every: Option<usize>) -> Vec<String> {
     let cfg = Config::default();
-    let mut p = Pipeline::new(&cfg);
+    let mut p = cfg.build_pipeline();
     let mut out = Vec::new();
     let mut newest = i64::MIN;
     for (i, l) in lines.iter().enumerate() {

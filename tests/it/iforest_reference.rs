@@ -8,7 +8,7 @@ use linfa::traits::{Fit, Predict};
 use linfa::ParamGuard;
 use ndarray::{Array1, Array2};
 use std::process::Command;
-use wattchdog::iforest::IsolationForestParams;
+use wattchdog::detect::iforest::forest::IsolationForestParams;
 
 /// ROC AUC by the Mann-Whitney statistic (ties count one half).
 fn auc(scores: &[f64], labels: &[bool]) -> f64 {

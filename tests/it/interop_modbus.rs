@@ -9,8 +9,8 @@ use crate::support::{
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use wattchdog::collect::modbus::{Collector, PollSettings};
 use wattchdog::model::Quality;
+use wattchdog::source::modbus::{Collector, PollSettings};
 use wattchdog::time::Clock;
 use wattchdog::Config;
 

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use wattchdog::collect::mqtt::{subscribe, MqttStats};
 use wattchdog::model::Reading;
+use wattchdog::source::mqtt::{subscribe, MqttStats};
 use wattchdog::time::Clock;
 use wattchdog::Config;
 
@@ -308,7 +308,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
         let broker = script.await;
         let _ = tx.send(broker);
     };
-    let report = wattchdog::live::run(&cfg, dir.path(), "t", &mut |_| Ok(()), stop)
+    let report = wattchdog::app::run::run(&cfg, dir.path(), "t", &mut |_| Ok(()), stop)
         .await
         .unwrap();
     drop(rx);

@@ -694,7 +694,7 @@ fn the_edge_forwards_what_its_collectors_read_keyed_by_site() {
         let m = m.unwrap();
         use rdkafka::message::Message;
         let site = std::str::from_utf8(m.key().unwrap()).unwrap().to_owned();
-        let mut reg = wattchdog::feature::Registry::new(10_000);
+        let mut reg = wattchdog::model::points::Registry::new(10_000);
         let (events, bad) = wattchdog::kafka::codec::decode(m.payload().unwrap(), &mut reg);
         assert!(bad.is_empty(), "{bad:?}");
         assert!(!events.is_empty());

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use wattchdog::collect::modbus::{Collector, PollSettings};
 use wattchdog::model::{Alert, Quality};
 use wattchdog::sim::serve::{run_config, serve, served_devices, FunctionCounts};
 use wattchdog::sim::{Facility, Intensity, SimOptions, Simulator};
+use wattchdog::source::modbus::{Collector, PollSettings};
 use wattchdog::time::Clock;
 use wattchdog::Config;
 
@@ -210,7 +210,7 @@ async fn faults_become_bad_quality_counters_and_denial_of_view_never_a_crash() {
         }
     };
     let mut alerts: Vec<Alert> = Vec::new();
-    let report = wattchdog::live::run(
+    let report = wattchdog::app::run::run(
         &cfg,
         Path::new("."),
         "t",

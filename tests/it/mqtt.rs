@@ -5,10 +5,10 @@ use crate::support::SharedBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use wattchdog::collect::mqtt::{subscribe, MqttStats};
 use wattchdog::model::Reading;
 use wattchdog::sim::publish::{publish, PublishOptions};
 use wattchdog::sim::{Facility, Intensity, SimOptions, Simulator};
+use wattchdog::source::mqtt::{subscribe, MqttStats};
 use wattchdog::time::Clock;
 use wattchdog::Config;
 
@@ -16,7 +16,7 @@ use wattchdog::Config;
 /// at 20×, subscribes with `map`, and returns what arrived and what was published. The
 /// publisher is aborted, not stopped, so the broker sends its last will.
 async fn round_trip(sparkplug: bool, map: &str, secs: u64) -> (Vec<Reading>, String, MqttStats) {
-    let broker = wattchdog::broker::start(0).unwrap();
+    let broker = wattchdog::app::broker::start(0).unwrap();
     let start = chrono::Utc::now().timestamp() * 1000;
     let clock = Clock {
         epoch: start,

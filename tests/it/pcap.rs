@@ -11,8 +11,9 @@ use crate::support::{
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use wattchdog::feature::Registry;
-use wattchdog::source::{open_capture, ByteCounter, Event, OpenOptions};
+use wattchdog::model::event::Event;
+use wattchdog::model::points::Registry;
+use wattchdog::source::{open_capture, ByteCounter, OpenOptions};
 use wattchdog::Config;
 
 fn tcpdump_available() -> bool {

@@ -267,7 +267,7 @@ async fn https_serves_the_api_with_the_configured_certificate() {
         "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n"
     );
     let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
-    let soc = wattchdog::soc::Soc::start(&cfg.soc, dir.path(), "t")
+    let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir.path(), "t")
         .await
         .unwrap();
     let addr = soc.addr.unwrap();

@@ -50,7 +50,7 @@ fn training_is_reproducible_leaves_out_labels_and_the_model_is_used_by_replay() 
     assert_eq!(p["inputs"][0]["file"], "normal.jsonl");
     assert_eq!(
         p["inputs"][0]["sha256"].as_str().unwrap(),
-        wattchdog::train::sha256_file(&normal).unwrap()
+        wattchdog::app::train::sha256_file(&normal).unwrap()
     );
     assert!(
         p["labelled_rows_left_out"].as_u64().unwrap() > 0,

@@ -6,8 +6,8 @@
 //! an error naming the file.
 
 use super::fit::Fitted;
+use crate::detect::model_file::{parse_versioned, read_optional, ModelError, Provenance};
 use crate::model::DeviceKind;
-use crate::model_file::{parse_versioned, read_optional, ModelError, Provenance};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -109,8 +109,8 @@ pub fn load(dir: &Path, kind: DeviceKind) -> Result<Option<ResidualModel>, Model
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::model_file::Input;
     use crate::detect::residual::ResidualParams;
-    use crate::model_file::Input;
     use ndarray::Array2;
     use proptest::prelude::*;
 

@@ -26,8 +26,9 @@
 //! during the warm-up (left to limits, ewma_z and flatline).
 
 use super::{Detector, PerKind};
-use crate::attack;
-use crate::feature::{Frame, PointId};
+use crate::feature::Frame;
+use crate::model::attack;
+use crate::model::points::PointId;
 use crate::model::{DeviceKind, Finding, Severity, Ts};
 use ndarray::{Array2, ArrayView2};
 use serde::Deserialize;
@@ -152,7 +153,7 @@ pub type Models = PerKind<Option<Arc<file::ResidualModel>>>;
 /// Loads each enabled kind's trained model from its `models` directory.
 pub fn models_for(
     params: &PerKind<ResidualParams>,
-) -> Result<Models, crate::model_file::ModelError> {
+) -> Result<Models, crate::detect::model_file::ModelError> {
     let mut loaded = Vec::new();
     for kind in DeviceKind::ALL {
         let p = params.get(kind);

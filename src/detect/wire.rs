@@ -28,15 +28,15 @@
 //! active while the detector learned.
 
 use super::Detector;
-use crate::attack;
-use crate::feature::{DeviceId, Registry};
+use crate::model::attack;
+use crate::model::event::{Outcome, Traffic};
+use crate::model::points::{DeviceId, Registry};
 use crate::model::{Command, Finding, Severity, Technique, Ts};
 use crate::protocol::frame::is_write;
 use crate::protocol::profiles;
-use crate::protocol::registers::{RegisterMap, Table};
-use crate::source::pcap::WireMap;
-use crate::source::{Outcome, Traffic};
+use crate::protocol::registers::{DeviceMaps, RegisterMap, Table};
 use crate::time::{format_duration, serde_duration};
+use crate::tomlfile::{rule, Broken};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use serde_json::json;
@@ -74,6 +74,16 @@ pub struct ProtocolParams {
     pub sweep_ranges: usize,
     /// A minute with this many times the client's busiest learned minute is a flood.
     pub rate_factor: f64,
+}
+
+impl ProtocolParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(self.scan_devices >= 1, "scan_devices", "must be at least 1")?;
+        rule(self.scan_window >= 1, "scan_window", "must be at least 1ms")?;
+        rule(self.learn >= 0, "learn", "must not be negative")?;
+        Ok(())
+    }
 }
 
 impl Default for ProtocolParams {
@@ -155,7 +165,7 @@ impl Writable {
 /// The protocol detector.
 pub struct Protocol {
     params: ProtocolParams,
-    wire: Arc<WireMap>,
+    wire: Arc<DeviceMaps>,
     first: Option<Ts>,
     writers: FxHashSet<String>,
     clients: FxHashMap<Arc<str>, Client>,
@@ -168,7 +178,7 @@ pub struct Protocol {
 impl Protocol {
     /// Builds it; `wire` names the profiles of configured Modbus devices (others get their
     /// kind's built-in profile for the writable-set rule).
-    pub fn new(params: ProtocolParams, wire: Arc<WireMap>) -> Self {
+    pub fn new(params: ProtocolParams, wire: Arc<DeviceMaps>) -> Self {
         let writers = params.allowlist.iter().cloned().collect();
         Self {
             params,
@@ -193,10 +203,13 @@ impl Protocol {
             .entry(device)
             .or_insert_with(|| {
                 let d = reg.device(device);
-                let map = wire.map_of(&d.site, &d.name).or_else(|| {
-                    let name = profiles::for_kind(&d.kind_name)?;
-                    profiles::builtin(name)?.ok().map(Arc::new)
-                })?;
+                let map = wire
+                    .get(&(d.site.clone(), d.name.clone()))
+                    .cloned()
+                    .or_else(|| {
+                        let name = profiles::for_kind(&d.kind_name)?;
+                        profiles::builtin(name)?.ok().map(Arc::new)
+                    })?;
                 Some(Arc::new(Writable::of(&map)))
             })
             .clone()

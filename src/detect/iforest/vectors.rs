@@ -22,7 +22,8 @@
 //! missing entry (NaN); the detector puts the training mean in its place. A device is
 //! not described until every reported point and relation has `warmup` samples.
 
-use crate::feature::{robust_update, DeviceId, FeatureParams, Frame, PointId, PointState};
+use crate::feature::{robust_update, FeatureParams, Frame, PointState};
+use crate::model::points::{DeviceId, PointId};
 use crate::model::{DeviceKind, Quality};
 use std::sync::OnceLock;
 
@@ -495,7 +496,7 @@ mod tests {
                 assert!(!kf.metrics_of(i).is_empty(), "{kind} feature {i}");
                 for m in kf.metrics_of(i) {
                     assert!(
-                        crate::vocabulary::lookup(kind, m).is_some(),
+                        crate::model::vocabulary::lookup(kind, m).is_some(),
                         "{kind}: {m} is not in the vocabulary"
                     );
                 }

@@ -47,13 +47,13 @@ pub enum DemoError {
     Sim(#[from] sim::SimError),
     /// The embedded broker.
     #[error(transparent)]
-    Broker(#[from] crate::broker::BrokerError),
+    Broker(#[from] crate::app::broker::BrokerError),
     /// The configuration the demo wrote.
     #[error(transparent)]
     Config(#[from] crate::tomlfile::TomlError),
     /// The live run.
     #[error(transparent)]
-    Run(#[from] crate::live::RunError),
+    Run(#[from] crate::app::run::RunError),
     /// Files and sockets.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -102,7 +102,7 @@ pub async fn run(
         })
         .collect();
 
-    let broker = crate::broker::start(0)?;
+    let broker = crate::app::broker::start(0)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let modbus_addr = listener.local_addr()?;
     let site = facility.site.clone();
@@ -165,7 +165,7 @@ pub async fn run(
     info!(config = %origin, "demo configured");
     let url = format!("http://{}/#token={token}", opts.listen);
     on_ready(&url, &schedule);
-    let result = crate::live::run(&cfg, &opts.dir, &origin, on_output, shutdown).await;
+    let result = crate::app::run::run(&cfg, &opts.dir, &origin, on_output, shutdown).await;
     served.abort();
     published.abort();
     result?;

@@ -190,7 +190,12 @@ impl ModbusConfig {
                 (1..=2000).contains(&self.max_bits),
                 "must be 1..=2000",
             )?;
-            let map = profiles::resolve(&d.profile, base).map_err(|e| TomlError::Invalid {
+            let map = if profiles::is_file(&d.profile) {
+                crate::tomlfile::load(&base.join(&d.profile), RegisterMap::from_toml_str)
+            } else {
+                profiles::named(&d.profile)
+            };
+            let map = map.map_err(|e| TomlError::Invalid {
                 path: origin.to_owned(),
                 key: key("profile"),
                 rule: e.to_string(),

@@ -1,6 +1,6 @@
 //! **iforest**: a device whose telemetry, taken as a whole, is unlike normal operation.
 //!
-//! Each frame of a device becomes a feature vector ([`crate::vectors`]: every metric
+//! Each frame of a device becomes a feature vector ([`crate::detect::iforest::vectors`]: every metric
 //! against its own baseline, states' surprise, physical relations, their maximum and
 //! RMS), standardised
 //! with the model's scaler and scored by the kind's isolation forest. A score at or above
@@ -19,17 +19,22 @@
 //! Blind spots: what training data already contained; a kind without a model; the
 //! first `warmup_samples` frames of a device (its baselines are still being learned).
 
+pub mod fit;
+pub mod forest;
+pub mod vectors;
+
 use super::{sig, Detector, PerKind};
-use crate::attack;
+use crate::detect::model_file::{ModelError, ModelFile};
 use crate::feature::{FeatureParams, Frame};
+use crate::model::attack;
 use crate::model::{DeviceKind, Finding, Severity, Ts};
-use crate::model_file::{ModelError, ModelFile};
-use crate::vectors::{self, Extractor};
+use crate::tomlfile::{rule, Broken};
 use ndarray::ArrayView1;
 use serde::Deserialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use vectors::Extractor;
 
 const NAME: &str = "iforest";
 /// Features named in the evidence.
@@ -49,6 +54,23 @@ pub struct IForestParams {
     pub persist_samples: u32,
     /// Overrides the model's threshold (a score in (0, 1]).
     pub threshold: Option<f64>,
+}
+
+impl IForestParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.persist_samples >= 1,
+            "persist_samples",
+            "must be at least 1",
+        )?;
+        rule(
+            self.threshold.is_none_or(|t| t > 0.0 && t <= 1.0),
+            "threshold",
+            "must be in (0, 1]",
+        )?;
+        Ok(())
+    }
 }
 
 impl Default for IForestParams {
@@ -147,23 +169,23 @@ impl Model {
 const BUILT_IN: &[(DeviceKind, &str)] = &[
     (
         DeviceKind::Ups,
-        include_str!("../../models/ups.iforest.json"),
+        include_str!("../../../models/ups.iforest.json"),
     ),
     (
         DeviceKind::Chiller,
-        include_str!("../../models/chiller.iforest.json"),
+        include_str!("../../../models/chiller.iforest.json"),
     ),
     (
         DeviceKind::Crah,
-        include_str!("../../models/crah.iforest.json"),
+        include_str!("../../../models/crah.iforest.json"),
     ),
     (
         DeviceKind::GridMeter,
-        include_str!("../../models/grid_meter.iforest.json"),
+        include_str!("../../../models/grid_meter.iforest.json"),
     ),
     (
         DeviceKind::Env,
-        include_str!("../../models/env.iforest.json"),
+        include_str!("../../../models/env.iforest.json"),
     ),
 ];
 
@@ -346,7 +368,7 @@ fn finding(
     let device = &frame.registry.device(frame.device).name;
     let technique = attack::for_process_change(
         &metrics[0],
-        crate::vocabulary::lookup(kind, &metrics[0]).map(|s| s.class),
+        crate::model::vocabulary::lookup(kind, &metrics[0]).map(|s| s.class),
     );
     let severity = if score >= threshold + (1.0 - threshold) / 2.0 {
         Severity::High
@@ -465,9 +487,9 @@ impl Detector for Recorder {
 
 #[cfg(test)]
 mod tests {
+    use super::fit::{fit_rows, FitOptions};
     use super::*;
     use crate::detect::testkit::{noisy, Harness};
-    use crate::train::{fit_rows, TrainOptions};
 
     /// A CRAH whose supply and return air move together with the load, as they do.
     fn crah_frame(h: &mut Harness, det: &mut dyn Detector, i: usize, noise: &[Vec<f64>]) {
@@ -505,9 +527,11 @@ mod tests {
         }
         let rows = std::mem::take(&mut *sink.lock().unwrap());
         assert_eq!(rows.rows, n - 99, "every frame after the warm-up is a row");
-        let mut opts = TrainOptions::new(Vec::new(), DeviceKind::Crah);
-        opts.trees = 50;
-        let file = fit_rows(&opts, rows, Vec::new()).unwrap();
+        let opts = FitOptions {
+            trees: 50,
+            ..FitOptions::default()
+        };
+        let file = fit_rows(DeviceKind::Crah, &opts, rows, Vec::new()).unwrap();
         let text = file.to_json();
         let file = ModelFile::from_json(&text, "test").unwrap();
         Arc::new(Model::new(file, "test".into(), DeviceKind::Crah).unwrap())

@@ -9,24 +9,22 @@
 //! forest is fitted, and the alert threshold is the `quantile` of the training rows'
 //! scores. Same inputs and options give the same file, byte for byte.
 
+use crate::app::replay::{replay_into, ReplayError};
 use crate::config::Config;
+use crate::detect::iforest::fit::{self, FitError, FitOptions, MIN_ROWS};
+use crate::detect::iforest::forest::{IForestError, IsolationForestParams};
+use crate::detect::iforest::vectors;
 use crate::detect::iforest::{Recorded, Recorder};
+use crate::detect::model_file::{Input, ModelFile, Provenance};
 use crate::detect::residual::{
     self,
     file::{FitSettings, ResidualFile},
 };
 use crate::detect::Detector;
-use crate::eval::{load_labels, EvalError};
-use crate::iforest::{IForestError, IsolationForestParams};
 use crate::model::{DeviceKind, Ts};
-use crate::model_file::{Input, ModelFile, Provenance, Scaler, FORMAT_VERSION};
-use crate::pipeline::Pipeline;
-use crate::replay::{replay_into, ReplayError};
+use crate::report::eval::{load_labels, EvalError};
 use crate::source::{open_capture, ByteCounter, OpenOptions};
-use crate::vectors;
-use linfa::traits::{Fit, Predict};
-use linfa::{DatasetBase, ParamGuard};
-use ndarray::Array2;
+use linfa::ParamGuard;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -48,7 +46,7 @@ pub struct TrainOptions {
     pub sample_size: usize,
     /// Seed.
     pub seed: u64,
-    /// Extrapolating scores (see [`crate::iforest::IsolationForest::extrapolate`]).
+    /// Extrapolating scores (see [`crate::detect::iforest::forest::IsolationForest::extrapolate`]).
     pub extrapolate: bool,
     /// Quantile of the training scores used as the alert threshold.
     pub quantile: f64,
@@ -61,6 +59,19 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// The forest's share of the options.
+    pub fn fit_options(&self) -> FitOptions {
+        FitOptions {
+            trees: self.trees,
+            sample_size: self.sample_size,
+            seed: self.seed,
+            extrapolate: self.extrapolate,
+            quantile: self.quantile,
+            every: self.every,
+            warmup_samples: self.warmup_samples,
+        }
+    }
+
     /// Defaults for `kind` (100 trees, ψ = 256, seed 0, extrapolating, threshold at the 99.99th
     /// percentile, every 5th frame, 600-sample warm-up, 30 min after labelled windows).
     pub fn new(inputs: Vec<PathBuf>, kind: DeviceKind) -> Self {
@@ -114,13 +125,13 @@ pub enum TrainError {
     /// An option out of range.
     #[error("{0}")]
     Options(String),
+    /// Invalid forest parameters.
+    #[error(transparent)]
+    Params(#[from] IForestError),
     /// Fitting failed.
     #[error(transparent)]
-    Fit(#[from] IForestError),
+    Fit(#[from] FitError),
 }
-
-/// Fewest rows worth fitting on.
-const MIN_ROWS: usize = 64;
 
 /// Trains a model. `cfg` gives the feature parameters (its own iforest is not run).
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<ModelFile, TrainError> {
@@ -185,7 +196,7 @@ fn record<R: Default>(
                     .map(|l| (l.start, l.end.saturating_add(opts.label_margin))),
             );
         }
-        let mut pipeline = Pipeline::new(&quiet);
+        let mut pipeline = quiet.build_pipeline();
         pipeline.add_detector(make(skip, Arc::clone(&recorded)));
         let how = OpenOptions::from_config(cfg, opts.mapping.clone());
         let source =
@@ -264,92 +275,7 @@ pub fn fit_rows(
     rec: Recorded,
     inputs: Vec<Input>,
 ) -> Result<ModelFile, TrainError> {
-    let kf = vectors::for_kind(opts.kind).ok_or(TrainError::NoFeatures(opts.kind))?;
-    let params = IsolationForestParams::default()
-        .n_trees(opts.trees)
-        .sample_size(opts.sample_size)
-        .seed(opts.seed)
-        .extrapolate(opts.extrapolate)
-        .check()?;
-    if rec.rows < MIN_ROWS {
-        return Err(TrainError::TooFewRows {
-            kind: opts.kind,
-            rows: rec.rows,
-            need: MIN_ROWS,
-        });
-    }
-    if rec.data.len() != rec.rows * kf.len() {
-        return Err(TrainError::Options(format!(
-            "{} values for {} rows of {} features",
-            rec.data.len(),
-            rec.rows,
-            kf.len()
-        )));
-    }
-    let mut x = Array2::from_shape_vec((rec.rows, kf.len()), rec.data)
-        .map_err(|e| TrainError::Options(e.to_string()))?;
-    let scaler = standardise(&mut x);
-    let forest = params.fit(&DatasetBase::from(x.view()))?;
-    let mut scores = forest.predict(&x).to_vec();
-    scores.sort_by(f64::total_cmp);
-    let at = ((scores.len() - 1) as f64 * opts.quantile).round() as usize;
-    let threshold = scores[at.min(scores.len() - 1)];
-    tracing::info!(
-        kind = %opts.kind,
-        rows = rec.rows,
-        labelled_rows_left_out = rec.labelled,
-        devices = rec.devices.len(),
-        threshold,
-        "trained"
-    );
-    Ok(ModelFile {
-        format_version: FORMAT_VERSION,
-        kind: opts.kind.as_str().to_owned(),
-        features: kf.names.clone(),
-        scaler,
-        params,
-        threshold,
-        forest,
-        provenance: Provenance {
-            inputs,
-            rows: rec.rows,
-            labelled_rows_left_out: rec.labelled,
-            devices: rec.devices.into_iter().collect(),
-            threshold_quantile: opts.quantile,
-            every: opts.every,
-            warmup_samples: opts.warmup_samples,
-            wattchdog: env!("CARGO_PKG_VERSION").to_owned(),
-        },
-    })
-}
-
-/// Standardises each column in place (missing entries → the column mean, i.e. 0) and
-/// returns the scaler. A column without spread gets scale 1.
-fn standardise(x: &mut Array2<f64>) -> Scaler {
-    let (mut mean, mut scale) = (Vec::new(), Vec::new());
-    for mut col in x.columns_mut() {
-        let (mut n, mut sum) = (0.0, 0.0);
-        for &v in col.iter().filter(|v| !v.is_nan()) {
-            n += 1.0;
-            sum += v;
-        }
-        let m = if n > 0.0 { sum / n } else { 0.0 };
-        let var = col
-            .iter()
-            .filter(|v| !v.is_nan())
-            .map(|v| (v - m) * (v - m))
-            .sum::<f64>()
-            / n.max(1.0);
-        let sd = if var.sqrt() > 1e-12 && var.is_finite() {
-            var.sqrt()
-        } else {
-            1.0
-        };
-        col.mapv_inplace(|v| if v.is_nan() { 0.0 } else { (v - m) / sd });
-        mean.push(m);
-        scale.push(sd);
-    }
-    Scaler { mean, scale }
+    Ok(fit::fit_rows(opts.kind, &opts.fit_options(), rec, inputs)?)
 }
 
 /// SHA-256 of a file, hex.
@@ -377,18 +303,6 @@ pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn standardising_centres_scales_and_fills_gaps() {
-        let mut x = ndarray::array![[1.0, 5.0, f64::NAN], [3.0, 5.0, 2.0], [f64::NAN, 5.0, 4.0]];
-        let s = standardise(&mut x);
-        assert_eq!(s.mean, vec![2.0, 5.0, 3.0]);
-        assert_eq!(s.scale, vec![1.0, 1.0, 1.0]);
-        assert_eq!(
-            x,
-            ndarray::array![[-1.0, 0.0, 0.0], [1.0, 0.0, -1.0], [0.0, 0.0, 1.0]]
-        );
-    }
 
     #[test]
     fn hashes_are_sha256() {

@@ -15,10 +15,11 @@
 //! older than the lookback; recorded values that are rescaled or offset before replay.
 
 use super::{point_finding, Detector, PerKind, PointTable};
-use crate::attack;
 use crate::feature::Frame;
+use crate::model::attack;
 use crate::model::{Finding, Severity, Ts};
 use crate::time::{format_duration, format_ts};
+use crate::tomlfile::{rule, Broken};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde_json::json;
@@ -44,6 +45,35 @@ pub struct ReplayParams {
     pub warmup_samples: usize,
     /// Fraction of a window's steps that must change for it to count as informative.
     pub min_change_frac: f64,
+}
+
+impl ReplayParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.window_samples >= 4,
+            "window_samples",
+            "must be at least 4",
+        )?;
+        rule(self.stride >= 1, "stride", "must be at least 1")?;
+        rule(self.confirm >= 1, "confirm", "must be at least 1")?;
+        rule(
+            self.lookback_samples as usize >= 2 * self.window_samples,
+            "lookback_samples",
+            "must be at least twice replay.window_samples",
+        )?;
+        rule(
+            self.warmup_samples >= 16,
+            "warmup_samples",
+            "must be at least 16",
+        )?;
+        rule(
+            (0.0..=1.0).contains(&self.min_change_frac),
+            "min_change_frac",
+            "must be between 0 and 1",
+        )?;
+        Ok(())
+    }
 }
 
 impl Default for ReplayParams {

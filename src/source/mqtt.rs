@@ -173,8 +173,12 @@ impl MqttConfig {
                 b.cert_file.is_some() == b.key_file.is_some(),
                 "and key_file go together",
             )?;
-            let map = crate::protocol::profiles::topic_map(&b.map, base)
-                .map_err(|e| invalid("map", e.to_string()))?;
+            let map = if crate::protocol::profiles::is_file(&b.map) {
+                crate::tomlfile::load(&base.join(&b.map), TopicMap::from_toml_str)
+            } else {
+                crate::protocol::profiles::named_topic_map(&b.map)
+            };
+            let map = map.map_err(|e| invalid("map", e.to_string()))?;
             let tls = if tls {
                 Some(Arc::new(
                     tls_config(b, base).map_err(|e| invalid("ca_file", e))?,

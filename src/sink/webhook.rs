@@ -10,7 +10,7 @@
 //!   delivery becomes a dead letter, listed by the API.
 
 use crate::model::{Alert, Severity};
-use crate::store::{OutboxItem, Store};
+use crate::sink::store::{OutboxItem, Store};
 use crate::time::serde_duration;
 use crate::tomlfile::{check, TomlError};
 use hmac::{Hmac, KeyInit, Mac};

@@ -5,14 +5,14 @@
 //! event-time clock even when nothing arrives, so a device that falls silent is judged
 //! by the staleness detector while it is silent, not when it speaks again.
 
-use crate::collect::modbus::{Collector, DeviceCounts, PollSettings};
-use crate::collect::mqtt::{self, MqttCounts, MqttStats};
+use crate::app::soc::Soc;
 use crate::config::Config;
 use crate::correlate::Output;
+use crate::model::event::Event;
 use crate::model::{Reading, Ts};
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::soc::Soc;
-use crate::source::Event;
+use crate::source::modbus::{Collector, DeviceCounts, PollSettings};
+use crate::source::mqtt::{self, MqttCounts, MqttStats};
 use crate::tomlfile::TomlError;
 use serde::Serialize;
 use std::future::Future;
@@ -37,7 +37,7 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     /// The store, HTTP server or webhooks could not start.
     #[error(transparent)]
-    Soc(#[from] crate::soc::SocError),
+    Soc(#[from] crate::app::soc::SocError),
     /// `[kafka]` asks for Kafka in a build without it.
     #[error(
         "{0}: [kafka] needs a build with Kafka support (cargo build --release --features kafka)"
@@ -155,7 +155,7 @@ async fn collect(
         },
         tx,
     );
-    let mut pipeline = Pipeline::new(cfg);
+    let mut pipeline = cfg.build_pipeline();
     let mut outputs = Vec::new();
     let mut dropped = 0u64;
     let beat = clock
@@ -246,7 +246,8 @@ async fn central(
         }
         on_output(o)
     };
-    let (counts, pipeline) = crate::kafka::central::consume(cfg, &mut emit, shutdown).await?;
+    let (counts, pipeline) =
+        crate::kafka::central::consume(cfg.central(), &mut emit, shutdown).await?;
     Ok(RunReport {
         pipeline,
         devices: Vec::new(),

@@ -8,11 +8,34 @@
 //! Schema changes are numbered migrations recorded in `user_version`.
 
 use crate::model::{Alert, Incident, Severity, Ts};
+use crate::time::serde_duration;
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
+use std::path::PathBuf;
 use thiserror::Error;
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file (relative to the config); none: no store.
+    pub path: Option<PathBuf>,
+    /// Closed alerts and incidents older than this (event time) are deleted. Default `"30d"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub retention: i64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            retention: 30 * 86_400_000,
+        }
+    }
+}
 
 /// Why the store failed.
 #[derive(Debug, Error)]

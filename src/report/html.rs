@@ -10,11 +10,13 @@
 //! from a second read of the captures, kept only inside the incidents' windows and
 //! reduced to the minimum and maximum per pixel column.
 
-use crate::eval::{LabelWindow, Score};
-use crate::feature::Registry;
+use crate::model::event::Event;
+use crate::model::points::Registry;
 use crate::model::{Alert, Command, Incident, Severity, Ts};
-use crate::replay::{ReplayReport, ScorePoint};
-use crate::source::{open_capture, ByteCounter, Event, OpenOptions, SourceError};
+use crate::pipeline::ScorePoint;
+use crate::report::eval::{LabelWindow, Score};
+use crate::report::ReplayReport;
+use crate::source::{open_capture, ByteCounter, OpenOptions, SourceError};
 use crate::time::{format_duration, format_ts};
 use plotters::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -490,12 +492,12 @@ pub fn render(
         report
             .first_ts
             .as_deref()
-            .and_then(crate::eval::parse_ts)
+            .and_then(crate::report::eval::parse_ts)
             .unwrap_or(0),
         report
             .last_ts
             .as_deref()
-            .and_then(crate::eval::parse_ts)
+            .and_then(crate::report::eval::parse_ts)
             .unwrap_or(0),
     );
     let mut h = String::with_capacity(1 << 20);

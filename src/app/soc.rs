@@ -4,68 +4,28 @@
 //! Order matters for durability: an alert is committed to the store (with its webhook
 //! deliveries) before it is streamed, written to JSONL or counted anywhere else.
 
+use crate::config::SocConfig;
 use crate::correlate::Output;
 use crate::http::board::Board;
+use crate::http::HttpConfig;
 use crate::http::{self, AppState};
 use crate::model::Reading;
-use crate::store::Store;
-use crate::time::serde_duration;
+use crate::sink::store::Store;
+use crate::sink::webhook::{self, Receiver};
 use crate::tomlfile::{check, TomlError};
-use crate::webhook::{self, Receiver};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Deserialize;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
-
-/// `[store]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
-    /// SQLite file (relative to the config); none: no store.
-    pub path: Option<PathBuf>,
-    /// Closed alerts and incidents older than this (event time) are deleted. Default `"30d"`.
-    #[serde(deserialize_with = "serde_duration::deserialize")]
-    pub retention: i64,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            path: None,
-            retention: 30 * 86_400_000,
-        }
-    }
-}
-
-/// `[http]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address to listen on. Default `127.0.0.1:8080`.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Bearer token (or `token_file`).
-    pub token: Option<String>,
-    /// File holding the bearer token (first line).
-    pub token_file: Option<PathBuf>,
-    /// PEM certificate chain: serve HTTPS (with `key_file`).
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
-}
 
 /// Why the SOC sinks could not start.
 #[derive(Debug, Error)]
@@ -76,7 +36,7 @@ pub enum SocError {
     Config(#[from] TomlError),
     /// The store.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::sink::store::StoreError),
     /// The listener.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -114,61 +74,6 @@ pub struct Soc {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Where the HTTP server listens, if it runs.
     pub addr: Option<SocketAddr>,
-}
-
-/// Everything `[store]`, `[http]` and `[[webhooks]]` configure.
-#[derive(Debug, Clone, Default)]
-pub struct SocConfig {
-    /// Store.
-    pub store: StoreConfig,
-    /// HTTP server.
-    pub http: Option<HttpConfig>,
-    /// Webhook receivers.
-    pub webhooks: Vec<Receiver>,
-}
-
-impl SocConfig {
-    /// Whether any SOC sink is configured.
-    pub fn enabled(&self) -> bool {
-        self.store.path.is_some() || self.http.is_some() || !self.webhooks.is_empty()
-    }
-
-    /// Checks the sections.
-    pub fn validate(&self, origin: &str) -> Result<(), TomlError> {
-        webhook::validate(&self.webhooks, origin)?;
-        check(
-            origin,
-            "store.path",
-            self.store.path.is_some() || (self.http.is_none() && self.webhooks.is_empty()),
-            "is required by [http] and [[webhooks]] (they read from the store)",
-        )?;
-        if let Some(h) = &self.http {
-            check(
-                origin,
-                "http.token",
-                h.token.is_some() != h.token_file.is_some(),
-                "give token or token_file (exactly one)",
-            )?;
-            check(
-                origin,
-                "http.token",
-                h.token.as_ref().is_none_or(|t| t.len() >= 16),
-                "must be at least 16 characters",
-            )?;
-            check(
-                origin,
-                "http.cert_file",
-                h.cert_file.is_some() == h.key_file.is_some(),
-                "and key_file go together",
-            )?;
-        }
-        check(
-            origin,
-            "store.retention",
-            self.store.retention >= 3_600_000,
-            "must be at least 1h",
-        )
-    }
 }
 
 impl Soc {

@@ -1,11 +1,15 @@
-//! The data model of DESIGN.md: readings, commands, device kinds, findings, alerts and
+//! The data model: readings, commands, device kinds, findings, alerts and
 //! incidents. Timestamps are event time in milliseconds since the Unix epoch (UTC).
+
+pub mod attack;
+pub mod event;
+pub mod points;
+pub mod vocabulary;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Event time: milliseconds since 1970-01-01T00:00:00Z.
-pub type Ts = i64;
+pub use crate::time::Ts;
 
 /// How much a reading can be trusted, as reported by its source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -116,7 +120,7 @@ pub struct Reading {
     pub device: String,
     /// Device kind as written in the capture (unknown kinds are kept verbatim).
     pub kind: String,
-    /// Metric name (see [`crate::vocabulary`]).
+    /// Metric name (see [`crate::model::vocabulary`]).
     pub metric: String,
     /// The value; booleans are 0/1.
     pub value: f64,

@@ -3,7 +3,7 @@
 //! is untrusted input: the version, every length and every tree are checked at load,
 //! and each problem is an error naming the file.
 
-use crate::iforest::{IForestError, IsolationForest, IsolationForestValidParams};
+use crate::detect::iforest::forest::{IForestError, IsolationForest, IsolationForestValidParams};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use thiserror::Error;
@@ -225,7 +225,7 @@ impl ModelFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iforest::IsolationForestParams;
+    use crate::detect::iforest::forest::IsolationForestParams;
     use linfa::traits::Fit;
     use linfa::DatasetBase;
     use linfa::ParamGuard;

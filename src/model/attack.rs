@@ -3,8 +3,8 @@
 //! A statistical finding cannot prove intent, so each technique is the most likely
 //! reading of what the detector saw, as laid out in DESIGN.md's scenario table.
 
+use crate::model::vocabulary::MetricClass;
 use crate::model::Technique;
-use crate::vocabulary::MetricClass;
 
 /// T0814 Denial of Service.
 pub const DENIAL_OF_SERVICE: Technique = Technique {

@@ -1,0 +1,173 @@
+//! The point registry: sources intern `(site, device, metric)` into a [`PointId`] once;
+//! after that a reading is four numbers, and every device and point has an index.
+
+use crate::model::vocabulary::{self, MetricSpec};
+use crate::model::DeviceKind;
+use rustc_hash::FxHashMap;
+
+/// Index of a point (one metric of one device) in the registry.
+pub type PointId = u32;
+/// Index of a device in the registry.
+pub type DeviceId = u32;
+
+/// What the registry knows of a device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Site name.
+    pub site: String,
+    /// Device name.
+    pub name: String,
+    /// Device kind.
+    pub kind: DeviceKind,
+    /// Kind as written in the capture (differs from `kind` for unknown kinds).
+    pub kind_name: String,
+    /// Its points, in order of first appearance.
+    pub points: Vec<PointId>,
+}
+
+/// What the registry knows of a point.
+#[derive(Debug, Clone)]
+pub struct PointInfo {
+    /// Owning device.
+    pub device: DeviceId,
+    /// Metric name.
+    pub metric: String,
+    /// Vocabulary entry, if the metric is known for the device's kind.
+    pub spec: Option<&'static MetricSpec>,
+}
+
+/// Why a point could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The capture names more distinct points than the configured bound.
+    #[error("more than {0} distinct points (raise pipeline.max_points if this is real)")]
+    TooManyPoints(usize),
+}
+
+/// Interns sites, devices and points. Lookups by name allocate nothing.
+#[derive(Debug)]
+pub struct Registry {
+    devices: Vec<DeviceInfo>,
+    points: Vec<PointInfo>,
+    by_name: FxHashMap<String, FxHashMap<String, DeviceId>>,
+    max_points: usize,
+}
+
+impl Registry {
+    /// An empty registry that refuses to grow past `max_points` points.
+    pub fn new(max_points: usize) -> Self {
+        Self {
+            devices: Vec::new(),
+            points: Vec::new(),
+            by_name: FxHashMap::default(),
+            max_points,
+        }
+    }
+
+    /// The point for `(site, device, metric)`, registering it (and its device) if new. A
+    /// device keeps the kind it was first seen with.
+    pub fn intern(
+        &mut self,
+        site: &str,
+        device: &str,
+        kind: &str,
+        metric: &str,
+    ) -> Result<PointId, RegistryError> {
+        let dev = self.intern_device(site, device, kind)?;
+        let info = &self.devices[dev as usize];
+        if let Some(&p) = info
+            .points
+            .iter()
+            .find(|&&p| self.points[p as usize].metric == metric)
+        {
+            return Ok(p);
+        }
+        if self.points.len() >= self.max_points {
+            return Err(RegistryError::TooManyPoints(self.max_points));
+        }
+        let id = self.points.len() as PointId;
+        let spec = vocabulary::lookup(info.kind, metric);
+        self.points.push(PointInfo {
+            device: dev,
+            metric: metric.to_owned(),
+            spec,
+        });
+        self.devices[dev as usize].points.push(id);
+        Ok(id)
+    }
+
+    /// The device for `(site, device)`, registering it if new. An empty `kind` (a device
+    /// named only by a command so far) is replaced by the kind of its first reading.
+    pub fn intern_device(
+        &mut self,
+        site: &str,
+        device: &str,
+        kind: &str,
+    ) -> Result<DeviceId, RegistryError> {
+        if let Some(&d) = self.by_name.get(site).and_then(|m| m.get(device)) {
+            // A device first named by a command learns its kind from its first reading.
+            let info = &mut self.devices[d as usize];
+            if info.kind_name.is_empty() && !kind.is_empty() {
+                info.kind = DeviceKind::parse(kind);
+                info.kind_name = kind.to_owned();
+            }
+            return Ok(d);
+        }
+        if self.devices.len() >= self.max_points {
+            return Err(RegistryError::TooManyPoints(self.max_points));
+        }
+        let id = self.devices.len() as DeviceId;
+        self.devices.push(DeviceInfo {
+            site: site.to_owned(),
+            name: device.to_owned(),
+            kind: DeviceKind::parse(kind),
+            kind_name: kind.to_owned(),
+            points: Vec::new(),
+        });
+        self.by_name
+            .entry(site.to_owned())
+            .or_default()
+            .insert(device.to_owned(), id);
+        Ok(id)
+    }
+
+    /// A device by id.
+    pub fn device(&self, id: DeviceId) -> &DeviceInfo {
+        &self.devices[id as usize]
+    }
+
+    /// A point by id.
+    pub fn point(&self, id: PointId) -> &PointInfo {
+        &self.points[id as usize]
+    }
+
+    /// All devices, indexed by id.
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// Number of points.
+    pub fn point_count(&self) -> usize {
+        self.points.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_stable_and_bounded() {
+        let mut reg = Registry::new(2);
+        let a = reg.intern("s", "chiller-1", "chiller", "flow_lps").unwrap();
+        assert_eq!(reg.intern("s", "chiller-1", "chiller", "flow_lps"), Ok(a));
+        assert!(reg.point(a).spec.is_some());
+        let b = reg.intern("s", "chiller-1", "chiller", "made_up").unwrap();
+        assert!(reg.point(b).spec.is_none());
+        assert_eq!(
+            reg.intern("s", "chiller-1", "chiller", "third"),
+            Err(RegistryError::TooManyPoints(2))
+        );
+    }
+}
