@@ -1,7 +1,7 @@
 //! One line of a JSONL capture.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wattchdog::feature::Registry;
+use wattchdog::model::points::Registry;
 use wattchdog::source::jsonl::parse_line;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use wattchdog::feature::Registry;
+use wattchdog::model::points::Registry;
 use wattchdog::source::pcap::PcapSource;
 use wattchdog::source::CaptureSource;
 use wattchdog::Config;
