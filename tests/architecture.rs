@@ -350,6 +350,28 @@ fn src_follows_the_flow_and_has_no_import_cycle() {
     assert!(v.is_empty(), "forbidden imports:\n  {}", v.join("\n  "));
 }
 
+#[test]
+fn src_top_level_stays_small() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let top: Vec<String> = std::fs::read_dir(&src)
+        .expect("src")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        top.len() <= 8,
+        "{} files at the top of src/: {top:?}",
+        top.len()
+    );
+    let main = std::fs::read_to_string(src.join("main.rs")).expect("main.rs");
+    assert!(
+        main.lines().count() < 200,
+        "main.rs has {} lines",
+        main.lines().count()
+    );
+}
+
 #[cfg(test)]
 mod checker {
     use super::*;

@@ -8,12 +8,17 @@
 //! 40 simulated minutes after a 150-minute warm-up (at 100×: the first within two
 //! minutes of the start, then every 24 s).
 
+use crate::app::cli::DemoArgs;
+use crate::app::{runtime, stop_signal, Summary};
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::sim::{self, Facility, Intensity, SimOptions, Simulator};
 use crate::time::{format_ts, Clock};
+use anyhow::Context;
 use rand::Rng;
+use serde::Serialize;
 use std::collections::BTreeSet;
+use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -67,7 +72,7 @@ pub type Scheduled = (String, String, String);
 
 /// Runs the demo until `shutdown` resolves; `on_ready` gets the dashboard URL (with the
 /// token) and the attack schedule in wall-clock time.
-pub async fn run(
+pub async fn serve(
     opts: DemoOptions,
     on_ready: &mut dyn FnMut(&str, &[Scheduled]),
     on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
@@ -165,9 +170,77 @@ pub async fn run(
     info!(config = %origin, "demo configured");
     let url = format!("http://{}/#token={token}", opts.listen);
     on_ready(&url, &schedule);
-    let result = crate::app::run::run(&cfg, &opts.dir, &origin, on_output, shutdown).await;
+    let result = crate::app::run::live(&cfg, &opts.dir, &origin, on_output, shutdown).await;
     served.abort();
     published.abort();
     result?;
     Ok(())
+}
+/// How a demo ended (it prints as it goes; nothing more to say).
+#[derive(Debug, Serialize)]
+pub struct DemoSummary {
+    /// Distinct alerts raised.
+    pub alerts: usize,
+}
+
+impl fmt::Display for DemoSummary {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Ok(())
+    }
+}
+
+impl Summary for DemoSummary {}
+
+/// `wattchdog demo`: prints the dashboard link, the attack schedule and each new alert.
+pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
+    let intensity = crate::sim::Intensity::parse(&a.intensity)
+        .with_context(|| format!("--intensity {:?}: use subtle or obvious", a.intensity))?;
+    let mqtt_kinds = match a.mqtt_kinds.trim() {
+        "none" | "" => Vec::new(),
+        list => list.split(',').map(|k| k.trim().to_owned()).collect(),
+    };
+    let (dir, temporary) = match &a.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("wattchdog-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let opts = DemoOptions {
+        speed: a.speed,
+        listen: a.listen.clone(),
+        mqtt_kinds,
+        variant: a.variant.clone(),
+        seed: a.seed,
+        intensity,
+        dir: dir.clone(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let result = runtime()?.block_on(serve(
+        opts,
+        &mut |url, schedule| {
+            println!("wattchdog demo: dashboard at {url}");
+            println!("(the token is in the link; Ctrl-C stops)\nattacks (wall-clock time):");
+            for (at, scenario, devices) in schedule {
+                println!("  {at}  {scenario} on {devices}");
+            }
+        },
+        &mut |o| {
+            if let crate::correlate::Output::Alert(al) = o {
+                if seen.insert(al.id.clone()) {
+                    println!(
+                        "alert {:?} {} {}: {}",
+                        al.severity, al.device, al.detector, al.summary
+                    );
+                }
+            }
+            Ok(())
+        },
+        stop_signal(),
+    ));
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result?;
+    Ok(DemoSummary { alerts: seen.len() })
 }

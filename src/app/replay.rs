@@ -1,17 +1,27 @@
 //! Replay of captures through the pipeline: several files merged by event time, as fast
 //! as the machine goes or paced at a multiple of real time, with a report.
 
+use crate::app::cli::ReplayArgs;
+use crate::app::{create, load_config, Summary};
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::event::Event;
 use crate::model::Ts;
 use crate::pipeline::Pipeline;
+use crate::report::eval::{load_labels, LabelWindow, Score};
+use crate::report::html::{self, Context as HtmlContext, FileDigest};
 pub use crate::report::ReplayReport;
+use crate::sink::AlertJsonl;
 use crate::source::csv::WideMapping;
 use crate::source::{
     open_capture, ByteCounter, CaptureSource, FileStats, OpenOptions, SourceError,
 };
 use crate::time::format_ts;
+use anyhow::Context;
+use serde::Serialize;
+use std::fmt;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::Path;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -244,4 +254,149 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+/// `wattchdog replay`'s summary: the report (the human text goes to standard error,
+/// beside alerts on standard output).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ReplaySummary(pub ReplayReport);
+
+impl fmt::Display for ReplaySummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.render())
+    }
+}
+
+impl Summary for ReplaySummary {
+    fn human_to_stderr(&self) -> bool {
+        true
+    }
+
+    fn exit_code(&self) -> u8 {
+        u8::from(!self.0.errors.is_empty())
+    }
+}
+
+/// `wattchdog replay`: alerts to `--alerts` or standard output, the report where asked.
+/// `None` when the reader of standard output hung up (`| head`): not an error.
+pub fn run(a: ReplayArgs) -> anyhow::Result<Option<ReplaySummary>> {
+    let cfg = load_config(a.config.as_deref())?;
+    let mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
+    let opts = ReplayOptions {
+        inputs: a.files.clone(),
+        mapping,
+        speed: a.speed.filter(|s| *s > 0.0),
+        progress: !a.no_progress && io::stderr().is_terminal(),
+        keep_scores: a.report_html.is_some(),
+    };
+    let out: Option<Box<dyn Write>> = match (&a.alerts, a.json) {
+        (Some(p), _) => Some(Box::new(create(p)?)),
+        (None, false) => Some(Box::new(BufWriter::new(io::stdout().lock()))),
+        (None, true) => None,
+    };
+    let mut sink = out.map(AlertJsonl::new);
+    let result = replay(&cfg, &opts, &mut |o| match &mut sink {
+        Some(s) => s.handle(o),
+        None => Ok(()),
+    });
+    if let Err(ReplayError::Output(e)) = &result {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            return Ok(None);
+        }
+    }
+    let report = result?;
+    if let Some(s) = &mut sink {
+        match s.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(None),
+            r => r.context("cannot write alerts")?,
+        }
+    }
+    if let Some(p) = &a.report {
+        serde_json::to_writer_pretty(create(p)?, &report).context("cannot write the report")?;
+    }
+    if let Some(p) = &a.report_html {
+        let labels = sidecar_labels(&a.files);
+        let source = HtmlSource {
+            cfg: &cfg,
+            config_path: a.config.as_deref(),
+            opts: &opts,
+        };
+        write_html_report(p, &source, &report, labels, None, 0)?;
+    }
+    Ok(Some(ReplaySummary(report)))
+}
+
+/// The labelled windows of the captures' sidecars that exist and read cleanly (a report
+/// without labels is still a report).
+pub fn sidecar_labels(files: &[PathBuf]) -> Vec<LabelWindow> {
+    let mut out = Vec::new();
+    for f in files {
+        let path = crate::sim::labels_path(f);
+        if path.exists() {
+            match load_labels(&path) {
+                Ok((labels, _)) => out.extend(labels),
+                Err(e) => eprintln!("warning: labels not drawn: {e}"),
+            }
+        }
+    }
+    out
+}
+
+/// What a replay read: the config and the captures, for the HTML report's digests and
+/// its second read of the incidents' telemetry.
+pub struct HtmlSource<'a> {
+    /// The config used.
+    pub cfg: &'a Config,
+    /// Its file, if not the defaults.
+    pub config_path: Option<&'a Path>,
+    /// The replay's options (captures, mapping).
+    pub opts: &'a ReplayOptions,
+}
+
+/// Writes the HTML report of a replay: digests the captures and the config, reads the
+/// captures again for the incidents' telemetry, renders.
+pub fn write_html_report(
+    path: &Path,
+    source: &HtmlSource<'_>,
+    report: &ReplayReport,
+    labels: Vec<LabelWindow>,
+    score: Option<Score>,
+    grace: i64,
+) -> anyhow::Result<()> {
+    let digest = |p: &Path| -> anyhow::Result<(u64, String)> {
+        let bytes = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let sha = crate::app::train::sha256_file(p)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        Ok((bytes, sha))
+    };
+    let mut files = Vec::new();
+    for f in &source.opts.inputs {
+        let (bytes, sha256) = digest(f)?;
+        files.push(FileDigest {
+            name: f.display().to_string(),
+            bytes,
+            sha256,
+        });
+    }
+    let config = match source.config_path {
+        Some(p) => format!("{} (sha256 {})", p.display(), digest(p)?.1),
+        None => "built-in defaults".to_owned(),
+    };
+    let how = OpenOptions::from_config(source.cfg, source.opts.mapping.clone());
+    let telemetry = html::gather(report, &source.opts.inputs, &how)?;
+    let ctx = HtmlContext {
+        files,
+        config,
+        labels,
+        score,
+        grace,
+        generated: format!(
+            "generated {} by wattchdog {}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+            env!("CARGO_PKG_VERSION")
+        ),
+    };
+    let html = html::render(report, &ctx, &telemetry, &report.scores);
+    std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -5,17 +5,23 @@
 //! event-time clock even when nothing arrives, so a device that falls silent is judged
 //! by the staleness detector while it is silent, not when it speaks again.
 
+use crate::app::cli::RunArgs;
 use crate::app::soc::Soc;
+use crate::app::{runtime, stop_signal, Summary};
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::model::event::Event;
 use crate::model::{Reading, Ts};
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::sink::AlertJsonl;
 use crate::source::modbus::{Collector, DeviceCounts, PollSettings};
 use crate::source::mqtt::{self, MqttCounts, MqttStats};
 use crate::tomlfile::TomlError;
+use anyhow::Context;
 use serde::Serialize;
+use std::fmt;
 use std::future::Future;
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
@@ -80,7 +86,7 @@ pub struct RunReport {
 /// Runs the configured collectors through the pipeline until `shutdown` resolves,
 /// handing every alert and incident to `on_output`. `base` is the config's directory
 /// (for register-map files), `origin` its name (for errors).
-pub async fn run(
+pub async fn live(
     cfg: &Config,
     base: &Path,
     origin: &str,
@@ -315,4 +321,101 @@ fn push(p: &mut Pipeline, r: Reading, out: &mut Vec<Output>) -> bool {
         }
         Err(_) => false,
     }
+}
+/// What a run did (the human line goes to standard error).
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    /// Alert snapshots written.
+    pub alerts: u64,
+    /// The counters.
+    #[serde(flatten)]
+    pub report: RunReport,
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let devices = &self.report.devices;
+        let requests: u64 = devices.iter().map(|d| d.requests).sum();
+        let failed: u64 = devices
+            .iter()
+            .map(|d| d.timeouts + d.transport_errors)
+            .sum();
+        writeln!(
+            f,
+            "run: {} devices, {requests} requests ({failed} failed), {} readings, {} alerts",
+            devices.len(),
+            self.report.pipeline.readings,
+            self.alerts
+        )
+    }
+}
+
+impl Summary for RunSummary {
+    fn human_to_stderr(&self) -> bool {
+        true
+    }
+}
+
+/// `wattchdog run`: alerts to `--alerts`, `[sinks] alerts` or standard output.
+pub fn run(a: RunArgs) -> anyhow::Result<RunSummary> {
+    let cfg = Config::load(&a.config)?;
+    let base = a
+        .config
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let origin = a.config.display().to_string();
+    let duration = a
+        .duration
+        .as_deref()
+        .map(crate::time::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--duration")?;
+    let alerts_path = a.alerts.clone().or_else(|| cfg.sinks.alerts.clone());
+    let out: Box<dyn Write> = match &alerts_path {
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        None => Box::new(io::stdout().lock()),
+    };
+    let mut sink = AlertJsonl::new(out);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let stop = async {
+            match duration {
+                Some(ms) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(ms.max(0) as u64)) => {}
+                        () = stop_signal() => {}
+                    }
+                }
+                None => stop_signal().await,
+            }
+        };
+        live(
+            &cfg,
+            &base,
+            &origin,
+            &mut |o| {
+                sink.handle(o)?;
+                sink.flush()
+            },
+            stop,
+        )
+        .await
+    })?;
+    sink.flush()?;
+    if let Some(p) = &a.report {
+        std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(RunSummary {
+        alerts: sink.written(),
+        report,
+    })
 }

@@ -9,7 +9,9 @@
 //! forest is fitted, and the alert threshold is the `quantile` of the training rows'
 //! scores. Same inputs and options give the same file, byte for byte.
 
+use crate::app::cli::{TrainArgs, TrainDetector};
 use crate::app::replay::{replay_into, ReplayError};
+use crate::app::Summary;
 use crate::config::Config;
 use crate::detect::iforest::fit::{self, FitError, FitOptions, MIN_ROWS};
 use crate::detect::iforest::forest::{IForestError, IsolationForestParams};
@@ -23,9 +25,13 @@ use crate::detect::residual::{
 use crate::detect::Detector;
 use crate::model::{DeviceKind, Ts};
 use crate::report::eval::{load_labels, EvalError};
+use crate::source::csv::WideMapping;
 use crate::source::{open_capture, ByteCounter, OpenOptions};
+use anyhow::Context;
 use linfa::ParamGuard;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -298,6 +304,92 @@ pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>())
+}
+
+/// What was trained (one line, on standard error).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct TrainSummary(pub String);
+
+impl fmt::Display for TrainSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.0)
+    }
+}
+
+impl Summary for TrainSummary {
+    fn human_to_stderr(&self) -> bool {
+        true
+    }
+}
+
+/// `wattchdog train`.
+pub fn run(a: TrainArgs) -> anyhow::Result<TrainSummary> {
+    let cfg = crate::app::load_config(a.config.as_deref())?;
+    let kind = DeviceKind::parse(&a.kind);
+    if kind.as_str() != a.kind {
+        anyhow::bail!(
+            "--kind {}: not a device kind (one of: {})",
+            a.kind,
+            DeviceKind::ALL.map(|k| k.as_str()).join(", ")
+        );
+    }
+    let mut opts = TrainOptions::new(a.files, kind);
+    opts.mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
+    opts.trees = a.trees;
+    opts.sample_size = a.sample_size;
+    opts.seed = a.seed;
+    opts.extrapolate = !a.no_extrapolate;
+    if let (Some(q), TrainDetector::Iforest) = (a.quantile, a.detector) {
+        opts.quantile = q;
+    }
+    opts.every = a.every;
+    opts.warmup_samples = a.warmup_samples;
+    opts.label_margin = crate::time::parse_duration(&a.label_margin)
+        .map_err(|e| anyhow::anyhow!("--label-margin {}: {e}", a.label_margin))?;
+    if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let write = |json: String| {
+        std::fs::write(&a.output, json + "\n")
+            .with_context(|| format!("cannot write {}", a.output.display()))
+    };
+    match a.detector {
+        TrainDetector::Iforest => {
+            let model = train(&cfg, &opts)?;
+            write(model.to_json())?;
+            let p = &model.provenance;
+            Ok(TrainSummary(format!(
+                "wrote {}: {kind} model, {} features, {} rows from {} device(s) ({} labelled rows left out), threshold {:.4} (q{})",
+                a.output.display(),
+                model.features.len(),
+                p.rows,
+                p.devices.len(),
+                p.labelled_rows_left_out,
+                model.threshold,
+                p.threshold_quantile
+            )))
+        }
+        TrainDetector::Residual => {
+            let file = train_residual(&cfg, &opts, a.quantile)?;
+            write(file.to_json())?;
+            let (m, p) = (&file.model, &file.provenance);
+            Ok(TrainSummary(format!(
+                "wrote {}: {kind} residual model over {} metrics ({} slow), {} rows from {} device(s) ({} labelled rows left out), thresholds T² {:.2} SPE {:.2} d² {:.2} (q{} × {})",
+                a.output.display(),
+                m.columns.len(),
+                m.slow.iter().filter(|&&s| s).count(),
+                p.rows,
+                p.devices.len(),
+                p.labelled_rows_left_out,
+                m.thresholds[0],
+                m.thresholds[1],
+                m.thresholds[2],
+                file.settings.quantile,
+                file.settings.margin
+            )))
+        }
+    }
 }
 
 #[cfg(test)]

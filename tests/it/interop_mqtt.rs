@@ -308,7 +308,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
         let broker = script.await;
         let _ = tx.send(broker);
     };
-    let report = wattchdog::app::run::run(&cfg, dir.path(), "t", &mut |_| Ok(()), stop)
+    let report = wattchdog::app::run::live(&cfg, dir.path(), "t", &mut |_| Ok(()), stop)
         .await
         .unwrap();
     drop(rx);

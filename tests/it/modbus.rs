@@ -210,7 +210,7 @@ async fn faults_become_bad_quality_counters_and_denial_of_view_never_a_crash() {
         }
     };
     let mut alerts: Vec<Alert> = Vec::new();
-    let report = wattchdog::app::run::run(
+    let report = wattchdog::app::run::live(
         &cfg,
         Path::new("."),
         "t",

@@ -1,0 +1,157 @@
+//! `wattchdog check-config`: validates a config file (resolving its devices' register
+//! maps and its brokers' topic maps), a wide-CSV mapping or a register map.
+
+use crate::app::cli::CheckConfigArgs;
+use crate::app::Summary;
+use crate::model::DeviceKind;
+use crate::protocol::registers::RegisterMap;
+use crate::source::csv::WideMapping;
+use crate::Config;
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One read request of a poll cycle (fields in alphabetical order, as the JSON has
+/// always had them).
+#[derive(Debug, Serialize)]
+pub struct PollRequest {
+    /// Registers or bits.
+    pub count: u16,
+    /// Modbus function code.
+    pub function: u8,
+    /// First address.
+    pub start: u16,
+}
+
+/// A Modbus device as the poller will read it.
+#[derive(Debug, Serialize)]
+pub struct PolledDevice {
+    /// Address (`host:port`).
+    pub address: String,
+    /// Device name.
+    pub name: String,
+    /// Register-map profile.
+    pub profile: String,
+    /// Read requests per poll cycle.
+    pub requests: Vec<PollRequest>,
+    /// Site.
+    pub site: String,
+    /// Unit id.
+    pub unit: u8,
+}
+
+/// The file is valid; what it sets up. JSON (`--json`): the Modbus devices' poll plans.
+#[derive(Debug, Serialize)]
+pub struct CheckSummary {
+    /// The file checked.
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// What it configures, one phrase each.
+    #[serde(skip)]
+    pub details: Vec<String>,
+    /// The Modbus devices and their read requests.
+    pub modbus: Vec<PolledDevice>,
+}
+
+impl fmt::Display for CheckSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ok", self.file.display())?;
+        if !self.details.is_empty() {
+            write!(f, ", {}", self.details.join("; "))?;
+        }
+        writeln!(f)
+    }
+}
+
+impl Summary for CheckSummary {
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
+}
+
+/// `wattchdog check-config`.
+pub fn run(a: CheckConfigArgs) -> anyhow::Result<CheckSummary> {
+    let mut summary = CheckSummary {
+        file: a.file.clone(),
+        details: Vec::new(),
+        modbus: Vec::new(),
+    };
+    if a.mapping {
+        WideMapping::load(&a.file)?;
+    } else if a.register_map {
+        let m = crate::tomlfile::load(&a.file, RegisterMap::from_toml_str)?;
+        summary.details.push(format!(
+            "profile {} ({}), {} registers",
+            m.profile,
+            m.kind,
+            m.registers.len()
+        ));
+    } else {
+        check_config(&a.file, &mut summary)?;
+    }
+    Ok(summary)
+}
+
+fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
+    let cfg = Config::load(file)?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let origin = file.display().to_string();
+    let devices = cfg.modbus.resolve(base, &origin)?;
+    let brokers = cfg.mqtt.resolve(base, &origin)?;
+    summary.modbus = devices
+        .iter()
+        .map(|d| PolledDevice {
+            address: d.address.clone(),
+            name: d.name.clone(),
+            profile: d.map.profile.clone(),
+            requests: d
+                .requests
+                .iter()
+                .map(|r| PollRequest {
+                    count: r.count,
+                    function: r.function(),
+                    start: r.start,
+                })
+                .collect(),
+            site: d.site.clone(),
+            unit: d.unit,
+        })
+        .collect();
+    let parts = &mut summary.details;
+    let forests: Vec<String> = DeviceKind::ALL
+        .iter()
+        .filter_map(|&k| {
+            cfg.models
+                .get(k)
+                .as_ref()
+                .map(|m| format!("{k} ({})", m.origin))
+        })
+        .collect();
+    if !forests.is_empty() {
+        parts.push(format!("iforest models: {}", forests.join(", ")));
+    }
+    if !devices.is_empty() {
+        let requests: usize = devices.iter().map(|d| d.requests.len()).sum();
+        parts.push(format!(
+            "{} Modbus devices, {} read requests per poll cycle",
+            devices.len(),
+            requests
+        ));
+        let ports: Vec<String> = cfg.wire.ports().iter().map(u16::to_string).collect();
+        parts.push(format!(
+            "packet captures: Modbus on TCP ports {}",
+            ports.join(", ")
+        ));
+        for d in cfg.wire.unmatched() {
+            eprintln!("warning: {d}: a host name, which packet captures cannot be matched to; give its IP address");
+        }
+    }
+    for b in &brokers {
+        parts.push(format!(
+            "MQTT {} subscribing to {}",
+            b.cfg.url,
+            b.map.filters().join(" ")
+        ));
+    }
+    Ok(())
+}
