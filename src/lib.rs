@@ -10,7 +10,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`model`]: readings, commands, findings, alerts, incidents (DESIGN.md's data model).
+//! - [`model`]: readings, commands, findings, alerts, incidents (the design's data model).
 //! - [`vocabulary`]: the metric vocabulary as a typed table with physical limits.
 //! - [`time`]: event-time parsing (fast RFC 3339) and durations.
 //! - [`config`]: `wattchdog.toml`, validated, with per-kind detector overrides.

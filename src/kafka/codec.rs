@@ -1,5 +1,5 @@
 //! Telemetry records on the wire: the key is the site (so a site's readings land in one
-//! partition, in order), the value a chunk of capture JSONL (DESIGN.md's reading lines),
+//! partition, in order), the value a chunk of capture JSONL (the design's reading lines),
 //! so anything that reads captures can read the topic and the record is parsed by the
 //! same, fuzzed, line parser. A record from another producer is untrusted: each bad
 //! line is counted with its reason and skipped; the rest of the record is kept.

@@ -1,7 +1,7 @@
 //! MITRE ATT&CK for ICS techniques used by the detectors and the correlator.
 //!
 //! A statistical finding cannot prove intent, so each technique is the most likely
-//! reading of what the detector saw, as laid out in DESIGN.md's scenario table.
+//! reading of what the detector saw, as laid out in the design's scenario table.
 
 use crate::model::vocabulary::MetricClass;
 use crate::model::Technique;

@@ -108,7 +108,7 @@ impl fmt::Display for DeviceKind {
     }
 }
 
-/// One measured value, as in DESIGN.md.
+/// One measured value, as in docs/design.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     /// Event time.
@@ -222,7 +222,7 @@ pub enum AlertStatus {
     Closed,
 }
 
-/// An alert, in the DESIGN.md schema plus `status`, `kind`, `last_seen` and `findings`.
+/// An alert, in the design's schema plus `status`, `kind`, `last_seen` and `findings`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {
     /// Deterministic id: the same capture always gives the same ids.

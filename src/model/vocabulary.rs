@@ -1,4 +1,4 @@
-//! The metric vocabulary of DESIGN.md as a typed table.
+//! The metric vocabulary of docs/design.md as a typed table.
 //!
 //! Each known metric has a class (analog, boolean, setpoint), a unit and generous
 //! *physical* limits: values no healthy sensor of that kind can report anywhere, whatever
@@ -63,7 +63,7 @@ const fn m(
 use DeviceKind::{Chiller, Crah, Env, GridMeter, Pdu, Ups};
 use MetricClass::{Analog as A, Boolean as B, Setpoint as S};
 
-/// Every metric of DESIGN.md's vocabulary.
+/// Every metric of the design's vocabulary.
 pub const VOCABULARY: &[MetricSpec] = &[
     m(Ups, "input_voltage_v", "V", A, 0.0, 1_000.0, INF),
     m(Ups, "input_frequency_hz", "Hz", A, 0.0, 70.0, INF),

@@ -446,7 +446,7 @@ impl Request<'_> {
         }
     }
 
-    /// Values written, as DESIGN.md's `Command.values`: register words, or 0/1 per coil.
+    /// Values written, as the design's `Command.values`: register words, or 0/1 per coil.
     /// Empty for requests that write nothing.
     pub fn written(&self) -> Vec<u16> {
         match self {

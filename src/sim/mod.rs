@@ -866,7 +866,7 @@ pub(crate) struct CaptureWriter {
     ts_text: (Ts, String),
 }
 
-/// A `command` line of the capture format (DESIGN.md).
+/// A `command` line of the capture format (docs/design.md).
 #[derive(Serialize)]
 struct CommandLine<'a> {
     #[serde(serialize_with = "crate::time::serde_ts::serialize")]

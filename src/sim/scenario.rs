@@ -1,11 +1,11 @@
-//! Attack scenarios (DESIGN.md's table) and their schedule.
+//! Attack scenarios (the design's table) and their schedule.
 
 use super::facility::Facility;
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::Serialize;
 
-/// Every scenario the simulator can stage, in DESIGN.md's order.
+/// Every scenario the simulator can stage, in the design's order.
 pub const SCENARIOS: [&str; 11] = [
     "chiller-setpoint-tamper",
     "chiller-sensor-spoof",

@@ -1,5 +1,6 @@
-//! Sinks: where alerts and incidents go. For now, alert JSONL (stdout or a file); the
-//! durable store, webhooks and the live stream build on the same [`Output`] events.
+//! Sinks: where alerts and incidents go. Alert JSONL (stdout or a file) is here; the
+//! durable store and the webhook outbox are below; the SOC surface (`app::soc`) and the
+//! Kafka alerts topic consume the same [`Output`] events.
 
 pub mod store;
 pub mod webhook;
@@ -8,7 +9,7 @@ use crate::correlate::Output;
 use std::io::{self, Write};
 
 /// Writes each alert snapshot (opened, escalated, closed) as one JSON line in the
-/// DESIGN.md alert schema. Consumers key on `id`: the last line of an id is its state.
+/// alert schema of docs/design.md. Consumers key on `id`: the last line of an id is its state.
 pub struct AlertJsonl<W: Write> {
     out: W,
     written: u64,

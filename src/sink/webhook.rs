@@ -3,7 +3,7 @@
 //! - Receivers filter what they get: sites, device kinds, minimum severity, techniques.
 //! - An alert snapshot is queued in the same transaction that stores it, so a crash never
 //!   loses a delivery that was due; the worker sends what is due, oldest first.
-//! - Headers (DESIGN.md): `X-Wattchdog-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret,
+//! - Headers (docs/design.md): `X-Wattchdog-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret,
 //!   "<t>.<body>")>` and `Idempotency-Key: <alert id>`; optionally the Standard Webhooks
 //!   headers. A receiver may see an alert twice (at least once), always with the same key.
 //! - Failures retry with exponential backoff and jitter until `max_age`; then the

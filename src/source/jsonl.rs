@@ -1,4 +1,4 @@
-//! Canonical JSONL captures: one reading or command object per line (DESIGN.md).
+//! Canonical JSONL captures: one reading or command object per line (docs/design.md).
 //!
 //! Strings are borrowed from the line buffer, the timestamp is parsed without
 //! allocation, and the point is interned before the line buffer is reused, so a reading
