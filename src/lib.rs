@@ -1,48 +1,32 @@
 //! wattchdog detects cyber-physical attacks on the power, cooling and grid telemetry of
 //! data centres: UPS units, chillers, CRAHs, PDUs and the grid interconnect meter.
 //!
-//! Every source feeds one pipeline, driven by event time:
+//! Every source feeds one pipeline, driven by event time; data flows one way:
 //!
 //! ```text
-//! capture files ───────────────► source ─┐
-//!                                        ├► Event ─► pipeline (reorder buffer → features → detectors) ─► correlator ─► sinks
-//! Modbus poller, MQTT subscriber ─► live ─┘
+//! captures, Modbus poller, MQTT subscriber, Kafka ─► Event ─► pipeline (reorder buffer →
+//!   features → detectors) ─► correlator ─► sinks (JSONL, store, webhooks, SSE, metrics)
 //! ```
 //!
 //! # Layout
-//! - [`model`]: readings, commands, findings, alerts, incidents (the design's data model).
-//! - [`vocabulary`]: the metric vocabulary as a typed table with physical limits.
-//! - [`time`]: event-time parsing (fast RFC 3339) and durations.
-//! - [`config`]: `wattchdog.toml`, validated, with per-kind detector overrides.
-//! - [`tomlfile`]: reading people-written TOML with errors that name file, key and line.
-//! - [`source`]: capture readers (JSONL, CSV long and wide; gzip and zstd) and bad-line
-//!   accounting.
-//! - [`feature`]: the registry of points and per-point feature state; frames.
-//! - [`detect`]: the `Detector` trait and one module per detector family.
-//! - [`attack`]: MITRE ATT&CK for ICS techniques.
-//! - [`protocol`]: Modbus register maps and the codec both ways, built-in profiles, read
-//!   plans, device images; MQTT topic maps and Sparkplug B (no I/O).
-//! - [`collect`]: live collectors (the Modbus TCP poller, the MQTT subscriber).
-//! - [`broker`]: the embedded MQTT broker for the demo and tests.
-//! - [`live`]: `run` — collectors into the pipeline on the event-time clock.
+//! - [`model`]: readings, commands, events, the point registry, alerts, incidents, the
+//!   metric vocabulary, ATT&CK for ICS techniques.
+//! - [`protocol`]: Modbus register maps and codec, read plans, MQTT topic maps, Sparkplug B
+//!   (no I/O).
+//! - [`source`]: capture readers (JSONL, CSV, pcap) and live collectors (Modbus, MQTT).
+//! - [`feature`]: per-point running statistics and per-device frames.
 //! - [`pipeline`]: reorder buffer, watermark, frames, ticks: the one pipeline.
+//! - [`detect`]: the `Detector` trait and one module per detector, each with its parameters.
 //! - [`correlate`]: findings → alerts → incidents.
-//! - [`sink`]: alert outputs.
-//! - [`store`]: the durable store (SQLite, WAL): alerts, incidents, acks, webhook outbox.
-//! - [`soc`]: the live SOC sinks: store, HTTP API and dashboard, SSE, metrics, webhooks.
-//! - [`http`]: the API, the stream and the dashboard page.
-//! - [`webhook`]: signed webhook delivery from the outbox.
-//! - [`replay`]: replay of captures with a report.
-//! - [`report_html`]: the self-contained HTML report of a replay or an evaluation.
-//! - [`eval`]: scoring alerts against labels.
-//! - [`sim`]: a simulated facility with scheduled attacks, writing labelled captures or
-//!   serving its devices over Modbus TCP or publishing them to MQTT.
-//! - [`demo`]: `wattchdog demo`, the whole system on one machine.
-//! - [`iforest`]: the isolation forest, written as a linfa algorithm.
-//! - [`model_file`]: versioned model files, checked as untrusted input.
-//! - [`vectors`]: per-kind feature vectors of a device against its own baseline.
-//! - [`train`]: `wattchdog train`, fitting a kind's forest on normal captures.
-//! - [`cli`]: the command line.
+//! - [`sink`]: alert JSONL, the durable store, the webhook outbox.
+//! - [`http`]: the API, the live stream, metrics and the dashboard.
+//! - [`config`]: `wattchdog.toml`, composed of the components' parameters.
+//! - [`report`]: the replay report, scoring against labels, the HTML report.
+//! - [`sim`]: a simulated facility with scheduled attacks.
+//! - [`kafka`]: many sites over Kafka (edge forwarder, central consumer group).
+//! - [`app`]: one module per command.
+//! - [`time`]: event-time parsing and durations.
+//! - [`tomlfile`]: people-written TOML, with errors that name file, key and line.
 
 pub mod app;
 pub mod config;

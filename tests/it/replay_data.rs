@@ -62,7 +62,7 @@ fn replay_of_a_bundled_capture_reports_and_alerts() {
         (Some(0), Some(0))
     );
     assert!(r["readings"].as_u64().unwrap() > 1_000_000);
-    // Every line of the alert stream is an alert in the DESIGN.md schema.
+    // Every line of the alert stream is an alert in the design's schema.
     let text = std::fs::read_to_string(&alerts).unwrap();
     assert!(!text.is_empty());
     for line in text.lines() {
