@@ -115,26 +115,13 @@ pub enum TrainError {
     /// A labels sidecar is malformed.
     #[error(transparent)]
     Labels(#[from] EvalError),
-    /// The kind has no feature definition.
-    #[error("{0} devices have no feature definition; nothing to train")]
-    NoFeatures(DeviceKind),
-    /// Too little data.
-    #[error("only {rows} feature rows of {kind} devices (need at least {need}): longer captures, or devices of that kind, are needed")]
-    TooFewRows {
-        /// Kind.
-        kind: DeviceKind,
-        /// Rows found.
-        rows: usize,
-        /// Rows needed.
-        need: usize,
-    },
     /// An option out of range.
     #[error("{0}")]
     Options(String),
     /// Invalid forest parameters.
     #[error(transparent)]
     Params(#[from] IForestError),
-    /// Fitting failed.
+    /// Too little data, no feature definition, or fitting failed.
     #[error(transparent)]
     Fit(#[from] FitError),
 }
@@ -148,7 +135,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<ModelFile, TrainError>
         )));
     }
     // Options are checked before the (long) replay.
-    vectors::for_kind(opts.kind).ok_or(TrainError::NoFeatures(opts.kind))?;
+    vectors::for_kind(opts.kind).ok_or(FitError::NoFeatures(opts.kind))?;
     IsolationForestParams::default()
         .n_trees(opts.trees)
         .sample_size(opts.sample_size)
@@ -243,11 +230,12 @@ pub fn train_residual(
     })?;
     let rows = rec.rows();
     if rows < MIN_ROWS {
-        return Err(TrainError::TooFewRows {
+        return Err(FitError::TooFewRows {
             kind: opts.kind,
             rows,
             need: MIN_ROWS,
-        });
+        }
+        .into());
     }
     let model = residual::fit_recorded(&rec, &p).ok_or_else(|| {
         TrainError::Options(format!(
