@@ -71,7 +71,7 @@ fn wire(c: &mut Criterion) {
                 vec![Box::new(src)],
                 None,
                 &mut |_| {},
-                &mut |_| Ok(()),
+                &mut wattchdog::sink::discard(),
             )
             .expect("replays")
             .alerts

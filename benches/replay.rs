@@ -45,8 +45,7 @@ fn end_to_end(c: &mut Criterion) {
                         1 << 20,
                     ));
                     let mut sink = AlertJsonl::new(std::io::sink());
-                    replay_sources(&cfg, vec![src], None, &mut |_| {}, &mut |o| sink.handle(o))
-                        .expect("replays")
+                    replay_sources(&cfg, vec![src], None, &mut |_| {}, &mut sink).expect("replays")
                 },
                 BatchSize::LargeInput,
             )

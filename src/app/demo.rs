@@ -13,6 +13,7 @@ use crate::app::{runtime, stop_signal, Summary};
 use crate::config::Config;
 use crate::correlate::Output;
 use crate::sim::{self, Facility, Intensity, SimOptions, Simulator};
+use crate::sink::Sink;
 use crate::time::{format_ts, Clock};
 use anyhow::Context;
 use rand::Rng;
@@ -75,7 +76,7 @@ pub type Scheduled = (String, String, String);
 pub async fn serve(
     opts: DemoOptions,
     on_ready: &mut dyn FnMut(&str, &[Scheduled]),
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
     if !(opts.speed > 0.0 && opts.speed <= 1000.0) {
@@ -170,7 +171,7 @@ pub async fn serve(
     info!(config = %origin, "demo configured");
     let url = format!("http://{}/#token={token}", opts.listen);
     on_ready(&url, &schedule);
-    let result = crate::app::run::live(&cfg, &opts.dir, &origin, on_output, shutdown).await;
+    let result = crate::app::run::live(&cfg, &opts.dir, &origin, sink, shutdown).await;
     served.abort();
     published.abort();
     result?;
@@ -225,8 +226,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
                 println!("  {at}  {scenario} on {devices}");
             }
         },
-        &mut |o| {
-            if let crate::correlate::Output::Alert(al) = o {
+        &mut |o: &Output| {
+            if let Output::Alert(al) = o {
                 if seen.insert(al.id.clone()) {
                     println!(
                         "alert {:?} {} {}: {}",

@@ -7,6 +7,7 @@ use crate::app::replay::{replay, write_html_report, HtmlSource, ReplayOptions};
 use crate::app::Summary;
 use crate::model::{Alert, Ts};
 use crate::report::eval::{self, AlertView, EvalError, LabelWindow, Score};
+use crate::sink::discard;
 use crate::source::csv::WideMapping;
 use anyhow::Context;
 use serde::Serialize;
@@ -100,7 +101,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
                     progress: false,
                     keep_scores: a.report_html.is_some(),
                 };
-                let report = replay(&cfg, &opts, &mut |_| Ok(()))?;
+                let report = replay(&cfg, &opts, &mut discard())?;
                 for e in &report.errors {
                     eprintln!("warning: {e}");
                 }

@@ -11,7 +11,7 @@ use crate::pipeline::Pipeline;
 use crate::report::eval::{load_labels, LabelWindow, Score};
 use crate::report::html::{self, Context as HtmlContext, FileDigest};
 pub use crate::report::ReplayReport;
-use crate::sink::AlertJsonl;
+use crate::sink::{discard, AlertJsonl, Sink, SinkError};
 use crate::source::csv::WideMapping;
 use crate::source::{
     open_capture, ByteCounter, CaptureSource, FileStats, OpenOptions, SourceError,
@@ -54,9 +54,9 @@ pub enum ReplayError {
     /// No inputs were given.
     #[error("no capture files given")]
     NoInputs,
-    /// The output sink failed (e.g. a closed pipe).
+    /// A sink failed (e.g. a closed pipe).
     #[error("cannot write alerts: {0}")]
-    Output(#[from] std::io::Error),
+    Output(#[from] SinkError),
 }
 
 /// Keeps the latest snapshot of each id, in order of first appearance.
@@ -85,11 +85,11 @@ impl<T: Clone> Latest<T> {
     }
 }
 
-/// Replays the inputs through a fresh pipeline, handing every output to `on_output`.
+/// Replays the inputs through a fresh pipeline, handing every output to `sink`.
 pub fn replay(
     cfg: &Config,
     opts: &ReplayOptions,
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
 ) -> Result<ReplayReport, ReplayError> {
     if opts.inputs.is_empty() {
         return Err(ReplayError::NoInputs);
@@ -121,7 +121,7 @@ pub fn replay(
                 bar.set_position(counter.get());
             }
         },
-        on_output,
+        sink,
     )?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -136,9 +136,9 @@ pub fn replay_sources(
     sources: Vec<Box<dyn CaptureSource>>,
     speed: Option<f64>,
     progress: &mut dyn FnMut(u64),
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
 ) -> Result<ReplayReport, ReplayError> {
-    replay_into(cfg.build_pipeline(), sources, speed, progress, on_output)
+    replay_into(cfg.build_pipeline(), sources, speed, progress, sink)
 }
 
 /// [`replay_sources`] through a pipeline the caller built (with extra detectors, say).
@@ -147,7 +147,7 @@ pub fn replay_into(
     mut sources: Vec<Box<dyn CaptureSource>>,
     speed: Option<f64>,
     progress: &mut dyn FnMut(u64),
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
 ) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
     let mut heads: BinaryHeap<Reverse<(Ts, usize)>> = BinaryHeap::new();
@@ -162,9 +162,9 @@ pub fn replay_into(
     let mut alerts = Latest::new();
     let mut incidents = Latest::new();
     let mut outputs = Vec::new();
-    let mut handle = |outputs: &mut Vec<Output>| -> std::io::Result<()> {
+    let mut handle = |outputs: &mut Vec<Output>| -> Result<(), SinkError> {
         for o in outputs.drain(..) {
-            on_output(&o)?;
+            sink.put(&o)?;
             match o {
                 Output::Alert(a) => alerts.put(&a.id.clone(), a),
                 Output::Incident(i) => incidents.put(&i.id.clone(), i),
@@ -294,23 +294,20 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<Option<ReplaySummary>> {
         (None, false) => Some(Box::new(BufWriter::new(io::stdout().lock()))),
         (None, true) => None,
     };
-    let mut sink = out.map(AlertJsonl::new);
-    let result = replay(&cfg, &opts, &mut |o| match &mut sink {
-        Some(s) => s.handle(o),
-        None => Ok(()),
-    });
-    if let Err(ReplayError::Output(e)) = &result {
+    let mut jsonl = out.map(AlertJsonl::new);
+    let mut none = discard();
+    let sink: &mut dyn Sink = match &mut jsonl {
+        Some(s) => s,
+        None => &mut none,
+    };
+    let result = replay(&cfg, &opts, sink).and_then(|r| Ok((r, sink.flush()?)));
+    // A reader that stops early (`| head`) is not an error worth a message.
+    if let Err(ReplayError::Output(SinkError::Io(e))) = &result {
         if e.kind() == io::ErrorKind::BrokenPipe {
             return Ok(None);
         }
     }
-    let report = result?;
-    if let Some(s) = &mut sink {
-        match s.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(None),
-            r => r.context("cannot write alerts")?,
-        }
-    }
+    let (report, ()) = result?;
     if let Some(p) = &a.report {
         serde_json::to_writer_pretty(create(p)?, &report).context("cannot write the report")?;
     }

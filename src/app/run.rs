@@ -13,7 +13,7 @@ use crate::correlate::Output;
 use crate::model::event::Event;
 use crate::model::{Reading, Ts};
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::sink::AlertJsonl;
+use crate::sink::{AlertJsonl, Fanout, Sink, SinkError};
 use crate::source::modbus::{Collector, DeviceCounts, PollSettings};
 use crate::source::mqtt::{self, MqttCounts, MqttStats};
 use crate::tomlfile::TomlError;
@@ -40,7 +40,7 @@ pub enum RunError {
     NoSources(String),
     /// A sink failed.
     #[error("writing output: {0}")]
-    Io(#[from] std::io::Error),
+    Sink(#[from] SinkError),
     /// The store, HTTP server or webhooks could not start.
     #[error(transparent)]
     Soc(#[from] crate::app::soc::SocError),
@@ -84,13 +84,13 @@ pub struct RunReport {
 }
 
 /// Runs the configured collectors through the pipeline until `shutdown` resolves,
-/// handing every alert and incident to `on_output`. `base` is the config's directory
+/// handing every alert and incident to the SOC sinks (when configured), then to `sink`. `base` is the config's directory
 /// (for register-map files), `origin` its name (for errors).
 pub async fn live(
     cfg: &Config,
     base: &Path,
     origin: &str,
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
     let mut soc = if cfg.soc.enabled() {
@@ -102,9 +102,9 @@ pub async fn live(
         info!(%addr, "dashboard at http://{addr}/");
     }
     let result = if cfg.kafka.consume {
-        central(cfg, origin, &soc, on_output, shutdown).await
+        central(cfg, origin, &soc, sink, shutdown).await
     } else {
-        collect(cfg, base, origin, &mut soc, on_output, shutdown).await
+        collect(cfg, base, origin, &mut soc, sink, shutdown).await
     };
     if let Some(s) = soc {
         s.stop().await;
@@ -117,7 +117,7 @@ async fn collect(
     base: &Path,
     origin: &str,
     soc: &mut Option<Soc>,
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
     if cfg.kafka.used() && !cfg!(feature = "kafka") {
@@ -195,7 +195,7 @@ async fn collect(
             }
             () = &mut shutdown => break,
         }
-        emit(&mut outputs, soc.as_ref(), on_output)?;
+        emit(&mut outputs, soc.as_ref(), sink)?;
     }
     info!("stopping collectors");
     let devices = collector.stop().await;
@@ -219,7 +219,7 @@ async fn collect(
         f.flush(Duration::from_secs(30));
     }
     pipeline.finish(&mut outputs);
-    emit(&mut outputs, soc.as_ref(), on_output)?;
+    emit(&mut outputs, soc.as_ref(), sink)?;
     if dropped > 0 {
         warn!(dropped, "readings dropped: too many points");
     }
@@ -242,18 +242,17 @@ async fn central(
     cfg: &Config,
     _origin: &str,
     soc: &Option<Soc>,
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
     info!(brokers = %cfg.kafka.brokers, topic = %cfg.kafka.telemetry_topic, group = %cfg.kafka.group, "consuming");
-    let mut emit = |o: &Output| {
-        if let Some(s) = soc {
-            s.output(o)?;
-        }
-        on_output(o)
+    let mut store = soc.as_ref();
+    let mut fanout = Fanout {
+        durable: store.as_mut().map(|s| s as &mut dyn Sink),
+        rest: sink,
     };
     let (counts, pipeline) =
-        crate::kafka::central::consume(cfg.central(), &mut emit, shutdown).await?;
+        crate::kafka::central::consume(cfg.central(), &mut fanout, shutdown).await?;
     Ok(RunReport {
         pipeline,
         devices: Vec::new(),
@@ -270,7 +269,7 @@ async fn central(
     _cfg: &Config,
     origin: &str,
     _soc: &Option<Soc>,
-    _on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    _sink: &mut dyn Sink,
     _shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
     Err(RunError::NoKafka(origin.to_owned()))
@@ -293,13 +292,15 @@ fn take(batch: Vec<Reading>, soc: Option<&Soc>, p: &mut Pipeline, out: &mut Vec<
 fn emit(
     outputs: &mut Vec<Output>,
     soc: Option<&Soc>,
-    on_output: &mut dyn FnMut(&Output) -> std::io::Result<()>,
-) -> std::io::Result<()> {
+    sink: &mut dyn Sink,
+) -> Result<(), SinkError> {
+    let mut store = soc;
+    let mut fanout = Fanout {
+        durable: store.as_mut().map(|s| s as &mut dyn Sink),
+        rest: sink,
+    };
     for o in outputs.drain(..) {
-        if let Some(s) = soc {
-            s.output(&o)?;
-        }
-        on_output(&o)?;
+        fanout.put(&o)?;
     }
     Ok(())
 }
@@ -383,7 +384,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<RunSummary> {
         )),
         None => Box::new(io::stdout().lock()),
     };
-    let mut sink = AlertJsonl::new(out);
+    let mut sink = AlertJsonl::line_buffered(out);
     let rt = runtime()?;
     let report = rt.block_on(async {
         let stop = async {
@@ -401,10 +402,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<RunSummary> {
             &cfg,
             &base,
             &origin,
-            &mut |o| {
-                sink.handle(o)?;
-                sink.flush()
-            },
+            &mut sink,
             stop,
         )
         .await

@@ -12,6 +12,7 @@ use crate::http::{self, AppState};
 use crate::model::Reading;
 use crate::sink::store::Store;
 use crate::sink::webhook::{self, Receiver};
+use crate::sink::{Sink, SinkError};
 use crate::tomlfile::{check, TomlError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -74,6 +75,14 @@ pub struct Soc {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Where the HTTP server listens, if it runs.
     pub addr: Option<SocketAddr>,
+}
+
+/// The SOC surface is the durable sink of `run` and `demo`: the store commits an output
+/// (with its webhook deliveries) before the stream, the board or anything after it sees it.
+impl Sink for &Soc {
+    fn put(&mut self, o: &Output) -> Result<(), SinkError> {
+        self.output(o)
+    }
 }
 
 impl Soc {
@@ -210,7 +219,7 @@ impl Soc {
     }
 
     /// Stores an output, then streams it. An error means it was not stored.
-    pub fn output(&self, o: &Output) -> std::io::Result<()> {
+    pub fn output(&self, o: &Output) -> Result<(), SinkError> {
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         match o {
             Output::Alert(a) => {
@@ -220,7 +229,7 @@ impl Soc {
                     .filter(|r| r.wants(a))
                     .map(|r| r.name.as_str())
                     .collect();
-                store.put_alert(a, &wanted).map_err(std::io::Error::other)?;
+                store.put_alert(a, &wanted)?;
                 drop(store);
                 self.alerts
                     .get_or_create(&SeverityLabel {
@@ -237,7 +246,7 @@ impl Soc {
                 }
             }
             Output::Incident(i) => {
-                store.put_incident(i).map_err(std::io::Error::other)?;
+                store.put_incident(i)?;
                 drop(store);
                 if let Ok(text) = serde_json::to_string(i) {
                     self.state.publish("incident", text);

@@ -25,6 +25,7 @@ use crate::detect::residual::{
 use crate::detect::Detector;
 use crate::model::{DeviceKind, Ts};
 use crate::report::eval::{load_labels, EvalError};
+use crate::sink::discard;
 use crate::source::csv::WideMapping;
 use crate::source::{open_capture, ByteCounter, OpenOptions};
 use anyhow::Context;
@@ -194,7 +195,7 @@ fn record<R: Default>(
         let how = OpenOptions::from_config(cfg, opts.mapping.clone());
         let source =
             open_capture(path, &how, &ByteCounter::default()).map_err(ReplayError::from)?;
-        let report = replay_into(pipeline, vec![source], None, &mut |_| {}, &mut |_| Ok(()))?;
+        let report = replay_into(pipeline, vec![source], None, &mut |_| {}, &mut discard())?;
         if let Some(e) = report.errors.first() {
             return Err(TrainError::Io {
                 path: path.display().to_string(),

@@ -24,6 +24,7 @@ use super::logs::{Logs, Quiet};
 use crate::correlate::Output;
 use crate::model::Ts;
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::sink::{Fanout, Sink, SinkError};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
@@ -49,9 +50,12 @@ pub enum CentralError {
     /// The client could not be made or subscribed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The shared state was poisoned by a panic.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// Storing or writing an output failed.
     #[error("writing output: {0}")]
-    Io(#[from] std::io::Error),
+    Sink(#[from] SinkError),
 }
 
 /// What consuming did, for the summary at shutdown.
@@ -369,12 +373,12 @@ fn by_time<C: ConsumerContext>(
         .collect()
 }
 
-/// Consumes until `shutdown`, handing every live output to `emit` (which stores it
+/// Consumes until `shutdown`, handing every live output to `sink` (which stores it
 /// first). Returns the counts and the pipelines' counters summed over every partition
 /// held (warm-up included).
 pub async fn consume(
     cfg: Central,
-    emit: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(CentralCounts, PipelineStats), CentralError> {
     let k: KafkaConfig = cfg.kafka.clone();
@@ -528,7 +532,7 @@ pub async fn consume(
                 }
                 settle(owned);
                 drop(s);
-                deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
+                deliver(&mut out, sink, alerts.as_ref(), &k.alerts_topic)?;
             }
             _ = heartbeat.tick(), if silence.is_some() => {
                 let silence = silence.unwrap_or(Duration::MAX);
@@ -568,7 +572,7 @@ pub async fn consume(
                     counts.heartbeats += 1;
                 }
                 drop(s);
-                deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
+                deliver(&mut out, sink, alerts.as_ref(), &k.alerts_topic)?;
             }
             _ = commit_tick.tick() => {
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
@@ -589,7 +593,7 @@ pub async fn consume(
             }
         }
     }
-    deliver(&mut out, emit, alerts.as_ref(), &k.alerts_topic)?;
+    deliver(&mut out, sink, alerts.as_ref(), &k.alerts_topic)?;
     commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Sync);
     if let Some(p) = &alerts {
         let _ = rdkafka::producer::Producer::flush(p, Duration::from_secs(10));
@@ -710,29 +714,47 @@ fn commit(
     }
 }
 
-/// Stores every output (`emit`), then produces each alert to the alerts topic, if any.
+/// Hands every output to `sink` (which stores it first), then produces each alert to
+/// the alerts topic, if any.
 fn deliver(
     out: &mut Vec<Output>,
-    emit: &mut dyn FnMut(&Output) -> std::io::Result<()>,
+    sink: &mut dyn Sink,
     alerts: Option<&ThreadedProducer<Quiet>>,
     topic: &str,
-) -> std::io::Result<()> {
+) -> Result<(), SinkError> {
+    let mut topic = AlertsTopic {
+        producer: alerts,
+        topic,
+    };
+    let mut fanout = Fanout {
+        durable: Some(sink),
+        rest: &mut topic,
+    };
     for x in out.drain(..) {
-        emit(&x)?;
-        if let (Some(p), Output::Alert(a)) = (alerts, &x) {
-            publish(p, topic, a);
-        }
+        fanout.put(&x)?;
     }
     Ok(())
 }
 
-/// Produces an alert to the alerts topic keyed by its id (a SIEM deduplicates by key).
-fn publish(p: &ThreadedProducer<Quiet>, topic: &str, a: &crate::model::Alert) {
-    let Ok(body) = serde_json::to_vec(a) else {
-        return;
-    };
-    if let Err((e, _)) = p.send(BaseRecord::to(topic).key(&a.id).payload(&body)) {
-        tracing::warn!(error = %e, id = %a.id, "alert not produced");
+/// The alerts topic as a sink: each alert produced keyed by its id (a SIEM deduplicates
+/// by key). A record the producer refuses is logged, not an error: the store has it.
+struct AlertsTopic<'a> {
+    producer: Option<&'a ThreadedProducer<Quiet>>,
+    topic: &'a str,
+}
+
+impl Sink for AlertsTopic<'_> {
+    fn put(&mut self, o: &Output) -> Result<(), SinkError> {
+        let (Some(p), Output::Alert(a)) = (self.producer, o) else {
+            return Ok(());
+        };
+        let Ok(body) = serde_json::to_vec(a) else {
+            return Ok(());
+        };
+        if let Err((e, _)) = p.send(BaseRecord::to(self.topic).key(&a.id).payload(&body)) {
+            tracing::warn!(error = %e, id = %a.id, "alert not produced");
+        }
+        Ok(())
     }
 }
 

@@ -1,24 +1,100 @@
-//! Sinks: where alerts and incidents go. Alert JSONL (stdout or a file) is here; the
-//! durable store and the webhook outbox are below; the SOC surface (`app::soc`) and the
-//! Kafka alerts topic consume the same [`Output`] events.
+//! Sinks: where alerts and incidents go. Every one is a [`Sink`]; [`Fanout`] hands an
+//! output to the durable one (the store, with its webhook deliveries) before any other
+//! sees it, so nothing is reported that a crash could lose. Alert JSONL is here; the
+//! store and the webhook outbox are below; the SOC surface is `app::soc`.
 
 pub mod store;
 pub mod webhook;
 
 use crate::correlate::Output;
 use std::io::{self, Write};
+use store::StoreError;
+use thiserror::Error;
+
+/// Why a sink did not take an output.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// Writing failed (a closed pipe, a full disk).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The store did not commit it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where outputs go, in the order the pipeline made them.
+pub trait Sink {
+    /// Takes one output; an error means it was not taken (for the store: not committed).
+    fn put(&mut self, o: &Output) -> Result<(), SinkError>;
+
+    /// Makes what was taken visible (flushes buffers).
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// A closure is a sink (tests, printers, counters).
+impl<F: FnMut(&Output) -> io::Result<()>> Sink for F {
+    fn put(&mut self, o: &Output) -> Result<(), SinkError> {
+        Ok(self(o)?)
+    }
+}
+
+/// A sink that keeps nothing (training, scoring).
+pub fn discard() -> impl Sink {
+    |_: &Output| Ok(())
+}
+
+/// The sinks of one job: `durable` commits each output before `rest` sees it, and an
+/// output it refuses goes nowhere else.
+pub struct Fanout<'a> {
+    /// The store, when there is one.
+    pub durable: Option<&'a mut dyn Sink>,
+    /// Everything else, in order.
+    pub rest: &'a mut dyn Sink,
+}
+
+impl Sink for Fanout<'_> {
+    fn put(&mut self, o: &Output) -> Result<(), SinkError> {
+        if let Some(d) = self.durable.as_mut() {
+            d.put(o)?;
+        }
+        self.rest.put(o)
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        if let Some(d) = self.durable.as_mut() {
+            d.flush()?;
+        }
+        self.rest.flush()
+    }
+}
 
 /// Writes each alert snapshot (opened, escalated, closed) as one JSON line in the
 /// alert schema of docs/design.md. Consumers key on `id`: the last line of an id is its state.
 pub struct AlertJsonl<W: Write> {
     out: W,
     written: u64,
+    line_buffered: bool,
 }
 
 impl<W: Write> AlertJsonl<W> {
     /// Writes to `out` (buffer it: one `write` per alert otherwise).
     pub fn new(out: W) -> Self {
-        Self { out, written: 0 }
+        Self {
+            out,
+            written: 0,
+            line_buffered: false,
+        }
+    }
+
+    /// Writes to `out` and flushes after every alert (a live run's file is tailed).
+    pub fn line_buffered(out: W) -> Self {
+        Self {
+            line_buffered: true,
+            ..Self::new(out)
+        }
     }
 
     /// Writes the output if it is an alert.
@@ -27,6 +103,9 @@ impl<W: Write> AlertJsonl<W> {
             serde_json::to_writer(&mut self.out, a)?;
             self.out.write_all(b"\n")?;
             self.written += 1;
+            if self.line_buffered {
+                self.out.flush()?;
+            }
         }
         Ok(())
     }
@@ -35,9 +114,77 @@ impl<W: Write> AlertJsonl<W> {
     pub fn written(&self) -> u64 {
         self.written
     }
+}
 
-    /// Flushes the writer.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+impl<W: Write> Sink for AlertJsonl<W> {
+    fn put(&mut self, o: &Output) -> Result<(), SinkError> {
+        Ok(self.handle(o)?)
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(self.out.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AlertStatus, Incident, Severity};
+
+    fn incident(id: &str) -> Output {
+        Output::Incident(Incident {
+            id: id.into(),
+            site: "s".into(),
+            start: 0,
+            end: 0,
+            severity: Severity::Low,
+            alerts: Vec::new(),
+            devices: Vec::new(),
+            detectors: Vec::new(),
+            techniques: Vec::new(),
+            summary: String::new(),
+            status: AlertStatus::Open,
+        })
+    }
+
+    #[test]
+    fn the_durable_sink_sees_each_output_first_and_a_refused_one_goes_nowhere_else() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let mut store = |o: &Output| {
+            let Output::Incident(i) = o else {
+                unreachable!()
+            };
+            seen.borrow_mut().push(format!("store {}", i.id));
+            if i.id == "refused" {
+                return Err(io::Error::other("disk full"));
+            }
+            Ok(())
+        };
+        let mut rest = |o: &Output| {
+            let Output::Incident(i) = o else {
+                unreachable!()
+            };
+            seen.borrow_mut().push(format!("rest {}", i.id));
+            Ok(())
+        };
+        let mut fanout = Fanout {
+            durable: Some(&mut store),
+            rest: &mut rest,
+        };
+        fanout.put(&incident("a")).unwrap();
+        assert!(fanout.put(&incident("refused")).is_err());
+        fanout.put(&incident("b")).unwrap();
+        assert_eq!(
+            *seen.borrow(),
+            ["store a", "rest a", "store refused", "store b", "rest b"]
+        );
+    }
+
+    #[test]
+    fn alert_jsonl_writes_alerts_only_and_counts_them() {
+        let mut out = AlertJsonl::new(Vec::new());
+        out.put(&incident("i")).unwrap();
+        assert_eq!(out.written(), 0);
+        assert!(out.out.is_empty());
     }
 }

@@ -308,9 +308,10 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
         let broker = script.await;
         let _ = tx.send(broker);
     };
-    let report = wattchdog::app::run::live(&cfg, dir.path(), "t", &mut |_| Ok(()), stop)
-        .await
-        .unwrap();
+    let report =
+        wattchdog::app::run::live(&cfg, dir.path(), "t", &mut wattchdog::sink::discard(), stop)
+            .await
+            .unwrap();
     drop(rx);
     let m = &report.mqtt[0];
     assert!(m.connects >= 2, "reconnected after the restart: {m:?}");

@@ -214,7 +214,7 @@ async fn faults_become_bad_quality_counters_and_denial_of_view_never_a_crash() {
         &cfg,
         Path::new("."),
         "t",
-        &mut |o| {
+        &mut |o: &wattchdog::correlate::Output| {
             if let wattchdog::correlate::Output::Alert(a) = o {
                 alerts.push((*a).clone());
             }
