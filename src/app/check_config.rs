@@ -155,3 +155,44 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_with_a_device_says_what_it_polls_for_people_and_for_scripts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "[modbus]\nsite = \"s\"\n[[modbus.devices]]\nname = \"ups-1\"\naddress = \"10.0.0.5:502\"\nunit = 3\nprofile = \"ups-generic\"\n",
+        )
+        .unwrap();
+        let s = run(CheckConfigArgs {
+            file: file.clone(),
+            mapping: false,
+            register_map: false,
+            json: false,
+        })
+        .unwrap();
+        let text = s.to_string();
+        assert!(
+            text.starts_with(&format!("{}: ok, ", file.display())),
+            "{text}"
+        );
+        assert!(text.contains("; 1 Modbus devices, "), "{text}");
+        assert!(
+            text.contains("packet captures: Modbus on TCP ports 502"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&s.json().unwrap()).unwrap();
+        let d = &json["modbus"][0];
+        assert_eq!(
+            (d["name"].as_str(), d["unit"].as_u64()),
+            (Some("ups-1"), Some(3))
+        );
+        assert!(!d["requests"].as_array().unwrap().is_empty());
+        assert_eq!(s.exit_code(), 0);
+    }
+}
