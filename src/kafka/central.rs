@@ -21,6 +21,7 @@
 use super::codec;
 use super::config::KafkaConfig;
 use super::logs::{Logs, Quiet};
+use super::offsets::{Arrival, Offsets};
 use crate::correlate::Output;
 use crate::model::Ts;
 use crate::pipeline::{Pipeline, PipelineStats};
@@ -36,7 +37,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -84,27 +85,11 @@ pub struct CentralCounts {
     pub cold_starts: u64,
 }
 
-/// A gap in offsets is read again this many times before it is taken as real.
-const GAP_RETRIES: u32 = 3;
-/// How far back (in records) a re-read starts per try: librdkafka's largest batch.
-const REREAD_BACK: i64 = 10_000;
-
 /// One owned partition.
 struct Owned {
     pipeline: Pipeline,
-    /// Offsets below this are replayed muted (the previous owner judged them).
-    live_from: i64,
-    /// Offsets processed live and not yet committable, with their newest event time.
-    pending: VecDeque<(i64, Ts)>,
-    /// Records of the last `warmup` of event time (newest event time, offset): the
-    /// front is where a next owner's warm-up starts.
-    window: VecDeque<(Ts, i64)>,
-    /// The next offset to commit and its event time.
-    commit: Option<(i64, Ts)>,
-    /// The offset after the last record read (none yet).
-    next: Option<i64>,
-    /// The gap in offsets last read again, and how many times.
-    gap: (i64, u32),
+    /// What was read, what may be committed, where a warm-up starts.
+    offsets: Offsets,
     /// The newest event time read live here.
     newest: Ts,
     /// When (wall clock) the broker last handed over a record of this partition.
@@ -116,9 +101,6 @@ struct Owned {
     behind: Option<std::time::Instant>,
     /// Judged silent since the last record read (logged once per silence).
     silent: bool,
-    /// The highest offset the group coordinator has acknowledged (a failed commit, say
-    /// during a rebalance, is sent again at the next tick).
-    acked: i64,
 }
 
 /// What a central instance judges with, besides the broker.
@@ -247,7 +229,7 @@ impl Context {
                 if let (Offset::Offset(o), Some(owned)) =
                     (e.offset(), s.partitions.get_mut(&e.partition()))
                 {
-                    owned.acked = owned.acked.max(o);
+                    owned.offsets.acknowledged(o);
                 }
             }
         }
@@ -312,13 +294,7 @@ impl Context {
                 p,
                 Owned {
                     pipeline,
-                    live_from,
-                    pending: VecDeque::new(),
-                    window: VecDeque::new(),
-                    commit: None,
-                    acked: live_from,
-                    next: None,
-                    gap: (-1, 0),
+                    offsets: Offsets::new(live_from),
                     newest: Ts::MIN,
                     heard: std::time::Instant::now(),
                     at_end: false,
@@ -468,33 +444,27 @@ pub async fn consume(
                 owned.heard = std::time::Instant::now();
                 owned.at_end = false;
                 owned.behind = None;
-                match owned.next {
-                    // Read before (a re-read from further back): already processed.
-                    Some(n) if o < n => continue,
-                    Some(n) if o > n => {
-                        // Offsets skipped: not on a plain telemetry topic, but tansu 0.6
-                        // does under load, and answers a fetch from the first missing
-                        // offset with the batch after the gap. Read again from a batch's
-                        // length further back, then further; a gap still there is real
-                        // (retention, compaction).
-                        let tries = if owned.gap.0 == n { owned.gap.1 + 1 } else { 1 };
-                        owned.gap = (n, tries);
-                        if tries <= GAP_RETRIES {
-                            counts.gaps_reread += 1;
-                            tracing::warn!(partition = p, expected = n, got = o, tries, "offsets skipped: reading them again");
-                            let from = (n - REREAD_BACK * i64::from(tries)).max(0);
-                            drop(s);
-                            if let Err(e) = consumer.seek(&k.telemetry_topic, p, Offset::Offset(from), Duration::from_secs(5)) {
-                                tracing::warn!(partition = p, error = %e, "seeking back failed; the gap stays");
-                            }
-                            continue;
+                // Offsets skipped: not on a plain telemetry topic, but tansu 0.6 does
+                // under load, and answers a fetch from the first missing offset with the
+                // batch after the gap. Read again from further back; a gap still there
+                // is real (retention, compaction).
+                match owned.offsets.arrive(o) {
+                    Arrival::Next => {}
+                    Arrival::Seen => continue,
+                    Arrival::Reread { expected, from, tries } => {
+                        counts.gaps_reread += 1;
+                        tracing::warn!(partition = p, expected, got = o, tries, "offsets skipped: reading them again");
+                        drop(s);
+                        if let Err(e) = consumer.seek(&k.telemetry_topic, p, Offset::Offset(from), Duration::from_secs(5)) {
+                            tracing::warn!(partition = p, error = %e, "seeking back failed; the gap stays");
                         }
-                        counts.gaps += 1;
-                        tracing::warn!(partition = p, from = n, to = o, "a gap in offsets stays: taken as real (retention, compaction)");
+                        continue;
                     }
-                    _ => {}
+                    Arrival::Gap { from, to } => {
+                        counts.gaps += 1;
+                        tracing::warn!(partition = p, from, to, "a gap in offsets stays: taken as real (retention, compaction)");
+                    }
                 }
-                owned.next = Some(o + 1);
                 if std::mem::take(&mut owned.silent) {
                     tracing::info!(partition = p, offset = o, "partition heard again after a silence");
                 }
@@ -507,11 +477,7 @@ pub async fn consume(
                 for e in events {
                     owned.pipeline.push(e, &mut out);
                 }
-                owned.window.push_back((newest, o));
-                while owned.window.front().is_some_and(|&(t, _)| t < newest.saturating_sub(k.warmup)) {
-                    owned.window.pop_front();
-                }
-                if o < owned.live_from {
+                if !owned.offsets.read(o, newest, k.warmup) {
                     counts.warmup_records += 1;
                     out.clear();
                     if let Some(a) = audit.as_mut() {
@@ -523,7 +489,6 @@ pub async fn consume(
                 counts.records += 1;
                 *front = (*front).max(newest);
                 owned.newest = owned.newest.max(newest);
-                owned.pending.push_back((o, newest));
                 if let Some(a) = audit.as_mut() {
                     // Test mode: a line per record, whole, before anything derived
                     // from the record is committed.
@@ -550,7 +515,7 @@ pub async fn consume(
                         owned.behind = None;
                     }
                     let standing = Standing {
-                        live: owned.next.is_some_and(|n| n >= owned.live_from),
+                        live: owned.offsets.live(),
                         at_end: owned.at_end,
                         heard: owned.heard.elapsed(),
                         behind: owned.behind.map(|t| t.elapsed()),
@@ -587,10 +552,7 @@ pub async fn consume(
             .map_err(|_| std::io::Error::other("state poisoned"))?;
         for owned in s.partitions.values_mut() {
             owned.pipeline.finish(&mut out);
-            if let Some(&(o, ts)) = owned.pending.back() {
-                owned.commit = Some((o + 1, ts));
-                owned.pending.clear();
-            }
+            owned.offsets.settle_all();
         }
     }
     deliver(&mut out, sink, alerts.as_ref(), &k.alerts_topic)?;
@@ -655,14 +617,7 @@ impl Standing {
 
 /// Moves a partition's commit point past every record the pipeline has fully released.
 fn settle(owned: &mut Owned) {
-    let released = owned.pipeline.released();
-    while let Some(&(o, ts)) = owned.pending.front() {
-        if ts >= released {
-            break;
-        }
-        owned.pending.pop_front();
-        owned.commit = Some((o + 1, ts));
-    }
+    owned.offsets.settle(owned.pipeline.released());
 }
 
 /// The settled offsets of `partitions` not yet acknowledged, each with "<event time>
@@ -674,14 +629,13 @@ fn committable<'a>(
     let mut tpl = TopicPartitionList::new();
     for (&p, owned) in partitions {
         settle(owned);
-        if let Some((o, ts)) = owned.commit.filter(|&(o, _)| o > owned.acked) {
-            let warm_from = owned.window.front().map_or(o, |&(_, w)| w.min(o));
+        if let Some((o, meta)) = owned.offsets.committable() {
             if tpl
                 .add_partition_offset(topic, p, Offset::Offset(o))
                 .is_ok()
             {
                 if let Some(mut e) = tpl.find_partition(topic, p) {
-                    e.set_metadata(format!("{ts} {warm_from}"));
+                    e.set_metadata(meta);
                 }
             }
         }

@@ -13,3 +13,4 @@ pub mod config;
 pub mod edge;
 #[cfg(feature = "kafka")]
 mod logs;
+pub mod offsets;
