@@ -2,7 +2,7 @@
 //! (seq: 4 bytes, flags: 1 byte, length: 1 byte, payload).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wattchdog::source::tcp::Stream;
+use wattchdog::source::pcap::reassembly::Stream;
 
 fuzz_target!(|data: &[u8]| {
     let mut s = Stream::default();

@@ -9,7 +9,6 @@ pub mod jsonl;
 pub mod modbus;
 pub mod mqtt;
 pub mod pcap;
-pub mod tcp;
 
 use crate::model::event::Event;
 use crate::model::points::Registry;
