@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::detect::iforest::fit::{self, FitError, FitOptions, MIN_ROWS};
 use crate::detect::iforest::forest::{IForestError, IsolationForestParams};
 use crate::detect::iforest::vectors;
-use crate::detect::iforest::{Recorded, Recorder};
+use crate::detect::iforest::Recorder;
 use crate::detect::model_file::{Input, ModelFile, Provenance};
 use crate::detect::residual::{
     self,
@@ -47,38 +47,14 @@ pub struct TrainOptions {
     pub kind: DeviceKind,
     /// Mapping for wide CSV captures.
     pub mapping: Option<crate::source::csv::WideMapping>,
-    /// Trees.
-    pub trees: usize,
-    /// Rows per tree (ψ).
-    pub sample_size: usize,
-    /// Seed.
-    pub seed: u64,
-    /// Extrapolating scores (see [`crate::detect::iforest::forest::IsolationForest::extrapolate`]).
-    pub extrapolate: bool,
-    /// Quantile of the training scores used as the alert threshold.
-    pub quantile: f64,
-    /// Keep every n-th described frame of a device (neighbouring frames are near copies).
-    pub every: u32,
-    /// Samples a device needs before its vectors are kept.
-    pub warmup_samples: u64,
+    /// The forest's settings (trees, ψ, seed, threshold quantile, every n-th frame,
+    /// warm-up).
+    pub fit: FitOptions,
     /// Time after a labelled window's end still left out.
     pub label_margin: Ts,
 }
 
 impl TrainOptions {
-    /// The forest's share of the options.
-    pub fn fit_options(&self) -> FitOptions {
-        FitOptions {
-            trees: self.trees,
-            sample_size: self.sample_size,
-            seed: self.seed,
-            extrapolate: self.extrapolate,
-            quantile: self.quantile,
-            every: self.every,
-            warmup_samples: self.warmup_samples,
-        }
-    }
-
     /// Defaults for `kind` (100 trees, ψ = 256, seed 0, extrapolating, threshold at the 99.99th
     /// percentile, every 5th frame, 600-sample warm-up, 30 min after labelled windows).
     pub fn new(inputs: Vec<PathBuf>, kind: DeviceKind) -> Self {
@@ -86,13 +62,7 @@ impl TrainOptions {
             inputs,
             kind,
             mapping: None,
-            trees: 100,
-            sample_size: 256,
-            seed: 0,
-            extrapolate: true,
-            quantile: 0.9999,
-            every: 5,
-            warmup_samples: 600,
+            fit: FitOptions::default(),
             label_margin: 30 * 60_000,
         }
     }
@@ -129,29 +99,29 @@ pub enum TrainError {
 
 /// Trains a model. `cfg` gives the feature parameters (its own iforest is not run).
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<ModelFile, TrainError> {
-    if !(opts.quantile > 0.0 && opts.quantile < 1.0) {
+    if !(opts.fit.quantile > 0.0 && opts.fit.quantile < 1.0) {
         return Err(TrainError::Options(format!(
             "quantile {} is not in (0, 1)",
-            opts.quantile
+            opts.fit.quantile
         )));
     }
     // Options are checked before the (long) replay.
     vectors::for_kind(opts.kind).ok_or(FitError::NoFeatures(opts.kind))?;
     IsolationForestParams::default()
-        .n_trees(opts.trees)
-        .sample_size(opts.sample_size)
+        .n_trees(opts.fit.trees)
+        .sample_size(opts.fit.sample_size)
         .check()?;
     let (inputs, rec) = record(cfg, opts, |windows, sink| {
         Box::new(Recorder::new(
             opts.kind,
             cfg.features,
-            opts.warmup_samples,
-            opts.every,
+            opts.fit.warmup_samples,
+            opts.fit.every,
             windows,
             sink,
         ))
     })?;
-    fit_rows(opts, rec, inputs)
+    Ok(fit::fit_rows(opts.kind, &opts.fit, rec, inputs)?)
 }
 
 /// Hashes the inputs and replays each on its own through a pipeline (without any
@@ -213,7 +183,7 @@ fn record<R: Default>(
 
 /// Trains the residual model of `opts.kind` on every complete frame of its devices
 /// (`every` and `warmup_samples` are the isolation forest's and play no part); the
-/// settings are the kind's `[detectors.residual]` ones in `cfg`, `opts.quantile`
+/// settings are the kind's `[detectors.residual]` ones in `cfg`, `opts.fit.quantile`
 /// aside.
 pub fn train_residual(
     cfg: &Config,
@@ -262,15 +232,6 @@ pub fn train_residual(
             wattchdog: env!("CARGO_PKG_VERSION").to_owned(),
         },
     })
-}
-
-/// Fits a model of `opts.kind` on recorded rows (the second half of [`train`]).
-pub fn fit_rows(
-    opts: &TrainOptions,
-    rec: Recorded,
-    inputs: Vec<Input>,
-) -> Result<ModelFile, TrainError> {
-    Ok(fit::fit_rows(opts.kind, &opts.fit_options(), rec, inputs)?)
 }
 
 /// SHA-256 of a file, hex.
@@ -325,15 +286,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<TrainSummary> {
     }
     let mut opts = TrainOptions::new(a.files, kind);
     opts.mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
-    opts.trees = a.trees;
-    opts.sample_size = a.sample_size;
-    opts.seed = a.seed;
-    opts.extrapolate = !a.no_extrapolate;
+    opts.fit.trees = a.trees;
+    opts.fit.sample_size = a.sample_size;
+    opts.fit.seed = a.seed;
+    opts.fit.extrapolate = !a.no_extrapolate;
     if let (Some(q), TrainDetector::Iforest) = (a.quantile, a.detector) {
-        opts.quantile = q;
+        opts.fit.quantile = q;
     }
-    opts.every = a.every;
-    opts.warmup_samples = a.warmup_samples;
+    opts.fit.every = a.every;
+    opts.fit.warmup_samples = a.warmup_samples;
     opts.label_margin = crate::time::parse_duration(&a.label_margin)
         .map_err(|e| anyhow::anyhow!("--label-margin {}: {e}", a.label_margin))?;
     if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
