@@ -342,6 +342,7 @@ impl Config {
         self.pipeline.check().map_err(at("pipeline"))?;
         self.features.check().map_err(at("features"))?;
         self.correlator.check().map_err(at("correlator"))?;
+        self.kafka.check().map_err(at("kafka"))?;
         let speed = self.clock.speed;
         check(
             origin,

@@ -367,6 +367,9 @@ pub async fn consume(
         front: Ts::MIN,
         stats: PipelineStats::default(),
     }));
+    let session = k.session_timeout.to_string();
+    // Ten heartbeats per session: one lost or late heartbeat never costs the partitions.
+    let heartbeat_every = (k.session_timeout / 10).max(100).to_string();
     let consumer: StreamConsumer<Context> = k
         .client_config(&[
             ("group.id", &k.group),
@@ -374,8 +377,8 @@ pub async fn consume(
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
-            ("session.timeout.ms", "6000"),
-            ("heartbeat.interval.ms", "500"),
+            ("session.timeout.ms", &session),
+            ("heartbeat.interval.ms", &heartbeat_every),
             ("fetch.wait.max.ms", "100"),
             // Reaching a partition's end is what tells a silent site from a slow one.
             ("enable.partition.eof", "true"),

@@ -27,6 +27,11 @@ pub struct KafkaConfig {
     /// committed offset, so its detectors are warm when it goes live (e.g. `30m`).
     #[serde(deserialize_with = "crate::time::serde_duration::deserialize")]
     pub warmup: i64,
+    /// Central: how long the group coordinator waits without a heartbeat before it gives
+    /// an instance's partitions to the others (`session.timeout.ms`): the failover time
+    /// after a crash, against rebalances a busy host or a slow broker causes needlessly.
+    #[serde(deserialize_with = "crate::time::serde_duration::deserialize")]
+    pub session_timeout: i64,
     /// Central: how long a partition read to its end must stay quiet, and left behind by
     /// the others' event time, before its sites are judged silent on that time
     /// (`"auto"`: twice the reorder tolerance, at least 2 s; a duration; or `"off"`,
@@ -55,6 +60,7 @@ impl Default for KafkaConfig {
             consume: false,
             group: "wattchdog".into(),
             warmup: 30 * 60_000,
+            session_timeout: 10_000,
             silence: Silence::Auto,
             buffer: 100_000,
             client: Default::default(),
@@ -90,6 +96,19 @@ impl KafkaConfig {
             Silence::Off => None,
             Silence::After(ms) => Some(ms),
         }
+    }
+
+    /// Broken values, named by key.
+    pub fn check(&self) -> Result<(), crate::tomlfile::Broken> {
+        use crate::tomlfile::rule;
+        rule(self.warmup >= 0, "warmup", "must not be negative")?;
+        // librdkafka's own bounds; Apache Kafka brokers accept 6 s to 30 min by default
+        // (`group.min/max.session.timeout.ms`).
+        rule(
+            (1_000..=3_600_000).contains(&self.session_timeout),
+            "session_timeout",
+            "must be between 1s and 1h",
+        )
     }
 
     /// Whether the config asks for Kafka at all.
@@ -149,5 +168,20 @@ mod tests {
         );
         assert!(parse("silence = \"0s\"").is_err());
         assert!(parse("silence = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn session_timeout_is_a_duration_within_librdkafka_s_bounds() {
+        assert_eq!(parse("").unwrap().session_timeout, 10_000);
+        let c = parse("session_timeout = \"45s\"").unwrap();
+        assert_eq!(c.session_timeout, 45_000);
+        assert!(c.check().is_ok());
+        let short = parse("session_timeout = \"500ms\"").unwrap();
+        assert_eq!(short.check().unwrap_err().key, "session_timeout");
+        assert!(parse("session_timeout = \"2h\"").unwrap().check().is_err());
+        assert!(
+            parse("session_timeout = 10").is_err(),
+            "a bare number has no unit"
+        );
     }
 }
