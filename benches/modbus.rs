@@ -75,7 +75,7 @@ fn poll_cycle(c: &mut Criterion) {
         let devices = (0..DEVICES)
             .map(|i| (format!("dev-{i}"), image(&m)))
             .collect();
-        let gateway = GatewayHandle::start(listener, devices, counts.clone());
+        let gateway = GatewayHandle::start(listener, devices, (), counts.clone());
         let mut pollers = Vec::new();
         for i in 0..DEVICES {
             let dev = DevicePlan {

@@ -2,8 +2,10 @@
 //! id per device behind one gateway address, each device's registers laid out by its
 //! built-in profile and encoded with the same codec the poller decodes with.
 //!
-//! The plant runs on a [`Clock`] (real time, or faster for tests and demos) and the
-//! register images are refreshed every simulated second. Clients may write the
+//! The plant runs on a [`Clock`] (real time, or faster for tests and demos). Every
+//! request first brings the plant up to the clock's now, so a client reads the plant as
+//! it stands at that instant however late the serving task was scheduled (a busy host
+//! must not serve frozen registers: that reads as a flatline). Clients may write the
 //! profiles' writable points; the plant reacts (a chiller follows a new setpoint, a UPS
 //! goes to bypass) and every write, like every other non-read request (diagnostics,
 //! device identification), is reported as a `command` line in the capture the server
@@ -21,7 +23,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 use tracing::{debug, info, warn};
 
@@ -66,7 +67,7 @@ impl FunctionCounts {
 
 /// A request that is not a read, as the device saw it.
 #[derive(Debug)]
-struct WireEvent {
+pub struct WireEvent {
     device: String,
     client: String,
     function: u8,
@@ -75,12 +76,106 @@ struct WireEvent {
     changed: Vec<(String, f64)>,
 }
 
-/// What the connection handlers share with the plant.
-struct Gateway {
-    images: Mutex<Vec<DeviceImage>>,
+/// What stands behind the register images: brought up to date before every request,
+/// told of every request that is not a read.
+pub trait Plant: Send + 'static {
+    /// Updates `images` (unit id − 1 indexes them) to the plant's present.
+    fn advance(&mut self, images: &mut [DeviceImage]);
+    /// A write (applied to the image already, `changed` naming the points it set) or
+    /// another request that is not a read; [`Plant::advance`] has run just before.
+    fn command(&mut self, images: &mut [DeviceImage], ev: WireEvent);
+}
+
+/// Fixed images: what was set is what is read; other requests are only counted.
+impl Plant for () {
+    fn advance(&mut self, _: &mut [DeviceImage]) {}
+    fn command(&mut self, _: &mut [DeviceImage], _: WireEvent) {}
+}
+
+/// The images and the plant behind them, under one lock.
+struct Served<P> {
+    images: Vec<DeviceImage>,
+    plant: P,
+    /// Stopped: nothing more is served, the plant is left as it is.
+    closed: bool,
+}
+
+/// What the connection handlers share with the serving task.
+struct Gateway<P> {
+    served: Mutex<Served<P>>,
     names: Vec<String>,
     counts: Arc<FunctionCounts>,
-    events: mpsc::Sender<WireEvent>,
+}
+
+impl<P> Gateway<P> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Served<P>> {
+        self.served.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The simulator as a [`Plant`]: it steps to the clock's now, writes what it simulates
+/// and every command to the capture.
+struct SimPlant {
+    sim: Simulator,
+    clock: Clock,
+    capture: CaptureWriter,
+    index: rustc_hash::FxHashMap<String, usize>,
+    unmapped: u64,
+    /// Event time until the next simulated second is due.
+    ahead: Ts,
+    /// The first write to the capture that failed; serving stops with it.
+    failed: Option<std::io::Error>,
+}
+
+impl Plant for SimPlant {
+    fn advance(&mut self, images: &mut [DeviceImage]) {
+        if self.failed.is_some() {
+            return;
+        }
+        let Self {
+            sim,
+            capture,
+            index,
+            unmapped,
+            ..
+        } = self;
+        let stepped = sim.catch_up(self.clock.now(), &mut |ts, ev| {
+            if let SimEvent::Reading {
+                device,
+                metric,
+                value,
+                ..
+            } = ev
+            {
+                if let Some(&i) = index.get(device) {
+                    *unmapped += u64::from(!images[i].set(metric, value));
+                }
+            }
+            capture.event(ts, &ev)
+        });
+        match stepped {
+            Ok(ahead) => self.ahead = ahead,
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    fn command(&mut self, _: &mut [DeviceImage], ev: WireEvent) {
+        for (metric, value) in &ev.changed {
+            self.sim.apply_write(&ev.device, metric, *value);
+        }
+        let at = self.sim.now().min(self.clock.now());
+        let written = self.capture.command(
+            at,
+            &ev.device,
+            &ev.client,
+            ev.function,
+            u32::from(ev.address),
+            &ev.values,
+        );
+        if let Err(e) = written {
+            self.failed.get_or_insert(e);
+        }
+    }
 }
 
 /// The devices and unit ids a simulator will serve.
@@ -151,7 +246,7 @@ pub fn accelerated_silence(speed: f64) -> String {
 /// Serves `sim` on `listener` until the simulation ends or `shutdown` resolves, writing
 /// readings and commands as canonical JSONL to `out`.
 pub async fn serve(
-    mut sim: Simulator,
+    sim: Simulator,
     site: String,
     listener: TcpListener,
     clock: Clock,
@@ -170,59 +265,51 @@ pub async fn serve(
     // served_devices keeps the simulator's order: unit id − 1 is the device index.
     let index = sim.device_index();
     let named = devices.iter().map(|d| d.name.clone()).zip(images).collect();
-    let mut gateway = GatewayHandle::start(listener, named, counts);
+    let plant = SimPlant {
+        sim,
+        clock,
+        capture: CaptureWriter::new(out, &site),
+        index,
+        unmapped: 0,
+        ahead: 0,
+        failed: None,
+    };
+    let gateway = GatewayHandle::start(listener, named, plant, counts);
     tokio::pin!(shutdown);
-    let mut capture = CaptureWriter::new(out, &site);
-    let mut unmapped: u64 = 0;
-    loop {
-        let target = clock.now();
-        while let Ok(ev) = gateway.events.try_recv() {
-            for (metric, value) in &ev.changed {
-                sim.apply_write(&ev.device, metric, *value);
+    let outcome = loop {
+        // Without clients the plant still runs, so the capture holds every second.
+        let (ahead, done) = {
+            let mut served = gateway.gateway.lock();
+            let Served { images, plant, .. } = &mut *served;
+            plant.advance(images);
+            if let Some(e) = plant.failed.take() {
+                break Err(e);
             }
-            let at = sim.now().min(target);
-            capture.command(
-                at,
-                &ev.device,
-                &ev.client,
-                ev.function,
-                u32::from(ev.address),
-                &ev.values,
-            )?;
-        }
-        let ahead = {
-            let mut images = gateway.images();
-            sim.catch_up(target, &mut |ts, ev| {
-                if let SimEvent::Reading {
-                    device,
-                    metric,
-                    value,
-                    ..
-                } = ev
-                {
-                    if let Some(&i) = index.get(device) {
-                        unmapped += u64::from(!images[i].set(metric, value));
-                    }
-                }
-                capture.event(ts, &ev)
-            })?
+            if let Err(e) = plant.capture.flush() {
+                break Err(e);
+            }
+            (plant.ahead, plant.sim.done())
         };
-        capture.flush()?;
-        if sim.done() {
+        if done {
             info!("simulation finished");
-            break;
+            break Ok(());
         }
         tokio::select! {
             () = tokio::time::sleep(pace(clock, ahead)) => {}
-            () = &mut shutdown => break,
+            () = &mut shutdown => break Ok(()),
         }
-    }
+    };
+    let unmapped = {
+        let mut served = gateway.gateway.lock();
+        served.closed = true;
+        served.plant.capture.flush()?;
+        served.plant.unmapped
+    };
+    gateway.stop();
     if unmapped > 0 {
         warn!(unmapped, "readings that did not fit their register");
     }
-    gateway.stop();
-    capture.flush()?;
-    Ok(())
+    outcome.map_err(SimError::from)
 }
 
 /// Wall time to sleep until the next simulated second is due (bounded, so shutdown and
@@ -235,27 +322,29 @@ pub(crate) fn pace(clock: Clock, ahead: Ts) -> std::time::Duration {
 }
 
 /// A running Modbus TCP gateway: one unit id per device image, from 1.
-pub struct GatewayHandle {
-    gateway: Arc<Gateway>,
-    events: mpsc::Receiver<WireEvent>,
+pub struct GatewayHandle<P> {
+    gateway: Arc<Gateway<P>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl GatewayHandle {
-    /// Serves `devices` (name and image; unit ids 1, 2, … in order) on `listener`,
-    /// counting requests by function code in `counts`.
+impl<P: Plant> GatewayHandle<P> {
+    /// Serves `devices` (name and image; unit ids 1, 2, … in order) on `listener`, with
+    /// `plant` behind them, counting requests by function code in `counts`.
     pub fn start(
         listener: TcpListener,
         devices: Vec<(String, DeviceImage)>,
+        plant: P,
         counts: Arc<FunctionCounts>,
     ) -> Self {
-        let (tx, events) = mpsc::channel(1024);
         let (names, images) = devices.into_iter().unzip();
         let gateway = Arc::new(Gateway {
-            images: Mutex::new(images),
+            served: Mutex::new(Served {
+                images,
+                plant,
+                closed: false,
+            }),
             names,
             counts,
-            events: tx,
         });
         let server = tokio_modbus::server::tcp::Server::new(listener);
         let on_connected = {
@@ -279,34 +368,23 @@ impl GatewayHandle {
                 warn!(error = %e, "modbus server stopped");
             }
         });
-        Self {
-            gateway,
-            events,
-            task,
-        }
+        Self { gateway, task }
     }
 
-    /// The device images, locked (unit id − 1 indexes them).
-    pub fn images(&self) -> std::sync::MutexGuard<'_, Vec<DeviceImage>> {
-        self.gateway
-            .images
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Stops accepting and serving.
+    /// Stops accepting; connections still open are refused from now on.
     pub fn stop(self) {
+        self.gateway.lock().closed = true;
         self.task.abort();
     }
 }
 
 /// One client connection.
-struct Service {
-    gateway: Arc<Gateway>,
+struct Service<P> {
+    gateway: Arc<Gateway<P>>,
     peer: String,
 }
 
-impl Service {
+impl<P: Plant> Service<P> {
     fn answer(&self, req: SlaveRequest<'static>) -> Result<Response, ExceptionCode> {
         let unit = usize::from(req.slave);
         let request = req.request;
@@ -316,7 +394,12 @@ impl Service {
         let Some(i) = unit.checked_sub(1).filter(|i| *i < g.names.len()) else {
             return Err(ExceptionCode::GatewayTargetDevice);
         };
-        let mut images = g.images.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut served = g.lock();
+        if served.closed {
+            return Err(ExceptionCode::ServerDeviceFailure);
+        }
+        let Served { images, plant, .. } = &mut *served;
+        plant.advance(images);
         let image = &mut images[i];
         let refused = |r: Refusal| match r {
             Refusal::IllegalDataAddress => ExceptionCode::IllegalDataAddress,
@@ -386,23 +469,22 @@ impl Service {
             // Diagnostics, identification and the rest: not served, but seen.
             _ => (0, Vec::new(), Err(Refusal::IllegalDataAddress)),
         };
-        drop(images);
         let (changed, response) = match result {
             Ok((c, r)) => (c, Ok(r)),
             Err(r) if is_write(function) => (Vec::new(), Err(refused(r))),
             Err(_) => (Vec::new(), Err(ExceptionCode::IllegalFunction)),
         };
-        let ev = WireEvent {
-            device: g.names[i].clone(),
-            client: self.peer.clone(),
-            function,
-            address,
-            values,
-            changed,
-        };
-        if g.events.try_send(ev).is_err() {
-            return Err(ExceptionCode::ServerDeviceBusy);
-        }
+        plant.command(
+            images,
+            WireEvent {
+                device: g.names[i].clone(),
+                client: self.peer.clone(),
+                function,
+                address,
+                values,
+                changed,
+            },
+        );
         response
     }
 }
@@ -429,7 +511,7 @@ fn function_code(r: &Request<'_>) -> u8 {
     }
 }
 
-impl tokio_modbus::server::Service for Service {
+impl<P: Plant> tokio_modbus::server::Service for Service<P> {
     type Request = SlaveRequest<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
@@ -446,32 +528,48 @@ mod tests {
     use crate::sim::{Facility, Intensity, SimOptions};
     use std::borrow::Cow;
 
-    fn gateway() -> (Service, mpsc::Receiver<WireEvent>, Vec<ServedDevice>) {
+    /// Records what is not a read.
+    impl Plant for Vec<WireEvent> {
+        fn advance(&mut self, _: &mut [DeviceImage]) {}
+        fn command(&mut self, _: &mut [DeviceImage], ev: WireEvent) {
+            self.push(ev);
+        }
+    }
+
+    fn simulator(start: Ts) -> Simulator {
         let opts = SimOptions {
-            start: 0,
+            start,
             hours: 1.0,
             seed: 1,
             attacks: Vec::new(),
             intensity: Intensity::Obvious,
         };
-        let sim = Simulator::new(Facility::default(), &opts).unwrap();
-        let devices = served_devices(&sim).unwrap();
+        Simulator::new(Facility::default(), &opts).unwrap()
+    }
+
+    fn service<P: Plant>(devices: &[ServedDevice], plant: P) -> Service<P> {
         let images = devices
             .iter()
             .map(|d| DeviceImage::new(profiles::builtin(d.profile).unwrap().unwrap()))
             .collect();
-        let (tx, rx) = mpsc::channel(8);
         let g = Arc::new(Gateway {
-            images: Mutex::new(images),
+            served: Mutex::new(Served {
+                images,
+                plant,
+                closed: false,
+            }),
             names: devices.iter().map(|d| d.name.clone()).collect(),
             counts: Arc::default(),
-            events: tx,
         });
-        let svc = Service {
+        Service {
             gateway: g,
             peer: "10.66.0.99".into(),
-        };
-        (svc, rx, devices)
+        }
+    }
+
+    fn gateway() -> (Service<Vec<WireEvent>>, Vec<ServedDevice>) {
+        let devices = served_devices(&simulator(0)).unwrap();
+        (service(&devices, Vec::new()), devices)
     }
 
     fn req(unit: u8, request: Request<'static>) -> SlaveRequest<'static> {
@@ -483,7 +581,7 @@ mod tests {
 
     #[test]
     fn units_map_to_devices_and_unknown_units_are_gateway_failures() {
-        let (svc, _rx, devices) = gateway();
+        let (svc, devices) = gateway();
         let chiller = devices.iter().find(|d| d.kind == "chiller").unwrap();
         assert!(matches!(
             svc.answer(req(chiller.unit, Request::ReadHoldingRegisters(1000, 6))),
@@ -497,16 +595,23 @@ mod tests {
             svc.answer(req(chiller.unit, Request::ReadInputRegisters(1000, 1))),
             Err(ExceptionCode::IllegalDataAddress)
         );
+        svc.gateway.lock().closed = true;
+        assert_eq!(
+            svc.answer(req(chiller.unit, Request::ReadHoldingRegisters(1000, 6))),
+            Err(ExceptionCode::ServerDeviceFailure),
+            "a stopped gateway serves nothing"
+        );
     }
 
     #[test]
     fn writes_and_reconnaissance_are_reported_with_the_client() {
-        let (svc, mut rx, devices) = gateway();
+        let (svc, devices) = gateway();
         let ups = devices.iter().find(|d| d.kind == "ups").unwrap();
         assert!(svc
             .answer(req(ups.unit, Request::WriteSingleCoil(2001, true)))
             .is_ok());
-        let ev = rx.try_recv().unwrap();
+        let seen = |svc: &Service<Vec<WireEvent>>| svc.gateway.lock().plant.pop().unwrap();
+        let ev = seen(&svc);
         assert_eq!(
             (
                 ev.device.as_str(),
@@ -521,7 +626,7 @@ mod tests {
             svc.answer(req(ups.unit, Request::WriteSingleRegister(0x0424, 1))),
             Err(ExceptionCode::IllegalDataAddress)
         );
-        assert!(rx.try_recv().unwrap().changed.is_empty());
+        assert!(seen(&svc).changed.is_empty());
         assert_eq!(
             svc.answer(req(
                 ups.unit,
@@ -529,8 +634,62 @@ mod tests {
             )),
             Err(ExceptionCode::IllegalFunction)
         );
-        assert_eq!(rx.try_recv().unwrap().function, 8);
+        assert_eq!(seen(&svc).function, 8);
         let seen: Vec<u8> = svc.gateway.counts.seen().iter().map(|(f, _)| *f).collect();
         assert_eq!(seen, vec![5, 6, 8]);
+    }
+
+    /// The serving loop may be late (a busy host): a read still sees the plant at the
+    /// clock's now, never registers frozen since the loop last ran.
+    #[test]
+    fn a_read_brings_the_plant_up_to_the_clock_first() {
+        let clock = Clock::wall();
+        let start = clock.now() - 10 * 60_000;
+        let sim = simulator(start);
+        let devices = served_devices(&sim).unwrap();
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let plant = SimPlant {
+            index: sim.device_index(),
+            sim,
+            clock,
+            capture: CaptureWriter::new(Box::new(SharedBuf(captured.clone())), "s"),
+            unmapped: 0,
+            ahead: 0,
+            failed: None,
+        };
+        let svc = service(&devices, plant);
+        let chiller = devices.iter().find(|d| d.kind == "chiller").unwrap();
+        let before = clock.now();
+        let words = match svc.answer(req(chiller.unit, Request::ReadHoldingRegisters(1000, 6))) {
+            Ok(Response::ReadHoldingRegisters(w)) => w,
+            other => panic!("{other:?}"),
+        };
+        assert!(words.iter().any(|w| *w != 0), "the image holds readings");
+        let mut served = svc.gateway.lock();
+        assert!(served.plant.sim.now() > before, "simulated up to the read");
+        served.plant.capture.flush().unwrap();
+        let lines = captured
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        assert!(
+            lines > 600,
+            "ten minutes of readings in the capture: {lines}"
+        );
+    }
+
+    #[derive(Clone)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }
