@@ -2,8 +2,9 @@
 //! stopped (SIGTERM) the other is at work on every partition the first owned (its first
 //! record of each, warm-up included, in its audit file). Real `wattchdog run` processes,
 //! librdkafka's in-process mock cluster, eight sites on eight partitions, a minute of
-//! readings each; a fresh cluster per iteration. The session timeout (6 s) bounds the
-//! SIGKILL case from below; a graceful stop leaves the group at once.
+//! readings each; a fresh cluster per iteration. The session timeout (6 s here, the
+//! lowest Apache Kafka accepts; 10 s by default) bounds the SIGKILL case from below; a
+//! graceful stop leaves the group at once.
 //!
 //! `cargo bench --features kafka --bench takeover`
 
@@ -74,7 +75,7 @@ fn takeover(dir: &Path, graceful: bool) -> Duration {
         std::fs::write(
             &cfg,
             format!(
-                "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"takeover\"\naudit = {:?}\n",
+                "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"takeover\"\nsession_timeout = \"6s\"\naudit = {:?}\n",
                 dir.join(format!("{name}.audit")).to_str().unwrap_or_default()
             ),
         )
