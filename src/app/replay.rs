@@ -172,17 +172,18 @@ pub fn replay_into(
         }
         Ok(())
     };
-    let (mut first, mut last): (Option<Ts>, Option<Ts>) = (None, None);
+    // Paced on the site's present, not on any one line's word: a line dated decades
+    // early or late must not make the replay sleep for them.
+    let mut pace_from: Option<Ts> = None;
     let pace_start = Instant::now();
     let mut n: u64 = 0;
-    while let Some(Reverse((ts, i))) = heads.pop() {
+    while let Some(Reverse((_, i))) = heads.pop() {
         let Some(ev) = pending[i].take() else {
             continue;
         };
-        first = Some(first.map_or(ts, |f| f.min(ts)));
-        last = Some(last.map_or(ts, |l| l.max(ts)));
-        if let (Some(speed), Some(t0)) = (speed, first) {
-            let due = Duration::from_secs_f64(((ts - t0).max(0) as f64 / 1000.0) / speed);
+        if let (Some(speed), Some(now)) = (speed, pipeline.present()) {
+            let t0 = *pace_from.get_or_insert(now);
+            let due = Duration::from_secs_f64(((now - t0).max(0) as f64 / 1000.0) / speed);
             if let Some(wait) = due.checked_sub(pace_start.elapsed()) {
                 std::thread::sleep(wait);
             }
@@ -236,8 +237,8 @@ pub fn replay_into(
             .iter()
             .map(|d| d.name.clone())
             .collect(),
-        first_ts: first.map(format_ts),
-        last_ts: last.map(format_ts),
+        first_ts: pipeline.span().map(|(first, _)| format_ts(first)),
+        last_ts: pipeline.span().map(|(_, last)| format_ts(last)),
         elapsed_s: elapsed,
         alerts: alerts.into_vec(),
         incidents: incidents.into_vec(),

@@ -285,6 +285,9 @@ fn take(batch: Vec<Reading>, soc: Option<&Soc>, p: &mut Pipeline, out: &mut Vec<
         }
         dropped += u64::from(!push(p, r, out));
     }
+    if let Some(s) = soc {
+        s.pipeline(p.stats());
+    }
     dropped
 }
 

@@ -66,6 +66,8 @@ pub struct Soc {
     store: Arc<Mutex<Store>>,
     receivers: Vec<Receiver>,
     readings: Counter,
+    late: Counter,
+    ahead: Counter,
     alerts: Family<SeverityLabel, Counter>,
     scores: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
     last_devices: Instant,
@@ -125,6 +127,18 @@ impl Soc {
         let alerts = Family::<SeverityLabel, Counter>::default();
         let scores = Family::<DeviceLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("readings", "Readings processed", readings.clone());
+        let late = Counter::default();
+        let ahead = Counter::default();
+        registry.register(
+            "late_events",
+            "Events older than the watermark when they arrived: counted, not used",
+            late.clone(),
+        );
+        registry.register(
+            "ahead_events",
+            "Events dated further than max_ahead past the site's present: held apart",
+            ahead.clone(),
+        );
         registry.register(
             "alerts",
             "Alert snapshots stored, by severity",
@@ -197,6 +211,8 @@ impl Soc {
             store,
             receivers: cfg.webhooks.clone(),
             readings,
+            late,
+            ahead,
             alerts,
             scores,
             last_devices: Instant::now(),
@@ -216,6 +232,13 @@ impl Soc {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .reading(r);
+    }
+
+    /// The pipeline's counters so far (they only grow).
+    pub fn pipeline(&self, stats: &crate::pipeline::PipelineStats) {
+        for (counter, now) in [(&self.late, stats.late), (&self.ahead, stats.ahead)] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 
     /// Stores an output, then streams it. An error means it was not stored.

@@ -114,6 +114,13 @@ impl ReplayReport {
             "late readings (beyond the reorder tolerance): {}",
             p.late
         );
+        if p.ahead > 0 {
+            let _ = writeln!(
+                s,
+                "events dated far ahead of the site's time (held apart, used only if it caught up): {}",
+                p.ahead
+            );
+        }
         for e in &self.errors {
             let _ = writeln!(s, "error: {e}");
         }

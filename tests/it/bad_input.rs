@@ -1,6 +1,6 @@
 //! Bad input is counted with file:line and reason, never panics, never stops a replay.
 
-use crate::support::{repo, run, simulate, wattchdog};
+use crate::support::{alerts_without_wall_clock, repo, run, simulate, wattchdog};
 use serde_json::Value;
 use std::io::Write;
 use std::process::Stdio;
@@ -152,19 +152,21 @@ fn out_of_order_readings_are_reordered_and_late_ones_counted() {
             s % 60
         )
     };
-    // 3 s out of order (within the 5 s tolerance) and 30 s late.
-    let lines = [
-        line(0, 1.0),
-        line(4, 2.0),
-        line(1, 3.0),
-        line(40, 4.0),
-        line(10, 5.0),
-        line(41, 6.0),
-    ];
+    // A minute in order (the site's time is known from then on), then 3 s out of order
+    // (within the 5 s tolerance) and 30 s late.
+    let mut lines: Vec<String> = (0..70).map(|s| line(s, 0.0)).collect();
+    lines.extend([
+        line(70, 1.0),
+        line(74, 2.0),
+        line(71, 3.0),
+        line(110, 4.0),
+        line(80, 5.0),
+        line(111, 6.0),
+    ]);
     std::fs::write(&p, lines.join("\n")).unwrap();
     let (out, r) = report(&[p.to_str().unwrap()]);
     assert!(out.status.success());
-    assert_eq!(r["readings"], 5);
+    assert_eq!(r["readings"], 75);
     assert_eq!(r["late"], 1);
 }
 
@@ -190,4 +192,150 @@ fn a_reader_that_stops_early_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("Broken pipe"));
+}
+
+/// Replays `lines` and returns the report and the alerts (without wall-clock fields).
+fn replay_lines(dir: &std::path::Path, name: &str, lines: &[String]) -> (Value, Vec<Value>) {
+    let cap = dir.join(format!("{name}.jsonl"));
+    let alerts = dir.join(format!("{name}.alerts"));
+    std::fs::write(&cap, lines.join("\n")).unwrap();
+    let (out, r) = report(&[cap.to_str().unwrap(), "--alerts", alerts.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&alerts).unwrap();
+    (r, alerts_without_wall_clock(&text))
+}
+
+fn by_detector(alerts: &[Value], detector: &str) -> Vec<Value> {
+    alerts
+        .iter()
+        .filter(|a| a["detector"] == detector)
+        .cloned()
+        .collect()
+}
+
+/// One line dated 9999 once made every later reading late: 0 alerts, exit 0. Now the
+/// site's time is what most of its points say; the line is held apart, everything else
+/// is judged as before, and the point that jumped ahead and came back is a finding.
+#[test]
+fn a_reading_dated_far_ahead_neither_blinds_nor_alarms_falsely() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("c.jsonl");
+    simulate(&cap, 3.5, 21, "chiller-setpoint-tamper");
+    let lines: Vec<String> = std::fs::read_to_string(&cap)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let (clean_report, clean) = replay_lines(dir.path(), "clean", &lines);
+    assert!(!clean.is_empty(), "the attack is found");
+    assert_eq!(clean_report["ahead"], 0);
+
+    let forged = |ts: &str, device: &str, kind: &str, metric: &str| {
+        format!(
+            r#"{{"ts":"{ts}","site":"ams1","device":"{device}","kind":"{kind}","metric":"{metric}","value":1}}"#
+        )
+    };
+    let mut hostile = vec![forged("9999-12-31T23:59:59Z", "pdu-1", "pdu", "it_load_kw")];
+    hostile.extend(lines.iter().cloned());
+    // Mid-capture, a reading an hour ahead of the others, on another point.
+    hostile.insert(
+        lines.len() / 2,
+        forged("2026-07-07T03:45:00Z", "ups-1", "ups", "load_pct"),
+    );
+    let (r, alerts) = replay_lines(dir.path(), "hostile", &hostile);
+    assert_eq!(r["ahead"], 2, "both forged lines were held apart");
+    assert_eq!(r["late"], 0, "nothing else was pushed out");
+    assert_eq!(r["readings"], clean_report["readings"]);
+    assert_eq!(
+        r["last_ts"], clean_report["last_ts"],
+        "the span is the site's"
+    );
+    let jumps = by_detector(&alerts, "event_time");
+    let jumped: std::collections::BTreeSet<(String, String)> = jumps
+        .iter()
+        .map(|a| {
+            assert_eq!(a["technique"]["id"], "T0856", "spoofed reporting");
+            (
+                a["device"].as_str().unwrap().to_owned(),
+                a["metrics"][0].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want =
+        [("pdu-1", "it_load_kw"), ("ups-1", "load_pct")].map(|(d, m)| (d.to_owned(), m.to_owned()));
+    assert_eq!(jumped, want.into(), "each forged point is named, once");
+    // Every other alert is raised as before (the incidents they fall in may differ).
+    let without_incident = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("incident_id");
+        v
+    };
+    let others: Vec<Value> = alerts
+        .iter()
+        .filter(|a| a["detector"] != "event_time")
+        .map(without_incident)
+        .collect();
+    let clean: Vec<Value> = clean.iter().map(without_incident).collect();
+    assert_eq!(others, clean);
+}
+
+/// A capture with a real gap (two recordings two days apart) is crossed: the second
+/// part is judged, not held apart as a lie.
+#[test]
+fn a_real_gap_in_a_capture_is_crossed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.jsonl");
+    simulate(&first, 1.0, 5, "none");
+    let later = |l: &str| l.replacen("2026-07-07T", "2026-07-09T", 1);
+    let mut lines: Vec<String> = std::fs::read_to_string(&first)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let (one, _) = replay_lines(dir.path(), "one", &lines);
+    lines.extend(lines.clone().iter().map(|l| later(l)));
+    let (r, _) = replay_lines(dir.path(), "gap", &lines);
+    assert_eq!(
+        r["readings"].as_u64(),
+        one["readings"].as_u64().map(|n| 2 * n),
+        "every reading of both parts is used"
+    );
+    assert_eq!(r["late"], 0);
+    assert!(
+        r["ahead"].as_u64() > Some(0),
+        "held until the others followed"
+    );
+    assert!(r["last_ts"]
+        .as_str()
+        .unwrap()
+        .starts_with("2026-07-09T00:59"));
+}
+
+/// A first line dated decades early is late, not the start of a 56-year silence.
+#[test]
+fn a_first_line_dated_decades_early_is_late_not_a_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("c.jsonl");
+    simulate(&cap, 0.5, 5, "none");
+    let mut lines = vec![
+        r#"{"ts":"1970-01-01T00:00:00Z","site":"ams1","device":"pdu-1","kind":"pdu","metric":"it_load_kw","value":1}"#
+            .to_owned(),
+    ];
+    lines.extend(
+        std::fs::read_to_string(&cap)
+            .unwrap()
+            .lines()
+            .map(str::to_owned),
+    );
+    let (r, alerts) = replay_lines(dir.path(), "early", &lines);
+    assert_eq!(r["late"], 1);
+    assert!(r["first_ts"].as_str().unwrap().starts_with("2026-07-07"));
+    assert!(
+        by_detector(&alerts, "staleness").is_empty(),
+        "no silence since 1970: {alerts:?}"
+    );
 }

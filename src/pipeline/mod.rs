@@ -1,10 +1,14 @@
 //! The one pipeline: events in arrival order → reorder buffer → features → detectors →
 //! correlator. Live sources and replays drive the same code.
 //!
-//! Time is event time only. Events wait in a reorder buffer until the newest event is
+//! Time is event time only. Events wait in a reorder buffer until the site's present
+//! (what most of its points say, see [`present`]; never one point's word) is
 //! `reorder_tolerance` ahead of them (the watermark), then are released in timestamp
 //! order; an event older than what was already released is *late*: counted, logged
-//! (the first few) and not used, since the state it would update has moved on.
+//! (the first few) and not used, since the state it would update has moved on. An event
+//! dated more than `max_ahead` past the present is *ahead*: held apart, used only once
+//! the present catches up with it; a point that claims a time ahead and then reports
+//! in the present again is a clock that jumps, itself a finding.
 //! Samples of one device that share a timestamp form a [`Frame`]. Each time the
 //! watermark crosses a multiple of `tick`, detectors of silence and the correlator's
 //! closing logic run at that instant. Because nothing depends on arrival timing, feeding
@@ -15,12 +19,16 @@ use crate::detect::Detector;
 use crate::feature::{FeatureParams, FeatureStore, Frame};
 use crate::model::event::Event;
 use crate::model::points::{DeviceId, PointId, Registry};
-use crate::model::{Finding, Ts};
+use crate::model::{attack, Finding, Severity, Ts};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
+use present::Present;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+mod present;
 
 /// Ingestion and event-time settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -30,6 +38,10 @@ pub struct PipelineParams {
     /// counted as late. Default `"5s"`.
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub reorder_tolerance: i64,
+    /// Readings dated further than this past the site's present are held apart until
+    /// the present catches up with them. Default `"1m"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub max_ahead: i64,
     /// Silence detectors are consulted each time the watermark advances this much.
     /// Default `"1s"`.
     #[serde(deserialize_with = "serde_duration::deserialize")]
@@ -46,6 +58,7 @@ impl Default for PipelineParams {
     fn default() -> Self {
         Self {
             reorder_tolerance: 5_000,
+            max_ahead: 60_000,
             tick: 1_000,
             max_points: 200_000,
             max_line_bytes: 1 << 20,
@@ -61,6 +74,7 @@ impl PipelineParams {
             "reorder_tolerance",
             "must not be negative",
         )?;
+        rule(self.max_ahead >= 1_000, "max_ahead", "must be at least 1s")?;
         rule(self.tick >= 1, "tick", "must be at least 1ms")?;
         rule(self.max_points >= 1, "max_points", "must be at least 1")?;
         rule(
@@ -82,6 +96,9 @@ pub struct PipelineStats {
     pub commands: u64,
     /// Events that arrived after the watermark passed them.
     pub late: u64,
+    /// Events dated further than `max_ahead` past the site's present when they arrived:
+    /// held apart, used only if the present caught up with them.
+    pub ahead: u64,
     /// Frames given to the detectors.
     pub frames: u64,
     /// Findings produced.
@@ -98,14 +115,19 @@ impl PipelineStats {
         self.exchanges += o.exchanges;
         self.commands += o.commands;
         self.late += o.late;
+        self.ahead += o.ahead;
         self.frames += o.frames;
         self.findings += o.findings;
         self.duplicates += o.duplicates;
     }
 }
 
-/// How many late events are logged individually.
+/// How many late events, and how many events ahead, are logged individually.
 const LOG_LATE: u64 = 5;
+/// Events that decide the site's present when a capture starts.
+const FIRST_EVENTS: usize = 64;
+/// Events held apart at most; beyond, they are dropped (counted as ahead all the same).
+const MAX_HELD: usize = 100_000;
 /// Most silence checks run for one gap in the data; a longer gap is crossed in bigger
 /// steps so a capture with a week-long hole does not stall.
 const MAX_TICKS_PER_GAP: i64 = 10_000;
@@ -144,8 +166,17 @@ pub struct Pipeline {
     seq: u64,
     tolerance: i64,
     tick: i64,
-    newest: Ts,
+    present: Present,
+    /// Events dated too far past the present, oldest first.
+    held: BinaryHeap<Reverse<Queued>>,
+    /// The newest time each point with events held apart claimed.
+    claims: FxHashMap<PointId, Ts>,
+    /// Points that claimed a time ahead and then reported in the present: their next
+    /// processed reading raises the finding.
+    jumped: FxHashMap<PointId, Ts>,
     released: Ts,
+    /// Event time of the first and the last event processed.
+    span: Option<(Ts, Ts)>,
     next_tick: Ts,
     frame_ts: Ts,
     dirty: Vec<DeviceId>,
@@ -193,8 +224,12 @@ impl Pipeline {
             seq: 0,
             tolerance: params.reorder_tolerance,
             tick: params.tick,
-            newest: Ts::MIN,
+            present: Present::new(params.max_ahead),
+            held: BinaryHeap::new(),
+            claims: FxHashMap::default(),
+            jumped: FxHashMap::default(),
             released: Ts::MIN,
+            span: None,
             next_tick: Ts::MIN,
             frame_ts: Ts::MIN,
             dirty: Vec::new(),
@@ -247,32 +282,172 @@ impl Pipeline {
             }
             return;
         }
+        let point = match &event {
+            Event::Sample { point, .. } => Some(*point),
+            _ => None,
+        };
         self.seq += 1;
-        self.queue.push(Reverse(Queued {
+        let queued = Reverse(Queued {
             ts,
             seq: self.seq,
             event,
-        }));
-        if ts > self.newest {
-            self.newest = ts;
-            self.release(self.newest.saturating_sub(self.tolerance), out);
+        });
+        if self.present.admits(ts) {
+            if let Some(p) = point {
+                match self.claims.remove(&p) {
+                    Some(claim) => {
+                        self.present.retract(p as usize, ts);
+                        self.jumped.insert(p, claim);
+                    }
+                    None => self.present.vote(p as usize, ts),
+                }
+            }
+            self.queue.push(queued);
+        } else {
+            if let Some(p) = point {
+                self.present.vote(p as usize, ts);
+                self.claim(p, ts);
+            }
+            self.hold(queued);
         }
+        if self.present.at().is_none() {
+            if self.queue.len() + self.held.len() >= FIRST_EVENTS {
+                self.establish(None, out);
+            }
+        } else if let Some(now) = self.present.settle(false) {
+            self.present_moved(now, out);
+        }
+    }
+
+    /// Decides the site's present from a trusted clock's `now`, or from the first
+    /// events: the biggest cluster of their times, clusters parted by gaps longer than
+    /// `max_ahead`. What lies past it is held apart (a capture's forged first line); what
+    /// lies before the cluster is late (a line dated decades early would otherwise open
+    /// a decade of silence).
+    fn establish(&mut self, now: Option<Ts>, out: &mut Vec<Output>) {
+        let max_ahead = self.present.max_ahead();
+        let mut times: Vec<Ts> = self.queue.iter().map(|Reverse(q)| q.ts).collect();
+        let (from, to) = match now {
+            // A trusted clock: what came before it is a backlog, not a lie.
+            Some(now) => (Ts::MIN, now),
+            None => biggest_cluster(&mut times, max_ahead).unwrap_or((Ts::MIN, Ts::MIN)),
+        };
+        if to == Ts::MIN {
+            return;
+        }
+        match now {
+            Some(now) => self.present.trust(now),
+            None => self.present.start(to),
+        }
+        let queued = std::mem::take(&mut self.queue);
+        for Reverse(q) in queued {
+            if q.ts < from {
+                self.stats.late += 1;
+                tracing::warn!(
+                    ts = %crate::time::format_ts(q.ts),
+                    present = %crate::time::format_ts(to),
+                    "event dated far before the site's present: counted late, not used"
+                );
+            } else if self.present.admits(q.ts) {
+                self.queue.push(Reverse(q));
+            } else {
+                if let Event::Sample { point, .. } = &q.event {
+                    self.claim(*point, q.ts);
+                }
+                self.hold(Reverse(q));
+            }
+        }
+        let now = self.present.settle(true).unwrap_or(to).max(to);
+        self.present_moved(now, out);
+    }
+
+    /// `point` has an event held apart at `ts`.
+    fn claim(&mut self, point: PointId, ts: Ts) {
+        let c = self.claims.entry(point).or_insert(ts);
+        *c = (*c).max(ts);
+    }
+
+    /// Keeps an event dated too far past the present apart (bounded), counted.
+    fn hold(&mut self, q: Reverse<Queued>) {
+        self.stats.ahead += 1;
+        if self.stats.ahead <= LOG_LATE {
+            tracing::warn!(
+                ts = %crate::time::format_ts(q.0.ts),
+                present = %self.present.at().map(crate::time::format_ts).unwrap_or_default(),
+                "event dated far ahead of the site's present: held apart until the site's time catches up"
+            );
+        }
+        if self.held.len() < MAX_HELD {
+            self.held.push(q);
+        }
+    }
+
+    /// The present moved to `now`: what was held apart and is now admitted goes in, and
+    /// the watermark follows.
+    fn present_moved(&mut self, now: Ts, out: &mut Vec<Output>) {
+        while self
+            .held
+            .peek()
+            .is_some_and(|Reverse(q)| self.present.admits(q.ts))
+        {
+            if let Some(Reverse(q)) = self.held.pop() {
+                if let Event::Sample { point, .. } = &q.event {
+                    if self
+                        .claims
+                        .get(point)
+                        .is_some_and(|c| self.present.admits(*c))
+                    {
+                        self.claims.remove(point);
+                    }
+                }
+                self.queue.push(Reverse(q));
+            }
+        }
+        self.release(now.saturating_sub(self.tolerance), out);
     }
 
     /// Moves the watermark to `now` without an event (live sources call this from a clock
     /// when a site is silent, so silence is still judged).
     pub fn advance_to(&mut self, now: Ts, out: &mut Vec<Output>) {
-        self.newest = self.newest.max(now);
-        self.release(now.saturating_sub(self.tolerance), out);
+        if self.present.at().is_none() {
+            self.establish(Some(now), out);
+        }
+        self.present.trust(now);
+        self.present_moved(now, out);
     }
 
     /// Releases everything still buffered (end of a capture). Alerts still open stay
     /// open: see [`Pipeline::open_alerts`].
     pub fn finish(&mut self, out: &mut Vec<Output>) {
+        if self.present.at().is_none() {
+            self.establish(None, out);
+        } else if let Some(now) = self.present.settle(true) {
+            self.present_moved(now, out);
+        }
+        // What is still held apart never had the site's time follow it: not used.
+        if !self.held.is_empty() {
+            tracing::warn!(
+                events = self.held.len(),
+                "events dated far ahead of the site's present were never caught up with: not used"
+            );
+            self.held.clear();
+        }
         while let Some(Reverse(q)) = self.queue.pop() {
             self.process(q.ts, q.event, out);
         }
         self.flush_frames(out);
+    }
+
+    /// The site's present: what most of its points say the time is (`None` until enough
+    /// have spoken).
+    pub fn present(&self) -> Option<Ts> {
+        self.present.at()
+    }
+
+    /// Event time of the first and the last event processed (not of events late or
+    /// held apart).
+    pub fn span(&self) -> Option<(Ts, Ts)> {
+        self.span
     }
 
     /// Everything before this event time has been processed (the watermark).
@@ -304,6 +479,8 @@ impl Pipeline {
     }
 
     fn process(&mut self, ts: Ts, event: Event, out: &mut Vec<Output>) {
+        // Processing is in event-time order: the first processed is the earliest.
+        self.span = Some((self.span.map_or(ts, |(first, _)| first), ts));
         if self.next_tick == Ts::MIN {
             self.next_tick = ts.div_euclid(self.tick) * self.tick + self.tick;
         }
@@ -328,6 +505,9 @@ impl Pipeline {
                     return;
                 }
                 self.stats.readings += 1;
+                if let Some(claim) = self.jumped.remove(&point) {
+                    self.findings.push(self.clock_jump(point, ts, claim));
+                }
                 self.store.update(&self.registry, point, ts, value, quality);
                 let dev = self.registry.point(point).device as usize;
                 if self.updated.len() <= dev {
@@ -359,6 +539,34 @@ impl Pipeline {
                 }
                 self.correlate(out);
             }
+        }
+    }
+
+    /// `point` claimed `claim`, far ahead of the site, and now reports `ts` again.
+    fn clock_jump(&self, point: PointId, ts: Ts, claim: Ts) -> Finding {
+        let info = self.registry.point(point);
+        let ahead = claim.saturating_sub(ts);
+        Finding {
+            ts,
+            device: info.device,
+            metrics: vec![info.metric.clone()],
+            detector: "event_time",
+            score: ahead as f64 / 1_000.0,
+            threshold: self.present.max_ahead() as f64 / 1_000.0,
+            severity: Severity::High,
+            technique: attack::SPOOF_REPORTING,
+            reason: format!(
+                "{} was reported at {}, {} ahead of the site's time, then in the present again: \
+                 a clock that jumps (spoofed or broken reporting); the reading ahead was held apart",
+                info.metric,
+                crate::time::format_ts(claim),
+                crate::time::format_duration(ahead)
+            ),
+            evidence: serde_json::json!({
+                "claimed": crate::time::format_ts(claim),
+                "present": crate::time::format_ts(ts),
+                "ahead_ms": ahead,
+            }),
         }
     }
 
@@ -434,5 +642,49 @@ impl Pipeline {
         for f in self.findings.drain(..) {
             self.correlator.observe(f, &self.registry, out);
         }
+    }
+}
+
+/// The biggest run of `times` (sorted here) with no gap longer than `gap`, as its first
+/// and last time; the later one of equal runs.
+fn biggest_cluster(times: &mut [Ts], gap: i64) -> Option<(Ts, Ts)> {
+    times.sort_unstable();
+    let mut best: Option<(usize, Ts, Ts)> = None;
+    let mut start = 0;
+    for i in 1..=times.len() {
+        if i == times.len() || times[i].saturating_sub(times[i - 1]) > gap {
+            let run = (i - start, times[start], times[i - 1]);
+            if best.is_none_or(|b| run.0 >= b.0) {
+                best = Some(run);
+            }
+            start = i;
+        }
+    }
+    best.map(|(_, from, to)| (from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_biggest_cluster_is_the_present() {
+        assert_eq!(biggest_cluster(&mut [], 10), None);
+        let mut forged_first = [i64::MAX, 100, 101, 103, 102];
+        assert_eq!(biggest_cluster(&mut forged_first, 10), Some((100, 103)));
+        let mut early = [-5_000, 100, 101, 102];
+        assert_eq!(biggest_cluster(&mut early, 10), Some((100, 102)));
+        let mut slow = [0, 10, 20, 30];
+        assert_eq!(
+            biggest_cluster(&mut slow, 10),
+            Some((0, 30)),
+            "gaps of gap join"
+        );
+        let mut tie = [0, 1, 100, 101];
+        assert_eq!(
+            biggest_cluster(&mut tie, 10),
+            Some((100, 101)),
+            "the later of equals"
+        );
     }
 }
