@@ -265,6 +265,24 @@ pub struct Alert {
     pub findings: u64,
 }
 
+impl Alert {
+    /// What names this snapshot of the alert (opened, escalated, closed): the same on
+    /// every retry and on every instance that raises it, different for the next one.
+    /// Webhooks send it as the idempotency key.
+    pub fn snapshot_id(&self) -> String {
+        let status = match self.status {
+            AlertStatus::Open => "open",
+            AlertStatus::Closed => "closed",
+        };
+        format!(
+            "{}:{status}:{}:{}",
+            self.id,
+            self.findings,
+            format!("{:?}", self.severity).to_lowercase()
+        )
+    }
+}
+
 /// Alerts close in time on one site, grouped.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Incident {

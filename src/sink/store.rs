@@ -54,7 +54,8 @@ pub enum StoreError {
     Damaged(String),
 }
 
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE alerts (
     id TEXT PRIMARY KEY,
     site TEXT NOT NULL,
@@ -97,7 +98,10 @@ CREATE TABLE outbox (
     dead_at INTEGER
 );
 CREATE INDEX outbox_due ON outbox (delivered_at, dead_at, next_at);
-"#];
+"#,
+    // Each snapshot of an alert is its own delivery (rows from before: the alert id).
+    "ALTER TABLE outbox ADD COLUMN delivery_id TEXT;",
+];
 
 /// Filters of an alert listing.
 #[derive(Debug, Clone, Default)]
@@ -125,8 +129,10 @@ pub struct OutboxItem {
     pub seq: i64,
     /// Receiver name.
     pub receiver: String,
-    /// The alert (its id is the idempotency key).
+    /// The alert.
     pub alert_id: String,
+    /// The snapshot ([`crate::model::Alert::snapshot_id`]): the idempotency key.
+    pub delivery_id: String,
     /// The body to send.
     pub body: String,
     /// When it was queued (wall ms).
@@ -244,8 +250,8 @@ impl Store {
         .map_err(&e)?;
         for r in receivers {
             tx.execute(
-                "INSERT INTO outbox (receiver, alert_id, body, created_at, next_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![r, a.id, body, now],
+                "INSERT INTO outbox (receiver, alert_id, delivery_id, body, created_at, next_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![r, a.id, a.snapshot_id(), body, now],
             )
             .map_err(&e)?;
         }
@@ -394,7 +400,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT seq, receiver, alert_id, body, created_at, attempts, last_error FROM outbox {filter}"
+                "SELECT seq, receiver, alert_id, coalesce(delivery_id, alert_id), body, created_at, attempts, last_error FROM outbox {filter}"
             ))
             .map_err(&e)?;
         let rows = stmt
@@ -403,10 +409,11 @@ impl Store {
                     seq: r.get(0)?,
                     receiver: r.get(1)?,
                     alert_id: r.get(2)?,
-                    body: r.get(3)?,
-                    created_at: r.get(4)?,
-                    attempts: r.get(5)?,
-                    last_error: r.get(6)?,
+                    delivery_id: r.get(3)?,
+                    body: r.get(4)?,
+                    created_at: r.get(5)?,
+                    attempts: r.get(6)?,
+                    last_error: r.get(7)?,
                 })
             })
             .map_err(&e)?;
@@ -583,6 +590,59 @@ mod tests {
             (dead[0].receiver.as_str(), dead[0].last_error.as_deref()),
             ("soc", Some("HTTP 503"))
         );
+    }
+
+    #[test]
+    fn each_snapshot_of_an_alert_is_its_own_delivery() {
+        let mut s = Store::in_memory().unwrap();
+        let opened = alert("a1", 0, Severity::Medium, AlertStatus::Open);
+        let mut escalated = opened.clone();
+        (escalated.severity, escalated.findings) = (Severity::Critical, 7);
+        let mut closed = escalated.clone();
+        closed.status = AlertStatus::Closed;
+        for a in [&opened, &escalated, &closed, &closed] {
+            s.put_alert(a, &["grid"]).unwrap();
+        }
+        let keys: Vec<String> = s
+            .due(i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.delivery_id)
+            .collect();
+        assert_eq!(keys.len(), 4);
+        assert!(keys.iter().all(|k| k.starts_with("a1:")));
+        assert_eq!(keys[2], keys[3], "the same snapshot again: the same key");
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), 3, "{keys:?}");
+    }
+
+    #[test]
+    fn a_database_of_the_first_schema_is_migrated_and_its_queue_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO outbox (receiver, alert_id, body, created_at, next_at) VALUES ('grid', 'old', '{}', 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        s.put_alert(
+            &alert("new", 0, Severity::Low, AlertStatus::Open),
+            &["grid"],
+        )
+        .unwrap();
+        let keys: Vec<String> = s
+            .due(i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.delivery_id)
+            .collect();
+        assert_eq!(keys, ["old", "new:open:1:low"]);
     }
 
     #[test]

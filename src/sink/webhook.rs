@@ -4,8 +4,10 @@
 //! - An alert snapshot is queued in the same transaction that stores it, so a crash never
 //!   loses a delivery that was due; the worker sends what is due, oldest first.
 //! - Headers (docs/design.md): `X-Wattchdog-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret,
-//!   "<t>.<body>")>` and `Idempotency-Key: <alert id>`; optionally the Standard Webhooks
-//!   headers. A receiver may see an alert twice (at least once), always with the same key.
+//!   "<t>.<body>")>` and `Idempotency-Key: <snapshot id>` (`<alert id>:<status>:<findings>:
+//!   <severity>`); optionally the Standard Webhooks headers. A receiver may see a snapshot
+//!   twice (at least once), always under the same key; the next snapshot of the alert (an
+//!   escalation, the closing) comes under its own, so deduplicating on it drops nothing.
 //! - Failures retry with exponential backoff and jitter until `max_age`; then the
 //!   delivery becomes a dead letter, listed by the API.
 
@@ -220,14 +222,14 @@ async fn send(client: &reqwest::Client, r: &Receiver, item: &OutboxItem) -> Resu
         .timeout(Duration::from_millis(r.timeout as u64))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("X-Wattchdog-Signature", signature(&r.secret, t, &item.body))
-        .header("Idempotency-Key", &item.alert_id);
+        .header("Idempotency-Key", &item.delivery_id);
     if r.standard_webhooks {
         req = req
-            .header("webhook-id", &item.alert_id)
+            .header("webhook-id", &item.delivery_id)
             .header("webhook-timestamp", t.to_string())
             .header(
                 "webhook-signature",
-                standard_signature(&r.secret, &item.alert_id, t, &item.body),
+                standard_signature(&r.secret, &item.delivery_id, t, &item.body),
             );
     }
     let resp = req

@@ -35,12 +35,15 @@ def main():
                 state["seen"] += 1
                 refuse = state["seen"] <= a.fail_first
                 try:
-                    alert_id = json.loads(body).get("id")
+                    alert = json.loads(body)
+                    alert_id = alert.get("id")
+                    # What the snapshot says, without the wall-clock field.
+                    snapshot = {k: alert.get(k) for k in ("status", "findings", "severity", "last_seen")}
                 except ValueError:
-                    alert_id = None
+                    alert_id, snapshot = None, None
                 with open(a.out, "a") as f:
                     f.write(json.dumps({"key": self.headers.get("Idempotency-Key"), "id": alert_id,
-                                        "valid": valid, "refused": refuse}) + "\n")
+                                        "snapshot": snapshot, "valid": valid, "refused": refuse}) + "\n")
             self.send_response(503 if refuse else (204 if valid else 401))
             self.end_headers()
 

@@ -5,7 +5,7 @@
 //! browser.
 
 use crate::support::{free_port, repo, wait_for_file, wait_for_port, wattchdog, Peer};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -208,7 +208,7 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
             let ok: BTreeSet<String> = lines(&received)
                 .iter()
                 .filter(|r| r["refused"] == false)
-                .filter_map(|r| r["key"].as_str().map(str::to_owned))
+                .filter_map(|r| r["id"].as_str().map(str::to_owned))
                 .collect();
             stored.is_subset(&ok)
         },
@@ -250,12 +250,16 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     let _ = second.wait();
     let deliveries = lines(&received);
     assert!(deliveries.iter().filter(|r| r["refused"] == true).count() == 5);
+    // Each snapshot (opened, escalated, closed) comes under its own idempotency key,
+    // the alert id and what changed; a retry repeats it with the same body.
+    let mut bodies: BTreeMap<String, String> = BTreeMap::new();
     for r in &deliveries {
         assert_eq!(r["valid"], true, "signature verified by Python's hmac: {r}");
-        assert_eq!(
-            r["key"], r["id"],
-            "the idempotency key is the alert id: {r}"
-        );
+        let (key, id) = (r["key"].as_str().unwrap(), r["id"].as_str().unwrap());
+        assert!(key.starts_with(&format!("{id}:")), "keyed by snapshot: {r}");
+        let body = r["snapshot"].to_string();
+        let first = bodies.entry(key.to_owned()).or_insert_with(|| body.clone());
+        assert_eq!(*first, body, "one key, one snapshot: {r}");
     }
 }
 
