@@ -9,7 +9,7 @@
 pub mod board;
 pub mod tls;
 
-use crate::sink::store::{AlertQuery, Store};
+use crate::sink::store::{Acked, AlertQuery, Store};
 use crate::time::TimeFormat;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -115,8 +115,37 @@ async fn auth(
     }
 }
 
+/// The error is logged; the client learns nothing of the store (its path, its SQL).
 fn internal(e: impl std::fmt::Display) -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+    tracing::error!(error = %e, "request failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error (logged)\n",
+    )
+        .into_response()
+}
+
+/// Deepest page a listing serves (SQLite takes offsets as i64; nobody pages further).
+const MAX_OFFSET: usize = 1_000_000_000;
+
+fn offset(o: Option<usize>) -> Result<usize, String> {
+    match o.unwrap_or(0) {
+        o if o <= MAX_OFFSET => Ok(o),
+        _ => Err(format!("offset: at most {MAX_OFFSET}")),
+    }
+}
+
+/// Longest acknowledger name kept (characters).
+const MAX_BY_CHARS: usize = 128;
+
+/// Who acknowledges: 1 to 128 printable characters (`analyst` when not given).
+fn acknowledger(by: Option<String>) -> Result<String, String> {
+    let by = by.unwrap_or_else(|| "analyst".into());
+    let n = by.chars().count();
+    if n == 0 || n > MAX_BY_CHARS || by.chars().any(char::is_control) {
+        return Err(format!("by: 1 to {MAX_BY_CHARS} printable characters"));
+    }
+    Ok(by)
 }
 
 fn bad_request(e: impl std::fmt::Display) -> Response {
@@ -162,7 +191,10 @@ async fn alerts(State(state): State<Arc<AppState>>, Query(p): Query<AlertParams>
         since,
         until,
         limit: p.limit.unwrap_or(100),
-        offset: p.offset.unwrap_or(0),
+        offset: match offset(p.offset) {
+            Ok(o) => o,
+            Err(e) => return bad_request(e),
+        },
     };
     let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
     match store.alerts(&q) {
@@ -181,8 +213,12 @@ struct Page {
 }
 
 async fn incidents(State(state): State<Arc<AppState>>, Query(p): Query<Page>) -> Response {
+    let offset = match offset(p.offset) {
+        Ok(o) => o,
+        Err(e) => return bad_request(e),
+    };
     let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
-    match store.incidents(p.limit.unwrap_or(100), p.offset.unwrap_or(0)) {
+    match store.incidents(p.limit.unwrap_or(100), offset) {
         Ok(list) => Json(json!({"incidents": list})).into_response(),
         Err(e) => internal(e),
     }
@@ -198,20 +234,27 @@ async fn ack(
     Path(id): Path<String>,
     body: Option<Json<AckBody>>,
 ) -> Response {
-    let by = body
-        .and_then(|b| b.0.by)
-        .unwrap_or_else(|| "analyst".into());
+    let by = match acknowledger(body.and_then(|b| b.0.by)) {
+        Ok(by) => by,
+        Err(e) => return bad_request(e),
+    };
     let result = state
         .store
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .ack(&id, &by);
     match result {
-        Ok(true) => {
+        Ok(Acked::Now) => {
             state.publish("ack", json!({"id": id, "by": by}).to_string());
             Json(json!({"id": id, "acked_by": by})).into_response()
         }
-        Ok(false) => (StatusCode::NOT_FOUND, "no such alert\n").into_response(),
+        // The first acknowledgement stands: who and when are evidence.
+        Ok(Acked::Already { at, by }) => (
+            StatusCode::CONFLICT,
+            Json(json!({"id": id, "acked_by": by, "acked_at": crate::time::format_ts(at)})),
+        )
+            .into_response(),
+        Ok(Acked::Missing) => (StatusCode::NOT_FOUND, "no such alert\n").into_response(),
         Err(e) => internal(e),
     }
 }
@@ -264,4 +307,26 @@ async fn stream(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn page() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgers_are_short_and_printable() {
+        assert_eq!(acknowledger(None).unwrap(), "analyst");
+        assert_eq!(acknowledger(Some("Åsa (SOC)".into())).unwrap(), "Åsa (SOC)");
+        assert!(acknowledger(Some(String::new())).is_err());
+        assert!(acknowledger(Some("a\nb".into())).is_err());
+        assert!(acknowledger(Some("x".repeat(MAX_BY_CHARS))).is_ok());
+        assert!(acknowledger(Some("x".repeat(1_500_000))).is_err());
+    }
+
+    #[test]
+    fn offsets_beyond_any_page_are_refused_not_a_500() {
+        assert_eq!(offset(None).ok(), Some(0));
+        assert_eq!(offset(Some(MAX_OFFSET)).ok(), Some(MAX_OFFSET));
+        assert!(offset(Some(9_223_372_036_854_775_808)).is_err());
+    }
 }

@@ -143,6 +143,22 @@ pub struct OutboxItem {
     pub last_error: Option<String>,
 }
 
+/// What an acknowledgement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acked {
+    /// Acknowledged now.
+    Now,
+    /// Acknowledged before, by `by` at `at` (wall ms): that acknowledgement stands.
+    Already {
+        /// When.
+        at: i64,
+        /// Who.
+        by: String,
+    },
+    /// No such alert.
+    Missing,
+}
+
 /// The database.
 pub struct Store {
     conn: Connection,
@@ -355,16 +371,34 @@ impl Store {
         .collect()
     }
 
-    /// Acknowledges an alert; false when there is no such alert.
-    pub fn ack(&mut self, id: &str, by: &str) -> Result<bool, StoreError> {
+    /// Acknowledges an alert, unless it was acknowledged before (the first stands).
+    pub fn ack(&mut self, id: &str, by: &str) -> Result<Acked, StoreError> {
+        let e = self.err();
         let n = self
             .conn
             .execute(
-                "UPDATE alerts SET acked_at = ?2, acked_by = ?3 WHERE id = ?1",
+                "UPDATE alerts SET acked_at = ?2, acked_by = ?3 WHERE id = ?1 AND acked_at IS NULL",
                 params![id, now_ms(), by],
             )
-            .map_err(self.err())?;
-        Ok(n > 0)
+            .map_err(&e)?;
+        if n > 0 {
+            return Ok(Acked::Now);
+        }
+        self.conn
+            .query_row(
+                "SELECT acked_at, acked_by FROM alerts WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<String>>(1)?)),
+            )
+            .optional()
+            .map_err(&e)
+            .map(|row| match row {
+                Some((Some(at), by)) => Acked::Already {
+                    at,
+                    by: by.unwrap_or_default(),
+                },
+                _ => Acked::Missing,
+            })
     }
 
     /// Number of alerts stored.
@@ -536,8 +570,13 @@ mod tests {
             )
             .unwrap();
         }
-        assert!(s.ack("a4", "ops").unwrap());
-        assert!(!s.ack("nope", "ops").unwrap());
+        assert_eq!(s.ack("a4", "ops").unwrap(), Acked::Now);
+        assert_eq!(s.ack("nope", "ops").unwrap(), Acked::Missing);
+        // The first acknowledgement stands: a second neither overwrites who nor when.
+        assert!(matches!(
+            s.ack("a4", "mallory").unwrap(),
+            Acked::Already { by, .. } if by == "ops"
+        ));
         // A later snapshot of the same alert updates it and keeps the ack.
         s.put_alert(
             &alert("a4", 4000, Severity::Critical, AlertStatus::Closed),
