@@ -21,7 +21,7 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tracing::info;
 
@@ -158,14 +158,14 @@ pub async fn serve(
         );
     }
     if !mqtt_kinds.is_empty() {
-        std::fs::write(opts.dir.join("demo-topics.toml"), topics)?;
+        write_private(&opts.dir.join("demo-topics.toml"), &topics)?;
         text += &format!(
             "\n[[mqtt.brokers]]\nurl = \"mqtt://{broker}\"\nmap = \"demo-topics.toml\"\nsite = \"{site}\"\nclient_id = \"wattchdog-demo-{}\"\n",
             std::process::id()
         );
     }
     let cfg_path = opts.dir.join("demo.toml");
-    std::fs::write(&cfg_path, &text)?;
+    write_private(&cfg_path, &text)?;
     let origin = cfg_path.display().to_string();
     let cfg = Config::from_toml_str(&text, &origin)?;
     info!(config = %origin, "demo configured");
@@ -177,6 +177,21 @@ pub async fn serve(
     result?;
     Ok(())
 }
+/// Writes a file only its owner can read (the config holds the dashboard token), never
+/// through a link someone planted at `path`: a file already there is removed (a link
+/// itself, not what it points to) and the new one created exclusively.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    std::io::Write::write_all(&mut o.open(path)?, text.as_bytes())
+}
+
 /// How a demo ended (it prints as it goes; nothing more to say).
 #[derive(Debug, Serialize)]
 pub struct DemoSummary {
@@ -200,12 +215,17 @@ pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
         "none" | "" => Vec::new(),
         list => list.split(',').map(|k| k.trim().to_owned()).collect(),
     };
-    let (dir, temporary) = match &a.dir {
-        Some(d) => (d.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("wattchdog-demo-{}", std::process::id())),
-            true,
-        ),
+    // Without --dir: a fresh directory with an unpredictable name, only the owner's
+    // (0700), removed when this returns.
+    let (dir, _temporary) = match &a.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("wattchdog-demo-")
+                .tempdir()
+                .context("cannot create the demo's directory")?;
+            (t.path().to_owned(), Some(t))
+        }
     };
     let opts = DemoOptions {
         speed: a.speed,
@@ -239,9 +259,30 @@ pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
         },
         stop_signal(),
     ));
-    if temporary {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
     result?;
     Ok(DemoSummary { alerts: seen.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_config_is_private_and_never_written_through_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let cfg = dir.path().join("demo.toml");
+        std::os::unix::fs::symlink(&victim, &cfg).unwrap();
+        write_private(&cfg, "token = \"secret\"").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "token = \"secret\"");
+        let meta = std::fs::symlink_metadata(&cfg).unwrap();
+        assert!(meta.is_file(), "a file, not the link");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        write_private(&cfg, "again").unwrap();
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "again");
+    }
 }
