@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::http::bounded::Bounded;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -173,6 +174,10 @@ impl Soc {
             let shutdown = async move {
                 let _ = stop_http.changed().await;
             };
+            let (max, idle) = (
+                h.max_connections,
+                Duration::from_millis(h.idle_timeout.unsigned_abs()),
+            );
             match (&h.cert_file, &h.key_file) {
                 (Some(c), Some(k)) => {
                     let tls = http::tls::TlsListener::new(listener, &base.join(c), &base.join(k))
@@ -182,14 +187,16 @@ impl Soc {
                         rule,
                     })?;
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = axum::serve(tls, app).with_graceful_shutdown(shutdown).await
+                        if let Err(e) = axum::serve(Bounded::new(tls, max, idle), app)
+                            .with_graceful_shutdown(shutdown)
+                            .await
                         {
                             warn!(error = %e, "https server stopped");
                         }
                     }));
                 }
                 _ => tasks.push(tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app)
+                    if let Err(e) = axum::serve(Bounded::new(listener, max, idle), app)
                         .with_graceful_shutdown(shutdown)
                         .await
                     {

@@ -152,6 +152,18 @@ impl SocConfig {
                 h.cert_file.is_some() == h.key_file.is_some(),
                 "and key_file go together",
             )?;
+            check(
+                origin,
+                "http.max_connections",
+                (1..=100_000).contains(&h.max_connections),
+                "must be between 1 and 100000",
+            )?;
+            check(
+                origin,
+                "http.idle_timeout",
+                (1_000..=3_600_000).contains(&h.idle_timeout),
+                "must be between 1s and 1h",
+            )?;
         }
         check(
             origin,

@@ -7,6 +7,7 @@
 //! 127.0.0.1 unless configured otherwise.
 
 pub mod board;
+pub mod bounded;
 pub mod tls;
 
 use crate::sink::store::{Acked, AlertQuery, Store};
@@ -40,10 +41,30 @@ pub struct HttpConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// Connections served at once (SSE clients included); the next gets a 503. Default
+    /// 256.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that moves no byte either way for this long is closed (a
+    /// half-sent request, an idle keep-alive, a dead peer). Default `"30s"`; the event
+    /// stream sends a keep-alive every 15 s.
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "crate::time::serde_duration::deserialize"
+    )]
+    pub idle_timeout: i64,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+
+fn default_idle_timeout() -> i64 {
+    30_000
 }
 
 /// What the HTTP handlers share with the live loop.
