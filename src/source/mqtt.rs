@@ -7,7 +7,12 @@
 //! - rumqttc reconnects on the next `poll()` without delay and does not restore
 //!   subscriptions: this task waits with exponential backoff and jitter after an error
 //!   and subscribes again on every ConnAck (with `try_subscribe`, never awaiting the
-//!   request channel from the polling task).
+//!   request channel from the polling task). The delay starts over only after a
+//!   connection stayed up for `backoff_max`: one that fails on every message it gets
+//!   (a retained or queued message over `max_packet_bytes`) backs off like a broker
+//!   that refuses us, instead of reconnecting twice a second forever.
+//! - A packet refused on the way in (over `max_packet_bytes`, malformed) is counted as
+//!   malformed, like a payload that does not decode.
 //! - Readings go to the pipeline through a bounded channel: while it is full the event
 //!   loop is not polled and the broker holds the messages.
 //! - Malformed payloads and unmapped topics are counted, and the first ones are logged
@@ -20,7 +25,10 @@ use crate::protocol::topics::{PayloadError, TopicMap};
 use crate::time::{serde_duration, Clock};
 use crate::tomlfile::{check, TomlError};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, StateError, TlsConfiguration,
+    Transport,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +90,36 @@ pub struct BrokerConfig {
         deserialize_with = "serde_duration::deserialize"
     )]
     pub backoff_max: i64,
+}
+
+/// Reconnect delays: doubling from `min` to `max`, ± 25 % jitter, starting over only
+/// after a connection that lasted `max` (a healthy one), never merely after a ConnAck.
+#[derive(Debug)]
+struct Backoff {
+    min: i64,
+    max: i64,
+    next: i64,
+}
+
+impl Backoff {
+    fn new(min: i64, max: i64) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The connection failed after being up for `up` (`None`: it never came up).
+    fn failed(&mut self, up: Option<Duration>) -> Duration {
+        if up.is_some_and(|u| u.as_millis() >= self.max as u128) {
+            self.next = self.min;
+        }
+        let jitter = rand::rng().random_range(0.75..1.25);
+        let delay = Duration::from_millis((self.next as f64 * jitter) as u64);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
 }
 
 fn default_site() -> String {
@@ -360,7 +398,8 @@ pub async fn subscribe(
     let (client, mut events) = AsyncClient::new(opts, 64);
     let filters = plan.map.filters();
     let mut decoder = MessageDecoder::new(plan.map.clone(), &b.site);
-    let mut backoff = b.backoff_min;
+    let mut backoff = Backoff::new(b.backoff_min, b.backoff_max);
+    let mut connected_at: Option<std::time::Instant> = None;
     let url = b.url.clone();
     info!(broker = %url, ?filters, "mqtt subscriber starting");
     loop {
@@ -371,7 +410,7 @@ pub async fn subscribe(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 bump(&stats.connects, 1);
-                backoff = b.backoff_min;
+                connected_at = Some(std::time::Instant::now());
                 debug!(broker = %url, session_present = ack.session_present, "connected");
                 for f in &filters {
                     if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
@@ -407,15 +446,20 @@ pub async fn subscribe(
             }
             Ok(_) => {}
             Err(e) => {
+                if matches!(
+                    e,
+                    ConnectionError::MqttState(StateError::Deserialization(_))
+                ) {
+                    bump(&stats.malformed, 1);
+                }
                 let n = stats.errors.fetch_add(1, Ordering::Relaxed);
                 if n < LOG_FIRST {
                     warn!(broker = %url, error = %e, "mqtt connection error; reconnecting");
                 } else {
                     debug!(broker = %url, error = %e, "mqtt connection error; reconnecting");
                 }
-                let jitter = rand::rng().random_range(0.75..1.25);
-                let delay = Duration::from_millis((backoff as f64 * jitter) as u64);
-                backoff = (backoff * 2).min(b.backoff_max);
+                let up = connected_at.take().map(|t| t.elapsed());
+                let delay = backoff.failed(up);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     _ = stop.changed() => break,
@@ -425,4 +469,30 @@ pub async fn subscribe(
     }
     let _ = client.try_disconnect();
     debug!(broker = %url, "mqtt subscriber stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Duration) -> u64 {
+        d.as_millis() as u64
+    }
+
+    #[test]
+    fn the_delay_grows_across_short_lived_connections_and_starts_over_after_a_healthy_one() {
+        let mut b = Backoff::new(500, 30_000);
+        let short = Some(Duration::from_millis(50));
+        let delays: Vec<u64> = (0..8).map(|_| ms(b.failed(short))).collect();
+        // Connected, then failed on the first message, again and again: still doubling.
+        for (d, base) in delays
+            .iter()
+            .zip([500, 1000, 2000, 4000, 8000, 16000, 30000, 30000])
+        {
+            assert!((base * 3 / 4..=base * 5 / 4).contains(d), "{delays:?}");
+        }
+        let after_healthy = ms(b.failed(Some(Duration::from_secs(31))));
+        assert!((375..=625).contains(&after_healthy), "{after_healthy}");
+        assert!(ms(b.failed(None)) >= 750, "refused outright: growing again");
+    }
 }
