@@ -65,6 +65,8 @@ pub struct PointState {
     pub n: u64,
     /// Event time of the latest sample (good or not).
     pub ts: Ts,
+    /// Event time of the latest good sample.
+    pub good_ts: Ts,
     /// Latest good value.
     pub value: f64,
     /// Quality of the latest sample.
@@ -98,6 +100,7 @@ impl PointState {
             spec,
             n: 0,
             ts: Ts::MIN,
+            good_ts: Ts::MIN,
             value: f64::NAN,
             quality: Quality::Good,
             prev_ts: Ts::MIN,
@@ -187,6 +190,7 @@ impl PointState {
         self.window[self.n as usize % WINDOW] = value;
         self.value = value;
         self.ts = ts;
+        self.good_ts = ts;
         self.n += 1;
     }
 

@@ -5,6 +5,9 @@
 //!   `factor ×` its fastest point's interval (and at least `min_silence`) is a
 //!   device-level finding; a point silent that long while its device still talks is a
 //!   point-level finding.
+//! - A point that keeps answering with bad readings only (NaN, out of range, a `bad`
+//!   quality flag) for as long as would count as silence is denial of view too: the
+//!   device answers, but nobody can see the value.
 //! - Judged on event time, so a replay at any speed gives the same findings. A reading
 //!   with bad quality still counts as the device answering.
 //!
@@ -15,7 +18,7 @@ use super::{Detector, PerKind};
 use crate::feature::FeatureStore;
 use crate::model::attack;
 use crate::model::points::Registry;
-use crate::model::{Finding, Severity, Ts};
+use crate::model::{Finding, Quality, Severity, Ts};
 use crate::time::{format_duration, format_ts, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -144,6 +147,30 @@ impl Detector for Staleness {
                 if s.n < params.min_samples || s.interval_ms <= 0.0 {
                     continue;
                 }
+                let blind = (now - s.good_ts) as f64;
+                if s.quality != Quality::Good && blind > limit(s.interval_ms) {
+                    let metric = &reg.point(p).metric;
+                    out.push(Finding {
+                        ts: now,
+                        device: d as u32,
+                        metrics: vec![metric.clone()],
+                        detector: "staleness",
+                        score: blind / s.interval_ms,
+                        threshold: params.factor,
+                        severity: Severity::Medium,
+                        technique: attack::DENIAL_OF_VIEW,
+                        reason: format!(
+                            "{metric} of {} has come only as bad readings for {} (last good value {} at {}); it usually comes every {}",
+                            dev.name,
+                            format_duration(now - s.good_ts),
+                            s.value,
+                            format_ts(s.good_ts),
+                            format_duration(s.interval_ms.round() as i64)
+                        ),
+                        evidence: json!({"last_good": format_ts(s.good_ts), "bad_for_ms": now - s.good_ts, "last_good_value": s.value, "usual_interval_ms": s.interval_ms}),
+                    });
+                    continue;
+                }
                 let silence = (now - s.ts) as f64;
                 if silence > limit(s.interval_ms) {
                     let metric = &reg.point(p).metric;
@@ -175,7 +202,6 @@ mod tests {
     use super::*;
     use crate::feature::{FeatureParams, FeatureStore};
     use crate::model::points::Registry;
-    use crate::model::Quality;
 
     #[test]
     fn device_gap_and_point_gap() {
@@ -212,6 +238,38 @@ mod tests {
         let dev: Vec<_> = out.iter().filter(|f| f.metrics.is_empty()).collect();
         assert_eq!(dev.first().map(|f| f.ts), Some(95_000));
         assert_eq!(dev[0].severity, Severity::High);
+    }
+
+    /// A UPS whose power register answers NaN (bad quality) for 35 s: the device talks,
+    /// the value is gone, and that is denial of view, not silence-free health.
+    #[test]
+    fn a_point_answering_only_bad_readings_is_denial_of_view() {
+        let mut reg = Registry::new(10);
+        let power = reg.intern("s", "ups-1", "ups", "output_power_kw").unwrap();
+        let load = reg.intern("s", "ups-1", "ups", "load_pct").unwrap();
+        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut det = Staleness::new(PerKind::from_fn(|_| StalenessParams::default()));
+        let mut out = Vec::new();
+        for t in 0..60 {
+            st.update(&reg, power, t * 1000, 300.0, Quality::Good);
+            st.update(&reg, load, t * 1000, 50.0, Quality::Good);
+            det.tick(t * 1000, &st, &reg, &mut out);
+        }
+        for t in 60..95 {
+            st.update(&reg, power, t * 1000, 300.0, Quality::Bad);
+            st.update(&reg, load, t * 1000, 50.0, Quality::Good);
+            det.tick(t * 1000, &st, &reg, &mut out);
+        }
+        assert!(!out.is_empty(), "35 s of bad readings seen");
+        assert!(out.iter().all(|f| f.metrics == ["output_power_kw"]
+            && f.technique == attack::DENIAL_OF_VIEW
+            && f.reason.contains("only as bad readings")));
+        // The first finding once 15 s (the minimum silence) passed without a good value.
+        assert_eq!(out[0].ts, 75_000);
+        out.clear();
+        st.update(&reg, power, 95_000, 301.0, Quality::Good);
+        det.tick(95_000, &st, &reg, &mut out);
+        assert!(out.is_empty(), "a good reading ends it");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! its key metrics for sparklines, whether it is online, and its anomaly score (the
 //! highest `score / threshold` of its open alerts: above 1 means above threshold).
 
-use crate::model::{Alert, AlertStatus, Reading, Severity};
+use crate::model::{Alert, AlertStatus, Quality, Reading, Severity};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -33,8 +33,11 @@ pub struct DeviceView {
     pub kind: String,
     /// Event time of the newest reading (RFC 3339).
     pub last_seen: String,
-    /// Latest value of every metric.
+    /// Latest good value of every metric.
     pub values: BTreeMap<String, f64>,
+    /// Metrics whose latest reading was bad (NaN, out of range, flagged): their value
+    /// above is the last good one, not a live one.
+    pub bad_quality: BTreeSet<String>,
     /// Recent values of the key metrics, oldest first.
     pub history: BTreeMap<String, VecDeque<f64>>,
     /// False after a death certificate or last will, until it reports again.
@@ -67,6 +70,7 @@ impl Board {
                 kind: r.kind.clone(),
                 last_seen: String::new(),
                 values: BTreeMap::new(),
+                bad_quality: BTreeSet::new(),
                 history: BTreeMap::new(),
                 online: true,
                 score: 0.0,
@@ -79,6 +83,12 @@ impl Board {
         } else {
             d.online = true;
         }
+        if r.quality != Quality::Good {
+            d.bad_quality.insert(r.metric.clone());
+            self.dirty.insert(key);
+            return;
+        }
+        d.bad_quality.remove(&r.metric);
         d.values.insert(r.metric.clone(), r.value);
         let keys = key_metrics(&d.kind);
         let tracked = if keys.is_empty() {
@@ -174,5 +184,19 @@ mod tests {
         assert!(b.take_dirty().is_empty());
         b.reading(&reading("online", 0.0));
         assert!(!b.snapshot()[0].online);
+    }
+
+    #[test]
+    fn a_bad_reading_shows_as_bad_not_as_the_last_good_value_live() {
+        let mut b = Board::default();
+        b.reading(&reading("supply_temp_c", 7.0));
+        let mut bad = reading("supply_temp_c", 7.0);
+        bad.quality = Quality::Bad;
+        b.reading(&bad);
+        let d = &b.snapshot()[0];
+        assert!(d.bad_quality.contains("supply_temp_c"));
+        assert_eq!(d.history["supply_temp_c"].len(), 1, "no made-up sample");
+        b.reading(&reading("supply_temp_c", 7.5));
+        assert!(b.snapshot()[0].bad_quality.is_empty());
     }
 }
