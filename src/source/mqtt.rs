@@ -178,6 +178,18 @@ impl MqttConfig {
                     ))
                 }
             };
+            // The URL is logged with every connection error: it must hold no secret.
+            if let Some((userinfo, _)) = rest.split_once('@') {
+                return Err(invalid(
+                    "url",
+                    if userinfo.contains(':') {
+                        "holds a password: give username and password (they are never logged), not user:pass@ in the url".into()
+                    } else {
+                        "holds a user name: give username (and password), not user@ in the url"
+                            .into()
+                    },
+                ));
+            }
             let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
                 Some((h, p)) => (h, p.parse::<u16>().ok().filter(|p| *p > 0)),
                 None => (
@@ -186,7 +198,12 @@ impl MqttConfig {
                 ),
             };
             let port = port.ok_or_else(|| invalid("url", "has a bad port".into()))?;
-            check(origin, &key("url"), !host.is_empty(), "has no host")?;
+            check(
+                origin,
+                &key("url"),
+                !host.is_empty() && !host.contains(['/', ' ', '?', '#']),
+                "needs a host name or address, and nothing after the port",
+            )?;
             check(
                 origin,
                 &key("client_id"),
@@ -494,5 +511,27 @@ mod tests {
         let after_healthy = ms(b.failed(Some(Duration::from_secs(31))));
         assert!((375..=625).contains(&after_healthy), "{after_healthy}");
         assert!(ms(b.failed(None)) >= 750, "refused outright: growing again");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_repeating_them() {
+        let load = |url: &str| {
+            let cfg: MqttConfig = toml::from_str(&format!(
+                "[[brokers]]\nurl = \"{url}\"\nmap = \"wattchdog-sim\"\n"
+            ))
+            .unwrap();
+            cfg.resolve(Path::new("."), "t.toml")
+        };
+        let err = match load("mqtt://ops:hunter2@broker:1883") {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted a password in the url"),
+        };
+        assert!(
+            err.contains("password") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(load("mqtt://ops@broker").is_err());
+        assert!(load("mqtt://broker:1883/x?y").is_err());
+        assert_eq!(load("mqtt://broker").unwrap()[0].port, 1883);
     }
 }
