@@ -147,50 +147,47 @@ impl Detector for Staleness {
                 if s.n < params.min_samples || s.interval_ms <= 0.0 {
                     continue;
                 }
-                let blind = (now - s.good_ts) as f64;
-                if s.quality != Quality::Good && blind > limit(s.interval_ms) {
-                    let metric = &reg.point(p).metric;
-                    out.push(Finding {
-                        ts: now,
-                        device: d as u32,
-                        metrics: vec![metric.clone()],
-                        detector: "staleness",
-                        score: blind / s.interval_ms,
-                        threshold: params.factor,
-                        severity: Severity::Medium,
-                        technique: attack::DENIAL_OF_VIEW,
-                        reason: format!(
+                let metric = &reg.point(p).metric;
+                let point_finding = |gap: Ts, severity, reason: String, evidence| Finding {
+                    ts: now,
+                    device: d as u32,
+                    metrics: vec![metric.clone()],
+                    detector: "staleness",
+                    score: gap as f64 / s.interval_ms,
+                    threshold: params.factor,
+                    severity,
+                    technique: attack::DENIAL_OF_VIEW,
+                    reason,
+                    evidence,
+                };
+                let blind = now - s.good_ts;
+                let silence = now - s.ts;
+                if s.quality != Quality::Good && blind as f64 > limit(s.interval_ms) {
+                    out.push(point_finding(
+                        blind,
+                        Severity::Medium,
+                        format!(
                             "{metric} of {} has come only as bad readings for {} (last good value {} at {}); it usually comes every {}",
                             dev.name,
-                            format_duration(now - s.good_ts),
+                            format_duration(blind),
                             s.value,
                             format_ts(s.good_ts),
-                            format_duration(s.interval_ms.round() as i64)
+                            format_duration(s.interval_ms.round() as i64),
                         ),
-                        evidence: json!({"last_good": format_ts(s.good_ts), "bad_for_ms": now - s.good_ts, "last_good_value": s.value, "usual_interval_ms": s.interval_ms}),
-                    });
-                    continue;
-                }
-                let silence = (now - s.ts) as f64;
-                if silence > limit(s.interval_ms) {
-                    let metric = &reg.point(p).metric;
-                    out.push(Finding {
-                        ts: now,
-                        device: d as u32,
-                        metrics: vec![metric.clone()],
-                        detector: "staleness",
-                        score: silence / s.interval_ms,
-                        threshold: params.factor,
-                        severity: Severity::Low,
-                        technique: attack::DENIAL_OF_VIEW,
-                        reason: format!(
+                        json!({"last_good": format_ts(s.good_ts), "bad_for_ms": blind, "last_good_value": s.value, "usual_interval_ms": s.interval_ms}),
+                    ));
+                } else if silence as f64 > limit(s.interval_ms) {
+                    out.push(point_finding(
+                        silence,
+                        Severity::Low,
+                        format!(
                             "{metric} of {} has not been reported for {} while the device still reports; it usually comes every {}",
                             dev.name,
-                            format_duration(now - s.ts),
-                            format_duration(s.interval_ms.round() as i64)
+                            format_duration(silence),
+                            format_duration(s.interval_ms.round() as i64),
                         ),
-                        evidence: json!({"last_seen": format_ts(s.ts), "silence_ms": now - s.ts, "usual_interval_ms": s.interval_ms}),
-                    });
+                        json!({"last_seen": format_ts(s.ts), "silence_ms": silence, "usual_interval_ms": s.interval_ms}),
+                    ));
                 }
             }
         }
