@@ -149,7 +149,7 @@ pub async fn serve(
         "[clock]\nspeed = {}\nepoch = {start}\n\n[store]\npath = \"demo.db\"\n\n[http]\nlisten = \"{}\"\ntoken = \"{token}\"\n\n[modbus]\nsite = \"{site}\"\nmax_gap = 16\n{}",
         opts.speed,
         opts.listen,
-        sim::serve::accelerated_silence(opts.speed)
+        sim::serve::accelerated_tolerances(opts.speed)
     );
     for d in devices.iter().filter(|d| !mqtt_kinds.contains(d.kind)) {
         text += &format!(

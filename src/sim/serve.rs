@@ -220,7 +220,7 @@ pub fn run_config(
          # The simulated devices read undefined registers inside a block as zeros.\nmax_gap = 16\n{}",
         clock.speed,
         format_ts(clock.epoch),
-        accelerated_silence(clock.speed)
+        accelerated_tolerances(clock.speed)
     );
     for d in devices {
         s += &format!(
@@ -232,15 +232,24 @@ pub fn run_config(
 }
 
 /// On an accelerated clock, a wall-clock hiccup of the collectors (a busy machine, a
-/// scheduler pause) is `speed` times longer in event time: the silence the staleness
-/// detector tolerates grows with it (one wall second), never below its 15 s default.
-pub fn accelerated_silence(speed: f64) -> String {
-    let secs = speed.ceil().max(15.0);
-    if secs > 15.0 {
-        format!("\n[detectors.staleness]\nmin_silence = \"{secs}s\"\n")
-    } else {
-        String::new()
+/// scheduler pause) is `speed` times longer in event time. What tolerates such hiccups
+/// grows with it, never below its default: the silence the staleness detector accepts
+/// (one wall second), the reorder tolerance (one wall second: at 300× the default 5 s
+/// is 17 ms of wall time, and a starved collector's readings were lost as late) and how
+/// far ahead of the site's present a reading may be (two wall seconds).
+pub fn accelerated_tolerances(speed: f64) -> String {
+    let mut s = String::new();
+    let wall_second = speed.ceil();
+    if wall_second > 5.0 {
+        s += &format!(
+            "\n[pipeline]\nreorder_tolerance = \"{wall_second}s\"\nmax_ahead = \"{}s\"\n",
+            (2.0 * wall_second).max(60.0)
+        );
     }
+    if wall_second > 15.0 {
+        s += &format!("\n[detectors.staleness]\nmin_silence = \"{wall_second}s\"\n");
+    }
+    s
 }
 
 /// Serves `sim` on `listener` until the simulation ends or `shutdown` resolves, writing
