@@ -631,6 +631,15 @@ mod tests {
         );
     }
 
+    /// The idempotency keys of everything due, oldest first.
+    fn delivery_ids(s: &Store) -> Vec<String> {
+        s.due(i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.delivery_id)
+            .collect()
+    }
+
     #[test]
     fn each_snapshot_of_an_alert_is_its_own_delivery() {
         let mut s = Store::in_memory().unwrap();
@@ -642,12 +651,7 @@ mod tests {
         for a in [&opened, &escalated, &closed, &closed] {
             s.put_alert(a, &["grid"]).unwrap();
         }
-        let keys: Vec<String> = s
-            .due(i64::MAX, 10)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.delivery_id)
-            .collect();
+        let keys = delivery_ids(&s);
         assert_eq!(keys.len(), 4);
         assert!(keys.iter().all(|k| k.starts_with("a1:")));
         assert_eq!(keys[2], keys[3], "the same snapshot again: the same key");
@@ -675,12 +679,7 @@ mod tests {
             &["grid"],
         )
         .unwrap();
-        let keys: Vec<String> = s
-            .due(i64::MAX, 10)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.delivery_id)
-            .collect();
+        let keys = delivery_ids(&s);
         assert_eq!(keys, ["old", "new:open:1:low"]);
     }
 
