@@ -46,7 +46,8 @@ pub struct Receiver {
     /// Only these ATT&CK technique ids (empty: all).
     #[serde(default)]
     pub techniques: Vec<String>,
-    /// Also send the Standard Webhooks headers.
+    /// Also send the Standard Webhooks headers; the secret must then be in their
+    /// `whsec_<base64>` form, whose decoded bytes are the key (as their libraries do).
     #[serde(default)]
     pub standard_webhooks: bool,
     /// Give up on a delivery this long after it was queued. Default `"24h"`.
@@ -106,6 +107,15 @@ pub fn validate(receivers: &[Receiver], origin: &str) -> Result<(), TomlError> {
             r.secret.len() >= 16,
             "must be at least 16 characters",
         )?;
+        if r.standard_webhooks {
+            let key_len = standard_key(&r.secret).map(|k| k.len());
+            check(
+                origin,
+                &key("secret"),
+                matches!(key_len, Some(24..=64)),
+                "with standard_webhooks must be `whsec_` and the base64 of 24 to 64 bytes",
+            )?;
+        }
         check(
             origin,
             &key("max_age"),
@@ -136,11 +146,23 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
     format!("t={t},v1={hex}")
 }
 
-/// Standard Webhooks: `v1,<base64 HMAC-SHA256(secret, "<id>.<t>.<body>")>`.
+/// The Standard Webhooks key: the bytes that `whsec_<base64>` encodes.
+fn standard_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let encoded = secret.strip_prefix("whsec_")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+}
+
+/// Standard Webhooks: `v1,<base64 HMAC-SHA256(key, "<id>.<t>.<body>")>`, the key decoded
+/// from the `whsec_` secret (checked at load; a secret that is not in that form signs
+/// with its own bytes, which no receiver library would accept).
 fn standard_signature(secret: &str, id: &str, t: i64, body: &str) -> String {
     use base64::Engine;
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes keys of any length");
+    let key = standard_key(secret).unwrap_or_else(|| secret.as_bytes().to_vec());
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes keys of any length");
     mac.update(format!("{id}.{t}.{body}").as_bytes());
     format!(
         "v1,{}",
@@ -255,6 +277,45 @@ mod tests {
             signature("secret", 1_700_000_000, "{}"),
             "t=1700000000,v1=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163"
         );
+    }
+
+    #[test]
+    fn standard_signature_matches_the_specification_test_vector() {
+        // Published with the Standard Webhooks reference libraries.
+        assert_eq!(
+            standard_signature(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                r#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_need_a_whsec_secret() {
+        let receiver = |secret: &str| Receiver {
+            name: "grid".into(),
+            url: "https://grid.example/hook".into(),
+            secret: secret.into(),
+            sites: vec![],
+            kinds: vec![],
+            min_severity: Severity::Info,
+            techniques: vec![],
+            standard_webhooks: true,
+            max_age: default_max_age(),
+            timeout: default_timeout(),
+        };
+        assert!(validate(&[receiver("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")], "t").is_ok());
+        for bad in [
+            "a-plain-secret-of-some-length",
+            "whsec_not*base64*at*all*at*all",
+            "whsec_c2l4dGVlbi1ieXRlcyEhIQ==", // 16 bytes: too short a key
+        ] {
+            let err = validate(&[receiver(bad)], "t").unwrap_err().to_string();
+            assert!(err.contains("whsec_"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""A webhook receiver for tests: verifies wattchdog's signature with Python's own hmac
-(independently of the Rust implementation), refuses the first N deliveries with 503
+"""A webhook receiver for tests: verifies wattchdog's signature, and the Standard Webhooks
+one when sent (key = base64 of the `whsec_` secret, as the spec's libraries decode it), with
+Python's own hmac (independently of the Rust implementation), refuses the first N deliveries with 503
 to simulate an outage, and appends one JSON line per request to OUT.
 
     webhook_receiver.py --port P --secret S --fail-first N --out OUT
 """
 import argparse
+import base64
 import hashlib
 import hmac
 import json
@@ -31,6 +33,15 @@ def main():
             expected = hmac.new(a.secret.encode(), f"{parts.get('t', '')}.".encode() + body,
                                 hashlib.sha256).hexdigest()
             valid = hmac.compare_digest(expected, parts.get("v1", ""))
+            standard = self.headers.get("webhook-signature")
+            if standard is not None and a.secret.startswith("whsec_"):
+                key = base64.b64decode(a.secret[len("whsec_"):])
+                signed = (f"{self.headers.get('webhook-id')}.{self.headers.get('webhook-timestamp')}."
+                          .encode() + body)
+                mac = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+                valid = valid and any(hmac.compare_digest(f"v1,{mac}", s) for s in standard.split())
+            elif standard is not None:
+                valid = False
             with lock:
                 state["seen"] += 1
                 refuse = state["seen"] <= a.fail_first
