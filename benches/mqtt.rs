@@ -206,7 +206,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let port = wattchdog::app::broker::start(0)
+    let port = wattchdog::app::broker::start(0, None)
         .expect("embedded broker")
         .port();
     report(

@@ -108,7 +108,8 @@ pub async fn serve(
         })
         .collect();
 
-    let broker = crate::app::broker::start(0)?;
+    let login = crate::app::broker::Login::random();
+    let broker = crate::app::broker::start(0, Some(&login))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let modbus_addr = listener.local_addr()?;
     let site = facility.site.clone();
@@ -121,8 +122,10 @@ pub async fn serve(
         Default::default(),
         std::future::pending(),
     ));
-    let publish_opts = sim::publish::PublishOptions::from_url(&format!("mqtt://{broker}"), false)
-        .map_err(DemoError::Options)?;
+    let mut publish_opts =
+        sim::publish::PublishOptions::from_url(&format!("mqtt://{broker}"), false)
+            .map_err(DemoError::Options)?;
+    publish_opts.login = Some((login.username.clone(), login.password.clone()));
     let published = tokio::spawn(sim::publish::publish(
         mqtt_sim,
         site.clone(),
@@ -160,8 +163,10 @@ pub async fn serve(
     if !mqtt_kinds.is_empty() {
         write_private(&opts.dir.join("demo-topics.toml"), &topics)?;
         text += &format!(
-            "\n[[mqtt.brokers]]\nurl = \"mqtt://{broker}\"\nmap = \"demo-topics.toml\"\nsite = \"{site}\"\nclient_id = \"wattchdog-demo-{}\"\n",
-            std::process::id()
+            "\n[[mqtt.brokers]]\nurl = \"mqtt://{broker}\"\nmap = \"demo-topics.toml\"\nsite = \"{site}\"\nclient_id = \"wattchdog-demo-{}\"\nusername = \"{}\"\npassword = \"{}\"\n",
+            std::process::id(),
+            login.username,
+            login.password
         );
     }
     let cfg_path = opts.dir.join("demo.toml");
@@ -169,9 +174,15 @@ pub async fn serve(
     let origin = cfg_path.display().to_string();
     let cfg = Config::from_toml_str(&text, &origin)?;
     info!(config = %origin, "demo configured");
-    let url = format!("http://{}/#token={token}", opts.listen);
+    // Announced only once the dashboard's port is bound (a busy port fails first).
+    let soc = crate::app::run::start_soc(&cfg, &opts.dir, &origin).await?;
+    let listening = soc.as_ref().and_then(|s| s.addr);
+    let url = format!(
+        "http://{}/#token={token}",
+        listening.map_or(opts.listen.clone(), |a| a.to_string())
+    );
     on_ready(&url, &schedule);
-    let result = crate::app::run::live(&cfg, &opts.dir, &origin, sink, shutdown).await;
+    let result = crate::app::run::live_with(&cfg, &opts.dir, &origin, soc, sink, shutdown).await;
     served.abort();
     published.abort();
     result?;

@@ -93,14 +93,32 @@ pub async fn live(
     sink: &mut dyn Sink,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
-    let mut soc = if cfg.soc.enabled() {
-        Some(Soc::start(&cfg.soc, base, origin).await?)
-    } else {
-        None
-    };
-    if let Some(addr) = soc.as_ref().and_then(|s| s.addr) {
+    let soc = start_soc(cfg, base, origin).await?;
+    live_with(cfg, base, origin, soc, sink, shutdown).await
+}
+
+/// Opens the store and binds the HTTP server, if configured: a caller that announces
+/// the dashboard does so after this, when the port is known to be its own.
+pub async fn start_soc(cfg: &Config, base: &Path, origin: &str) -> Result<Option<Soc>, RunError> {
+    if !cfg.soc.enabled() {
+        return Ok(None);
+    }
+    let soc = Soc::start(&cfg.soc, base, origin).await?;
+    if let Some(addr) = soc.addr {
         info!(%addr, "dashboard at http://{addr}/");
     }
+    Ok(Some(soc))
+}
+
+/// [`live`] with the SOC surface already started by [`start_soc`].
+pub async fn live_with(
+    cfg: &Config,
+    base: &Path,
+    origin: &str,
+    mut soc: Option<Soc>,
+    sink: &mut dyn Sink,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
     let result = if cfg.kafka.consume {
         central(cfg, origin, &soc, sink, shutdown).await
     } else {

@@ -37,6 +37,8 @@ pub struct PublishOptions {
     pub sparkplug: bool,
     /// MQTT client id.
     pub client_id: String,
+    /// User name and password, if the broker requires them.
+    pub login: Option<(String, String)>,
 }
 
 impl PublishOptions {
@@ -57,6 +59,7 @@ impl PublishOptions {
             sparkplug,
             // Unique per process: two publishers with one id would keep disconnecting each other.
             client_id: format!("wattchdog-sim-{}", std::process::id()),
+            login: None,
         })
     }
 }
@@ -76,6 +79,9 @@ pub async fn publish(
     mqtt.set_keep_alive(std::time::Duration::from_secs(5))
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1000);
+    if let Some((user, password)) = &opts.login {
+        mqtt.set_credentials(user.clone(), password.clone());
+    }
     let status_topic = format!("wattchdog/{site}/status/{EDGE_NODE}");
     let bd_seq: u64 = 0;
     if opts.sparkplug {

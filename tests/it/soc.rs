@@ -390,3 +390,25 @@ fn the_demo_shows_the_first_attacks_alerts_and_nothing_before() {
         );
     }
 }
+
+#[test]
+fn the_demo_on_a_busy_port_fails_before_announcing_a_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = wattchdog()
+        .args(["demo", "--listen", &addr, "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.is_empty(),
+        "no link to a dashboard that is not there: {stdout}"
+    );
+    assert!(stderr.contains(&addr), "names the address: {stderr}");
+}
