@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// `[pcap]` in `wattchdog.toml`: how packet captures are read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -91,6 +91,10 @@ pub struct WireStats {
 /// A pcap or pcapng capture as a source of events.
 pub struct PcapSource {
     reader: Option<Box<dyn PcapReaderIterator + Send>>,
+    /// The reader's buffer size: grown, as blocks need, up to `MAX_BLOCK`.
+    capacity: usize,
+    /// The last read error, which pcap-parser reduces to "Read error".
+    read_error: ReadError,
     /// Link type and time base of each pcapng interface (or the pcap file's one).
     links: Vec<Link>,
     conns: FxHashMap<(SocketAddr, SocketAddr), Conn>,
@@ -99,8 +103,42 @@ pub struct PcapSource {
     finished: bool,
 }
 
+/// The largest block read (a Modbus/TCP packet is far smaller; pcapng blocks with options
+/// a little larger): a forged length past it ends the file, not the process's memory.
+const MAX_BLOCK: usize = 1 << 28;
+
+/// The error [`Remembering`] kept.
+fn last_error(cell: &ReadError) -> Option<String> {
+    cell.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// Where [`Remembering`] keeps the last read error.
+type ReadError = Arc<Mutex<Option<String>>>;
+
+/// A reader that ends at its first error (e.g. a truncated gzip stream) and keeps it for
+/// the report: pcap-parser drops a buffer it could not fill whole, so an error passed on
+/// would lose the packets read before it, and it reduces every error to "Read error".
+struct Remembering {
+    inner: Box<dyn Read + Send>,
+    last: ReadError,
+}
+
+impl Read for Remembering {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some() {
+            return Ok(0);
+        }
+        self.inner.read(buf).or_else(|e| {
+            *last = Some(e.to_string());
+            Ok(0)
+        })
+    }
+}
+
 impl PcapSource {
-    /// Opens a capture; a file that is neither pcap nor pcapng is an error naming it.
+    /// Opens a capture; a file that is neither pcap nor pcapng (an empty one included) is
+    /// an error naming it.
     pub fn new(
         reader: Box<dyn Read + Send>,
         name: String,
@@ -111,18 +149,29 @@ impl PcapSource {
         }
         let mut stats = FileStats::new(&name, "pcap");
         stats.wire = Some(WireStats::default());
-        let reader = match pcap_parser::create_reader(1 << 20, reader) {
-            Ok(r) => Some(r),
-            Err(PcapError::Eof) => None,
-            Err(e) => {
-                return Err(super::SourceError::Format {
-                    path: name,
-                    message: format!("not a pcap or pcapng capture ({e})"),
-                })
-            }
+        let read_error = ReadError::default();
+        let reader = Remembering {
+            inner: reader,
+            last: read_error.clone(),
         };
+        let capacity = 1 << 20;
+        let reader = pcap_parser::create_reader(capacity, reader).map_err(|e| {
+            let why = match (e, last_error(&read_error)) {
+                (_, Some(error)) => format!("read error: {error}"),
+                (PcapError::Eof, None) => {
+                    "empty: a capture starts with a pcap or pcapng header".into()
+                }
+                (e, None) => format!("not a pcap or pcapng capture ({e})"),
+            };
+            super::SourceError::Format {
+                path: name.clone(),
+                message: why,
+            }
+        })?;
         Ok(Self {
-            reader,
+            reader: Some(reader),
+            capacity,
+            read_error,
             links: Vec::new(),
             conns: FxHashMap::default(),
             emit: Emitter {
@@ -227,19 +276,29 @@ impl PcapSource {
                     }
                     reader.consume(offset);
                 }
-                Err(PcapError::Eof) => self.reader = None,
+                Err(PcapError::Eof) => match last_error(&self.read_error) {
+                    Some(error) => self.fail(&format!("read error: {error}")),
+                    None => self.reader = None,
+                },
+                Err(PcapError::UnexpectedEof) => self.truncated(),
                 Err(PcapError::Incomplete(_)) => {
                     if reader.reader_exhausted() {
-                        self.fail("the capture ends inside a packet (truncated file)");
-                    } else if let Err(e) = reader.refill() {
-                        let msg = format!("read error: {e}");
-                        self.fail(&msg);
+                        self.truncated();
+                    } else if reader.refill().is_err() {
+                        self.fail("read error");
                     }
                 }
                 Err(PcapError::BufferTooSmall) => {
-                    let bigger = reader.data().len().max(1 << 20) * 2;
-                    if bigger > 1 << 28 || !reader.grow(bigger) {
-                        self.fail("a block larger than 256 MiB");
+                    // Doubled only as the data arrives: a forged length in a short file
+                    // meets its end, not a buffer of that length.
+                    if self.capacity >= MAX_BLOCK {
+                        self.fail("a block longer than 256 MiB");
+                    } else {
+                        self.capacity *= 2;
+                        reader.grow(self.capacity);
+                        if reader.refill().is_err() {
+                            self.fail("read error");
+                        }
                     }
                 }
                 Err(e) => {
@@ -248,6 +307,15 @@ impl PcapSource {
                 }
             }
         }
+    }
+
+    /// The file ended inside a block: cut short, or a read failed there.
+    fn truncated(&mut self) {
+        let msg = match last_error(&self.read_error) {
+            Some(error) => format!("read error: {error}"),
+            None => "the capture ends inside a packet (truncated file)".into(),
+        };
+        self.fail(&msg);
     }
 
     /// Ends the file at an error; what was read stays.
@@ -582,6 +650,79 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(c.len(), 1, "the write request was whole; its echo was cut");
         assert!(stats.error.unwrap().contains("after packet 5"));
+    }
+
+    #[test]
+    fn a_packet_longer_than_the_buffer_is_read_and_so_is_what_follows() {
+        let mut pkts = session(Link::Ethernet);
+        let jumbo = vec![0u8; 3 << 20]; // not IP: counted, skipped
+        pkts.insert(0, (pkts[0].0, jumbo, 3 << 20));
+        let (s, c, _, stats) = read(pcap(1, &pkts));
+        assert_eq!((s.len(), c.len()), (2, 1));
+        assert_eq!(stats.error, None);
+    }
+
+    #[test]
+    fn a_forged_length_past_the_end_is_a_truncated_file() {
+        let mut bytes = pcap(1, &session(Link::Ethernet));
+        for v in [1_783_382_400u32, 0, 100 << 20, 100 << 20] {
+            bytes.extend(v.to_le_bytes());
+        }
+        bytes.extend([0; 64]);
+        let (s, _, _, stats) = read(bytes);
+        assert_eq!(s.len(), 2);
+        let error = stats.error.unwrap();
+        assert!(
+            error.contains("after packet 6: the capture ends inside a packet"),
+            "{error}"
+        );
+    }
+
+    /// Bytes, then an error, as a truncated gzip stream reads.
+    struct FailsAfter(std::io::Cursor<Vec<u8>>);
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "incomplete deflate stream",
+                )),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_error_keeps_what_came_before_and_is_named() {
+        let mut bytes = pcap(1, &session(Link::Ethernet));
+        bytes.truncate(bytes.len() - 10);
+        let mut src = PcapSource::new(
+            Box::new(FailsAfter(std::io::Cursor::new(bytes))),
+            "t.pcap.gz".into(),
+            config().wire.clone(),
+        )
+        .unwrap();
+        let mut reg = Registry::new(100);
+        let mut samples = 0;
+        while let Some(ev) = src.next_event(&mut reg) {
+            samples += usize::from(matches!(ev, Event::Sample { .. }));
+        }
+        assert_eq!(samples, 2);
+        let error = src.stats().error.clone().unwrap();
+        assert!(
+            error.contains("after packet 5: read error: incomplete deflate stream"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_not_a_capture() {
+        let err = PcapSource::new(Box::new(&b""[..]), "e.pcap".into(), Arc::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("e.pcap") && err.contains("empty"), "{err}");
     }
 
     #[test]
