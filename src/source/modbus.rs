@@ -6,7 +6,13 @@
 //!   holds its own permit.
 //! - Every request is wrapped in a timeout (tokio-modbus has none). After a timeout or a
 //!   transport error the connection is dropped — a late reply would otherwise be taken
-//!   for the next request's — and re-opened with exponential backoff and jitter.
+//!   for the next request's — and re-opened with exponential backoff and jitter. The
+//!   backoff grows with every failure, a refused connection or a cycle that lost its
+//!   link alike (a device that accepts and then misbehaves is not re-dialled every
+//!   cycle), and resets only after a cycle that kept its link; the first failure after a
+//!   good cycle retries at the next cycle. Failures are logged at
+//!   warn with their reason when the reason changes and at most once a minute otherwise
+//!   (with how many were not logged); the first good cycle after them at info.
 //! - A Modbus exception is an answer: the request's points are reported with
 //!   `quality = "bad"` (carrying their last good value) and counted. A "not available"
 //!   sentinel is a bad-quality point too. A timeout is silence: nothing is reported, so
@@ -357,8 +363,41 @@ pub struct DevicePoller {
     timeout: Duration,
     clock: Clock,
     link: Option<ReadOnlyLink>,
+    /// Why the last cycle dropped the link.
+    dropped: Option<Failure>,
     last_good: Vec<f64>,
     stats: Arc<DeviceStats>,
+}
+
+/// Why a device could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection (refused, unreachable, timed out).
+    Connect(String),
+    /// The connection broke or returned bytes that are not Modbus.
+    Transport(String),
+    /// No answer within the request timeout.
+    Timeout(i64),
+}
+
+impl Failure {
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Connect(_) => "connect",
+            Failure::Transport(_) => "transport",
+            Failure::Timeout(_) => "timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "cannot connect: {e}"),
+            Failure::Transport(e) => write!(f, "transport error: {e}"),
+            Failure::Timeout(ms) => write!(f, "no answer within {ms}ms"),
+        }
+    }
 }
 
 impl DevicePoller {
@@ -371,8 +410,14 @@ impl DevicePoller {
             dev,
             clock,
             link: None,
+            dropped: None,
             stats,
         }
+    }
+
+    /// Why the last cycle dropped the connection, if it did.
+    pub fn take_failure(&mut self) -> Option<Failure> {
+        self.dropped.take()
     }
 
     /// Whether a connection is open.
@@ -381,7 +426,7 @@ impl DevicePoller {
     }
 
     /// Opens the connection (within the request timeout).
-    pub async fn connect(&mut self) -> Result<(), String> {
+    pub async fn connect(&mut self) -> Result<(), Failure> {
         let dev = &self.dev;
         match tokio::time::timeout(self.timeout, ReadOnlyLink::connect(&dev.address, dev.unit))
             .await
@@ -394,10 +439,10 @@ impl DevicePoller {
             }
             failed => {
                 bump(&self.stats.transport_errors, 1);
-                Err(match failed {
+                Err(Failure::Connect(match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => "connect timed out".to_owned(),
-                })
+                }))
             }
         }
     }
@@ -438,12 +483,14 @@ impl DevicePoller {
                     bump(&stats.transport_errors, 1);
                     debug!(device = %dev.name, error = %e, "transport error; reconnecting");
                     self.link = None;
+                    self.dropped = Some(Failure::Transport(e.to_string()));
                     break;
                 }
                 Err(_) => {
                     bump(&stats.timeouts, 1);
                     debug!(device = %dev.name, timeout_ms = dev.timeout, "timeout; reconnecting");
                     self.link = None;
+                    self.dropped = Some(Failure::Timeout(dev.timeout));
                     break;
                 }
             }
@@ -466,6 +513,7 @@ pub async fn poll_device(
     let name = dev.name.clone();
     let mut poller = DevicePoller::new(dev, clock, stats.clone());
     let mut backoff = settings.backoff_min;
+    let mut trouble = Trouble::default();
     let mut next = clock.now();
     loop {
         // Wait for the next cycle (or for a reconnect delay), unless told to stop.
@@ -483,29 +531,89 @@ pub async fn poll_device(
             bump(&stats.overruns, 1);
             next = started + interval;
         }
-        if !poller.connected() {
-            if let Err(why) = poller.connect().await {
-                debug!(device = %name, error = %why, "cannot connect");
-                // Exponential backoff with ±25 % jitter, never sooner than the next cycle.
-                let jitter = rand::rng().random_range(0.75..1.25);
-                let delay = (backoff as f64 * jitter) as i64;
-                backoff = (backoff * 2).min(settings.backoff_max);
-                next = next.max(clock.now() + (delay as f64 * clock.speed) as i64);
-                continue;
-            }
-            backoff = settings.backoff_min;
-        }
-        let readings = {
-            let Ok(_permit) = limit.acquire().await else {
-                break;
-            };
-            poller.cycle().await
+        let failure = if poller.connected() {
+            None
+        } else {
+            poller.connect().await.err()
         };
-        if !readings.is_empty() && tx.send(readings).await.is_err() {
-            return;
+        let failure = match failure {
+            Some(f) => Some(f),
+            None => {
+                let readings = {
+                    let Ok(_permit) = limit.acquire().await else {
+                        break;
+                    };
+                    poller.cycle().await
+                };
+                if !readings.is_empty() && tx.send(readings).await.is_err() {
+                    return;
+                }
+                poller.take_failure()
+            }
+        };
+        match failure {
+            Some(f) => {
+                trouble.failed(&name, f);
+                // The first failure after a good cycle retries at the next cycle (one lost
+                // answer on a busy link is no reason to go quiet); then exponential
+                // backoff with ±25 % jitter, never sooner than the next cycle.
+                if trouble.failures > 1 {
+                    let jitter = rand::rng().random_range(0.75..1.25);
+                    let delay = (backoff as f64 * jitter) as i64;
+                    backoff = (backoff * 2).min(settings.backoff_max);
+                    next = next.max(clock.now() + (delay as f64 * clock.speed) as i64);
+                }
+            }
+            None => {
+                trouble.recovered(&name);
+                backoff = settings.backoff_min;
+            }
         }
     }
     debug!(device = %name, "poller stopped");
+}
+
+/// Rate-limited words about a failing device.
+#[derive(Debug, Default)]
+struct Trouble {
+    /// Failures since the last good cycle.
+    failures: u64,
+    /// Failures not logged since the last line.
+    unlogged: u64,
+    /// The kind last logged, and when.
+    logged: Option<(&'static str, tokio::time::Instant)>,
+}
+
+impl Trouble {
+    /// Between two lines about the same kind of failure.
+    const QUIET: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, device: &str, f: Failure) {
+        self.failures += 1;
+        let now = tokio::time::Instant::now();
+        let due = match self.logged {
+            Some((kind, at)) => kind != f.kind() || now.duration_since(at) >= Self::QUIET,
+            None => true,
+        };
+        if due {
+            warn!(device, failures = self.failures, not_logged = self.unlogged, reason = %f, "modbus device failing; backing off");
+            self.logged = Some((f.kind(), now));
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+    }
+
+    fn recovered(&mut self, device: &str) {
+        if self.failures > 0 {
+            info!(
+                device,
+                failures = self.failures,
+                "modbus device answering again"
+            );
+        }
+        *self = Self::default();
+    }
 }
 
 fn reading(dev: &DevicePlan, kind: &str, metric: &str, ts: Ts, value: f64, q: Quality) -> Reading {
@@ -618,5 +726,73 @@ impl Collector {
             let _ = t.await;
         }
         self.stats.iter().map(|(n, s)| s.snapshot(n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device that accepts every connection and closes it at once: each attempt's
+    /// instant.
+    async fn slammer() -> (String, Arc<std::sync::Mutex<Vec<std::time::Instant>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                log.lock().unwrap().push(std::time::Instant::now());
+                drop(conn);
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_device_that_accepts_and_misbehaves_is_redialled_with_growing_backoff() {
+        let (address, seen) = slammer().await;
+        let map = profiles::named("chiller-generic").unwrap();
+        let dev = DevicePlan {
+            site: "lab".into(),
+            name: "chiller-1".into(),
+            address,
+            unit: 1,
+            interval: 100,
+            timeout: 1000,
+            requests: plan(&map, &PlanLimits::default()),
+            map: Arc::new(map),
+        };
+        let settings = PollSettings {
+            clock: Clock::wall(),
+            backoff_min: 50,
+            backoff_max: 400,
+        };
+        let (tx, _rx) = mpsc::channel(16);
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::new(DeviceStats::default());
+        let task = tokio::spawn(poll_device(
+            dev,
+            settings,
+            Arc::new(Semaphore::new(1)),
+            stats.clone(),
+            tx,
+            stop_rx,
+        ));
+        while seen.lock().unwrap().len() < 8 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        // Every connection was accepted, so each attempt "connected"; the gaps must still
+        // grow to backoff_max (± 25 % jitter), not stay at the 100 ms poll interval.
+        // Waits on a busy machine only lengthen them.
+        let at = seen.lock().unwrap().clone();
+        let late_gaps: Vec<_> = at.windows(2).skip(4).map(|w| w[1] - w[0]).collect();
+        assert!(
+            late_gaps.iter().all(|g| *g >= Duration::from_millis(250)),
+            "{late_gaps:?}"
+        );
+        assert!(stats.connects.load(Ordering::Relaxed) >= 8);
     }
 }
