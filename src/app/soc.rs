@@ -174,29 +174,31 @@ impl Soc {
             let shutdown = async move {
                 let _ = stop_http.changed().await;
             };
-            let (max, idle) = (
+            let idle = Duration::from_millis(h.idle_timeout.unsigned_abs());
+            let bounded = Bounded::new(
+                listener,
                 h.max_connections,
-                Duration::from_millis(h.idle_timeout.unsigned_abs()),
+                h.max_connections_per_address,
+                idle,
             );
             match (&h.cert_file, &h.key_file) {
                 (Some(c), Some(k)) => {
-                    let tls = http::tls::TlsListener::new(listener, &base.join(c), &base.join(k))
-                        .map_err(|rule| TomlError::Invalid {
-                        path: origin.into(),
-                        key: "http.cert_file".into(),
-                        rule,
-                    })?;
+                    let tls =
+                        http::tls::TlsListener::new(bounded, &base.join(c), &base.join(k), idle)
+                            .map_err(|rule| TomlError::Invalid {
+                                path: origin.into(),
+                                key: "http.cert_file".into(),
+                                rule,
+                            })?;
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = axum::serve(Bounded::new(tls, max, idle), app)
-                            .with_graceful_shutdown(shutdown)
-                            .await
+                        if let Err(e) = axum::serve(tls, app).with_graceful_shutdown(shutdown).await
                         {
                             warn!(error = %e, "https server stopped");
                         }
                     }));
                 }
                 _ => tasks.push(tokio::spawn(async move {
-                    if let Err(e) = axum::serve(Bounded::new(listener, max, idle), app)
+                    if let Err(e) = axum::serve(bounded, app)
                         .with_graceful_shutdown(shutdown)
                         .await
                     {

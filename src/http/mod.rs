@@ -45,6 +45,11 @@ pub struct HttpConfig {
     /// 256.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Of those, at most this many from one IP address (TLS handshakes included), so
+    /// one host cannot take every slot. Default 64; behind a reverse proxy every client
+    /// has the proxy's address: raise it to `max_connections` there.
+    #[serde(default = "default_max_per_address")]
+    pub max_connections_per_address: usize,
     /// A connection that moves no byte either way for this long is closed (a
     /// half-sent request, an idle keep-alive, a dead peer). Default `"30s"`; the event
     /// stream sends a keep-alive every 15 s.
@@ -61,6 +66,10 @@ fn default_listen() -> String {
 
 fn default_max_connections() -> usize {
     256
+}
+
+fn default_max_per_address() -> usize {
+    64
 }
 
 fn default_idle_timeout() -> i64 {

@@ -272,13 +272,18 @@ async fn https_serves_the_api_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();
     crate::support::make_certs(dir.path());
     let text = format!(
-        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n"
+        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nidle_timeout = \"10m\"\n"
     );
     let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
     let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir.path(), "t")
         .await
         .unwrap();
     let addr = soc.addr.unwrap();
+    // Clients that connect and never say a word: their handshakes wait (up to the idle
+    // timeout, 10 min here) beside everyone else's, not in front of them.
+    let silent: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
@@ -292,6 +297,15 @@ async fn https_serves_the_api_with_the_configured_certificate() {
         .await
         .unwrap();
     assert_eq!(health.text().await.unwrap(), "ok\n");
+    for mut s in silent {
+        s.set_nonblocking(true).unwrap();
+        let still_waiting =
+            matches!(s.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(
+            still_waiting,
+            "served while a silent client's handshake was still pending"
+        );
+    }
     let denied = client
         .get(format!("https://{addr}/api/v1/alerts"))
         .send()
