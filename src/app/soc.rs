@@ -157,6 +157,9 @@ impl Soc {
             events,
             board: Mutex::new(Board::default()),
             metrics: Mutex::new(registry),
+            streams: Arc::new(tokio::sync::Semaphore::new(
+                cfg.http.as_ref().map_or(1, |h| h.max_streams),
+            )),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();

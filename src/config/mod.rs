@@ -160,6 +160,12 @@ impl SocConfig {
             )?;
             check(
                 origin,
+                "http.max_streams",
+                (1..=h.max_connections).contains(&h.max_streams),
+                "must be between 1 and max_connections",
+            )?;
+            check(
+                origin,
                 "http.max_connections_per_address",
                 (1..=h.max_connections).contains(&h.max_connections_per_address),
                 "must be between 1 and max_connections",

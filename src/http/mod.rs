@@ -50,6 +50,9 @@ pub struct HttpConfig {
     /// has the proxy's address: raise it to `max_connections` there.
     #[serde(default = "default_max_per_address")]
     pub max_connections_per_address: usize,
+    /// Event streams (`/api/v1/stream`) open at once; the next gets a 503. Default 32.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
     /// A connection that moves no byte either way for this long is closed (a
     /// half-sent request, an idle keep-alive, a dead peer). Default `"30s"`; the event
     /// stream sends a keep-alive every 15 s.
@@ -66,6 +69,10 @@ fn default_listen() -> String {
 
 fn default_max_connections() -> usize {
     256
+}
+
+fn default_max_streams() -> usize {
+    32
 }
 
 fn default_max_per_address() -> usize {
@@ -88,6 +95,8 @@ pub struct AppState {
     pub board: Mutex<Board>,
     /// Prometheus metrics.
     pub metrics: Mutex<prometheus_client::registry::Registry>,
+    /// One permit per event stream open at once (`http.max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -112,6 +121,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(page))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api)
+        // The largest body the API takes is an acknowledgement: {"by": 128 characters}.
+        .layer(axum::extract::DefaultBodyLimit::max(4096))
         .with_state(state)
 }
 
@@ -255,6 +266,7 @@ async fn incidents(State(state): State<Arc<AppState>>, Query(p): Query<Page>) ->
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AckBody {
     by: Option<String>,
 }
@@ -262,9 +274,19 @@ struct AckBody {
 async fn ack(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Option<Json<AckBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let by = match acknowledger(body.and_then(|b| b.0.by)) {
+    // No body is an anonymous acknowledgement; a body that is not the JSON object is a 400
+    // (an `Option<Json>` took it as no body and acknowledged). Past the body limit: 413.
+    let by = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<AckBody>(&body) {
+            Ok(b) => b.by,
+            Err(e) => return bad_request(format!("body: {e}")),
+        }
+    };
+    let by = match acknowledger(by) {
         Ok(by) => by,
         Err(e) => return bad_request(e),
     };
@@ -320,9 +342,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// Server-sent events: `alert`, `incident`, `devices`, `ack`. A client too slow to keep
 /// up is told how many events it missed (`lagged`) and should reload the lists.
-async fn stream(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// At most `max_streams` at once (each holds a connection and a subscriber): the next is
+/// answered 503.
+async fn stream(State(state): State<Arc<AppState>>) -> Response {
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many event streams\n",
+        )
+            .into_response();
+    };
     let rx = state.events.subscribe();
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+    // The permit lives as long as the stream.
+    let events = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
         let ev = match rx.recv().await {
             Ok((name, data)) => Event::default().event(name).data(data),
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -330,9 +363,11 @@ async fn stream(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             }
             Err(broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok::<_, Infallible>(ev), rx))
+        Some((Ok::<_, Infallible>(ev), (rx, permit)))
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn page() -> Html<&'static str> {

@@ -426,3 +426,71 @@ fn the_demo_on_a_busy_port_fails_before_announcing_a_dashboard() {
     );
     assert!(stderr.contains(&addr), "names the address: {stderr}");
 }
+
+/// A raw request; the status and what came back until the connection closed or the
+/// headers ended (an event stream never ends).
+fn raw(port: u16, request: &str) -> (u16, TcpStream) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "headers: {head:?}");
+        head.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&head)[9..12].parse().unwrap(), s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_and_request_bodies_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nmax_streams = 2\n"
+    );
+    let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
+    let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir.path(), "t")
+        .await
+        .unwrap();
+    let port = soc.addr.unwrap().port();
+    let checks = tokio::task::spawn_blocking(move || {
+        let stream = format!(
+            "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        );
+        let open: Vec<_> = (0..2).map(|_| raw(port, &stream)).collect();
+        assert!(open.iter().all(|(status, _)| *status == 200));
+        assert_eq!(raw(port, &stream).0, 503, "a third stream");
+        drop(open);
+        // A freed stream slot is taken again (the server notices the close on its next
+        // write: the keep-alive comes every 15 s, so wait for the slot, not a fixed time).
+        wait_until(
+            Duration::from_secs(60),
+            || raw(port, &stream).0 == 200,
+            "a freed stream slot",
+        );
+        let ack = |body: &str| {
+            raw(
+                port,
+                &format!(
+                    "POST /api/v1/alerts/a1/ack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+            )
+            .0
+        };
+        assert_eq!(ack(&format!("{{\"by\":\"{}\"}}", "x".repeat(10_000))), 413);
+        assert_eq!(
+            ack("{\"by\":"),
+            400,
+            "malformed JSON is not an anonymous ack"
+        );
+        assert_eq!(ack("{\"who\":\"x\"}"), 400, "unknown fields");
+        assert_eq!(
+            ack("{\"by\":\"Åsa\"}"),
+            404,
+            "no such alert: the body was fine"
+        );
+    });
+    checks.await.unwrap();
+    soc.stop().await;
+}
