@@ -12,7 +12,15 @@
 //!   (a retained or queued message over `max_packet_bytes`) backs off like a broker
 //!   that refuses us, instead of reconnecting twice a second forever.
 //! - A packet refused on the way in (over `max_packet_bytes`, malformed) is counted as
-//!   malformed, like a payload that does not decode.
+//!   malformed, like a payload that does not decode. It cannot be acknowledged (its
+//!   packet id is in what could not be read), so a persistent session redelivers it on
+//!   every reconnect and nothing queued behind it ever arrives: after
+//!   `DISCARD_AFTER` such failures with no message read between them, the next
+//!   connection asks for a clean session, dropping what the broker queued for us (the
+//!   poisoned message with it; counted in `sessions_discarded`, logged at warn), and
+//!   the one after it is persistent again. A *retained* message over the limit comes
+//!   with every subscription and cannot be skipped this way in MQTT 3.1.1: cap it at
+//!   the broker (Mosquitto's `message_size_limit`).
 //! - Readings go to the pipeline through a bounded channel: while it is full the event
 //!   loop is not polled and the broker holds the messages.
 //! - Malformed payloads and unmapped topics are counted, and the first ones are logged
@@ -314,6 +322,8 @@ pub struct MqttStats {
     pub seq_gaps: AtomicU64,
     /// Sparkplug rebirth requests sent.
     pub rebirths: AtomicU64,
+    /// Persistent sessions given up to skip a message that could not be read.
+    pub sessions_discarded: AtomicU64,
 }
 
 /// A snapshot of [`MqttStats`].
@@ -329,6 +339,7 @@ pub struct MqttCounts {
     pub malformed: u64,
     pub seq_gaps: u64,
     pub rebirths: u64,
+    pub sessions_discarded: u64,
 }
 
 impl MqttStats {
@@ -345,6 +356,7 @@ impl MqttStats {
             malformed: g(&self.malformed),
             seq_gaps: g(&self.seq_gaps),
             rebirths: g(&self.rebirths),
+            sessions_discarded: g(&self.sessions_discarded),
         }
     }
 }
@@ -391,6 +403,9 @@ impl MessageDecoder {
 /// Messages of one kind of trouble logged individually before going quiet.
 const LOG_FIRST: u64 = 10;
 
+/// Unreadable packets in a row after which the persistent session is given up.
+const DISCARD_AFTER: u32 = 3;
+
 /// Subscribes to one broker until `stop` turns true.
 pub async fn subscribe(
     plan: BrokerPlan,
@@ -417,6 +432,8 @@ pub async fn subscribe(
     let mut decoder = MessageDecoder::new(plan.map.clone(), &b.site);
     let mut backoff = Backoff::new(b.backoff_min, b.backoff_max);
     let mut connected_at: Option<std::time::Instant> = None;
+    // Unreadable packets since the last message read.
+    let mut unreadable = 0;
     let url = b.url.clone();
     info!(broker = %url, ?filters, "mqtt subscriber starting");
     loop {
@@ -427,6 +444,8 @@ pub async fn subscribe(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 bump(&stats.connects, 1);
+                // A clean session was asked for once; from now on persistent again.
+                events.mqtt_options.set_clean_session(false);
                 connected_at = Some(std::time::Instant::now());
                 debug!(broker = %url, session_present = ack.session_present, "connected");
                 for f in &filters {
@@ -437,6 +456,7 @@ pub async fn subscribe(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 bump(&stats.messages, 1);
+                unreadable = 0;
                 match decoder.decode(&p.topic, &p.payload, clock.now(), &stats) {
                     Ok((readings, rebirth)) => {
                         if let Some((topic, payload)) = rebirth {
@@ -468,6 +488,13 @@ pub async fn subscribe(
                     ConnectionError::MqttState(StateError::Deserialization(_))
                 ) {
                     bump(&stats.malformed, 1);
+                    unreadable += 1;
+                    if unreadable >= DISCARD_AFTER {
+                        unreadable = 0;
+                        bump(&stats.sessions_discarded, 1);
+                        warn!(broker = %url, error = %e, "the same unreadable message keeps coming: reconnecting with a clean session, dropping what the broker queued for us");
+                        events.mqtt_options.set_clean_session(true);
+                    }
                 }
                 let n = stats.errors.fetch_add(1, Ordering::Relaxed);
                 if n < LOG_FIRST {

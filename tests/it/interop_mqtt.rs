@@ -391,3 +391,66 @@ async fn sparkplug_from_an_independent_encoder() {
         "seq 2 → 7 is a gap: one rebirth asked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_message_too_big_to_read_is_skipped_not_redelivered_forever() {
+    if !mosquitto_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), free_port(), "");
+    let port = broker.port;
+    let config = format!(
+        "[[mqtt.brokers]]\nurl = \"mqtt://127.0.0.1:{port}\"\nmap = \"generic-json-gateway\"\nclient_id = \"it-poison\"\n\
+         max_packet_bytes = 4096\nbackoff_min = \"10ms\"\nbackoff_max = \"100ms\"\n"
+    );
+    // The persistent session and its subscription exist (a probe came through); then the
+    // subscriber is away.
+    let topic = "gateway/fra2/chiller/chiller-7/data";
+    let probe = r#"{"time": 1783382399000, "data": {"flow_lps": 40}}"#;
+    let mut sub = Subscriber::start(&config, dir.path());
+    while sub.take(1, Duration::from_millis(500)).await.is_empty() {
+        mosquitto_pub(port, &["-t", topic, "-m", probe]);
+    }
+    sub.stop().await;
+    // Queued for it: a message it cannot read (QoS 1: redelivered until acknowledged,
+    // and nothing queued behind it is delivered before it).
+    let big = format!(
+        r#"{{"time": 1783382400000, "data": {{"pad": "{}"}}}}"#,
+        "x".repeat(10_000)
+    );
+    mosquitto_pub(port, &["-t", topic, "-m", &big]);
+    let mut sub = Subscriber::start(&config, dir.path());
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // What is published from now on gets through once the subscriber is past it (its
+    // new session subscribed): publish until one arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing got past the unreadable message: malformed {}, discarded {}, connects {}",
+            count(&sub.stats.malformed),
+            count(&sub.stats.sessions_discarded),
+            count(&sub.stats.connects)
+        );
+        mosquitto_pub(
+            port,
+            &[
+                "-t",
+                topic,
+                "-m",
+                r#"{"time": 1783382401000, "data": {"supply_temp_c": 7.1}}"#,
+            ],
+        );
+        got = sub.take(1, Duration::from_millis(500)).await;
+        got.retain(|r| r.metric != "flow_lps"); // a probe left over from the first part
+    }
+    let stats = sub.stop().await;
+    assert_eq!(
+        got.first().map(|r| (r.metric.as_str(), r.value)),
+        Some(("supply_temp_c", 7.1))
+    );
+    assert_eq!(count(&stats.malformed), 3, "read three times, then skipped");
+    assert_eq!(count(&stats.sessions_discarded), 1);
+}
