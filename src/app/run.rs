@@ -294,11 +294,13 @@ async fn central(
 }
 
 /// Hands a batch of readings to the board and the pipeline; returns how many were
-/// dropped (point table full).
+/// dropped (point table full). A reading the pipeline holds apart as dated ahead of the
+/// site's present never reaches the board: a forged one would show as the device's
+/// latest value and time until the next good one.
 fn take(batch: Vec<Reading>, soc: Option<&Soc>, p: &mut Pipeline, out: &mut Vec<Output>) -> u64 {
     let mut dropped = 0;
     for r in batch {
-        if let Some(s) = soc {
+        if let Some(s) = soc.filter(|_| p.admits(r.ts)) {
             s.reading(&r);
         }
         dropped += u64::from(!push(p, r, out));

@@ -444,6 +444,12 @@ impl Pipeline {
         self.present.at()
     }
 
+    /// Whether an event dated `ts` would go in now rather than be held apart as ahead
+    /// (before the present is known, every one would).
+    pub fn admits(&self, ts: Ts) -> bool {
+        self.present.admits(ts)
+    }
+
     /// Event time of the first and the last event processed (not of events late or
     /// held apart).
     pub fn span(&self) -> Option<(Ts, Ts)> {
@@ -685,6 +691,19 @@ mod tests {
             biggest_cluster(&mut tie, 10),
             Some((100, 101)),
             "the later of equals"
+        );
+    }
+
+    #[test]
+    fn live_a_reading_dated_past_the_clock_by_more_than_max_ahead_is_not_admitted() {
+        let cfg = crate::Config::from_toml_str("", "t").unwrap();
+        let mut p = cfg.build_pipeline();
+        let now = 1_783_382_400_000;
+        p.advance_to(now, &mut Vec::new());
+        assert!(p.admits(now + 30_000));
+        assert!(
+            !p.admits(now + 61_000),
+            "held apart, so not shown on the board either"
         );
     }
 }
