@@ -56,6 +56,12 @@ struct DeviceLabels {
     kind: String,
 }
 
+/// A device as `site/device`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SeverityLabel {
     severity: String,
@@ -69,6 +75,8 @@ pub struct Soc {
     readings: Counter,
     late: Counter,
     ahead: Counter,
+    late_by_device: Family<SourceLabel, Counter>,
+    ahead_by_device: Family<SourceLabel, Counter>,
     alerts: Family<SeverityLabel, Counter>,
     scores: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
     last_devices: Instant,
@@ -130,6 +138,18 @@ impl Soc {
         registry.register("readings", "Readings processed", readings.clone());
         let late = Counter::default();
         let ahead = Counter::default();
+        let late_by_device = Family::<SourceLabel, Counter>::default();
+        let ahead_by_device = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "late_events_by_device",
+            "Late events by the device (site/device) they came from",
+            late_by_device.clone(),
+        );
+        registry.register(
+            "ahead_events_by_device",
+            "Events held apart as ahead, by the device (site/device) they came from",
+            ahead_by_device.clone(),
+        );
         registry.register(
             "late_events",
             "Events older than the watermark when they arrived: counted, not used",
@@ -225,6 +245,8 @@ impl Soc {
             readings,
             late,
             ahead,
+            late_by_device,
+            ahead_by_device,
             alerts,
             scores,
             last_devices: Instant::now(),
@@ -250,6 +272,18 @@ impl Soc {
     pub fn pipeline(&self, stats: &crate::pipeline::PipelineStats) {
         for (counter, now) in [(&self.late, stats.late), (&self.ahead, stats.ahead)] {
             counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        for (source, t) in &stats.by_device {
+            let label = SourceLabel {
+                source: source.clone(),
+            };
+            for (family, now) in [
+                (&self.late_by_device, t.late),
+                (&self.ahead_by_device, t.ahead),
+            ] {
+                let counter = family.get_or_create(&label);
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
         }
     }
 

@@ -26,6 +26,7 @@ use present::Present;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::collections::BinaryHeap;
 
 mod present;
@@ -106,6 +107,19 @@ pub struct PipelineStats {
     /// Samples dropped because their point already had a sample at that instant (an
     /// at-least-once source redelivering, or the same file given twice).
     pub duplicates: u64,
+    /// `late` and `ahead` by the device they came from (`site/device`): which source's
+    /// clock is wrong, or forged.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_device: BTreeMap<String, TimeTrouble>,
+}
+
+/// One device's events that were late or ahead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimeTrouble {
+    /// Arrived after the watermark passed them.
+    pub late: u64,
+    /// Dated further than `max_ahead` past the site's present.
+    pub ahead: u64,
 }
 
 impl PipelineStats {
@@ -119,8 +133,16 @@ impl PipelineStats {
         self.frames += o.frames;
         self.findings += o.findings;
         self.duplicates += o.duplicates;
+        for (device, t) in &o.by_device {
+            let mine = self.by_device.entry(device.clone()).or_default();
+            mine.late += t.late;
+            mine.ahead += t.ahead;
+        }
     }
 }
+
+/// Devices counted apart in `PipelineStats::by_device`.
+const MAX_SOURCES: usize = 10_000;
 
 /// How many late events, and how many events ahead, are logged individually.
 const LOG_LATE: u64 = 5;
@@ -273,8 +295,11 @@ impl Pipeline {
         let ts = event.ts();
         if ts < self.released {
             self.stats.late += 1;
+            let source = self.source(&event);
+            self.stats.by_device.entry(source.clone()).or_default().late += 1;
             if self.stats.late <= LOG_LATE {
                 tracing::warn!(
+                    %source,
                     ts = %crate::time::format_ts(ts),
                     watermark = %crate::time::format_ts(self.released),
                     "late event: older than the reorder tolerance allows; counted, not used"
@@ -343,7 +368,10 @@ impl Pipeline {
         for Reverse(q) in queued {
             if q.ts < from {
                 self.stats.late += 1;
+                let source = self.source(&q.event);
+                self.stats.by_device.entry(source.clone()).or_default().late += 1;
                 tracing::warn!(
+                    %source,
                     ts = %crate::time::format_ts(q.ts),
                     present = %crate::time::format_ts(to),
                     "event dated far before the site's present: counted late, not used"
@@ -361,6 +389,28 @@ impl Pipeline {
         self.present_moved(now, out);
     }
 
+    /// The device an event came from, as `site/device` (past `MAX_SOURCES` distinct
+    /// ones, `other`: a capture can name as many devices in commands as it likes).
+    fn source(&self, event: &Event) -> String {
+        let name = self.source_name(event);
+        if self.stats.by_device.len() >= MAX_SOURCES && !self.stats.by_device.contains_key(&name) {
+            return "other".into();
+        }
+        name
+    }
+
+    fn source_name(&self, event: &Event) -> String {
+        let device = |id| {
+            let d = self.registry.device(id);
+            format!("{}/{}", d.site, d.name)
+        };
+        match event {
+            Event::Sample { point, .. } => device(self.registry.point(*point).device),
+            Event::Traffic(t) => device(t.device),
+            Event::Command(c) => format!("{}/{}", c.site, c.device),
+        }
+    }
+
     /// `point` has an event held apart at `ts`.
     fn claim(&mut self, point: PointId, ts: Ts) {
         let c = self.claims.entry(point).or_insert(ts);
@@ -370,8 +420,15 @@ impl Pipeline {
     /// Keeps an event dated too far past the present apart (bounded), counted.
     fn hold(&mut self, q: Reverse<Queued>) {
         self.stats.ahead += 1;
+        let source = self.source(&q.0.event);
+        self.stats
+            .by_device
+            .entry(source.clone())
+            .or_default()
+            .ahead += 1;
         if self.stats.ahead <= LOG_LATE {
             tracing::warn!(
+                %source,
                 ts = %crate::time::format_ts(q.0.ts),
                 present = %self.present.at().map(crate::time::format_ts).unwrap_or_default(),
                 "event dated far ahead of the site's present: held apart until the site's time catches up"

@@ -248,6 +248,13 @@ fn a_reading_dated_far_ahead_neither_blinds_nor_alarms_falsely() {
     );
     let (r, alerts) = replay_lines(dir.path(), "hostile", &hostile);
     assert_eq!(r["ahead"], 2, "both forged lines were held apart");
+    for device in ["ams1/pdu-1", "ams1/ups-1"] {
+        assert_eq!(
+            r["by_device"][device]["ahead"], 1,
+            "the report names the device whose clock lied: {}",
+            r["by_device"]
+        );
+    }
     assert_eq!(r["late"], 0, "nothing else was pushed out");
     assert_eq!(r["readings"], clean_report["readings"]);
     assert_eq!(
