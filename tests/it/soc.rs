@@ -330,7 +330,7 @@ async fn https_serves_the_api_with_the_configured_certificate() {
 }
 
 #[test]
-fn the_demo_shows_the_first_attacks_alerts_and_nothing_before() {
+fn the_demo_shows_the_first_attacks_alerts_and_nothing_before_despite_a_forged_clock() {
     let _quiet = crate::support::machine_lock();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -373,10 +373,35 @@ fn the_demo_shows_the_first_attacks_alerts_and_nothing_before() {
             .unwrap()
             .clone()
     };
+    // An attacker who can publish (the broker's login, from the demo's config) sends one
+    // reading dated 9999 for a PDU collected over MQTT, before the first attack.
+    let (site, pdu) = {
+        let mut found = None;
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                let (_, body) = http(port, "GET", "/api/v1/devices", Some(&token));
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                found = v["devices"].as_array().unwrap().iter().find_map(|d| {
+                    (d["kind"] == "pdu").then(|| {
+                        (
+                            d["site"].as_str().unwrap().to_owned(),
+                            d["device"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                });
+                found.is_some()
+            },
+            "a PDU on the board",
+        );
+        found.unwrap()
+    };
+    forge_a_far_future_reading(&dir.path().join("demo.toml"), &site, &pdu);
+    let is_clock = |a: &serde_json::Value| a["detector"] == "event_time";
     wait_until(
         Duration::from_secs(90),
-        || !alerts().is_empty(),
-        "the demo's first alert",
+        || alerts().iter().any(|a| !is_clock(a)),
+        "the demo's first attack alert",
     );
     let list = alerts();
     let detected = |a: &serde_json::Value| {
@@ -385,8 +410,24 @@ fn the_demo_shows_the_first_attacks_alerts_and_nothing_before() {
             .unwrap()
     };
     assert!(
-        list.iter().all(|a| detected(a) >= attack_at),
-        "no alert before the first attack ({first}): {list:#?}"
+        list.iter().all(|a| detected(a) >= attack_at || is_clock(a)),
+        "no alert before the first attack ({first}) but the forged clock's: {list:#?}"
+    );
+    let (_, metrics) = http(port, "GET", "/metrics", Some(&token));
+    let held = format!("wattchdog_ahead_events_by_device_total{{source=\"{site}/{pdu}\"}} 1");
+    assert!(
+        metrics.contains(&held),
+        "the forged reading arrived and was held apart: {held} in\n{metrics}"
+    );
+    let clock: Vec<_> = list.iter().filter(|a| is_clock(a)).collect();
+    assert!(
+        clock.len() <= 1 && clock.iter().all(|a| a["device"] == pdu.as_str()),
+        "at most one finding, about the forged point: {clock:#?}"
+    );
+    assert!(
+        list.iter()
+            .all(|a| a["device"] != pdu.as_str() || is_clock(a) || detected(a) >= attack_at),
+        "no false silence for the forged device: {list:#?}"
     );
     let (status, devices) = http(port, "GET", "/api/v1/devices", Some(&token));
     assert_eq!(status, 200);
@@ -493,4 +534,42 @@ async fn event_streams_and_request_bodies_are_capped() {
     });
     checks.await.unwrap();
     soc.stop().await;
+}
+
+/// Publishes `{"ts": "9999-12-31T23:59:59Z", "values": {"it_load_kw": 1}}` for `device`
+/// to the demo's broker, with the login its config holds.
+fn forge_a_far_future_reading(config: &Path, site: &str, device: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_owned()
+    };
+    let (url, username, password) = (field("url"), field("username"), field("password"));
+    let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+    let mut opts = rumqttc::MqttOptions::new("forger", host, port.parse().unwrap());
+    opts.set_credentials(username, password);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 8);
+        client
+            .publish(
+                format!("wattchdog/{site}/pdu/{device}"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                r#"{"ts":"9999-12-31T23:59:59Z","values":{"it_load_kw":1}}"#,
+            )
+            .await
+            .unwrap();
+        // Until the broker acknowledges it.
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("cannot publish to the demo's broker: {e}"),
+            }
+        }
+    });
 }
