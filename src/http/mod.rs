@@ -10,7 +10,7 @@ pub mod board;
 pub mod bounded;
 pub mod tls;
 
-use crate::sink::store::{Acked, AlertQuery, Store};
+use crate::sink::store::{Acked, AlertQuery, Store, MAX_ACKS};
 use crate::time::TimeFormat;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -189,6 +189,21 @@ fn acknowledger(by: Option<String>) -> Result<String, String> {
     Ok(by)
 }
 
+/// Longest acknowledgement note kept (characters).
+const MAX_NOTE_CHARS: usize = 500;
+
+/// A note on an acknowledgement: at most 500 characters, no control characters but
+/// line breaks.
+fn ack_note(note: Option<String>) -> Result<String, String> {
+    let note = note.unwrap_or_default();
+    if note.chars().count() > MAX_NOTE_CHARS || note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(format!(
+            "note: at most {MAX_NOTE_CHARS} characters, no control characters but line breaks"
+        ));
+    }
+    Ok(note)
+}
+
 fn bad_request(e: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
 }
@@ -271,6 +286,7 @@ async fn incidents(State(state): State<Arc<AppState>>, Query(p): Query<Page>) ->
 #[serde(deny_unknown_fields)]
 struct AckBody {
     by: Option<String>,
+    note: Option<String>,
 }
 
 async fn ack(
@@ -280,32 +296,41 @@ async fn ack(
 ) -> Response {
     // No body is an anonymous acknowledgement; a body that is not the JSON object is a 400
     // (an `Option<Json>` took it as no body and acknowledged). Past the body limit: 413.
-    let by = if body.is_empty() {
-        None
+    let body = if body.is_empty() {
+        AckBody::default()
     } else {
         match serde_json::from_slice::<AckBody>(&body) {
-            Ok(b) => b.by,
+            Ok(b) => b,
             Err(e) => return bad_request(format!("body: {e}")),
         }
     };
-    let by = match acknowledger(by) {
-        Ok(by) => by,
-        Err(e) => return bad_request(e),
+    let (by, note) = match (acknowledger(body.by), ack_note(body.note)) {
+        (Ok(by), Ok(note)) => (by, note),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
     };
     let result = state
         .store
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .ack(&id, &by);
+        .ack(&id, &by, &note);
     match result {
         Ok(Acked::Now) => {
             state.publish("ack", json!({"id": id, "by": by}).to_string());
             Json(json!({"id": id, "acked_by": by})).into_response()
         }
-        // The first acknowledgement stands: who and when are evidence.
-        Ok(Acked::Already { at, by }) => (
+        // Kept in the history; the first acknowledgement stays the alert's (who and when
+        // are evidence).
+        Ok(Acked::Added { at, by: first }) => {
+            state.publish(
+                "ack",
+                json!({"id": id, "by": first, "added_by": by}).to_string(),
+            );
+            Json(json!({"id": id, "acked_by": first, "acked_at": crate::time::format_ts(at), "added_by": by}))
+                .into_response()
+        }
+        Ok(Acked::Full) => (
             StatusCode::CONFLICT,
-            Json(json!({"id": id, "acked_by": by, "acked_at": crate::time::format_ts(at)})),
+            format!("this alert has {MAX_ACKS} acknowledgements: no more are kept\n"),
         )
             .into_response(),
         Ok(Acked::Missing) => (StatusCode::NOT_FOUND, "no such alert\n").into_response(),
@@ -388,6 +413,14 @@ mod tests {
         assert!(acknowledger(Some("a\nb".into())).is_err());
         assert!(acknowledger(Some("x".repeat(MAX_BY_CHARS))).is_ok());
         assert!(acknowledger(Some("x".repeat(1_500_000))).is_err());
+    }
+
+    #[test]
+    fn notes_are_bounded_and_printable() {
+        assert_eq!(ack_note(None).unwrap(), "");
+        assert!(ack_note(Some("called the grid operator\nticket 42".into())).is_ok());
+        assert!(ack_note(Some("x".repeat(MAX_NOTE_CHARS + 1))).is_err());
+        assert!(ack_note(Some("bell\u{7}".into())).is_err());
     }
 
     #[test]

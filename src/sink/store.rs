@@ -54,7 +54,7 @@ pub enum StoreError {
     Damaged(String),
 }
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE alerts (
     id TEXT PRIMARY KEY,
@@ -101,7 +101,21 @@ CREATE INDEX outbox_due ON outbox (delivered_at, dead_at, next_at);
 "#,
     // Each snapshot of an alert is its own delivery (rows from before: the alert id).
     "ALTER TABLE outbox ADD COLUMN delivery_id TEXT;",
+    // Every acknowledgement kept, with its note (the alert's columns keep the first).
+    r#"
+CREATE TABLE acks (
+    alert_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    by TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX acks_alert ON acks (alert_id);
+INSERT INTO acks (alert_id, at, by) SELECT id, acked_at, COALESCE(acked_by, '') FROM alerts WHERE acked_at IS NOT NULL;
+"#,
 ];
+
+/// Acknowledgements kept per alert; the next is refused.
+pub const MAX_ACKS: i64 = 50;
 
 /// Filters of an alert listing.
 #[derive(Debug, Clone, Default)]
@@ -146,15 +160,17 @@ pub struct OutboxItem {
 /// What an acknowledgement did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acked {
-    /// Acknowledged now.
+    /// The alert's first acknowledgement.
     Now,
-    /// Acknowledged before, by `by` at `at` (wall ms): that acknowledgement stands.
-    Already {
-        /// When.
+    /// Added to the history; the first, by `by` at `at` (wall ms), stands as the alert's.
+    Added {
+        /// When the first was.
         at: i64,
-        /// Who.
+        /// Who gave the first.
         by: String,
     },
+    /// The alert already has [`MAX_ACKS`]: not kept.
+    Full,
     /// No such alert.
     Missing,
 }
@@ -296,7 +312,8 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Alerts, newest first, with their acknowledgement under `ack`.
+    /// Alerts, newest first, with their first acknowledgement under `ack` (and every one
+    /// under `ack.history`).
     pub fn alerts(&self, q: &AlertQuery) -> Result<Vec<Value>, StoreError> {
         let mut sql = String::from("SELECT body, acked_at, acked_by FROM alerts WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -341,11 +358,15 @@ impl Store {
             let (body, at, by) = row.map_err(&e)?;
             let mut v: Value =
                 serde_json::from_str(&body).map_err(|e| StoreError::Damaged(e.to_string()))?;
-            if let (Some(at), Some(obj)) = (at, v.as_object_mut()) {
-                obj.insert(
-                    "ack".into(),
-                    serde_json::json!({"at": crate::time::format_ts(at), "by": by}),
-                );
+            if let Some(at) = at {
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                let history = self.ack_history(&id)?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert(
+                        "ack".into(),
+                        serde_json::json!({"at": crate::time::format_ts(at), "by": by, "history": history}),
+                    );
+                }
             }
             out.push(v);
         }
@@ -371,34 +392,77 @@ impl Store {
         .collect()
     }
 
-    /// Acknowledges an alert, unless it was acknowledged before (the first stands).
-    pub fn ack(&mut self, id: &str, by: &str) -> Result<Acked, StoreError> {
-        let e = self.err();
-        let n = self
-            .conn
-            .execute(
-                "UPDATE alerts SET acked_at = ?2, acked_by = ?3 WHERE id = ?1 AND acked_at IS NULL",
-                params![id, now_ms(), by],
-            )
-            .map_err(&e)?;
-        if n > 0 {
-            return Ok(Acked::Now);
-        }
-        self.conn
+    /// Adds an acknowledgement (who, now, a note) to an alert's history; the first also
+    /// becomes the alert's `ack`.
+    pub fn ack(&mut self, id: &str, by: &str, note: &str) -> Result<Acked, StoreError> {
+        let path = self.path.clone();
+        let e = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&e)?;
+        let first = tx
             .query_row(
                 "SELECT acked_at, acked_by FROM alerts WHERE id = ?1",
                 params![id],
                 |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<String>>(1)?)),
             )
             .optional()
-            .map_err(&e)
-            .map(|row| match row {
-                Some((Some(at), by)) => Acked::Already {
-                    at,
-                    by: by.unwrap_or_default(),
-                },
-                _ => Acked::Missing,
+            .map_err(&e)?;
+        let Some((first_at, first_by)) = first else {
+            return Ok(Acked::Missing);
+        };
+        let kept: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM acks WHERE alert_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        if kept >= MAX_ACKS {
+            return Ok(Acked::Full);
+        }
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO acks (alert_id, at, by, note) VALUES (?1, ?2, ?3, ?4)",
+            params![id, now, by, note],
+        )
+        .map_err(&e)?;
+        let acked = match first_at {
+            Some(at) => Acked::Added {
+                at,
+                by: first_by.unwrap_or_default(),
+            },
+            None => {
+                tx.execute(
+                    "UPDATE alerts SET acked_at = ?2, acked_by = ?3 WHERE id = ?1",
+                    params![id, now, by],
+                )
+                .map_err(&e)?;
+                Acked::Now
+            }
+        };
+        tx.commit().map_err(&e)?;
+        Ok(acked)
+    }
+
+    /// An alert's acknowledgements, oldest first.
+    fn ack_history(&self, id: &str) -> Result<Vec<Value>, StoreError> {
+        let e = self.err();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT at, by, note FROM acks WHERE alert_id = ?1 ORDER BY at, rowid")
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(serde_json::json!({
+                    "at": crate::time::format_ts(r.get::<_, i64>(0)?),
+                    "by": r.get::<_, String>(1)?,
+                    "note": r.get::<_, String>(2)?,
+                }))
             })
+            .map_err(&e)?;
+        rows.collect::<Result<_, _>>().map_err(&e)
     }
 
     /// Number of alerts stored.
@@ -493,6 +557,13 @@ impl Store {
                 params![before],
             )
             .map_err(&e)?;
+        // Their acknowledgements go with them.
+        self.conn
+            .execute(
+                "DELETE FROM acks WHERE alert_id NOT IN (SELECT id FROM alerts)",
+                [],
+            )
+            .map_err(&e)?;
         n += self
             .conn
             .execute(
@@ -570,12 +641,13 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(s.ack("a4", "ops").unwrap(), Acked::Now);
-        assert_eq!(s.ack("nope", "ops").unwrap(), Acked::Missing);
-        // The first acknowledgement stands: a second neither overwrites who nor when.
+        assert_eq!(s.ack("a4", "ops", "").unwrap(), Acked::Now);
+        assert_eq!(s.ack("nope", "ops", "").unwrap(), Acked::Missing);
+        // The first acknowledgement stands: a second joins the history, overwriting
+        // neither who nor when.
         assert!(matches!(
-            s.ack("a4", "mallory").unwrap(),
-            Acked::Already { by, .. } if by == "ops"
+            s.ack("a4", "mallory", "escalated").unwrap(),
+            Acked::Added { by, .. } if by == "ops"
         ));
         // A later snapshot of the same alert updates it and keeps the ack.
         s.put_alert(
@@ -594,6 +666,28 @@ mod tests {
         assert_eq!(all[0]["id"], "a4", "newest first");
         assert_eq!(all[0]["severity"], "critical");
         assert_eq!(all[0]["ack"]["by"], "ops");
+        let history = all[0]["ack"]["history"].as_array().unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .map(|h| (h["by"].as_str(), h["note"].as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (Some("ops"), Some("")),
+                (Some("mallory"), Some("escalated"))
+            ]
+        );
+        for i in 2..MAX_ACKS {
+            assert!(matches!(
+                s.ack("a4", &format!("analyst-{i}"), "").unwrap(),
+                Acked::Added { .. }
+            ));
+        }
+        assert_eq!(
+            s.ack("a4", "one-too-many", "").unwrap(),
+            Acked::Full,
+            "the history is bounded"
+        );
         assert_eq!(s.alerts(&q(Some(Severity::High), 100, 0)).unwrap().len(), 3);
         let page = s.alerts(&q(None, 2, 2)).unwrap();
         assert_eq!((page.len(), page[0]["id"].as_str()), (2, Some("a2")));
@@ -672,6 +766,12 @@ mod tests {
                 [],
             )
             .unwrap();
+            c.execute(
+                "INSERT INTO alerts (id, site, device, kind, detector, severity, technique, ts, last_seen, status, incident_id, body, stored_at, acked_at, acked_by)
+                 VALUES ('acked', 's', 'd', 'ups', 'limits', 2, 'T0831', 5, 5, 'open', 'i', '{\"id\":\"acked\"}', 0, 7000, 'ops')",
+                [],
+            )
+            .unwrap();
         }
         let mut s = Store::open(&path).unwrap();
         s.put_alert(
@@ -681,6 +781,15 @@ mod tests {
         .unwrap();
         let keys = delivery_ids(&s);
         assert_eq!(keys, ["old", "new:open:1:low"]);
+        // An acknowledgement from before the history is its first entry.
+        let listed = s
+            .alerts(&AlertQuery {
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .unwrap();
+        let acked = listed.iter().find(|a| a["id"] == "acked").unwrap();
+        assert_eq!(acked["ack"]["history"][0]["by"], "ops");
     }
 
     #[test]
@@ -693,11 +802,18 @@ mod tests {
                 .unwrap();
             s.put_alert(&alert("open", 0, Severity::Low, AlertStatus::Open), &[])
                 .unwrap();
+            s.ack("old", "ops", "").unwrap();
+            s.ack("open", "ops", "").unwrap();
         }
         let mut s = Store::open(&path).unwrap();
         assert_eq!(s.alert_count().unwrap(), 2);
         assert_eq!(s.prune(1000).unwrap(), 1);
         assert!(s.alert("old").unwrap().is_none());
         assert!(s.alert("open").unwrap().is_some());
+        let acks: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM acks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(acks, 1, "a pruned alert's acknowledgements go with it");
     }
 }
