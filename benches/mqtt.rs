@@ -206,7 +206,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let port = wattchdog::app::broker::start(0, None)
+    let port = wattchdog::app::broker::start(0, None, 1 << 30)
         .expect("embedded broker")
         .port();
     report(

@@ -151,7 +151,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let broker = wattchdog::app::broker::start(0, None).expect("broker");
+        let broker = wattchdog::app::broker::start(0, None, 1 << 30).expect("broker");
         let hook = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hook_port = hook.local_addr().unwrap().port();
         let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -109,7 +109,7 @@ pub async fn serve(
         .collect();
 
     let login = crate::app::broker::Login::random();
-    let broker = crate::app::broker::start(0, Some(&login))?;
+    let broker = crate::app::broker::start(0, Some(&login), crate::app::broker::DEMO_LOG_BYTES)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let modbus_addr = listener.local_addr()?;
     let site = facility.site.clone();

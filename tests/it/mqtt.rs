@@ -16,7 +16,7 @@ use wattchdog::Config;
 /// at 20×, subscribes with `map`, and returns what arrived and what was published. The
 /// publisher is aborted, not stopped, so the broker sends its last will.
 async fn round_trip(sparkplug: bool, map: &str, secs: u64) -> (Vec<Reading>, String, MqttStats) {
-    let broker = wattchdog::app::broker::start(0, None).unwrap();
+    let broker = wattchdog::app::broker::start(0, None, 1 << 30).unwrap();
     let start = chrono::Utc::now().timestamp() * 1000;
     let clock = Clock {
         epoch: start,
