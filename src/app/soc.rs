@@ -270,6 +270,10 @@ impl Soc {
 
     /// The pipeline's counters so far (they only grow).
     pub fn pipeline(&self, stats: &crate::pipeline::PipelineStats) {
+        // Called per batch: the per-device counts change only when the totals do.
+        if self.late.get() == stats.late && self.ahead.get() == stats.ahead {
+            return;
+        }
         for (counter, now) in [(&self.late, stats.late), (&self.ahead, stats.ahead)] {
             counter.inc_by(now.saturating_sub(counter.get()));
         }

@@ -185,6 +185,14 @@ fn severity_rank(s: Severity) -> i64 {
     s as i64
 }
 
+/// Names the store in a SQLite error without borrowing it (for use inside a transaction).
+fn sqlite_error(path: String) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    }
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -251,11 +259,7 @@ impl Store {
     /// `receivers`, in one transaction.
     pub fn put_alert(&mut self, a: &Alert, receivers: &[&str]) -> Result<(), StoreError> {
         let body = serde_json::to_string(a).map_err(|e| StoreError::Damaged(e.to_string()))?;
-        let path = self.path.clone();
-        let e = move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(self.path.clone());
         let tx = self.conn.transaction().map_err(&e)?;
         let now = now_ms();
         tx.execute(
@@ -395,11 +399,7 @@ impl Store {
     /// Adds an acknowledgement (who, now, a note) to an alert's history; the first also
     /// becomes the alert's `ack`.
     pub fn ack(&mut self, id: &str, by: &str, note: &str) -> Result<Acked, StoreError> {
-        let path = self.path.clone();
-        let e = move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(self.path.clone());
         let tx = self.conn.transaction().map_err(&e)?;
         let first = tx
             .query_row(
