@@ -14,7 +14,6 @@
 use crate::feature::FeatureStore;
 use crate::model::points::{DeviceId, Registry};
 use crate::model::{Alert, AlertStatus, Finding, Incident, Severity, Ts};
-use crate::time::now_rfc3339;
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
 use rustc_hash::FxHashMap;
@@ -160,7 +159,8 @@ impl Correlator {
         let alert = Alert {
             id,
             ts: f.ts,
-            detected_at: now_rfc3339(),
+            // The sinks stamp the wall time (`sink::Stamp`).
+            detected_at: String::new(),
             site: dev.site.clone(),
             device: dev.name.clone(),
             kind: dev.kind_name.clone(),

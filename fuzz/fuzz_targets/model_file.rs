@@ -1,7 +1,7 @@
 //! An isolation-forest model file (`models/*.iforest.json`).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wattchdog::detect::model_file::ModelFile;
+use wattchdog::detect::iforest::file::ModelFile;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

@@ -11,7 +11,7 @@ use crate::pipeline::Pipeline;
 use crate::report::eval::{load_labels, LabelWindow, Score};
 use crate::report::html::{self, Context as HtmlContext, FileDigest};
 pub use crate::report::ReplayReport;
-use crate::sink::{discard, AlertJsonl, Sink, SinkError};
+use crate::sink::{discard, AlertJsonl, Sink, SinkError, Stamp};
 use crate::source::csv::WideMapping;
 use crate::source::{
     open_capture, ByteCounter, CaptureSource, FileStats, OpenOptions, SourceError,
@@ -162,8 +162,10 @@ pub fn replay_into(
     let mut alerts = Latest::new();
     let mut incidents = Latest::new();
     let mut outputs = Vec::new();
+    let mut stamp = Stamp::wall();
     let mut handle = |outputs: &mut Vec<Output>| -> Result<(), SinkError> {
-        for o in outputs.drain(..) {
+        for mut o in outputs.drain(..) {
+            stamp.stamp(&mut o);
             sink.put(&o)?;
             match o {
                 Output::Alert(a) => alerts.put(&a.id.clone(), a),

@@ -13,7 +13,7 @@ use crate::correlate::Output;
 use crate::model::event::Event;
 use crate::model::{Reading, Ts};
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::sink::{AlertJsonl, Fanout, Sink, SinkError};
+use crate::sink::{AlertJsonl, Fanout, Sink, SinkError, Stamp};
 use crate::source::modbus::{Collector, DeviceCounts, PollSettings};
 use crate::source::mqtt::{self, MqttCounts, MqttStats};
 use crate::tomlfile::TomlError;
@@ -181,6 +181,7 @@ async fn collect(
     );
     let mut pipeline = cfg.build_pipeline();
     let mut outputs = Vec::new();
+    let mut stamp = Stamp::wall();
     let mut dropped = 0u64;
     let beat = clock
         .wall_duration(cfg.pipeline.tick)
@@ -213,7 +214,7 @@ async fn collect(
             }
             () = &mut shutdown => break,
         }
-        emit(&mut outputs, soc.as_ref(), sink)?;
+        emit(&mut outputs, &mut stamp, soc.as_ref(), sink)?;
     }
     info!("stopping collectors");
     let devices = collector.stop().await;
@@ -237,7 +238,7 @@ async fn collect(
         f.flush(Duration::from_secs(30));
     }
     pipeline.finish(&mut outputs);
-    emit(&mut outputs, soc.as_ref(), sink)?;
+    emit(&mut outputs, &mut stamp, soc.as_ref(), sink)?;
     if dropped > 0 {
         warn!(dropped, "readings dropped: too many points");
     }
@@ -314,18 +315,16 @@ fn take(batch: Vec<Reading>, soc: Option<&Soc>, p: &mut Pipeline, out: &mut Vec<
 /// Sends the outputs on: stored first, so nothing is reported that a crash could lose.
 fn emit(
     outputs: &mut Vec<Output>,
+    stamp: &mut Stamp,
     soc: Option<&Soc>,
     sink: &mut dyn Sink,
 ) -> Result<(), SinkError> {
     let mut store = soc;
-    let mut fanout = Fanout {
+    Fanout {
         durable: store.as_mut().map(|s| s as &mut dyn Sink),
         rest: sink,
-    };
-    for o in outputs.drain(..) {
-        fanout.put(&o)?;
     }
-    Ok(())
+    .deliver(stamp, outputs)
 }
 
 /// Interns and pushes one reading; false when the point table is full.

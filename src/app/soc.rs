@@ -10,7 +10,7 @@ use crate::http::board::Board;
 use crate::http::HttpConfig;
 use crate::http::{self, AppState};
 use crate::model::Reading;
-use crate::sink::store::Store;
+use crate::sink::store::{Shared, Store};
 use crate::sink::webhook::{self, Receiver};
 use crate::sink::{Sink, SinkError};
 use crate::tomlfile::{check, TomlError};
@@ -70,7 +70,7 @@ struct SeverityLabel {
 /// The running sinks.
 pub struct Soc {
     state: Arc<AppState>,
-    store: Arc<Mutex<Store>>,
+    store: Shared,
     receivers: Vec<Receiver>,
     readings: Counter,
     late: Counter,

@@ -13,11 +13,12 @@ use crate::app::cli::{TrainArgs, TrainDetector};
 use crate::app::replay::{replay_into, ReplayError};
 use crate::app::Summary;
 use crate::config::Config;
+use crate::detect::iforest::file::ModelFile;
 use crate::detect::iforest::fit::{self, FitError, FitOptions, MIN_ROWS};
 use crate::detect::iforest::forest::{IForestError, IsolationForestParams};
 use crate::detect::iforest::vectors;
 use crate::detect::iforest::Recorder;
-use crate::detect::model_file::{Input, ModelFile, Provenance};
+use crate::detect::model_file::{Input, Provenance};
 use crate::detect::residual::{
     self,
     file::{FitSettings, ResidualFile},

@@ -10,7 +10,7 @@ pub mod board;
 pub mod bounded;
 pub mod tls;
 
-use crate::sink::store::{Acked, AlertQuery, Store, MAX_ACKS};
+use crate::sink::store::{self, Acked, AlertQuery, Shared, MAX_ACKS};
 use crate::time::TimeFormat;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -86,7 +86,7 @@ fn default_idle_timeout() -> i64 {
 /// What the HTTP handlers share with the live loop.
 pub struct AppState {
     /// The durable store.
-    pub store: Arc<Mutex<Store>>,
+    pub store: Shared,
     /// The bearer token.
     pub token: String,
     /// Live events for SSE: `(event name, JSON data)`.
@@ -254,12 +254,9 @@ async fn alerts(State(state): State<Arc<AppState>>, RawQuery(raw): RawQuery) -> 
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };
-    let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
-    match store.alerts(&q) {
-        Ok(list) => {
-            Json(json!({"alerts": list, "limit": q.limit.clamp(1, 1000), "offset": q.offset}))
-                .into_response()
-        }
+    let (limit, offset) = (q.limit.clamp(1, 1000), q.offset);
+    match store::blocking(&state.store, move |s| s.alerts(&q)).await {
+        Ok(list) => Json(json!({"alerts": list, "limit": limit, "offset": offset})).into_response(),
         Err(e) => internal(e),
     }
 }
@@ -275,8 +272,8 @@ async fn incidents(State(state): State<Arc<AppState>>, Query(p): Query<Page>) ->
         Ok(o) => o,
         Err(e) => return bad_request(e),
     };
-    let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
-    match store.incidents(p.limit.unwrap_or(100), offset) {
+    let limit = p.limit.unwrap_or(100);
+    match store::blocking(&state.store, move |s| s.incidents(limit, offset)).await {
         Ok(list) => Json(json!({"incidents": list})).into_response(),
         Err(e) => internal(e),
     }
@@ -308,11 +305,10 @@ async fn ack(
         (Ok(by), Ok(note)) => (by, note),
         (Err(e), _) | (_, Err(e)) => return bad_request(e),
     };
-    let result = state
-        .store
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .ack(&id, &by, &note);
+    let result = {
+        let (id, by) = (id.clone(), by.clone());
+        store::blocking(&state.store, move |s| s.ack(&id, &by, &note)).await
+    };
     match result {
         Ok(Acked::Now) => {
             state.publish("ack", json!({"id": id, "by": by}).to_string());
@@ -344,8 +340,7 @@ async fn devices(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn dead_letters(State(state): State<Arc<AppState>>) -> Response {
-    let store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
-    match store.dead_letters(100) {
+    match store::blocking(&state.store, |s| s.dead_letters(100)).await {
         Ok(list) => Json(json!({"dead": list})).into_response(),
         Err(e) => internal(e),
     }
@@ -448,7 +443,7 @@ mod tests {
         fn any_alert_query_is_a_400_or_runs(raw in "[a-z=&%0-9:.TZ+-]{0,80}|\\PC{0,40}") {
             if let Ok(q) = alert_query(&raw) {
                 proptest::prop_assert!(q.offset <= MAX_OFFSET);
-                let store = Store::in_memory().unwrap();
+                let store = crate::sink::store::Store::in_memory().unwrap();
                 proptest::prop_assert!(store.alerts(&q).is_ok());
             }
         }

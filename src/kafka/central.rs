@@ -25,7 +25,7 @@ use super::offsets::{Arrival, Offsets};
 use crate::correlate::Output;
 use crate::model::Ts;
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::sink::{Fanout, Sink, SinkError};
+use crate::sink::{Fanout, Sink, SinkError, Stamp};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
@@ -415,6 +415,7 @@ pub async fn consume(
         .map(|ms| Duration::from_millis(ms.max(0) as u64));
     tokio::pin!(shutdown);
     let mut out = Vec::new();
+    let mut stamp = Stamp::wall();
     loop {
         tokio::select! {
             m = consumer.recv() => {
@@ -500,7 +501,7 @@ pub async fn consume(
                 }
                 settle(owned);
                 drop(s);
-                deliver(&mut out, sink, alerts.as_ref(), &k.alerts_topic)?;
+                deliver(&mut out, &mut stamp, sink, alerts.as_ref(), &k.alerts_topic)?;
             }
             _ = heartbeat.tick(), if silence.is_some() => {
                 let silence = silence.unwrap_or(Duration::MAX);
@@ -540,7 +541,7 @@ pub async fn consume(
                     counts.heartbeats += 1;
                 }
                 drop(s);
-                deliver(&mut out, sink, alerts.as_ref(), &k.alerts_topic)?;
+                deliver(&mut out, &mut stamp, sink, alerts.as_ref(), &k.alerts_topic)?;
             }
             _ = commit_tick.tick() => {
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
@@ -558,7 +559,7 @@ pub async fn consume(
             owned.offsets.settle_all();
         }
     }
-    deliver(&mut out, sink, alerts.as_ref(), &k.alerts_topic)?;
+    deliver(&mut out, &mut stamp, sink, alerts.as_ref(), &k.alerts_topic)?;
     commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Sync);
     if let Some(p) = &alerts {
         let _ = rdkafka::producer::Producer::flush(p, Duration::from_secs(10));
@@ -675,6 +676,7 @@ fn commit(
 /// the alerts topic, if any.
 fn deliver(
     out: &mut Vec<Output>,
+    stamp: &mut Stamp,
     sink: &mut dyn Sink,
     alerts: Option<&ThreadedProducer<Quiet>>,
     topic: &str,
@@ -683,14 +685,11 @@ fn deliver(
         producer: alerts,
         topic,
     };
-    let mut fanout = Fanout {
+    Fanout {
         durable: Some(sink),
         rest: &mut topic,
-    };
-    for x in out.drain(..) {
-        fanout.put(&x)?;
     }
-    Ok(())
+    .deliver(stamp, out)
 }
 
 /// The alerts topic as a sink: each alert produced keyed by its id (a SIEM deduplicates

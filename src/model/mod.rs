@@ -265,6 +265,36 @@ pub struct Alert {
     pub findings: u64,
 }
 
+#[cfg(test)]
+impl Alert {
+    /// An alert for tests: a medium drift on a UPS unless told otherwise.
+    pub(crate) fn sample(id: &str, ts: Ts, severity: Severity, status: AlertStatus) -> Self {
+        Self {
+            id: id.into(),
+            ts,
+            detected_at: "2026-07-07T00:00:00.000Z".into(),
+            site: "ams1".into(),
+            device: "ups-1".into(),
+            kind: "ups".into(),
+            metrics: vec!["load_pct".into()],
+            detector: "ewma_z",
+            score: 9.0,
+            threshold: 6.0,
+            severity,
+            technique: Technique {
+                id: "T0831",
+                name: "Manipulation of Control",
+            },
+            summary: "s".into(),
+            evidence: serde_json::json!({}),
+            incident_id: "in-1".into(),
+            status,
+            last_seen: ts,
+            findings: 1,
+        }
+    }
+}
+
 impl Alert {
     /// What names this snapshot of the alert (opened, escalated, closed): the same on
     /// every retry and on every instance that raises it, different for the next one.

@@ -28,7 +28,7 @@ pub use facility::{Facility, FacilityError, VARIANTS};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
-pub use scenario::{Attack, Intensity, SCENARIOS};
+pub use scenario::{Attack, Intensity, Scenario};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -39,7 +39,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum SimError {
     /// Unknown scenario name.
-    #[error("unknown attack {0:?} (known: {known})", known = SCENARIOS.join(", "))]
+    #[error("unknown attack {0:?} (known: {known})", known = Scenario::ALL.map(Scenario::name).join(", "))]
     UnknownAttack(String),
     /// Not enough simulated time for the attacks asked for.
     #[error("{hours:.1} h is too short for {attacks} attacks: give at least {need:.1} h")]
@@ -86,24 +86,21 @@ pub struct SimOptions {
     /// Seed.
     pub seed: u64,
     /// Scenarios to stage, in order.
-    pub attacks: Vec<String>,
+    pub attacks: Vec<Scenario>,
     /// Their intensity.
     pub intensity: Intensity,
 }
 
 /// Parses `all`, `none` or a comma-separated list of scenarios.
-pub fn parse_attacks(s: &str) -> Result<Vec<String>, SimError> {
+pub fn parse_attacks(s: &str) -> Result<Vec<Scenario>, SimError> {
     match s.trim() {
-        "all" => Ok(SCENARIOS.map(String::from).to_vec()),
+        "all" => Ok(Scenario::ALL.to_vec()),
         "none" | "" => Ok(Vec::new()),
         list => list
             .split(',')
             .map(|a| {
                 let a = a.trim();
-                SCENARIOS
-                    .contains(&a)
-                    .then(|| a.to_owned())
-                    .ok_or_else(|| SimError::UnknownAttack(a.to_owned()))
+                Scenario::parse(a).ok_or_else(|| SimError::UnknownAttack(a.to_owned()))
             })
             .collect(),
     }
@@ -156,6 +153,33 @@ struct Noises {
     volt: Normal<f64>,
     freq: Normal<f64>,
     unit: Normal<f64>,
+}
+
+/// A command on the wire: device, client (`"bms"` for the facility's BMS), function,
+/// address, value.
+type Cmd = (String, &'static str, u8, u32, u16);
+
+/// What the attackers do in one second.
+struct Acts {
+    cmds: Vec<Cmd>,
+    spoof: Option<Attack>,
+    flow: Vec<f64>,
+    bypass: Option<Attack>,
+    drain: Option<Attack>,
+    breaker_open: bool,
+}
+
+/// The plant's true state in one second, before sensors report it.
+struct Plant {
+    it_load: f64,
+    ups_out: f64,
+    ups_in: Vec<f64>,
+    on_battery: Vec<bool>,
+    bypass_flag: Vec<bool>,
+    water: f64,
+    ch_power: Vec<f64>,
+    ret: Vec<f64>,
+    site_kw: f64,
 }
 
 /// The facility's true state and the attacker's bookkeeping.
@@ -347,22 +371,22 @@ impl Simulator {
         Ok(self.now() - target)
     }
 
-    fn active(&self, name: &str) -> Option<&Attack> {
+    fn active(&self, scenario: Scenario) -> Option<&Attack> {
         self.attacks
             .iter()
-            .find(|a| a.name() == name && a.active(self.s))
+            .find(|a| a.scenario == scenario && a.active(self.s))
     }
 
-    fn starts(&self, name: &str) -> Option<&Attack> {
+    fn starts(&self, scenario: Scenario) -> Option<&Attack> {
         self.attacks
             .iter()
-            .find(|a| a.name() == name && a.start == self.s)
+            .find(|a| a.scenario == scenario && a.start == self.s)
     }
 
-    fn ends(&self, name: &str) -> bool {
+    fn ends(&self, scenario: Scenario) -> bool {
         self.attacks
             .iter()
-            .any(|a| a.name() == name && a.end == self.s)
+            .any(|a| a.scenario == scenario && a.end == self.s)
     }
 
     fn obvious(a: &Attack) -> bool {
@@ -374,16 +398,25 @@ impl Simulator {
         &mut self,
         emit: &mut dyn FnMut(Ts, SimEvent<'_>) -> io::Result<()>,
     ) -> io::Result<()> {
-        let ts = self.start + self.s * STEP_MS;
+        let ts = self.now();
+        let acts = self.act();
+        let plant = self.plant(ts, &acts);
+        self.report(ts, acts, &plant, emit)?;
+        self.s += 1;
+        Ok(())
+    }
+
+    /// The attackers' (and the BMS's) actions this second: commands on the wire and
+    /// what they do to the truth.
+    fn act(&mut self) -> Acts {
         let f = self.f.clone();
         let s = self.s;
-        let mut cmds: Vec<(String, &str, u8, u32, u16)> = Vec::new();
+        let mut cmds: Vec<Cmd> = Vec::new();
 
-        // --- attacks acting on the truth ---
         let nominal_sp = f.chillers.setpoint_c;
         let last_ch = f.chillers.count - 1;
-        let tamper = self.active("chiller-setpoint-tamper").cloned();
-        if let Some(a) = self.starts("chiller-setpoint-tamper").cloned() {
+        let tamper = self.active(Scenario::ChillerSetpointTamper).cloned();
+        if let Some(a) = self.starts(Scenario::ChillerSetpointTamper).cloned() {
             let sp = nominal_sp + if Self::obvious(&a) { 6.0 } else { 2.5 };
             cmds.push((
                 a.devices[0].clone(),
@@ -393,7 +426,7 @@ impl Simulator {
                 (sp * 100.0).round() as u16,
             ));
         }
-        if self.ends("chiller-setpoint-tamper") {
+        if self.ends(Scenario::ChillerSetpointTamper) {
             cmds.push((
                 self.names.chillers[last_ch].clone(),
                 "bms",
@@ -402,7 +435,7 @@ impl Simulator {
                 (nominal_sp * 100.0).round() as u16,
             ));
         }
-        let spoof = self.active("chiller-sensor-spoof").cloned();
+        let spoof = self.active(Scenario::ChillerSensorSpoof).cloned();
         for (c, sp) in self.setpoint.iter_mut().enumerate() {
             *sp = self.wire.setpoint[c].unwrap_or(nominal_sp);
             if c == last_ch {
@@ -431,7 +464,7 @@ impl Simulator {
             }
         }
         let flow: Vec<f64> = (0..f.chillers.count)
-            .map(|c| match self.active("flow-drift") {
+            .map(|c| match self.active(Scenario::FlowDrift) {
                 Some(a) if c == 0 => {
                     let frac = (s - a.start) as f64 / (a.end - a.start) as f64;
                     f.chillers.flow_lps * (1.0 - frac * if Self::obvious(a) { 0.3 } else { 0.12 })
@@ -439,26 +472,26 @@ impl Simulator {
                 _ => f.chillers.flow_lps,
             })
             .collect();
-        let bypass = self.active("ups-forced-bypass").cloned();
-        if let Some(a) = self.starts("ups-forced-bypass").cloned() {
+        let bypass = self.active(Scenario::UpsForcedBypass).cloned();
+        if let Some(a) = self.starts(Scenario::UpsForcedBypass).cloned() {
             cmds.push((a.devices[0].clone(), ATTACKER, 5, COIL_BYPASS, 0xFF00));
         }
-        if self.ends("ups-forced-bypass") {
+        if self.ends(Scenario::UpsForcedBypass) {
             cmds.push((self.names.ups[0].clone(), "bms", 5, COIL_BYPASS, 0));
         }
-        let drain = self.active("ups-battery-drain").cloned();
-        if let Some(a) = self.starts("ups-battery-drain").cloned() {
+        let drain = self.active(Scenario::UpsBatteryDrain).cloned();
+        if let Some(a) = self.starts(Scenario::UpsBatteryDrain).cloned() {
             cmds.push((a.devices[0].clone(), ATTACKER, 6, REG_BATTERY_TEST, 1));
         }
         let breaker_open =
-            self.active("breaker-trip-injection").is_some() || self.wire.breaker_open;
-        if self.starts("breaker-trip-injection").is_some() {
+            self.active(Scenario::BreakerTripInjection).is_some() || self.wire.breaker_open;
+        if self.starts(Scenario::BreakerTripInjection).is_some() {
             cmds.push(("grid-1".into(), ATTACKER, 5, COIL_BREAKER, 0));
         }
-        if self.ends("breaker-trip-injection") {
+        if self.ends(Scenario::BreakerTripInjection) {
             cmds.push(("grid-1".into(), "bms", 5, COIL_BREAKER, 0xFF00));
         }
-        if let Some(a) = self.active("modbus-recon").cloned() {
+        if let Some(a) = self.active(Scenario::ModbusRecon).cloned() {
             let every = if Self::obvious(&a) { 1 } else { 20 };
             if (s - a.start) % every == 0 {
                 let k = ((s - a.start) / every) as usize;
@@ -478,14 +511,31 @@ impl Simulator {
             }
         }
 
-        // --- plant ---
+        Acts {
+            cmds,
+            spoof,
+            flow,
+            bypass,
+            drain,
+            breaker_open,
+        }
+    }
+
+    /// The plant's physics for one second, under the attackers' actions.
+    fn plant(&mut self, ts: Ts, acts: &Acts) -> Plant {
+        let f = self.f.clone();
+        let s = self.s;
+        let nominal_sp = f.chillers.setpoint_c;
+        let (flow, bypass, drain) = (&acts.flow, &acts.bypass, &acts.drain);
+        let breaker_open = acts.breaker_open;
+
         let hour = (ts.rem_euclid(86_400_000)) as f64 / 3_600_000.0;
         let daily = 1.0
             + f.it.daily_amplitude
                 * ((hour - f.it.peak_hour + 6.0) / 24.0 * std::f64::consts::TAU).sin();
         self.load_ar = 0.995 * self.load_ar + f.it.noise_kw * self.n.unit.sample(&mut self.rng);
         let mut it_load = f.it.nominal_kw * daily + self.load_ar;
-        if let Some(a) = self.active("load-oscillation") {
+        if let Some(a) = self.active(Scenario::LoadOscillation) {
             let (amp, period) = if Self::obvious(a) {
                 (0.10, 30.0)
             } else {
@@ -563,7 +613,39 @@ impl Simulator {
             ups_in.iter().sum::<f64>() + ch_power.iter().sum::<f64>() + fans + f.grid.other_kw
         };
 
-        // --- reports ---
+        Plant {
+            it_load,
+            ups_out,
+            ups_in,
+            on_battery,
+            bypass_flag,
+            water,
+            ch_power,
+            ret,
+            site_kw,
+        }
+    }
+
+    /// What the devices report (and the commands seen on the wire), with sensor noise
+    /// and the attackers' lies.
+    fn report(
+        &mut self,
+        ts: Ts,
+        acts: Acts,
+        p: &Plant,
+        emit: &mut dyn FnMut(Ts, SimEvent<'_>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let f = self.f.clone();
+        let nominal_sp = f.chillers.setpoint_c;
+        let last_ch = f.chillers.count - 1;
+        let Acts {
+            cmds,
+            spoof,
+            flow,
+            bypass,
+            breaker_open,
+            ..
+        } = acts;
         for c in cmds {
             let client = if c.1 == "bms" {
                 f.bms_client.as_str()
@@ -585,13 +667,13 @@ impl Simulator {
         let tres = f.noise.temp_resolution_c;
         for name in &self.names.pdus {
             let v = q(
-                it_load / f.it.pdus as f64 + self.n.power.sample(&mut self.rng),
+                p.it_load / f.it.pdus as f64 + self.n.power.sample(&mut self.rng),
                 0.1,
             );
             emit(ts, reading(name, "pdu", "it_load_kw", v))?;
         }
         let blackout = self
-            .active("telemetry-blackout")
+            .active(Scenario::TelemetryBlackout)
             .map(|a| a.devices[0].clone());
         let ups_v = f.ups.voltage_v * self.grid_v / f.grid.voltage_v;
         for j in 0..f.ups.count {
@@ -605,10 +687,10 @@ impl Simulator {
                 (ups_v, self.grid_f)
             };
             // The subtle attacks hide the state flags; the powers still tell.
-            let show_bypass = bypass_flag[j]
+            let show_bypass = p.bypass_flag[j]
                 && (self.wire.bypass[j] || bypass.as_ref().is_some_and(Self::obvious));
             let vbat = f.ups.battery_voltage_v * (0.96 + 0.04 * self.charge[j] / 100.0)
-                - if on_battery[j] {
+                - if p.on_battery[j] {
                     0.02 * f.ups.battery_voltage_v
                 } else {
                     0.0
@@ -631,7 +713,7 @@ impl Simulator {
                 (
                     "input_power_kw",
                     q(
-                        (ups_in[j] + self.n.power.sample(&mut self.rng)).max(0.0),
+                        (p.ups_in[j] + self.n.power.sample(&mut self.rng)).max(0.0),
                         0.1,
                     ),
                 ),
@@ -644,12 +726,13 @@ impl Simulator {
                 ),
                 (
                     "output_power_kw",
-                    q(ups_out + self.n.power.sample(&mut self.rng), 0.1),
+                    q(p.ups_out + self.n.power.sample(&mut self.rng), 0.1),
                 ),
                 (
                     "load_pct",
                     q(
-                        ups_out / f.ups.rated_kw * 100.0 + 0.2 * self.n.unit.sample(&mut self.rng),
+                        p.ups_out / f.ups.rated_kw * 100.0
+                            + 0.2 * self.n.unit.sample(&mut self.rng),
                         0.1,
                     ),
                 ),
@@ -662,18 +745,18 @@ impl Simulator {
                     "battery_temp_c",
                     q(25.0 + self.n.temp.sample(&mut self.rng), tres),
                 ),
-                ("on_battery", f64::from(on_battery[j])),
+                ("on_battery", f64::from(p.on_battery[j])),
                 ("bypass_active", f64::from(show_bypass)),
             ];
             for (metric, v) in vals {
                 emit(ts, reading(name, "ups", metric, v))?;
             }
         }
-        for c in 0..f.chillers.count {
+        for (c, &flow) in flow.iter().enumerate() {
             let name = &self.names.chillers[c];
             let mut supply_rep = q(self.supply[c] + self.n.temp.sample(&mut self.rng), tres);
             if c == 0 {
-                if self.active("sensor-replay").is_some() && self.history.len() >= 3600 {
+                if self.active(Scenario::SensorReplay).is_some() && self.history.len() >= 3600 {
                     supply_rep = self.history[self.history.len() - 3600];
                 }
                 match &spoof {
@@ -697,16 +780,16 @@ impl Simulator {
                 ("supply_temp_c", supply_rep),
                 (
                     "return_temp_c",
-                    q(ret[c] + self.n.temp.sample(&mut self.rng), tres),
+                    q(p.ret[c] + self.n.temp.sample(&mut self.rng), tres),
                 ),
                 (
                     "flow_lps",
-                    q(flow[c] + self.n.flow.sample(&mut self.rng), 0.01),
+                    q(flow + self.n.flow.sample(&mut self.rng), 0.01),
                 ),
                 (
                     "power_kw",
                     q(
-                        (ch_power[c] + self.n.power.sample(&mut self.rng)).max(0.0),
+                        (p.ch_power[c] + self.n.power.sample(&mut self.rng)).max(0.0),
                         0.1,
                     ),
                 ),
@@ -718,7 +801,7 @@ impl Simulator {
             }
         }
         for (i, name) in self.names.crahs.iter().enumerate() {
-            let sat = water + f.room.approach_c + 0.1 * (i % 5) as f64;
+            let sat = p.water + f.room.approach_c + 0.1 * (i % 5) as f64;
             let vals = [
                 (
                     "supply_air_temp_c",
@@ -756,7 +839,7 @@ impl Simulator {
             ),
         )?;
         if blackout.as_deref() != Some("grid-1") {
-            let meter_spoof = self.active("grid-meter-spoof").cloned();
+            let meter_spoof = self.active(Scenario::GridMeterSpoof).cloned();
             self.meter_fake_f += -0.002 * (self.meter_fake_f - f.grid.frequency_hz)
                 + f.grid.frequency_walk_hz * self.n.unit.sample(&mut self.rng);
             let (freq, volt) = match &meter_spoof {
@@ -775,8 +858,8 @@ impl Simulator {
                     ),
                 ));
             }
-            let noisy_kw = if site_kw > 0.0 {
-                site_kw + self.n.power.sample(&mut self.rng)
+            let noisy_kw = if p.site_kw > 0.0 {
+                p.site_kw + self.n.power.sample(&mut self.rng)
             } else {
                 0.0
             };
@@ -796,7 +879,6 @@ impl Simulator {
                 emit(ts, reading("grid-1", "grid_meter", metric, v))?;
             }
         }
-        self.s += 1;
         Ok(())
     }
 }
@@ -1030,7 +1112,7 @@ mod tests {
             for l in text.lines().step_by(97) {
                 crate::source::jsonl::parse_line(l.as_bytes(), &mut reg).unwrap();
             }
-            assert_eq!(labels.len(), SCENARIOS.len(), "{v}");
+            assert_eq!(labels.len(), Scenario::ALL.len(), "{v}");
             assert!(labels.windows(2).all(|w| w[0].end < w[1].start), "{v}");
             assert!(text.contains("\"type\":\"command\""), "{v}");
         }

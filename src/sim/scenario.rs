@@ -5,20 +5,108 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde::Serialize;
 
-/// Every scenario the simulator can stage, in the design's order.
-pub const SCENARIOS: [&str; 11] = [
-    "chiller-setpoint-tamper",
-    "chiller-sensor-spoof",
-    "sensor-replay",
-    "flow-drift",
-    "ups-forced-bypass",
-    "ups-battery-drain",
-    "load-oscillation",
-    "breaker-trip-injection",
-    "grid-meter-spoof",
-    "telemetry-blackout",
-    "modbus-recon",
-];
+/// An attack the simulator can stage (the design's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// A chiller's setpoint written up by a foreign client.
+    ChillerSetpointTamper,
+    /// A chiller runs warm while its supply sensor reports the setpoint.
+    ChillerSensorSpoof,
+    /// A chiller's supply temperature replayed from an hour earlier.
+    SensorReplay,
+    /// A chiller's flow slowly choked.
+    FlowDrift,
+    /// A UPS forced to bypass by a coil write.
+    UpsForcedBypass,
+    /// A UPS put on battery by a battery-test command.
+    UpsBatteryDrain,
+    /// The IT load swung in a square wave down the power chain.
+    LoadOscillation,
+    /// The grid breaker opened by a coil write.
+    BreakerTripInjection,
+    /// The grid meter reports a steady, plausible fake.
+    GridMeterSpoof,
+    /// A UPS falls silent.
+    TelemetryBlackout,
+    /// A scanner probes devices with diagnostic function codes.
+    ModbusRecon,
+}
+
+impl Scenario {
+    /// Every scenario, in the design's order.
+    pub const ALL: [Scenario; 11] = [
+        Self::ChillerSetpointTamper,
+        Self::ChillerSensorSpoof,
+        Self::SensorReplay,
+        Self::FlowDrift,
+        Self::UpsForcedBypass,
+        Self::UpsBatteryDrain,
+        Self::LoadOscillation,
+        Self::BreakerTripInjection,
+        Self::GridMeterSpoof,
+        Self::TelemetryBlackout,
+        Self::ModbusRecon,
+    ];
+
+    /// The name in labels and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ChillerSetpointTamper => "chiller-setpoint-tamper",
+            Self::ChillerSensorSpoof => "chiller-sensor-spoof",
+            Self::SensorReplay => "sensor-replay",
+            Self::FlowDrift => "flow-drift",
+            Self::UpsForcedBypass => "ups-forced-bypass",
+            Self::UpsBatteryDrain => "ups-battery-drain",
+            Self::LoadOscillation => "load-oscillation",
+            Self::BreakerTripInjection => "breaker-trip-injection",
+            Self::GridMeterSpoof => "grid-meter-spoof",
+            Self::TelemetryBlackout => "telemetry-blackout",
+            Self::ModbusRecon => "modbus-recon",
+        }
+    }
+
+    /// The scenario of a name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// How long the attacker acts.
+    fn duration_s(self) -> i64 {
+        match self {
+            Self::FlowDrift => 30 * 60,
+            Self::TelemetryBlackout | Self::BreakerTripInjection => 5 * 60,
+            Self::ModbusRecon => 4 * 60,
+            _ => 15 * 60,
+        }
+    }
+
+    /// Devices the scenario acts on, for a facility.
+    fn targets(self, f: &Facility) -> Vec<String> {
+        let ups = f.ups_names();
+        let ch = f.chiller_names();
+        let last = |v: &[String]| v.last().cloned().unwrap_or_default();
+        match self {
+            Self::ChillerSetpointTamper => vec![last(&ch)],
+            Self::ChillerSensorSpoof | Self::SensorReplay | Self::FlowDrift => vec![ch[0].clone()],
+            Self::UpsForcedBypass => vec![ups[0].clone()],
+            Self::UpsBatteryDrain | Self::TelemetryBlackout => vec![last(&ups)],
+            Self::LoadOscillation => {
+                // The swing runs down the whole power chain.
+                let mut v = f.pdu_names();
+                v.extend(ups);
+                v.push("grid-1".into());
+                v
+            }
+            Self::ModbusRecon => {
+                let mut v = ups;
+                v.extend(ch);
+                v.push("grid-1".into());
+                v
+            }
+            Self::BreakerTripInjection | Self::GridMeterSpoof => vec!["grid-1".into()],
+        }
+    }
+}
 
 /// How hard the attacker pushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,8 +132,8 @@ impl Intensity {
 /// One scheduled attack, in seconds from the start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attack {
-    /// Index into [`SCENARIOS`].
-    pub scenario: usize,
+    /// What the attacker does.
+    pub scenario: Scenario,
     /// Intensity.
     pub intensity: Intensity,
     /// Onset, seconds from the start.
@@ -59,7 +147,7 @@ pub struct Attack {
 impl Attack {
     /// Scenario name.
     pub fn name(&self) -> &'static str {
-        SCENARIOS[self.scenario]
+        self.scenario.name()
     }
 
     /// Whether the attack is under way at second `s`.
@@ -73,84 +161,43 @@ pub const WARMUP_S: i64 = 150 * 60;
 /// Time per attack slot.
 pub const SLOT_S: i64 = 40 * 60;
 
-/// How long each scenario lasts.
-fn duration_s(name: &str) -> i64 {
-    match name {
-        "flow-drift" => 30 * 60,
-        "telemetry-blackout" | "breaker-trip-injection" => 5 * 60,
-        "modbus-recon" => 4 * 60,
-        _ => 15 * 60,
-    }
-}
-
-/// Devices a scenario acts on, for a facility.
-fn targets(name: &str, f: &Facility) -> Vec<String> {
-    let ups = f.ups_names();
-    let ch = f.chiller_names();
-    let last = |v: &[String]| v.last().cloned().unwrap_or_default();
-    match name {
-        "chiller-setpoint-tamper" => vec![last(&ch)],
-        "chiller-sensor-spoof" | "sensor-replay" | "flow-drift" => vec![ch[0].clone()],
-        "ups-forced-bypass" => vec![ups[0].clone()],
-        "ups-battery-drain" | "telemetry-blackout" => vec![last(&ups)],
-        "load-oscillation" => {
-            // The swing runs down the whole power chain.
-            let mut v = f.pdu_names();
-            v.extend(ups);
-            v.push("grid-1".into());
-            v
-        }
-        "modbus-recon" => {
-            let mut v = ups;
-            v.extend(ch);
-            v.push("grid-1".into());
-            v
-        }
-        _ => vec!["grid-1".into()],
-    }
-}
-
 /// Plans onsets: after a clean warm-up, one attack per slot at a seeded offset, in the
 /// order given. Needs `WARMUP_S + n × SLOT_S` seconds.
 pub fn schedule(
-    names: &[String],
+    scenarios: &[Scenario],
     intensity: Intensity,
     total_s: i64,
     f: &Facility,
     rng: &mut StdRng,
 ) -> Result<Vec<Attack>, super::SimError> {
-    let need = WARMUP_S + SLOT_S * names.len() as i64;
-    if !names.is_empty() && total_s < need {
+    let need = WARMUP_S + SLOT_S * scenarios.len() as i64;
+    if !scenarios.is_empty() && total_s < need {
         return Err(super::SimError::TooShort {
             hours: total_s as f64 / 3600.0,
-            attacks: names.len(),
+            attacks: scenarios.len(),
             // Rounded up to the tenth shown, so the advice is enough.
             need: (need as f64 / 360.0).ceil() / 10.0,
         });
     }
-    let slot = if names.is_empty() {
+    let slot = if scenarios.is_empty() {
         0
     } else {
-        (total_s - WARMUP_S) / names.len() as i64
+        (total_s - WARMUP_S) / scenarios.len() as i64
     };
-    names
+    Ok(scenarios
         .iter()
         .enumerate()
-        .map(|(i, name)| {
-            let scenario = SCENARIOS
-                .iter()
-                .position(|s| s == name)
-                .ok_or_else(|| super::SimError::UnknownAttack(name.clone()))?;
-            let len = duration_s(name);
+        .map(|(i, &scenario)| {
+            let len = scenario.duration_s();
             let slack = (slot - len - 5 * 60).max(1);
             let start = WARMUP_S + i as i64 * slot + rng.random_range(0..slack);
-            Ok(Attack {
+            Attack {
                 scenario,
                 intensity,
                 start,
                 end: start + len,
-                devices: targets(name, f),
-            })
+                devices: scenario.targets(f),
+            }
         })
-        .collect()
+        .collect())
 }

@@ -7,6 +7,8 @@ pub mod store;
 pub mod webhook;
 
 use crate::correlate::Output;
+use crate::model::AlertStatus;
+use rustc_hash::FxHashMap;
 use std::io::{self, Write};
 use store::StoreError;
 use thiserror::Error;
@@ -71,6 +73,57 @@ impl Sink for Fanout<'_> {
     }
 }
 
+impl Fanout<'_> {
+    /// Stamps and hands on every output, in order, leaving `outputs` empty.
+    pub fn deliver(
+        &mut self,
+        stamp: &mut Stamp,
+        outputs: &mut Vec<Output>,
+    ) -> Result<(), SinkError> {
+        for mut o in outputs.drain(..) {
+            stamp.stamp(&mut o);
+            self.put(&o)?;
+        }
+        Ok(())
+    }
+}
+
+/// Gives each alert its `detected_at`: the wall time the sinks first saw it, kept on
+/// every later snapshot of the same alert. The pipeline and the correlator work in event
+/// time only; this is the one place the wall clock meets an alert.
+pub struct Stamp {
+    now: fn() -> String,
+    open: FxHashMap<String, String>,
+}
+
+impl Stamp {
+    /// Stamps with the wall clock.
+    pub fn wall() -> Self {
+        Self::with(crate::time::now_rfc3339)
+    }
+
+    /// Stamps with `now` (tests pin it).
+    pub fn with(now: fn() -> String) -> Self {
+        Self {
+            now,
+            open: FxHashMap::default(),
+        }
+    }
+
+    /// Sets `detected_at` on an alert snapshot; an alert's entry leaves with its closing.
+    pub fn stamp(&mut self, o: &mut Output) {
+        let Output::Alert(a) = o else { return };
+        a.detected_at = match a.status {
+            AlertStatus::Open => self
+                .open
+                .entry(a.id.clone())
+                .or_insert_with(self.now)
+                .clone(),
+            AlertStatus::Closed => self.open.remove(&a.id).unwrap_or_else(self.now),
+        };
+    }
+}
+
 /// Writes each alert snapshot (opened, escalated, closed) as one JSON line in the
 /// alert schema of docs/design.md. Consumers key on `id`: the last line of an id is its state.
 pub struct AlertJsonl<W: Write> {
@@ -129,7 +182,7 @@ impl<W: Write> Sink for AlertJsonl<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AlertStatus, Incident, Severity};
+    use crate::model::{Incident, Severity};
 
     fn incident(id: &str) -> Output {
         Output::Incident(Incident {
@@ -178,6 +231,34 @@ mod tests {
             *seen.borrow(),
             ["store a", "rest a", "store refused", "store b", "rest b"]
         );
+    }
+
+    #[test]
+    fn an_alert_keeps_the_time_it_was_first_seen_until_it_closes() {
+        use crate::model::Alert;
+        let mut clock = Stamp::with(|| "first".into());
+        let snapshot =
+            |id: &str, status| Output::Alert(Alert::sample(id, 0, Severity::Low, status));
+        let mut opened = snapshot("a", AlertStatus::Open);
+        clock.stamp(&mut opened);
+        clock.now = || "later".into();
+        let mut escalated = snapshot("a", AlertStatus::Open);
+        let mut other = snapshot("b", AlertStatus::Open);
+        let mut closed = snapshot("a", AlertStatus::Closed);
+        let mut reopened = snapshot("a", AlertStatus::Open);
+        for o in [&mut escalated, &mut other, &mut closed, &mut reopened] {
+            clock.stamp(o);
+        }
+        let at = |o: &Output| match o {
+            Output::Alert(a) => a.detected_at.clone(),
+            Output::Incident(_) => unreachable!(),
+        };
+        assert_eq!(at(&opened), "first");
+        assert_eq!(at(&escalated), "first");
+        assert_eq!(at(&closed), "first");
+        assert_eq!(at(&other), "later");
+        assert_eq!(at(&reopened), "later", "a closed alert's entry is gone");
+        assert_eq!(clock.open.len(), 2, "b and the reopened a");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
 
 /// `[store]`.
@@ -52,6 +53,31 @@ pub enum StoreError {
     /// A stored document that does not parse (a damaged database).
     #[error("store: damaged row: {0}")]
     Damaged(String),
+    /// The blocking task that held the store did not finish (the runtime is stopping).
+    #[error("store: the task working on it stopped: {0}")]
+    Stopped(String),
+}
+
+/// The store as the pipeline, the HTTP API and the webhook worker share it.
+pub type Shared = Arc<Mutex<Store>>;
+
+/// Runs `f` on the shared store on tokio's blocking pool: SQLite's file I/O, and the
+/// wait while another holder writes, must not stall an async worker that serves HTTP
+/// requests or delivers webhooks.
+pub async fn blocking<T: Send + 'static>(
+    store: &Shared,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        f(&mut store.lock().unwrap_or_else(PoisonError::into_inner))
+    })
+    .await
+    .map_err(|e| match e.try_into_panic() {
+        // A bug, not a store failure: let it surface as the panic it was.
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(e) => StoreError::Stopped(e.to_string()),
+    })?
 }
 
 const MIGRATIONS: [&str; 3] = [
@@ -598,32 +624,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AlertStatus, Technique};
+    use crate::model::AlertStatus;
 
     fn alert(id: &str, ts: Ts, severity: Severity, status: AlertStatus) -> Alert {
-        Alert {
-            id: id.into(),
-            ts,
-            detected_at: "2026-07-07T00:00:00.000Z".into(),
-            site: "ams1".into(),
-            device: "ups-1".into(),
-            kind: "ups".into(),
-            metrics: vec!["load_pct".into()],
-            detector: "ewma_z",
-            score: 9.0,
-            threshold: 6.0,
-            severity,
-            technique: Technique {
-                id: "T0831",
-                name: "Manipulation of Control",
-            },
-            summary: "s".into(),
-            evidence: serde_json::json!({}),
-            incident_id: "in-1".into(),
-            status,
-            last_seen: ts,
-            findings: 1,
-        }
+        Alert::sample(id, ts, severity, status)
     }
 
     #[test]

@@ -12,14 +12,14 @@
 //!   delivery becomes a dead letter, listed by the API.
 
 use crate::model::{Alert, Severity};
-use crate::sink::store::{OutboxItem, Store};
+use crate::sink::store::{self, OutboxItem, Shared};
 use crate::time::serde_duration;
 use crate::tomlfile::{check, TomlError};
 use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng;
 use serde::Deserialize;
 use sha2::Sha256;
-use std::sync::{Arc, Mutex, PoisonError};
+
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -177,11 +177,7 @@ fn backoff(attempts: i64) -> i64 {
 }
 
 /// Sends due deliveries until `stop` turns true.
-pub async fn deliver(
-    receivers: Vec<Receiver>,
-    store: Arc<Mutex<Store>>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn deliver(receivers: Vec<Receiver>, store: Shared, mut stop: watch::Receiver<bool>) {
     // rustls with ring (as everywhere in wattchdog); a no-op if a provider is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder().build() {
@@ -194,10 +190,8 @@ pub async fn deliver(
     info!(receivers = receivers.len(), "webhook delivery starting");
     loop {
         let now = chrono::Utc::now().timestamp_millis();
-        let due = store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .due(now, 64)
+        let due = store::blocking(&store, move |s| s.due(now, 64))
+            .await
             .unwrap_or_else(|e| {
                 warn!(error = %e, "cannot read the outbox");
                 Vec::new()
@@ -207,9 +201,9 @@ pub async fn deliver(
                 continue; // a receiver removed from the config: leave its queue alone
             };
             let outcome = send(&client, r, item).await;
-            let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
+            let seq = item.seq;
             let result = match outcome {
-                Ok(()) => s.delivered(item.seq),
+                Ok(()) => store::blocking(&store, move |s| s.delivered(seq)).await,
                 Err(e) => {
                     let age = chrono::Utc::now().timestamp_millis() - item.created_at;
                     let next = (age < r.max_age).then(|| now + backoff(item.attempts));
@@ -218,7 +212,7 @@ pub async fn deliver(
                     } else {
                         debug!(receiver = %r.name, alert = %item.alert_id, error = %e, "webhook failed; will retry");
                     }
-                    s.failed(item.seq, &e, next)
+                    store::blocking(&store, move |s| s.failed(seq, &e, next)).await
                 }
             };
             if let Err(e) = result {

@@ -1,10 +1,11 @@
 //! Fitting a kind's forest on recorded feature rows: standardise the columns, fit,
 //! take the alert threshold from the training scores. `wattchdog train` records the rows.
 
+use super::file::{ModelFile, Scaler, FORMAT_VERSION};
 use super::forest::{IForestError, IsolationForestParams};
 use super::vectors;
 use super::Recorded;
-use crate::detect::model_file::{Input, ModelFile, Provenance, Scaler, FORMAT_VERSION};
+use crate::detect::model_file::{Input, Provenance};
 use crate::model::DeviceKind;
 use linfa::traits::{Fit, Predict};
 use linfa::{DatasetBase, ParamGuard};

@@ -19,16 +19,18 @@
 //! Blind spots: what training data already contained; a kind without a model; the
 //! first `warmup_samples` frames of a device (its baselines are still being learned).
 
+pub mod file;
 pub mod fit;
 pub mod forest;
 pub mod vectors;
 
 use super::{sig, Detector, PerKind};
-use crate::detect::model_file::{ModelError, ModelFile};
+use crate::detect::model_file::ModelError;
 use crate::feature::{FeatureParams, Frame};
 use crate::model::attack;
 use crate::model::{DeviceKind, Finding, Severity, Ts};
 use crate::tomlfile::{rule, Broken};
+use file::ModelFile;
 use ndarray::ArrayView1;
 use serde::Deserialize;
 use serde_json::json;
