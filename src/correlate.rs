@@ -1,19 +1,30 @@
-//! Findings → alerts → incidents.
+//! Findings → alerts → incidents that tell the story.
 //!
 //! - One open alert per (device, detector, metrics): repeated findings update it (peak
 //!   score, latest time, count); its severity is the highest any finding earned, raised
 //!   one level when a score reaches 3× its threshold.
 //! - An alert closes when no finding refreshed it for `clear_after` (and at least three of
 //!   its device's sampling intervals) of event time.
-//! - A new alert joins its site's open incident when it starts within `incident_window`
-//!   of the incident's latest activity, otherwise it opens one. An incident's severity is
-//!   its alerts' highest, raised one level when two devices or three detectors agree.
+//! - **One incident per cause.** Findings are *direct* evidence (a command on the wire, a
+//!   broken physical relation, a device state change, a sensor frozen, replayed or
+//!   silent) or *statistical* drift, which a plant reacting to anything also shows. A new
+//!   alert joins an open incident of its site as a **consequence** when the incident's
+//!   cause can reach its device ([`reaches`]) while the incident's direct evidence is
+//!   still open or ended less than `propagation` ago; a drift on such a device after
+//!   that, within `incident_window` of the incident's latest activity, is **recovery**.
+//!   Anything else opens a new incident with the alert as its **cause**, even while
+//!   another incident is still settling. A direct alert that explains an incident whose
+//!   cause was a drift takes over as the cause (the drift becomes a consequence).
+//!   Commands on the wire from one client belong to one incident whatever they touch.
+//! - An incident's severity is its alerts' highest, raised one level when two devices or
+//!   three detectors agree. It closes when its alerts are closed and `incident_window`
+//!   has passed since its latest activity.
 //! - Ids are derived from content (site, device, detector, metrics, start), so a capture
 //!   always gives the same ids and a webhook receiver can use them as idempotency keys.
 
 use crate::feature::FeatureStore;
 use crate::model::points::{DeviceId, Registry};
-use crate::model::{Alert, AlertStatus, Finding, Incident, Severity, Ts};
+use crate::model::{Alert, AlertStatus, Finding, Incident, Role, Severity, Ts};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
 use rustc_hash::FxHashMap;
@@ -27,10 +38,16 @@ pub struct CorrelatorParams {
     /// intervals). Default `"2m"`.
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub clear_after: i64,
-    /// A new alert joins a site's open incident if it starts within this long of the
-    /// incident's latest activity. Default `"15m"`.
+    /// A drift joins an incident as recovery if it starts within this long of the
+    /// incident's latest activity; an incident closes this long after it. Default `"15m"`.
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub incident_window: i64,
+    /// How long after its direct evidence ends a cause still explains new anomalies on
+    /// the devices it reaches (heat and power take time to travel). Default `"5m"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub propagation: i64,
+    /// Open incidents kept per site; past it the oldest closes. Default 64.
+    pub max_open_incidents: usize,
 }
 
 impl Default for CorrelatorParams {
@@ -38,6 +55,8 @@ impl Default for CorrelatorParams {
         Self {
             clear_after: 120_000,
             incident_window: 900_000,
+            propagation: 300_000,
+            max_open_incidents: 64,
         }
     }
 }
@@ -50,6 +69,12 @@ impl CorrelatorParams {
             self.incident_window >= 0,
             "incident_window",
             "must not be negative",
+        )?;
+        rule(self.propagation >= 0, "propagation", "must not be negative")?;
+        rule(
+            (1..=10_000).contains(&self.max_open_incidents),
+            "max_open_incidents",
+            "must be 1 to 10000",
         )
     }
 }
@@ -57,7 +82,7 @@ impl CorrelatorParams {
 /// What the correlator emits: a new or changed alert or incident (a full snapshot).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// An alert opened, escalated or closed.
+    /// An alert opened, escalated, closed or given another role.
     Alert(Alert),
     /// An incident opened, changed or closed.
     Incident(Incident),
@@ -65,17 +90,112 @@ pub enum Output {
 
 type AlertKey = (DeviceId, &'static str, Vec<String>);
 
+/// Whether a detector's findings are direct evidence of tampering rather than
+/// statistical drift (which the plant's own reaction to anything also produces).
+pub fn direct(detector: &str) -> bool {
+    !matches!(detector, "ewma_z" | "cusum" | "iforest" | "residual")
+}
+
+/// The chain a device kind belongs to.
+#[derive(Clone, Copy, PartialEq)]
+enum Chain {
+    Power,
+    Cooling,
+    Other,
+}
+
+fn chain(kind: &str) -> Chain {
+    match kind {
+        "grid_meter" | "ups" | "pdu" => Chain::Power,
+        "chiller" | "crah" | "env" => Chain::Cooling,
+        _ => Chain::Other,
+    }
+}
+
+/// Whether an anomaly on a device of kind `from` can show on one of kind `to` at the
+/// same site. Power flows grid meter → UPS → PDU → IT load, and every draw shows on the
+/// grid meter; the load's heat and the UPS losses are what the cooling chain (chiller →
+/// CRAH → room) removes, and the chillers run on the same supply. So a power anomaly can
+/// reach any device, a cooling anomaly the cooling chain and the grid meter (the
+/// chillers' draw) but not the UPS units or PDUs. Kinds outside both chains (a site's
+/// own) are taken as coupled with everything.
+pub fn reaches(from: &str, to: &str) -> bool {
+    match (chain(from), chain(to)) {
+        (Chain::Cooling, Chain::Power) => to == "grid_meter",
+        _ => true,
+    }
+}
+
+/// The client a command finding names, if any.
+fn client(a: &Alert) -> Option<&str> {
+    (a.detector == "protocol")
+        .then(|| a.evidence.get("client").and_then(serde_json::Value::as_str))
+        .flatten()
+}
+
 struct OpenIncident {
     incident: Incident,
     open_alerts: usize,
     max_alert: Severity,
+    /// The cause's latest snapshot (kept to give it another role after it closed).
+    cause: Alert,
+    /// Its leading alerts still open (see [`OpenIncident::leads`]).
+    leading_open: usize,
+    /// Event time of the latest finding of a leading alert (`None`: all drift so far).
+    leading_last: Option<Ts>,
+    /// `device/metric` of every metric its alerts named: what it disturbed.
+    disturbed: rustc_hash::FxHashSet<String>,
+}
+
+impl OpenIncident {
+    /// Whether an alert carries the cause itself, not an effect of it: direct evidence on
+    /// the cause's device that started with the cause (a write, then the relation it
+    /// broke; a breaker opening, then its state). While one is open, or until
+    /// `propagation` after its last finding, the cause is unfolding.
+    fn leads(&self, a: &Alert, p: &CorrelatorParams) -> bool {
+        direct(a.detector)
+            && a.device == self.cause.device
+            && a.ts >= self.cause.ts
+            && a.ts - self.cause.ts <= p.propagation
+    }
+
+    /// Whether a drift is the plant settling back from this incident: a metric (or, for
+    /// a device-wide alert, a device) the incident already disturbed.
+    fn settling(&self, a: &Alert) -> bool {
+        if a.metrics.is_empty() {
+            return self.incident.devices.contains(&a.device);
+        }
+        a.metrics
+            .iter()
+            .any(|m| self.disturbed.contains(&disturbed_key(&a.device, m)))
+    }
+
+    fn disturb(&mut self, a: &Alert) {
+        for m in &a.metrics {
+            self.disturbed.insert(disturbed_key(&a.device, m));
+        }
+    }
+
+    /// Whether the cause still explains new anomalies at `ts`.
+    fn unfolding(&self, ts: Ts, p: &CorrelatorParams) -> bool {
+        match self.leading_last {
+            Some(t) => self.leading_open > 0 || ts - t <= p.propagation,
+            // An incident of drifts alone unfolds as long as drifts keep coming.
+            None => ts - self.incident.end <= p.incident_window,
+        }
+    }
+}
+
+fn disturbed_key(device: &str, metric: &str) -> String {
+    format!("{device}/{metric}")
 }
 
 /// The correlator.
 pub struct Correlator {
     cfg: CorrelatorParams,
     open: FxHashMap<AlertKey, Alert>,
-    incidents: FxHashMap<String, OpenIncident>,
+    /// Open incidents per site, oldest first.
+    incidents: FxHashMap<String, Vec<OpenIncident>>,
 }
 
 /// A stable 64-bit FNV-1a hash, for content-derived ids.
@@ -88,6 +208,14 @@ fn fnv(parts: &[&[u8]]) -> u64 {
         }
     }
     h
+}
+
+/// Where a new alert goes.
+enum Place {
+    /// Into the incident at this index, in this role (a cause takes the incident over).
+    Join(usize, Role),
+    /// A new incident.
+    Open,
 }
 
 impl Correlator {
@@ -120,16 +248,22 @@ impl Correlator {
                 a.severity = severity;
                 out.push(Output::Alert(a.clone()));
             }
-            let (id, ts, sev) = (a.incident_id.clone(), a.last_seen, a.severity);
-            let site = a.site.clone();
-            if let Some(inc) = self
-                .incidents
-                .get_mut(&site)
-                .filter(|i| i.incident.id == id)
-            {
-                inc.incident.end = inc.incident.end.max(ts);
-                if escalated && refresh_severity(inc, sev) {
-                    out.push(Output::Incident(inc.incident.clone()));
+            let a = a.clone();
+            let p = self.cfg.clone();
+            if let Some(inc) = self.incident_mut(&a.site, &a.incident_id) {
+                inc.incident.end = inc.incident.end.max(a.last_seen);
+                if inc.leads(&a, &p) {
+                    inc.leading_last = inc.leading_last.max(Some(a.last_seen));
+                }
+                if inc.cause.id == a.id {
+                    inc.cause = a.clone();
+                }
+                if escalated {
+                    let headline = headline(&inc.cause, &inc.incident);
+                    if refresh_severity(inc, a.severity) || headline != inc.incident.headline {
+                        inc.incident.headline = headline;
+                        out.push(Output::Incident(inc.incident.clone()));
+                    }
                 }
             }
             return;
@@ -146,17 +280,7 @@ impl Correlator {
                 &f.ts.to_le_bytes()
             ])
         );
-        let incident_id = self.join_incident(
-            &dev.site,
-            &dev.name,
-            key.1,
-            f.technique.id,
-            &id,
-            f.ts,
-            severity,
-            out,
-        );
-        let alert = Alert {
+        let mut alert = Alert {
             id,
             ts: f.ts,
             // The sinks stamp the wall time (`sink::Stamp`).
@@ -172,77 +296,169 @@ impl Correlator {
             technique: f.technique,
             summary: f.reason,
             evidence: f.evidence,
-            incident_id,
+            incident_id: String::new(),
+            role: Role::Cause,
             status: AlertStatus::Open,
             last_seen: f.ts,
             findings: 1,
         };
+        self.place(&mut alert, out);
         out.push(Output::Alert(alert.clone()));
         self.open.insert(key, alert);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn join_incident(
-        &mut self,
-        site: &str,
-        device: &str,
-        detector: &'static str,
-        technique: &'static str,
-        alert_id: &str,
-        ts: Ts,
-        severity: Severity,
-        out: &mut Vec<Output>,
-    ) -> String {
-        let window = self.cfg.incident_window;
-        if let Some(inc) = self.incidents.get_mut(site) {
-            if ts - inc.incident.end <= window {
-                inc.open_alerts += 1;
-                let i = &mut inc.incident;
-                i.end = i.end.max(ts);
-                i.alerts.push(alert_id.to_owned());
-                push_unique(&mut i.devices, device.to_owned());
-                push_unique(&mut i.detectors, detector);
-                push_unique(&mut i.techniques, technique);
-                refresh_severity(inc, severity);
-                inc.incident.summary = incident_summary(&inc.incident);
-                out.push(Output::Incident(inc.incident.clone()));
-                return inc.incident.id.clone();
+    fn incident_mut(&mut self, site: &str, id: &str) -> Option<&mut OpenIncident> {
+        self.incidents
+            .get_mut(site)?
+            .iter_mut()
+            .find(|i| i.incident.id == id)
+    }
+
+    /// Which open incident of its site explains a new alert, and how.
+    fn explain(&self, a: &Alert) -> Place {
+        let Some(incs) = self.incidents.get(&a.site) else {
+            return Place::Open;
+        };
+        let p = &self.cfg;
+        let is_direct = direct(a.detector);
+        // One client's commands are one actor's doing, whatever device they touch.
+        if let Some(c) = client(a) {
+            if let Some(i) = incs
+                .iter()
+                .rposition(|i| client(&i.cause) == Some(c) && i.unfolding(a.ts, p))
+            {
+                return Place::Join(i, Role::Consequence);
             }
         }
-        // The site's previous incident (if any) is past its window: it closes now.
-        if let Some(old) = self.incidents.remove(site) {
-            let mut i = old.incident;
-            i.status = AlertStatus::Closed;
-            out.push(Output::Incident(i));
+        // Newest first: the latest cause is the likeliest explanation.
+        for (i, inc) in incs.iter().enumerate().rev() {
+            if !reaches(&inc.cause.kind, &a.kind) || !inc.unfolding(a.ts, p) {
+                continue;
+            }
+            if is_direct && inc.leading_last.is_none() && reaches(&a.kind, &inc.cause.kind) {
+                // Direct evidence behind a drift it can explain: the real cause.
+                return Place::Join(i, Role::Cause);
+            }
+            return Place::Join(i, Role::Consequence);
         }
-        let id = format!(
-            "in-{:016x}",
-            fnv(&[site.as_bytes(), alert_id.as_bytes(), &ts.to_le_bytes()])
-        );
-        let mut i = Incident {
-            id: id.clone(),
-            site: site.to_owned(),
-            start: ts,
-            end: ts,
-            severity,
-            alerts: vec![alert_id.to_owned()],
-            devices: vec![device.to_owned()],
-            detectors: vec![detector],
-            techniques: vec![technique],
-            summary: String::new(),
-            status: AlertStatus::Open,
-        };
-        i.summary = incident_summary(&i);
-        out.push(Output::Incident(i.clone()));
-        self.incidents.insert(
-            site.to_owned(),
-            OpenIncident {
-                incident: i,
-                open_alerts: 1,
-                max_alert: severity,
-            },
-        );
-        id
+        if !is_direct {
+            if let Some(i) = incs
+                .iter()
+                .rposition(|inc| inc.settling(a) && a.ts - inc.incident.end <= p.incident_window)
+            {
+                return Place::Join(i, Role::Recovery);
+            }
+        }
+        Place::Open
+    }
+
+    /// Gives a new alert its incident and role, emitting what changed.
+    fn place(&mut self, a: &mut Alert, out: &mut Vec<Output>) {
+        match self.explain(a) {
+            Place::Join(i, role) => {
+                let incs = self.incidents.get_mut(&a.site).expect("explained by one");
+                let inc = &mut incs[i];
+                a.incident_id = inc.incident.id.clone();
+                a.role = role;
+                if role == Role::Cause {
+                    // The drift that opened it becomes what it is: a consequence.
+                    let old = std::mem::replace(&mut inc.cause, a.clone());
+                    let demoted = self
+                        .open
+                        .values_mut()
+                        .find(|o| o.id == old.id)
+                        .map(|o| {
+                            o.role = Role::Consequence;
+                            o.clone()
+                        })
+                        .unwrap_or(Alert {
+                            role: Role::Consequence,
+                            ..old
+                        });
+                    inc.incident.cause = a.id.clone();
+                    push_unique(&mut inc.incident.affected, demoted.device.clone());
+                    out.push(Output::Alert(demoted));
+                }
+                inc.open_alerts += 1;
+                if role == Role::Cause {
+                    // Leading alerts are counted from the new cause.
+                    let (id, p) = (inc.incident.id.clone(), &self.cfg);
+                    let leading: Vec<Ts> = self
+                        .open
+                        .values()
+                        .filter(|o| o.incident_id == id && inc.leads(o, p))
+                        .map(|o| o.last_seen)
+                        .collect();
+                    inc.leading_open = leading.len();
+                    inc.leading_last = leading.into_iter().max();
+                }
+                if inc.leads(a, &self.cfg) {
+                    inc.leading_open += 1;
+                    inc.leading_last = inc.leading_last.max(Some(a.ts));
+                }
+                inc.disturb(a);
+                let i = &mut inc.incident;
+                i.end = i.end.max(a.ts);
+                i.alerts.push(a.id.clone());
+                push_unique(&mut i.devices, a.device.clone());
+                push_unique(&mut i.detectors, a.detector);
+                push_unique(&mut i.techniques, a.technique.id);
+                if role != Role::Cause && a.device != inc.cause.device {
+                    push_unique(&mut i.affected, a.device.clone());
+                }
+                i.affected.retain(|d| *d != inc.cause.device);
+                refresh_severity(inc, a.severity);
+                let i = &mut inc.incident;
+                i.summary = incident_summary(i);
+                i.headline = headline(&inc.cause, i);
+                out.push(Output::Incident(i.clone()));
+            }
+            Place::Open => {
+                let id = format!(
+                    "in-{:016x}",
+                    fnv(&[a.site.as_bytes(), a.id.as_bytes(), &a.ts.to_le_bytes()])
+                );
+                a.incident_id = id.clone();
+                a.role = Role::Cause;
+                let mut i = Incident {
+                    id,
+                    site: a.site.clone(),
+                    start: a.ts,
+                    end: a.ts,
+                    severity: a.severity,
+                    alerts: vec![a.id.clone()],
+                    devices: vec![a.device.clone()],
+                    detectors: vec![a.detector],
+                    techniques: vec![a.technique.id],
+                    summary: String::new(),
+                    cause: a.id.clone(),
+                    headline: String::new(),
+                    affected: Vec::new(),
+                    status: AlertStatus::Open,
+                };
+                i.summary = incident_summary(&i);
+                i.headline = headline(a, &i);
+                out.push(Output::Incident(i.clone()));
+                let is_direct = direct(a.detector);
+                let incs = self.incidents.entry(a.site.clone()).or_default();
+                let mut inc = OpenIncident {
+                    incident: i,
+                    open_alerts: 1,
+                    max_alert: a.severity,
+                    cause: a.clone(),
+                    leading_open: usize::from(is_direct),
+                    leading_last: is_direct.then_some(a.ts),
+                    disturbed: Default::default(),
+                };
+                inc.disturb(a);
+                incs.push(inc);
+                if incs.len() > self.cfg.max_open_incidents {
+                    let mut oldest = incs.remove(0).incident;
+                    oldest.status = AlertStatus::Closed;
+                    out.push(Output::Incident(oldest));
+                }
+            }
+        }
     }
 
     /// Closes alerts that went quiet and incidents whose alerts are all closed and whose
@@ -268,29 +484,41 @@ impl Correlator {
             false
         });
         closed.sort_by(|a, b| (a.last_seen, &a.id).cmp(&(b.last_seen, &b.id)));
+        let p = self.cfg.clone();
         for a in closed {
-            if let Some(inc) = self
-                .incidents
-                .get_mut(&a.site)
-                .filter(|i| i.incident.id == a.incident_id)
-            {
+            if let Some(inc) = self.incident_mut(&a.site, &a.incident_id) {
                 inc.open_alerts = inc.open_alerts.saturating_sub(1);
+                if inc.leads(&a, &p) {
+                    inc.leading_open = inc.leading_open.saturating_sub(1);
+                }
+                if inc.cause.id == a.id {
+                    inc.cause = a.clone();
+                }
             }
             out.push(Output::Alert(a));
         }
         let window = self.cfg.incident_window;
-        let mut done: Vec<String> = self
-            .incidents
-            .iter()
-            .filter(|(_, i)| i.open_alerts == 0 && now - i.incident.end > window)
-            .map(|(site, _)| site.clone())
-            .collect();
-        done.sort();
-        for site in done {
-            if let Some(inc) = self.incidents.remove(&site) {
-                let mut i = inc.incident;
+        let mut sites: Vec<&String> = self.incidents.keys().collect();
+        sites.sort();
+        let mut done = Vec::new();
+        for site in sites {
+            for inc in &self.incidents[site] {
+                if inc.open_alerts == 0 && now - inc.incident.end > window {
+                    done.push((site.clone(), inc.incident.id.clone()));
+                }
+            }
+        }
+        for (site, id) in done {
+            let Some(incs) = self.incidents.get_mut(&site) else {
+                continue;
+            };
+            if let Some(at) = incs.iter().position(|i| i.incident.id == id) {
+                let mut i = incs.remove(at).incident;
                 i.status = AlertStatus::Closed;
                 out.push(Output::Incident(i));
+            }
+            if incs.is_empty() {
+                self.incidents.remove(&site);
             }
         }
     }
@@ -332,6 +560,23 @@ fn incident_summary(i: &Incident) -> String {
         i.devices.join(", "),
         i.site,
         i.detectors.join(", ")
+    )
+}
+
+/// The incident in one line: where it started and what was seen there (the cause's own
+/// sentence names the client when a command was seen), the technique, how far it reached.
+fn headline(cause: &Alert, i: &Incident) -> String {
+    let reach = match i.affected.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} more device{} affected ({})",
+            if n == 1 { "" } else { "s" },
+            i.affected.join(", ")
+        ),
+    };
+    format!(
+        "{} at {}: {} [{} {}]{reach}",
+        cause.device, i.site, cause.summary, cause.technique.id, cause.technique.name
     )
 }
 
@@ -410,56 +655,175 @@ mod tests {
         );
     }
 
+    /// A finding of `detector` on `device` (of `kind`) about `metric`.
+    fn on(
+        reg: &mut Registry,
+        (device, kind, metric): (&str, &str, &str),
+        detector: &'static str,
+        ts: Ts,
+    ) -> Finding {
+        let p = reg.intern("s1", device, kind, metric).unwrap();
+        Finding {
+            metrics: vec![metric.into()],
+            device: reg.point(p).device,
+            ..finding(reg, device, detector, ts, 7.0)
+        }
+    }
+
+    fn incidents(out: &[Output]) -> Vec<&Incident> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Incident(i) => Some(i),
+                Output::Alert(_) => None,
+            })
+            .collect()
+    }
+
+    /// The last snapshot of each alert, by id.
+    fn last(out: &[Output]) -> FxHashMap<String, Alert> {
+        alerts(out)
+            .into_iter()
+            .map(|a| (a.id.clone(), a.clone()))
+            .collect()
+    }
+
+    const CHILLER: (&str, &str, &str) = ("chiller-1", "chiller", "supply_temp_c");
+    const CRAH: (&str, &str, &str) = ("crah-1", "crah", "supply_air_temp_c");
+    const UPS: (&str, &str, &str) = ("ups-1", "ups", "input_power_kw");
+    const MIN: Ts = 60_000;
+
     #[test]
-    fn alerts_close_in_time_share_an_incident_and_corroboration_raises_it() {
+    fn effects_join_their_cause_and_corroboration_raises_the_incident() {
         let mut reg = Registry::new(10);
         let mut c = Correlator::new(CorrelatorParams::default());
         let mut out = Vec::new();
+        c.observe(on(&mut reg, CHILLER, "protocol", 0), &reg, &mut out);
+        c.observe(on(&mut reg, CRAH, "cusum", MIN), &reg, &mut out);
+        let a = alerts(&out);
+        assert_eq!(a[0].incident_id, a[1].incident_id);
+        assert_eq!((a[0].role, a[1].role), (Role::Cause, Role::Consequence));
+        let i = *incidents(&out).last().unwrap();
+        assert_eq!(i.cause, a[0].id);
+        assert_eq!(i.affected, ["crah-1"]);
+        assert_eq!(
+            i.severity,
+            Severity::Medium,
+            "two devices agree: low → medium"
+        );
+        assert!(
+            i.headline
+                .starts_with("chiller-1 at s1: score 7 [T0831 Manipulation of Control]")
+                && i.headline.ends_with("1 more device affected (crah-1)"),
+            "{}",
+            i.headline
+        );
+    }
+
+    #[test]
+    fn direct_evidence_behind_a_drift_takes_over_as_the_cause() {
+        let mut reg = Registry::new(10);
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        c.observe(on(&mut reg, CRAH, "ewma_z", 0), &reg, &mut out);
+        c.observe(on(&mut reg, CHILLER, "physics", 3 * MIN), &reg, &mut out);
+        let l = last(&out);
+        let drift = l.values().find(|a| a.detector == "ewma_z").unwrap();
+        let physics = l.values().find(|a| a.detector == "physics").unwrap();
+        assert_eq!(drift.incident_id, physics.incident_id);
+        assert_eq!((physics.role, drift.role), (Role::Cause, Role::Consequence));
+        let i = *incidents(&out).last().unwrap();
+        assert_eq!(
+            (i.cause.as_str(), i.affected.as_slice()),
+            (physics.id.as_str(), &["crah-1".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn a_second_cause_opens_its_own_incident_while_the_first_settles() {
+        let mut reg = Registry::new(10);
+        let store = FeatureStore::default();
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        // Attack 1: a write on the chiller, its room drifting.
+        c.observe(on(&mut reg, CHILLER, "protocol", 0), &reg, &mut out);
+        c.observe(on(&mut reg, CRAH, "cusum", MIN), &reg, &mut out);
+        c.tick(9 * MIN, &reg, &store, &mut out);
+        // The same room metric drifting back: recovery, not news.
+        c.observe(on(&mut reg, CRAH, "ewma_z", 10 * MIN), &reg, &mut out);
+        // Attack 2, 12 minutes in, within the first incident's window: its own incident,
+        // and so is a drift on a metric the first never disturbed.
+        c.observe(on(&mut reg, CHILLER, "replay", 12 * MIN), &reg, &mut out);
+        c.tick(20 * MIN, &reg, &store, &mut out);
         c.observe(
-            finding(&mut reg, "chiller-1", "ewma_z", 0, 7.0),
+            on(
+                &mut reg,
+                ("chiller-1", "chiller", "flow_lps"),
+                "cusum",
+                30 * MIN,
+            ),
             &reg,
             &mut out,
         );
-        c.observe(
-            finding(&mut reg, "chiller-2", "cusum", 60_000, 7.0),
-            &reg,
-            &mut out,
+        let l = last(&out);
+        let by = |d: &str| l.values().find(|a| a.detector == d).unwrap();
+        assert_eq!(by("ewma_z").role, Role::Recovery);
+        assert_eq!(by("ewma_z").incident_id, by("protocol").incident_id);
+        assert_eq!(by("replay").role, Role::Cause);
+        assert_ne!(by("replay").incident_id, by("protocol").incident_id);
+        let flow = l.values().find(|a| a.metrics == ["flow_lps"]).unwrap();
+        assert_eq!(
+            flow.role,
+            Role::Cause,
+            "the replay is over and disturbed no flow"
         );
+        assert_ne!(flow.incident_id, by("replay").incident_id);
+    }
+
+    #[test]
+    fn a_cooling_anomaly_does_not_explain_a_ups() {
+        let mut reg = Registry::new(10);
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        c.observe(on(&mut reg, CHILLER, "protocol", 0), &reg, &mut out);
+        c.observe(on(&mut reg, UPS, "cusum", MIN), &reg, &mut out);
+        let a = alerts(&out);
+        assert_ne!(a[0].incident_id, a[1].incident_id);
+        assert_eq!(a[1].role, Role::Cause);
+        // The other way round, power reaches cooling.
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        c.observe(on(&mut reg, UPS, "ups", 0), &reg, &mut out);
+        c.observe(on(&mut reg, CHILLER, "cusum", MIN), &reg, &mut out);
+        let a = alerts(&out);
+        assert_eq!(a[0].incident_id, a[1].incident_id);
+    }
+
+    #[test]
+    fn one_clients_commands_are_one_incident() {
+        let mut reg = Registry::new(10);
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        let scan = |reg: &mut Registry, who: (&str, &str, &str), client: &str, ts| Finding {
+            evidence: serde_json::json!({ "client": client }),
+            ..on(reg, who, "protocol", ts)
+        };
+        // A scanner on a chiller, then on a UPS (which cooling cannot reach), then
+        // someone else on the UPS.
+        c.observe(scan(&mut reg, CHILLER, "10.6.6.6", 0), &reg, &mut out);
+        c.observe(scan(&mut reg, UPS, "10.6.6.6", MIN), &reg, &mut out);
         c.observe(
-            finding(&mut reg, "chiller-1", "flatline", 3_600_000, 7.0),
+            scan(
+                &mut reg,
+                ("ups-2", "ups", "input_power_kw"),
+                "10.7.7.7",
+                2 * MIN,
+            ),
             &reg,
             &mut out,
         );
         let a = alerts(&out);
-        assert_eq!(a.len(), 3);
         assert_eq!(a[0].incident_id, a[1].incident_id);
         assert_ne!(a[1].incident_id, a[2].incident_id);
-        let incidents: Vec<&Incident> = out
-            .iter()
-            .filter_map(|o| {
-                if let Output::Incident(i) = o {
-                    Some(i)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let first = incidents
-            .iter()
-            .rev()
-            .find(|i| i.id == a[0].incident_id)
-            .unwrap();
-        assert_eq!(first.devices.len(), 2);
-        assert_eq!(
-            first.severity,
-            Severity::Medium,
-            "two devices agree: low → medium"
-        );
-        assert_eq!(
-            first.status,
-            AlertStatus::Closed,
-            "closed when the next incident opened"
-        );
     }
 
     #[test]

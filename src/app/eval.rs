@@ -56,6 +56,7 @@ fn view(a: &Alert) -> AlertView {
         device: a.device.clone(),
         detector: a.detector.to_owned(),
         incident_id: a.incident_id.clone(),
+        role: a.role,
     }
 }
 

@@ -296,12 +296,12 @@ impl Soc {
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         match o {
             Output::Alert(a) => {
-                let wanted: Vec<&str> = self
-                    .receivers
-                    .iter()
-                    .filter(|r| r.wants(a))
-                    .map(|r| r.name.as_str())
-                    .collect();
+                let mut wanted = Vec::new();
+                for r in &self.receivers {
+                    if r.wants(a) || (r.follows() && store.was_queued(&a.id, &r.name)?) {
+                        wanted.push(r.name.as_str());
+                    }
+                }
                 store.put_alert(a, &wanted)?;
                 drop(store);
                 self.alerts

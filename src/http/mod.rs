@@ -10,6 +10,7 @@ pub mod board;
 pub mod bounded;
 pub mod tls;
 
+use crate::model::Role;
 use crate::sink::store::{self, Acked, AlertQuery, Shared, MAX_ACKS};
 use crate::time::TimeFormat;
 use axum::extract::{Path, Query, RawQuery, State};
@@ -213,6 +214,7 @@ struct AlertParams {
     site: Option<String>,
     device: Option<String>,
     severity: Option<String>,
+    role: Option<String>,
     since: Option<String>,
     until: Option<String>,
     limit: Option<usize>,
@@ -238,10 +240,18 @@ pub fn alert_query(raw: &str) -> Result<AlertQuery, String> {
                 .map_err(|_| format!("severity {s:?}: use info, low, medium, high or critical"))?,
         ),
     };
+    let role = match p.role.as_deref() {
+        None => None,
+        Some(r) => Some(
+            Role::parse(r)
+                .ok_or_else(|| format!("role {r:?}: use cause, consequence or recovery"))?,
+        ),
+    };
     Ok(AlertQuery {
         site: p.site,
         device: p.device,
         min_severity,
+        role,
         since: time(&p.since)?,
         until: time(&p.until)?,
         limit: p.limit.unwrap_or(100),

@@ -222,7 +222,39 @@ pub enum AlertStatus {
     Closed,
 }
 
-/// An alert, in the design's schema plus `status`, `kind`, `last_seen` and `findings`.
+/// How an alert stands in its incident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// What started the incident: the earliest anomaly that explains the others,
+    /// direct evidence (a command on the wire, a broken physical relation, a state
+    /// change) preferred over statistical drift.
+    Cause,
+    /// An effect of the cause on a device it can reach, while the cause is unfolding.
+    Consequence,
+    /// Drift while the plant settles after the cause's evidence stopped.
+    Recovery,
+}
+
+impl Role {
+    /// The name in the schema and in queries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cause => "cause",
+            Self::Consequence => "consequence",
+            Self::Recovery => "recovery",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Cause, Self::Consequence, Self::Recovery]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// An alert, in the design's schema plus `status`, `kind`, `last_seen`, `findings` and `role`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {
     /// Deterministic id: the same capture always gives the same ids.
@@ -256,6 +288,9 @@ pub struct Alert {
     pub evidence: serde_json::Value,
     /// Incident this alert belongs to.
     pub incident_id: String,
+    /// Its part in the incident; a later snapshot may change it (a direct piece of
+    /// evidence that arrives after a drift it explains becomes the cause).
+    pub role: Role,
     /// Open or closed.
     pub status: AlertStatus,
     /// Event time of the latest finding.
@@ -288,6 +323,7 @@ impl Alert {
             summary: "s".into(),
             evidence: serde_json::json!({}),
             incident_id: "in-1".into(),
+            role: Role::Cause,
             status,
             last_seen: ts,
             findings: 1,
@@ -305,10 +341,11 @@ impl Alert {
             AlertStatus::Closed => "closed",
         };
         format!(
-            "{}:{status}:{}:{}",
+            "{}:{status}:{}:{}:{}",
             self.id,
             self.findings,
-            format!("{:?}", self.severity).to_lowercase()
+            format!("{:?}", self.severity).to_lowercase(),
+            self.role.as_str()
         )
     }
 }
@@ -336,8 +373,15 @@ pub struct Incident {
     pub detectors: Vec<&'static str>,
     /// Techniques involved (ids).
     pub techniques: Vec<&'static str>,
-    /// One plain sentence.
+    /// One plain sentence: how many alerts on which devices.
     pub summary: String,
+    /// Id of the alert that started it (see [`Role::Cause`]).
+    pub cause: String,
+    /// What happened, in plain language: the cause's device, what it saw (and who
+    /// acted, when a command was seen), the ATT&CK technique, how far it reached.
+    pub headline: String,
+    /// Devices its consequences showed on, other than the cause's, in order of first alert.
+    pub affected: Vec<String>,
     /// Open or closed.
     pub status: AlertStatus,
 }

@@ -7,7 +7,7 @@
 //! - Recall = detected / labelled; precision = true incidents / incidents; F1 from both;
 //!   false incidents are also given per day of capture.
 
-use crate::model::Ts;
+use crate::model::{Role, Ts};
 use crate::time::{format_duration, TimeFormat};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,6 +102,13 @@ pub struct AlertView {
     pub detector: String,
     /// Incident.
     pub incident_id: String,
+    /// Part in the incident (alert files written before roles existed: each a cause).
+    #[serde(default = "cause")]
+    pub role: Role,
+}
+
+fn cause() -> Role {
+    Role::Cause
 }
 
 /// Per-scenario results.
@@ -117,6 +124,10 @@ pub struct ScenarioScore {
     pub delays_s: Vec<f64>,
     /// Detectors that caught it (first alert), with counts.
     pub first_detectors: BTreeMap<String, usize>,
+    /// Occurrences with an incident of their own (caused inside the window).
+    pub own_incident: usize,
+    /// Occurrences whose first own incident has its cause on a labelled device.
+    pub cause_on_labelled_device: usize,
 }
 
 /// The score of a set of captures.
@@ -148,6 +159,20 @@ pub struct Score {
     pub f1: f64,
     /// When the false incidents started, and their first alert's device and detector.
     pub false_incident_starts: Vec<String>,
+    /// Windows with an incident caused inside them.
+    pub own_incident: usize,
+    /// Windows whose first own incident's cause is on a labelled device.
+    pub cause_on_labelled_device: usize,
+    /// Per window, the cause-role alerts starting inside it (+ grace).
+    pub cause_alerts_per_window: Vec<usize>,
+    /// Per window, all alerts starting inside it (+ grace).
+    pub alerts_per_window: Vec<usize>,
+    /// Median of `cause_alerts_per_window`.
+    pub median_cause_alerts: Option<f64>,
+    /// Median of `alerts_per_window`.
+    pub median_alerts: Option<f64>,
+    /// Incidents with alerts inside two or more windows: attacks told as one.
+    pub merged_incidents: usize,
 }
 
 /// Scores one capture's alerts (final states; repeated snapshots of an id are fine).
@@ -158,9 +183,10 @@ pub fn score_capture(
     span: (Ts, Ts),
     grace: i64,
 ) {
+    // The last snapshot of an id is its state (a role can change).
     let mut by_id: BTreeMap<&str, &AlertView> = BTreeMap::new();
     for a in alerts {
-        by_id.entry(&a.id).or_insert(a);
+        by_id.insert(&a.id, a);
     }
     let alerts: Vec<&AlertView> = by_id.into_values().collect();
     for l in labels {
@@ -177,7 +203,35 @@ pub fn score_capture(
             s.delays_s.push((a.ts - l.start) as f64 / 1000.0);
             *s.first_detectors.entry(a.detector.clone()).or_default() += 1;
         }
+        let inside: Vec<&&AlertView> = alerts
+            .iter()
+            .filter(|a| a.ts >= l.start && a.ts <= l.end + grace)
+            .collect();
+        let causes: Vec<&&AlertView> = inside
+            .iter()
+            .copied()
+            .filter(|a| a.role == Role::Cause)
+            .collect();
+        score.alerts_per_window.push(inside.len());
+        score.cause_alerts_per_window.push(causes.len());
+        if let Some(c) = causes.iter().min_by_key(|a| (a.ts, &a.id)) {
+            s.own_incident += 1;
+            score.own_incident += 1;
+            if l.devices.contains(&c.device) {
+                s.cause_on_labelled_device += 1;
+                score.cause_on_labelled_device += 1;
+            }
+        }
     }
+    let mut windows_of: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for a in &alerts {
+        for (i, l) in labels.iter().enumerate() {
+            if a.ts >= l.start && a.ts <= l.end + grace {
+                windows_of.entry(&a.incident_id).or_default().insert(i);
+            }
+        }
+    }
+    score.merged_incidents += windows_of.values().filter(|w| w.len() > 1).count();
     for a in &alerts {
         score.alerts += 1;
         if !labels
@@ -227,6 +281,8 @@ impl Score {
                 }
             });
         }
+        self.median_cause_alerts = median(&self.cause_alerts_per_window);
+        self.median_alerts = median(&self.alerts_per_window);
         let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         self.recall = ratio(self.detected, self.labelled);
         self.precision = ratio(self.incidents - self.false_incidents, self.incidents);
@@ -282,10 +338,34 @@ impl Score {
             self.alerts,
             self.false_alerts
         );
+        let med = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m}"));
+        let _ = writeln!(
+            s,
+            "incidents per attack: {}/{} attacks have their own, the cause on a labelled device for {}/{}; cause alerts per attack median {} (all alerts {}); {} incident{} merged attacks",
+            self.own_incident,
+            self.labelled,
+            self.cause_on_labelled_device,
+            self.labelled,
+            med(self.median_cause_alerts),
+            med(self.median_alerts),
+            self.merged_incidents,
+            if self.merged_incidents == 1 { "" } else { "s" },
+        );
         for f in &self.false_incident_starts {
             let _ = writeln!(s, "  false incident: {f}");
         }
         s
+    }
+}
+
+fn median(v: &[usize]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    let m = v.len() / 2;
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[m] as f64),
+        _ => Some((v[m - 1] + v[m]) as f64 / 2.0),
     }
 }
 
@@ -327,7 +407,49 @@ mod tests {
             device: device.into(),
             detector: "ewma_z".into(),
             incident_id: incident.into(),
+            role: Role::Cause,
         }
+    }
+
+    fn consequence(a: AlertView) -> AlertView {
+        AlertView {
+            role: Role::Consequence,
+            ..a
+        }
+    }
+
+    #[test]
+    fn incidents_are_judged_per_attack() {
+        let labels = [
+            label(1000, 2000, "a", "d1"),
+            label(10_000, 11_000, "b", "d2"),
+            label(20_000, 21_000, "c", "d3"),
+        ];
+        let alerts = [
+            // a: caused on its device, one consequence elsewhere.
+            alert("a1", 1100, "d1", "i1"),
+            consequence(alert("a2", 1200, "d9", "i1")),
+            // b: caused on the wrong device, and a late snapshot turns that cause into a
+            // consequence of the real one (the last snapshot of an id counts).
+            alert("b1", 10_100, "d9", "i2"),
+            alert("b2", 10_200, "d2", "i2"),
+            consequence(alert("b1", 10_100, "d9", "i2")),
+            // c: told as part of b's incident.
+            consequence(alert("c1", 20_100, "d3", "i2")),
+        ];
+        let mut s = Score::default();
+        score_capture(&mut s, &labels, &alerts, (0, 86_400_000), 500);
+        s.finish();
+        assert_eq!((s.own_incident, s.cause_on_labelled_device), (2, 2));
+        assert_eq!(s.cause_alerts_per_window, [1, 1, 0]);
+        assert_eq!(s.alerts_per_window, [2, 2, 1]);
+        assert_eq!(
+            (s.median_cause_alerts, s.median_alerts),
+            (Some(1.0), Some(2.0))
+        );
+        assert_eq!(s.merged_incidents, 1, "i2 spans b and c");
+        assert_eq!(s.scenarios["c"].own_incident, 0);
+        assert!(s.render().contains("2/3 attacks have their own"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 pub mod eval;
 pub mod html;
 
-use crate::model::{Alert, AlertStatus, Incident};
+use crate::model::{Alert, AlertStatus, Incident, Role};
 use crate::pipeline::{PipelineStats, ScorePoint};
 use crate::source::{BadReason, FileStats};
 use crate::time::{format_duration, format_ts};
@@ -137,15 +137,30 @@ impl ReplayReport {
             self.incidents.len(),
             if self.incidents.len() == 1 { "" } else { "s" }
         );
+        // Each incident as its story: what started it, then how far it reached.
         for i in &self.incidents {
+            let roles = |r: Role| {
+                self.alerts
+                    .iter()
+                    .filter(|a| a.incident_id == i.id && a.role == r)
+                    .count()
+            };
             let _ = writeln!(
                 s,
-                "  {} {:<8} {} → {}  {}  [{}]",
+                "  {} {:<8} {} → {}  {}",
                 i.id,
                 format!("{:?}", i.severity).to_lowercase(),
                 format_ts(i.start),
                 format_ts(i.end),
-                i.summary,
+                i.headline,
+            );
+            let _ = writeln!(
+                s,
+                "      cause {}; {} consequences, {} recovery, {} alerts in all [{}]",
+                i.cause,
+                roles(Role::Consequence),
+                roles(Role::Recovery),
+                i.alerts.len(),
                 i.techniques.join(", ")
             );
         }

@@ -196,6 +196,9 @@ mod tests {
             detectors: Vec::new(),
             techniques: Vec::new(),
             summary: String::new(),
+            cause: String::new(),
+            headline: String::new(),
+            affected: Vec::new(),
             status: AlertStatus::Open,
         })
     }

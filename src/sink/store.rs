@@ -7,7 +7,7 @@
 //! nothing on a process crash; only a power cut may drop the last transactions).
 //! Schema changes are numbered migrations recorded in `user_version`.
 
-use crate::model::{Alert, Incident, Severity, Ts};
+use crate::model::{Alert, Incident, Role, Severity, Ts};
 use crate::time::serde_duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
@@ -80,7 +80,7 @@ pub async fn blocking<T: Send + 'static>(
     })?
 }
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE alerts (
     id TEXT PRIMARY KEY,
@@ -138,6 +138,11 @@ CREATE TABLE acks (
 CREATE INDEX acks_alert ON acks (alert_id);
 INSERT INTO acks (alert_id, at, by) SELECT id, acked_at, COALESCE(acked_by, '') FROM alerts WHERE acked_at IS NOT NULL;
 "#,
+    // An alert's part in its incident (rows from before roles: each its own cause).
+    r#"
+ALTER TABLE alerts ADD COLUMN role TEXT NOT NULL DEFAULT 'cause';
+CREATE INDEX outbox_alert ON outbox (alert_id, receiver);
+"#,
 ];
 
 /// Acknowledgements kept per alert; the next is refused.
@@ -152,6 +157,8 @@ pub struct AlertQuery {
     pub device: Option<String>,
     /// At least this severity.
     pub min_severity: Option<Severity>,
+    /// Only alerts in this role (`?role=cause`: what started each incident).
+    pub role: Option<Role>,
     /// Event time at or after.
     pub since: Option<Ts>,
     /// Event time before.
@@ -289,10 +296,11 @@ impl Store {
         let tx = self.conn.transaction().map_err(&e)?;
         let now = now_ms();
         tx.execute(
-            "INSERT INTO alerts (id, site, device, kind, detector, severity, technique, ts, last_seen, status, incident_id, body, stored_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+            "INSERT INTO alerts (id, site, device, kind, detector, severity, technique, ts, last_seen, status, incident_id, body, stored_at, role)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (id) DO UPDATE SET severity = excluded.severity, last_seen = excluded.last_seen,
-               status = excluded.status, incident_id = excluded.incident_id, body = excluded.body, stored_at = excluded.stored_at",
+               status = excluded.status, incident_id = excluded.incident_id, body = excluded.body,
+               stored_at = excluded.stored_at, role = excluded.role",
             params![
                 a.id,
                 a.site,
@@ -306,7 +314,8 @@ impl Store {
                 format!("{:?}", a.status).to_lowercase(),
                 a.incident_id,
                 body,
-                now
+                now,
+                a.role.as_str()
             ],
         )
         .map_err(&e)?;
@@ -318,6 +327,14 @@ impl Store {
             .map_err(&e)?;
         }
         tx.commit().map_err(&e)
+    }
+
+    /// Whether a snapshot of the alert was ever queued for the receiver.
+    pub fn was_queued(&self, alert_id: &str, receiver: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM outbox WHERE alert_id = ?1 AND receiver = ?2 LIMIT 1")
+            .and_then(|mut s| s.exists(params![alert_id, receiver]))
+            .map_err(self.err())
     }
 
     /// Stores an incident snapshot.
@@ -358,6 +375,10 @@ impl Store {
         if let Some(s) = q.min_severity {
             args.push(severity_rank(s).into());
             sql += &format!(" AND severity >= ?{}", args.len());
+        }
+        if let Some(r) = q.role {
+            args.push(r.as_str().to_owned().into());
+            sql += &format!(" AND role = ?{}", args.len());
         }
         if let Some(t) = q.since {
             args.push(t.into());
@@ -705,6 +726,48 @@ mod tests {
     }
 
     #[test]
+    fn alerts_are_listed_by_role() {
+        let mut s = Store::in_memory().unwrap();
+        for (id, role) in [
+            ("c", Role::Cause),
+            ("e", Role::Consequence),
+            ("r", Role::Recovery),
+        ] {
+            let a = Alert {
+                role,
+                ..alert(id, 0, Severity::Low, AlertStatus::Open)
+            };
+            s.put_alert(&a, &[]).unwrap();
+        }
+        // A later snapshot can change an alert's role.
+        let demoted = Alert {
+            role: Role::Consequence,
+            ..alert("c", 0, Severity::Low, AlertStatus::Open)
+        };
+        s.put_alert(&alert("c2", 0, Severity::Low, AlertStatus::Open), &[])
+            .unwrap();
+        s.put_alert(&demoted, &[]).unwrap();
+        let ids = |role| {
+            let q = AlertQuery {
+                role: Some(role),
+                limit: 10,
+                ..AlertQuery::default()
+            };
+            let mut v: Vec<String> = s
+                .alerts(&q)
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].as_str().unwrap().to_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(Role::Cause), ["c2"]);
+        assert_eq!(ids(Role::Consequence), ["c", "e"]);
+        assert_eq!(ids(Role::Recovery), ["r"]);
+    }
+
+    #[test]
     fn the_outbox_retries_and_gives_up() {
         let mut s = Store::in_memory().unwrap();
         s.put_alert(
@@ -784,7 +847,7 @@ mod tests {
         )
         .unwrap();
         let keys = delivery_ids(&s);
-        assert_eq!(keys, ["old", "new:open:1:low"]);
+        assert_eq!(keys, ["old", "new:open:1:low:cause"]);
         // An acknowledgement from before the history is its first entry.
         let listed = s
             .alerts(&AlertQuery {

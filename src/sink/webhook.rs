@@ -11,7 +11,7 @@
 //! - Failures retry with exponential backoff and jitter until `max_age`; then the
 //!   delivery becomes a dead letter, listed by the API.
 
-use crate::model::{Alert, Severity};
+use crate::model::{Alert, Role, Severity};
 use crate::sink::store::{self, OutboxItem, Shared};
 use crate::time::serde_duration;
 use crate::tomlfile::{check, TomlError};
@@ -43,6 +43,11 @@ pub struct Receiver {
     /// Only at least this severity.
     #[serde(default = "default_severity")]
     pub min_severity: Severity,
+    /// Only alerts in these roles (empty: all). `["cause"]` sends what started each
+    /// incident, not its consequences; an alert once sent is followed to its last
+    /// snapshot even when it leaves the roles (a cause that turns out a consequence).
+    #[serde(default)]
+    pub roles: Vec<Role>,
     /// Only these ATT&CK technique ids (empty: all).
     #[serde(default)]
     pub techniques: Vec<String>,
@@ -80,7 +85,13 @@ impl Receiver {
         (self.sites.is_empty() || self.sites.contains(&a.site))
             && (self.kinds.is_empty() || self.kinds.contains(&a.kind))
             && a.severity >= self.min_severity
+            && (self.roles.is_empty() || self.roles.contains(&a.role))
             && (self.techniques.is_empty() || self.techniques.iter().any(|t| t == a.technique.id))
+    }
+
+    /// Whether the receiver filters on roles (so an alert it was sent must be followed).
+    pub fn follows(&self) -> bool {
+        !self.roles.is_empty()
     }
 }
 
@@ -296,6 +307,7 @@ mod tests {
             sites: vec![],
             kinds: vec![],
             min_severity: Severity::Info,
+            roles: vec![],
             techniques: vec![],
             standard_webhooks: true,
             max_age: default_max_age(),
@@ -310,6 +322,20 @@ mod tests {
             let err = validate(&[receiver(bad)], "t").unwrap_err().to_string();
             assert!(err.contains("whsec_"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_receiver_can_ask_for_causes_only() {
+        let r: Receiver = toml::from_str(
+            "name = \"grid\"\nurl = \"https://grid.example/hook\"\nsecret = \"0123456789abcdef\"\nroles = [\"cause\"]",
+        )
+        .unwrap();
+        let mut a = Alert::sample("a", 0, Severity::High, crate::model::AlertStatus::Open);
+        assert!(r.wants(&a) && r.follows());
+        a.role = Role::Consequence;
+        assert!(!r.wants(&a));
+        let all = Receiver { roles: vec![], ..r };
+        assert!(all.wants(&a) && !all.follows());
     }
 
     #[test]

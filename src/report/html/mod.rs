@@ -19,7 +19,7 @@ pub use gather::{gather, Telemetry};
 pub use reduce::reduce;
 use svg::{incident_plot, timeline};
 
-use crate::model::{Alert, Command, Severity, Ts};
+use crate::model::{Alert, Command, Role, Severity, Ts};
 use crate::pipeline::ScorePoint;
 use crate::report::eval::{LabelWindow, Score};
 use crate::report::ReplayReport;
@@ -253,6 +253,15 @@ pub fn render(
             score.false_incidents_per_day,
             score.false_alerts
         );
+        let _ = writeln!(
+            h,
+            "<p>{} of {} attacks have an incident of their own, its cause on a labelled device for {}; {} incident{} told two attacks as one.</p>",
+            score.own_incident,
+            score.labelled,
+            score.cause_on_labelled_device,
+            score.merged_incidents,
+            if score.merged_incidents == 1 { "" } else { "s" },
+        );
     }
     // Incidents.
     h.push_str("<h2>Incidents</h2>\n");
@@ -273,6 +282,7 @@ pub fn render(
             format_ts(inc.start),
             format_ts(inc.end)
         );
+        let _ = writeln!(h, "<p class=\"headline\"><b>{}</b></p>", esc(&inc.headline));
         let _ = writeln!(h, "<p>{}</p>", esc(&inc.summary));
         let _ = writeln!(
             h,
@@ -281,12 +291,16 @@ pub fn render(
             esc(&inc.devices.join(", ")),
             esc(&inc.detectors.join(", "))
         );
-        h.push_str("<table class=\"alerts\"><tr><th>opened</th><th>device</th><th>detector</th><th>severity</th><th>technique</th><th>score / threshold</th><th>summary</th></tr>\n");
+        h.push_str("<table class=\"alerts\"><tr><th>opened</th><th>role</th><th>device</th><th>detector</th><th>severity</th><th>technique</th><th>score / threshold</th><th>summary</th></tr>\n");
+        // The cause first, then its consequences and the recovery in time order.
+        let mut alerts = alerts;
+        alerts.sort_by_key(|a| (a.role != Role::Cause, a.ts));
         for a in &alerts {
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{:.3} / {:.3}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{:.3} / {:.3}</td><td>{}</td></tr>",
                 format_ts(a.ts),
+                a.role.as_str(),
                 esc(&a.device),
                 a.detector,
                 format!("{:?}", a.severity).to_lowercase(),
