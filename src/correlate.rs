@@ -9,9 +9,11 @@
 //!   broken physical relation, a device state change, a sensor frozen, replayed or
 //!   silent) or *statistical* drift, which a plant reacting to anything also shows. A new
 //!   alert joins an open incident of its site as a **consequence** when the incident's
-//!   cause can reach its device ([`reaches`]) while the incident's direct evidence is
-//!   still open or ended less than `propagation` ago; a drift on such a device after
-//!   that, within `incident_window` of the incident's latest activity, is **recovery**.
+//!   cause can reach its device ([`reaches`]) while the cause unfolds: its leading
+//!   alerts (direct evidence on the cause's device that started with it) are open or
+//!   ended less than `propagation` ago (direct evidence: only within `propagation` of
+//!   the cause's start). A drift after that on a metric the incident
+//!   disturbed, within `incident_window` of its latest activity, is **recovery**.
 //!   Anything else opens a new incident with the alert as its **cause**, even while
 //!   another incident is still settling. A direct alert that explains an incident whose
 //!   cause was a drift takes over as the cause (the drift becomes a consequence).
@@ -43,7 +45,8 @@ pub struct CorrelatorParams {
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub incident_window: i64,
     /// How long after its direct evidence ends a cause still explains new anomalies on
-    /// the devices it reaches (heat and power take time to travel). Default `"5m"`.
+    /// the devices it reaches, and how long after it starts its direct effects on other
+    /// devices may show (heat and power take time to travel). Default `"10m"`.
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub propagation: i64,
     /// Open incidents kept per site; past it the oldest closes. Default 64.
@@ -55,7 +58,7 @@ impl Default for CorrelatorParams {
         Self {
             clear_after: 120_000,
             incident_window: 900_000,
-            propagation: 300_000,
+            propagation: 600_000,
             max_open_incidents: 64,
         }
     }
@@ -335,9 +338,16 @@ impl Correlator {
             if !reaches(&inc.cause.kind, &a.kind) || !inc.unfolding(a.ts, p) {
                 continue;
             }
-            if is_direct && inc.leading_last.is_none() && reaches(&a.kind, &inc.cause.kind) {
-                // Direct evidence behind a drift it can explain: the real cause.
-                return Place::Join(i, Role::Cause);
+            if is_direct && inc.leading_last.is_none() {
+                if reaches(&a.kind, &inc.cause.kind) {
+                    // Direct evidence behind a drift it can explain: the real cause.
+                    return Place::Join(i, Role::Cause);
+                }
+            } else if is_direct && a.ts - inc.cause.ts > p.propagation {
+                // A cause's direct effects show promptly (a breaker opening stops the
+                // chillers now); direct evidence long after it started is a cause of its
+                // own, however long the first takes to settle.
+                continue;
             }
             return Place::Join(i, Role::Consequence);
         }
@@ -747,19 +757,19 @@ mod tests {
         // Attack 1: a write on the chiller, its room drifting.
         c.observe(on(&mut reg, CHILLER, "protocol", 0), &reg, &mut out);
         c.observe(on(&mut reg, CRAH, "cusum", MIN), &reg, &mut out);
-        c.tick(9 * MIN, &reg, &store, &mut out);
+        c.tick(12 * MIN, &reg, &store, &mut out);
         // The same room metric drifting back: recovery, not news.
-        c.observe(on(&mut reg, CRAH, "ewma_z", 10 * MIN), &reg, &mut out);
-        // Attack 2, 12 minutes in, within the first incident's window: its own incident,
+        c.observe(on(&mut reg, CRAH, "ewma_z", 13 * MIN), &reg, &mut out);
+        // Attack 2, 14 minutes in, within the first incident's window: its own incident,
         // and so is a drift on a metric the first never disturbed.
-        c.observe(on(&mut reg, CHILLER, "replay", 12 * MIN), &reg, &mut out);
-        c.tick(20 * MIN, &reg, &store, &mut out);
+        c.observe(on(&mut reg, CHILLER, "replay", 14 * MIN), &reg, &mut out);
+        c.tick(26 * MIN, &reg, &store, &mut out);
         c.observe(
             on(
                 &mut reg,
                 ("chiller-1", "chiller", "flow_lps"),
                 "cusum",
-                30 * MIN,
+                40 * MIN,
             ),
             &reg,
             &mut out,
@@ -777,6 +787,31 @@ mod tests {
             "the replay is over and disturbed no flow"
         );
         assert_ne!(flow.incident_id, by("replay").incident_id);
+    }
+
+    #[test]
+    fn direct_evidence_long_after_a_cause_is_a_cause_of_its_own() {
+        let mut reg = Registry::new(10);
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        // A write, and the relation it broke, still broken 30 minutes on.
+        c.observe(on(&mut reg, CHILLER, "protocol", 0), &reg, &mut out);
+        for m in 0..=30 {
+            c.observe(
+                on(&mut reg, CHILLER, "physics", m * MIN + 1000),
+                &reg,
+                &mut out,
+            );
+        }
+        // Drift meanwhile is its doing; a frozen sensor on the other chiller is not.
+        c.observe(on(&mut reg, CRAH, "cusum", 20 * MIN), &reg, &mut out);
+        let other = ("chiller-2", "chiller", "supply_temp_c");
+        c.observe(on(&mut reg, other, "flatline", 25 * MIN), &reg, &mut out);
+        let l = last(&out);
+        let by = |d: &str| l.values().find(|a| a.detector == d).unwrap();
+        assert_eq!(by("cusum").incident_id, by("protocol").incident_id);
+        assert_eq!(by("flatline").role, Role::Cause);
+        assert_ne!(by("flatline").incident_id, by("protocol").incident_id);
     }
 
     #[test]
