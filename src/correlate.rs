@@ -24,11 +24,14 @@
 //! - Ids are derived from content (site, device, detector, metrics, start), so a capture
 //!   always gives the same ids and a webhook receiver can use them as idempotency keys.
 
+pub mod exceptions;
+
 use crate::feature::FeatureStore;
 use crate::model::points::{DeviceId, Registry};
 use crate::model::{Alert, AlertStatus, Finding, Incident, Role, Severity, Ts};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
+use exceptions::Exceptions;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
@@ -199,10 +202,14 @@ pub struct Correlator {
     open: FxHashMap<AlertKey, Alert>,
     /// Open incidents per site, oldest first.
     incidents: FxHashMap<String, Vec<OpenIncident>>,
+    /// What analysts taught as expected.
+    exceptions: Exceptions,
+    /// Findings an exception covered.
+    excepted: u64,
 }
 
 /// A stable 64-bit FNV-1a hash, for content-derived ids.
-fn fnv(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in p.iter().chain(std::iter::once(&0xff)) {
@@ -228,11 +235,30 @@ impl Correlator {
             cfg,
             open: FxHashMap::default(),
             incidents: FxHashMap::default(),
+            exceptions: Exceptions::default(),
+            excepted: 0,
         }
+    }
+
+    /// Applies these exceptions from now on (a shared set: changes to it apply live).
+    pub fn set_exceptions(&mut self, e: Exceptions) {
+        self.exceptions = e;
+    }
+
+    /// Findings an exception covered so far.
+    pub fn excepted(&self) -> u64 {
+        self.excepted
     }
 
     /// Folds one finding in; emits the alert (and incident) if it is new or escalated.
     pub fn observe(&mut self, f: Finding, reg: &Registry, out: &mut Vec<Output>) {
+        if f.detector == "protocol" {
+            let dev = reg.device(f.device);
+            if self.exceptions.covers(&dev.site, &dev.name, &f) {
+                self.excepted += 1;
+                return;
+            }
+        }
         let mut severity = f.severity;
         if f.score >= 3.0 * f.threshold {
             severity = severity.raised();
@@ -812,6 +838,38 @@ mod tests {
         assert_eq!(by("cusum").incident_id, by("protocol").incident_id);
         assert_eq!(by("flatline").role, Role::Cause);
         assert_ne!(by("flatline").incident_id, by("protocol").incident_id);
+    }
+
+    #[test]
+    fn a_taught_write_raises_nothing_and_a_different_one_still_does() {
+        let mut reg = Registry::new(10);
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let write = |reg: &mut Registry, client: &str, ts| Finding {
+            evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}),
+            ..on(reg, CHILLER, "protocol", ts)
+        };
+        let taught = exceptions::Exception {
+            id: "ex-1".into(),
+            site: "s1".into(),
+            device: "chiller-1".into(),
+            client: "10.20.0.5".into(),
+            function: 6,
+            addresses: vec![1201],
+            by: "alice".into(),
+            at: "t".into(),
+            note: String::new(),
+            alert: String::new(),
+        };
+        let shared = Exceptions::default();
+        c.set_exceptions(shared.clone());
+        // Taught after the correlator took the set: applies from the next finding.
+        assert!(shared.add(taught));
+        let mut out = Vec::new();
+        c.observe(write(&mut reg, "10.20.0.5", 0), &reg, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(c.excepted(), 1);
+        c.observe(write(&mut reg, "10.66.0.99", MIN), &reg, &mut out);
+        assert_eq!(alerts(&out).len(), 1, "another client still alerts");
     }
 
     #[test]

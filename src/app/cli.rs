@@ -201,6 +201,10 @@ pub struct ReplayArgs {
     /// Never show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Apply analysts' exceptions from this file (`[[exception]]` tables, as
+    /// `GET /api/v1/exceptions?format=toml` exports them).
+    #[arg(long, value_name = "FILE")]
+    pub exceptions: Option<PathBuf>,
 }
 
 /// `wattchdog simulate`.

@@ -101,6 +101,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
                     speed: None,
                     progress: false,
                     keep_scores: a.report_html.is_some(),
+                    exceptions: None,
                 };
                 let report = replay(&cfg, &opts, &mut discard())?;
                 for e in &report.errors {

@@ -4,6 +4,7 @@
 use crate::app::cli::ReplayArgs;
 use crate::app::{create, load_config, Summary};
 use crate::config::Config;
+use crate::correlate::exceptions::Exceptions;
 use crate::correlate::Output;
 use crate::model::event::Event;
 use crate::model::Ts;
@@ -42,6 +43,8 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// Keep every finding's score in the report (for `--report-html`).
     pub keep_scores: bool,
+    /// Analysts' exceptions to apply (`--exceptions`).
+    pub exceptions: Option<Exceptions>,
 }
 
 /// Why a replay could not run.
@@ -111,6 +114,9 @@ pub fn replay(
     let mut pipeline = cfg.build_pipeline();
     if opts.keep_scores {
         pipeline.log_scores();
+    }
+    if let Some(e) = &opts.exceptions {
+        pipeline.set_exceptions(e.clone());
     }
     let report = replay_into(
         pipeline,
@@ -291,6 +297,15 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<Option<ReplaySummary>> {
         speed: a.speed.filter(|s| *s > 0.0),
         progress: !a.no_progress && io::stderr().is_terminal(),
         keep_scores: a.report_html.is_some(),
+        exceptions: a
+            .exceptions
+            .as_deref()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                Exceptions::from_toml(&text, &p.display().to_string()).map_err(anyhow::Error::msg)
+            })
+            .transpose()?,
     };
     let out: Option<Box<dyn Write>> = match (&a.alerts, a.json) {
         (Some(p), _) => Some(Box::new(create(p)?)),

@@ -180,6 +180,9 @@ async fn collect(
         tx,
     );
     let mut pipeline = cfg.build_pipeline();
+    if let Some(s) = &soc {
+        pipeline.set_exceptions(s.exceptions());
+    }
     let mut outputs = Vec::new();
     let mut stamp = Stamp::wall();
     let mut dropped = 0u64;

@@ -5,6 +5,7 @@
 //! deliveries) before it is streamed, written to JSONL or counted anywhere else.
 
 use crate::config::SocConfig;
+use crate::correlate::exceptions::Exceptions;
 use crate::correlate::Output;
 use crate::http::board::Board;
 use crate::http::HttpConfig;
@@ -110,8 +111,10 @@ impl Soc {
                 key: "store.path".into(),
                 rule: "is required".into(),
             })?;
-        let store = Arc::new(Mutex::new(Store::open(&path)?));
-        info!(path = %path.display(), "store open");
+        let opened = Store::open(&path)?;
+        let exceptions = Exceptions::new(opened.active_exceptions()?);
+        let store = Arc::new(Mutex::new(opened));
+        info!(path = %path.display(), exceptions = exceptions.list().len(), "store open");
         let token = match &cfg.http {
             Some(HttpConfig { token: Some(t), .. }) => t.clone(),
             Some(HttpConfig {
@@ -180,6 +183,7 @@ impl Soc {
             streams: Arc::new(tokio::sync::Semaphore::new(
                 cfg.http.as_ref().map_or(1, |h| h.max_streams),
             )),
+            exceptions,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -289,6 +293,12 @@ impl Soc {
                 counter.inc_by(now.saturating_sub(counter.get()));
             }
         }
+    }
+
+    /// The exceptions analysts taught (from the store, then live from the API): the
+    /// pipeline applies this shared set.
+    pub fn exceptions(&self) -> Exceptions {
+        self.state.exceptions.clone()
     }
 
     /// Stores an output, then streams it. An error means it was not stored.

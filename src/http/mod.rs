@@ -10,7 +10,8 @@ pub mod board;
 pub mod bounded;
 pub mod tls;
 
-use crate::model::Role;
+use crate::correlate::exceptions::Exceptions;
+use crate::model::{Disposition, Role};
 use crate::sink::store::{self, Acked, AlertQuery, Shared, MAX_ACKS};
 use crate::time::TimeFormat;
 use axum::extract::{Path, Query, RawQuery, State};
@@ -98,6 +99,8 @@ pub struct AppState {
     pub metrics: Mutex<prometheus_client::registry::Registry>,
     /// One permit per event stream open at once (`http.max_streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The exceptions in force, shared with the pipeline: teaching one applies live.
+    pub exceptions: Exceptions,
 }
 
 impl AppState {
@@ -113,6 +116,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}/ack", post(ack))
         .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/exceptions", get(exceptions))
+        .route("/api/v1/exceptions/{id}/revoke", post(revoke))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/webhooks/dead", get(dead_letters))
         .route("/api/v1/stream", get(stream))
@@ -294,6 +299,7 @@ async fn incidents(State(state): State<Arc<AppState>>, Query(p): Query<Page>) ->
 struct AckBody {
     by: Option<String>,
     note: Option<String>,
+    disposition: Option<Disposition>,
 }
 
 async fn ack(
@@ -315,11 +321,25 @@ async fn ack(
         (Ok(by), Ok(note)) => (by, note),
         (Err(e), _) | (_, Err(e)) => return bad_request(e),
     };
+    let disposition = body.disposition.unwrap_or_default();
     let result = {
         let (id, by) = (id.clone(), by.clone());
-        store::blocking(&state.store, move |s| s.ack(&id, &by, &note)).await
+        store::blocking(&state.store, move |s| s.ack(&id, &by, &note, disposition)).await
     };
+    let result = result.map(|(acked, taught)| {
+        if let Some(x) = taught {
+            // Stored with the acknowledgement; from now on the pipeline applies it too.
+            if !state.exceptions.add(x.clone()) {
+                tracing::warn!(id = %x.id, "exception stored but not applied: the set is full");
+            }
+            state.publish("exception", json!(x).to_string());
+        }
+        acked
+    });
     match result {
+        Ok(Acked::CannotTeach(why)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")).into_response()
+        }
         Ok(Acked::Now) => {
             state.publish("ack", json!({"id": id, "by": by}).to_string());
             Json(json!({"id": id, "acked_by": by})).into_response()
@@ -342,6 +362,77 @@ async fn ack(
         Ok(Acked::Missing) => (StatusCode::NOT_FOUND, "no such alert\n").into_response(),
         Err(e) => internal(e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExceptionParams {
+    /// `toml`: the exceptions in force as a file `replay --exceptions` reads.
+    format: Option<String>,
+    /// Also list revoked ones (JSON only).
+    revoked: Option<bool>,
+}
+
+async fn exceptions(
+    State(state): State<Arc<AppState>>,
+    Query(p): Query<ExceptionParams>,
+) -> Response {
+    match p.format.as_deref() {
+        None | Some("json") => {
+            let revoked = p.revoked.unwrap_or(false);
+            match store::blocking(&state.store, move |s| s.exceptions(revoked)).await {
+                Ok(list) => Json(json!({"exceptions": list})).into_response(),
+                Err(e) => internal(e),
+            }
+        }
+        Some("toml") => match store::blocking(&state.store, |s| s.active_exceptions()).await {
+            Ok(list) => (
+                [(header::CONTENT_TYPE, "application/toml")],
+                Exceptions::to_toml(&list),
+            )
+                .into_response(),
+            Err(e) => internal(e),
+        },
+        Some(f) => bad_request(format!("format {f:?}: use json or toml")),
+    }
+}
+
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let by = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<RevokeBody>(&body) {
+            Ok(b) => b.by,
+            Err(e) => return bad_request(format!("body: {e}")),
+        }
+    };
+    let by = match acknowledger(by) {
+        Ok(by) => by,
+        Err(e) => return bad_request(e),
+    };
+    let result = {
+        let (id, by) = (id.clone(), by.clone());
+        store::blocking(&state.store, move |s| s.revoke_exception(&id, &by)).await
+    };
+    match result {
+        Ok(true) => {
+            state.exceptions.revoke(&id);
+            state.publish("exception_revoked", json!({"id": id, "by": by}).to_string());
+            Json(json!({"id": id, "revoked_by": by})).into_response()
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, "no such exception in force\n").into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    by: Option<String>,
 }
 
 async fn devices(State(state): State<Arc<AppState>>) -> Response {

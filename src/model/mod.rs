@@ -254,6 +254,30 @@ impl Role {
     }
 }
 
+/// What an analyst concluded when acknowledging an alert.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// An attack or a fault worth the alert (the default).
+    #[default]
+    TruePositive,
+    /// Harmless, but not something to stop seeing.
+    Benign,
+    /// Routine behaviour: taught as an exception so it never alerts again (commands only).
+    Expected,
+}
+
+impl Disposition {
+    /// The name in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TruePositive => "true_positive",
+            Self::Benign => "benign",
+            Self::Expected => "expected",
+        }
+    }
+}
+
 /// An alert, in the design's schema plus `status`, `kind`, `last_seen`, `findings` and `role`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {

@@ -104,6 +104,9 @@ pub struct PipelineStats {
     pub frames: u64,
     /// Findings produced.
     pub findings: u64,
+    /// Findings an analyst's exception covered (behaviour taught as expected).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub excepted: u64,
     /// Samples dropped because their point already had a sample at that instant (an
     /// at-least-once source redelivering, or the same file given twice).
     pub duplicates: u64,
@@ -111,6 +114,10 @@ pub struct PipelineStats {
     /// clock is wrong, or forged.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_device: BTreeMap<String, TimeTrouble>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One device's events that were late or ahead.
@@ -705,6 +712,12 @@ impl Pipeline {
         for f in self.findings.drain(..) {
             self.correlator.observe(f, &self.registry, out);
         }
+        self.stats.excepted = self.correlator.excepted();
+    }
+
+    /// Applies analysts' exceptions from now on (a shared set: changes apply live).
+    pub fn set_exceptions(&mut self, e: crate::correlate::exceptions::Exceptions) {
+        self.correlator.set_exceptions(e);
     }
 }
 

@@ -7,7 +7,8 @@
 //! nothing on a process crash; only a power cut may drop the last transactions).
 //! Schema changes are numbered migrations recorded in `user_version`.
 
-use crate::model::{Alert, Incident, Role, Severity, Ts};
+use crate::correlate::exceptions::Exception;
+use crate::model::{Alert, Disposition, Incident, Role, Severity, Ts};
 use crate::time::serde_duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
@@ -80,7 +81,7 @@ pub async fn blocking<T: Send + 'static>(
     })?
 }
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
 CREATE TABLE alerts (
     id TEXT PRIMARY KEY,
@@ -142,6 +143,17 @@ INSERT INTO acks (alert_id, at, by) SELECT id, acked_at, COALESCE(acked_by, '') 
     r#"
 ALTER TABLE alerts ADD COLUMN role TEXT NOT NULL DEFAULT 'cause';
 CREATE INDEX outbox_alert ON outbox (alert_id, receiver);
+"#,
+    // Dispositions, and the exceptions `expected` ones teach (revoked ones kept).
+    r#"
+ALTER TABLE acks ADD COLUMN disposition TEXT NOT NULL DEFAULT 'true_positive';
+CREATE TABLE exceptions (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    revoked_by TEXT
+);
 "#,
 ];
 
@@ -206,6 +218,8 @@ pub enum Acked {
     Full,
     /// No such alert.
     Missing,
+    /// `expected`, but the alert is not something an exception can describe: not kept.
+    CannotTeach(String),
 }
 
 /// The database.
@@ -445,19 +459,43 @@ impl Store {
 
     /// Adds an acknowledgement (who, now, a note) to an alert's history; the first also
     /// becomes the alert's `ack`.
-    pub fn ack(&mut self, id: &str, by: &str, note: &str) -> Result<Acked, StoreError> {
+    pub fn ack(
+        &mut self,
+        id: &str,
+        by: &str,
+        note: &str,
+        disposition: Disposition,
+    ) -> Result<(Acked, Option<Exception>), StoreError> {
         let e = sqlite_error(self.path.clone());
         let tx = self.conn.transaction().map_err(&e)?;
         let first = tx
             .query_row(
-                "SELECT acked_at, acked_by FROM alerts WHERE id = ?1",
+                "SELECT acked_at, acked_by, body FROM alerts WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<String>>(1)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
             )
             .optional()
             .map_err(&e)?;
-        let Some((first_at, first_by)) = first else {
-            return Ok(Acked::Missing);
+        let Some((first_at, first_by, body)) = first else {
+            return Ok((Acked::Missing, None));
+        };
+        let now = now_ms();
+        // `expected` teaches an exception, in the same transaction as the acknowledgement.
+        let taught = if disposition == Disposition::Expected {
+            let alert: Value =
+                serde_json::from_str(&body).map_err(|e| StoreError::Damaged(e.to_string()))?;
+            match Exception::from_alert(&alert, by, note, &crate::time::format_ts(now)) {
+                Ok(x) => Some(x),
+                Err(why) => return Ok((Acked::CannotTeach(why), None)),
+            }
+        } else {
+            None
         };
         let kept: i64 = tx
             .query_row(
@@ -467,14 +505,23 @@ impl Store {
             )
             .map_err(&e)?;
         if kept >= MAX_ACKS {
-            return Ok(Acked::Full);
+            return Ok((Acked::Full, None));
         }
-        let now = now_ms();
         tx.execute(
-            "INSERT INTO acks (alert_id, at, by, note) VALUES (?1, ?2, ?3, ?4)",
-            params![id, now, by, note],
+            "INSERT INTO acks (alert_id, at, by, note, disposition) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, now, by, note, disposition.as_str()],
         )
         .map_err(&e)?;
+        if let Some(x) = &taught {
+            let body = serde_json::to_string(x).map_err(|e| StoreError::Damaged(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO exceptions (id, body, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body, created_at = excluded.created_at,
+                   revoked_at = NULL, revoked_by = NULL",
+                params![x.id, body, now],
+            )
+            .map_err(&e)?;
+        }
         let acked = match first_at {
             Some(at) => Acked::Added {
                 at,
@@ -490,7 +537,61 @@ impl Store {
             }
         };
         tx.commit().map_err(&e)?;
-        Ok(acked)
+        Ok((acked, taught))
+    }
+
+    /// Exceptions taught, newest first; revoked ones too when `revoked`, with who and when.
+    pub fn exceptions(&self, revoked: bool) -> Result<Vec<Value>, StoreError> {
+        let e = self.err();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT body, revoked_at, revoked_by FROM exceptions
+                 WHERE ?1 OR revoked_at IS NULL ORDER BY created_at DESC, id",
+            )
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map(params![revoked], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .map_err(&e)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (body, at, by) = row.map_err(&e)?;
+            let mut v: Value =
+                serde_json::from_str(&body).map_err(|e| StoreError::Damaged(e.to_string()))?;
+            if let (Some(at), Some(obj)) = (at, v.as_object_mut()) {
+                obj.insert(
+                    "revoked".into(),
+                    serde_json::json!({"at": crate::time::format_ts(at), "by": by}),
+                );
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// The exceptions in force.
+    pub fn active_exceptions(&self) -> Result<Vec<Exception>, StoreError> {
+        self.exceptions(false)?
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(|e| StoreError::Damaged(e.to_string())))
+            .collect()
+    }
+
+    /// Revokes an exception (kept, with who and when); false if none is in force.
+    pub fn revoke_exception(&mut self, id: &str, by: &str) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE exceptions SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now_ms(), by],
+            )
+            .map(|n| n > 0)
+            .map_err(self.err())
     }
 
     /// An alert's acknowledgements, oldest first.
@@ -498,7 +599,9 @@ impl Store {
         let e = self.err();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT at, by, note FROM acks WHERE alert_id = ?1 ORDER BY at, rowid")
+            .prepare_cached(
+                "SELECT at, by, note, disposition FROM acks WHERE alert_id = ?1 ORDER BY at, rowid",
+            )
             .map_err(&e)?;
         let rows = stmt
             .query_map(params![id], |r| {
@@ -506,6 +609,7 @@ impl Store {
                     "at": crate::time::format_ts(r.get::<_, i64>(0)?),
                     "by": r.get::<_, String>(1)?,
                     "note": r.get::<_, String>(2)?,
+                    "disposition": r.get::<_, String>(3)?,
                 }))
             })
             .map_err(&e)?;
@@ -646,6 +750,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::model::AlertStatus;
+    use crate::model::Disposition;
 
     fn alert(id: &str, ts: Ts, severity: Severity, status: AlertStatus) -> Alert {
         Alert::sample(id, ts, severity, status)
@@ -666,12 +771,20 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(s.ack("a4", "ops", "").unwrap(), Acked::Now);
-        assert_eq!(s.ack("nope", "ops", "").unwrap(), Acked::Missing);
+        assert_eq!(
+            s.ack("a4", "ops", "", Disposition::TruePositive).unwrap().0,
+            Acked::Now
+        );
+        assert_eq!(
+            s.ack("nope", "ops", "", Disposition::TruePositive)
+                .unwrap()
+                .0,
+            Acked::Missing
+        );
         // The first acknowledgement stands: a second joins the history, overwriting
         // neither who nor when.
         assert!(matches!(
-            s.ack("a4", "mallory", "escalated").unwrap(),
+            s.ack("a4", "mallory", "escalated", Disposition::TruePositive).unwrap().0,
             Acked::Added { by, .. } if by == "ops"
         ));
         // A later snapshot of the same alert updates it and keeps the ack.
@@ -704,12 +817,16 @@ mod tests {
         );
         for i in 2..MAX_ACKS {
             assert!(matches!(
-                s.ack("a4", &format!("analyst-{i}"), "").unwrap(),
+                s.ack("a4", &format!("analyst-{i}"), "", Disposition::TruePositive)
+                    .unwrap()
+                    .0,
                 Acked::Added { .. }
             ));
         }
         assert_eq!(
-            s.ack("a4", "one-too-many", "").unwrap(),
+            s.ack("a4", "one-too-many", "", Disposition::TruePositive)
+                .unwrap()
+                .0,
             Acked::Full,
             "the history is bounded"
         );
@@ -723,6 +840,54 @@ mod tests {
             ..AlertQuery::default()
         };
         assert_eq!(s.alerts(&window).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_expected_command_is_taught_revoked_and_kept() {
+        let mut s = Store::in_memory().unwrap();
+        let write = Alert {
+            detector: "protocol",
+            evidence: serde_json::json!({"client": "10.20.0.5", "function": 6, "address": 1201}),
+            ..alert("w", 0, Severity::High, AlertStatus::Open)
+        };
+        s.put_alert(&write, &[]).unwrap();
+        s.put_alert(&alert("drift", 0, Severity::Low, AlertStatus::Open), &[])
+            .unwrap();
+        let (acked, taught) = s
+            .ack("w", "alice", "BMS rewrite", Disposition::Expected)
+            .unwrap();
+        assert_eq!(acked, Acked::Now);
+        let x = taught.unwrap();
+        assert_eq!(
+            (x.client.as_str(), x.addresses.as_slice(), x.by.as_str()),
+            ("10.20.0.5", &[1201][..], "alice")
+        );
+        assert_eq!(s.active_exceptions().unwrap(), std::slice::from_ref(&x));
+        // A drift cannot be taught, and such an acknowledgement is not kept.
+        let (acked, taught) = s.ack("drift", "alice", "", Disposition::Expected).unwrap();
+        assert!(matches!(acked, Acked::CannotTeach(_)) && taught.is_none());
+        let listed = s
+            .alerts(&AlertQuery {
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .unwrap();
+        let w = listed.iter().find(|a| a["id"] == "w").unwrap();
+        assert_eq!(w["ack"]["history"][0]["disposition"], "expected");
+        assert!(listed
+            .iter()
+            .find(|a| a["id"] == "drift")
+            .unwrap()
+            .get("ack")
+            .is_none());
+        assert!(s.revoke_exception(&x.id, "bob").unwrap());
+        assert!(
+            !s.revoke_exception(&x.id, "bob").unwrap(),
+            "already revoked"
+        );
+        assert!(s.active_exceptions().unwrap().is_empty());
+        let all = s.exceptions(true).unwrap();
+        assert_eq!(all[0]["revoked"]["by"], "bob", "kept, with who revoked it");
     }
 
     #[test]
@@ -869,8 +1034,8 @@ mod tests {
                 .unwrap();
             s.put_alert(&alert("open", 0, Severity::Low, AlertStatus::Open), &[])
                 .unwrap();
-            s.ack("old", "ops", "").unwrap();
-            s.ack("open", "ops", "").unwrap();
+            s.ack("old", "ops", "", Disposition::TruePositive).unwrap();
+            s.ack("open", "ops", "", Disposition::TruePositive).unwrap();
         }
         let mut s = Store::open(&path).unwrap();
         assert_eq!(s.alert_count().unwrap(), 2);

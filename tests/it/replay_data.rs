@@ -40,6 +40,82 @@ fn bundled_captures_every_scenario_detected_no_false_incident() {
         "{}",
         score["false_incident_starts"]
     );
+    // One incident per attack, started where the attacker acted, none told as two.
+    assert_eq!(score["own_incident"], 11, "{score}");
+    assert_eq!(score["cause_on_labelled_device"], 11, "{score}");
+    assert_eq!(score["merged_incidents"], 0, "{score}");
+    assert!(
+        score["median_cause_alerts"].as_f64().unwrap() <= 2.0,
+        "{score}"
+    );
+}
+
+/// The protocol alerts of a replay of the cooling capture with these exceptions.
+fn protocol_alerts_with(exceptions: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exceptions.toml");
+    std::fs::write(&file, exceptions).unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let capture = repo("replay-data/facility-cooling.jsonl.zst");
+    run_ok(&[
+        "replay",
+        capture.to_str().unwrap(),
+        "--alerts",
+        alerts.to_str().unwrap(),
+        "--exceptions",
+        file.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    std::fs::read_to_string(&alerts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|a| a["detector"] == "protocol")
+        .collect()
+}
+
+#[test]
+fn an_exception_hides_exactly_the_taught_write() {
+    let taught = |client: &str, device: &str, address: u32| {
+        format!(
+            "[[exception]]\nid = \"ex-1\"\nsite = \"ams1\"\ndevice = \"{device}\"\nclient = \"{client}\"\nfunction = 6\naddresses = [{address}]\nby = \"alice\"\nat = \"2026-07-07T00:00:00Z\"\nnote = \"BMS\"\n"
+        )
+    };
+    let devices = |alerts: &[Value]| -> Vec<String> {
+        let mut v: Vec<String> = alerts
+            .iter()
+            .map(|a| a["device"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    // Without exceptions the capture has the attacker's setpoint write to a chiller.
+    let all = devices(&protocol_alerts_with(""));
+    assert_eq!(all, ["chiller-2"]);
+    // Taught: that client writing that register of that chiller.
+    assert!(protocol_alerts_with(&taught("10.66.0.99", "chiller-2", 1201)).is_empty());
+    // Another client, register or device taught: the write still alerts.
+    for other in [
+        taught("10.20.0.5", "chiller-2", 1201),
+        taught("10.66.0.99", "chiller-2", 1202),
+        taught("10.66.0.99", "chiller-1", 1201),
+    ] {
+        assert_eq!(devices(&protocol_alerts_with(&other)), all, "{other}");
+    }
+    // A malformed file is refused, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[exception]]\nid = \"x\"\n").unwrap();
+    let capture = repo("replay-data/facility-cooling.jsonl.zst");
+    let out = run(&[
+        "replay",
+        capture.to_str().unwrap(),
+        "--exceptions",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
 }
 
 #[test]

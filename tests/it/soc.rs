@@ -444,6 +444,45 @@ fn the_demo_shows_the_first_attacks_alerts_and_nothing_before_despite_a_forged_c
         list.iter().all(|a| detected(a) >= attack_at || is_clock(a)),
         "no alert before the first attack ({first}) but the forged clock's: {list:#?}"
     );
+    // The first attack is one incident that says where it started: its headline names
+    // the attacked device and the technique, and the earliest alert is in it.
+    let attacked = first.rsplit(" on ").next().unwrap().trim().to_owned();
+    assert!(
+        !attacked.contains(','),
+        "one device attacked first: {first}"
+    );
+    let told = |i: &serde_json::Value| {
+        i["headline"]
+            .as_str()
+            .is_some_and(|h| h.starts_with(&format!("{attacked} at ")) && h.contains("[T0"))
+    };
+    let mut incident = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            let (_, body) = http(port, "GET", "/api/v1/incidents?limit=100", Some(&token));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if let Some(i) = v["incidents"].as_array().unwrap().iter().find(|i| told(i)) {
+                incident = i.clone();
+            }
+            !incident.is_null()
+        },
+        "an incident told by the first attack's cause",
+    );
+    let earliest = list
+        .iter()
+        .filter(|a| !is_clock(a))
+        .min_by_key(|a| {
+            (
+                a["ts"].as_str().unwrap().to_owned(),
+                a["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        earliest["incident_id"], incident["id"],
+        "the first alert belongs to the first attack's incident: {incident:#}"
+    );
     let (_, metrics) = http(port, "GET", "/metrics", Some(&token));
     let held = format!("wattchdog_ahead_events_by_device_total{{source=\"{site}/{pdu}\"}} 1");
     assert!(
@@ -603,4 +642,154 @@ fn forge_a_far_future_reading(config: &Path, site: &str, device: &str) {
             }
         }
     });
+}
+
+/// An analyst marks a routine write `expected` over the API: the exception is stored,
+/// listed, exported as TOML, applied to the shared set the pipeline reads at once, covers
+/// exactly that write, and can be revoked; a drift cannot be taught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expected_write_is_taught_applied_and_revoked() {
+    use wattchdog::correlate::Output;
+    use wattchdog::model::{attack, Alert, AlertStatus, Finding, Role, Severity};
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    );
+    let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
+    let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir.path(), "t")
+        .await
+        .unwrap();
+    let base = format!("http://{}", soc.addr.unwrap());
+    let evidence =
+        serde_json::json!({"client": "10.20.0.5", "function": 6, "address": 1201, "values": [700]});
+    let alert = |id: &str, detector: &'static str| Alert {
+        id: id.into(),
+        ts: 0,
+        detected_at: String::new(),
+        site: "ams1".into(),
+        device: "chiller-2".into(),
+        kind: "chiller".into(),
+        metrics: Vec::new(),
+        detector,
+        score: 2.0,
+        threshold: 1.0,
+        severity: Severity::High,
+        technique: attack::MANIPULATION_OF_CONTROL,
+        summary: "s".into(),
+        evidence: evidence.clone(),
+        incident_id: "in-1".into(),
+        role: Role::Cause,
+        status: AlertStatus::Open,
+        last_seen: 0,
+        findings: 1,
+    };
+    soc.output(&Output::Alert(alert("w", "protocol"))).unwrap();
+    soc.output(&Output::Alert(alert("d", "cusum"))).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let finding = |client: &str| Finding {
+        ts: 0,
+        device: 0,
+        metrics: Vec::new(),
+        detector: "protocol",
+        score: 2.0,
+        threshold: 1.0,
+        severity: Severity::High,
+        technique: attack::MANIPULATION_OF_CONTROL,
+        reason: String::new(),
+        evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}),
+    };
+    let applied = soc.exceptions();
+    assert!(!applied.covers("ams1", "chiller-2", &finding("10.20.0.5")));
+
+    let r = post(
+        "/api/v1/alerts/d/ack".into(),
+        serde_json::json!({"by": "alice", "disposition": "expected"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        422,
+        "a drift is not a command: nothing to teach"
+    );
+    let r = post(
+        "/api/v1/alerts/w/ack".into(),
+        serde_json::json!({"by": "alice", "note": "BMS setpoint rewrite", "disposition": "expected"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // Applied live: the same write is covered, another client's is not.
+    assert!(applied.covers("ams1", "chiller-2", &finding("10.20.0.5")));
+    assert!(!applied.covers("ams1", "chiller-2", &finding("10.66.0.99")));
+    let get = |path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let json = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+    let listed = json(
+        get("/api/v1/exceptions")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let x = &listed["exceptions"][0];
+    assert_eq!(
+        (x["by"].as_str(), x["note"].as_str()),
+        (Some("alice"), Some("BMS setpoint rewrite"))
+    );
+    let toml = get("/api/v1/exceptions?format=toml")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let back = wattchdog::correlate::exceptions::Exceptions::from_toml(&toml, "export").unwrap();
+    assert_eq!(back.list().len(), 1, "the export reads back: {toml}");
+
+    let id = x["id"].as_str().unwrap();
+    let r = post(
+        format!("/api/v1/exceptions/{id}/revoke"),
+        serde_json::json!({"by": "bob"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !applied.covers("ams1", "chiller-2", &finding("10.20.0.5")),
+        "revoked live"
+    );
+    let r = post(
+        format!("/api/v1/exceptions/{id}/revoke"),
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404, "nothing left to revoke");
+    let all = json(
+        get("/api/v1/exceptions?revoked=true")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        all["exceptions"][0]["revoked"]["by"], "bob",
+        "kept, with who revoked it"
+    );
+    soc.stop().await;
 }
