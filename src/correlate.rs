@@ -9,7 +9,7 @@
 //!   broken physical relation, a device state change, a sensor frozen, replayed or
 //!   silent) or *statistical* drift, which a plant reacting to anything also shows. A new
 //!   alert joins an open incident of its site as a **consequence** when the incident's
-//!   cause can reach its device ([`reaches`]) while the cause unfolds: its leading
+//!   cause can reach its device ([`CorrelatorParams::reaches`]) while the cause unfolds: its leading
 //!   alerts (direct evidence on the cause's device that started with it) are open or
 //!   ended less than `propagation` ago (direct evidence: only within `propagation` of
 //!   the cause's start). A drift after that on a metric the incident
@@ -54,6 +54,9 @@ pub struct CorrelatorParams {
     pub propagation: i64,
     /// Open incidents kept per site; past it the oldest closes. Default 64.
     pub max_open_incidents: usize,
+    /// A site's own device kinds placed in the power or cooling chain (`pump =
+    /// "cooling"`), so incidents know what they can reach. Default: none.
+    pub chains: std::collections::BTreeMap<String, Chain>,
 }
 
 impl Default for CorrelatorParams {
@@ -63,6 +66,7 @@ impl Default for CorrelatorParams {
             incident_window: 900_000,
             propagation: 600_000,
             max_open_incidents: 64,
+            chains: Default::default(),
         }
     }
 }
@@ -81,6 +85,16 @@ impl CorrelatorParams {
             (1..=10_000).contains(&self.max_open_incidents),
             "max_open_incidents",
             "must be 1 to 10000",
+        )?;
+        rule(
+            !self.chains.keys().any(|k| {
+                matches!(
+                    k.as_str(),
+                    "grid_meter" | "ups" | "pdu" | "chiller" | "crah" | "env"
+                )
+            }),
+            "chains",
+            "names a site's own kinds; the built-in ones have their chain",
         )
     }
 }
@@ -103,32 +117,37 @@ pub fn direct(detector: &str) -> bool {
 }
 
 /// The chain a device kind belongs to.
-#[derive(Clone, Copy, PartialEq)]
-enum Chain {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chain {
+    /// Grid meter → UPS → PDU → IT load, and a site's own power kinds.
     Power,
+    /// Chiller → CRAH → room, and a site's own cooling kinds.
     Cooling,
-    Other,
 }
 
-fn chain(kind: &str) -> Chain {
-    match kind {
-        "grid_meter" | "ups" | "pdu" => Chain::Power,
-        "chiller" | "crah" | "env" => Chain::Cooling,
-        _ => Chain::Other,
+impl CorrelatorParams {
+    fn chain(&self, kind: &str) -> Option<Chain> {
+        match kind {
+            "grid_meter" | "ups" | "pdu" => Some(Chain::Power),
+            "chiller" | "crah" | "env" => Some(Chain::Cooling),
+            _ => self.chains.get(kind).copied(),
+        }
     }
-}
 
-/// Whether an anomaly on a device of kind `from` can show on one of kind `to` at the
-/// same site. Power flows grid meter → UPS → PDU → IT load, and every draw shows on the
-/// grid meter; the load's heat and the UPS losses are what the cooling chain (chiller →
-/// CRAH → room) removes, and the chillers run on the same supply. So a power anomaly can
-/// reach any device, a cooling anomaly the cooling chain and the grid meter (the
-/// chillers' draw) but not the UPS units or PDUs. Kinds outside both chains (a site's
-/// own) are taken as coupled with everything.
-pub fn reaches(from: &str, to: &str) -> bool {
-    match (chain(from), chain(to)) {
-        (Chain::Cooling, Chain::Power) => to == "grid_meter",
-        _ => true,
+    /// Whether an anomaly on a device of kind `from` can show on one of kind `to` at the
+    /// same site. Power flows grid meter → UPS → PDU → IT load, and every draw shows on
+    /// the grid meter; the load's heat and the UPS losses are what the cooling chain
+    /// (chiller → CRAH → room) removes, and the chillers run on the same supply. So a
+    /// power anomaly can reach any device, a cooling anomaly the cooling chain and the
+    /// grid meter (the chillers' draw) but not the UPS units or PDUs. A site's own kinds
+    /// join a chain through `[correlator.chains]`; kinds in neither are taken as coupled
+    /// with everything.
+    pub fn reaches(&self, from: &str, to: &str) -> bool {
+        match (self.chain(from), self.chain(to)) {
+            (Some(Chain::Cooling), Some(Chain::Power)) => to == "grid_meter",
+            _ => true,
+        }
     }
 }
 
@@ -361,11 +380,11 @@ impl Correlator {
         }
         // Newest first: the latest cause is the likeliest explanation.
         for (i, inc) in incs.iter().enumerate().rev() {
-            if !reaches(&inc.cause.kind, &a.kind) || !inc.unfolding(a.ts, p) {
+            if !p.reaches(&inc.cause.kind, &a.kind) || !inc.unfolding(a.ts, p) {
                 continue;
             }
             if is_direct && inc.leading_last.is_none() {
-                if reaches(&a.kind, &inc.cause.kind) {
+                if p.reaches(&a.kind, &inc.cause.kind) {
                     // Direct evidence behind a drift it can explain: the real cause.
                     return Place::Join(i, Role::Cause);
                 }
@@ -889,6 +908,21 @@ mod tests {
         c.observe(on(&mut reg, CHILLER, "cusum", MIN), &reg, &mut out);
         let a = alerts(&out);
         assert_eq!(a[0].incident_id, a[1].incident_id);
+    }
+
+    #[test]
+    fn a_sites_own_kinds_join_a_chain() {
+        let p = CorrelatorParams {
+            chains: [("pump".to_owned(), Chain::Cooling)].into(),
+            ..CorrelatorParams::default()
+        };
+        assert!(p.reaches("pump", "crah") && p.reaches("ups", "pump"));
+        assert!(!p.reaches("pump", "ups"), "cooling does not reach a UPS");
+        assert!(p.reaches("pump", "grid_meter"));
+        assert!(p.reaches("generator", "ups") && p.reaches("chiller", "generator"));
+        let toml: CorrelatorParams = toml::from_str("[chains]\npump = \"cooling\"").unwrap();
+        assert_eq!(toml.chains, p.chains);
+        assert!(toml::from_str::<CorrelatorParams>("[chains]\npump = \"water\"").is_err());
     }
 
     #[test]
