@@ -101,6 +101,16 @@ impl Default for ProtocolParams {
     }
 }
 
+/// A learned minute's count as a rate per minute: a minute the learning stretch
+/// (`(first event, learn)`) only partly covered counts over the part it covered (at
+/// least a second), so a few seconds of routine polling do not pass for a quiet minute.
+fn per_minute(count: u64, minute: i64, (first, learn): (Ts, i64)) -> u64 {
+    let from = (minute * MINUTE).max(first);
+    let to = (minute * MINUTE + MINUTE).min(first + learn);
+    let covered = (to - from).clamp(1_000, MINUTE);
+    (count as f64 * MINUTE as f64 / covered as f64).ceil() as u64
+}
+
 fn is_ordinary(function: u8) -> bool {
     matches!(function, 1..=4) || is_write(function)
 }
@@ -388,6 +398,7 @@ impl Detector for Protocol {
             self.params.exception_burst,
             self.params.rate_factor,
         );
+        let learned_span = (self.first.unwrap_or(t.ts), self.params.learn);
         match t.outcome {
             Outcome::Unsolicited => out.push(finding(
                 t.ts,
@@ -429,7 +440,9 @@ impl Detector for Protocol {
         c.count += 1;
         if learning {
             c.learned = true;
-            c.learned_rate = c.learned_rate.max(c.count);
+            c.learned_rate = c
+                .learned_rate
+                .max(per_minute(c.count, minute, learned_span));
             c.known.insert((t.device, t.function, t.address));
         } else if learn_rules {
             if !c.learned && !c.reported_new {
@@ -661,6 +674,35 @@ mod tests {
         let out = wire(ProtocolParams::default(), &ex);
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].technique.id, "T0814");
+    }
+
+    #[test]
+    fn a_learning_stretch_shorter_than_a_minute_learns_a_rate_not_a_count() {
+        // Learning for 3 s while the BMS polls ten times a second, then polling on at
+        // the same pace for the rest of the minute: routine, not a flood.
+        let params = ProtocolParams {
+            learn: 3_000,
+            ..ProtocolParams::default()
+        };
+        let poll = |from: Ts, to: Ts, every: Ts| {
+            (from / every..to / every)
+                .map(move |i| (i * every, "bms", "chiller-1", 3, 1000, Outcome::Answered))
+        };
+        let out = wire(params.clone(), &poll(0, 60_000, 100).collect::<Vec<_>>());
+        assert!(out.is_empty(), "{out:?}");
+        // Four and a half times that pace in a later minute is a flood.
+        let mut ex: Vec<_> = poll(0, 60_000, 100).collect();
+        ex.extend(poll(120_000, 180_000, 22));
+        let out = wire(params, &ex);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].technique.id, "T0814");
+        assert_eq!(per_minute(30, 0, (0, 3_000)), 600);
+        assert_eq!(
+            per_minute(30, 0, (0, 3_600_000)),
+            30,
+            "a whole minute learned"
+        );
+        assert_eq!(per_minute(2, 0, (59_990, 3_000)), 120, "at least a second");
     }
 
     #[test]
