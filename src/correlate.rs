@@ -185,18 +185,8 @@ impl OpenIncident {
     }
 
     /// Whether a drift is the plant settling back from this incident: a metric (or, for
-    /// a device-wide alert, a device) the incident already disturbed, within
-    /// `incident_window` of its latest activity and — so that recovery cannot chain on
-    /// forever — of its cause's evidence ending (plus `propagation`).
-    fn settling(&self, a: &Alert, p: &CorrelatorParams) -> bool {
-        let window = p.incident_window;
-        if a.ts - self.incident.end > window
-            || self
-                .leading_last
-                .is_some_and(|t| a.ts - t > p.propagation + window)
-        {
-            return false;
-        }
+    /// a device-wide alert, a device) the incident already disturbed.
+    fn settling(&self, a: &Alert) -> bool {
         if a.metrics.is_empty() {
             return self.incident.devices.contains(&a.device);
         }
@@ -407,7 +397,10 @@ impl Correlator {
             return Place::Join(i, Role::Consequence);
         }
         if !is_direct {
-            if let Some(i) = incs.iter().rposition(|inc| inc.settling(a, p)) {
+            if let Some(i) = incs
+                .iter()
+                .rposition(|inc| inc.settling(a) && a.ts - inc.incident.end <= p.incident_window)
+            {
                 return Place::Join(i, Role::Recovery);
             }
         }
@@ -896,34 +889,6 @@ mod tests {
         assert_eq!(c.excepted(), 1);
         c.observe(write(&mut reg, "10.66.0.99", MIN), &reg, &mut out);
         assert_eq!(alerts(&out).len(), 1, "another client still alerts");
-    }
-
-    #[test]
-    fn recovery_cannot_chain_on_forever() {
-        let mut reg = Registry::new(10);
-        let store = FeatureStore::default();
-        let mut c = Correlator::new(CorrelatorParams::default());
-        let mut out = Vec::new();
-        c.observe(on(&mut reg, CHILLER, "protocol", 0), &reg, &mut out);
-        c.observe(on(&mut reg, CRAH, "cusum", MIN), &reg, &mut out);
-        // The room drifting on, each drift within the window of the one before: settling,
-        // until the cause has been over for propagation + incident_window (25 min).
-        let detectors = ["ewma_z", "iforest", "residual"];
-        for (k, d) in detectors.iter().enumerate() {
-            let ts = (12 + 11 * k as i64) * MIN;
-            c.tick(ts - MIN, &reg, &store, &mut out);
-            c.observe(on(&mut reg, CRAH, d, ts), &reg, &mut out);
-        }
-        let l = last(&out);
-        let by = |d: &str| l.values().find(|a| a.detector == d).unwrap();
-        assert_eq!(by("ewma_z").role, Role::Recovery, "12 min in");
-        assert_eq!(by("iforest").role, Role::Recovery, "23 min in");
-        assert_eq!(
-            by("residual").role,
-            Role::Cause,
-            "34 min in: a new incident"
-        );
-        assert_ne!(by("residual").incident_id, by("protocol").incident_id);
     }
 
     #[test]
