@@ -296,11 +296,11 @@ impl Correlator {
                 a.severity = severity;
                 out.push(Output::Alert(a.clone()));
             }
-            let a = a.clone();
-            let p = self.cfg.clone();
-            if let Some(inc) = self.incident_mut(&a.site, &a.incident_id) {
+            // The open alert and its incident are different fields: no copy of either
+            // on this path, which every repeated finding takes.
+            if let Some(inc) = find_incident(&mut self.incidents, &a.site, &a.incident_id) {
                 inc.incident.end = inc.incident.end.max(a.last_seen);
-                if inc.leads(&a, &p) {
+                if inc.leads(a, &self.cfg) {
                     inc.leading_last = inc.leading_last.max(Some(a.last_seen));
                 }
                 if inc.cause.id == a.id {
@@ -353,13 +353,6 @@ impl Correlator {
         self.place(&mut alert, out);
         out.push(Output::Alert(alert.clone()));
         self.open.insert(key, alert);
-    }
-
-    fn incident_mut(&mut self, site: &str, id: &str) -> Option<&mut OpenIncident> {
-        self.incidents
-            .get_mut(site)?
-            .iter_mut()
-            .find(|i| i.incident.id == id)
     }
 
     /// Which open incident of its site explains a new alert, and how.
@@ -539,11 +532,10 @@ impl Correlator {
             false
         });
         closed.sort_by(|a, b| (a.last_seen, &a.id).cmp(&(b.last_seen, &b.id)));
-        let p = self.cfg.clone();
         for a in closed {
-            if let Some(inc) = self.incident_mut(&a.site, &a.incident_id) {
+            if let Some(inc) = find_incident(&mut self.incidents, &a.site, &a.incident_id) {
                 inc.open_alerts = inc.open_alerts.saturating_sub(1);
-                if inc.leads(&a, &p) {
+                if inc.leads(&a, &self.cfg) {
                     inc.leading_open = inc.leading_open.saturating_sub(1);
                 }
                 if inc.cause.id == a.id {
@@ -584,6 +576,18 @@ impl Correlator {
         v.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
         v
     }
+}
+
+/// The open incident `id` of `site`.
+fn find_incident<'a>(
+    incidents: &'a mut FxHashMap<String, Vec<OpenIncident>>,
+    site: &str,
+    id: &str,
+) -> Option<&'a mut OpenIncident> {
+    incidents
+        .get_mut(site)?
+        .iter_mut()
+        .find(|i| i.incident.id == id)
 }
 
 fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {

@@ -407,10 +407,28 @@ impl Store {
             q.limit.clamp(1, 1000),
             q.offset
         );
+        self.stamped(&sql, rusqlite::params_from_iter(args), |v, at, by| {
+            let id = v["id"].as_str().unwrap_or_default().to_owned();
+            let history = self.ack_history(&id)?;
+            Ok((
+                "ack",
+                serde_json::json!({"at": crate::time::format_ts(at), "by": by, "history": history}),
+            ))
+        })
+    }
+
+    /// Documents of `sql`'s rows `(body, at, by)`; where `at` is set, `stamp` names and
+    /// builds the field to add (an acknowledgement, a revocation).
+    fn stamped(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+        stamp: impl Fn(&Value, i64, Option<String>) -> Result<(&'static str, Value), StoreError>,
+    ) -> Result<Vec<Value>, StoreError> {
         let e = self.err();
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(&e)?;
+        let mut stmt = self.conn.prepare_cached(sql).map_err(&e)?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
+            .query_map(args, |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, Option<i64>>(1)?,
@@ -424,13 +442,9 @@ impl Store {
             let mut v: Value =
                 serde_json::from_str(&body).map_err(|e| StoreError::Damaged(e.to_string()))?;
             if let Some(at) = at {
-                let id = v["id"].as_str().unwrap_or_default().to_owned();
-                let history = self.ack_history(&id)?;
+                let (key, field) = stamp(&v, at, by)?;
                 if let Some(obj) = v.as_object_mut() {
-                    obj.insert(
-                        "ack".into(),
-                        serde_json::json!({"at": crate::time::format_ts(at), "by": by, "history": history}),
-                    );
+                    obj.insert(key.into(), field);
                 }
             }
             out.push(v);
@@ -542,37 +556,17 @@ impl Store {
 
     /// Exceptions taught, newest first; revoked ones too when `revoked`, with who and when.
     pub fn exceptions(&self, revoked: bool) -> Result<Vec<Value>, StoreError> {
-        let e = self.err();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT body, revoked_at, revoked_by FROM exceptions
-                 WHERE ?1 OR revoked_at IS NULL ORDER BY created_at DESC, id",
-            )
-            .map_err(&e)?;
-        let rows = stmt
-            .query_map(params![revoked], |r| {
+        self.stamped(
+            "SELECT body, revoked_at, revoked_by FROM exceptions
+             WHERE ?1 OR revoked_at IS NULL ORDER BY created_at DESC, id",
+            params![revoked],
+            |_, at, by| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                ))
-            })
-            .map_err(&e)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (body, at, by) = row.map_err(&e)?;
-            let mut v: Value =
-                serde_json::from_str(&body).map_err(|e| StoreError::Damaged(e.to_string()))?;
-            if let (Some(at), Some(obj)) = (at, v.as_object_mut()) {
-                obj.insert(
-                    "revoked".into(),
+                    "revoked",
                     serde_json::json!({"at": crate::time::format_ts(at), "by": by}),
-                );
-            }
-            out.push(v);
-        }
-        Ok(out)
+                ))
+            },
+        )
     }
 
     /// The exceptions in force.
