@@ -532,9 +532,12 @@ mod tests {
             "offset=-1",
             "limit=x",
             "offset=9223372036854775808",
+            "role=boss",
+            "role=cause&role=recovery",
         ] {
             assert!(alert_query(bad).is_err(), "{bad}");
         }
+        assert_eq!(alert_query("role=cause").unwrap().role, Some(Role::Cause));
     }
 
     proptest::proptest! {
