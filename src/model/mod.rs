@@ -237,6 +237,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order an incident unfolds.
+    pub const ALL: [Role; 3] = [Self::Cause, Self::Consequence, Self::Recovery];
+
     /// The name in the schema and in queries.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -248,9 +251,7 @@ impl Role {
 
     /// Parses a role name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Cause, Self::Consequence, Self::Recovery]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 

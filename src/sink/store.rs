@@ -852,12 +852,13 @@ mod tests {
             .unwrap();
         assert_eq!(acked, Acked::Now);
         let x = taught.unwrap();
+        let w = x.write.as_ref().unwrap();
         assert_eq!(
-            (x.client.as_str(), x.addresses.as_slice(), x.by.as_str()),
+            (w.client.as_str(), w.addresses.as_slice(), x.by.as_str()),
             ("10.20.0.5", &[1201][..], "alice")
         );
         assert_eq!(s.active_exceptions().unwrap(), std::slice::from_ref(&x));
-        // A drift cannot be taught, and such an acknowledgement is not kept.
+        // A drift that says no level cannot be taught, and such an acknowledgement is not kept.
         let (acked, taught) = s.ack("drift", "alice", "", Disposition::Expected).unwrap();
         assert!(matches!(acked, Acked::CannotTeach(_)) && taught.is_none());
         let listed = s

@@ -43,10 +43,11 @@ pub struct Receiver {
     /// Only at least this severity.
     #[serde(default = "default_severity")]
     pub min_severity: Severity,
-    /// Only alerts in these roles (empty: all). `["cause"]` sends what started each
-    /// incident, not its consequences; an alert once sent is followed to its last
-    /// snapshot even when it leaves the roles (a cause that turns out a consequence).
-    #[serde(default)]
+    /// Only alerts in these roles. The default, `["cause"]`, sends what started each
+    /// incident and not the plant reacting to it; list all three roles for every alert.
+    /// An alert once sent is followed to its last snapshot even when it leaves the roles
+    /// (a cause that turns out a consequence says so).
+    #[serde(default = "default_roles")]
     pub roles: Vec<Role>,
     /// Only these ATT&CK technique ids (empty: all).
     #[serde(default)]
@@ -72,6 +73,9 @@ pub struct Receiver {
 fn default_severity() -> Severity {
     Severity::Info
 }
+fn default_roles() -> Vec<Role> {
+    vec![Role::Cause]
+}
 fn default_max_age() -> i64 {
     86_400_000
 }
@@ -85,13 +89,13 @@ impl Receiver {
         (self.sites.is_empty() || self.sites.contains(&a.site))
             && (self.kinds.is_empty() || self.kinds.contains(&a.kind))
             && a.severity >= self.min_severity
-            && (self.roles.is_empty() || self.roles.contains(&a.role))
+            && self.roles.contains(&a.role)
             && (self.techniques.is_empty() || self.techniques.iter().any(|t| t == a.technique.id))
     }
 
     /// Whether the receiver filters on roles (so an alert it was sent must be followed).
     pub fn follows(&self) -> bool {
-        !self.roles.is_empty()
+        Role::ALL.iter().any(|r| !self.roles.contains(r))
     }
 }
 
@@ -127,6 +131,12 @@ pub fn validate(receivers: &[Receiver], origin: &str) -> Result<(), TomlError> {
                 "with standard_webhooks must be `whsec_` and the base64 of 24 to 64 bytes",
             )?;
         }
+        check(
+            origin,
+            &key("roles"),
+            !r.roles.is_empty(),
+            "must name at least one of cause, consequence, recovery (absent: [\"cause\"])",
+        )?;
         check(
             origin,
             &key("max_age"),
@@ -307,7 +317,7 @@ mod tests {
             sites: vec![],
             kinds: vec![],
             min_severity: Severity::Info,
-            roles: vec![],
+            roles: default_roles(),
             techniques: vec![],
             standard_webhooks: true,
             max_age: default_max_age(),
@@ -325,17 +335,24 @@ mod tests {
     }
 
     #[test]
-    fn a_receiver_can_ask_for_causes_only() {
-        let r: Receiver = toml::from_str(
-            "name = \"grid\"\nurl = \"https://grid.example/hook\"\nsecret = \"0123456789abcdef\"\nroles = [\"cause\"]",
-        )
-        .unwrap();
+    fn a_new_receiver_gets_causes_unless_it_asks_for_every_role() {
+        let with = |roles: &str| {
+            toml::from_str::<Receiver>(&format!(
+                "name = \"grid\"\nurl = \"https://grid.example/hook\"\nsecret = \"0123456789abcdef\"\n{roles}"
+            ))
+            .unwrap()
+        };
+        let r = with("");
+        assert_eq!(r.roles, [Role::Cause]);
         let mut a = Alert::sample("a", 0, Severity::High, crate::model::AlertStatus::Open);
         assert!(r.wants(&a) && r.follows());
         a.role = Role::Consequence;
         assert!(!r.wants(&a));
-        let all = Receiver { roles: vec![], ..r };
+        let all = with("roles = [\"cause\", \"consequence\", \"recovery\"]");
         assert!(all.wants(&a) && !all.follows());
+        let none = with("roles = []");
+        let err = validate(&[none], "t").unwrap_err().to_string();
+        assert!(err.contains("roles"), "{err}");
     }
 
     #[test]

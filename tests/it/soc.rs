@@ -4,7 +4,9 @@
 //! API needs its token; the stream carries alerts; the dashboard renders them in a real
 //! browser.
 
-use crate::support::{free_port, repo, wait_for_file, wait_for_port, wattchdog, Peer};
+use crate::support::{
+    free_port, in_browser, repo, wait_for_file, wait_for_port, wattchdog, when_page_has, Peer,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -15,6 +17,18 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "test-token-0123456789abcdef";
 /// In the Standard Webhooks form (the test sends both signatures; the receiver checks both).
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The store, API and dashboard on a free loopback port, configured with `extra` too.
+async fn soc_on_loopback(dir: &Path, extra: &str) -> (wattchdog::Config, wattchdog::app::soc::Soc) {
+    let text = format!(
+        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{extra}"
+    );
+    let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
+    let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir, "t")
+        .await
+        .unwrap();
+    (cfg, soc)
+}
 
 /// One HTTP/1.1 request on a fresh connection; returns status and body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
@@ -111,7 +125,8 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     let mut cfg = std::fs::read_to_string(d.join("run.toml")).unwrap();
     cfg += &format!(
         "\n[store]\npath = \"alerts.db\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\ntoken = \"{TOKEN}\"\n\n\
-         [[webhooks]]\nname = \"grid-operator\"\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret = \"{SECRET}\"\nstandard_webhooks = true\n"
+         [[webhooks]]\nname = \"grid-operator\"\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret = \"{SECRET}\"\nstandard_webhooks = true\n\
+         roles = [\"cause\", \"consequence\", \"recovery\"]\n"
     );
     std::fs::write(d.join("run.toml"), cfg).unwrap();
     let alerts = d.join("alerts.jsonl");
@@ -292,13 +307,11 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
 async fn https_serves_the_api_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();
     crate::support::make_certs(dir.path());
-    let text = format!(
-        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nidle_timeout = \"10m\"\n"
-    );
-    let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
-    let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir.path(), "t")
-        .await
-        .unwrap();
+    let (_, soc) = soc_on_loopback(
+        dir.path(),
+        "cert_file = \"server.pem\"\nkey_file = \"server.key\"\nidle_timeout = \"10m\"\n",
+    )
+    .await;
     let addr = soc.addr.unwrap();
     // Clients that connect and never say a word: their handshakes wait (up to the idle
     // timeout, 10 min here) beside everyone else's, not in front of them.
@@ -473,6 +486,31 @@ fn the_demo_shows_the_first_attacks_alerts_and_nothing_before_despite_a_forged_c
         earliest["incident_id"], incident["id"],
         "the first alert belongs to the first attack's incident: {incident:#}"
     );
+    // What the analyst sees, in a real browser: that incident, told by its headline, its
+    // cause under it, the plant's reaction folded and closed.
+    let block = format!(
+        "document.querySelector('.incident[data-id=\"{}\"]')",
+        incident["id"].as_str().unwrap()
+    );
+    let seen = in_browser(
+        &format!("http://127.0.0.1:{port}/#token={token}"),
+        &[when_page_has(
+            &format!("{block} && {block}.querySelector('.cause')"),
+            &format!(
+                "{{headline: {block}.querySelector('.headline').textContent, \
+                 folded: {block}.querySelectorAll('details').length, \
+                 open: {block}.querySelectorAll('details[open]').length}}"
+            ),
+        )],
+    );
+    if let Some(seen) = seen {
+        let headline = seen[0]["headline"].as_str().unwrap();
+        assert!(
+            headline.starts_with(&format!("{attacked} at ")) && headline.contains("[T0"),
+            "the page's headline names {attacked} and the technique: {headline}"
+        );
+        assert_eq!(seen[0]["open"], 0, "consequences start folded: {seen:?}");
+    }
     let (_, metrics) = http(port, "GET", "/metrics", Some(&token));
     let held = format!("wattchdog_ahead_events_by_device_total{{source=\"{site}/{pdu}\"}} 1");
     assert!(
@@ -546,13 +584,7 @@ fn raw(port: u16, request: &str) -> (u16, TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_streams_and_request_bodies_are_capped() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nmax_streams = 2\n"
-    );
-    let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
-    let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir.path(), "t")
-        .await
-        .unwrap();
+    let (_, soc) = soc_on_loopback(dir.path(), "max_streams = 2\n").await;
     let port = soc.addr.unwrap().port();
     let checks = tokio::task::spawn_blocking(move || {
         let stream = format!(
@@ -642,13 +674,7 @@ async fn an_expected_write_is_taught_applied_and_revoked() {
     use wattchdog::correlate::Output;
     use wattchdog::model::{attack, Alert, AlertStatus, Finding, Role, Severity};
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
-    );
-    let cfg = wattchdog::Config::from_toml_str(&text, "t").unwrap();
-    let soc = wattchdog::app::soc::Soc::start(&cfg.soc, dir.path(), "t")
-        .await
-        .unwrap();
+    let (_, soc) = soc_on_loopback(dir.path(), "").await;
     let base = format!("http://{}", soc.addr.unwrap());
     let evidence =
         serde_json::json!({"client": "10.20.0.5", "function": 6, "address": 1201, "values": [700]});
@@ -709,7 +735,7 @@ async fn an_expected_write_is_taught_applied_and_revoked() {
     assert_eq!(
         r.status(),
         422,
-        "a drift is not a command: nothing to teach"
+        "a drift that names no metric and no level: nothing to teach"
     );
     let r = post(
         "/api/v1/alerts/w/ack".into(),
@@ -780,6 +806,115 @@ async fn an_expected_write_is_taught_applied_and_revoked() {
     assert_eq!(
         all["exceptions"][0]["revoked"]["by"], "bob",
         "kept, with who revoked it"
+    );
+    soc.stop().await;
+}
+
+/// The analyst's loop, in a real browser on a live pipeline: a host that never wrote
+/// before writes a chiller setpoint — an alert, the cause of its incident; the analyst
+/// clicks "expected" on it; from then on the same write raises nothing, while the same
+/// register written by another host still alerts.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_analyst_teaches_a_routine_write_in_the_browser() {
+    use wattchdog::correlate::Output;
+    use wattchdog::model::{event::Event, Command};
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, soc) = soc_on_loopback(dir.path(), "").await;
+    let mut pipeline = cfg.build_pipeline();
+    pipeline.set_exceptions(soc.exceptions());
+    const T0: i64 = 1_780_000_000_000;
+    let write = |minute: i64, client: &str| {
+        Event::Command(Box::new(Command {
+            ts: T0 + minute * 60_000,
+            site: "ams1".into(),
+            device: "chiller-2".into(),
+            client: client.into(),
+            function: 6,
+            address: 1201,
+            values: vec![700],
+        }))
+    };
+    let client_of = |o: &Output| match o {
+        Output::Alert(a) if a.detector == "protocol" => {
+            a.evidence["client"].as_str().map(str::to_owned)
+        }
+        _ => None,
+    };
+    // The master writes through the learning hour; then the BMS writes for the first time.
+    let mut out = Vec::new();
+    for minute in 0..70 {
+        pipeline.push(write(minute, "10.20.0.2"), &mut out);
+    }
+    pipeline.push(write(75, "10.20.0.5"), &mut out);
+    pipeline.advance_to(T0 + 76 * 60_000, &mut out);
+    for o in &out {
+        soc.output(o).unwrap();
+    }
+    let taught = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Alert(a) if client_of(o).as_deref() == Some("10.20.0.5") => Some(a.clone()),
+            _ => None,
+        })
+        .expect("a first write by a new host is an alert");
+    assert!(
+        out.iter()
+            .all(|o| client_of(o).as_deref() != Some("10.20.0.2")),
+        "the master's writes were learned"
+    );
+
+    let button = format!(
+        "document.querySelector('.incident .cause button[data-disposition=\"expected\"][data-ack=\"{}\"]')",
+        taught.id
+    );
+    let Some(seen) = in_browser(
+        &format!("http://{}/#token={TOKEN}", soc.addr.unwrap()),
+        &[
+            when_page_has(&button, "(found.click(), true)"),
+            when_page_has(
+                "document.querySelector('#exceptions [data-id]')",
+                "found.textContent",
+            ),
+        ],
+    ) else {
+        soc.stop().await;
+        return;
+    };
+    let listed = seen[1].as_str().unwrap();
+    assert!(
+        listed.contains("10.20.0.5") && listed.contains("chiller-2") && listed.contains("1201"),
+        "the page lists what it learned: {listed}"
+    );
+    let x = soc.exceptions().list();
+    assert_eq!(x.len(), 1, "{x:?}");
+    let w = x[0].write.as_ref().unwrap();
+    assert_eq!(
+        (w.client.as_str(), x[0].by.as_str()),
+        ("10.20.0.5", "dashboard")
+    );
+
+    // Applied live: the same write again raises nothing (not even a repeat of its alert);
+    // another host writing the same register still does.
+    let mut later = Vec::new();
+    pipeline.push(write(80, "10.20.0.5"), &mut later);
+    pipeline.push(write(81, "10.66.0.99"), &mut later);
+    pipeline.advance_to(T0 + 82 * 60_000, &mut later);
+    let repeats: Vec<&Output> = later
+        .iter()
+        .filter(|o| client_of(o).as_deref() == Some("10.20.0.5"))
+        .collect();
+    assert!(
+        repeats
+            .iter()
+            .all(|o| matches!(o, Output::Alert(a) if a.findings == taught.findings)),
+        "the taught write was not counted again: {repeats:?}"
+    );
+    assert_eq!(pipeline.stats().excepted, 1, "it was seen and excepted");
+    assert!(
+        later
+            .iter()
+            .any(|o| client_of(o).as_deref() == Some("10.66.0.99")),
+        "another host's write still alerts: {later:?}"
     );
     soc.stop().await;
 }

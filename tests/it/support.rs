@@ -248,3 +248,42 @@ pub fn machine_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Opens `url` in headless Chromium (driven over the DevTools protocol by
+/// `tests/browser.py`) and evaluates each script in the page in turn; their values, or
+/// `None` when Chromium is not installed (outside CI).
+pub fn in_browser(url: &str, scripts: &[String]) -> Option<Vec<serde_json::Value>> {
+    if !peer_available(
+        "chromium (apt-get install chromium)",
+        Command::new("sh").args(["-c", "command -v chromium"]),
+    ) {
+        return None;
+    }
+    let out = Command::new("python3")
+        .arg(repo("tests/browser.py"))
+        .arg(url)
+        .args(scripts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
+}
+
+/// A page script that waits (up to 30 s) until `probe`, a JavaScript expression, is
+/// truthy, then evaluates `then` with its value bound to `found`.
+pub fn when_page_has(probe: &str, then: &str) -> String {
+    format!(
+        "(async () => {{ for (let i = 0; i < 300; i++) {{ const found = {probe}; \
+         if (found) {{ return {then}; }} await new Promise((r) => setTimeout(r, 100)); }} \
+         throw new Error('not in the page after 30 s: ' + {probe:?}); }})()"
+    )
+}
