@@ -108,7 +108,9 @@ pub enum Output {
     Incident(Incident),
 }
 
-type AlertKey = (DeviceId, &'static str, Vec<String>);
+/// Device, detector, metrics, and the client a command finding names: one actor's
+/// doing is one alert, and another client on the same device is another.
+type AlertKey = (DeviceId, &'static str, Vec<String>, Option<String>);
 
 /// Whether a detector's findings are direct evidence of tampering rather than
 /// statistical drift (which the plant's own reaction to anything also produces).
@@ -271,18 +273,20 @@ impl Correlator {
 
     /// Folds one finding in; emits the alert (and incident) if it is new or escalated.
     pub fn observe(&mut self, f: Finding, reg: &Registry, out: &mut Vec<Output>) {
-        if f.detector == "protocol" {
-            let dev = reg.device(f.device);
-            if self.exceptions.covers(&dev.site, &dev.name, &f) {
-                self.excepted += 1;
-                return;
-            }
+        let dev = reg.device(f.device);
+        if self.exceptions.covers(&dev.site, &dev.name, &f) {
+            self.excepted += 1;
+            return;
         }
         let mut severity = f.severity;
         if f.score >= 3.0 * f.threshold {
             severity = severity.raised();
         }
-        let key: AlertKey = (f.device, f.detector, f.metrics);
+        let actor = (f.detector == "protocol")
+            .then(|| f.evidence.get("client").and_then(serde_json::Value::as_str))
+            .flatten()
+            .map(str::to_owned);
+        let key: AlertKey = (f.device, f.detector, f.metrics, actor);
         if let Some(a) = self.open.get_mut(&key) {
             a.last_seen = a.last_seen.max(f.ts);
             a.findings += 1;
@@ -318,16 +322,16 @@ impl Correlator {
         }
         let dev = reg.device(key.0);
         let metrics_joined = key.2.join(",");
-        let id = format!(
-            "al-{:016x}",
-            fnv(&[
-                dev.site.as_bytes(),
-                dev.name.as_bytes(),
-                key.1.as_bytes(),
-                metrics_joined.as_bytes(),
-                &f.ts.to_le_bytes()
-            ])
-        );
+        let ts = f.ts.to_le_bytes();
+        let mut parts = vec![
+            dev.site.as_bytes(),
+            dev.name.as_bytes(),
+            key.1.as_bytes(),
+            metrics_joined.as_bytes(),
+        ];
+        parts.extend(key.3.as_deref().map(str::as_bytes));
+        parts.push(&ts);
+        let id = format!("al-{:016x}", fnv(&parts));
         let mut alert = Alert {
             id,
             ts: f.ts,
@@ -374,6 +378,10 @@ impl Correlator {
         // Newest first: the latest cause is the likeliest explanation.
         for (i, inc) in incs.iter().enumerate().rev() {
             if !p.reaches(&inc.cause.kind, &a.kind) || !inc.unfolding(a.ts, p) {
+                continue;
+            }
+            if client(a).is_some() && client(&inc.cause).is_some() {
+                // Another client's command is another actor's doing, not an effect.
                 continue;
             }
             if is_direct && inc.leading_last.is_none() {
@@ -955,9 +963,17 @@ mod tests {
             &reg,
             &mut out,
         );
+        // And a third client on the chiller itself, while the first's incident unfolds.
+        c.observe(scan(&mut reg, CHILLER, "10.8.8.8", 3 * MIN), &reg, &mut out);
         let a = alerts(&out);
         assert_eq!(a[0].incident_id, a[1].incident_id);
         assert_ne!(a[1].incident_id, a[2].incident_id);
+        let third = a
+            .iter()
+            .find(|x| x.evidence["client"] == "10.8.8.8")
+            .unwrap();
+        assert_ne!(third.incident_id, a[0].incident_id, "another actor: {a:#?}");
+        assert_eq!(third.role, Role::Cause);
     }
 
     #[test]

@@ -239,6 +239,7 @@ pub fn replay_into(
         },
         pipeline: stats,
         detectors: pipeline.detector_names(),
+        notes: pipeline.detector_notes(),
         devices: pipeline
             .registry
             .devices()

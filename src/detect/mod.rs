@@ -116,6 +116,10 @@ pub trait Detector: Send {
         _out: &mut Vec<Finding>,
     ) {
     }
+    /// How it judged what it saw, for the report's reader (which rules applied).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One value per device kind, indexed by [`DeviceKind::index`].

@@ -15,6 +15,27 @@
 //! - A response no request asked for is a spoofed report (or a man in the middle); a
 //!   frame that breaks the protocol is an exploitation attempt.
 //!
+//! From the first packet, before anything is learned (a responder's ten-minute capture
+//! lies wholly inside the learning stretch), roles come from behaviour: a client that
+//! asks for the same read again is a **polling master**. While learning, and whenever
+//! exchanges are visible (packet captures):
+//! - a write from a client that only writes (no read seen), or that has read for longer
+//!   than the window without ever asking for the same read twice, is a finding; other
+//!   writes are learned. A client gets the window to show it polls: a master whose
+//!   first poll was seconds before its write is trusted, and so is an intruder that
+//!   reads once and writes within the window (the least confident judgement, at the
+//!   start of a capture);
+//! - probing: more than `exception_burst` refusals within the window of requests the
+//!   client made for the first time, at least half its requests then, from a client
+//!   that does not poll (a master whose device fails repeats its refused reads);
+//! - a sweep: more than 3 × `sweep_ranges` first-time (function, address) requests to
+//!   one device within the window (a master's first poll cycle asks for each of its
+//!   ranges once; three times the learned rule's limit leaves room for a large one).
+//!
+//! A writer reported once is tracked, not re-raised: the same client writing the same
+//! values to the same register again is routine (counted, no finding); other values
+//! are a finding again.
+//!
 //! After learning (the first `learn` of event time; `"0s"` turns these rules off):
 //! - writers: the `allowlist` plus every client that wrote while learning (the BMS
 //!   rewriting its setpoints); a write from anyone else is a finding.
@@ -49,6 +70,15 @@ const MINUTE: i64 = 60_000;
 /// Fewest requests in a minute the rate rule reports (a client polling once a minute
 /// that reads five times is not a flood).
 const MIN_FLOOD: u64 = 60;
+/// Ranges one client's requests are remembered by (a sweep of a whole register space
+/// must not grow memory without bound; past this, ranges count as asked before).
+const MAX_RANGES: usize = 65_536;
+/// Requests one client's window keeps (a flood is the rate rule's business).
+const MAX_WINDOW: usize = 100_000;
+/// Reported writes whose values are remembered (for routine rewrites).
+const MAX_REPORTED_WRITES: usize = 100_000;
+/// A sweep before anything is learned: this many times `sweep_ranges`.
+const UNLEARNED_SWEEP_FACTOR: usize = 3;
 
 /// Parameters of the protocol detector (global, not per kind).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -137,6 +167,71 @@ struct Client {
     learned: bool,
     /// Already reported as a new talker.
     reported_new: bool,
+    /// (device, function, address) requested so far, with how often.
+    asked: FxHashMap<(DeviceId, u8, u16), u32>,
+    /// Asked for some read again: a polling master.
+    polls: bool,
+    /// When it first asked for a read, if it ever did.
+    first_read: Option<Ts>,
+    /// Requests within the window: (when, device, the first time this range was asked,
+    /// refused with an exception).
+    window: VecDeque<(Ts, DeviceId, bool, bool)>,
+    /// Of those, first-time requests refused, and first-time requests per device.
+    probes: usize,
+    firsts: FxHashMap<DeviceId, usize>,
+}
+
+impl Client {
+    /// Notes one request; whether it asked for its range for the first time.
+    fn ask(&mut self, ts: Ts, device: DeviceId, function: u8, address: u16) -> bool {
+        if matches!(function, 1..=4) {
+            self.first_read.get_or_insert(ts);
+        }
+        let key = (device, function, address);
+        let full = self.asked.len() >= MAX_RANGES;
+        let n = match self.asked.get_mut(&key) {
+            Some(n) => {
+                *n = n.saturating_add(1);
+                *n
+            }
+            None if full => return false,
+            None => {
+                self.asked.insert(key, 1);
+                1
+            }
+        };
+        if n >= 2 && matches!(function, 1..=4) {
+            self.polls = true;
+        }
+        n == 1
+    }
+
+    /// Keeps one request in the window, and drops what fell out of it.
+    fn remember(&mut self, request: (Ts, DeviceId, bool, bool), window: i64) {
+        let count =
+            |c: &mut Self, (_, device, first, refused): (Ts, DeviceId, bool, bool), add: bool| {
+                let step = |n: &mut usize| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+                if first && refused {
+                    step(&mut c.probes);
+                }
+                if first {
+                    step(c.firsts.entry(device).or_default());
+                }
+            };
+        count(self, request, true);
+        self.window.push_back(request);
+        let now = request.0;
+        while self.window.len() > MAX_WINDOW
+            || self
+                .window
+                .front()
+                .is_some_and(|&(ts, ..)| now - ts > window)
+        {
+            let old = self.window.pop_front().expect("not empty");
+            count(self, old, false);
+        }
+        self.firsts.retain(|_, n| *n > 0);
+    }
 }
 
 /// Addresses a device's profile allows to be written, per table.
@@ -183,6 +278,14 @@ pub struct Protocol {
     /// a hundred unit ids is one alert that grows, not a hundred.
     recon_anchor: FxHashMap<Arc<str>, DeviceId>,
     writable: FxHashMap<DeviceId, Option<Arc<Writable>>>,
+    /// Exchanges have been seen (a packet capture): roles can be judged from behaviour.
+    wire_seen: bool,
+    /// Reported writes' values, per (client, device, function, address).
+    reported_writes: FxHashMap<(String, DeviceId, u8, u32), Vec<u16>>,
+    /// Rewrites of reported writes' values (routine, not re-raised).
+    routine_rewrites: u64,
+    /// Latest event time seen.
+    last: Ts,
 }
 
 impl Protocol {
@@ -198,12 +301,34 @@ impl Protocol {
             clients: FxHashMap::default(),
             recon_anchor: FxHashMap::default(),
             writable: FxHashMap::default(),
+            wire_seen: false,
+            reported_writes: FxHashMap::default(),
+            routine_rewrites: 0,
+            last: Ts::MIN,
         }
+    }
+
+    /// Whether a write from a client that was not trusted to write repeats the values it
+    /// wrote to that register when it was reported (routine: counted, not re-raised).
+    /// Remembers the values otherwise.
+    fn rewrite(&mut self, cmd: &Command, device: DeviceId) -> bool {
+        let key = (cmd.client.clone(), device, cmd.function, cmd.address);
+        if self.reported_writes.get(&key) == Some(&cmd.values) {
+            self.routine_rewrites += 1;
+            return true;
+        }
+        if self.reported_writes.len() < MAX_REPORTED_WRITES
+            || self.reported_writes.contains_key(&key)
+        {
+            self.reported_writes.insert(key, cmd.values.clone());
+        }
+        false
     }
 
     /// Whether `ts` is still in the learning stretch (which starts with the first event).
     fn learning(&mut self, ts: Ts) -> bool {
         let first = *self.first.get_or_insert(ts);
+        self.last = self.last.max(ts);
         ts - first < self.params.learn
     }
 
@@ -314,6 +439,48 @@ impl Detector for Protocol {
 
     fn observe(&mut self, _frame: &crate::feature::Frame<'_>, _out: &mut Vec<Finding>) {}
 
+    fn notes(&self) -> Vec<String> {
+        let Some(first) = self.first else {
+            return Vec::new();
+        };
+        let learn = format_duration(self.params.learn);
+        let learned = if self.params.learn == 0 {
+            "nothing is learned (`learn = \"0s\"`): only the allowlist writes".to_owned()
+        } else if self.last - first < self.params.learn {
+            format!("the capture is shorter than `learn` ({learn}): no learned rule applied")
+        } else {
+            format!("writers, talkers, ranges and rates were learned from its first {learn}")
+        };
+        let roles = if self.wire_seen {
+            let mut masters: Vec<&str> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.polls)
+                .map(|(k, _)| &**k)
+                .collect();
+            masters.sort_unstable();
+            let shown = masters
+                .iter()
+                .take(10)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = masters.len().saturating_sub(10);
+            format!(
+                "; before that, roles were judged from behaviour on the wire (polling masters: {}{})",
+                if shown.is_empty() { "none" } else { &shown },
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            )
+        } else {
+            "; no exchanges were seen (commands only), so writes while learning were learned, not judged".to_owned()
+        };
+        let routine = match self.routine_rewrites {
+            0 => String::new(),
+            n => format!("; {n} routine rewrites of reported writes were not raised again"),
+        };
+        vec![format!("protocol: {learned}{roles}{routine}")]
+    }
+
     fn command(&mut self, cmd: &Command, device: DeviceId, reg: &Registry, out: &mut Vec<Finding>) {
         let learning = self.learning(cmd.ts);
         let dev_name = reg.device(device).name.clone();
@@ -341,10 +508,30 @@ impl Detector for Protocol {
             )
         };
         if is_write(cmd.function) {
-            if learning {
+            // While learning, a write is learned unless the wire shows that its client
+            // is no polling master: it only writes, or it has read for longer than the
+            // window without asking for anything twice.
+            let window = self.params.scan_window;
+            let (reads_since, polls) = self
+                .clients
+                .get(cmd.client.as_str())
+                .map_or((None, false), |c| (c.first_read, c.polls));
+            let why = if self.writers.contains(&cmd.client) {
+                None
+            } else if !learning {
+                Some("but is not a known writer")
+            } else if self.wire_seen && reads_since.is_none() {
+                Some("but reads nothing: a host that only writes is no polling master")
+            } else if self.wire_seen && !polls && reads_since.is_some_and(|t| cmd.ts - t > window) {
+                Some("but polls no device: a host that reads without polling is no master")
+            } else {
                 self.writers.insert(cmd.client.clone());
-            } else if !self.writers.contains(&cmd.client) {
-                out.push(write_finding("but is not a known writer".into()));
+                None
+            };
+            if let Some(why) = why {
+                if !self.rewrite(cmd, device) {
+                    out.push(write_finding(why.into()));
+                }
             }
             let table = if coil { Table::Coil } else { Table::Holding };
             let n = match cmd.function {
@@ -429,8 +616,47 @@ impl Detector for Protocol {
         if matches!(t.outcome, Outcome::Unsolicited | Outcome::Malformed(_)) {
             return;
         }
+        self.wire_seen = true;
         let c = self.client(&t.client);
         let mut found: Vec<(f64, Severity, Technique, String, bool)> = Vec::new();
+        let first = c.ask(t.ts, t.device, t.function, t.address);
+        let refused = matches!(t.outcome, Outcome::Exception(_));
+        c.remember((t.ts, t.device, first, refused), window);
+        if learning || !learn_rules {
+            // Nothing learned to compare with: judge the client by what it does now.
+            let probes = c.probes;
+            let novel = c.firsts.get(&t.device).copied().unwrap_or(0);
+            if first && refused && !c.polls && probes > burst_limit && 2 * probes >= c.window.len()
+            {
+                found.push((
+                    probes as f64 / burst_limit as f64,
+                    Severity::High,
+                    attack::REMOTE_SYSTEM_DISCOVERY,
+                    format!(
+                        "{} drew {probes} exception responses within {} to requests it had never made, {} of its {} requests: probing for units and registers",
+                        t.client,
+                        format_duration(window),
+                        probes,
+                        c.window.len()
+                    ),
+                    true,
+                ));
+            }
+            let sweep = UNLEARNED_SWEEP_FACTOR * sweep_limit;
+            if first && novel > sweep {
+                found.push((
+                    novel as f64 / sweep as f64,
+                    Severity::High,
+                    attack::REMOTE_SYSTEM_DISCOVERY,
+                    format!(
+                        "{} asked {dev_name} for {novel} different (function, address) ranges within {}, each for the first time: a register sweep",
+                        t.client,
+                        format_duration(window)
+                    ),
+                    true,
+                ));
+            }
+        }
         // Request rate, per minute of event time.
         let minute = t.ts.div_euclid(MINUTE);
         if minute != c.minute {
@@ -743,5 +969,137 @@ mod tests {
             "{}",
             out[0].reason
         );
+    }
+
+    /// One chiller on one detector, fed exchanges and writes in time order.
+    struct Rig {
+        reg: Registry,
+        d: Protocol,
+        out: Vec<Finding>,
+        dev: DeviceId,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let mut reg = Registry::new(100);
+            let dev = reg.intern_device("s", "chiller-1", "chiller").unwrap();
+            let d = Protocol::new(ProtocolParams::default(), Arc::default());
+            Self {
+                reg,
+                d,
+                out: Vec::new(),
+                dev,
+            }
+        }
+
+        fn read(&mut self, ts: Ts, client: &str, address: u16, outcome: Outcome) {
+            let t = Traffic {
+                ts,
+                device: self.dev,
+                client: Arc::from(client),
+                function: 3,
+                address,
+                count: 1,
+                outcome,
+            };
+            self.d.traffic(&t, &self.reg, &mut self.out);
+        }
+
+        fn write(&mut self, ts: Ts, client: &str, value: u16) {
+            let c = Command {
+                values: vec![value],
+                ..cmd(ts, client, "chiller-1", 6)
+            };
+            self.d.command(&c, self.dev, &self.reg, &mut self.out);
+        }
+
+        fn about(&self, client: &str) -> Vec<&Finding> {
+            self.out
+                .iter()
+                .filter(|f| f.evidence["client"] == client)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn before_anything_is_learned_a_host_that_does_not_poll_is_no_writer() {
+        let mut r = Rig::new();
+        // The master polls and writes; an HMI reads once and writes within the window.
+        for s in 0..3 {
+            r.read(s * 1000, "bms", 1000, Outcome::Answered);
+        }
+        r.write(2_500, "bms", 700);
+        r.read(3_000, "hmi", 1000, Outcome::Answered);
+        r.write(4_000, "hmi", 710);
+        assert!(r.out.is_empty(), "{:?}", r.out);
+        // A host that only writes is found; its same write again is routine, another
+        // value is not.
+        r.write(5_000, "10.66.0.99", 900);
+        r.write(6_000, "10.66.0.99", 900);
+        r.write(7_000, "10.66.0.99", 950);
+        let rogue = r.about("10.66.0.99");
+        assert_eq!(rogue.len(), 2, "{rogue:?}");
+        assert!(
+            rogue[0].reason.contains("reads nothing"),
+            "{}",
+            rogue[0].reason
+        );
+        assert_eq!(rogue[0].technique.id, "T0836");
+        assert_eq!(r.d.routine_rewrites, 1);
+        // A host that read once, long ago, and never polled.
+        r.read(8_000, "lurker", 1000, Outcome::Answered);
+        r.write(70_000, "lurker", 700);
+        let lurker = r.about("lurker");
+        assert_eq!(lurker.len(), 1, "{lurker:?}");
+        assert!(
+            lurker[0].reason.contains("polls no device"),
+            "{}",
+            lurker[0].reason
+        );
+        // Learned meanwhile: the master and the HMI write on after the learning hour.
+        r.write(LATER, "bms", 720);
+        r.write(LATER, "hmi", 720);
+        assert!(r.about("bms").is_empty() && r.about("hmi").is_empty());
+    }
+
+    #[test]
+    fn before_anything_is_learned_probing_and_sweeps_are_found_and_a_failing_device_is_not() {
+        let mut r = Rig::new();
+        // The master polls four ranges of a device that refuses them all, for a minute.
+        for s in 0..60 {
+            for a in 0..4 {
+                r.read(
+                    s * 1000 + a,
+                    "bms",
+                    1000 + 10 * a as u16,
+                    Outcome::Exception(11),
+                );
+            }
+        }
+        assert!(
+            r.out.is_empty(),
+            "a failing device is not probing: {:?}",
+            r.out
+        );
+        // A prober: twelve addresses it never asked for, each refused.
+        for a in 0..12 {
+            r.read(61_000 + a, "prober", 5000 + a as u16, Outcome::Exception(2));
+        }
+        let p = r.about("prober");
+        assert!(
+            !p.is_empty() && p.iter().all(|f| f.reason.contains("probing")),
+            "{p:?}"
+        );
+        assert_eq!(p[0].technique.id, "T0846");
+        // A sweeper: forty registers read once each, all answered.
+        for a in 0..40 {
+            r.read(62_000 + a, "sweeper", 100 + a as u16, Outcome::Answered);
+        }
+        let w = r.about("sweeper");
+        assert!(
+            !w.is_empty() && w.iter().all(|f| f.reason.contains("register sweep")),
+            "{w:?}"
+        );
+        assert!(r.about("bms").is_empty());
     }
 }

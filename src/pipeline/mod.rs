@@ -292,6 +292,11 @@ impl Pipeline {
         &self.stats
     }
 
+    /// The detectors' notes on how they judged (see [`Detector::notes`]).
+    pub fn detector_notes(&self) -> Vec<String> {
+        self.detectors.iter().flat_map(|d| d.notes()).collect()
+    }
+
     /// Names of the enabled detectors.
     pub fn detector_names(&self) -> Vec<&'static str> {
         self.detectors.iter().map(|d| d.name()).collect()

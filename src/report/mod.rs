@@ -27,6 +27,8 @@ pub struct ReplayReport {
     pub pipeline: PipelineStats,
     /// Detectors that ran.
     pub detectors: Vec<&'static str>,
+    /// How they judged (e.g. whether the protocol detector's learned rules applied).
+    pub notes: Vec<String>,
     /// Device names seen, in order of first appearance.
     pub devices: Vec<String>,
     /// First event time.
@@ -114,6 +116,9 @@ impl ReplayReport {
             "late readings (beyond the reorder tolerance): {}",
             p.late
         );
+        for note in &self.notes {
+            let _ = writeln!(s, "{note}");
+        }
         if p.ahead > 0 {
             let _ = writeln!(
                 s,

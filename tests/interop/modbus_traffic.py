@@ -3,10 +3,14 @@
 bind its own loopback source address (127.0.0.0/8 is all loopback on Linux), so one
 machine plays the BMS, a rogue workstation and a scanner. Prints one JSON object.
 
-    modbus_traffic.py --port P [--source IP] poll PLAN.json SECONDS INTERVAL
+    modbus_traffic.py --port P [--source IP] poll PLAN.json SECONDS INTERVAL [UNIT ADDRESS VALUE]
         PLAN.json: [{"unit": 1, "reads": [[function, address, count], ...]}, ...]
+        With UNIT ADDRESS VALUE, writes that register once after the first poll cycle,
+        on the polling connection, as a master does.
     modbus_traffic.py --port P [--source IP] write UNIT ADDRESS VALUE
     modbus_traffic.py --port P [--source IP] scan FIRST_UNIT LAST_UNIT
+    modbus_traffic.py --port P [--source IP] sweep UNIT FIRST_ADDRESS LAST_ADDRESS
+        (holding registers one at a time, as a register-mapping tool does)
 """
 import argparse
 import json
@@ -25,7 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--source", default="127.0.0.1")
-    ap.add_argument("op", choices=["poll", "write", "scan"])
+    ap.add_argument("op", choices=["poll", "write", "scan", "sweep"])
     ap.add_argument("args", nargs="+")
     a = ap.parse_args()
     c = ModbusTcpClient("127.0.0.1", port=a.port, timeout=2, source_address=(a.source, 0))
@@ -37,18 +41,31 @@ def main():
             plan = json.load(open(a.args[0]))
             end = time.monotonic() + float(a.args[1])
             interval = float(a.args[2])
+            write = [int(x) for x in a.args[3:6]]
             while time.monotonic() < end:
                 for dev in plan:
                     for function, address, count in dev["reads"]:
                         r = read(c, function, address, count, dev["unit"])
                         out["requests"] += 1
                         out["errors"] += int(r.isError())
+                if write:
+                    unit, address, value = write
+                    r = c.write_register(address, value, device_id=unit)
+                    out["requests"] += 1
+                    out["errors"] += int(r.isError())
+                    write = []
                 time.sleep(interval)
         elif a.op == "write":
             unit, address, value = (int(x) for x in a.args[:3])
             r = c.write_register(address, value, device_id=unit)
             out["requests"] += 1
             out["errors"] += int(r.isError())
+        elif a.op == "sweep":
+            unit, first, last = (int(x) for x in a.args[:3])
+            for address in range(first, last + 1):
+                r = read(c, 3, address, 1, unit)
+                out["requests"] += 1
+                out["errors"] += int(r.isError())
         else:
             first, last = int(a.args[0]), int(a.args[1])
             for unit in range(first, last + 1):

@@ -53,16 +53,9 @@ fn write_plan(cfg: &Config, dir: &Path) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detections() {
-    if !pymodbus_available() || !tcpdump_available() {
-        return;
-    }
-    // Real clients on a wall-clock schedule against a learning window of seconds.
-    let _quiet = crate::support::machine_lock();
-    let dir = tempfile::tempdir().unwrap();
-    let (_server, served, run_toml) = serve_facility(dir.path());
-    let cfg = Config::load(&run_toml).unwrap();
+/// The served facility's config, the port its devices listen on, and chiller-2's unit.
+fn on_the_wire(run_toml: &Path) -> (Config, u16, u8) {
+    let cfg = Config::load(run_toml).unwrap();
     let port: u16 = cfg.modbus.devices[0]
         .address
         .rsplit_once(':')
@@ -77,19 +70,38 @@ fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detectio
         .find(|d| d.name == "chiller-2")
         .unwrap()
         .unit;
-    let plan = write_plan(&cfg, dir.path());
-    let pcap = dir.path().join("wire.pcap");
+    (cfg, port, chiller)
+}
+
+/// tcpdump writing the loopback traffic of `port` to `pcap`, once it is capturing.
+fn tcpdump(pcap: &Path, port: u16) -> Peer {
     let dump = Peer(
         Command::new("tcpdump")
             .args(["-i", "lo", "-n", "-U", "-s", "0", "-w"])
-            .arg(&pcap)
+            .arg(pcap)
             .args(["tcp", "port", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_for_file(&pcap, Duration::from_secs(10));
+    wait_for_file(pcap, Duration::from_secs(10));
+    dump
+}
+
+#[test]
+fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detections() {
+    if !pymodbus_available() || !tcpdump_available() {
+        return;
+    }
+    // Real clients on a wall-clock schedule against a learning window of seconds.
+    let _quiet = crate::support::machine_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, served, run_toml) = serve_facility(dir.path());
+    let (cfg, port, chiller) = on_the_wire(&run_toml);
+    let plan = write_plan(&cfg, dir.path());
+    let pcap = dir.path().join("wire.pcap");
+    let dump = tcpdump(&pcap, port);
     std::thread::sleep(Duration::from_millis(700));
     let started = Instant::now();
     let at = |s: f64| {
@@ -97,24 +109,26 @@ fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detectio
             std::thread::sleep(wait);
         }
     };
-    // The BMS polls every device twice a second for 8 s, and sets a setpoint while the
-    // detector learns; a rogue workstation writes the same setpoint later; a scanner
-    // walks unit ids 1–40 (the gateway serves fewer).
+    // The BMS polls every device twice a second for 8 s, and sets a setpoint after its
+    // first poll, while the detector learns; a rogue workstation writes the same setpoint
+    // later; a scanner walks unit ids 1–40 (the gateway serves fewer).
+    let unit = chiller.to_string();
     let bms = traffic(
         port,
         "127.0.0.1",
-        &["poll", plan.to_str().unwrap(), "8", "0.5"],
+        &[
+            "poll",
+            plan.to_str().unwrap(),
+            "8",
+            "0.5",
+            &unit,
+            "1201",
+            "1200",
+        ],
     )
     .stdout(Stdio::piped())
     .spawn()
     .unwrap();
-    at(1.0);
-    let unit = chiller.to_string();
-    command_ok(&mut traffic(
-        port,
-        "127.0.0.1",
-        &["write", &unit, "1201", "1200"],
-    ));
     at(5.0);
     command_ok(&mut traffic(
         port,
@@ -218,6 +232,125 @@ fn a_tcpdump_capture_of_real_clients_replays_into_readings_commands_and_detectio
         "the BMS was blamed: {protocol:#?}"
     );
     assert!(report["readings"].as_u64().unwrap() > 100);
+}
+
+/// A responder's short captures, replayed with the default hour of learning (which
+/// covers each whole) and no device map, only the port to read as Modbus: roles come
+/// from behaviour. A host that only writes, and a host sweeping registers, each raise
+/// one incident naming it; the master polling and writing, and a second master doing
+/// the same, raise none.
+#[test]
+fn short_captures_are_judged_by_behaviour_before_anything_is_learned() {
+    if !pymodbus_available() || !tcpdump_available() {
+        return;
+    }
+    let _quiet = crate::support::machine_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _served, run_toml) = serve_facility(dir.path());
+    let (cfg, port, chiller) = on_the_wire(&run_toml);
+    let unit = chiller.to_string();
+    let plan = write_plan(&cfg, dir.path());
+    let plan = plan.to_str().unwrap();
+    let ports = dir.path().join("ports.toml");
+    std::fs::write(&ports, format!("[pcap]\nports = [{port}]\n")).unwrap();
+    // Eight seconds of the master polling twice a second and writing a setpoint after
+    // its first poll, and `others` (from, source, what) meanwhile; returns the incidents
+    // of its replay: id → the clients their alerts name.
+    let story = |name: &str, others: &[(f64, &str, &[&str])]| {
+        let pcap = dir.path().join(format!("{name}.pcap"));
+        let dump = tcpdump(&pcap, port);
+        std::thread::sleep(Duration::from_millis(700));
+        let started = Instant::now();
+        let at = |s: f64| {
+            if let Some(wait) = Duration::from_secs_f64(s).checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        };
+        let master = traffic(
+            port,
+            "127.0.0.1",
+            &["poll", plan, "8", "0.5", &unit, "1201", "1200"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let others: Vec<_> = others
+            .iter()
+            .map(|&(from, source, args)| {
+                at(from);
+                traffic(port, source, args)
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for o in others {
+            assert!(o.wait_with_output().unwrap().status.success());
+        }
+        assert!(master.wait_with_output().unwrap().status.success());
+        std::thread::sleep(Duration::from_millis(500));
+        drop(dump);
+        let alerts = dir.path().join(format!("{name}.alerts.jsonl"));
+        let out = command_ok(
+            wattchdog()
+                .args(["replay", "--no-progress", "-c"])
+                .arg(&ports)
+                .arg(&pcap)
+                .arg("--alerts")
+                .arg(&alerts),
+        );
+        // The summary says how it judged.
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            summary.contains("the capture is shorter than `learn` (1h00m)")
+                && summary.contains("polling masters: 127.0.0.1"),
+            "{summary}"
+        );
+        let mut incidents: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            Default::default();
+        for line in std::fs::read_to_string(&alerts).unwrap().lines() {
+            let a: serde_json::Value = serde_json::from_str(line).unwrap();
+            let client = a["evidence"]["client"].as_str().unwrap_or("-").to_owned();
+            incidents
+                .entry(a["incident_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(client);
+        }
+        incidents
+    };
+    let one_naming =
+        |incidents: &std::collections::BTreeMap<_, std::collections::BTreeSet<String>>,
+         client: &str| {
+            assert_eq!(incidents.len(), 1, "{incidents:?}");
+            let named = incidents.values().next().unwrap();
+            assert!(
+                named.len() == 1 && named.contains(client),
+                "one incident naming {client}: {incidents:?}"
+            );
+        };
+    // A host that only writes: once, at 4 s.
+    let rogue = story(
+        "rogue",
+        &[(4.0, "127.0.0.2", &["write", &unit, "1201", "1300"])],
+    );
+    one_naming(&rogue, "127.0.0.2");
+    // A register-mapping tool walking 200 holding registers of the chiller.
+    let sweep = story(
+        "sweep",
+        &[(3.0, "127.0.0.3", &["sweep", &unit, "0", "199"])],
+    );
+    one_naming(&sweep, "127.0.0.3");
+    // A second master: it polls from 3 s for 4 s and writes a setpoint after its first
+    // poll.
+    let masters = story(
+        "masters",
+        &[(
+            3.0,
+            "127.0.0.4",
+            &["poll", plan, "4", "0.5", &unit, "1201", "1250"],
+        )],
+    );
+    assert!(masters.is_empty(), "legitimate masters blamed: {masters:?}");
 }
 
 /// The checked-in capture (`scripts/capture-modbus.sh`): tcpdump of pymodbus clients on

@@ -78,7 +78,8 @@ fn protocol_alerts_with(exceptions: &str) -> Vec<Value> {
 fn an_exception_hides_exactly_the_taught_write() {
     let taught = |client: &str, device: &str, address: u32| {
         format!(
-            "[[exception]]\nid = \"ex-1\"\nsite = \"ams1\"\ndevice = \"{device}\"\nclient = \"{client}\"\nfunction = 6\naddresses = [{address}]\nby = \"alice\"\nat = \"2026-07-07T00:00:00Z\"\nnote = \"BMS\"\n"
+            "[[exception]]\nid = \"ex-1\"\nsite = \"ams1\"\ndevice = \"{device}\"\nby = \"alice\"\nat = \"2026-07-07T00:00:00Z\"\nnote = \"BMS\"\n\n\
+             [exception.write]\nclient = \"{client}\"\nfunction = 6\naddresses = [{address}]\n"
         )
     };
     let devices = |alerts: &[Value]| -> Vec<String> {

@@ -831,7 +831,9 @@ async fn an_analyst_teaches_a_routine_write_in_the_browser() {
             client: client.into(),
             function: 6,
             address: 1201,
-            values: vec![700],
+            // A setpoint that changes: the detector reports each new value of a writer
+            // it does not trust (the same value again is routine by itself).
+            values: vec![700 + minute as u16],
         }))
     };
     let client_of = |o: &Output| match o {
@@ -893,8 +895,8 @@ async fn an_analyst_teaches_a_routine_write_in_the_browser() {
         ("10.20.0.5", "dashboard")
     );
 
-    // Applied live: the same write again raises nothing (not even a repeat of its alert);
-    // another host writing the same register still does.
+    // Applied live: that client writing that register again raises nothing (not even a
+    // repeat of its alert); another host writing the same register still does.
     let mut later = Vec::new();
     pipeline.push(write(80, "10.20.0.5"), &mut later);
     pipeline.push(write(81, "10.66.0.99"), &mut later);
