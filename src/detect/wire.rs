@@ -437,7 +437,11 @@ impl Detector for Protocol {
         NAME
     }
 
-    fn observe(&mut self, _frame: &crate::feature::Frame<'_>, _out: &mut Vec<Finding>) {}
+    fn observe(&mut self, frame: &crate::feature::Frame<'_>, _out: &mut Vec<Finding>) {
+        // The learning stretch starts with the capture, not with its first command: a
+        // capture whose first write is an intruder's must not learn it.
+        self.learning(frame.ts);
+    }
 
     fn notes(&self) -> Vec<String> {
         let Some(first) = self.first else {
@@ -1101,5 +1105,27 @@ mod tests {
             "{w:?}"
         );
         assert!(r.about("bms").is_empty());
+    }
+
+    #[test]
+    fn learning_starts_with_the_capture_not_with_its_first_write() {
+        // Two hours of readings, then the capture's first write: an intruder's, judged.
+        let mut h = crate::detect::testkit::Harness::new();
+        let mut d = Protocol::new(ProtocolParams::default(), Arc::default());
+        h.run(&mut d, "chiller", "supply_temp_c", &[10.0; 7200]);
+        let dev = h.reg.intern_device("site", "dev-1", "chiller").unwrap();
+        let mut out = Vec::new();
+        d.command(
+            &cmd(7_200_000, "10.66.0.99", "dev-1", 6),
+            dev,
+            &h.reg,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].reason.contains("not a known writer"),
+            "{}",
+            out[0].reason
+        );
     }
 }

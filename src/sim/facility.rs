@@ -149,6 +149,10 @@ pub struct Facility {
     pub noise: Noise,
     /// Clients that write setpoints in normal operation (the BMS).
     pub bms_client: String,
+    /// How often the BMS rewrites the chillers' setpoints to their nominal value
+    /// (default `"15m"`; a rarely-writing BMS: `"5h"`).
+    #[serde(deserialize_with = "crate::time::serde_duration::deserialize")]
+    pub bms_rewrite: i64,
 }
 
 impl Default for Facility {
@@ -162,6 +166,7 @@ impl Default for Facility {
             grid: Grid::default(),
             noise: Noise::default(),
             bms_client: "10.20.0.5".into(),
+            bms_rewrite: 900_000,
         }
     }
 }
@@ -284,6 +289,11 @@ impl Facility {
             !self.bms_client.is_empty() && !self.bms_client.contains('"'),
             "bms_client",
             "must be a non-empty client id",
+        )?;
+        check(
+            self.bms_rewrite >= 1000,
+            "bms_rewrite",
+            "must be at least 1s",
         )?;
         check(pos(self.it.nominal_kw), "it.nominal_kw", "must be positive")?;
         check(

@@ -450,9 +450,11 @@ impl Simulator {
                 }
             }
         }
-        // Routine BMS rewrites of the setpoints, every 15 minutes.
+        // Routine BMS rewrites of the setpoints (every 15 minutes by default), half a
+        // period after each multiple of it.
         let wire_setpoint = self.wire.setpoint.iter().any(Option::is_some);
-        if s % 900 == 450 && tamper.is_none() && !wire_setpoint {
+        let every = (f.bms_rewrite / 1000).max(1);
+        if s % every == every / 2 && tamper.is_none() && !wire_setpoint {
             for c in &self.names.chillers {
                 cmds.push((
                     c.clone(),

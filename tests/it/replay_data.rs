@@ -165,3 +165,52 @@ fn replay_of_a_bundled_capture_reports_and_alerts() {
         assert!(a["technique"]["id"].as_str().unwrap().starts_with('T'));
     }
 }
+
+/// A BMS that rewrites the chillers' setpoints to the same value every 5 h (a facility
+/// key): its first rewrite after the learning hour is reported once, its later identical
+/// rewrites are routine (counted in the summary, never a new incident), and a setpoint
+/// tamper and a Modbus reconnaissance are still found at once.
+#[test]
+fn a_rarely_writing_bms_is_reported_once_and_attacks_are_still_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let facility = dir.path().join("rare-bms.toml");
+    std::fs::write(&facility, "bms_rewrite = \"5h\"\n").unwrap();
+    let cap = dir.path().join("c.jsonl");
+    run_ok(&[
+        "simulate",
+        "--facility",
+        facility.to_str().unwrap(),
+        "--hours",
+        "8",
+        "--seed",
+        "4",
+        "--attacks",
+        "chiller-setpoint-tamper,modbus-recon",
+        "-o",
+        cap.to_str().unwrap(),
+    ]);
+    let alerts = dir.path().join("alerts.jsonl");
+    let (cap, alerts) = (cap.to_str().unwrap(), alerts.to_str().unwrap());
+    let out = run_ok(&["replay", "--no-progress", cap, "--alerts", alerts]);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    let routine: u32 = summary
+        .split(" routine rewrites of reported writes were not raised again")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(routine >= 2, "both chillers rewritten again: {summary}");
+    let out = run_ok(&["eval", "--json", cap, "--alerts", alerts]);
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in ["chiller-setpoint-tamper", "modbus-recon"] {
+        let delay = e["scenarios"][s]["median_delay_s"].as_f64().unwrap();
+        assert!(delay <= 60.0, "{s} found after {delay} s: {e:#}");
+    }
+    let bms: Vec<&Value> = e["false_incident_starts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.as_str().unwrap().ends_with("protocol"))
+        .collect();
+    assert_eq!(bms.len(), 1, "the BMS's rewrites: one incident: {e:#}");
+}
