@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             app::eval::run(a).and_then(|s| print(s, json))
         }
         Command::Train(a) => app::train::run(a).and_then(|s| print(s, false)),
+        Command::Learn(a) => app::learn::run(a).and_then(|s| print(s, false)),
         Command::CheckConfig(a) => {
             let json = a.json;
             app::check_config::run(a).and_then(|s| print(s, json))

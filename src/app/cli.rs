@@ -27,6 +27,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Fit the isolation-forest model of a device kind on normal captures.
     Train(TrainArgs),
+    /// Learn a protocol baseline (writers, masters, talkers, requests, rates per device)
+    /// from clean captures, for `replay|eval --baseline`.
+    Learn(LearnArgs),
     /// Validate a config file (or a wide-CSV mapping, or a Modbus register map).
     CheckConfig(CheckConfigArgs),
     /// Poll the configured devices live and raise alerts (Ctrl-C or SIGTERM stops).
@@ -105,6 +108,27 @@ pub struct EvalArgs {
     /// only, not with --alerts).
     #[arg(long, conflicts_with = "alerts")]
     pub report_html: Option<PathBuf>,
+    /// Judge the protocol against this baseline (`wattchdog learn`'s output).
+    #[arg(long, value_name = "FILE", conflicts_with = "alerts")]
+    pub baseline: Option<PathBuf>,
+}
+
+/// `wattchdog learn`.
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// Clean captures (any format `replay` reads, packet captures included): everything
+    /// in them is taken for normal.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Config file (device names and profiles, Modbus ports of packet captures).
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Mapping for wide CSV captures.
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// The baseline file to write.
+    #[arg(short, long)]
+    pub out: PathBuf,
 }
 
 /// The detectors `wattchdog train` makes models for.
@@ -205,6 +229,10 @@ pub struct ReplayArgs {
     /// `GET /api/v1/exceptions?format=toml` exports them).
     #[arg(long, value_name = "FILE")]
     pub exceptions: Option<PathBuf>,
+    /// Judge the protocol against this baseline (`wattchdog learn`'s output) instead of
+    /// learning from the capture's first hour.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
 }
 
 /// `wattchdog simulate`.

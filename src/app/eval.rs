@@ -64,6 +64,11 @@ fn view(a: &Alert) -> AlertView {
 pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
     let cfg = load_config(a.config.as_deref())?;
     let mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
+    let baseline = a
+        .baseline
+        .as_deref()
+        .map(crate::app::replay::load_baseline)
+        .transpose()?;
     let grace = crate::time::parse_duration(&a.grace).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         a.alerts.is_none() || a.files.len() == 1,
@@ -102,6 +107,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
                     progress: false,
                     keep_scores: a.report_html.is_some(),
                     exceptions: None,
+                    baseline: baseline.clone(),
                 };
                 let report = replay(&cfg, &opts, &mut discard())?;
                 for e in &report.errors {

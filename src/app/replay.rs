@@ -45,6 +45,8 @@ pub struct ReplayOptions {
     pub keep_scores: bool,
     /// Analysts' exceptions to apply (`--exceptions`).
     pub exceptions: Option<Exceptions>,
+    /// A protocol baseline to judge against instead of learning (`--baseline`).
+    pub baseline: Option<crate::detect::baseline::Baseline>,
 }
 
 /// Why a replay could not run.
@@ -117,6 +119,9 @@ pub fn replay(
     }
     if let Some(e) = &opts.exceptions {
         pipeline.set_exceptions(e.clone());
+    }
+    if let Some(b) = &opts.baseline {
+        pipeline.adopt_baseline(b);
     }
     let report = replay_into(
         pipeline,
@@ -307,6 +312,7 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<Option<ReplaySummary>> {
                 Exceptions::from_toml(&text, &p.display().to_string()).map_err(anyhow::Error::msg)
             })
             .transpose()?,
+        baseline: a.baseline.as_deref().map(load_baseline).transpose()?,
     };
     let out: Option<Box<dyn Write>> = match (&a.alerts, a.json) {
         (Some(p), _) => Some(Box::new(create(p)?)),
@@ -415,4 +421,12 @@ pub fn write_html_report(
     let html = html::render(report, &ctx, &telemetry, &report.scores);
     std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Reads a protocol baseline file (`wattchdog learn`'s output).
+pub fn load_baseline(path: &Path) -> anyhow::Result<crate::detect::baseline::Baseline> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    crate::detect::baseline::Baseline::from_toml(&text, &path.display().to_string())
+        .map_err(anyhow::Error::msg)
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 /// Exceptions kept at most; the next is refused (an analyst's list, not a data sink).
 pub const MAX_EXCEPTIONS: usize = 10_000;
 /// Registers one exception may cover.
-const MAX_ADDRESSES: usize = 256;
+pub const MAX_ADDRESSES: usize = 256;
 /// The detectors whose findings a metric's new level explains: they judge one metric
 /// against its own learned baseline and nothing else.
 const DRIFT_DETECTORS: [&str; 2] = ["ewma_z", "cusum"];
@@ -217,6 +217,12 @@ impl Exception {
 struct File {
     #[serde(default)]
     exception: Vec<Exception>,
+    /// A protocol baseline's other parts (`detect::baseline`): its writes are
+    /// exceptions too, so `--exceptions` reads a baseline and uses those.
+    #[serde(default, skip_serializing, rename = "learned_from")]
+    _learned_from: String,
+    #[serde(default, skip_serializing, rename = "talker")]
+    _talker: Vec<toml::Table>,
 }
 
 /// The exceptions in force, shared by whoever teaches (the HTTP API) and whoever applies
@@ -246,6 +252,8 @@ impl Exceptions {
     pub fn to_toml(list: &[Exception]) -> String {
         toml::to_string(&File {
             exception: list.to_vec(),
+            _learned_from: String::new(),
+            _talker: Vec::new(),
         })
         .unwrap_or_default()
     }

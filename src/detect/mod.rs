@@ -9,6 +9,7 @@
 //! Parameters are per device kind: `[detectors.<name>]` in the config sets them for every
 //! kind, `[kinds.<kind>.<name>]` overrides them for one (see [`crate::config`]).
 
+pub mod baseline;
 pub mod cusum;
 pub mod ewma;
 pub mod flatline;
@@ -120,6 +121,8 @@ pub trait Detector: Send {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Judges from now on against what a baseline file says was learned elsewhere.
+    fn adopt(&mut self, _baseline: &baseline::Baseline) {}
 }
 
 /// One value per device kind, indexed by [`DeviceKind::index`].

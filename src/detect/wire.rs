@@ -49,6 +49,8 @@
 //! active while the detector learned.
 
 use super::Detector;
+use crate::correlate::exceptions::{Exception, MAX_ADDRESSES};
+use crate::detect::baseline::{Baseline, Talker};
 use crate::model::attack;
 use crate::model::event::{Outcome, Traffic};
 use crate::model::points::{DeviceId, Registry};
@@ -61,7 +63,7 @@ use crate::tomlfile::{rule, Broken};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 const NAME: &str = "protocol";
@@ -136,7 +138,7 @@ impl Default for ProtocolParams {
 /// least a second), so a few seconds of routine polling do not pass for a quiet minute.
 fn per_minute(count: u64, minute: i64, (first, learn): (Ts, i64)) -> u64 {
     let from = (minute * MINUTE).max(first);
-    let to = (minute * MINUTE + MINUTE).min(first + learn);
+    let to = (minute * MINUTE + MINUTE).min(first.saturating_add(learn));
     let covered = (to - from).clamp(1_000, MINUTE);
     (count as f64 * MINUTE as f64 / covered as f64).ceil() as u64
 }
@@ -286,6 +288,22 @@ pub struct Protocol {
     routine_rewrites: u64,
     /// Latest event time seen.
     last: Ts,
+    /// Writes learned, per (client, device, function): the registers.
+    learned_writes: FxHashMap<(String, DeviceId, u8), BTreeSet<u32>>,
+    /// Everything seen is normal (`wattchdog learn` on a clean capture).
+    trusting: bool,
+    /// A baseline adopted instead of learning.
+    adopted: Option<Adopted>,
+}
+
+/// What a baseline file says, applied to each device when it first appears.
+struct Adopted {
+    from: String,
+    writers: usize,
+    talkers: usize,
+    /// Talkers by (site, device name), until their device appears.
+    pending: FxHashMap<(String, String), Vec<Talker>>,
+    resolved: FxHashSet<DeviceId>,
 }
 
 impl Protocol {
@@ -305,6 +323,100 @@ impl Protocol {
             reported_writes: FxHashMap::default(),
             routine_rewrites: 0,
             last: Ts::MIN,
+            learned_writes: FxHashMap::default(),
+            trusting: false,
+            adopted: None,
+        }
+    }
+
+    /// A detector that takes everything it sees for normal and learns it all (for
+    /// `wattchdog learn` on a clean capture): every write is learned, whoever sends it.
+    pub fn learner(params: ProtocolParams, wire: Arc<DeviceMaps>) -> Self {
+        let params = ProtocolParams {
+            learn: i64::MAX,
+            ..params
+        };
+        Self {
+            trusting: true,
+            ..Self::new(params, wire)
+        }
+    }
+
+    /// What it learned, as a baseline file.
+    pub fn baseline(&self, reg: &Registry, learned_from: String) -> Baseline {
+        let mut exception: Vec<Exception> = self
+            .learned_writes
+            .iter()
+            .map(|((client, device, function), addresses)| {
+                let d = reg.device(*device);
+                let evidence = json!({"client": client, "function": function,
+                    "address": addresses.first().copied().unwrap_or_default()});
+                let alert = json!({"detector": NAME, "site": d.site, "device": d.name, "evidence": evidence});
+                let at = crate::time::format_ts(self.last);
+                let mut x = Exception::from_alert(&alert, "wattchdog learn", "learned", &at)
+                    .expect("a protocol write is teachable");
+                if let Some(w) = x.write.as_mut() {
+                    w.addresses = addresses.iter().copied().take(MAX_ADDRESSES).collect();
+                }
+                x
+            })
+            .collect();
+        exception.sort_by(|a, b| (&a.site, &a.device, &a.id).cmp(&(&b.site, &b.device, &b.id)));
+        let mut talker = Vec::new();
+        for (client, c) in self.clients.iter().filter(|(_, c)| c.learned) {
+            let mut by_device: BTreeMap<DeviceId, Vec<[u16; 2]>> = BTreeMap::new();
+            for &(device, function, address) in &c.known {
+                by_device
+                    .entry(device)
+                    .or_default()
+                    .push([u16::from(function), address]);
+            }
+            for (device, mut ranges) in by_device {
+                ranges.sort_unstable();
+                ranges.truncate(crate::detect::baseline::MAX_RANGES);
+                let d = reg.device(device);
+                talker.push(Talker {
+                    site: d.site.clone(),
+                    device: d.name.clone(),
+                    client: client.to_string(),
+                    polls: c.polls,
+                    busiest_minute: c.learned_rate,
+                    ranges,
+                });
+            }
+        }
+        talker
+            .sort_by(|a, b| (&a.site, &a.device, &a.client).cmp(&(&b.site, &b.device, &b.client)));
+        Baseline {
+            learned_from,
+            exception,
+            talker,
+        }
+    }
+
+    /// Applies an adopted baseline's talkers to `device` the first time it appears.
+    fn adopt_device(&mut self, device: DeviceId, reg: &Registry) {
+        let Some(a) = self.adopted.as_mut() else {
+            return;
+        };
+        if !a.resolved.insert(device) {
+            return;
+        }
+        let d = reg.device(device);
+        let Some(talkers) = a.pending.remove(&(d.site.clone(), d.name.clone())) else {
+            return;
+        };
+        for t in talkers {
+            let c = self.client(&t.client);
+            c.learned = true;
+            c.polls |= t.polls;
+            c.learned_rate = c.learned_rate.max(t.busiest_minute);
+            c.known_devices.insert(device);
+            for [function, address] in t.ranges {
+                if let Ok(function) = u8::try_from(function) {
+                    c.known.insert((device, function, address));
+                }
+            }
         }
     }
 
@@ -325,11 +437,12 @@ impl Protocol {
         false
     }
 
-    /// Whether `ts` is still in the learning stretch (which starts with the first event).
+    /// Whether `ts` is still in the learning stretch (which starts with the first event;
+    /// none when a baseline was adopted).
     fn learning(&mut self, ts: Ts) -> bool {
         let first = *self.first.get_or_insert(ts);
         self.last = self.last.max(ts);
-        ts - first < self.params.learn
+        self.adopted.is_none() && ts.saturating_sub(first) < self.params.learn
     }
 
     fn writable(&mut self, device: DeviceId, reg: &Registry) -> Option<Arc<Writable>> {
@@ -443,12 +556,40 @@ impl Detector for Protocol {
         self.learning(frame.ts);
     }
 
+    fn adopt(&mut self, b: &Baseline) {
+        let mut pending: FxHashMap<(String, String), Vec<Talker>> = FxHashMap::default();
+        for t in &b.talker {
+            pending
+                .entry((t.site.clone(), t.device.clone()))
+                .or_default()
+                .push(t.clone());
+        }
+        let writers: FxHashSet<&str> = b
+            .exception
+            .iter()
+            .filter_map(|x| x.write.as_ref().map(|w| w.client.as_str()))
+            .collect();
+        self.writers.extend(writers.iter().map(|w| (*w).to_owned()));
+        self.adopted = Some(Adopted {
+            from: b.learned_from.clone(),
+            writers: writers.len(),
+            talkers: b.talker.len(),
+            pending,
+            resolved: FxHashSet::default(),
+        });
+    }
+
     fn notes(&self) -> Vec<String> {
         let Some(first) = self.first else {
             return Vec::new();
         };
         let learn = format_duration(self.params.learn);
-        let learned = if self.params.learn == 0 {
+        let learned = if let Some(a) = &self.adopted {
+            format!(
+                "judged against a baseline ({} writers, {} talkers on devices) learned from {}",
+                a.writers, a.talkers, a.from
+            )
+        } else if self.params.learn == 0 {
             "nothing is learned (`learn = \"0s\"`): only the allowlist writes".to_owned()
         } else if self.last - first < self.params.learn {
             format!("the capture is shorter than `learn` ({learn}): no learned rule applied")
@@ -486,6 +627,7 @@ impl Detector for Protocol {
     }
 
     fn command(&mut self, cmd: &Command, device: DeviceId, reg: &Registry, out: &mut Vec<Finding>) {
+        self.adopt_device(device, reg);
         let learning = self.learning(cmd.ts);
         let dev_name = reg.device(device).name.clone();
         let evidence = json!({"client": cmd.client, "function": cmd.function, "address": cmd.address, "values": cmd.values});
@@ -524,6 +666,9 @@ impl Detector for Protocol {
                 None
             } else if !learning {
                 Some("but is not a known writer")
+            } else if self.trusting {
+                self.writers.insert(cmd.client.clone());
+                None
             } else if self.wire_seen && reads_since.is_none() {
                 Some("but reads nothing: a host that only writes is no polling master")
             } else if self.wire_seen && !polls && reads_since.is_some_and(|t| cmd.ts - t > window) {
@@ -536,6 +681,11 @@ impl Detector for Protocol {
                 if !self.rewrite(cmd, device) {
                     out.push(write_finding(why.into()));
                 }
+            } else if learning && self.learned_writes.len() < MAX_REPORTED_WRITES {
+                self.learned_writes
+                    .entry((cmd.client.clone(), device, cmd.function))
+                    .or_default()
+                    .insert(cmd.address);
             }
             let table = if coil { Table::Coil } else { Table::Holding };
             let n = match cmd.function {
@@ -578,6 +728,7 @@ impl Detector for Protocol {
     }
 
     fn traffic(&mut self, t: &Traffic, reg: &Registry, out: &mut Vec<Finding>) {
+        self.adopt_device(t.device, reg);
         let learning = self.learning(t.ts);
         let learn_rules = self.params.learn > 0;
         // Built only for findings: most exchanges are routine.
@@ -933,6 +1084,7 @@ mod tests {
             "a whole minute learned"
         );
         assert_eq!(per_minute(2, 0, (59_990, 3_000)), 120, "at least a second");
+        assert_eq!(per_minute(30, 0, (0, i64::MAX)), 30, "learning for ever");
     }
 
     #[test]
@@ -1126,6 +1278,53 @@ mod tests {
             out[0].reason.contains("not a known writer"),
             "{}",
             out[0].reason
+        );
+    }
+
+    #[test]
+    fn a_baseline_learned_elsewhere_judges_from_the_first_packet() {
+        // Last week: the master polls chiller-1 and writes its setpoint.
+        let mut learner = Protocol::learner(ProtocolParams::default(), Arc::default());
+        let mut last_week = Rig::new();
+        std::mem::swap(&mut last_week.d, &mut learner);
+        for s in 0..10 {
+            last_week.read(s * 1000, "bms", 1000, Outcome::Answered);
+        }
+        last_week.write(10_500, "bms", 700);
+        assert!(last_week.out.is_empty());
+        let text = last_week
+            .d
+            .baseline(&last_week.reg, "last week".into())
+            .to_toml();
+        let baseline = Baseline::from_toml(&text, "b.toml").unwrap();
+        assert_eq!(
+            (baseline.exception.len(), baseline.talker.len()),
+            (1, 1),
+            "{text}"
+        );
+
+        // Today, judged against it from the first packet (no learning hour): the
+        // master is quiet; a new talker, a new writer and a new range are not.
+        let mut today = Rig::new();
+        today.d.adopt(&baseline);
+        today.read(0, "bms", 1000, Outcome::Answered);
+        today.write(500, "bms", 710);
+        assert!(today.out.is_empty(), "{:?}", today.out);
+        today.read(1_000, "10.9.9.9", 1000, Outcome::Answered);
+        today.write(2_000, "10.66.0.99", 900);
+        let reasons: Vec<&str> = today.out.iter().map(|f| f.reason.as_str()).collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("new talker")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("not a known writer")),
+            "{reasons:?}"
+        );
+        assert!(
+            today.d.notes()[0].contains("judged against a baseline"),
+            "{:?}",
+            today.d.notes()
         );
     }
 }

@@ -292,6 +292,14 @@ impl Pipeline {
         &self.stats
     }
 
+    /// Has every detector judge against `baseline` instead of learning (see
+    /// [`Detector::adopt`]).
+    pub fn adopt_baseline(&mut self, baseline: &crate::detect::baseline::Baseline) {
+        for d in &mut self.detectors {
+            d.adopt(baseline);
+        }
+    }
+
     /// The detectors' notes on how they judged (see [`Detector::notes`]).
     pub fn detector_notes(&self) -> Vec<String> {
         self.detectors.iter().flat_map(|d| d.notes()).collect()

@@ -306,17 +306,7 @@ fn short_captures_are_judged_by_behaviour_before_anything_is_learned() {
                 && summary.contains("polling masters: 127.0.0.1"),
             "{summary}"
         );
-        let mut incidents: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-            Default::default();
-        for line in std::fs::read_to_string(&alerts).unwrap().lines() {
-            let a: serde_json::Value = serde_json::from_str(line).unwrap();
-            let client = a["evidence"]["client"].as_str().unwrap_or("-").to_owned();
-            incidents
-                .entry(a["incident_id"].as_str().unwrap().to_owned())
-                .or_default()
-                .insert(client);
-        }
-        incidents
+        incidents_naming(&alerts)
     };
     let one_naming =
         |incidents: &std::collections::BTreeMap<_, std::collections::BTreeSet<String>>,
@@ -351,6 +341,52 @@ fn short_captures_are_judged_by_behaviour_before_anything_is_learned() {
         )],
     );
     assert!(masters.is_empty(), "legitimate masters blamed: {masters:?}");
+
+    // A baseline learned from the masters' capture judges the rogue's from its first
+    // packet, with the rules that need learning.
+    let baseline = dir.path().join("baseline.toml");
+    command_ok(
+        wattchdog()
+            .args(["learn", "-c"])
+            .arg(&ports)
+            .arg(dir.path().join("masters.pcap"))
+            .arg("-o")
+            .arg(&baseline),
+    );
+    let alerts = dir.path().join("judged.alerts.jsonl");
+    let out = command_ok(
+        wattchdog()
+            .args(["replay", "--no-progress", "-c"])
+            .arg(&ports)
+            .arg(dir.path().join("rogue.pcap"))
+            .arg("--baseline")
+            .arg(&baseline)
+            .arg("--alerts")
+            .arg(&alerts),
+    );
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("judged against a baseline"), "{summary}");
+    let judged = incidents_naming(&alerts);
+    one_naming(&judged, "127.0.0.2");
+    let text = std::fs::read_to_string(&alerts).unwrap();
+    assert!(text.contains("but is not a known writer"), "{text}");
+}
+
+/// The incidents of an alert file: id → the clients their alerts name.
+fn incidents_naming(
+    alerts: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut incidents: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> =
+        Default::default();
+    for line in std::fs::read_to_string(alerts).unwrap().lines() {
+        let a: serde_json::Value = serde_json::from_str(line).unwrap();
+        let client = a["evidence"]["client"].as_str().unwrap_or("-").to_owned();
+        incidents
+            .entry(a["incident_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(client);
+    }
+    incidents
 }
 
 /// The checked-in capture (`scripts/capture-modbus.sh`): tcpdump of pymodbus clients on
