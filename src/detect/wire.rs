@@ -584,6 +584,7 @@ impl Detector for Protocol {
             return Vec::new();
         };
         let learn = format_duration(self.params.learn);
+        let shorter = self.adopted.is_none() && self.last - first < self.params.learn;
         let learned = if let Some(a) = &self.adopted {
             format!(
                 "judged against a baseline ({} writers, {} talkers on devices) learned from {}",
@@ -591,12 +592,14 @@ impl Detector for Protocol {
             )
         } else if self.params.learn == 0 {
             "nothing is learned (`learn = \"0s\"`): only the allowlist writes".to_owned()
-        } else if self.last - first < self.params.learn {
+        } else if shorter {
             format!("the capture is shorter than `learn` ({learn}): no learned rule applied")
         } else {
             format!("writers, talkers, ranges and rates were learned from its first {learn}")
         };
-        let roles = if self.wire_seen {
+        let roles = if self.adopted.is_some() {
+            String::new()
+        } else if self.wire_seen {
             let mut masters: Vec<&str> = self
                 .clients
                 .iter()
@@ -612,9 +615,14 @@ impl Detector for Protocol {
                 .join(", ");
             let more = masters.len().saturating_sub(10);
             format!(
-                "; before that, roles were judged from behaviour on the wire (polling masters: {}{})",
+                "; {}roles were judged from behaviour on the wire (polling masters: {}{})",
+                if shorter { "" } else { "before that, " },
                 if shown.is_empty() { "none" } else { &shown },
-                if more > 0 { format!(" and {more} more") } else { String::new() }
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             )
         } else {
             "; no exchanges were seen (commands only), so writes while learning were learned, not judged".to_owned()
