@@ -197,8 +197,12 @@ impl OpenIncident {
             .any(|m| self.disturbed.contains(&disturbed_key(&a.device, m)))
     }
 
+    /// Notes what an alert shows the incident moved: the one metric a single-metric
+    /// alert names. A relation or a device's whole telemetry (physics, the forest)
+    /// names metrics that need not have moved, and a later drift of one of those is not
+    /// the plant settling back.
     fn disturb(&mut self, a: &Alert) {
-        for m in &a.metrics {
+        if let [m] = a.metrics.as_slice() {
             self.disturbed.insert(disturbed_key(&a.device, m));
         }
     }
@@ -803,6 +807,36 @@ mod tests {
             (i.cause.as_str(), i.affected.as_slice()),
             (physics.id.as_str(), &["crah-1".to_owned()][..])
         );
+    }
+
+    #[test]
+    fn a_metric_a_relation_named_but_that_never_moved_does_not_settle() {
+        let mut reg = Registry::new(10);
+        let store = FeatureStore::default();
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        // A broken relation names the chiller's power, flow and temperatures; only its
+        // supply temperature drifts.
+        let relation = Finding {
+            metrics: vec!["power_kw".into(), "flow_lps".into(), "supply_temp_c".into()],
+            ..on(&mut reg, CHILLER, "physics", 0)
+        };
+        c.observe(relation, &reg, &mut out);
+        c.observe(on(&mut reg, CHILLER, "cusum", MIN), &reg, &mut out);
+        c.tick(12 * MIN, &reg, &store, &mut out);
+        // Later, the supply temperature settling back is recovery; the flow drifting is
+        // news.
+        c.observe(on(&mut reg, CHILLER, "ewma_z", 13 * MIN), &reg, &mut out);
+        let flow = ("chiller-1", "chiller", "flow_lps");
+        c.observe(on(&mut reg, flow, "cusum", 14 * MIN), &reg, &mut out);
+        let l = last(&out);
+        let physics = l.values().find(|a| a.detector == "physics").unwrap();
+        let settling = l.values().find(|a| a.detector == "ewma_z").unwrap();
+        assert_eq!(settling.role, Role::Recovery);
+        assert_eq!(settling.incident_id, physics.incident_id);
+        let drift = l.values().find(|a| a.metrics == ["flow_lps"]).unwrap();
+        assert_eq!(drift.role, Role::Cause, "{drift:?}");
+        assert_ne!(drift.incident_id, physics.incident_id);
     }
 
     #[test]
