@@ -104,6 +104,43 @@ fn one_metric(metrics: &[String]) -> Option<&str> {
 }
 
 impl Exception {
+    /// The exception for `client` writing `addresses` (the first names it) of a device
+    /// with `function`.
+    pub fn of_write(
+        site: &str,
+        device: &str,
+        client: &str,
+        function: u8,
+        addresses: Vec<u32>,
+        (by, note, at): (&str, &str, &str),
+        alert: &str,
+    ) -> Self {
+        let first = addresses.first().copied().unwrap_or_default();
+        let key = [client.as_bytes(), &[function], &first.to_le_bytes()].concat();
+        Self {
+            id: Self::id_of(site, device, &key),
+            site: site.to_owned(),
+            device: device.to_owned(),
+            write: Some(Write {
+                client: client.to_owned(),
+                function,
+                addresses,
+            }),
+            level: None,
+            by: by.to_owned(),
+            at: at.to_owned(),
+            note: note.to_owned(),
+            alert: alert.to_owned(),
+        }
+    }
+
+    fn id_of(site: &str, device: &str, key: &[u8]) -> String {
+        format!(
+            "ex-{:016x}",
+            crate::correlate::fnv(&[site.as_bytes(), device.as_bytes(), key])
+        )
+    }
+
     /// The exception an `expected` acknowledgement of `alert` (its stored JSON) teaches;
     /// an error says why the alert cannot be taught.
     pub fn from_alert(alert: &Value, by: &str, note: &str, at: &str) -> Result<Self, String> {
@@ -111,53 +148,50 @@ impl Exception {
         let evidence = alert.get("evidence").unwrap_or(&Value::Null);
         let detector = text("detector");
         let (site, device) = (text("site"), text("device"));
-        let (write, level, key) = if detector == "protocol" {
+        let taught = (by, note, at);
+        if detector == "protocol" {
             let (client, function, address) = write_of(evidence).ok_or(
                 "this protocol alert names no single write (client, function and register)",
             )?;
-            let key = [client.as_bytes(), &[function], &address.to_le_bytes()].concat();
-            let write = Write {
-                client: client.to_owned(),
+            return Ok(Self::of_write(
+                site,
+                device,
+                client,
                 function,
-                addresses: vec![address],
-            };
-            (Some(write), None, key)
-        } else if DRIFT_DETECTORS.contains(&detector) {
-            let metrics: Vec<String> = alert
-                .get("metrics")
-                .and_then(|m| serde_json::from_value(m.clone()).ok())
-                .unwrap_or_default();
-            let metric = one_metric(&metrics).ok_or("this drift names no single metric")?;
-            let (level, old) = level_of(evidence).ok_or("this drift says no level")?;
-            let half = (level - old).abs() / 2.0;
-            if half <= 0.0 || !half.is_finite() {
-                return Err("this drift left no level to learn".into());
-            }
-            let (low, high) = (level - half, level + half);
-            let key = [metric.as_bytes(), &low.to_le_bytes(), &high.to_le_bytes()].concat();
-            let level = Level {
-                metric: metric.to_owned(),
-                low,
-                high,
-            };
-            (None, Some(level), key)
-        } else {
+                vec![address],
+                taught,
+                text("id"),
+            ));
+        }
+        if !DRIFT_DETECTORS.contains(&detector) {
             return Err(format!(
                 "only a command seen on the wire (protocol) or a metric's new level ({}) can \
                  be taught as expected; {detector} judges more than that",
                 DRIFT_DETECTORS.join(", ")
             ));
-        };
-        let id = format!(
-            "ex-{:016x}",
-            crate::correlate::fnv(&[site.as_bytes(), device.as_bytes(), &key])
-        );
+        }
+        let metrics: Vec<String> = alert
+            .get("metrics")
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .unwrap_or_default();
+        let metric = one_metric(&metrics).ok_or("this drift names no single metric")?;
+        let (level, old) = level_of(evidence).ok_or("this drift says no level")?;
+        let half = (level - old).abs() / 2.0;
+        if half <= 0.0 || !half.is_finite() {
+            return Err("this drift left no level to learn".into());
+        }
+        let (low, high) = (level - half, level + half);
+        let key = [metric.as_bytes(), &low.to_le_bytes(), &high.to_le_bytes()].concat();
         Ok(Self {
-            id,
+            id: Self::id_of(site, device, &key),
             site: site.to_owned(),
             device: device.to_owned(),
-            write,
-            level,
+            write: None,
+            level: Some(Level {
+                metric: metric.to_owned(),
+                low,
+                high,
+            }),
             by: by.to_owned(),
             at: at.to_owned(),
             note: note.to_owned(),

@@ -210,17 +210,7 @@ impl Client {
 
     /// Keeps one request in the window, and drops what fell out of it.
     fn remember(&mut self, request: (Ts, DeviceId, bool, bool), window: i64) {
-        let count =
-            |c: &mut Self, (_, device, first, refused): (Ts, DeviceId, bool, bool), add: bool| {
-                let step = |n: &mut usize| *n = if add { *n + 1 } else { n.saturating_sub(1) };
-                if first && refused {
-                    step(&mut c.probes);
-                }
-                if first {
-                    step(c.firsts.entry(device).or_default());
-                }
-            };
-        count(self, request, true);
+        self.tally(request, true);
         self.window.push_back(request);
         let now = request.0;
         while self.window.len() > MAX_WINDOW
@@ -230,9 +220,27 @@ impl Client {
                 .is_some_and(|&(ts, ..)| now - ts > window)
         {
             let old = self.window.pop_front().expect("not empty");
-            count(self, old, false);
+            self.tally(old, false);
         }
-        self.firsts.retain(|_, n| *n > 0);
+    }
+
+    /// Counts a first-time request into (or out of) the window's tallies.
+    fn tally(&mut self, (_, device, first, refused): (Ts, DeviceId, bool, bool), add: bool) {
+        if !first {
+            return;
+        }
+        let step = |n: &mut usize| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        if refused {
+            step(&mut self.probes);
+        }
+        if let Some(n) = self.firsts.get_mut(&device) {
+            step(n);
+            if *n == 0 {
+                self.firsts.remove(&device);
+            }
+        } else if add {
+            self.firsts.insert(device, 1);
+        }
     }
 }
 
@@ -349,16 +357,10 @@ impl Protocol {
             .iter()
             .map(|((client, device, function), addresses)| {
                 let d = reg.device(*device);
-                let evidence = json!({"client": client, "function": function,
-                    "address": addresses.first().copied().unwrap_or_default()});
-                let alert = json!({"detector": NAME, "site": d.site, "device": d.name, "evidence": evidence});
+                let addresses = addresses.iter().copied().take(MAX_ADDRESSES).collect();
                 let at = crate::time::format_ts(self.last);
-                let mut x = Exception::from_alert(&alert, "wattchdog learn", "learned", &at)
-                    .expect("a protocol write is teachable");
-                if let Some(w) = x.write.as_mut() {
-                    w.addresses = addresses.iter().copied().take(MAX_ADDRESSES).collect();
-                }
-                x
+                let taught = ("wattchdog learn", "learned", at.as_str());
+                Exception::of_write(&d.site, &d.name, client, *function, addresses, taught, "")
             })
             .collect();
         exception.sort_by(|a, b| (&a.site, &a.device, &a.id).cmp(&(&b.site, &b.device, &b.id)));
@@ -782,11 +784,12 @@ impl Detector for Protocol {
         self.wire_seen = true;
         let c = self.client(&t.client);
         let mut found: Vec<(f64, Severity, Technique, String, bool)> = Vec::new();
-        let first = c.ask(t.ts, t.device, t.function, t.address);
-        let refused = matches!(t.outcome, Outcome::Exception(_));
-        c.remember((t.ts, t.device, first, refused), window);
         if learning || !learn_rules {
-            // Nothing learned to compare with: judge the client by what it does now.
+            // Nothing learned to compare with: judge the client by what it does now (and
+            // only then: once learned, the learned rules judge and this costs nothing).
+            let first = c.ask(t.ts, t.device, t.function, t.address);
+            let refused = matches!(t.outcome, Outcome::Exception(_));
+            c.remember((t.ts, t.device, first, refused), window);
             let probes = c.probes;
             let novel = c.firsts.get(&t.device).copied().unwrap_or(0);
             if first && refused && !c.polls && probes > burst_limit && 2 * probes >= c.window.len()
