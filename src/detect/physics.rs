@@ -12,7 +12,7 @@
 //!
 //! | relation | y | x | model | only when |
 //! |---|---|---|---|---|
-//! | UPS efficiency | input_power_kw | output_power_kw | ratio | online (not on battery, not in bypass, battery full) |
+//! | UPS efficiency | input_power_kw | output_power_kw | ratio | online (not on battery, not in bypass, battery full and not charging) |
 //! | UPS load | load_pct | output_power_kw | ratio | always |
 //! | chiller COP | power_kw | heat removed = flow × (return − supply) × c_p | ratio | running |
 //! | chiller setpoint | supply_temp_c | setpoint_c | ratio | running |
@@ -33,7 +33,7 @@ use super::{sig, Detector, PerKind};
 use crate::feature::{Frame, PointState};
 use crate::model::attack;
 use crate::model::points::DeviceId;
-use crate::model::{DeviceKind, Finding, Quality, Severity, Technique};
+use crate::model::{DeviceKind, Finding, Quality, Severity, Technique, Ts};
 use crate::tomlfile::{rule, Broken};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
@@ -325,6 +325,38 @@ impl Fit {
 pub struct Physics {
     params: PerKind<PhysicsParams>,
     fits: FxHashMap<(DeviceId, usize), Fit>,
+    charging: FxHashMap<DeviceId, Charging>,
+}
+
+/// A battery's charge rising by this many points (from its lowest since the last rise)
+/// means its charger is drawing power. Larger than the 0.1-point steps a full battery's
+/// reading jitters by.
+const CHARGE_RISE_PCT: f64 = 0.2;
+/// How long after its charge last rose a battery may still be charging: a charger keeps
+/// drawing while the reading already says nearly full (absorption), and stops at once.
+const CHARGE_SETTLE_MS: Ts = 600_000;
+
+/// Whether a UPS's battery is charging, from its charge reading alone. Its charger draws
+/// on top of output / efficiency, so the efficiency relation holds only once the charge
+/// has stopped rising: learning it while charging would teach the charger's draw as
+/// losses, and its end would then look like an attack.
+#[derive(Debug, Clone, Copy)]
+struct Charging {
+    /// Lowest charge since it last rose.
+    low: f64,
+    /// Until when the battery counts as charging.
+    until: Ts,
+}
+
+impl Charging {
+    fn observe(&mut self, ts: Ts, pct: f64) {
+        if pct < self.low {
+            self.low = pct;
+        } else if pct >= self.low + CHARGE_RISE_PCT {
+            self.low = pct;
+            self.until = ts + CHARGE_SETTLE_MS;
+        }
+    }
 }
 
 impl Physics {
@@ -333,6 +365,7 @@ impl Physics {
         Self {
             params,
             fits: FxHashMap::default(),
+            charging: FxHashMap::default(),
         }
     }
 }
@@ -399,13 +432,14 @@ fn input_value(frame: &Frame<'_>, input: Input) -> Option<f64> {
     }
 }
 
-fn gate_open(frame: &Frame<'_>, gate: Gate) -> bool {
+fn gate_open(frame: &Frame<'_>, gate: Gate, charging: Option<&Charging>) -> bool {
     match gate {
         Gate::Always => true,
         Gate::UpsOnline => {
             flag(frame, "on_battery") != Some(true)
                 && flag(frame, "bypass_active") != Some(true)
                 && fresh(frame, "battery_charge_pct").is_none_or(|p| p.value >= 99.5)
+                && charging.is_none_or(|c| frame.ts >= c.until)
                 && fresh(frame, "input_voltage_v").is_none_or(|p| p.value > 0.0)
         }
         Gate::Running => flag(frame, "running") != Some(false),
@@ -425,11 +459,27 @@ impl Detector for Physics {
             return;
         }
         let lambda = 0.5f64.powf(1.0 / params.halflife_samples.max(1.0));
+        if let Some(p) = fresh(frame, "battery_charge_pct") {
+            self.charging
+                .entry(frame.device)
+                .or_insert(Charging {
+                    low: p.value,
+                    until: Ts::MIN,
+                })
+                .observe(frame.ts, p.value);
+        }
+        let charging = self.charging.get(&frame.device);
         for (i, spec) in RELATIONS.iter().enumerate().filter(|(_, s)| s.kind == kind) {
             let Some(target) = fresh(frame, spec.target) else {
                 continue;
             };
-            if !gate_open(frame, spec.gate) {
+            if !gate_open(frame, spec.gate, charging) {
+                // A relation out of force gathers no evidence: what its tests had
+                // accumulated before (a charger's draw as the gate closed) must not be
+                // judged against the plant it returns to.
+                if let Some(fit) = self.fits.get_mut(&(frame.device, i)) {
+                    (fit.run, fit.zs) = (0, 0.0);
+                }
                 continue;
             }
             let Some(x) = input_value(frame, spec.input) else {
@@ -574,6 +624,67 @@ mod tests {
             assert!((4000..4010).contains(&at), "COP {cop}: at {at}");
             assert_eq!(f[0].1.evidence["relation"], "chiller_cop");
         }
+    }
+
+    /// A UPS at float for an hour, then recharging its battery from `from_pct` (its charger
+    /// drawing `charger_kw` on top of output / efficiency, the reading rising 1 point a
+    /// minute in 0.1 steps), then full; optionally losing its conversion losses (a silent
+    /// bypass) from step `bypass` on. Returns the efficiency findings' steps.
+    fn recharge(from_pct: f64, charger_kw: f64, bypass: usize) -> Vec<usize> {
+        let mut h = Harness::new();
+        let mut d = Physics::new(PerKind::from_fn(|_| PhysicsParams::default()));
+        let n = 9000;
+        let noise = noisy(2 * n, 0.0, 1.0, 31);
+        let (eff, full_at) = (0.94, 3600 + ((100.0 - from_pct) * 60.0) as usize);
+        for i in 0..n {
+            let out = 600.0 + 5.0 * noise[2 * i];
+            let pct = if i < 3600 {
+                100.0
+            } else {
+                (from_pct + ((i - 3600) / 6) as f64 * 0.1).min(100.0)
+            };
+            let charger = if (3600..full_at).contains(&i) {
+                charger_kw
+            } else {
+                0.0
+            };
+            let losses = if i >= bypass { 1.0 } else { 1.0 / eff };
+            h.feed_frame(
+                &mut d,
+                "ups",
+                &[
+                    (
+                        "input_power_kw",
+                        out * losses + charger + 0.5 * noise[2 * i + 1],
+                    ),
+                    ("output_power_kw", out),
+                    ("battery_charge_pct", pct),
+                    ("on_battery", 0.0),
+                ],
+            );
+        }
+        h.findings
+            .iter()
+            .filter(|(_, f)| f.evidence["relation"] == "ups_efficiency")
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    #[test]
+    fn a_recharging_battery_is_not_mistaken_for_losses_and_its_end_is_not_an_attack() {
+        // The charger draws a sixth of the load until the battery is full: the relation
+        // is neither learned nor judged until the charge has stopped rising.
+        assert_eq!(recharge(85.0, 100.0, usize::MAX), Vec::<usize>::new());
+        // Judged again once the battery has settled: a bypass after it is caught.
+        let full = 3600 + 15 * 60;
+        let bypass = full + 1200;
+        let fired = recharge(85.0, 100.0, bypass);
+        assert!(
+            fired
+                .first()
+                .is_some_and(|&i| (bypass..bypass + 120).contains(&i)),
+            "{fired:?}"
+        );
     }
 
     /// A small site (a grid meter, two UPS, a chiller) whose readings obey every relation,
