@@ -12,6 +12,7 @@ use crate::http::HttpConfig;
 use crate::http::{self, AppState};
 use crate::model::Reading;
 use crate::sink::store::{Shared, Store};
+use crate::sink::syslog::{self, SyslogSink};
 use crate::sink::webhook::{self, Receiver};
 use crate::sink::{Sink, SinkError};
 use crate::tomlfile::{check, TomlError};
@@ -73,6 +74,7 @@ pub struct Soc {
     state: Arc<AppState>,
     store: Shared,
     receivers: Vec<Receiver>,
+    syslog: Vec<SyslogSink>,
     readings: Counter,
     late: Counter,
     ahead: Counter,
@@ -242,10 +244,22 @@ impl Soc {
                 stop_rx.clone(),
             )));
         }
+        for sink in &cfg.syslog {
+            let mut sink = sink.clone();
+            if let Some(ca) = sink.ca.take() {
+                sink.ca = Some(base.join(ca));
+            }
+            tasks.push(tokio::spawn(syslog::deliver(
+                sink,
+                store.clone(),
+                stop_rx.clone(),
+            )));
+        }
         Ok(Self {
             state,
             store,
             receivers: cfg.webhooks.clone(),
+            syslog: cfg.syslog.clone(),
             readings,
             late,
             ahead,
@@ -308,6 +322,11 @@ impl Soc {
             Output::Alert(a) => {
                 let mut wanted = Vec::new();
                 for r in &self.receivers {
+                    if r.wants(a) || (r.follows() && store.was_queued(&a.id, &r.name)?) {
+                        wanted.push(r.name.as_str());
+                    }
+                }
+                for r in &self.syslog {
                     if r.wants(a) || (r.follows() && store.was_queued(&a.id, &r.name)?) {
                         wanted.push(r.name.as_str());
                     }

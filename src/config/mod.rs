@@ -105,6 +105,9 @@ impl ClockConfig {
 pub struct SinksConfig {
     /// Alert JSONL file (appended); default: standard output.
     pub alerts: Option<std::path::PathBuf>,
+    /// `[[sinks.syslog]]`: SIEMs fed over syslog from the store's outbox (a loaded
+    /// [`Config`] holds them in its `soc`, with the other sinks that read the store).
+    pub syslog: Vec<crate::sink::syslog::SyslogSink>,
 }
 
 /// Everything `[store]`, `[http]` and `[[webhooks]]` configure.
@@ -116,22 +119,30 @@ pub struct SocConfig {
     pub http: Option<crate::http::HttpConfig>,
     /// Webhook receivers.
     pub webhooks: Vec<crate::sink::webhook::Receiver>,
+    /// Syslog sinks (`[[sinks.syslog]]`).
+    pub syslog: Vec<crate::sink::syslog::SyslogSink>,
 }
 
 impl SocConfig {
     /// Whether any SOC sink is configured.
     pub fn enabled(&self) -> bool {
-        self.store.path.is_some() || self.http.is_some() || !self.webhooks.is_empty()
+        self.store.path.is_some()
+            || self.http.is_some()
+            || !self.webhooks.is_empty()
+            || !self.syslog.is_empty()
     }
 
     /// Checks the sections.
     pub fn validate(&self, origin: &str) -> Result<(), TomlError> {
         crate::sink::webhook::validate(&self.webhooks, origin)?;
+        let hooks: Vec<&str> = self.webhooks.iter().map(|w| w.name.as_str()).collect();
+        crate::sink::syslog::validate(&self.syslog, &hooks, origin)?;
         check(
             origin,
             "store.path",
-            self.store.path.is_some() || (self.http.is_none() && self.webhooks.is_empty()),
-            "is required by [http] and [[webhooks]] (they read from the store)",
+            self.store.path.is_some()
+                || (self.http.is_none() && self.webhooks.is_empty() && self.syslog.is_empty()),
+            "is required by [http], [[webhooks]] and [[sinks.syslog]] (they read from the store)",
         )?;
         if let Some(h) = &self.http {
             check(
@@ -240,7 +251,9 @@ impl Config {
     /// Parses config text whose relative paths (model directories) are relative to
     /// `base`, the config file's directory.
     fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
-        let typed: RawConfig<DetectorParams> = tomlfile::parse(text, origin)?;
+        let mut typed: RawConfig<DetectorParams> = tomlfile::parse(text, origin)?;
+        // Syslog sinks are SOC sinks (they read the store's outbox).
+        let syslog = std::mem::take(&mut typed.sinks.syslog);
         for kind in typed.kinds.keys() {
             if DeviceKind::parse(kind) == DeviceKind::Other && kind != "other" {
                 return Err(ConfigError::Invalid {
@@ -323,6 +336,7 @@ impl Config {
                 store: typed.store,
                 http: typed.http,
                 webhooks: typed.webhooks,
+                syslog,
             },
         };
         cfg.validate(origin)?;

@@ -4,6 +4,7 @@
 //! store and the webhook outbox are below; the SOC surface is `app::soc`.
 
 pub mod store;
+pub mod syslog;
 pub mod webhook;
 
 use crate::correlate::Output;

@@ -618,12 +618,55 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Deliveries due at `now` (wall ms), oldest first.
-    pub fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+    /// One receiver's deliveries due at `now` (wall ms), oldest first. Per receiver, so
+    /// one receiver's backlog (a SIEM down for a day) never holds up another's.
+    pub fn due(
+        &self,
+        receiver: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         self.outbox(
-            "WHERE delivered_at IS NULL AND dead_at IS NULL AND next_at <= ?1 ORDER BY seq LIMIT ?2",
-            params![now, limit as i64],
+            "WHERE receiver = ?3 AND delivered_at IS NULL AND dead_at IS NULL AND next_at <= ?1 ORDER BY seq LIMIT ?2",
+            params![now, limit as i64, receiver],
         )
+    }
+
+    /// Records deliveries that left in one go (a syslog batch), in one transaction.
+    pub fn delivered_all(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        let e = sqlite_error(self.path.clone());
+        let tx = self.conn.transaction().map_err(&e)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1 WHERE seq = ?1",
+                )
+                .map_err(&e)?;
+            let now = now_ms();
+            for seq in seqs {
+                stmt.execute(params![seq, now]).map_err(&e)?;
+            }
+        }
+        tx.commit().map_err(&e)
+    }
+
+    /// Gives up on a receiver's deliveries queued before `before` (wall ms) and on all but
+    /// its newest `keep`: they become dead letters with `reason`. Returns how many.
+    pub fn expire(
+        &mut self,
+        receiver: &str,
+        before: i64,
+        keep: usize,
+        reason: &str,
+    ) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET dead_at = ?4, last_error = ?5 WHERE receiver = ?1 AND delivered_at IS NULL AND dead_at IS NULL
+                 AND (created_at < ?2 OR seq <= coalesce((SELECT seq FROM outbox WHERE receiver = ?1 AND delivered_at IS NULL
+                      AND dead_at IS NULL ORDER BY seq DESC LIMIT 1 OFFSET ?3), -1))",
+                params![receiver, before, keep as i64, now_ms(), reason],
+            )
+            .map_err(self.err())
     }
 
     /// Deliveries given up on.
@@ -935,16 +978,22 @@ mod tests {
             &["grid", "soc"],
         )
         .unwrap();
-        let due = s.due(i64::MAX, 10).unwrap();
-        assert_eq!(due.len(), 2);
-        s.delivered(due[0].seq).unwrap();
-        s.failed(due[1].seq, "HTTP 503", Some(i64::MAX - 1))
+        // Each receiver has its own queue: one that fails does not hold up the other.
+        let grid = s.due("grid", i64::MAX, 10).unwrap();
+        let soc = s.due("soc", i64::MAX, 10).unwrap();
+        assert_eq!((grid.len(), soc.len()), (1, 1));
+        s.delivered(grid[0].seq).unwrap();
+        s.failed(soc[0].seq, "HTTP 503", Some(i64::MAX - 1))
             .unwrap();
-        assert!(s.due(now_ms(), 10).unwrap().is_empty(), "retry not due yet");
-        let again = s.due(i64::MAX, 10).unwrap();
+        assert!(
+            s.due("soc", now_ms(), 10).unwrap().is_empty(),
+            "retry not due yet"
+        );
+        assert!(s.due("grid", i64::MAX, 10).unwrap().is_empty(), "delivered");
+        let again = s.due("soc", i64::MAX, 10).unwrap();
         assert_eq!((again.len(), again[0].attempts), (1, 1));
         s.failed(again[0].seq, "HTTP 503", None).unwrap();
-        assert!(s.due(i64::MAX, 10).unwrap().is_empty());
+        assert!(s.due("soc", i64::MAX, 10).unwrap().is_empty());
         let dead = s.dead_letters(10).unwrap();
         assert_eq!(
             (dead[0].receiver.as_str(), dead[0].last_error.as_deref()),
@@ -952,9 +1001,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_queue_is_bounded_by_age_and_length() {
+        let mut s = Store::in_memory().unwrap();
+        for i in 0..5 {
+            s.put_alert(
+                &alert(&format!("a{i}"), i, Severity::High, AlertStatus::Open),
+                &["siem", "grid"],
+            )
+            .unwrap();
+        }
+        // Keep the newest 2 of siem's; grid's queue is untouched.
+        assert_eq!(s.expire("siem", i64::MIN, 2, "full").unwrap(), 3);
+        let left: Vec<String> = s
+            .due("siem", i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.alert_id)
+            .collect();
+        assert_eq!(left, ["a3", "a4"]);
+        assert_eq!(s.due("grid", i64::MAX, 10).unwrap().len(), 5);
+        // Older than the bound: all of them.
+        assert_eq!(s.expire("siem", i64::MAX, 100, "old").unwrap(), 2);
+        assert_eq!(s.dead_letters(10).unwrap().len(), 5);
+        let seqs: Vec<i64> = s
+            .due("grid", i64::MAX, 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        s.delivered_all(&seqs).unwrap();
+        assert!(s.due("grid", i64::MAX, 10).unwrap().is_empty());
+    }
+
     /// The idempotency keys of everything due, oldest first.
     fn delivery_ids(s: &Store) -> Vec<String> {
-        s.due(i64::MAX, 10)
+        s.due("grid", i64::MAX, 10)
             .unwrap()
             .into_iter()
             .map(|d| d.delivery_id)

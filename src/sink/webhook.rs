@@ -211,15 +211,26 @@ pub async fn deliver(receivers: Vec<Receiver>, store: Shared, mut stop: watch::R
     info!(receivers = receivers.len(), "webhook delivery starting");
     loop {
         let now = chrono::Utc::now().timestamp_millis();
-        let due = store::blocking(&store, move |s| s.due(now, 64))
-            .await
-            .unwrap_or_else(|e| {
-                warn!(error = %e, "cannot read the outbox");
-                Vec::new()
-            });
+        let names: Vec<String> = receivers.iter().map(|r| r.name.clone()).collect();
+        // Per receiver, so one that is down does not hold up the others; `more`: one
+        // had a full batch due, so go again at once.
+        let (due, more) = store::blocking(&store, move |s| {
+            let (mut due, mut more) = (Vec::new(), false);
+            for name in &names {
+                let batch = s.due(name, now, 64)?;
+                more |= batch.len() == 64;
+                due.extend(batch);
+            }
+            Ok((due, more))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the outbox");
+            (Vec::new(), false)
+        });
         for item in &due {
             let Some(r) = receivers.iter().find(|r| r.name == item.receiver) else {
-                continue; // a receiver removed from the config: leave its queue alone
+                continue;
             };
             let outcome = send(&client, r, item).await;
             let seq = item.seq;
@@ -240,7 +251,7 @@ pub async fn deliver(receivers: Vec<Receiver>, store: Shared, mut stop: watch::R
                 warn!(error = %e, "cannot update the outbox");
             }
         }
-        let pause = if due.len() == 64 {
+        let pause = if more {
             Duration::ZERO
         } else {
             Duration::from_millis(250)
