@@ -14,6 +14,23 @@ use std::io::{self, Write};
 use store::StoreError;
 use thiserror::Error;
 
+/// Whether an alert passes a receiver's filters (webhooks and syslog sinks share them):
+/// an empty list of sites, kinds or techniques lets all through.
+pub(crate) fn passes(
+    a: &crate::model::Alert,
+    sites: &[String],
+    kinds: &[String],
+    min_severity: crate::model::Severity,
+    roles: &[crate::model::Role],
+    techniques: &[String],
+) -> bool {
+    (sites.is_empty() || sites.contains(&a.site))
+        && (kinds.is_empty() || kinds.contains(&a.kind))
+        && a.severity >= min_severity
+        && roles.contains(&a.role)
+        && (techniques.is_empty() || techniques.iter().any(|t| t == a.technique.id))
+}
+
 /// Why a sink did not take an output.
 #[derive(Debug, Error)]
 #[non_exhaustive]

@@ -158,11 +158,14 @@ const FACILITIES: [&str; 24] = [
 impl SyslogSink {
     /// Whether this sink wants the alert (the same filter as webhooks).
     pub fn wants(&self, a: &crate::model::Alert) -> bool {
-        (self.sites.is_empty() || self.sites.contains(&a.site))
-            && (self.kinds.is_empty() || self.kinds.contains(&a.kind))
-            && a.severity >= self.min_severity
-            && self.roles.contains(&a.role)
-            && (self.techniques.is_empty() || self.techniques.iter().any(|t| t == a.technique.id))
+        super::passes(
+            a,
+            &self.sites,
+            &self.kinds,
+            self.min_severity,
+            &self.roles,
+            &self.techniques,
+        )
     }
 
     /// Whether the sink filters on roles (so an alert it was sent must be followed).
@@ -969,7 +972,7 @@ mod tests {
     fn config_is_checked() {
         let ok = sink("");
         assert!(validate(std::slice::from_ref(&ok), &[], "t").is_ok());
-        assert!(validate(&[ok.clone()], &["siem"], "t")
+        assert!(validate(std::slice::from_ref(&ok), &["siem"], "t")
             .unwrap_err()
             .to_string()
             .contains("unique"));

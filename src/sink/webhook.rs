@@ -86,11 +86,14 @@ fn default_timeout() -> i64 {
 impl Receiver {
     /// Whether this receiver wants the alert.
     pub fn wants(&self, a: &Alert) -> bool {
-        (self.sites.is_empty() || self.sites.contains(&a.site))
-            && (self.kinds.is_empty() || self.kinds.contains(&a.kind))
-            && a.severity >= self.min_severity
-            && self.roles.contains(&a.role)
-            && (self.techniques.is_empty() || self.techniques.iter().any(|t| t == a.technique.id))
+        super::passes(
+            a,
+            &self.sites,
+            &self.kinds,
+            self.min_severity,
+            &self.roles,
+            &self.techniques,
+        )
     }
 
     /// Whether the receiver filters on roles (so an alert it was sent must be followed).

@@ -17,4 +17,5 @@ mod pcap;
 mod replay_data;
 mod report;
 mod soc;
+mod syslog;
 mod train;
