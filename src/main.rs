@@ -40,6 +40,13 @@ fn main() -> ExitCode {
         }
         Command::Run(a) => app::run::run(a).and_then(|s| print(s, false)),
         Command::Demo(a) => app::demo::run(a).and_then(|s| print(s, false)),
+        Command::Completions(a) => {
+            app::install::completions(a.shell, &mut io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages(a) => app::install::man_pages(&a.out)
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display())),
     };
     match result {
         Ok(code) => code,

@@ -37,6 +37,24 @@ pub enum Command {
     /// The whole system on this machine: a simulated facility over Modbus and MQTT,
     /// scheduled attacks, the dashboard (Ctrl-C stops).
     Demo(DemoArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages (wattchdog.1 and one per command) into a directory.
+    Manpages(ManpagesArgs),
+}
+
+/// `wattchdog completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// `wattchdog manpages`.
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Directory to write them into (created if missing).
+    pub out: PathBuf,
 }
 
 /// `wattchdog demo`.

@@ -7,6 +7,7 @@ pub mod check_config;
 pub mod cli;
 pub mod demo;
 pub mod eval;
+pub mod install;
 pub mod learn;
 pub mod replay;
 pub mod run;

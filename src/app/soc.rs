@@ -82,6 +82,7 @@ pub struct Soc {
     ahead_by_device: Family<SourceLabel, Counter>,
     alerts: Family<SeverityLabel, Counter>,
     scores: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
+    online: Family<DeviceLabels, Gauge>,
     last_devices: Instant,
     last_prune: Instant,
     retention: i64,
@@ -175,6 +176,12 @@ impl Soc {
             "Highest score/threshold of a device's open alerts (above 1: above threshold)",
             scores.clone(),
         );
+        let online = Family::<DeviceLabels, Gauge>::default();
+        registry.register(
+            "device_online",
+            "Whether a device answers its collector (1) or is silent or unreachable (0)",
+            online.clone(),
+        );
         let (events, _) = broadcast::channel(1024);
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -267,6 +274,7 @@ impl Soc {
             ahead_by_device,
             alerts,
             scores,
+            online,
             last_devices: Instant::now(),
             last_prune: Instant::now(),
             retention: cfg.store.retention,
@@ -369,10 +377,10 @@ impl Soc {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let changed = board.take_dirty();
-            for (site, device, kind, score) in board.scores() {
-                self.scores
-                    .get_or_create(&DeviceLabels { site, device, kind })
-                    .set(score);
+            for (site, device, kind, score, online) in board.scores() {
+                let labels = DeviceLabels { site, device, kind };
+                self.online.get_or_create(&labels).set(i64::from(online));
+                self.scores.get_or_create(&labels).set(score);
             }
             drop(board);
             if !changed.is_empty() {

@@ -144,10 +144,13 @@ impl Board {
     }
 
     /// `(site, device, kind, score)` of every device, for the metrics endpoint.
-    pub fn scores(&self) -> Vec<(String, String, String, f64)> {
+    pub fn scores(&self) -> Vec<(String, String, String, f64, bool)> {
         self.devices
             .values()
-            .map(|d| (d.site.clone(), d.device.clone(), d.kind.clone(), d.score))
+            .map(|d| {
+                let (site, device, kind) = (d.site.clone(), d.device.clone(), d.kind.clone());
+                (site, device, kind, d.score, d.online)
+            })
             .collect()
     }
 }

@@ -54,6 +54,16 @@ pub enum StoreError {
     /// A stored document that does not parse (a damaged database).
     #[error("store: damaged row: {0}")]
     Damaged(String),
+    /// The file was written by a newer wattchdog, whose schema this one does not know.
+    #[error("store {path}: schema version {found} is newer than this wattchdog's {known}: run the newer wattchdog, or restore the backup taken before the upgrade")]
+    Newer {
+        /// The database file.
+        path: String,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        known: usize,
+    },
     /// The blocking task that held the store did not finish (the runtime is stopping).
     #[error("store: the task working on it stopped: {0}")]
     Stopped(String),
@@ -293,6 +303,14 @@ impl Store {
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(&e)?;
+        if version > MIGRATIONS.len() as i64 {
+            // Its tables may mean something else now: writing to them could damage it.
+            return Err(StoreError::Newer {
+                path: self.path.clone(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
             self.conn.execute_batch(sql).map_err(&e)?;
             self.conn
@@ -1060,6 +1078,19 @@ mod tests {
         assert_eq!(keys[2], keys[3], "the same snapshot again: the same key");
         let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
         assert_eq!(distinct.len(), 3, "{keys:?}");
+    }
+
+    #[test]
+    fn a_store_from_a_newer_wattchdog_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("next.db");
+        Store::open(&path).unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
+            .unwrap();
+        drop(c);
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("newer"), "{err}");
     }
 
     #[test]

@@ -920,3 +920,99 @@ async fn an_analyst_teaches_a_routine_write_in_the_browser() {
     );
     soc.stop().await;
 }
+
+/// The Grafana dashboard in contrib/ asks only for metrics that `/metrics` exposes (a
+/// renamed metric would leave a panel silently empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    use wattchdog::correlate::Output;
+    use wattchdog::model::{attack, Alert, AlertStatus, Quality, Reading, Role, Severity};
+    use wattchdog::pipeline::{PipelineStats, TimeTrouble};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut soc) = soc_on_loopback(dir.path(), "").await;
+    // Something in every family (an empty one is not exposed): a device, an alert, a
+    // late and an ahead event.
+    soc.reading(&Reading {
+        ts: 0,
+        site: "ams1".into(),
+        device: "ups-1".into(),
+        kind: "ups".into(),
+        metric: "load_pct".into(),
+        value: 41.0,
+        quality: Quality::Good,
+    });
+    soc.output(&Output::Alert(Alert {
+        id: "al-1".into(),
+        ts: 0,
+        detected_at: String::new(),
+        site: "ams1".into(),
+        device: "ups-1".into(),
+        kind: "ups".into(),
+        metrics: vec!["load_pct".into()],
+        detector: "ewma_z",
+        score: 2.0,
+        threshold: 1.0,
+        severity: Severity::High,
+        technique: attack::MANIPULATION_OF_CONTROL,
+        summary: "s".into(),
+        evidence: serde_json::json!({}),
+        incident_id: "in-1".into(),
+        role: Role::Cause,
+        status: AlertStatus::Open,
+        last_seen: 0,
+        findings: 1,
+    }))
+    .unwrap();
+    let mut stats = PipelineStats {
+        late: 1,
+        ahead: 1,
+        ..Default::default()
+    };
+    let trouble = TimeTrouble { late: 1, ahead: 1 };
+    stats.by_device.insert("ams1/ups-1".into(), trouble);
+    soc.pipeline(&stats);
+    // Device gauges are refreshed at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    soc.tick(0);
+    let port = soc.addr.unwrap().port();
+    let (status, metrics) = http(port, "GET", "/metrics", Some(TOKEN));
+    assert_eq!(status, 200);
+    let exposed: BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let text = std::fs::read_to_string(repo("contrib/grafana/wattchdog.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut queries: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            queries.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        queries.push(v["definition"].as_str().unwrap().to_owned());
+    }
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        let mut rest = q.as_str();
+        while let Some(i) = rest.find("wattchdog_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            used.insert(name);
+        }
+    }
+    assert!(used.len() >= 6, "{used:?}");
+    for name in &used {
+        // Counters are exposed as `<name>_total` under `# TYPE <name> counter`.
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            exposed.contains(family),
+            "the dashboard queries {name}, which /metrics does not expose: {exposed:?}"
+        );
+    }
+    soc.stop().await;
+}
