@@ -314,6 +314,23 @@ struct TechniqueView {
     name: String,
 }
 
+/// Makes a sink's messages: what is fixed for them (PRI's facility, HOSTNAME, PROCID,
+/// SD-ID, the size limit, the payload) and [`Renderer::render`].
+pub struct Renderer(Header);
+
+impl Renderer {
+    /// The renderer of a sink's messages.
+    pub fn new(s: &SyslogSink) -> Self {
+        Self(Header::of(s))
+    }
+
+    /// The RFC 5424 message for a stored alert snapshot (`body`: the alert JSON) sent at
+    /// `sent_at`; an error for a body that is not an alert or cannot fit.
+    pub fn render(&self, body: &str, sent_at: Ts) -> Result<String, String> {
+        message(&self.0, body, sent_at)
+    }
+}
+
 /// What is fixed for a sink's messages.
 struct Header {
     pri_facility: u8,
@@ -485,7 +502,7 @@ impl Snapshot {
         )
     }
 
-    fn ocsf(&self, body: &Value) -> Value {
+    fn ocsf(&self) -> Value {
         let activity = match (self.status.as_str(), self.findings) {
             ("closed", _) => (3, "Close"),
             (_, 1) => (1, "Create"),
@@ -528,7 +545,7 @@ impl Snapshot {
             },
             "resources": [resource],
             "risk_score": self.score,
-            "unmapped": {"role": self.role.as_str(), "threshold": self.threshold, "evidence": body.get("evidence")},
+            "unmapped": {"role": self.role.as_str(), "threshold": self.threshold, "evidence": self.evidence},
         });
         if let Some(c) = self.client() {
             finding["src_endpoint"] = json!({"ip": c});
@@ -540,12 +557,13 @@ impl Snapshot {
 /// The RFC 5424 message for a stored snapshot (`body`: the alert JSON), within `h.max`
 /// bytes: an alert too long loses its evidence, then its summary's tail.
 fn message(h: &Header, body: &str, sent_at: Ts) -> Result<String, String> {
-    let mut v: Value = serde_json::from_str(body).map_err(|e| format!("stored body: {e}"))?;
-    let summary = v["summary"].as_str().unwrap_or_default().to_owned();
+    let bad = |e: serde_json::Error| format!("stored body: {e}");
+    let mut s: Snapshot = serde_json::from_str(body).map_err(bad)?;
+    // The JSON payload is the stored body itself, until it has to be cut.
+    let mut cut: Option<Value> = None;
+    let summary = s.summary.clone();
     let mut kept = summary.len();
     loop {
-        let s: Snapshot =
-            serde_json::from_value(v.clone()).map_err(|e| format!("stored body: {e}"))?;
         let pri = h.pri_facility * 8 + syslog_severity(s.severity);
         let sd = format!(
             "[{} alert=\"{}\" snapshot=\"{}\" incident=\"{}\" role=\"{}\" site=\"{}\" device=\"{}\"]",
@@ -557,10 +575,11 @@ fn message(h: &Header, body: &str, sent_at: Ts) -> Result<String, String> {
             sd_value(&s.site),
             sd_value(&s.device),
         );
-        let msg = match h.payload {
-            Payload::Cef => s.cef(),
-            Payload::Json => v.to_string(),
-            Payload::Ocsf => s.ocsf(&v).to_string(),
+        let msg = match (h.payload, &cut) {
+            (Payload::Cef, _) => s.cef(),
+            (Payload::Json, None) => body.to_owned(),
+            (Payload::Json, Some(v)) => v.to_string(),
+            (Payload::Ocsf, _) => s.ocsf().to_string(),
         };
         let line = format!(
             "<{pri}>1 {} {} wattchdog {} alert {sd} {msg}",
@@ -571,10 +590,14 @@ fn message(h: &Header, body: &str, sent_at: Ts) -> Result<String, String> {
         if line.len() <= h.max {
             return Ok(line);
         }
-        if v.get("evidence")
-            .is_some_and(|e| *e != json!({"truncated": true}))
-        {
-            v["evidence"] = json!({"truncated": true});
+        let v = match &mut cut {
+            Some(v) => v,
+            None => cut.insert(serde_json::from_str(body).map_err(bad)?),
+        };
+        let truncated = json!({"truncated": true});
+        if s.evidence != truncated {
+            s.evidence = truncated.clone();
+            v["evidence"] = truncated;
             continue;
         }
         if kept == 0 {
@@ -589,7 +612,8 @@ fn message(h: &Header, body: &str, sent_at: Ts) -> Result<String, String> {
         while !summary.is_char_boundary(kept) {
             kept -= 1;
         }
-        v["summary"] = Value::String(format!("{}…", &summary[..kept]));
+        s.summary = format!("{}…", &summary[..kept]);
+        v["summary"] = Value::String(s.summary.clone());
     }
 }
 
@@ -997,6 +1021,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("host:port"));
+    }
+
+    #[tokio::test]
+    async fn udp_sends_one_datagram_per_message_and_tcp_sees_a_closed_peer() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut s = sink("");
+        (s.transport, s.address) = (Transport::Udp, rx.local_addr().unwrap().to_string());
+        let mut conn = Conn::open(&s, None).await.unwrap();
+        assert!(!conn.closed().await, "UDP has no peer to close");
+        let msg = message(&Header::of(&s), &body("x"), 0).unwrap();
+        conn.send(&msg, Duration::from_secs(1)).await.unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let n = rx.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], msg.as_bytes(), "no octet count over UDP");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (s.transport, s.address) = (Transport::Tcp, listener.local_addr().unwrap().to_string());
+        let mut conn = Conn::open(&s, None).await.unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        assert!(!conn.closed().await, "open while the receiver holds it");
+        drop(peer);
+        // The FIN is in flight on loopback: wait until the socket can see it.
+        let Conn::Tcp(t) = &conn else { unreachable!() };
+        t.readable().await.unwrap();
+        assert!(
+            conn.closed().await,
+            "a receiver that hung up is noticed before sending"
+        );
     }
 
     proptest::proptest! {
