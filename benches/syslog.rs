@@ -93,10 +93,7 @@ async fn run_once(n: usize) -> Duration {
             assert!(k > 0, "the sink closed after {frames} frames");
             pending.extend_from_slice(&buf[..k]);
             // Octet counting: "<len> <msg>".
-            loop {
-                let Some(sp) = pending.iter().position(|&b| b == b' ') else {
-                    break;
-                };
+            while let Some(sp) = pending.iter().position(|&b| b == b' ') {
                 let len: usize = std::str::from_utf8(&pending[..sp])
                     .unwrap()
                     .parse()
