@@ -49,6 +49,15 @@ pub enum SocError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A sink that cannot work as configured (a TLS authority file that is missing or
+    /// holds no certificate).
+    #[error("syslog sink {name}: {reason}")]
+    Sink {
+        /// The sink.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,6 +113,17 @@ impl Soc {
     /// Opens the store and starts the HTTP server and the webhook worker.
     pub async fn start(cfg: &SocConfig, base: &Path, origin: &str) -> Result<Self, SocError> {
         cfg.validate(origin)?;
+        // Syslog sinks' TLS set up before anything starts: a bad authority file stops it.
+        let mut syslog_sinks = Vec::new();
+        for sink in &cfg.syslog {
+            let mut sink = sink.clone();
+            sink.ca = sink.ca.take().map(|ca| base.join(ca));
+            let tls = syslog::tls_connector(&sink).map_err(|reason| SocError::Sink {
+                name: sink.name.clone(),
+                reason,
+            })?;
+            syslog_sinks.push((sink, tls));
+        }
         let path = cfg
             .store
             .path
@@ -251,13 +271,10 @@ impl Soc {
                 stop_rx.clone(),
             )));
         }
-        for sink in &cfg.syslog {
-            let mut sink = sink.clone();
-            if let Some(ca) = sink.ca.take() {
-                sink.ca = Some(base.join(ca));
-            }
+        for (sink, tls) in syslog_sinks {
             tasks.push(tokio::spawn(syslog::deliver(
                 sink,
+                tls,
                 store.clone(),
                 stop_rx.clone(),
             )));

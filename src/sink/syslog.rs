@@ -745,7 +745,9 @@ impl TryPeek for TcpStream {
     }
 }
 
-fn tls_connector(s: &SyslogSink) -> Result<Option<tokio_rustls::TlsConnector>, String> {
+/// The TLS client of a `tls` sink (its `ca` read and parsed), `None` for the others: made
+/// when the SOC starts, so a missing or bad file stops the start instead of a sink.
+pub fn tls_connector(s: &SyslogSink) -> Result<Option<tokio_rustls::TlsConnector>, String> {
     if s.transport != Transport::Tls {
         return Ok(None);
     }
@@ -779,15 +781,14 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis((base.min(300_000.0) * rand::rng().random_range(0.75..1.25)) as u64)
 }
 
-/// Sends one sink's due deliveries until `stop` turns true.
-pub async fn deliver(sink: SyslogSink, store: Shared, mut stop: watch::Receiver<bool>) {
-    let tls = match tls_connector(&sink) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(sink = %sink.name, error = %e, "syslog sink disabled: cannot set up TLS");
-            return;
-        }
-    };
+/// Sends one sink's due deliveries until `stop` turns true (`tls`: its
+/// [`tls_connector`]).
+pub async fn deliver(
+    sink: SyslogSink,
+    tls: Option<tokio_rustls::TlsConnector>,
+    store: Shared,
+    mut stop: watch::Receiver<bool>,
+) {
     let header = Header::of(&sink);
     let timeout = Duration::from_millis(sink.timeout as u64);
     info!(sink = %sink.name, address = %sink.address, transport = ?sink.transport, "syslog delivery starting");
