@@ -73,6 +73,12 @@ struct SourceLabel {
     source: String,
 }
 
+/// A webhook receiver or syslog sink, by name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabel {
+    receiver: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SeverityLabel {
     severity: String,
@@ -94,6 +100,10 @@ pub struct Soc {
     online: Family<DeviceLabels, Gauge>,
     last_devices: Instant,
     last_prune: Instant,
+    /// When the outbox gauges were last refreshed.
+    last_outbox: Instant,
+    pending: Family<ReceiverLabel, Gauge>,
+    dead: Family<ReceiverLabel, Gauge>,
     retention: i64,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -202,6 +212,18 @@ impl Soc {
             "Whether a device answers its collector (1) or is silent or unreachable (0)",
             online.clone(),
         );
+        let pending = Family::<ReceiverLabel, Gauge>::default();
+        registry.register(
+            "outbox_pending",
+            "Alert snapshots waiting for a webhook receiver or syslog sink (a receiver falling behind or down)",
+            pending.clone(),
+        );
+        let dead = Family::<ReceiverLabel, Gauge>::default();
+        registry.register(
+            "outbox_dead",
+            "Deliveries given up on per receiver (past max_age or max_queue): dead letters",
+            dead.clone(),
+        );
         let (events, _) = broadcast::channel(1024);
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -294,6 +316,9 @@ impl Soc {
             online,
             last_devices: Instant::now(),
             last_prune: Instant::now(),
+            last_outbox: Instant::now() - Duration::from_secs(3600),
+            pending,
+            dead,
             retention: cfg.store.retention,
             stop,
             tasks,
@@ -404,6 +429,20 @@ impl Soc {
                 if let Ok(text) = serde_json::to_string(&changed) {
                     self.state.publish("devices", text);
                 }
+            }
+        }
+        if self.last_outbox.elapsed() >= Duration::from_secs(10) {
+            self.last_outbox = Instant::now();
+            let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+            match store.outbox_counts() {
+                Ok(counts) => {
+                    for (receiver, pending, dead) in counts {
+                        let label = ReceiverLabel { receiver };
+                        self.pending.get_or_create(&label).set(pending as i64);
+                        self.dead.get_or_create(&label).set(dead as i64);
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot count the outbox"),
             }
         }
         if self.last_prune.elapsed() >= Duration::from_secs(3600) {

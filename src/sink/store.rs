@@ -687,6 +687,25 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// Per receiver: deliveries waiting (not yet sent, not given up on) and dead letters.
+    pub fn outbox_counts(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let e = self.err();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT receiver, sum(delivered_at IS NULL AND dead_at IS NULL), sum(dead_at IS NOT NULL)
+                 FROM outbox GROUP BY receiver",
+            )
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok((r.get(0)?, n(1)?, n(2)?))
+            })
+            .map_err(&e)?;
+        rows.collect::<Result<_, _>>().map_err(&e)
+    }
+
     /// Deliveries given up on.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         self.outbox(
@@ -1029,6 +1048,10 @@ mod tests {
             )
             .unwrap();
         }
+        assert_eq!(
+            s.outbox_counts().unwrap(),
+            [("grid".into(), 5, 0), ("siem".into(), 5, 0)]
+        );
         // Keep the newest 2 of siem's; grid's queue is untouched.
         assert_eq!(s.expire("siem", i64::MIN, 2, "full").unwrap(), 3);
         let left: Vec<String> = s
@@ -1042,6 +1065,7 @@ mod tests {
         // Older than the bound: all of them.
         assert_eq!(s.expire("siem", i64::MAX, 100, "old").unwrap(), 2);
         assert_eq!(s.dead_letters(10).unwrap().len(), 5);
+        assert_eq!(s.outbox_counts().unwrap()[1], ("siem".into(), 0, 5));
         let seqs: Vec<i64> = s
             .due("grid", i64::MAX, 10)
             .unwrap()

@@ -929,9 +929,14 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     use wattchdog::model::{attack, Alert, AlertStatus, Quality, Reading, Role, Severity};
     use wattchdog::pipeline::{PipelineStats, TimeTrouble};
     let dir = tempfile::tempdir().unwrap();
-    let (_, mut soc) = soc_on_loopback(dir.path(), "").await;
-    // Something in every family (an empty one is not exposed): a device, an alert, a
-    // late and an ahead event.
+    // A syslog sink whose receiver is not there: its queue waits.
+    let siem = format!(
+        "[[sinks.syslog]]\nname = \"siem\"\naddress = \"127.0.0.1:{}\"\ntransport = \"tcp\"\n",
+        free_port()
+    );
+    let (_, mut soc) = soc_on_loopback(dir.path(), &siem).await;
+    // Something in every family (an empty one is not exposed): a device, an alert (and
+    // its queued delivery), a late and an ahead event.
     soc.reading(&Reading {
         ts: 0,
         site: "ams1".into(),
@@ -1005,7 +1010,11 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
             used.insert(name);
         }
     }
-    assert!(used.len() >= 6, "{used:?}");
+    assert!(used.len() >= 8, "{used:?}");
+    assert!(
+        metrics.contains("wattchdog_outbox_pending{receiver=\"siem\"} 1"),
+        "{metrics}"
+    );
     for name in &used {
         // Counters are exposed as `<name>_total` under `# TYPE <name> counter`.
         let family = name.strip_suffix("_total").unwrap_or(name);

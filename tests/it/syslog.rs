@@ -281,7 +281,10 @@ async fn rsyslog_receives_every_alert_once_over_tcp_and_tls_across_a_restart() {
 async fn a_tls_sink_without_a_usable_authority_file_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
-    for (ca, why) in [("missing.pem", "missing.pem"), ("empty.pem", "no certificate")] {
+    for (ca, why) in [
+        ("missing.pem", "missing.pem"),
+        ("empty.pem", "no certificate"),
+    ] {
         let text = format!(
             "[store]\npath = \"s.db\"\n[[sinks.syslog]]\nname = \"siem\"\naddress = \"127.0.0.1:6514\"\n\
              transport = \"tls\"\nca = \"{ca}\"\n"
@@ -292,6 +295,9 @@ async fn a_tls_sink_without_a_usable_authority_file_is_refused_at_start() {
             .err()
             .expect("refused")
             .to_string();
-        assert!(err.contains("syslog sink siem") && err.contains(why), "{err}");
+        assert!(
+            err.contains("syslog sink siem") && err.contains(why),
+            "{err}"
+        );
     }
 }
