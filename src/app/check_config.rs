@@ -153,12 +153,57 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
             b.map.filters().join(" ")
         ));
     }
+    for sink in &cfg.soc.syslog {
+        // What `run` reads at start: a TLS sink's authority file.
+        let mut resolved = sink.clone();
+        resolved.ca = sink.ca.as_ref().map(|ca| base.join(ca));
+        crate::sink::syslog::tls_connector(&resolved)
+            .map_err(|e| anyhow::anyhow!("{origin}: sinks.syslog {}: {e}", sink.name))?;
+        parts.push(format!(
+            "syslog {} to {} ({}, {})",
+            sink.name,
+            sink.address,
+            format!("{:?}", sink.transport).to_lowercase(),
+            format!("{:?}", sink.payload).to_lowercase()
+        ));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syslog_sinks_are_listed_and_their_tls_authority_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        let check = |ca: &str| {
+            std::fs::write(
+                &file,
+                format!("[store]\npath = \"s.db\"\n[[sinks.syslog]]\nname = \"siem\"\naddress = \"siem.example:6514\"\ntransport = \"tls\"\nca = \"{ca}\"\n"),
+            )
+            .unwrap();
+            run(CheckConfigArgs {
+                file: file.clone(),
+                mapping: false,
+                register_map: false,
+                json: false,
+            })
+        };
+        let err = check("missing.pem").unwrap_err().to_string();
+        assert!(
+            err.contains("sinks.syslog siem") && err.contains("missing.pem"),
+            "{err}"
+        );
+        let ca = rcgen::generate_simple_self_signed(vec!["siem.example".into()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        let text = check("ca.pem").unwrap().to_string();
+        assert!(
+            text.contains("syslog siem to siem.example:6514 (tls, cef)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_config_with_a_device_says_what_it_polls_for_people_and_for_scripts() {
