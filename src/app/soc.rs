@@ -436,8 +436,16 @@ impl Soc {
             let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
             match store.outbox_counts() {
                 Ok(counts) => {
-                    for (receiver, pending, dead) in counts {
-                        let label = ReceiverLabel { receiver };
+                    // A receiver with nothing unsent is not in the counts: it reads 0.
+                    let names = self.receivers.iter().map(|r| &r.name);
+                    for name in names.chain(self.syslog.iter().map(|s| &s.name)) {
+                        let (pending, dead) = counts
+                            .iter()
+                            .find(|(r, _, _)| r == name)
+                            .map_or((0, 0), |&(_, p, d)| (p, d));
+                        let label = ReceiverLabel {
+                            receiver: name.clone(),
+                        };
                         self.pending.get_or_create(&label).set(pending as i64);
                         self.dead.get_or_create(&label).set(dead as i64);
                     }

@@ -687,14 +687,16 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Per receiver: deliveries waiting (not yet sent, not given up on) and dead letters.
+    /// Per receiver with anything unsent: deliveries waiting (not given up on) and dead
+    /// letters.
     pub fn outbox_counts(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
         let e = self.err();
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT receiver, sum(delivered_at IS NULL AND dead_at IS NULL), sum(dead_at IS NOT NULL)
-                 FROM outbox GROUP BY receiver",
+                // Undelivered rows only (the due index): sent ones stay until retention.
+                "SELECT receiver, sum(dead_at IS NULL), sum(dead_at IS NOT NULL)
+                 FROM outbox WHERE delivered_at IS NULL GROUP BY receiver",
             )
             .map_err(&e)?;
         let rows = stmt
