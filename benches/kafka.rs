@@ -187,7 +187,8 @@ fn consume(c: &mut Criterion) {
                         let _ = rx.await;
                     };
                     let mut discard = |_: &wattchdog::correlate::Output| Ok(());
-                    let run = wattchdog::kafka::central::consume(cfg.central(), &mut discard, stop);
+                    let mut ignore = |_: &_, _: &_| {};
+                    let run = wattchdog::kafka::central::consume(cfg.central(), &mut discard, &mut ignore, stop);
                     tokio::pin!(run);
                     let times = tokio::select! {
                         t = watch => t,
@@ -285,6 +286,7 @@ fn produce_to_alert(c: &mut Criterion) {
         rt.block_on(wattchdog::kafka::central::consume(
             cfg.central(),
             &mut emit,
+            &mut |_, _| {},
             stop,
         ))
         .expect("consumes");

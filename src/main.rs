@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         }
         Command::Run(a) => app::run::run(a).and_then(|s| print(s, false)),
         Command::Demo(a) => app::demo::run(a).and_then(|s| print(s, false)),
+        Command::Kafka(a) => app::kafka::run(a).and_then(|(s, json)| print(s, json)),
         Command::Completions(a) => {
             app::install::completions(a.shell, &mut io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -37,10 +37,68 @@ pub enum Command {
     /// The whole system on this machine: a simulated facility over Modbus and MQTT,
     /// scheduled attacks, the dashboard (Ctrl-C stops).
     Demo(DemoArgs),
+    /// Many sites over Kafka: create or check the topics, show where the group stands.
+    Kafka(KafkaArgs),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Write the man pages (wattchdog.1 and one per command) into a directory.
     Manpages(ManpagesArgs),
+}
+
+/// `wattchdog kafka`.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KafkaCommand,
+}
+
+/// `wattchdog kafka …`.
+#[derive(Debug, Subcommand)]
+pub enum KafkaCommand {
+    /// Create the telemetry topic (and the alerts topic, if the config names one) with
+    /// the admin API, or check the ones that exist. Exits 1 when one has fewer partitions
+    /// than asked for.
+    Init(KafkaInitArgs),
+    /// Where the consumer group stands: members and the partitions each owns, and per
+    /// partition its end, committed offset, lag and committed event time.
+    Status(KafkaStatusArgs),
+}
+
+/// `wattchdog kafka init`.
+#[derive(Debug, Args)]
+pub struct KafkaInitArgs {
+    /// A config with a `[kafka]` table (brokers, topics, client properties).
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Partitions per topic: at least the central instances you may ever run, a
+    /// multiple of them for an even spread (24 spreads over 2, 3, 4, 6, 8, 12).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    /// Replicas per partition (default: the brokers' count, at most 3).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=16))]
+    pub replication: Option<i32>,
+    /// How long the telemetry topic keeps records: at least the warm-up plus the
+    /// longest outage of the central instances to ride out.
+    #[arg(long, default_value = "24h")]
+    pub retention: String,
+    /// How long the alerts topic keeps records.
+    #[arg(long, default_value = "30d")]
+    pub alerts_retention: String,
+    /// JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `wattchdog kafka status`.
+#[derive(Debug, Args)]
+pub struct KafkaStatusArgs {
+    /// A config with a `[kafka]` table (brokers, topic, group).
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `wattchdog completions`.
@@ -278,6 +336,9 @@ pub struct SimulateArgs {
     /// Facility description (TOML) instead of a built-in variant.
     #[arg(long)]
     pub facility: Option<PathBuf>,
+    /// Site name, instead of the facility's (several simulated sites side by side).
+    #[arg(long, value_parser = site_name)]
+    pub site: Option<String>,
     /// Start time (RFC 3339); default 2026-07-07T00:00:00Z, or now with --serve-modbus.
     #[arg(long)]
     pub start: Option<String>,
@@ -322,4 +383,17 @@ pub struct CheckConfigArgs {
     /// Print the Modbus devices and their read plans as JSON (for scripts).
     #[arg(long, conflicts_with_all = ["mapping", "register_map"])]
     pub json: bool,
+}
+
+/// A site name: letters, digits, `.`, `_` and `-`, at most 64.
+fn site_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("a site name is 1-64 letters, digits, '.', '_' or '-'".into())
+    }
 }

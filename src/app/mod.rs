@@ -8,6 +8,7 @@ pub mod cli;
 pub mod demo;
 pub mod eval;
 pub mod install;
+pub mod kafka;
 pub mod learn;
 pub mod replay;
 pub mod run;

@@ -273,8 +273,19 @@ async fn central(
         durable: store.as_mut().map(|s| s as &mut dyn Sink),
         rest: sink,
     };
+    let metrics = soc
+        .as_ref()
+        .map(|s| s.register(crate::kafka::metrics::KafkaMetrics::register));
+    let mut observe = |c: &crate::kafka::counts::CentralCounts, p: &PipelineStats| {
+        if let (Some(s), Some(m)) = (soc.as_ref(), metrics.as_ref()) {
+            m.update(c);
+            s.readings_to(p.readings);
+            s.pipeline(p);
+            s.tick(chrono::Utc::now().timestamp_millis());
+        }
+    };
     let (counts, pipeline) =
-        crate::kafka::central::consume(cfg.central(), &mut fanout, shutdown).await?;
+        crate::kafka::central::consume(cfg.central(), &mut fanout, &mut observe, shutdown).await?;
     Ok(RunReport {
         pipeline,
         devices: Vec::new(),
@@ -360,19 +371,46 @@ pub struct RunSummary {
 
 impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[cfg(feature = "kafka")]
+        if let Some(c) = &self.report.consumed {
+            return writeln!(
+                f,
+                "run (central): {} records, {} readings from {} judged live ({} records replayed to warm up) on {} partitions ({} assigned, {} revoked), {} alerts",
+                c.records,
+                c.readings,
+                match c.sites() {
+                    1 => "1 site".to_owned(),
+                    n => format!("{n} sites"),
+                },
+                c.warmup_records,
+                c.partitions.len(),
+                c.assigned,
+                c.revoked,
+                self.alerts
+            );
+        }
         let devices = &self.report.devices;
         let requests: u64 = devices.iter().map(|d| d.requests).sum();
         let failed: u64 = devices
             .iter()
             .map(|d| d.timeouts + d.transport_errors)
             .sum();
-        writeln!(
+        write!(
             f,
-            "run: {} devices, {requests} requests ({failed} failed), {} readings, {} alerts",
+            "run: {} devices, {requests} requests ({failed} failed), {} readings judged here, {} alerts",
             devices.len(),
             self.report.pipeline.readings,
             self.alerts
-        )
+        )?;
+        #[cfg(feature = "kafka")]
+        if let Some(fw) = &self.report.forwarded {
+            write!(
+                f,
+                "; forwarded {} records, {} readings ({} records dropped, {} failed)",
+                fw.delivered, fw.readings, fw.dropped, fw.failed
+            )?;
+        }
+        writeln!(f)
     }
 }
 

@@ -70,10 +70,13 @@ impl Summary for SimulateSummary {
 
 /// `wattchdog simulate`.
 pub fn run(a: SimulateArgs) -> Result<SimulateSummary> {
-    let facility = match &a.facility {
+    let mut facility = match &a.facility {
         Some(p) => sim::Facility::load(p)?,
         None => sim::Facility::variant(&a.variant)?,
     };
+    if let Some(site) = &a.site {
+        facility.site.clone_from(site);
+    }
     let opts = sim::SimOptions {
         start: match (&a.start, &a.serve_modbus) {
             (Some(t), _) => crate::time::TimeFormat::Auto.parse(t).context("--start")?,

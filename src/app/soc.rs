@@ -98,10 +98,10 @@ pub struct Soc {
     alerts: Family<SeverityLabel, Counter>,
     scores: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
     online: Family<DeviceLabels, Gauge>,
-    last_devices: Instant,
-    last_prune: Instant,
+    /// When `tick`'s periodic jobs last ran (it is called through a shared reference
+    /// from the consumer as well as the collectors).
+    last: Mutex<Periodic>,
     /// When the outbox gauges were last refreshed.
-    last_outbox: Instant,
     pending: Family<ReceiverLabel, Gauge>,
     dead: Family<ReceiverLabel, Gauge>,
     retention: i64,
@@ -113,6 +113,13 @@ pub struct Soc {
 
 /// The SOC surface is the durable sink of `run` and `demo`: the store commits an output
 /// (with its webhook deliveries) before the stream, the board or anything after it sees it.
+/// When the periodic jobs of [`Soc::tick`] last ran.
+struct Periodic {
+    devices: Instant,
+    prune: Instant,
+    outbox: Instant,
+}
+
 impl Sink for &Soc {
     fn put(&mut self, o: &Output) -> Result<(), SinkError> {
         self.output(o)
@@ -314,9 +321,11 @@ impl Soc {
             alerts,
             scores,
             online,
-            last_devices: Instant::now(),
-            last_prune: Instant::now(),
-            last_outbox: Instant::now() - Duration::from_secs(3600),
+            last: Mutex::new(Periodic {
+                devices: Instant::now(),
+                prune: Instant::now(),
+                outbox: Instant::now() - Duration::from_secs(3600),
+            }),
             pending,
             dead,
             retention: cfg.store.retention,
@@ -334,6 +343,24 @@ impl Soc {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .reading(r);
+    }
+
+    /// Readings processed so far, counted elsewhere (a central instance's partitions).
+    pub fn readings_to(&self, total: u64) {
+        self.readings
+            .inc_by(total.saturating_sub(self.readings.get()));
+    }
+
+    /// Registers more metrics on `/metrics` (a central instance's Kafka counts).
+    pub fn register<T>(
+        &self,
+        f: impl FnOnce(&mut prometheus_client::registry::Registry) -> T,
+    ) -> T {
+        f(&mut self
+            .state
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The pipeline's counters so far (they only grow).
@@ -410,9 +437,10 @@ impl Soc {
 
     /// Periodic work: device updates on the stream (at most once a second), score
     /// gauges, retention.
-    pub fn tick(&mut self, now: crate::model::Ts) {
-        if self.last_devices.elapsed() >= Duration::from_secs(1) {
-            self.last_devices = Instant::now();
+    pub fn tick(&self, now: crate::model::Ts) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.devices.elapsed() >= Duration::from_secs(1) {
+            last.devices = Instant::now();
             let mut board = self
                 .state
                 .board
@@ -431,8 +459,8 @@ impl Soc {
                 }
             }
         }
-        if self.last_outbox.elapsed() >= Duration::from_secs(10) {
-            self.last_outbox = Instant::now();
+        if last.outbox.elapsed() >= Duration::from_secs(10) {
+            last.outbox = Instant::now();
             let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
             match store.outbox_counts() {
                 Ok(counts) => {
@@ -453,8 +481,8 @@ impl Soc {
                 Err(e) => warn!(error = %e, "cannot count the outbox"),
             }
         }
-        if self.last_prune.elapsed() >= Duration::from_secs(3600) {
-            self.last_prune = Instant::now();
+        if last.prune.elapsed() >= Duration::from_secs(3600) {
+            last.prune = Instant::now();
             let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
             match store.prune(now - self.retention) {
                 Ok(n) if n > 0 => info!(rows = n, "retention: pruned"),

@@ -20,9 +20,12 @@
 
 use super::codec;
 use super::config::KafkaConfig;
+use super::counts::Milestone;
+pub use super::counts::{CentralCounts, PartitionCounts, Takeover};
 use super::logs::{Logs, Quiet};
 use super::offsets::{Arrival, Offsets};
 use crate::correlate::Output;
+use crate::model::event::Event;
 use crate::model::Ts;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::sink::{Fanout, Sink, SinkError, Stamp};
@@ -36,7 +39,6 @@ use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
@@ -59,32 +61,6 @@ pub enum CentralError {
     Sink(#[from] SinkError),
 }
 
-/// What consuming did, for the summary at shutdown.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CentralCounts {
-    /// Records processed live.
-    pub records: u64,
-    /// Times a silent partition's pipeline was moved on by the event-time front.
-    pub heartbeats: u64,
-    /// Records replayed muted to warm detectors up after an assignment.
-    pub warmup_records: u64,
-    /// Lines of records that were not readings (counted, skipped).
-    pub bad_lines: u64,
-    /// Partitions assigned and revoked over the run.
-    pub assigned: u64,
-    /// Partitions revoked.
-    pub revoked: u64,
-    /// Offset commits that failed (sent again; at worst the next owner replays).
-    pub commit_errors: u64,
-    /// Skipped offsets read again (a broker served a later batch first).
-    pub gaps_reread: u64,
-    /// Gaps in offsets taken as real after reading them again did not fill them.
-    pub gaps: u64,
-    /// Partitions taken over with no warm-up (neither the commit metadata nor the
-    /// broker's time index said where it starts): detectors start cold there.
-    pub cold_starts: u64,
-}
-
 /// One owned partition.
 struct Owned {
     pipeline: Pipeline,
@@ -101,6 +77,8 @@ struct Owned {
     behind: Option<std::time::Instant>,
     /// Judged silent since the last record read (logged once per silence).
     silent: bool,
+    /// When it was assigned (takeovers are timed from here).
+    assigned_at: std::time::Instant,
 }
 
 /// What a central instance judges with, besides the broker.
@@ -139,6 +117,28 @@ impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         self.logs.error(error, reason);
     }
+
+    /// Each held partition's lag: the end of the partition the client last heard of,
+    /// less the position of this instance.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let Ok(mut s) = self.shared.lock() else {
+            return;
+        };
+        let Shared {
+            partitions, counts, ..
+        } = &mut *s;
+        for (p, owned) in partitions.iter() {
+            let (Some(stat), Some(at)) = (topic.partitions.get(p), owned.offsets.position()) else {
+                continue;
+            };
+            if stat.hi_offset >= 0 {
+                counts.lag(*p, stat.hi_offset - at);
+            }
+        }
+    }
 }
 
 impl ConsumerContext for Context {
@@ -175,7 +175,7 @@ impl ConsumerContext for Context {
                             s.stats.add(owned.pipeline.stats());
                             revoked.push((e.partition(), owned));
                         }
-                        s.counts.revoked += 1;
+                        s.counts.revoke(e.partition());
                         tracing::info!(partition = e.partition(), "partition revoked");
                     }
                 }
@@ -274,17 +274,18 @@ impl Context {
                 entry.1 = Some(o);
             }
         }
+        let wall = chrono::Utc::now().timestamp_millis();
         for (p, (offset, warm_from, meta)) in plan {
             let (live_from, start) = match (offset, warm_from) {
                 (Offset::Offset(c), Some(w)) => (c, Offset::Offset(w.clamp(0, c))),
                 (Offset::Offset(c), None) => {
                     // Neither the commit nor the broker says where the warm-up starts.
-                    s.counts.cold_starts += 1;
                     tracing::warn!(partition = p, offset = c, "no warm-up start known: the partition goes live cold at its committed offset");
                     (c, Offset::Offset(c))
                 }
                 _ => (0, Offset::Beginning),
             };
+            let cold = matches!((offset, warm_from), (Offset::Offset(_), None));
             if let Err(e) = tpl.set_partition_offset(&self.topic, p, start) {
                 tracing::error!(partition = p, error = %e, "cannot set the starting offset");
             }
@@ -300,9 +301,10 @@ impl Context {
                     at_end: false,
                     behind: None,
                     silent: false,
+                    assigned_at: std::time::Instant::now(),
                 },
             );
-            s.counts.assigned += 1;
+            s.counts.assign(p, wall, live_from, cold);
         }
     }
 }
@@ -350,11 +352,13 @@ fn by_time<C: ConsumerContext>(
 }
 
 /// Consumes until `shutdown`, handing every live output to `sink` (which stores it
-/// first). Returns the counts and the pipelines' counters summed over every partition
-/// held (warm-up included).
+/// first) and the counts so far to `observe` every half second (for `/metrics`).
+/// Returns the counts and the pipelines' counters summed over every partition held
+/// (warm-up included).
 pub async fn consume(
     cfg: Central,
     sink: &mut dyn Sink,
+    observe: &mut dyn FnMut(&CentralCounts, &PipelineStats),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(CentralCounts, PipelineStats), CentralError> {
     let k: KafkaConfig = cfg.kafka.clone();
@@ -380,6 +384,8 @@ pub async fn consume(
             ("session.timeout.ms", &session),
             ("heartbeat.interval.ms", &heartbeat_every),
             ("fetch.wait.max.ms", "100"),
+            // Each partition's end, for its lag (`stats` below).
+            ("statistics.interval.ms", "5000"),
             // Reaching a partition's end is what tells a silent site from a slow one.
             ("enable.partition.eof", "true"),
         ])
@@ -478,11 +484,24 @@ pub async fn consume(
                 }
                 counts.bad_lines += bad.len() as u64;
                 let newest = events.iter().map(|e| e.ts()).max().unwrap_or(Ts::MIN);
+                let readings = events.iter().filter(|e| matches!(e, Event::Sample { .. })).count() as u64;
                 for e in events {
                     owned.pipeline.push(e, &mut out);
                 }
-                if !owned.offsets.read(o, newest, k.warmup) {
-                    counts.warmup_records += 1;
+                let live = owned.offsets.read(o, newest, k.warmup);
+                let since = owned.assigned_at.elapsed();
+                match counts.record(p, site_of(m.key()), readings, live, since) {
+                    Milestone::None => {}
+                    Milestone::AtWork => tracing::info!(partition = p, offset = o, after_ms = since.as_millis() as u64, "partition at work: warming up"),
+                    Milestone::Live | Milestone::AtWorkLive => tracing::info!(
+                        partition = p,
+                        offset = o,
+                        after_ms = since.as_millis() as u64,
+                        warmup_records = counts.partitions.get(&p).and_then(|c| c.takeovers.back()).map_or(0, |t| t.warmup_records),
+                        "partition live"
+                    ),
+                }
+                if !live {
                     out.clear();
                     if let Some(a) = audit.as_mut() {
                         writeln!(a, "{p} {o} muted")?;
@@ -490,7 +509,6 @@ pub async fn consume(
                     }
                     continue;
                 }
-                counts.records += 1;
                 *front = (*front).max(newest);
                 owned.newest = owned.newest.max(newest);
                 if let Some(a) = audit.as_mut() {
@@ -545,6 +563,8 @@ pub async fn consume(
             }
             _ = commit_tick.tick() => {
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
+                let (counts, stats) = snapshot(&shared);
+                observe(&counts, &stats);
             }
             () = &mut shutdown => break,
         }
@@ -565,7 +585,17 @@ pub async fn consume(
         let _ = rdkafka::producer::Producer::flush(p, Duration::from_secs(10));
     }
     consumer.unsubscribe();
-    let (counts, stats) = shared
+    // Leaving the group revokes what is still held, in the rebalance callback, which
+    // runs as the consumer closes: counted before the counts are read.
+    drop(consumer);
+    let (counts, stats) = snapshot(&shared);
+    observe(&counts, &stats);
+    Ok((counts, stats))
+}
+
+/// The counts and the pipelines' counters summed over every partition held.
+fn snapshot(shared: &Mutex<Shared>) -> (CentralCounts, PipelineStats) {
+    shared
         .lock()
         .map(|s| {
             let mut stats = s.stats.clone();
@@ -574,8 +604,17 @@ pub async fn consume(
             }
             (s.counts.clone(), stats)
         })
-        .unwrap_or_default();
-    Ok((counts, stats))
+        .unwrap_or_default()
+}
+
+/// The site a record is counted under: its key, as the edge writes it. A key that is
+/// not a short printable name (another producer, or forged) is counted apart.
+fn site_of(key: Option<&[u8]>) -> &str {
+    match key.map(std::str::from_utf8) {
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 128 && !k.chars().any(char::is_control) => k,
+        Some(_) => "(unreadable key)",
+        None => "(no key)",
+    }
 }
 
 /// Where a partition stands when the heartbeat looks at it.

@@ -23,6 +23,8 @@ pub struct ForwardStats {
     pub queued: AtomicU64,
     /// Records the brokers acknowledged.
     pub delivered: AtomicU64,
+    /// Readings in acknowledged records.
+    pub readings: AtomicU64,
     /// Records that failed after the producer's retries.
     pub failed: AtomicU64,
     /// Records dropped because the queue was full.
@@ -38,6 +40,8 @@ pub struct ForwardCounts {
     pub queued: u64,
     /// Records acknowledged.
     pub delivered: u64,
+    /// Readings in the records acknowledged (what a central instance should count).
+    pub readings: u64,
     /// Records failed.
     pub failed: u64,
     /// Records dropped at a full queue.
@@ -52,6 +56,7 @@ impl ForwardStats {
         ForwardCounts {
             queued: self.queued.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
+            readings: self.readings.load(Relaxed),
             failed: self.failed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             readings_lost: self.readings_lost.load(Relaxed),
@@ -79,6 +84,7 @@ impl ProducerContext for Context {
         match result {
             Ok(_) => {
                 self.0.delivered.fetch_add(1, Relaxed);
+                self.0.readings.fetch_add(*readings, Relaxed);
             }
             Err((e, _)) => {
                 self.0.failed.fetch_add(1, Relaxed);

@@ -96,6 +96,8 @@ impl ClientContext for Quiet {
     }
 }
 
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 impl ProducerContext for Quiet {
     type DeliveryOpaque = ();
 

@@ -6,11 +6,16 @@
 //! clustering; wattchdog has none of its own.
 
 #[cfg(feature = "kafka")]
+pub mod admin;
+pub mod assignment;
+#[cfg(feature = "kafka")]
 pub mod central;
 pub mod codec;
 pub mod config;
+pub mod counts;
 #[cfg(feature = "kafka")]
 pub mod edge;
 #[cfg(feature = "kafka")]
 mod logs;
+pub mod metrics;
 pub mod offsets;

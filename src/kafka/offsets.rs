@@ -71,6 +71,11 @@ impl Offsets {
         }
     }
 
+    /// The offset after the last record read (none yet).
+    pub fn position(&self) -> Option<i64> {
+        self.next
+    }
+
     /// Past the warm-up: what is read now is judged live.
     pub fn live(&self) -> bool {
         self.next.is_some_and(|n| n >= self.live_from)

@@ -90,11 +90,11 @@ fn audit_of(path: &Path, muted: bool) -> BTreeSet<(i32, i64)> {
         .collect()
 }
 
-fn audit(path: &Path) -> BTreeSet<(i32, i64)> {
+pub(crate) fn audit(path: &Path) -> BTreeSet<(i32, i64)> {
     audit_of(path, false)
 }
 
-fn alert_ids(path: &Path) -> BTreeSet<String> {
+pub(crate) fn alert_ids(path: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -106,7 +106,7 @@ fn alert_ids(path: &Path) -> BTreeSet<String> {
 }
 
 /// The partitions an instance holds now, by its log.
-fn assigned(dir: &Path, name: &str) -> BTreeSet<i32> {
+pub(crate) fn assigned(dir: &Path, name: &str) -> BTreeSet<i32> {
     let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
     let mut held = BTreeSet::new();
     for l in log.lines() {
@@ -122,8 +122,29 @@ fn assigned(dir: &Path, name: &str) -> BTreeSet<i32> {
     held
 }
 
+/// `wattchdog run -c cfg` as instance `name`: its log, alerts and report in `d`.
+pub(crate) fn start_instance(d: &Path, name: &str, cfg: &Path) -> Peer {
+    Peer(
+        wattchdog()
+            .args([
+                "run",
+                "--log",
+                "info",
+                "-c",
+                cfg.to_str().unwrap(),
+                "--alerts",
+            ])
+            .arg(d.join(format!("{name}.alerts")))
+            .arg("--report")
+            .arg(d.join(format!("{name}.report")))
+            .stderr(std::fs::File::create(d.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Stops an instance with SIGTERM; it must exit cleanly.
-fn terminate(mut p: Peer) {
+pub(crate) fn terminate(mut p: Peer) {
     let term = std::process::Command::new("kill")
         .args(["-TERM", &p.0.id().to_string()])
         .status()
@@ -133,7 +154,7 @@ fn terminate(mut p: Peer) {
 }
 
 /// Waits for `ok`; on a timeout prints the logs in `dir` (instances', broker's) and fails.
-fn wait_until(dir: &Path, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+pub(crate) fn wait_until(dir: &Path, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !ok() {
         if t0.elapsed() > limit {
@@ -396,23 +417,7 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
             ),
         )
         .unwrap();
-        Peer(
-            wattchdog()
-                .args([
-                    "run",
-                    "--log",
-                    "info",
-                    "-c",
-                    cfg.to_str().unwrap(),
-                    "--alerts",
-                ])
-                .arg(d.join(format!("{name}.alerts")))
-                .arg("--report")
-                .arg(d.join(format!("{name}.report")))
-                .stderr(std::fs::File::create(d.join(format!("{name}.log"))).unwrap())
-                .spawn()
-                .unwrap(),
-        )
+        start_instance(d, name, &cfg)
     };
     let live = |name: &str| audit(&d.join(format!("{name}.audit")));
     // Partitions an instance is at work on: warming up (muted) or live.
@@ -446,11 +451,25 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
             },
         );
         let took = since.elapsed();
-        eprintln!(
-            "{event:?}: {} at work on new partitions {took:?} after the change",
-            h.newcomer
-        );
         h.gained = gained(at_work(h.newcomer));
+        // Live: a record judged (not replayed muted) on every partition gained.
+        wait_until(
+            d,
+            &format!("{} judges its new partitions live", h.newcomer),
+            Duration::from_secs(120),
+            || {
+                let new: BTreeSet<i32> = live(h.newcomer)
+                    .difference(&h.live_before)
+                    .map(|(p, _)| *p)
+                    .collect();
+                h.gained.is_subset(&new)
+            },
+        );
+        eprintln!(
+            "{event:?}: {} at work on new partitions {took:?} after the change, live {:?} after",
+            h.newcomer,
+            since.elapsed()
+        );
         h
     };
 
@@ -523,9 +542,12 @@ fn scenario(broker: fn(&Path, i32) -> Option<Broker>, event: Event) {
         let second = standing("a2");
         let t1 = Instant::now();
         running.insert("a2", instance("a2"));
+        // Records keep coming while it joins: what it takes over has a live part.
+        produce(&records[split2..]);
         handovers.push(handover(second, None, t1));
+    } else {
+        produce(&records[split2..]);
     }
-    produce(&records[split2..]);
     let produced = delivered.lock().unwrap().clone();
     assert_eq!(produced.len(), records.len());
     let names = ["a", "b", "c", "a2"];
@@ -765,21 +787,7 @@ fn a_silent_site_is_judged_on_the_other_sites_event_time() {
     )
     .unwrap();
     let alerts = d.join("central.alerts");
-    let central = Peer(
-        wattchdog()
-            .args([
-                "run",
-                "--log",
-                "info",
-                "-c",
-                cfg.to_str().unwrap(),
-                "--alerts",
-            ])
-            .arg(&alerts)
-            .stderr(std::fs::File::create(d.join("central.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let central = start_instance(d, "central", &cfg);
     wait_until(
         d,
         "every record is processed",

@@ -11,6 +11,8 @@ mod interop_modbus;
 mod interop_mqtt;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kafka")]
+mod many_sites;
 mod modbus;
 mod mqtt;
 mod pcap;

@@ -934,7 +934,7 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
         "[[sinks.syslog]]\nname = \"siem\"\naddress = \"127.0.0.1:{}\"\ntransport = \"tcp\"\n",
         free_port()
     );
-    let (_, mut soc) = soc_on_loopback(dir.path(), &siem).await;
+    let (_, soc) = soc_on_loopback(dir.path(), &siem).await;
     // Something in every family (an empty one is not exposed): a device, an alert (and
     // its queued delivery), a late and an ahead event.
     soc.reading(&Reading {
@@ -976,6 +976,13 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     let trouble = TimeTrouble { late: 1, ahead: 1 };
     stats.by_device.insert("ams1/ups-1".into(), trouble);
     soc.pipeline(&stats);
+    // A central instance's Kafka counts, as `run` registers them when consuming.
+    let kafka = soc.register(wattchdog::kafka::metrics::KafkaMetrics::register);
+    let mut counts = wattchdog::kafka::counts::CentralCounts::default();
+    counts.assign(0, 0, 0, false);
+    counts.record(0, "ams1", 5, true, Duration::from_secs(1));
+    counts.lag(0, 3);
+    kafka.update(&counts);
     // Device gauges are refreshed at most once a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     soc.tick(0);
