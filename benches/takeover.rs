@@ -41,6 +41,23 @@ fn partitions(path: &Path, live_only: bool) -> BTreeSet<i32> {
         .collect()
 }
 
+/// The partitions an instance holds now, by its log.
+fn held(log: &Path) -> BTreeSet<i32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut held = BTreeSet::new();
+    for l in text.lines() {
+        let p = l
+            .split_once("partition=")
+            .and_then(|(_, r)| r.split(' ').next()?.parse::<i32>().ok());
+        match p {
+            Some(p) if l.contains("partition assigned") => held.insert(p),
+            Some(p) if l.contains("partition revoked") => held.remove(&p),
+            _ => false,
+        };
+    }
+    held
+}
+
 fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ok() {
@@ -159,31 +176,37 @@ fn takeover(dir: &Path, change: Change) -> Duration {
             ),
         )
         .expect("config");
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
         Command::new(env!("CARGO_BIN_EXE_wattchdog"))
-            .args(["run", "-c", cfg.to_str().unwrap_or_default()])
-            .stderr(std::process::Stdio::null())
+            .args([
+                "run",
+                "--log",
+                "info",
+                "-c",
+                cfg.to_str().unwrap_or_default(),
+            ])
+            .stderr(log)
             .spawn()
             .expect("wattchdog runs")
     };
+    let held = |name: &str| held(&dir.join(format!("{name}.log")));
     let minute = Duration::from_secs(60);
-    // b joins first and leads; a second.
+    // b joins first and leads; a second; the readings come once the group has settled.
     let mut b = start("b");
-    send(0, 1);
-    wait("b at work", minute, || {
-        !partitions(&audit("b"), false).is_empty()
-    });
+    wait("b joins", minute, || held("b").len() == SITES);
     let mut a = start("a");
-    send(1, 60);
-    wait("both instances at work", minute, || {
-        let (pa, pb) = (
-            partitions(&audit("a"), false),
-            partitions(&audit("b"), false),
-        );
+    wait("the group settles", minute, || {
+        let (pa, pb) = (held("a"), held("b"));
         !pa.is_empty() && pa.is_disjoint(&pb) && pa.len() + pb.len() == SITES
+    });
+    let owned_by_a = held("a");
+    send(0, 60);
+    wait("both instances at work", minute, || {
+        partitions(&audit("a"), false) == owned_by_a
+            && partitions(&audit("b"), false).len() == SITES - owned_by_a.len()
     });
     // Let a's commits catch up, so the taker warms up on a's past, muted.
     std::thread::sleep(Duration::from_secs(2));
-    let owned_by_a = partitions(&audit("a"), false);
     let changed = Instant::now();
     let mut others = Vec::new();
     let (taker, expect) = match change {

@@ -241,6 +241,22 @@ fn tansu_edges_to_central_with_an_instance_killed_mid_attack() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
+    // Run again asking for more partitions: the topic is left as it is, and the
+    // command says it has too few (exit 1), so a script notices.
+    let again = wattchdog()
+        .args(["kafka", "init", "-c", a_cfg.to_str().unwrap()])
+        .args(["--partitions", "4", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let topics: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let t = &topics["topics"][0];
+    assert_eq!(
+        (&t["action"], &t["partitions"]),
+        (&"exists".into(), &2.into()),
+        "{topics}"
+    );
+    assert!(t["problem"].as_str().unwrap().contains("fewer than the 4"));
     let start = |name: &str, cfg: &Path| start_instance(d, name, cfg);
     let assigned = |name: &str| assigned(d, name);
     // b leads the group (tansu 0.6's coordinator does not survive its leader's death):
@@ -306,6 +322,7 @@ fn tansu_edges_to_central_with_an_instance_killed_mid_attack() {
     // A third of the way into the attack (15 min of simulated time, 15 s here).
     sleep_until(wall_of(attack_start + (attack_end - attack_start) / 3));
     let held_by_a = assigned("a");
+    let held_by_b = assigned("b");
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     let killed = Instant::now();
@@ -421,8 +438,18 @@ fn tansu_edges_to_central_with_an_instance_killed_mid_attack() {
             .sum();
         assert_eq!(Some(counted), f["readings"].as_u64(), "{site}");
     }
-    // b's report times its takeover: at work, then live.
+    // b, on the partition it held throughout, counted what that site's edge delivered.
     let rb = report(&d.join("b.report"));
+    for p in &held_by_b {
+        let sites = rb["consumed"]["partitions"][p.to_string()]["sites"]
+            .as_object()
+            .unwrap();
+        assert!(!sites.is_empty(), "partition {p} carries a site");
+        for (site, n) in sites {
+            assert_eq!(n, &forwarded[site.as_str()]["readings"], "{site} on b");
+        }
+    }
+    // b's report times its takeover: at work, then live.
     for p in &held_by_a {
         let t = rb["consumed"]["partitions"][p.to_string()]["takeovers"]
             .as_array()
