@@ -107,7 +107,7 @@ impl fmt::Display for KafkaSummary {
             #[cfg(feature = "kafka")]
             KafkaSummary::Status(s) => {
                 let state = if s.state.is_empty() {
-                    "state unknown"
+                    "not described by the coordinator"
                 } else {
                     &s.state
                 };
