@@ -187,8 +187,7 @@ fn consume(c: &mut Criterion) {
                         let _ = rx.await;
                     };
                     let mut discard = |_: &wattchdog::correlate::Output| Ok(());
-                    let mut ignore = |_: &_, _: &_| {};
-                    let run = wattchdog::kafka::central::consume(cfg.central(), &mut discard, &mut ignore, stop);
+                                        let run = wattchdog::kafka::central::consume(cfg.central(), &mut discard, None, stop);
                     tokio::pin!(run);
                     let times = tokio::select! {
                         t = watch => t,
@@ -286,7 +285,7 @@ fn produce_to_alert(c: &mut Criterion) {
         rt.block_on(wattchdog::kafka::central::consume(
             cfg.central(),
             &mut emit,
-            &mut |_, _| {},
+            None,
             stop,
         ))
         .expect("consumes");

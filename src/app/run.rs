@@ -284,8 +284,11 @@ async fn central(
             s.tick(chrono::Utc::now().timestamp_millis());
         }
     };
+    let observer = soc
+        .is_some()
+        .then_some(&mut observe as &mut crate::kafka::central::Observer<'_>);
     let (counts, pipeline) =
-        crate::kafka::central::consume(cfg.central(), &mut fanout, &mut observe, shutdown).await?;
+        crate::kafka::central::consume(cfg.central(), &mut fanout, observer, shutdown).await?;
     Ok(RunReport {
         pipeline,
         devices: Vec::new(),

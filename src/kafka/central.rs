@@ -352,13 +352,14 @@ fn by_time<C: ConsumerContext>(
 }
 
 /// Consumes until `shutdown`, handing every live output to `sink` (which stores it
-/// first) and the counts so far to `observe` every half second (for `/metrics`).
+/// first) and, if asked, the counts so far to `observe` every half second (for
+/// `/metrics`; without an observer no snapshot is taken).
 /// Returns the counts and the pipelines' counters summed over every partition held
 /// (warm-up included).
 pub async fn consume(
     cfg: Central,
     sink: &mut dyn Sink,
-    observe: &mut dyn FnMut(&CentralCounts, &PipelineStats),
+    mut observe: Option<&mut Observer<'_>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(CentralCounts, PipelineStats), CentralError> {
     let k: KafkaConfig = cfg.kafka.clone();
@@ -563,8 +564,10 @@ pub async fn consume(
             }
             _ = commit_tick.tick() => {
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
-                let (counts, stats) = snapshot(&shared);
-                observe(&counts, &stats);
+                if let Some(observe) = observe.as_mut() {
+                    let (counts, stats) = snapshot(&shared);
+                    observe(&counts, &stats);
+                }
             }
             () = &mut shutdown => break,
         }
@@ -589,7 +592,9 @@ pub async fn consume(
     // runs as the consumer closes: counted before the counts are read.
     drop(consumer);
     let (counts, stats) = snapshot(&shared);
-    observe(&counts, &stats);
+    if let Some(observe) = observe {
+        observe(&counts, &stats);
+    }
     Ok((counts, stats))
 }
 
@@ -616,6 +621,9 @@ fn site_of(key: Option<&[u8]>) -> &str {
         None => "(no key)",
     }
 }
+
+/// Called with the counts so far (for `/metrics`).
+pub type Observer<'a> = dyn FnMut(&CentralCounts, &PipelineStats) + 'a;
 
 /// Where a partition stands when the heartbeat looks at it.
 #[derive(Debug, Clone, Copy)]
