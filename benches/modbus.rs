@@ -10,6 +10,7 @@ use wattchdog::protocol::plan::{plan, PlanLimits};
 use wattchdog::protocol::registers::RegisterMap;
 use wattchdog::sim::serve::{FunctionCounts, GatewayHandle};
 use wattchdog::source::modbus::{DevicePlan, DevicePoller, DeviceStats};
+use wattchdog::source::poll::Link;
 use wattchdog::time::Clock;
 
 const DEVICES: usize = 50;

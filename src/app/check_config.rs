@@ -98,6 +98,7 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
     let origin = file.display().to_string();
     let devices = cfg.modbus.resolve(base, &origin)?;
     let brokers = cfg.mqtt.resolve(base, &origin)?;
+    let agents = cfg.snmp.resolve(base, &origin)?;
     summary.modbus = devices
         .iter()
         .map(|d| PolledDevice {
@@ -152,6 +153,17 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
             b.cfg.url,
             b.map.filters().join(" ")
         ));
+    }
+    if !agents.is_empty() {
+        let gets: usize = agents.iter().map(|d| d.gets.len()).sum();
+        let walks: usize = agents.iter().map(|d| d.map.columns().count()).sum();
+        parts.push(format!(
+            "{} SNMP devices, {gets} GETs and {walks} column walks per poll cycle",
+            agents.len()
+        ));
+    }
+    if let Some(l) = &cfg.snmp.trap_listen {
+        parts.push(format!("SNMP traps on {l}"));
     }
     for sink in &cfg.soc.syslog {
         // What `run` reads at start: a TLS sink's authority file.

@@ -346,6 +346,18 @@ pub struct SimulateArgs {
     /// simulating on the clock, instead of writing the capture as fast as possible.
     #[arg(long, conflicts_with = "publish_mqtt")]
     pub serve_modbus: Option<String>,
+    /// With --serve-modbus: also serve the devices of `--snmp-kinds` as SNMPv2c agents,
+    /// one UDP port each from this address's port up (port 0: any free ports).
+    #[arg(long, requires = "serve_modbus")]
+    pub serve_snmp: Option<String>,
+    /// With --serve-snmp: the device kinds served over SNMP (read over SNMP, not Modbus,
+    /// in the --write-config file).
+    #[arg(long, default_value = "ups,pdu", requires = "serve_snmp")]
+    pub snmp_kinds: String,
+    /// With --serve-snmp: send notifications (traps) to this `host:port`; the
+    /// --write-config file listens there.
+    #[arg(long, requires = "serve_snmp")]
+    pub snmp_trap_to: Option<String>,
     /// Publish the devices to this MQTT broker (`mqtt://host:port`) while simulating on
     /// the clock (topic map `wattchdog-sim`, or `wattchdog-sim-sparkplug` with --sparkplug).
     #[arg(long)]

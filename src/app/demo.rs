@@ -120,6 +120,7 @@ pub async fn serve(
         clock,
         Box::new(std::io::sink()),
         Default::default(),
+        None,
         std::future::pending(),
     ));
     let mut publish_opts =

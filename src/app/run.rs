@@ -16,6 +16,7 @@ use crate::pipeline::{Pipeline, PipelineStats};
 use crate::sink::{AlertJsonl, Fanout, Sink, SinkError, Stamp};
 use crate::source::modbus::{Collector, DeviceCounts, PollSettings};
 use crate::source::mqtt::{self, MqttCounts, MqttStats};
+use crate::source::snmp::SnmpCollector;
 use crate::tomlfile::TomlError;
 use anyhow::Context;
 use serde::Serialize;
@@ -35,8 +36,13 @@ pub enum RunError {
     /// A bad source configuration.
     #[error(transparent)]
     Config(#[from] TomlError),
+    /// A socket could not be bound.
+    #[error("{0}")]
+    Bind(String),
     /// Nothing to collect from.
-    #[error("{0}: no sources configured (add [[modbus.devices]] or [[mqtt.brokers]])")]
+    #[error(
+        "{0}: no sources configured (add [[modbus.devices]], [[snmp.devices]] or [[mqtt.brokers]])"
+    )]
     NoSources(String),
     /// A sink failed.
     #[error("writing output: {0}")]
@@ -68,6 +74,12 @@ pub struct RunReport {
     pub devices: Vec<DeviceCounts>,
     /// Per-broker MQTT counters.
     pub mqtt: Vec<MqttCounts>,
+    /// Per-device SNMP counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snmp: Vec<DeviceCounts>,
+    /// SNMP trap receiver counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traps: Option<crate::source::snmp::TrapCounts>,
     /// Readings dropped because the point table was full.
     pub dropped: u64,
     /// Event time of the last heartbeat.
@@ -150,7 +162,8 @@ async fn collect(
     let detect = !cfg.kafka.forward || cfg.kafka.detect;
     let devices = cfg.modbus.resolve(base, origin)?;
     let brokers = cfg.mqtt.resolve(base, origin)?;
-    if devices.is_empty() && brokers.is_empty() {
+    let agents = cfg.snmp.resolve(base, origin)?;
+    if devices.is_empty() && brokers.is_empty() && agents.is_empty() {
         return Err(RunError::NoSources(origin.to_owned()));
     }
     let clock = cfg.clock.clock();
@@ -169,6 +182,19 @@ async fn collect(
         ));
         subscribers.push((name, stats, task));
     }
+    let snmp = if agents.is_empty() && cfg.snmp.trap_listen.is_none() {
+        None
+    } else {
+        let settings = PollSettings {
+            clock,
+            backoff_min: cfg.snmp.backoff_min,
+            backoff_max: cfg.snmp.backoff_max,
+        };
+        let c = SnmpCollector::start(&cfg.snmp, agents, settings, tx.clone())
+            .await
+            .map_err(|e| RunError::Bind(format!("{origin}: snmp.trap_listen: {e}")))?;
+        Some(c)
+    };
     let collector = Collector::start(
         devices,
         cfg.modbus.concurrency,
@@ -221,6 +247,10 @@ async fn collect(
     }
     info!("stopping collectors");
     let devices = collector.stop().await;
+    let (snmp_counts, trap_counts) = match snmp {
+        Some(c) => c.stop().await,
+        None => (Vec::new(), None),
+    };
     let _ = stop_mqtt.send(true);
     let mut mqtt_counts = Vec::new();
     for (name, stats, task) in subscribers {
@@ -249,6 +279,8 @@ async fn collect(
         pipeline: pipeline.stats().clone(),
         devices,
         mqtt: mqtt_counts,
+        snmp: snmp_counts,
+        traps: trap_counts,
         dropped,
         last_ts,
         #[cfg(feature = "kafka")]
@@ -293,6 +325,8 @@ async fn central(
         pipeline,
         devices: Vec::new(),
         mqtt: Vec::new(),
+        snmp: Vec::new(),
+        traps: None,
         dropped: 0,
         last_ts: 0,
         forwarded: None,
@@ -392,19 +426,24 @@ impl fmt::Display for RunSummary {
                 self.alerts
             );
         }
-        let devices = &self.report.devices;
-        let requests: u64 = devices.iter().map(|d| d.requests).sum();
-        let failed: u64 = devices
-            .iter()
-            .map(|d| d.timeouts + d.transport_errors)
-            .sum();
+        let devices = || self.report.devices.iter().chain(&self.report.snmp);
+        let requests: u64 = devices().map(|d| d.requests).sum();
+        let failed: u64 = devices().map(|d| d.timeouts + d.transport_errors).sum();
         write!(
             f,
             "run: {} devices, {requests} requests ({failed} failed), {} readings judged here, {} alerts",
-            devices.len(),
+            devices().count(),
             self.report.pipeline.readings,
             self.alerts
         )?;
+        if let Some(t) = &self.report.traps {
+            let dropped = t.unknown_source + t.bad_community + t.undecodable + t.rate_limited;
+            write!(
+                f,
+                "; {} SNMP notifications ({} readings, {dropped} dropped)",
+                t.received, t.readings
+            )?;
+        }
         #[cfg(feature = "kafka")]
         if let Some(fw) = &self.report.forwarded {
             write!(

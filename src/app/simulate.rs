@@ -234,8 +234,22 @@ fn serve_modbus(
             .with_context(|| format!("cannot listen on {addr}"))?;
         let bound = listener.local_addr()?;
         let devices = serve::served_devices(&simulator)?;
+        let (snmp, served_snmp) = match &a.serve_snmp {
+            Some(at) => snmp_agents(a, at, &devices).await?,
+            None => (None, serve::SnmpServed::default()),
+        };
+        for (name, _, at) in &served_snmp.devices {
+            eprintln!("serving {name} over SNMPv2c on {at}");
+        }
         if let Some(p) = &a.write_config {
-            let text = serve::run_config(&facility.site, bound, &devices, clock, &a.poll_interval);
+            let text = serve::run_config_with_snmp(
+                &facility.site,
+                bound,
+                &devices,
+                &served_snmp,
+                clock,
+                &a.poll_interval,
+            );
             // Written whole under a temporary name, so a reader never sees half a file.
             let tmp = p.with_extension("toml.tmp");
             std::fs::write(&tmp, text)
@@ -256,6 +270,7 @@ fn serve_modbus(
             clock,
             Box::new(out),
             Default::default(),
+            snmp,
             stop_signal(),
         )
         .await?;
@@ -263,4 +278,65 @@ fn serve_modbus(
             devices: devices.len(),
         })
     })
+}
+
+/// Binds one UDP socket per device of `--snmp-kinds` (consecutive ports from `at`'s, or
+/// any free ones for port 0) with its agent.
+async fn snmp_agents(
+    a: &SimulateArgs,
+    at: &str,
+    devices: &[serve::ServedDevice],
+) -> Result<(Option<serve::SnmpServe>, serve::SnmpServed)> {
+    use crate::protocol::mib;
+    let base: std::net::SocketAddr = at
+        .parse()
+        .with_context(|| format!("--serve-snmp {at:?}: give ip:port"))?;
+    let trap_to = match &a.snmp_trap_to {
+        Some(t) => Some(
+            t.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--snmp-trap-to {t:?}: give ip:port"))?,
+        ),
+        None => None,
+    };
+    let kinds: Vec<&str> = a.snmp_kinds.split(',').map(str::trim).collect();
+    for k in &kinds {
+        anyhow::ensure!(
+            mib::for_kind(k).is_some(),
+            "--snmp-kinds: no SNMP profile for {k:?} (ups, pdu and env have one)"
+        );
+    }
+    let mut agents = Vec::new();
+    let mut served = serve::SnmpServed {
+        devices: Vec::new(),
+        trap_to,
+    };
+    for (i, d) in devices.iter().enumerate() {
+        let Some(profile) = mib::for_kind(d.kind).filter(|_| kinds.contains(&d.kind)) else {
+            continue;
+        };
+        let mut addr = base;
+        if base.port() != 0 {
+            let port = u16::try_from(usize::from(base.port()) + served.devices.len())
+                .context("--serve-snmp: ports run past 65535")?;
+            addr.set_port(port);
+        }
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind {addr} for {}", d.name))?;
+        let bound = socket.local_addr()?;
+        let agent = crate::sim::snmp_agent::Agent::new(&d.name, mib::named(profile)?, "public");
+        agents.push((i, agent, socket));
+        served.devices.push((d.name.clone(), profile, bound));
+    }
+    anyhow::ensure!(
+        !agents.is_empty(),
+        "--serve-snmp: the facility has no device of kinds {}",
+        a.snmp_kinds
+    );
+    let serve = serve::SnmpServe {
+        agents,
+        trap_to,
+        counts: Default::default(),
+    };
+    Ok((Some(serve), served))
 }

@@ -44,6 +44,7 @@ struct RawConfig<D: Default> {
     modbus: ModbusConfig,
     pcap: crate::source::pcap::PcapConfig,
     mqtt: MqttConfig,
+    snmp: crate::source::snmp::SnmpConfig,
     kafka: crate::kafka::config::KafkaConfig,
     sinks: SinksConfig,
     store: crate::sink::store::StoreConfig,
@@ -222,6 +223,8 @@ pub struct Config {
     pub wire: std::sync::Arc<crate::source::pcap::WireMap>,
     /// MQTT brokers to subscribe to.
     pub mqtt: MqttConfig,
+    /// SNMP agents to poll, and where their traps arrive.
+    pub snmp: crate::source::snmp::SnmpConfig,
     /// Many sites over Kafka.
     pub kafka: crate::kafka::config::KafkaConfig,
     /// Outputs of `run`.
@@ -330,6 +333,7 @@ impl Config {
             pcap: typed.pcap,
             wire,
             mqtt: typed.mqtt,
+            snmp: typed.snmp,
             kafka: typed.kafka,
             sinks: typed.sinks,
             soc: SocConfig {

@@ -1,8 +1,10 @@
 //! Pure protocol decoding, no I/O: Modbus register maps and their codec, the built-in
 //! profiles, and read plans (which requests cover a map's polled registers).
 
+pub mod ber;
 pub mod frame;
 pub mod image;
+pub mod mib;
 pub mod plan;
 pub mod profiles;
 pub mod registers;

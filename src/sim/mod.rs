@@ -22,6 +22,7 @@ pub mod pcap;
 pub mod publish;
 pub mod scenario;
 pub mod serve;
+pub mod snmp_agent;
 
 use crate::model::Ts;
 pub use facility::{Facility, FacilityError, VARIANTS};

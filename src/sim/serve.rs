@@ -11,6 +11,7 @@
 //! device identification), is reported as a `command` line in the capture the server
 //! writes, next to the readings: the ground truth to compare detections with.
 
+use super::snmp_agent::{Agent, AgentCounts};
 use super::{CaptureWriter, SimError, SimEvent, Simulator};
 use crate::model::Ts;
 use crate::protocol::image::{DeviceImage, Refusal};
@@ -22,7 +23,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 use tracing::{debug, info, warn};
 
@@ -120,6 +121,8 @@ struct SimPlant {
     clock: Clock,
     capture: CaptureWriter,
     index: rustc_hash::FxHashMap<String, usize>,
+    /// Each device's latest value of each metric (what the SNMP agents serve).
+    values: Vec<rustc_hash::FxHashMap<String, f64>>,
     unmapped: u64,
     /// Event time until the next simulated second is due.
     ahead: Ts,
@@ -136,6 +139,7 @@ impl Plant for SimPlant {
             sim,
             capture,
             index,
+            values,
             unmapped,
             ..
         } = self;
@@ -149,6 +153,11 @@ impl Plant for SimPlant {
             {
                 if let Some(&i) = index.get(device) {
                     *unmapped += u64::from(!images[i].set(metric, value));
+                    if let Some(v) = values[i].get_mut(metric) {
+                        *v = value;
+                    } else {
+                        values[i].insert(metric.to_owned(), value);
+                    }
                 }
             }
             capture.event(ts, &ev)
@@ -214,6 +223,27 @@ pub fn run_config(
     clock: Clock,
     interval: &str,
 ) -> String {
+    run_config_with_snmp(site, addr, devices, &SnmpServed::default(), clock, interval)
+}
+
+/// Devices served over SNMP, for [`run_config_with_snmp`].
+#[derive(Debug, Clone, Default)]
+pub struct SnmpServed {
+    /// Name, object map and agent address of each.
+    pub devices: Vec<(String, &'static str, SocketAddr)>,
+    /// Where the agents send notifications (the collector's `trap_listen`).
+    pub trap_to: Option<SocketAddr>,
+}
+
+/// [`run_config`] with some devices read over SNMP instead of Modbus.
+pub fn run_config_with_snmp(
+    site: &str,
+    addr: SocketAddr,
+    devices: &[ServedDevice],
+    snmp: &SnmpServed,
+    clock: Clock,
+    interval: &str,
+) -> String {
     let mut s = format!(
         "# Polls `wattchdog simulate --serve-modbus {addr}`.\n\
          [clock]\nspeed = {}\nepoch = \"{}\"\n\n[modbus]\nsite = \"{site}\"\ninterval = \"{interval}\"\n\
@@ -222,11 +252,23 @@ pub fn run_config(
         format_ts(clock.epoch),
         accelerated_tolerances(clock.speed)
     );
-    for d in devices {
+    let over_snmp = |name: &str| snmp.devices.iter().any(|(n, _, _)| n == name);
+    for d in devices.iter().filter(|d| !over_snmp(&d.name)) {
         s += &format!(
             "\n[[modbus.devices]]\nname = \"{}\"\naddress = \"{addr}\"\nunit = {}\nprofile = \"{}\"\n",
             d.name, d.unit, d.profile
         );
+    }
+    if !snmp.devices.is_empty() {
+        s += &format!("\n[snmp]\nsite = \"{site}\"\ninterval = \"{interval}\"\n");
+        if let Some(t) = snmp.trap_to {
+            s += &format!("trap_listen = \"{t}\"\n");
+        }
+        for (name, profile, at) in &snmp.devices {
+            s += &format!(
+                "\n[[snmp.devices]]\nname = \"{name}\"\naddress = \"{at}\"\nprofile = \"{profile}\"\n"
+            );
+        }
     }
     s
 }
@@ -252,6 +294,7 @@ pub fn accelerated_tolerances(speed: f64) -> String {
     s
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Serves `sim` on `listener` until the simulation ends or `shutdown` resolves, writing
 /// readings and commands as canonical JSONL to `out`.
 pub async fn serve(
@@ -261,6 +304,7 @@ pub async fn serve(
     clock: Clock,
     out: Box<dyn Write + Send>,
     counts: Arc<FunctionCounts>,
+    snmp: Option<SnmpServe>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SimError> {
     let devices = served_devices(&sim)?;
@@ -278,12 +322,16 @@ pub async fn serve(
         sim,
         clock,
         capture: CaptureWriter::new(out, &site),
+        values: vec![Default::default(); index.len()],
         index,
         unmapped: 0,
         ahead: 0,
         failed: None,
     };
     let gateway = GatewayHandle::start(listener, named, plant, counts);
+    let started = clock.now();
+    let uptime = move || ((clock.now() - started).max(0) / 10) as u32;
+    let agents = snmp.map(|s| SnmpAgents::start(s, gateway.gateway.clone(), uptime));
     tokio::pin!(shutdown);
     let outcome = loop {
         // Without clients the plant still runs, so the capture holds every second.
@@ -291,6 +339,9 @@ pub async fn serve(
             let mut served = gateway.gateway.lock();
             let Served { images, plant, .. } = &mut *served;
             plant.advance(images);
+            if let Some(a) = &agents {
+                a.notify(&plant.values, uptime());
+            }
             if let Some(e) = plant.failed.take() {
                 break Err(e);
             }
@@ -315,10 +366,98 @@ pub async fn serve(
         served.plant.unmapped
     };
     gateway.stop();
+    if let Some(a) = agents {
+        a.stop();
+    }
     if unmapped > 0 {
         warn!(unmapped, "readings that did not fit their register");
     }
     outcome.map_err(SimError::from)
+}
+
+/// Devices also served over SNMP (`simulate --serve-snmp`).
+pub struct SnmpServe {
+    /// Device index (the simulator's order), its agent and its bound socket.
+    pub agents: Vec<(usize, Agent, UdpSocket)>,
+    /// Where notifications go.
+    pub trap_to: Option<SocketAddr>,
+    /// Requests received by every agent.
+    pub counts: Arc<AgentCounts>,
+}
+
+/// The running agents: one task per socket answering requests from the plant's present.
+struct SnmpAgents {
+    agents: Vec<(usize, Arc<Mutex<Agent>>, Arc<UdpSocket>)>,
+    trap_to: Option<SocketAddr>,
+    counts: Arc<AgentCounts>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SnmpAgents {
+    fn start(
+        s: SnmpServe,
+        gateway: Arc<Gateway<SimPlant>>,
+        uptime: impl Fn() -> u32 + Copy + Send + 'static,
+    ) -> Self {
+        let mut agents = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, agent, socket) in s.agents {
+            let (agent, socket) = (Arc::new(Mutex::new(agent)), Arc::new(socket));
+            agents.push((i, agent.clone(), socket.clone()));
+            let (gateway, counts) = (gateway.clone(), s.counts.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_535];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    let reply = {
+                        let mut served = gateway.lock();
+                        if served.closed {
+                            break;
+                        }
+                        let Served { images, plant, .. } = &mut *served;
+                        plant.advance(images);
+                        let values = &plant.values[i];
+                        let agent = agent.lock().unwrap_or_else(PoisonError::into_inner);
+                        let tree = agent.tree(&|m| values.get(m).copied(), uptime());
+                        agent.answer(&buf[..n], &tree, &counts)
+                    };
+                    if let Some(r) = reply {
+                        if let Err(e) = socket.send_to(&r, from).await {
+                            debug!(error = %e, "snmp answer not sent");
+                        }
+                    }
+                }
+            }));
+        }
+        Self {
+            agents,
+            trap_to: s.trap_to,
+            counts: s.counts,
+            tasks,
+        }
+    }
+
+    /// Sends the notifications flags that changed call for (UDP: never waits).
+    fn notify(&self, values: &[rustc_hash::FxHashMap<String, f64>], uptime: u32) {
+        let Some(to) = self.trap_to else { return };
+        for (i, agent, socket) in &self.agents {
+            let mut agent = agent.lock().unwrap_or_else(PoisonError::into_inner);
+            let v = &values[*i];
+            for trap in agent.notifications(&|m| v.get(m).copied(), uptime) {
+                match socket.try_send_to(&trap, to) {
+                    Ok(_) => {
+                        self.counts.notifications.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => warn!(device = %agent.name, error = %e, "snmp notification not sent"),
+                }
+            }
+        }
+    }
+
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Wall time to sleep until the next simulated second is due (bounded, so shutdown and
@@ -659,6 +798,7 @@ mod tests {
         let captured = Arc::new(Mutex::new(Vec::new()));
         let plant = SimPlant {
             index: sim.device_index(),
+            values: vec![Default::default(); devices.len()],
             sim,
             clock,
             capture: CaptureWriter::new(Box::new(SharedBuf(captured.clone())), "s"),

@@ -9,6 +9,8 @@ pub mod jsonl;
 pub mod modbus;
 pub mod mqtt;
 pub mod pcap;
+pub mod poll;
+pub mod snmp;
 
 use crate::model::event::Event;
 use crate::model::points::Registry;

@@ -1,18 +1,9 @@
-//! The Modbus TCP poller.
+//! The Modbus TCP poller (scheduled, backed off and counted by [`super::poll`]).
 //!
-//! - Each device polls on its own task, on its own schedule (`interval` of event time),
-//!   with the read plan of its profile: the fewest requests that cover its registers.
-//!   A semaphore bounds how many devices are mid-cycle at once; a slow device only
-//!   holds its own permit.
+//! - Each device reads the plan of its profile: the fewest requests that cover its
+//!   registers.
 //! - Every request is wrapped in a timeout (tokio-modbus has none). After a timeout or a
-//!   transport error the connection is dropped — a late reply would otherwise be taken
-//!   for the next request's — and re-opened with exponential backoff and jitter. The
-//!   backoff grows with every failure, a refused connection or a cycle that lost its
-//!   link alike (a device that accepts and then misbehaves is not re-dialled every
-//!   cycle), and resets only after a cycle that kept its link; the first failure after a
-//!   good cycle retries at the next cycle. Failures are logged at
-//!   warn with their reason when the reason changes and at most once a minute otherwise
-//!   (with how many were not logged); the first good cycle after them at info.
+//!   transport error the connection is dropped and re-opened (see `poll`).
 //! - A Modbus exception is an answer: the request's points are reported with
 //!   `quality = "bad"` (carrying their last good value) and counted. A "not available"
 //!   sentinel is a bad-quality point too. A timeout is silence: nothing is reported, so
@@ -21,16 +12,16 @@
 //! - Read-only by construction: the link type below exposes the four read functions and
 //!   nothing else, and this module never imports tokio-modbus's `Writer`.
 
+use super::poll::{bump, poll_device, Failure, Link, Schedule};
+pub use super::poll::{DeviceCounts, DeviceStats, PollSettings};
 use crate::model::{Quality, Reading, Ts};
 use crate::protocol::plan::{plan, PlanLimits, ReadRequest};
 use crate::protocol::profiles;
 use crate::protocol::registers::{CodecError, RegisterMap, Table};
 use crate::time::{serde_duration, Clock};
 use crate::tomlfile::{check, TomlError};
-use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -120,46 +111,25 @@ impl ModbusConfig {
     /// Checks the settings and resolves every device's profile (files relative to
     /// `base`) into a ready-to-run poller description.
     pub fn resolve(&self, base: &Path, origin: &str) -> Result<Vec<DevicePlan>, TomlError> {
-        check(
-            origin,
-            "modbus.interval",
-            self.interval >= 1,
-            "must be at least 1ms",
-        )?;
-        check(
-            origin,
-            "modbus.timeout",
-            self.timeout >= 1,
-            "must be at least 1ms",
-        )?;
-        check(
-            origin,
-            "modbus.concurrency",
-            self.concurrency >= 1,
-            "must be at least 1",
-        )?;
-        check(
-            origin,
-            "modbus.backoff_min",
-            self.backoff_min >= 1 && self.backoff_min <= self.backoff_max,
-            "must be at least 1ms and at most backoff_max",
-        )?;
+        let schedule = Schedule {
+            interval: self.interval,
+            timeout: self.timeout,
+            concurrency: self.concurrency,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        };
+        schedule.check(origin, "modbus")?;
         let mut seen = std::collections::BTreeSet::new();
         let mut out = Vec::with_capacity(self.devices.len());
         for (i, d) in self.devices.iter().enumerate() {
             let key = |k: &str| format!("modbus.devices[{i}] ({}).{k}", d.name);
             let site = d.site.clone().unwrap_or_else(|| self.site.clone());
-            check(
+            let (interval, timeout) = schedule.device(
                 origin,
-                &key("name"),
-                !d.name.is_empty(),
-                "must not be empty",
-            )?;
-            check(
-                origin,
-                &key("name"),
-                seen.insert((site.clone(), d.name.clone())),
-                "is used twice in one site",
+                &key,
+                &mut seen,
+                (&site, &d.name),
+                (d.interval, d.timeout),
             )?;
             check(
                 origin,
@@ -168,20 +138,6 @@ impl ModbusConfig {
                     .rsplit_once(':')
                     .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)),
                 "must be host:port",
-            )?;
-            let interval = d.interval.unwrap_or(self.interval);
-            let timeout = d.timeout.unwrap_or(self.timeout);
-            check(
-                origin,
-                &key("interval"),
-                interval >= 1,
-                "must be at least 1ms",
-            )?;
-            check(
-                origin,
-                &key("timeout"),
-                timeout >= 1,
-                "must be at least 1ms",
             )?;
             let max_registers = d.max_registers.unwrap_or(self.max_registers);
             check(
@@ -254,68 +210,6 @@ pub struct DevicePlan {
     pub map: Arc<RegisterMap>,
 }
 
-/// Counters of one device's poller.
-#[derive(Debug, Default)]
-pub struct DeviceStats {
-    /// Requests sent.
-    pub requests: AtomicU64,
-    /// Responses with data.
-    pub responses: AtomicU64,
-    /// Modbus exception responses.
-    pub exceptions: AtomicU64,
-    /// Requests that timed out.
-    pub timeouts: AtomicU64,
-    /// Transport failures (reset, refused, protocol errors).
-    pub transport_errors: AtomicU64,
-    /// Connections opened.
-    pub connects: AtomicU64,
-    /// Readings reported good.
-    pub good: AtomicU64,
-    /// Readings reported bad (exception or "not available").
-    pub bad: AtomicU64,
-    /// Cycles started late because the previous one overran the interval.
-    pub overruns: AtomicU64,
-}
-
-/// A snapshot of [`DeviceStats`], for reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[allow(missing_docs)]
-pub struct DeviceCounts {
-    pub device: String,
-    pub requests: u64,
-    pub responses: u64,
-    pub exceptions: u64,
-    pub timeouts: u64,
-    pub transport_errors: u64,
-    pub connects: u64,
-    pub good: u64,
-    pub bad: u64,
-    pub overruns: u64,
-}
-
-impl DeviceStats {
-    /// The counters now.
-    pub fn snapshot(&self, device: &str) -> DeviceCounts {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        DeviceCounts {
-            device: device.to_owned(),
-            requests: g(&self.requests),
-            responses: g(&self.responses),
-            exceptions: g(&self.exceptions),
-            timeouts: g(&self.timeouts),
-            transport_errors: g(&self.transport_errors),
-            connects: g(&self.connects),
-            good: g(&self.good),
-            bad: g(&self.bad),
-            overruns: g(&self.overruns),
-        }
-    }
-}
-
-fn bump(a: &AtomicU64, n: u64) {
-    a.fetch_add(n, Ordering::Relaxed);
-}
-
 /// The only handle this module holds on a device: reads, nothing else.
 struct ReadOnlyLink(tokio_modbus::client::Context);
 
@@ -345,17 +239,6 @@ impl ReadOnlyLink {
     }
 }
 
-/// Settings shared by every device task.
-#[derive(Debug, Clone, Copy)]
-pub struct PollSettings {
-    /// Event time.
-    pub clock: Clock,
-    /// First reconnect delay (wall ms).
-    pub backoff_min: i64,
-    /// Longest reconnect delay (wall ms).
-    pub backoff_max: i64,
-}
-
 /// One device's connection and decoding state: connect, then run cycles.
 pub struct DevicePoller {
     dev: DevicePlan,
@@ -367,37 +250,6 @@ pub struct DevicePoller {
     dropped: Option<Failure>,
     last_good: Vec<f64>,
     stats: Arc<DeviceStats>,
-}
-
-/// Why a device could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// No connection (refused, unreachable, timed out).
-    Connect(String),
-    /// The connection broke or returned bytes that are not Modbus.
-    Transport(String),
-    /// No answer within the request timeout.
-    Timeout(i64),
-}
-
-impl Failure {
-    fn kind(&self) -> &'static str {
-        match self {
-            Failure::Connect(_) => "connect",
-            Failure::Transport(_) => "transport",
-            Failure::Timeout(_) => "timeout",
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Connect(e) => write!(f, "cannot connect: {e}"),
-            Failure::Transport(e) => write!(f, "transport error: {e}"),
-            Failure::Timeout(ms) => write!(f, "no answer within {ms}ms"),
-        }
-    }
 }
 
 impl DevicePoller {
@@ -414,19 +266,27 @@ impl DevicePoller {
             stats,
         }
     }
+}
 
-    /// Why the last cycle dropped the connection, if it did.
-    pub fn take_failure(&mut self) -> Option<Failure> {
+impl Link for DevicePoller {
+    fn name(&self) -> &str {
+        &self.dev.name
+    }
+
+    fn protocol(&self) -> &'static str {
+        "modbus"
+    }
+
+    fn take_failure(&mut self) -> Option<Failure> {
         self.dropped.take()
     }
 
-    /// Whether a connection is open.
-    pub fn connected(&self) -> bool {
+    fn connected(&self) -> bool {
         self.link.is_some()
     }
 
     /// Opens the connection (within the request timeout).
-    pub async fn connect(&mut self) -> Result<(), Failure> {
+    async fn connect(&mut self) -> Result<(), Failure> {
         let dev = &self.dev;
         match tokio::time::timeout(self.timeout, ReadOnlyLink::connect(&dev.address, dev.unit))
             .await
@@ -450,7 +310,7 @@ impl DevicePoller {
     /// Sends every request of the plan once, in order, and returns the readings, each
     /// stamped when its response arrived. A timeout or transport error ends the cycle
     /// and drops the connection (see the module notes).
-    pub async fn cycle(&mut self) -> Vec<Reading> {
+    async fn cycle(&mut self) -> Vec<Reading> {
         let mut out = Vec::new();
         let Some(link) = self.link.as_mut() else {
             return out;
@@ -496,123 +356,6 @@ impl DevicePoller {
             }
         }
         out
-    }
-}
-
-/// Polls one device until `stop` turns true, sending each cycle's readings.
-pub async fn poll_device(
-    dev: DevicePlan,
-    settings: PollSettings,
-    limit: Arc<Semaphore>,
-    stats: Arc<DeviceStats>,
-    tx: mpsc::Sender<Vec<Reading>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let clock = settings.clock;
-    let interval = dev.interval;
-    let name = dev.name.clone();
-    let mut poller = DevicePoller::new(dev, clock, stats.clone());
-    let mut backoff = settings.backoff_min;
-    let mut trouble = Trouble::default();
-    let mut next = clock.now();
-    loop {
-        // Wait for the next cycle (or for a reconnect delay), unless told to stop.
-        let wait = clock.wall_duration(next - clock.now());
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
-            break;
-        }
-        let started = clock.now();
-        next += interval;
-        if next <= started {
-            bump(&stats.overruns, 1);
-            next = started + interval;
-        }
-        let failure = if poller.connected() {
-            None
-        } else {
-            poller.connect().await.err()
-        };
-        let failure = match failure {
-            Some(f) => Some(f),
-            None => {
-                let readings = {
-                    let Ok(_permit) = limit.acquire().await else {
-                        break;
-                    };
-                    poller.cycle().await
-                };
-                if !readings.is_empty() && tx.send(readings).await.is_err() {
-                    return;
-                }
-                poller.take_failure()
-            }
-        };
-        match failure {
-            Some(f) => {
-                trouble.failed(&name, f);
-                // The first failure after a good cycle retries at the next cycle (one lost
-                // answer on a busy link is no reason to go quiet); then exponential
-                // backoff with ±25 % jitter, never sooner than the next cycle.
-                if trouble.failures > 1 {
-                    let jitter = rand::rng().random_range(0.75..1.25);
-                    let delay = (backoff as f64 * jitter) as i64;
-                    backoff = (backoff * 2).min(settings.backoff_max);
-                    next = next.max(clock.now() + (delay as f64 * clock.speed) as i64);
-                }
-            }
-            None => {
-                trouble.recovered(&name);
-                backoff = settings.backoff_min;
-            }
-        }
-    }
-    debug!(device = %name, "poller stopped");
-}
-
-/// Rate-limited words about a failing device.
-#[derive(Debug, Default)]
-struct Trouble {
-    /// Failures since the last good cycle.
-    failures: u64,
-    /// Failures not logged since the last line.
-    unlogged: u64,
-    /// The kind last logged, and when.
-    logged: Option<(&'static str, tokio::time::Instant)>,
-}
-
-impl Trouble {
-    /// Between two lines about the same kind of failure.
-    const QUIET: Duration = Duration::from_secs(60);
-
-    fn failed(&mut self, device: &str, f: Failure) {
-        self.failures += 1;
-        let now = tokio::time::Instant::now();
-        let due = match self.logged {
-            Some((kind, at)) => kind != f.kind() || now.duration_since(at) >= Self::QUIET,
-            None => true,
-        };
-        if due {
-            warn!(device, failures = self.failures, not_logged = self.unlogged, reason = %f, "modbus device failing; backing off");
-            self.logged = Some((f.kind(), now));
-            self.unlogged = 0;
-        } else {
-            self.unlogged += 1;
-        }
-    }
-
-    fn recovered(&mut self, device: &str) {
-        if self.failures > 0 {
-            info!(
-                device,
-                failures = self.failures,
-                "modbus device answering again"
-            );
-        }
-        *self = Self::default();
     }
 }
 
@@ -702,8 +445,11 @@ impl Collector {
         for dev in devices {
             let s = Arc::new(DeviceStats::default());
             stats.push((dev.name.clone(), s.clone()));
+            let interval = dev.interval;
+            let poller = DevicePoller::new(dev, settings.clock, s.clone());
             tasks.push(tokio::spawn(poll_device(
-                dev,
+                poller,
+                interval,
                 settings,
                 limit.clone(),
                 s,
@@ -772,7 +518,8 @@ mod tests {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(DeviceStats::default());
         let task = tokio::spawn(poll_device(
-            dev,
+            DevicePoller::new(dev, settings.clock, stats.clone()),
+            100,
             settings,
             Arc::new(Semaphore::new(1)),
             stats.clone(),
@@ -793,6 +540,6 @@ mod tests {
             late_gaps.iter().all(|g| *g >= Duration::from_millis(250)),
             "{late_gaps:?}"
         );
-        assert!(stats.connects.load(Ordering::Relaxed) >= 8);
+        assert!(stats.connects.load(std::sync::atomic::Ordering::Relaxed) >= 8);
     }
 }

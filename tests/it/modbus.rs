@@ -48,6 +48,7 @@ async fn the_poller_reads_the_served_simulation_exactly_and_only_reads() {
         clock,
         Box::new(capture.clone()),
         counts.clone(),
+        None,
         async {
             let _ = stopped.await;
         },

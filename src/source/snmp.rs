@@ -1,0 +1,1262 @@
+//! The SNMP poller (v2c and v3 with `snmp2`) and trap receiver, scheduled, backed off
+//! and counted like Modbus by [`super::poll`].
+//!
+//! - Each device reads its object map (`protocols/snmp/`): scalars and table cells with
+//!   GET (at most `max_oids` per request), table columns walked with GETBULK and their
+//!   rows reduced (a three-phase UPS reports output power per line: the map sums them).
+//! - SNMP runs over UDP: a request that gets no answer within `timeout` is sent again,
+//!   `retries` times, each time from a fresh socket so that a late answer to the first
+//!   can never be taken for the second's (snmp2 rejects a mismatched request id but
+//!   does not skip it). When the retries are spent the cycle ends, nothing is reported
+//!   (silence: the staleness detector's) and the poll schedule backs off.
+//! - An error status in a response (`genErr`, `tooBig`, …) or `noSuchObject`,
+//!   `noSuchInstance`, `endOfMibView` for an object is an answer: the objects are
+//!   reported with `quality = "bad"`, carrying their last good value, and counted.
+//! - Read-only by construction: [`ReadOnlySession`] exposes GET and GETBULK and is the
+//!   only handle this module holds; snmp2's `set` is never called (a test checks the
+//!   source).
+//! - Traps and informs (v1, v2c) arrive on one UDP socket: a notification from a
+//!   configured device's address with its community becomes readings through the
+//!   map's `[[traps]]` rules (an inform is acknowledged). Notifications from unknown
+//!   addresses, with the wrong community, undecodable or over `max_trap_rate` per device
+//!   are counted, and the first ones logged; none stops the receiver.
+
+use super::poll::{bump, poll_device, DeviceStats, Failure, Link, PollSettings, Schedule};
+use crate::model::{Quality, Reading};
+use crate::protocol::ber;
+use crate::protocol::mib::{self, ObjectMap, Oid};
+use crate::time::{serde_duration, Clock};
+use crate::tomlfile::{check, TomlError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, info, warn};
+
+/// `[snmp]` in `wattchdog.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnmpConfig {
+    /// Site of the devices. Default `"site"`.
+    pub site: String,
+    /// Poll interval (event time). Default `"5s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub interval: i64,
+    /// Per-request timeout (wall time). Default `"1s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub timeout: i64,
+    /// Times a request is sent again after a timeout. Default 1.
+    pub retries: u32,
+    /// Devices polling at the same moment. Default 64.
+    pub concurrency: usize,
+    /// First re-poll delay after failures; doubles up to `backoff_max`. Default `"1s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub backoff_min: i64,
+    /// Longest re-poll delay. Default `"5m"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub backoff_max: i64,
+    /// Objects per GET. Default 32.
+    pub max_oids: usize,
+    /// Rows per GETBULK. Default 16.
+    pub max_repetitions: u32,
+    /// Rows a walked column may have (more are not read, and counted). Default 256.
+    pub max_rows: usize,
+    /// v2c community, unless a device has its own. Default `"public"`.
+    pub community: String,
+    /// The devices.
+    pub devices: Vec<SnmpDeviceConfig>,
+    /// Where to receive traps and informs (`host:port`; 162 is the standard port).
+    pub trap_listen: Option<String>,
+    /// Notifications per device per second accepted; more are counted and dropped
+    /// (a flood of forged traps must not flood the pipeline). Default 20.
+    pub max_trap_rate: u32,
+}
+
+impl Default for SnmpConfig {
+    fn default() -> Self {
+        Self {
+            site: "site".into(),
+            interval: 5_000,
+            timeout: 1_000,
+            retries: 1,
+            concurrency: 64,
+            backoff_min: 1_000,
+            backoff_max: 300_000,
+            max_oids: 32,
+            max_repetitions: 16,
+            max_rows: 256,
+            community: "public".into(),
+            devices: Vec::new(),
+            trap_listen: None,
+            max_trap_rate: 20,
+        }
+    }
+}
+
+/// SNMP version of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum Version {
+    /// SNMPv2c (community).
+    #[default]
+    #[serde(rename = "2c")]
+    V2c,
+    /// SNMPv3 (user-based security).
+    #[serde(rename = "3")]
+    V3,
+}
+
+/// One `[[snmp.devices]]` entry; unset fields take `[snmp]`'s value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnmpDeviceConfig {
+    /// Device name, unique within the site.
+    pub name: String,
+    /// `host:port` (or `host`, port 161) of the agent.
+    pub address: String,
+    /// Built-in object map name, or a map file (`.toml`, relative to the config).
+    pub profile: String,
+    /// Site, if not `[snmp]`'s.
+    pub site: Option<String>,
+    /// Poll interval.
+    #[serde(default, deserialize_with = "serde_duration::deserialize_opt")]
+    pub interval: Option<i64>,
+    /// Request timeout.
+    #[serde(default, deserialize_with = "serde_duration::deserialize_opt")]
+    pub timeout: Option<i64>,
+    /// `"2c"` (default) or `"3"`.
+    #[serde(default)]
+    pub version: Version,
+    /// v2c community (polls and traps).
+    pub community: Option<String>,
+    /// v3 user name.
+    pub user: Option<String>,
+    /// v3 authentication: `md5`, `sha` (SHA-1), `sha224`, `sha256` (default), `sha384`,
+    /// `sha512`.
+    pub auth: Option<String>,
+    /// v3 authentication pass phrase (at least 8 characters); none: noAuthNoPriv.
+    pub auth_password: Option<String>,
+    /// v3 privacy: `aes` (AES-128, default), `aes192`, `aes256`, `des`.
+    pub privacy: Option<String>,
+    /// v3 privacy pass phrase; none: authNoPriv.
+    pub privacy_password: Option<String>,
+}
+
+/// How a device is reached.
+#[derive(Clone, PartialEq)]
+pub enum Credentials {
+    /// v2c community.
+    V2c(String),
+    /// v3 user and keys.
+    V3 {
+        /// User name.
+        user: String,
+        /// Authentication protocol and pass phrase.
+        auth: Option<(snmp2::v3::AuthProtocol, String)>,
+        /// Privacy cipher and pass phrase.
+        privacy: Option<(snmp2::v3::Cipher, String)>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::V2c(_) => f.write_str("V2c(..)"),
+            Self::V3 {
+                user,
+                auth,
+                privacy,
+            } => write!(
+                f,
+                "V3 {{ user: {user:?}, auth: {}, privacy: {} }}",
+                auth.is_some(),
+                privacy.is_some()
+            ),
+        }
+    }
+}
+
+/// A device ready to poll.
+#[derive(Debug, Clone)]
+pub struct SnmpPlan {
+    /// Site.
+    pub site: String,
+    /// Device name.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Poll interval (event-time ms).
+    pub interval: i64,
+    /// Request timeout (wall ms).
+    pub timeout: i64,
+    /// Extra sends after a timeout.
+    pub retries: u32,
+    /// Rows per GETBULK.
+    pub max_repetitions: u32,
+    /// Rows a column may have.
+    pub max_rows: usize,
+    /// How to authenticate.
+    pub credentials: Credentials,
+    /// GET requests: the distinct instances, `max_oids` at a time.
+    pub gets: Vec<Vec<Oid>>,
+    /// The object map.
+    pub map: Arc<ObjectMap>,
+}
+
+fn auth_protocol(s: &str) -> Option<snmp2::v3::AuthProtocol> {
+    use snmp2::v3::AuthProtocol as A;
+    Some(match s.to_ascii_lowercase().as_str() {
+        "md5" => A::Md5,
+        "sha" | "sha1" => A::Sha1,
+        "sha224" => A::Sha224,
+        "sha256" => A::Sha256,
+        "sha384" => A::Sha384,
+        "sha512" => A::Sha512,
+        _ => return None,
+    })
+}
+
+fn cipher(s: &str) -> Option<snmp2::v3::Cipher> {
+    use snmp2::v3::Cipher as C;
+    Some(match s.to_ascii_lowercase().as_str() {
+        "aes" | "aes128" => C::Aes128,
+        "aes192" => C::Aes192,
+        "aes256" => C::Aes256,
+        "des" => C::Des,
+        _ => return None,
+    })
+}
+
+/// `host` alone means port 161.
+fn with_port(address: &str) -> String {
+    match address.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => address.to_owned(),
+        _ => format!("{address}:161"),
+    }
+}
+
+impl SnmpConfig {
+    /// Whether anything is configured.
+    pub fn used(&self) -> bool {
+        !self.devices.is_empty()
+    }
+
+    /// Checks the settings and resolves every device's map (files relative to `base`).
+    pub fn resolve(&self, base: &Path, origin: &str) -> Result<Vec<SnmpPlan>, TomlError> {
+        let schedule = Schedule {
+            interval: self.interval,
+            timeout: self.timeout,
+            concurrency: self.concurrency,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        };
+        schedule.check(origin, "snmp")?;
+        check(
+            origin,
+            "snmp.retries",
+            self.retries <= 10,
+            "must be at most 10",
+        )?;
+        check(
+            origin,
+            "snmp.max_oids",
+            (1..=128).contains(&self.max_oids),
+            "must be 1..=128",
+        )?;
+        check(
+            origin,
+            "snmp.max_repetitions",
+            (1..=256).contains(&self.max_repetitions),
+            "must be 1..=256",
+        )?;
+        check(
+            origin,
+            "snmp.max_rows",
+            (1..=65_536).contains(&self.max_rows),
+            "must be 1..=65536",
+        )?;
+        check(
+            origin,
+            "snmp.max_trap_rate",
+            self.max_trap_rate >= 1,
+            "must be at least 1",
+        )?;
+        if let Some(l) = &self.trap_listen {
+            check(
+                origin,
+                "snmp.trap_listen",
+                l.parse::<SocketAddr>().is_ok(),
+                "must be ip:port",
+            )?;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::with_capacity(self.devices.len());
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = |k: &str| format!("snmp.devices[{i}] ({}).{k}", d.name);
+            let site = d.site.clone().unwrap_or_else(|| self.site.clone());
+            let (interval, timeout) = schedule.device(
+                origin,
+                &key,
+                &mut seen,
+                (&site, &d.name),
+                (d.interval, d.timeout),
+            )?;
+            check(
+                origin,
+                &key("address"),
+                !d.address.is_empty(),
+                "must be host[:port]",
+            )?;
+            let credentials = credentials(d, &self.community, origin, &key)?;
+            let map = if crate::protocol::profiles::is_file(&d.profile) {
+                crate::tomlfile::load(&base.join(&d.profile), ObjectMap::from_toml_str)
+            } else {
+                mib::named(&d.profile)
+            }
+            .map_err(|e| TomlError::Invalid {
+                path: origin.to_owned(),
+                key: key("profile"),
+                rule: e.to_string(),
+            })?;
+            let mut instances: Vec<Oid> = map.scalars().map(|(_, o)| o.clone()).collect();
+            instances.sort();
+            instances.dedup();
+            out.push(SnmpPlan {
+                site,
+                name: d.name.clone(),
+                address: with_port(&d.address),
+                interval,
+                timeout,
+                retries: self.retries,
+                max_repetitions: self.max_repetitions,
+                max_rows: self.max_rows,
+                credentials,
+                gets: instances
+                    .chunks(self.max_oids)
+                    .map(<[Oid]>::to_vec)
+                    .collect(),
+                map: Arc::new(map),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn credentials(
+    d: &SnmpDeviceConfig,
+    community: &str,
+    origin: &str,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Credentials, TomlError> {
+    let v3_only = [
+        ("user", d.user.is_some()),
+        ("auth", d.auth.is_some()),
+        ("auth_password", d.auth_password.is_some()),
+        ("privacy", d.privacy.is_some()),
+        ("privacy_password", d.privacy_password.is_some()),
+    ];
+    if d.version == Version::V2c {
+        for (k, given) in v3_only {
+            check(origin, &key(k), !given, "is for version = \"3\"")?;
+        }
+        return Ok(Credentials::V2c(
+            d.community.clone().unwrap_or_else(|| community.to_owned()),
+        ));
+    }
+    check(
+        origin,
+        &key("community"),
+        d.community.is_none(),
+        "is for version = \"2c\"",
+    )?;
+    let user = d.user.clone().unwrap_or_default();
+    check(
+        origin,
+        &key("user"),
+        !user.is_empty(),
+        "is required with version = \"3\"",
+    )?;
+    let long_enough = |p: &Option<String>| p.as_ref().is_none_or(|p| p.len() >= 8);
+    check(
+        origin,
+        &key("auth_password"),
+        long_enough(&d.auth_password),
+        "must be at least 8 characters (RFC 3414)",
+    )?;
+    check(
+        origin,
+        &key("privacy_password"),
+        long_enough(&d.privacy_password),
+        "must be at least 8 characters (RFC 3414)",
+    )?;
+    check(
+        origin,
+        &key("privacy_password"),
+        d.privacy_password.is_none() || d.auth_password.is_some(),
+        "needs auth_password (privacy without authentication does not exist in SNMPv3)",
+    )?;
+    let auth = match &d.auth_password {
+        Some(p) => {
+            let name = d.auth.as_deref().unwrap_or("sha256");
+            let proto = auth_protocol(name);
+            check(
+                origin,
+                &key("auth"),
+                proto.is_some(),
+                "must be md5, sha, sha224, sha256, sha384 or sha512",
+            )?;
+            proto.map(|a| (a, p.clone()))
+        }
+        None => None,
+    };
+    let privacy = match &d.privacy_password {
+        Some(p) => {
+            let c = cipher(d.privacy.as_deref().unwrap_or("aes"));
+            check(
+                origin,
+                &key("privacy"),
+                c.is_some(),
+                "must be aes, aes192, aes256 or des",
+            )?;
+            c.map(|c| (c, p.clone()))
+        }
+        None => None,
+    };
+    Ok(Credentials::V3 {
+        user,
+        auth,
+        privacy,
+    })
+}
+
+/// A value as read, before the map's scale.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    /// A number (INTEGER, Gauge32, Counter, TimeTicks, or a decimal string).
+    Number(f64),
+    /// An OBJECT IDENTIFIER (trap payloads).
+    Oid(Oid),
+    /// `noSuchObject`, `noSuchInstance` or `endOfMibView`.
+    Missing,
+    /// Anything else (an unparsable string, an address, …).
+    Other,
+}
+
+/// Our OID from snmp2's (`None` for arcs beyond 32 bits or too many).
+pub fn oid_of(o: &snmp2::Oid<'_>) -> Option<Oid> {
+    let arcs: Option<Vec<u32>> = o.iter()?.map(|a| u32::try_from(a).ok()).collect();
+    arcs.filter(|a| a.len() <= mib::MAX_ARCS).map(Oid)
+}
+
+/// snmp2's OID from ours.
+fn snmp_oid(o: &Oid) -> Option<snmp2::Oid<'static>> {
+    snmp2::Oid::from(&o.arcs()).ok()
+}
+
+/// What a varbind's value says.
+pub fn raw_of(v: &snmp2::Value<'_>) -> Raw {
+    use snmp2::Value as V;
+    match v {
+        V::Integer(n) => Raw::Number(*n as f64),
+        V::Counter32(n) | V::Unsigned32(n) | V::Timeticks(n) => Raw::Number(f64::from(*n)),
+        V::Counter64(n) => Raw::Number(*n as f64),
+        V::OctetString(s) => std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|x| x.is_finite())
+            .map_or(Raw::Other, Raw::Number),
+        V::ObjectIdentifier(o) => oid_of(o).map_or(Raw::Other, Raw::Oid),
+        V::NoSuchObject | V::NoSuchInstance | V::EndOfMibView => Raw::Missing,
+        _ => Raw::Other,
+    }
+}
+
+/// An object's value from what was read: `None` when it is not a good value.
+pub fn decode(o: &mib::Object, raw: f64) -> Option<f64> {
+    let integral = raw.fract() == 0.0 && raw.abs() < 9.0e15;
+    if integral && o.not_available.contains(&(raw as i64)) {
+        return None;
+    }
+    if !o.equals.is_empty() {
+        return Some(f64::from(u8::from(
+            integral && o.equals.contains(&(raw as i64)),
+        )));
+    }
+    Some(raw * o.scale + o.offset).filter(|v| v.is_finite())
+}
+
+/// A response, owned.
+#[derive(Debug, Default)]
+struct Answer {
+    error_status: u32,
+    varbinds: Vec<(Option<Oid>, Raw)>,
+}
+
+fn answer_of(p: &snmp2::Pdu<'_>) -> Answer {
+    Answer {
+        error_status: p.error_status,
+        varbinds: p
+            .varbinds
+            .clone()
+            .map(|(o, v)| (oid_of(&o), raw_of(&v)))
+            .collect(),
+    }
+}
+
+/// The only handle this module holds on an agent: GET and GETBULK, nothing else.
+struct ReadOnlySession(Box<snmp2::AsyncSession>);
+
+impl ReadOnlySession {
+    async fn open(address: &str, credentials: &Credentials) -> Result<Self, String> {
+        let start = rand::random::<u16>().into();
+        let session = match credentials {
+            Credentials::V2c(c) => snmp2::AsyncSession::new_v2c(address, c.as_bytes(), start)
+                .await
+                .map_err(|e| e.to_string())?,
+            Credentials::V3 {
+                user,
+                auth,
+                privacy,
+            } => {
+                let (proto, pass) = auth
+                    .clone()
+                    .unwrap_or((snmp2::v3::AuthProtocol::Sha256, String::new()));
+                let level = match (auth, privacy) {
+                    (None, _) => snmp2::v3::Auth::NoAuthNoPriv,
+                    (Some(_), None) => snmp2::v3::Auth::AuthNoPriv,
+                    (Some(_), Some((cipher, p))) => snmp2::v3::Auth::AuthPriv {
+                        cipher: *cipher,
+                        privacy_password: p.as_bytes().to_vec(),
+                    },
+                };
+                let security = snmp2::v3::Security::new(user.as_bytes(), pass.as_bytes())
+                    .with_auth_protocol(proto)
+                    .with_auth(level);
+                let mut s = snmp2::AsyncSession::new_v3(address, start, security)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Engine discovery (the agent's engine id, boots and time).
+                s.init().await.map_err(|e| format!("{e:?}"))?;
+                s
+            }
+        };
+        Ok(Self(Box::new(session)))
+    }
+
+    async fn get(&mut self, oids: &[snmp2::Oid<'static>]) -> Result<Answer, String> {
+        let refs: Vec<&snmp2::Oid<'_>> = oids.iter().collect();
+        self.0
+            .get_many(&refs)
+            .await
+            .map(|p| answer_of(&p))
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    async fn bulk(&mut self, from: &snmp2::Oid<'static>, rows: u32) -> Result<Answer, String> {
+        self.0
+            .getbulk(&[from], 0, rows)
+            .await
+            .map(|p| answer_of(&p))
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+enum Ask<'a> {
+    Get(&'a [snmp2::Oid<'static>]),
+    Bulk(&'a snmp2::Oid<'static>),
+}
+
+/// One device's session and decoding state.
+pub struct SnmpPoller {
+    dev: SnmpPlan,
+    kind: String,
+    timeout: Duration,
+    clock: Clock,
+    session: Option<ReadOnlySession>,
+    dropped: Option<Failure>,
+    gets: Vec<Vec<snmp2::Oid<'static>>>,
+    columns: Vec<(usize, Oid, snmp2::Oid<'static>, mib::Aggregate)>,
+    last_good: Vec<f64>,
+    stats: Arc<DeviceStats>,
+}
+
+impl SnmpPoller {
+    /// A poller with no session yet.
+    pub fn new(dev: SnmpPlan, clock: Clock, stats: Arc<DeviceStats>) -> Self {
+        let gets = dev
+            .gets
+            .iter()
+            .map(|g| g.iter().filter_map(snmp_oid).collect())
+            .collect();
+        let columns = dev
+            .map
+            .columns()
+            .filter_map(|(i, c, a)| Some((i, c.clone(), snmp_oid(c)?, a)))
+            .collect();
+        Self {
+            kind: dev.map.kind.clone(),
+            timeout: Duration::from_millis(dev.timeout.max(1) as u64),
+            last_good: vec![0.0; dev.map.objects.len()],
+            gets,
+            columns,
+            dev,
+            clock,
+            session: None,
+            dropped: None,
+            stats,
+        }
+    }
+
+    /// Sends `ask`, again from a fresh session after a timeout or a garbled answer, up to
+    /// `retries` times.
+    async fn exchange(&mut self, ask: Ask<'_>) -> Result<Answer, Failure> {
+        let mut failure = Failure::Timeout(self.dev.timeout);
+        for _ in 0..=self.dev.retries {
+            if self.session.is_none() {
+                self.open().await?;
+            }
+            let Some(s) = self.session.as_mut() else {
+                continue;
+            };
+            bump(&self.stats.requests, 1);
+            let sent = match ask {
+                Ask::Get(oids) => tokio::time::timeout(self.timeout, s.get(oids)).await,
+                Ask::Bulk(from) => {
+                    let rows = self.dev.max_repetitions;
+                    tokio::time::timeout(self.timeout, s.bulk(from, rows)).await
+                }
+            };
+            match sent {
+                Ok(Ok(a)) => {
+                    bump(&self.stats.responses, 1);
+                    return Ok(a);
+                }
+                Ok(Err(e)) => {
+                    bump(&self.stats.transport_errors, 1);
+                    debug!(device = %self.dev.name, error = %e, "bad answer; new session");
+                    failure = Failure::Transport(e);
+                }
+                Err(_) => {
+                    bump(&self.stats.timeouts, 1);
+                    failure = Failure::Timeout(self.dev.timeout);
+                }
+            }
+            self.session = None;
+        }
+        Err(failure)
+    }
+
+    async fn open(&mut self) -> Result<(), Failure> {
+        let opened = tokio::time::timeout(
+            self.timeout,
+            ReadOnlySession::open(&self.dev.address, &self.dev.credentials),
+        )
+        .await;
+        match opened {
+            Ok(Ok(s)) => {
+                bump(&self.stats.connects, 1);
+                self.session = Some(s);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                bump(&self.stats.transport_errors, 1);
+                Err(Failure::Connect(e))
+            }
+            Err(_) => {
+                bump(&self.stats.timeouts, 1);
+                Err(Failure::Connect("no answer to engine discovery".into()))
+            }
+        }
+    }
+
+    fn reading(&mut self, i: usize, raw: Option<f64>, ts: i64, out: &mut Vec<Reading>) {
+        let o = &self.dev.map.objects[i];
+        let (value, quality) = match raw.and_then(|r| decode(o, r)) {
+            Some(v) => {
+                bump(&self.stats.good, 1);
+                self.last_good[i] = v;
+                (v, Quality::Good)
+            }
+            None => {
+                bump(&self.stats.bad, 1);
+                (self.last_good[i], Quality::Bad)
+            }
+        };
+        out.push(Reading {
+            ts,
+            site: self.dev.site.clone(),
+            device: self.dev.name.clone(),
+            kind: self.kind.clone(),
+            metric: o.metric.clone(),
+            value,
+            quality,
+        });
+    }
+
+    /// Walks one column: its rows' numbers, or why the walk failed.
+    async fn walk(
+        &mut self,
+        column: &Oid,
+        start: &snmp2::Oid<'static>,
+    ) -> Result<Option<Vec<f64>>, Failure> {
+        let mut rows = Vec::new();
+        let mut from = start.clone();
+        let mut at = column.clone();
+        loop {
+            let a = self.exchange(Ask::Bulk(&from)).await?;
+            if a.error_status != 0 {
+                bump(&self.stats.exceptions, 1);
+                return Ok(None);
+            }
+            let mut last = None;
+            for (name, raw) in a.varbinds {
+                let Some(name) = name.filter(|n| n.starts_with(column) && n != column) else {
+                    return Ok(Some(rows));
+                };
+                match raw {
+                    Raw::Number(x) => rows.push(x),
+                    Raw::Missing => return Ok(Some(rows)),
+                    _ => {
+                        bump(&self.stats.exceptions, 1);
+                        return Ok(None);
+                    }
+                }
+                last = Some(name);
+            }
+            if rows.len() >= self.dev.max_rows {
+                warn!(device = %self.dev.name, %column, max_rows = self.dev.max_rows, "column longer than max_rows; rest not read");
+                rows.truncate(self.dev.max_rows);
+                return Ok(Some(rows));
+            }
+            // An agent that answers nothing, or does not move forward, ends the walk.
+            match last.filter(|l| *l > at) {
+                Some(next) => match snmp_oid(&next) {
+                    Some(o) => (from, at) = (o, next),
+                    None => return Ok(Some(rows)),
+                },
+                None => return Ok(Some(rows)),
+            }
+        }
+    }
+}
+
+impl Link for SnmpPoller {
+    fn name(&self) -> &str {
+        &self.dev.name
+    }
+
+    fn protocol(&self) -> &'static str {
+        "snmp"
+    }
+
+    fn connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    async fn connect(&mut self) -> Result<(), Failure> {
+        self.open().await
+    }
+
+    /// Every GET, then every column walk; each object stamped when its answer arrived.
+    async fn cycle(&mut self) -> Vec<Reading> {
+        let mut out = Vec::new();
+        let gets = std::mem::take(&mut self.gets);
+        let map = self.dev.map.clone();
+        for (chunk, oids) in self.dev.gets.clone().iter().zip(&gets) {
+            let answer = match self.exchange(Ask::Get(oids)).await {
+                Ok(a) => a,
+                Err(f) => {
+                    self.dropped = Some(f);
+                    break;
+                }
+            };
+            let ts = self.clock.now();
+            if answer.error_status != 0 {
+                bump(&self.stats.exceptions, 1);
+                debug!(device = %self.dev.name, status = answer.error_status, "error status");
+            }
+            let by_oid: BTreeMap<&Oid, f64> = chunk
+                .iter()
+                .zip(&answer.varbinds)
+                .filter(|_| answer.error_status == 0)
+                .filter_map(|(want, (got, raw))| match raw {
+                    Raw::Number(x) if got.as_ref() == Some(want) => Some((want, *x)),
+                    _ => None,
+                })
+                .collect();
+            for (i, oid) in map.scalars().filter(|(_, o)| chunk.contains(o)) {
+                self.reading(i, by_oid.get(oid).copied(), ts, &mut out);
+            }
+        }
+        self.gets = gets;
+        if self.dropped.is_none() {
+            for (i, column, start, aggregate) in self.columns.clone() {
+                match self.walk(&column, &start).await {
+                    Ok(rows) => {
+                        let ts = self.clock.now();
+                        let v = rows.and_then(|r| aggregate.apply(&r));
+                        self.reading(i, v, ts, &mut out);
+                    }
+                    Err(f) => {
+                        self.dropped = Some(f);
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn take_failure(&mut self) -> Option<Failure> {
+        self.dropped.take()
+    }
+}
+
+/// Counters of the trap receiver.
+#[derive(Debug, Default)]
+pub struct TrapStats {
+    /// Datagrams received.
+    pub received: AtomicU64,
+    /// Readings produced.
+    pub readings: AtomicU64,
+    /// Informs acknowledged.
+    pub acknowledged: AtomicU64,
+    /// From an address no configured device has.
+    pub unknown_source: AtomicU64,
+    /// With a community other than the device's.
+    pub bad_community: AtomicU64,
+    /// Not a v1/v2c notification (undecodable, a v3 message, another PDU).
+    pub undecodable: AtomicU64,
+    /// Understood, but no rule of the device's map matched.
+    pub unmatched: AtomicU64,
+    /// Over `max_trap_rate`.
+    pub rate_limited: AtomicU64,
+}
+
+/// A snapshot of [`TrapStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)]
+pub struct TrapCounts {
+    pub listen: String,
+    pub received: u64,
+    pub readings: u64,
+    pub acknowledged: u64,
+    pub unknown_source: u64,
+    pub bad_community: u64,
+    pub undecodable: u64,
+    pub unmatched: u64,
+    pub rate_limited: u64,
+}
+
+impl TrapStats {
+    /// The counters now.
+    pub fn snapshot(&self, listen: &str) -> TrapCounts {
+        let g = |a: &AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        TrapCounts {
+            listen: listen.to_owned(),
+            received: g(&self.received),
+            readings: g(&self.readings),
+            acknowledged: g(&self.acknowledged),
+            unknown_source: g(&self.unknown_source),
+            bad_community: g(&self.bad_community),
+            undecodable: g(&self.undecodable),
+            unmatched: g(&self.unmatched),
+            rate_limited: g(&self.rate_limited),
+        }
+    }
+}
+
+/// A device notifications may come from.
+#[derive(Debug, Clone)]
+pub struct TrapSender {
+    /// Its plan (name, site, community, map).
+    pub plan: SnmpPlan,
+    /// The agent's address, resolved.
+    pub addr: SocketAddr,
+    /// Accepted this second, and which second.
+    window: (i64, u32),
+}
+
+/// Which device sent from `from`: the one at exactly that address, else the only one
+/// at that IP (agents send notifications from any port).
+fn sender_index(senders: &[TrapSender], from: SocketAddr) -> Option<usize> {
+    if let Some(i) = senders.iter().position(|s| s.addr == from) {
+        return Some(i);
+    }
+    let mut at_ip = senders
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.addr.ip() == from.ip());
+    match (at_ip.next(), at_ip.next()) {
+        (Some((i, _)), None) => Some(i),
+        _ => None,
+    }
+}
+
+/// A notification, decoded: its trap OID and the varbinds whose values are OIDs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    /// The community it came with.
+    pub community: Vec<u8>,
+    /// `snmpTrapOID.0` (v1: enterprise.0.specific, or the generic trap's OID).
+    pub trap: Oid,
+    /// Varbinds whose values are OIDs (what rules match on).
+    pub oids: Vec<(Oid, Oid)>,
+    /// An inform's request id, to acknowledge.
+    pub inform: Option<i32>,
+}
+
+/// The varbinds' (name, value) pairs, bounded: a notification of more is cut there.
+const MAX_TRAP_VARBINDS: usize = 64;
+
+/// Decodes a v1 or v2c notification; `None` for anything else.
+pub fn notification(bytes: &[u8]) -> Option<Notification> {
+    let pdu = snmp2::Pdu::from_bytes(bytes).ok()?;
+    let pairs: Vec<(Option<Oid>, Raw)> = pdu
+        .varbinds
+        .clone()
+        .take(MAX_TRAP_VARBINDS)
+        .map(|(o, v)| (oid_of(&o), raw_of(&v)))
+        .collect();
+    let oids: Vec<(Oid, Oid)> = pairs
+        .iter()
+        .filter_map(|(n, v)| match (n, v) {
+            (Some(n), Raw::Oid(v)) => Some((n.clone(), v.clone())),
+            _ => None,
+        })
+        .collect();
+    let trap_oid = Oid(ber::SNMP_TRAP_OID.to_vec());
+    let (trap, inform) = match pdu.message_type {
+        snmp2::MessageType::Trap | snmp2::MessageType::InformRequest => {
+            let t = oids.iter().find(|(n, _)| *n == trap_oid)?.1.clone();
+            let inform =
+                (pdu.message_type == snmp2::MessageType::InformRequest).then_some(pdu.req_id);
+            (t, inform)
+        }
+        snmp2::MessageType::TrapV1 => {
+            let info = pdu.v1_trap_info.as_ref()?;
+            // RFC 3584 §3.1: generic traps map to snmpTraps.(generic + 1), enterprise
+            // specific ones to enterprise.0.specific.
+            let t = if info.generic_trap == 6 {
+                let mut e = oid_of(&info.enterprise)?;
+                e.0.push(0);
+                e.0.push(u32::try_from(info.specific_trap).ok()?);
+                e
+            } else {
+                let g = u32::try_from(info.generic_trap).ok().filter(|g| *g < 6)?;
+                Oid(vec![1, 3, 6, 1, 6, 3, 1, 1, 5, g + 1])
+            };
+            (t, None)
+        }
+        _ => return None,
+    };
+    Some(Notification {
+        community: pdu.community.to_vec(),
+        trap,
+        oids,
+        inform,
+    })
+}
+
+/// Receives notifications on `socket` until `stop` turns true, sending the readings
+/// they carry.
+pub async fn receive_traps(
+    socket: UdpSocket,
+    mut senders: Vec<TrapSender>,
+    max_rate: u32,
+    clock: Clock,
+    stats: Arc<TrapStats>,
+    tx: mpsc::Sender<Vec<Reading>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 65_535];
+    let mut logged = 0u32;
+    let mut note = |what: &str, from: SocketAddr| {
+        // The first few of each run are logged; counters hold the rest.
+        if logged < 20 {
+            logged += 1;
+            warn!(%from, what, "snmp notification dropped");
+        }
+    };
+    loop {
+        let (n, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(error = %e, "trap socket error");
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        if *stop.borrow() {
+            break;
+        }
+        bump(&stats.received, 1);
+        let Some(i) = sender_index(&senders, from) else {
+            bump(&stats.unknown_source, 1);
+            note("unknown source", from);
+            continue;
+        };
+        let Some(note_) = notification(&buf[..n]) else {
+            bump(&stats.undecodable, 1);
+            note("undecodable", from);
+            continue;
+        };
+        let s = &mut senders[i];
+        let community_ok = match &s.plan.credentials {
+            Credentials::V2c(c) => c.as_bytes() == note_.community.as_slice(),
+            Credentials::V3 { .. } => false,
+        };
+        if !community_ok {
+            bump(&stats.bad_community, 1);
+            note("wrong community", from);
+            continue;
+        }
+        let second = clock.now().div_euclid(1000);
+        if s.window.0 != second {
+            s.window = (second, 0);
+        }
+        if s.window.1 >= max_rate {
+            bump(&stats.rate_limited, 1);
+            continue;
+        }
+        s.window.1 += 1;
+        if let Some(id) = note_.inform {
+            let ack = ber::message_v2c(&note_.community, ber::tag::RESPONSE, id, 0, 0, &[]);
+            if socket.send_to(&ack, from).await.is_ok() {
+                bump(&stats.acknowledged, 1);
+            }
+        }
+        let ts = clock.now();
+        let plan = &s.plan;
+        let readings: Vec<Reading> = plan
+            .map
+            .trap_readings(&note_.trap, &note_.oids)
+            .map(|(metric, value)| Reading {
+                ts,
+                site: plan.site.clone(),
+                device: plan.name.clone(),
+                kind: plan.map.kind.clone(),
+                metric: metric.to_owned(),
+                value,
+                quality: Quality::Good,
+            })
+            .collect();
+        if readings.is_empty() {
+            bump(&stats.unmatched, 1);
+            debug!(device = %plan.name, trap = %note_.trap, "notification no rule matches");
+            continue;
+        }
+        bump(&stats.readings, readings.len() as u64);
+        if tx.send(readings).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The running SNMP pollers and trap receiver of a config.
+pub struct SnmpCollector {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stats: Vec<(String, Arc<DeviceStats>)>,
+    traps: Option<(String, Arc<TrapStats>)>,
+}
+
+impl SnmpCollector {
+    /// Binds the trap socket (if configured) and starts one task per device.
+    pub async fn start(
+        cfg: &SnmpConfig,
+        devices: Vec<SnmpPlan>,
+        settings: PollSettings,
+        tx: mpsc::Sender<Vec<Reading>>,
+    ) -> std::io::Result<Self> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut traps = None;
+        if let Some(listen) = &cfg.trap_listen {
+            let socket = UdpSocket::bind(listen).await?;
+            let bound = socket.local_addr()?.to_string();
+            let mut senders = Vec::new();
+            for plan in &devices {
+                match tokio::net::lookup_host(&plan.address)
+                    .await
+                    .map(|mut a| a.next())
+                {
+                    Ok(Some(addr)) => senders.push(TrapSender {
+                        plan: plan.clone(),
+                        addr,
+                        window: (0, 0),
+                    }),
+                    _ => {
+                        warn!(device = %plan.name, address = %plan.address, "cannot resolve; its traps will be counted as unknown")
+                    }
+                }
+            }
+            info!(listen = %bound, devices = senders.len(), "snmp trap receiver listening");
+            let s = Arc::new(TrapStats::default());
+            tasks.push(tokio::spawn(receive_traps(
+                socket,
+                senders,
+                cfg.max_trap_rate,
+                settings.clock,
+                s.clone(),
+                tx.clone(),
+                stop_rx.clone(),
+            )));
+            traps = Some((bound, s));
+        }
+        let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let mut stats = Vec::new();
+        info!(devices = devices.len(), "snmp collector starting");
+        for dev in devices {
+            let s = Arc::new(DeviceStats::default());
+            stats.push((dev.name.clone(), s.clone()));
+            let interval = dev.interval;
+            let poller = SnmpPoller::new(dev, settings.clock, s.clone());
+            tasks.push(tokio::spawn(poll_device(
+                poller,
+                interval,
+                settings,
+                limit.clone(),
+                s,
+                tx.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        Ok(Self {
+            stop,
+            tasks,
+            stats,
+            traps,
+        })
+    }
+
+    /// The trap socket's address, when one is bound.
+    pub fn trap_addr(&self) -> Option<&str> {
+        self.traps.as_ref().map(|(a, _)| a.as_str())
+    }
+
+    /// Stops every task and waits for them: the devices' counters and the receiver's.
+    pub async fn stop(self) -> (Vec<super::poll::DeviceCounts>, Option<TrapCounts>) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.stats.iter().map(|(n, s)| s.snapshot(n)).collect(),
+            self.traps.map(|(l, s)| s.snapshot(&l)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(text: &str) -> mib::Object {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn enumerations_sentinels_and_scale() {
+        let src = object("metric = \"on_battery\"\noid = \"1.3.6.1.2.1.33.1.4.1.0\"\nequals = [5]");
+        assert_eq!(decode(&src, 5.0), Some(1.0));
+        assert_eq!(decode(&src, 3.0), Some(0.0));
+        let v = object(
+            "metric = \"battery_voltage_v\"\noid = \"1.3.1.0\"\nscale = 0.1\nnot_available = [-1]",
+        );
+        assert_eq!(decode(&v, 2712.0), Some(271.2));
+        assert_eq!(decode(&v, -1.0), None);
+    }
+
+    #[test]
+    fn a_device_is_found_by_its_address_or_its_only_ip() {
+        let plan = |name: &str| SnmpPlan {
+            site: "s".into(),
+            name: name.into(),
+            address: String::new(),
+            interval: 1000,
+            timeout: 1000,
+            retries: 0,
+            max_repetitions: 8,
+            max_rows: 8,
+            credentials: Credentials::V2c("public".into()),
+            gets: vec![],
+            map: Arc::new(mib::named("ups-mib").unwrap()),
+        };
+        let at = |name: &str, a: &str| TrapSender {
+            plan: plan(name),
+            addr: a.parse().unwrap(),
+            window: (0, 0),
+        };
+        let s = [
+            at("ups-1", "10.0.0.1:161"),
+            at("ups-2", "10.0.0.2:161"),
+            at("ups-3", "10.0.0.2:1161"),
+        ];
+        assert_eq!(sender_index(&s, "10.0.0.1:40000".parse().unwrap()), Some(0));
+        assert_eq!(sender_index(&s, "10.0.0.2:1161".parse().unwrap()), Some(2));
+        // Two devices behind 10.0.0.2: a trap from another port is nobody's.
+        assert_eq!(sender_index(&s, "10.0.0.2:5000".parse().unwrap()), None);
+        assert_eq!(sender_index(&s, "10.0.0.9:161".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn v3_settings_are_checked_and_secrets_never_printed() {
+        let cfg: SnmpConfig = toml::from_str(
+            r#"
+[[devices]]
+name = "ups-1"
+address = "10.0.0.1"
+profile = "ups-mib"
+version = "3"
+user = "wattchdog"
+auth_password = "short"
+"#,
+        )
+        .unwrap();
+        let e = cfg
+            .resolve(Path::new("."), "w.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth_password"), "{e}");
+        let mut ok = cfg.clone();
+        ok.devices[0].auth_password = Some("a-long-secret".into());
+        ok.devices[0].privacy_password = Some("another-secret".into());
+        let plans = ok.resolve(Path::new("."), "w.toml").unwrap();
+        assert_eq!(plans[0].address, "10.0.0.1:161");
+        let shown = format!("{:?}", plans[0]);
+        assert!(!shown.contains("secret"), "{shown}");
+        let mut v2 = cfg;
+        v2.devices[0].version = Version::V2c;
+        let e = v2
+            .resolve(Path::new("."), "w.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is for version = \\\"3\\\"") || e.contains("version"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_collector_never_sets() {
+        // Read-only by construction: no SET is built anywhere in the collector.
+        let src = include_str!("snmp.rs");
+        let code = &src[..src.find("#[cfg(test)]").unwrap()];
+        assert!(
+            !code.contains(".set("),
+            "the SNMP collector must not send SET"
+        );
+        assert!(
+            !code.contains("tag::SET"),
+            "the SNMP collector must not send SET"
+        );
+    }
+}
