@@ -295,7 +295,7 @@ impl ObjectMap {
         varbinds: &'a [(Oid, Oid)],
     ) -> impl Iterator<Item = (&'a str, f64)> + 'a {
         self.traps.iter().filter_map(move |r| {
-            if r.trap != *trap {
+            if !same_notification(&r.trap, trap) {
                 return None;
             }
             if let (Some(vb), Some(is)) = (&r.varbind, &r.is) {
@@ -306,6 +306,20 @@ impl ObjectMap {
             Some((r.metric.as_str(), r.value))
         })
     }
+}
+
+/// Whether two notification OIDs name the same notification: equal, or one is the
+/// other as an SNMPv1 trap converts it (RFC 3584 §3.1: enterprise.0.specific, so that
+/// `upsTrapOnBattery` = upsTraps.1 arrives from a v1 agent as upsTraps.0.1).
+fn same_notification(a: &Oid, b: &Oid) -> bool {
+    let v1_form = |long: &[u32], short: &[u32]| {
+        long.len() == short.len() + 1
+            && long.len() >= 2
+            && long[long.len() - 2] == 0
+            && long[..long.len() - 2] == short[..short.len() - 1]
+            && long.last() == short.last()
+    };
+    a == b || v1_form(&a.0, &b.0) || v1_form(&b.0, &a.0)
 }
 
 /// Name and text of every shipped object map.
@@ -402,6 +416,12 @@ column = "1.3.6.1.2.1.33.1.4.4.1.5"
         assert_eq!(got, [("bypass_active", 1.0)]);
         let other = [(descr, "1.3.6.1.2.1.33.1.6.3.5".parse().unwrap())];
         assert_eq!(m.trap_readings(&added, &other).count(), 0);
+        // upsTrapOnBattery from a v1 agent: enterprise upsTraps, specific 1.
+        let v1: Oid = "1.3.6.1.2.1.33.2.0.1".parse().unwrap();
+        let got: Vec<_> = m.trap_readings(&v1, &[]).collect();
+        assert_eq!(got, [("on_battery", 1.0)]);
+        let not: Oid = "1.3.6.1.2.1.33.2.0.9".parse().unwrap();
+        assert_eq!(m.trap_readings(&not, &[]).count(), 0);
     }
 
     proptest! {

@@ -333,6 +333,38 @@ mod tests {
         assert_eq!(vbs[1].1, Raw::Number(4.0)); // bypass(4)
     }
 
+    proptest::proptest! {
+        /// The fuzz target `snmp_agent_request` under `cargo test`: any datagram, and
+        /// net-snmp's requests with bytes changed or cut, get a readable answer or none.
+        #[test]
+        fn any_request_is_answered_readably_or_not_at_all(
+            seed in 0usize..3,
+            flips in proptest::collection::vec((0usize..64, proptest::prelude::any::<u8>()), 0..6),
+            cut in 0usize..64,
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            const SEEDS: [&[u8]; 3] = [
+                include_bytes!("../../fuzz/seeds/snmp_agent_request/get"),
+                include_bytes!("../../fuzz/seeds/snmp_agent_request/getbulk"),
+                include_bytes!("../../fuzz/seeds/snmp_agent_request/set"),
+            ];
+            let a = ups();
+            let tree = a.tree(&values(0.0), 7);
+            let counts = AgentCounts::default();
+            let mut b = SEEDS[seed].to_vec();
+            for (at, x) in flips {
+                let n = b.len();
+                b[at % n] = x;
+            }
+            b.truncate(cut.max(1));
+            for req in [&noise[..], &b[..], SEEDS[seed]] {
+                if let Some(reply) = a.answer(req, &tree, &counts) {
+                    proptest::prop_assert!(snmp2::Pdu::from_bytes(&reply).is_ok());
+                }
+            }
+        }
+    }
+
     #[test]
     fn set_is_refused_and_the_wrong_community_unanswered() {
         let a = ups();

@@ -2,8 +2,10 @@
 //! and counted like Modbus by [`super::poll`].
 //!
 //! - Each device reads its object map (`protocols/snmp/`): scalars and table cells with
-//!   GET (at most `max_oids` per request), table columns walked with GETBULK and their
-//!   rows reduced (a three-phase UPS reports output power per line: the map sums them).
+//!   GET (at most `max_oids` per request), then every table column walked together with
+//!   GETBULK (one repeater per column, so a UPS's input and output lines are read at
+//!   one instant) and their rows reduced (a three-phase UPS reports output power per
+//!   line: the map sums them).
 //! - SNMP runs over UDP: a request that gets no answer within `timeout` is sent again,
 //!   `retries` times, each time from a fresh socket so that a late answer to the first
 //!   can never be taken for the second's (snmp2 rejects a mismatched request id but
@@ -557,9 +559,10 @@ impl ReadOnlySession {
             .map_err(|e| format!("{e:?}"))
     }
 
-    async fn bulk(&mut self, from: &snmp2::Oid<'static>, rows: u32) -> Result<Answer, String> {
+    async fn bulk(&mut self, from: &[snmp2::Oid<'static>], rows: u32) -> Result<Answer, String> {
+        let refs: Vec<&snmp2::Oid<'_>> = from.iter().collect();
         self.0
-            .getbulk(&[from], 0, rows)
+            .getbulk(&refs, 0, rows)
             .await
             .map(|p| answer_of(&p))
             .map_err(|e| format!("{e:?}"))
@@ -568,7 +571,7 @@ impl ReadOnlySession {
 
 enum Ask<'a> {
     Get(&'a [snmp2::Oid<'static>]),
-    Bulk(&'a snmp2::Oid<'static>),
+    Bulk(&'a [snmp2::Oid<'static>]),
 }
 
 /// One device's session and decoding state.
@@ -580,7 +583,7 @@ pub struct SnmpPoller {
     session: Option<ReadOnlySession>,
     dropped: Option<Failure>,
     gets: Vec<Vec<snmp2::Oid<'static>>>,
-    columns: Vec<(usize, Oid, snmp2::Oid<'static>, mib::Aggregate)>,
+    columns: Vec<(usize, Oid, mib::Aggregate)>,
     last_good: Vec<f64>,
     stats: Arc<DeviceStats>,
 }
@@ -596,7 +599,7 @@ impl SnmpPoller {
         let columns = dev
             .map
             .columns()
-            .filter_map(|(i, c, a)| Some((i, c.clone(), snmp_oid(c)?, a)))
+            .map(|(i, c, a)| (i, c.clone(), a))
             .collect();
         Self {
             kind: dev.map.kind.clone(),
@@ -698,49 +701,122 @@ impl SnmpPoller {
         });
     }
 
-    /// Walks one column: its rows' numbers, or why the walk failed.
-    async fn walk(
-        &mut self,
-        column: &Oid,
-        start: &snmp2::Oid<'static>,
-    ) -> Result<Option<Vec<f64>>, Failure> {
-        let mut rows = Vec::new();
-        let mut from = start.clone();
-        let mut at = column.clone();
+    /// Walks every column together, one GETBULK with a repeater per unfinished column
+    /// at a time (so that a UPS's input and output lines are read at one instant):
+    /// each column's rows, `None` for a column the agent answered with an error.
+    async fn walk(&mut self) -> Result<Vec<Option<Vec<f64>>>, Failure> {
+        let mut walks: Vec<Walk> = self
+            .columns
+            .iter()
+            .map(|(_, c, _)| Walk::new(c.clone()))
+            .collect();
         loop {
+            let open: Vec<usize> = (0..walks.len()).filter(|&i| walks[i].open()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let Some(from) = open
+                .iter()
+                .map(|&i| snmp_oid(&walks[i].at))
+                .collect::<Option<Vec<_>>>()
+            else {
+                break;
+            };
             let a = self.exchange(Ask::Bulk(&from)).await?;
             if a.error_status != 0 {
                 bump(&self.stats.exceptions, 1);
-                return Ok(None);
             }
-            let mut last = None;
-            for (name, raw) in a.varbinds {
-                let Some(name) = name.filter(|n| n.starts_with(column) && n != column) else {
-                    return Ok(Some(rows));
-                };
-                match raw {
-                    Raw::Number(x) => rows.push(x),
-                    Raw::Missing => return Ok(Some(rows)),
-                    _ => {
-                        bump(&self.stats.exceptions, 1);
-                        return Ok(None);
-                    }
+            advance(&mut walks, &open, a, self.dev.max_rows);
+        }
+        let mut out = Vec::with_capacity(walks.len());
+        for w in walks {
+            match w.state {
+                WalkState::Bad => bump(&self.stats.exceptions, 1),
+                WalkState::Full => {
+                    warn!(device = %self.dev.name, column = %w.column, max_rows = self.dev.max_rows, "column longer than max_rows; rest not read");
                 }
-                last = Some(name);
+                WalkState::Open | WalkState::Done => {}
             }
-            if rows.len() >= self.dev.max_rows {
-                warn!(device = %self.dev.name, %column, max_rows = self.dev.max_rows, "column longer than max_rows; rest not read");
-                rows.truncate(self.dev.max_rows);
-                return Ok(Some(rows));
+            out.push((w.state != WalkState::Bad).then_some(w.rows));
+        }
+        Ok(out)
+    }
+}
+
+/// Where one column's walk stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalkState {
+    Open,
+    /// Past the column's last row.
+    Done,
+    /// Stopped at `max_rows`.
+    Full,
+    /// An error status or a value that is not a number.
+    Bad,
+}
+
+#[derive(Debug, Clone)]
+struct Walk {
+    column: Oid,
+    /// The last row read (the column itself before the first).
+    at: Oid,
+    rows: Vec<f64>,
+    state: WalkState,
+}
+
+impl Walk {
+    fn new(column: Oid) -> Self {
+        Self {
+            at: column.clone(),
+            column,
+            rows: Vec::new(),
+            state: WalkState::Open,
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.state == WalkState::Open
+    }
+}
+
+/// Takes a GETBULK answer whose repeaters were the cursors of `open` walks, in order
+/// (RFC 3416: the answer interleaves them row by row). A walk ends past its column, at
+/// `max_rows`, or when the answer does not move it forward (an agent that answers
+/// nothing new must not keep us asking).
+fn advance(walks: &mut [Walk], open: &[usize], a: Answer, max_rows: usize) {
+    let mut moved = vec![false; walks.len()];
+    if a.error_status != 0 {
+        for &i in open {
+            walks[i].state = WalkState::Bad;
+        }
+        return;
+    }
+    for (k, (name, raw)) in a.varbinds.into_iter().enumerate() {
+        let i = open[k % open.len()];
+        let w = &mut walks[i];
+        if !w.open() {
+            continue;
+        }
+        let Some(name) = name.filter(|n| n.starts_with(&w.column) && *n > w.at) else {
+            w.state = WalkState::Done;
+            continue;
+        };
+        match raw {
+            Raw::Number(x) => {
+                w.rows.push(x);
+                w.at = name;
+                moved[i] = true;
+                if w.rows.len() >= max_rows {
+                    w.state = WalkState::Full;
+                }
             }
-            // An agent that answers nothing, or does not move forward, ends the walk.
-            match last.filter(|l| *l > at) {
-                Some(next) => match snmp_oid(&next) {
-                    Some(o) => (from, at) = (o, next),
-                    None => return Ok(Some(rows)),
-                },
-                None => return Ok(Some(rows)),
-            }
+            Raw::Missing => w.state = WalkState::Done,
+            _ => w.state = WalkState::Bad,
+        }
+    }
+    for &i in open {
+        if walks[i].open() && !moved[i] {
+            walks[i].state = WalkState::Done;
         }
     }
 }
@@ -794,19 +870,17 @@ impl Link for SnmpPoller {
             }
         }
         self.gets = gets;
-        if self.dropped.is_none() {
-            for (i, column, start, aggregate) in self.columns.clone() {
-                match self.walk(&column, &start).await {
-                    Ok(rows) => {
-                        let ts = self.clock.now();
+        if self.dropped.is_none() && !self.columns.is_empty() {
+            match self.walk().await {
+                Ok(columns) => {
+                    let ts = self.clock.now();
+                    let aggs: Vec<_> = self.columns.iter().map(|c| (c.0, c.2)).collect();
+                    for ((i, aggregate), rows) in aggs.into_iter().zip(columns) {
                         let v = rows.and_then(|r| aggregate.apply(&r));
                         self.reading(i, v, ts, &mut out);
                     }
-                    Err(f) => {
-                        self.dropped = Some(f);
-                        break;
-                    }
                 }
+                Err(f) => self.dropped = Some(f),
             }
         }
         out
@@ -1175,6 +1249,68 @@ mod tests {
         assert_eq!(decode(&v, -1.0), None);
     }
 
+    fn oid(s: &str) -> Oid {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn interleaved_bulk_answers_walk_each_column_to_its_end() {
+        let (a, b) = (oid("1.3.6.1.9.1.2"), oid("1.3.6.1.9.1.5"));
+        let mut walks = vec![Walk::new(a.clone()), Walk::new(b.clone())];
+        let n = |x: f64| Raw::Number(x);
+        // Row by row: a.1, b.1, a.2, b.2, then a leaves its column (b.1 comes next in
+        // the tree) while b still has a row.
+        let answer = Answer {
+            error_status: 0,
+            varbinds: vec![
+                (Some(a.child(1)), n(10.0)),
+                (Some(b.child(1)), n(1.0)),
+                (Some(a.child(2)), n(20.0)),
+                (Some(b.child(2)), n(2.0)),
+                (Some(b.child(1)), n(1.0)),
+                (Some(b.child(3)), n(3.0)),
+            ],
+        };
+        advance(&mut walks, &[0, 1], answer, 100);
+        assert_eq!(walks[0].state, WalkState::Done);
+        assert_eq!(walks[0].rows, [10.0, 20.0]);
+        assert!(walks[1].open());
+        assert_eq!(walks[1].rows, [1.0, 2.0, 3.0]);
+        // The next answer has only b's repeater: it ends at endOfMibView.
+        let answer = Answer {
+            error_status: 0,
+            varbinds: vec![(Some(b.child(3)), Raw::Missing)],
+        };
+        advance(&mut walks, &[1], answer, 100);
+        assert_eq!(walks[1].state, WalkState::Done);
+        // An agent that repeats itself, an empty answer, a long column, a bad value.
+        let mut w = vec![Walk::new(a.clone())];
+        w[0].at = a.child(5);
+        let stuck = Answer {
+            error_status: 0,
+            varbinds: vec![(Some(a.child(5)), n(1.0))],
+        };
+        advance(&mut w, &[0], stuck, 100);
+        assert_eq!(w[0].state, WalkState::Done);
+        let mut w = vec![Walk::new(a.clone())];
+        advance(&mut w, &[0], Answer::default(), 100);
+        assert_eq!(w[0].state, WalkState::Done);
+        let mut w = vec![Walk::new(a.clone())];
+        let long = Answer {
+            error_status: 0,
+            varbinds: (1..=5).map(|r| (Some(a.child(r)), n(1.0))).collect(),
+        };
+        advance(&mut w, &[0], long, 3);
+        assert_eq!((w[0].state, w[0].rows.len()), (WalkState::Full, 3));
+        let mut w = vec![Walk::new(a.clone())];
+        let text = Answer {
+            error_status: 0,
+            varbinds: vec![(Some(a.child(1)), Raw::Other)],
+        };
+        advance(&mut w, &[0], text, 3);
+        assert_eq!(w[0].state, WalkState::Bad);
+    }
+
     #[test]
     fn a_device_is_found_by_its_address_or_its_only_ip() {
         let plan = |name: &str| SnmpPlan {
@@ -1243,6 +1379,62 @@ auth_password = "short"
             e.contains("is for version = \\\"3\\\"") || e.contains("version"),
             "{e}"
         );
+    }
+
+    /// Real net-snmp notifications (the fuzz target's seeds).
+    const SEEDS: [&[u8]; 3] = [
+        include_bytes!("../../fuzz/seeds/snmp_notification/v2c-alarm-added-on-bypass"),
+        include_bytes!("../../fuzz/seeds/snmp_notification/v1-on-battery"),
+        include_bytes!("../../fuzz/seeds/snmp_notification/v2c-inform-alarm-removed"),
+    ];
+
+    #[test]
+    fn net_snmp_notifications_decode_to_what_they_say() {
+        let map = mib::named("ups-mib").unwrap();
+        let said: Vec<Vec<(String, f64)>> = SEEDS
+            .iter()
+            .map(|b| {
+                let n = notification(b).unwrap();
+                map.trap_readings(&n.trap, &n.oids)
+                    .map(|(m, v)| (m.to_owned(), v))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            said,
+            [
+                vec![("bypass_active".to_owned(), 1.0)],
+                vec![("on_battery".to_owned(), 1.0)],
+                vec![("bypass_active".to_owned(), 0.0)]
+            ]
+        );
+        assert!(notification(SEEDS[2]).unwrap().inform.is_some());
+    }
+
+    proptest::proptest! {
+        /// The fuzz target `snmp_notification` under `cargo test`: any datagram, and real
+        /// ones with bytes changed or cut, decode or are refused without panic.
+        #[test]
+        fn any_datagram_is_decoded_or_refused(
+            seed in 0usize..3,
+            flips in proptest::collection::vec((0usize..128, proptest::prelude::any::<u8>()), 0..6),
+            cut in 0usize..128,
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let _ = notification(&noise);
+            let mut b = SEEDS[seed].to_vec();
+            for (at, x) in flips {
+                let n = b.len();
+                b[at % n] = x;
+            }
+            b.truncate(cut.max(1));
+            if let Some(n) = notification(&b) {
+                let map = mib::named("ups-mib").unwrap();
+                for (_, v) in map.trap_readings(&n.trap, &n.oids) {
+                    proptest::prop_assert!(v.is_finite());
+                }
+            }
+        }
     }
 
     #[test]

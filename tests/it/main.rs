@@ -9,6 +9,7 @@ mod determinism;
 mod iforest_reference;
 mod interop_modbus;
 mod interop_mqtt;
+mod interop_snmp;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]
@@ -18,6 +19,7 @@ mod mqtt;
 mod pcap;
 mod replay_data;
 mod report;
+mod snmp;
 mod soc;
 mod syslog;
 mod train;

@@ -273,6 +273,20 @@ const HOURS: f64 = 3.2;
 
 #[test]
 fn run_against_served_devices_alerts_like_a_replay_of_the_same_scenario() {
+    let report =
+        served_run_alerts_like_a_replay("chiller-setpoint-tamper", &[], ("chiller-2", "physics"));
+    assert!(report["snmp"].is_null(), "Modbus only");
+}
+
+/// Serves one attack slot of the simulator (with `sim_args` added), runs `wattchdog run`
+/// against it on the written config, replays the capture it wrote, and checks that both
+/// raise `attacked` (device, detector) in the attack window, nothing before it, and
+/// mostly agree: the live run's report.
+pub(crate) fn served_run_alerts_like_a_replay(
+    attack: &str,
+    sim_args: &[&str],
+    attacked: (&str, &str),
+) -> serde_json::Value {
     let _quiet = crate::support::machine_lock();
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("served.jsonl");
@@ -282,7 +296,9 @@ fn run_against_served_devices_alerts_like_a_replay_of_the_same_scenario() {
             .args(["simulate", "--serve-modbus", "127.0.0.1:0", "--speed"])
             .arg(SPEED.to_string())
             .args(["--hours", &HOURS.to_string(), "--seed", "5"])
-            .args(["--attacks", "chiller-setpoint-tamper", "-o"])
+            .args(["--attacks", attack])
+            .args(sim_args)
+            .arg("-o")
             .arg(&capture)
             .arg("--write-config")
             .arg(&run_toml)
@@ -362,7 +378,7 @@ fn run_against_served_devices_alerts_like_a_replay_of_the_same_scenario() {
         live_before.is_empty() && replay_before.is_empty(),
         "no alarms before the attack: live {live_before:#?}, replay {replay_before:#?}"
     );
-    let attacked = ("chiller-2".to_owned(), "physics".to_owned());
+    let attacked = (attacked.0.to_owned(), attacked.1.to_owned());
     assert!(live_pairs.contains(&attacked), "live: {live_pairs:?}");
     assert!(replay_pairs.contains(&attacked), "replay: {replay_pairs:?}");
     let common = live_pairs.intersection(&replay_pairs).count();
@@ -371,4 +387,5 @@ fn run_against_served_devices_alerts_like_a_replay_of_the_same_scenario() {
         common * 10 >= union * 8,
         "live {live_pairs:?} and replay {replay_pairs:?} should mostly agree ({lost})"
     );
+    live_report
 }

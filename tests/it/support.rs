@@ -104,6 +104,15 @@ pub fn pymodbus_available() -> bool {
     )
 }
 
+/// A free loopback UDP port (free when asked; the peer binds it right after).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A free loopback port (free when asked; the peer binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
