@@ -102,7 +102,7 @@ fn snmpd(dir: &Path, walk: &Path) -> (Peer, String) {
 async fn start(toml: &str) -> (SnmpCollector, mpsc::Receiver<Vec<Reading>>) {
     let cfg = Config::from_toml_str(toml, "t").unwrap();
     let plans = cfg.snmp.resolve(Path::new("."), "t").unwrap();
-    let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(64);
+    let (tx, rx) = mpsc::channel::<Vec<Reading>>(64);
     let settings = PollSettings {
         clock: Clock::wall(),
         backoff_min: 50,
