@@ -128,6 +128,10 @@ pub struct DemoArgs {
     /// (`none` for Modbus only).
     #[arg(long, default_value = "pdu,crah,env")]
     pub mqtt_kinds: String,
+    /// Device kinds read over SNMP (UPS-MIB with traps for `ups`; `none` for none);
+    /// not also in --mqtt-kinds.
+    #[arg(long, default_value = "ups")]
+    pub snmp_kinds: String,
     /// Facility variant.
     #[arg(long, default_value = "default")]
     pub variant: String,

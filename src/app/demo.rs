@@ -2,8 +2,9 @@
 //!
 //! The simulated facility runs on an accelerated clock twice, from the same seed — so
 //! the two copies are the same plant — once served over Modbus TCP and once published
-//! as JSON to the embedded MQTT broker. `run`'s collectors read each device kind from
-//! the transport the demo assigns it (`--mqtt-kinds`), the full pipeline detects, and
+//! as JSON to the embedded MQTT broker; the first copy's UPS units also answer SNMP
+//! and send traps. `run`'s collectors read each device kind from the transport the
+//! demo assigns it (`--mqtt-kinds`, `--snmp-kinds`), the full pipeline detects, and
 //! the store, API, dashboard and stream serve the result. Attacks are scheduled every
 //! 40 simulated minutes after a 150-minute warm-up (at 100×: the first within two
 //! minutes of the start, then every 24 s).
@@ -32,8 +33,10 @@ pub struct DemoOptions {
     pub speed: f64,
     /// Dashboard address.
     pub listen: String,
-    /// Device kinds collected over MQTT (the rest over Modbus).
+    /// Device kinds collected over MQTT (the rest over Modbus or SNMP).
     pub mqtt_kinds: Vec<String>,
+    /// Device kinds read over SNMP, with traps.
+    pub snmp_kinds: Vec<String>,
     /// Facility variant.
     pub variant: String,
     /// Seed.
@@ -113,6 +116,25 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let modbus_addr = listener.local_addr()?;
     let site = facility.site.clone();
+    let snmp_kinds: Vec<&str> = opts.snmp_kinds.iter().map(String::as_str).collect();
+    if let Some(k) = snmp_kinds
+        .iter()
+        .find(|k| opts.mqtt_kinds.iter().any(|m| m == *k))
+    {
+        return Err(DemoError::Options(format!(
+            "{k} is in both --mqtt-kinds and --snmp-kinds"
+        )));
+    }
+    let (snmp, snmp_served) = if snmp_kinds.is_empty() {
+        (None, sim::serve::SnmpServed::default())
+    } else {
+        // The collector's trap port, picked free now (the agents must know it).
+        let trap_to = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let (s, served) =
+            sim::serve::bind_snmp_agents(localhost, &snmp_kinds, &devices, Some(trap_to)).await?;
+        (Some(s), served)
+    };
     let served = tokio::spawn(sim::serve::serve(
         modbus_sim,
         site.clone(),
@@ -120,7 +142,7 @@ pub async fn serve(
         clock,
         Box::new(std::io::sink()),
         Default::default(),
-        None,
+        snmp,
         std::future::pending(),
     ));
     let mut publish_opts =
@@ -155,7 +177,11 @@ pub async fn serve(
         opts.listen,
         sim::serve::accelerated_tolerances(opts.speed)
     );
-    for d in devices.iter().filter(|d| !mqtt_kinds.contains(d.kind)) {
+    let over_snmp = |kind: &str| snmp_kinds.contains(&kind);
+    for d in devices
+        .iter()
+        .filter(|d| !mqtt_kinds.contains(d.kind) && !over_snmp(d.kind))
+    {
         text += &format!(
             "\n[[modbus.devices]]\nname = \"{}\"\naddress = \"{modbus_addr}\"\nunit = {}\nprofile = \"{}\"\n",
             d.name, d.unit, d.profile
@@ -170,6 +196,7 @@ pub async fn serve(
             login.password
         );
     }
+    text += &sim::serve::snmp_section(&site, "1s", &snmp_served);
     let cfg_path = opts.dir.join("demo.toml");
     write_private(&cfg_path, &text)?;
     let origin = cfg_path.display().to_string();
@@ -223,10 +250,11 @@ impl Summary for DemoSummary {}
 pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
     let intensity = crate::sim::Intensity::parse(&a.intensity)
         .with_context(|| format!("--intensity {:?}: use subtle or obvious", a.intensity))?;
-    let mqtt_kinds = match a.mqtt_kinds.trim() {
+    let kinds = |list: &str| match list.trim() {
         "none" | "" => Vec::new(),
         list => list.split(',').map(|k| k.trim().to_owned()).collect(),
     };
+    let (mqtt_kinds, snmp_kinds) = (kinds(&a.mqtt_kinds), kinds(&a.snmp_kinds));
     // Without --dir: a fresh directory with an unpredictable name, only the owner's
     // (0700), removed when this returns.
     let (dir, _temporary) = match &a.dir {
@@ -243,6 +271,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
         speed: a.speed,
         listen: a.listen.clone(),
         mqtt_kinds,
+        snmp_kinds,
         variant: a.variant.clone(),
         seed: a.seed,
         intensity,

@@ -280,14 +280,12 @@ fn serve_modbus(
     })
 }
 
-/// Binds one UDP socket per device of `--snmp-kinds` (consecutive ports from `at`'s, or
-/// any free ones for port 0) with its agent.
+/// The agents of `--serve-snmp` (devices of `--snmp-kinds`), bound.
 async fn snmp_agents(
     a: &SimulateArgs,
     at: &str,
     devices: &[serve::ServedDevice],
 ) -> Result<(Option<serve::SnmpServe>, serve::SnmpServed)> {
-    use crate::protocol::mib;
     let base: std::net::SocketAddr = at
         .parse()
         .with_context(|| format!("--serve-snmp {at:?}: give ip:port"))?;
@@ -299,44 +297,8 @@ async fn snmp_agents(
         None => None,
     };
     let kinds: Vec<&str> = a.snmp_kinds.split(',').map(str::trim).collect();
-    for k in &kinds {
-        anyhow::ensure!(
-            mib::for_kind(k).is_some(),
-            "--snmp-kinds: no SNMP profile for {k:?} (ups, pdu and env have one)"
-        );
-    }
-    let mut agents = Vec::new();
-    let mut served = serve::SnmpServed {
-        devices: Vec::new(),
-        trap_to,
-    };
-    for (i, d) in devices.iter().enumerate() {
-        let Some(profile) = mib::for_kind(d.kind).filter(|_| kinds.contains(&d.kind)) else {
-            continue;
-        };
-        let mut addr = base;
-        if base.port() != 0 {
-            let port = u16::try_from(usize::from(base.port()) + served.devices.len())
-                .context("--serve-snmp: ports run past 65535")?;
-            addr.set_port(port);
-        }
-        let socket = tokio::net::UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind {addr} for {}", d.name))?;
-        let bound = socket.local_addr()?;
-        let agent = crate::sim::snmp_agent::Agent::new(&d.name, mib::named(profile)?, "public");
-        agents.push((i, agent, socket));
-        served.devices.push((d.name.clone(), profile, bound));
-    }
-    anyhow::ensure!(
-        !agents.is_empty(),
-        "--serve-snmp: the facility has no device of kinds {}",
-        a.snmp_kinds
-    );
-    let serve = serve::SnmpServe {
-        agents,
-        trap_to,
-        counts: Default::default(),
-    };
-    Ok((Some(serve), served))
+    let (agents, served) = serve::bind_snmp_agents(base, &kinds, devices, trap_to)
+        .await
+        .context("--serve-snmp")?;
+    Ok((Some(agents), served))
 }

@@ -15,6 +15,7 @@ use super::snmp_agent::{Agent, AgentCounts};
 use super::{CaptureWriter, SimError, SimEvent, Simulator};
 use crate::model::Ts;
 use crate::protocol::image::{DeviceImage, Refusal};
+use crate::protocol::mib;
 use crate::protocol::profiles;
 use crate::protocol::registers::Table;
 use crate::time::{format_ts, Clock};
@@ -259,17 +260,7 @@ pub fn run_config_with_snmp(
             d.name, d.unit, d.profile
         );
     }
-    if !snmp.devices.is_empty() {
-        s += &format!("\n[snmp]\nsite = \"{site}\"\ninterval = \"{interval}\"\n");
-        if let Some(t) = snmp.trap_to {
-            s += &format!("trap_listen = \"{t}\"\n");
-        }
-        for (name, profile, at) in &snmp.devices {
-            s += &format!(
-                "\n[[snmp.devices]]\nname = \"{name}\"\naddress = \"{at}\"\nprofile = \"{profile}\"\n"
-            );
-        }
-    }
+    s += &snmp_section(site, interval, snmp);
     s
 }
 
@@ -383,6 +374,71 @@ pub struct SnmpServe {
     pub trap_to: Option<SocketAddr>,
     /// Requests received by every agent.
     pub counts: Arc<AgentCounts>,
+}
+
+/// Binds one UDP socket per device of `kinds` (consecutive ports from `base`'s, or any
+/// free ones for port 0) with its agent, answering community `public`.
+pub async fn bind_snmp_agents(
+    base: SocketAddr,
+    kinds: &[&str],
+    devices: &[ServedDevice],
+    trap_to: Option<SocketAddr>,
+) -> Result<(SnmpServe, SnmpServed), SimError> {
+    let io = |m: String| SimError::Io(std::io::Error::other(m));
+    for k in kinds {
+        if mib::for_kind(k).is_none() {
+            return Err(io(format!(
+                "no SNMP profile for {k:?} (ups, pdu and env have one)"
+            )));
+        }
+    }
+    let mut agents = Vec::new();
+    let mut served = SnmpServed {
+        devices: Vec::new(),
+        trap_to,
+    };
+    for (i, d) in devices.iter().enumerate() {
+        let Some(profile) = mib::for_kind(d.kind).filter(|_| kinds.contains(&d.kind)) else {
+            continue;
+        };
+        let mut addr = base;
+        if base.port() != 0 {
+            let port = u16::try_from(usize::from(base.port()) + served.devices.len())
+                .map_err(|_| io("ports run past 65535".into()))?;
+            addr.set_port(port);
+        }
+        let socket = UdpSocket::bind(addr).await?;
+        let bound = socket.local_addr()?;
+        let map = mib::named(profile).map_err(|e| io(e.to_string()))?;
+        agents.push((i, Agent::new(&d.name, map, "public"), socket));
+        served.devices.push((d.name.clone(), profile, bound));
+    }
+    if agents.is_empty() {
+        return Err(io(format!("the facility has no device of kinds {kinds:?}")));
+    }
+    let serve = SnmpServe {
+        agents,
+        trap_to,
+        counts: Default::default(),
+    };
+    Ok((serve, served))
+}
+
+/// The `[snmp]` section that reads `served` every `interval`.
+pub fn snmp_section(site: &str, interval: &str, served: &SnmpServed) -> String {
+    if served.devices.is_empty() {
+        return String::new();
+    }
+    let mut s = format!("\n[snmp]\nsite = \"{site}\"\ninterval = \"{interval}\"\n");
+    if let Some(t) = served.trap_to {
+        s += &format!("trap_listen = \"{t}\"\n");
+    }
+    for (name, profile, at) in &served.devices {
+        s += &format!(
+            "\n[[snmp.devices]]\nname = \"{name}\"\naddress = \"{at}\"\nprofile = \"{profile}\"\n"
+        );
+    }
+    s
 }
 
 /// The running agents: one task per socket answering requests from the plant's present.
