@@ -86,6 +86,16 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<CheckSummary> {
             m.kind,
             m.registers.len()
         ));
+    } else if a.object_map {
+        let m = crate::tomlfile::load(&a.file, crate::protocol::mib::ObjectMap::from_toml_str)?;
+        summary.details.push(format!(
+            "profile {} ({}), {} objects ({} walked columns), {} trap rules",
+            m.profile,
+            m.kind,
+            m.objects.len(),
+            m.columns().count(),
+            m.traps.len()
+        ));
     } else {
         check_config(&a.file, &mut summary)?;
     }
@@ -158,7 +168,7 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
         let gets: usize = agents.iter().map(|d| d.gets.len()).sum();
         let walks: usize = agents.iter().map(|d| d.map.columns().count()).sum();
         parts.push(format!(
-            "{} SNMP devices, {gets} GETs and {walks} column walks per poll cycle",
+            "{} SNMP devices, {gets} GETs and {walks} table columns walked per poll cycle",
             agents.len()
         ));
     }
@@ -200,6 +210,7 @@ mod tests {
                 file: file.clone(),
                 mapping: false,
                 register_map: false,
+                object_map: false,
                 json: false,
             })
         };
@@ -230,6 +241,7 @@ mod tests {
             file: file.clone(),
             mapping: false,
             register_map: false,
+            object_map: false,
             json: false,
         })
         .unwrap();

@@ -394,10 +394,13 @@ pub struct CheckConfigArgs {
     #[arg(long, conflicts_with = "register_map")]
     pub mapping: bool,
     /// Treat the file as a Modbus register map (`protocols/modbus/*.toml`) instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "object_map")]
     pub register_map: bool,
+    /// Treat the file as an SNMP object map (`protocols/snmp/*.toml`) instead.
+    #[arg(long, conflicts_with = "mapping")]
+    pub object_map: bool,
     /// Print the Modbus devices and their read plans as JSON (for scripts).
-    #[arg(long, conflicts_with_all = ["mapping", "register_map"])]
+    #[arg(long, conflicts_with_all = ["mapping", "register_map", "object_map"])]
     pub json: bool,
 }
 

@@ -17,9 +17,10 @@
 //! - Read-only by construction: [`ReadOnlySession`] exposes GET and GETBULK and is the
 //!   only handle this module holds; snmp2's `set` is never called (a test checks the
 //!   source).
-//! - Traps and informs (v1, v2c) arrive on one UDP socket: a notification from a
-//!   configured device's address with its community becomes readings through the
-//!   map's `[[traps]]` rules (an inform is acknowledged). Notifications from unknown
+//! - Traps and informs (v1, v2c, v3) arrive on one UDP socket: a notification from a
+//!   configured device's address with its community (v3: authenticated, and decrypted,
+//!   with its user's keys) becomes readings through the map's `[[traps]]` rules (a v1 or
+//!   v2c inform is acknowledged; a v3 inform is taken but not acknowledged yet). Notifications from unknown
 //!   addresses, with the wrong community, undecodable or over `max_trap_rate` per device
 //!   are counted, and the first ones logged; none stops the receiver.
 
@@ -180,6 +181,36 @@ impl std::fmt::Debug for Credentials {
                 privacy.is_some()
             ),
         }
+    }
+}
+
+impl Credentials {
+    /// The v3 user's security state (keys, engine), for a session or a receiver.
+    fn security(&self) -> Option<snmp2::v3::Security> {
+        let Credentials::V3 {
+            user,
+            auth,
+            privacy,
+        } = self
+        else {
+            return None;
+        };
+        let (proto, pass) = auth
+            .clone()
+            .unwrap_or((snmp2::v3::AuthProtocol::Sha256, String::new()));
+        let level = match (auth, privacy) {
+            (None, _) => snmp2::v3::Auth::NoAuthNoPriv,
+            (Some(_), None) => snmp2::v3::Auth::AuthNoPriv,
+            (Some(_), Some((cipher, p))) => snmp2::v3::Auth::AuthPriv {
+                cipher: *cipher,
+                privacy_password: p.as_bytes().to_vec(),
+            },
+        };
+        Some(
+            snmp2::v3::Security::new(user.as_bytes(), pass.as_bytes())
+                .with_auth_protocol(proto)
+                .with_auth(level),
+        )
     }
 }
 
@@ -520,25 +551,8 @@ impl ReadOnlySession {
             Credentials::V2c(c) => snmp2::AsyncSession::new_v2c(address, c.as_bytes(), start)
                 .await
                 .map_err(|e| e.to_string())?,
-            Credentials::V3 {
-                user,
-                auth,
-                privacy,
-            } => {
-                let (proto, pass) = auth
-                    .clone()
-                    .unwrap_or((snmp2::v3::AuthProtocol::Sha256, String::new()));
-                let level = match (auth, privacy) {
-                    (None, _) => snmp2::v3::Auth::NoAuthNoPriv,
-                    (Some(_), None) => snmp2::v3::Auth::AuthNoPriv,
-                    (Some(_), Some((cipher, p))) => snmp2::v3::Auth::AuthPriv {
-                        cipher: *cipher,
-                        privacy_password: p.as_bytes().to_vec(),
-                    },
-                };
-                let security = snmp2::v3::Security::new(user.as_bytes(), pass.as_bytes())
-                    .with_auth_protocol(proto)
-                    .with_auth(level);
+            Credentials::V3 { .. } => {
+                let security = credentials.security().ok_or("not v3")?;
                 let mut s = snmp2::AsyncSession::new_v3(address, start, security)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -904,7 +918,8 @@ pub struct TrapStats {
     pub unknown_source: AtomicU64,
     /// With a community other than the device's.
     pub bad_community: AtomicU64,
-    /// Not a v1/v2c notification (undecodable, a v3 message, another PDU).
+    /// Not a notification (undecodable, another PDU), or a v3 one that does not
+    /// authenticate with its device's user.
     pub undecodable: AtomicU64,
     /// Understood, but no rule of the device's map matched.
     pub unmatched: AtomicU64,
@@ -954,6 +969,22 @@ pub struct TrapSender {
     pub addr: SocketAddr,
     /// Accepted this second, and which second.
     window: (i64, u32),
+    /// A v3 device's security state: its engine id is learned from its first
+    /// authenticated notification and held to from then on.
+    security: Option<snmp2::v3::Security>,
+}
+
+impl TrapSender {
+    /// A sender at `addr`.
+    pub fn new(plan: SnmpPlan, addr: SocketAddr) -> Self {
+        let security = plan.credentials.security();
+        Self {
+            plan,
+            addr,
+            window: (0, 0),
+            security,
+        }
+    }
 }
 
 /// Which device sent from `from`: the one at exactly that address, else the only one
@@ -990,7 +1021,28 @@ const MAX_TRAP_VARBINDS: usize = 64;
 
 /// Decodes a v1 or v2c notification; `None` for anything else.
 pub fn notification(bytes: &[u8]) -> Option<Notification> {
-    let pdu = snmp2::Pdu::from_bytes(bytes).ok()?;
+    notification_of(&snmp2::Pdu::from_bytes(bytes).ok()?)
+}
+
+/// Decodes a v3 notification from the user `security` holds (authenticated and
+/// decrypted with its keys); `None` for anything else, a wrong key included.
+pub fn notification_v3(bytes: &[u8], security: &mut snmp2::v3::Security) -> Option<Notification> {
+    // snmp2 zeroes the authentication parameters in the buffer it is given to check
+    // the digest: hand it a copy.
+    // A message that does not authenticate leaves the state as it was: a forgery must
+    // not pin a wrong engine id before the device's first real trap.
+    let copy = bytes.to_vec();
+    let mut trial = security.clone();
+    let pdu = snmp2::Pdu::from_bytes_with_security(&copy, Some(&mut trial)).ok()?;
+    let mut n = notification_of(&pdu)?;
+    *security = trial;
+    // An inform's acknowledgement would need a v3 response: not sent (yet).
+    n.inform = None;
+    n.community.clear();
+    Some(n)
+}
+
+fn notification_of(pdu: &snmp2::Pdu<'_>) -> Option<Notification> {
     let pairs: Vec<(Option<Oid>, Raw)> = pdu
         .varbinds
         .clone()
@@ -1077,21 +1129,8 @@ pub async fn receive_traps(
             note("unknown source", from);
             continue;
         };
-        let Some(note_) = notification(&buf[..n]) else {
-            bump(&stats.undecodable, 1);
-            note("undecodable", from);
-            continue;
-        };
         let s = &mut senders[i];
-        let community_ok = match &s.plan.credentials {
-            Credentials::V2c(c) => c.as_bytes() == note_.community.as_slice(),
-            Credentials::V3 { .. } => false,
-        };
-        if !community_ok {
-            bump(&stats.bad_community, 1);
-            note("wrong community", from);
-            continue;
-        }
+        // Counted before decoding: a v3 decode may derive keys, which costs.
         let second = clock.now().div_euclid(1000);
         if s.window.0 != second {
             s.window = (second, 0);
@@ -1101,6 +1140,25 @@ pub async fn receive_traps(
             continue;
         }
         s.window.1 += 1;
+        let decoded = match s.security.as_mut() {
+            None => notification(&buf[..n]),
+            Some(sec) => notification_v3(&buf[..n], sec),
+        };
+        let Some(note_) = decoded else {
+            bump(&stats.undecodable, 1);
+            note("undecodable or not authenticated", from);
+            continue;
+        };
+        let community_ok = match &s.plan.credentials {
+            Credentials::V2c(c) => c.as_bytes() == note_.community.as_slice(),
+            // Authenticated by its user's key.
+            Credentials::V3 { .. } => true,
+        };
+        if !community_ok {
+            bump(&stats.bad_community, 1);
+            note("wrong community", from);
+            continue;
+        }
         if let Some(id) = note_.inform {
             let ack = ber::message_v2c(&note_.community, ber::tag::RESPONSE, id, 0, 0, &[]);
             if socket.send_to(&ack, from).await.is_ok() {
@@ -1162,11 +1220,7 @@ impl SnmpCollector {
                     .await
                     .map(|mut a| a.next())
                 {
-                    Ok(Some(addr)) => senders.push(TrapSender {
-                        plan: plan.clone(),
-                        addr,
-                        window: (0, 0),
-                    }),
+                    Ok(Some(addr)) => senders.push(TrapSender::new(plan.clone(), addr)),
                     _ => {
                         warn!(device = %plan.name, address = %plan.address, "cannot resolve; its traps will be counted as unknown")
                     }
@@ -1326,11 +1380,7 @@ mod tests {
             gets: vec![],
             map: Arc::new(mib::named("ups-mib").unwrap()),
         };
-        let at = |name: &str, a: &str| TrapSender {
-            plan: plan(name),
-            addr: a.parse().unwrap(),
-            window: (0, 0),
-        };
+        let at = |name: &str, a: &str| TrapSender::new(plan(name), a.parse().unwrap());
         let s = [
             at("ups-1", "10.0.0.1:161"),
             at("ups-2", "10.0.0.2:161"),

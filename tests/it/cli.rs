@@ -238,6 +238,59 @@ fn every_shipped_register_map_validates() {
 }
 
 #[test]
+fn every_shipped_object_map_validates_and_a_config_resolves_them() {
+    for entry in std::fs::read_dir(repo("protocols/snmp")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = run(&["check-config", "--object-map", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A map of one's own, next to the config: a flag without `equals` may not say
+    // `otherwise`.
+    std::fs::write(
+        dir.path().join("mine.toml"),
+        "profile = \"mine\"\nkind = \"ups\"\nsource = \"s\"\n[[objects]]\nmetric = \"load_pct\"\noid = \"1.3.6.1.4.1.9.1.0\"\notherwise = 3\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        "[snmp]\ntrap_listen = \"127.0.0.1:1162\"\n[[snmp.devices]]\nname = \"ups-1\"\naddress = \"10.0.0.5\"\nprofile = \"ups-mib\"\n\
+         [[snmp.devices]]\nname = \"ups-2\"\naddress = \"10.0.0.6\"\nprofile = \"mine.toml\"\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("snmp.devices[1] (ups-2).profile") && err.contains("otherwise"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("mine.toml"),
+        "profile = \"mine\"\nkind = \"ups\"\nsource = \"s\"\n[[objects]]\nmetric = \"load_pct\"\noid = \"1.3.6.1.4.1.9.1.0\"\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("2 SNMP devices, 2 GETs and 6 table columns walked per poll cycle")
+            && said.contains("SNMP traps on 127.0.0.1:1162"),
+        "{said}"
+    );
+}
+
+#[test]
 fn check_config_resolves_modbus_devices_and_run_refuses_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("w.toml");

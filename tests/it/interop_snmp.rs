@@ -114,6 +114,20 @@ async fn start(toml: &str) -> (SnmpCollector, mpsc::Receiver<Vec<Reading>>) {
     (c, rx)
 }
 
+/// A config receiving notifications from one UPS (`device` adds to its entry) on a
+/// free port, and that port for net-snmp. Nothing answers polls at the UPS's address
+/// (the poll interval is long); its notifications come from 127.0.0.1, the only device
+/// at that IP.
+fn trap_receiver(device: &str) -> (String, String) {
+    let port = free_udp_port();
+    let agent = free_udp_port();
+    let toml = format!(
+        "[snmp]\nsite = \"lab\"\ninterval = \"1h\"\ntrap_listen = \"127.0.0.1:{port}\"\n\
+         [[snmp.devices]]\nname = \"ups-1\"\naddress = \"127.0.0.1:{agent}\"\nprofile = \"ups-mib\"\n{device}"
+    );
+    (toml, format!("udp:127.0.0.1:{port}"))
+}
+
 /// Runs the collector of `toml` until every `(device, metric)` of `want` was read
 /// good, or 15 s: the last good value of each.
 async fn collect(
@@ -189,16 +203,7 @@ async fn net_snmp_traps_and_informs_become_readings_and_forgeries_are_counted() 
     if !net_snmp_available() {
         return;
     }
-    let port = free_udp_port();
-    // The UPS's agent address: nothing answers polls there (the poll interval is long);
-    // its notifications come from 127.0.0.1, the only device at that IP.
-    let agent = free_udp_port();
-    let toml = format!(
-        "[snmp]\nsite = \"lab\"\ninterval = \"1h\"\ntrap_listen = \"127.0.0.1:{port}\"\n\
-         [[snmp.devices]]\nname = \"ups-1\"\naddress = \"127.0.0.1:{agent}\"\nprofile = \"ups-mib\"\n\
-         community = \"facility-ro\"\n"
-    );
-    let to = format!("udp:127.0.0.1:{port}");
+    let (toml, to) = trap_receiver("community = \"facility-ro\"\n");
     let alarm_descr = ".1.3.6.1.2.1.33.1.6.2.1.2.1";
     let on_bypass = ".1.3.6.1.2.1.33.1.6.3.9";
     // The receiver is bound before anything is sent.
@@ -274,6 +279,49 @@ async fn net_snmp_traps_and_informs_become_readings_and_forgeries_are_counted() 
     assert_eq!(traps.bad_community, 1, "{traps:?}");
     assert_eq!(traps.acknowledged, 1, "{traps:?}");
     assert_eq!(traps.readings, 3, "{traps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn net_snmp_v3_traps_are_authenticated_with_the_devices_user() {
+    if !net_snmp_available() {
+        return;
+    }
+    let (toml, to) = trap_receiver(&format!(
+        "version = \"3\"\nuser = \"{USER}\"\nauth = \"sha256\"\nauth_password = \"{AUTH}\"\n\
+         privacy = \"aes\"\nprivacy_password = \"{PRIV}\"\n"
+    ));
+    let (c, mut rx) = start(&toml).await;
+    let sender = tokio::task::spawn_blocking(move || {
+        // The UPS card's engine (the sender of a trap is authoritative).
+        let v3 = |engine: &str, auth: &str| {
+            let mut t = tool("snmptrap");
+            t.args(["-v3", "-e", engine, "-u", USER, "-l", "authPriv"])
+                .args(["-a", "SHA-256", "-A", auth, "-x", "AES", "-X", PRIV]);
+            t
+        };
+        // A forgery first, from another engine and signed with another key: refused,
+        // and it must not pin its engine id for the real ones.
+        ok(v3("0x80001f8880deadbeef01", "another-key-123").args([&to, "", ".1.3.6.1.2.1.33.2.1"]));
+        // upsTrapAlarmEntryAdded(upsAlarmOnBypass), authPriv.
+        ok(v3("0x80001f8880c0ffee0102", AUTH).args([
+            &to,
+            "",
+            ".1.3.6.1.2.1.33.2.3",
+            ".1.3.6.1.2.1.33.1.6.2.1.2.1",
+            "o",
+            ".1.3.6.1.2.1.33.1.6.3.9",
+        ]));
+    });
+    let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a reading within 20 s")
+        .expect("the collector runs");
+    sender.await.unwrap();
+    let (_, traps) = c.stop().await;
+    let traps = traps.unwrap();
+    let seen: Vec<_> = got.into_iter().map(|r| (r.metric, r.value)).collect();
+    assert_eq!(seen, [("bypass_active".to_owned(), 1.0)], "{traps:?}");
+    assert_eq!((traps.undecodable, traps.readings), (1, 1), "{traps:?}");
 }
 
 #[test]
