@@ -136,6 +136,8 @@ pub struct SnmpDeviceConfig {
     pub version: Version,
     /// v2c community (polls and traps).
     pub community: Option<String>,
+    /// A file whose first line is the community (relative to the config), instead.
+    pub community_file: Option<String>,
     /// v3 user name.
     pub user: Option<String>,
     /// v3 authentication: `md5`, `sha` (SHA-1), `sha224`, `sha256` (default), `sha384`,
@@ -143,10 +145,14 @@ pub struct SnmpDeviceConfig {
     pub auth: Option<String>,
     /// v3 authentication pass phrase (at least 8 characters); none: noAuthNoPriv.
     pub auth_password: Option<String>,
+    /// A file whose first line is the authentication pass phrase, instead.
+    pub auth_password_file: Option<String>,
     /// v3 privacy: `aes` (AES-128, default), `aes192`, `aes256`, `des`.
     pub privacy: Option<String>,
     /// v3 privacy pass phrase; none: authNoPriv.
     pub privacy_password: Option<String>,
+    /// A file whose first line is the privacy pass phrase, instead.
+    pub privacy_password_file: Option<String>,
 }
 
 /// How a device is reached.
@@ -345,7 +351,23 @@ impl SnmpConfig {
                 !d.address.is_empty(),
                 "must be host[:port]",
             )?;
-            let credentials = credentials(d, &self.community, origin, &key)?;
+            let mut with_secrets = d.clone();
+            for (name, value, file) in [
+                ("community", &mut with_secrets.community, &d.community_file),
+                (
+                    "auth_password",
+                    &mut with_secrets.auth_password,
+                    &d.auth_password_file,
+                ),
+                (
+                    "privacy_password",
+                    &mut with_secrets.privacy_password,
+                    &d.privacy_password_file,
+                ),
+            ] {
+                secret(value, file, base, origin, &key, name)?;
+            }
+            let credentials = credentials(&with_secrets, &self.community, origin, &key)?;
             let map = if crate::protocol::profiles::is_file(&d.profile) {
                 crate::tomlfile::load(&base.join(&d.profile), ObjectMap::from_toml_str)
             } else {
@@ -378,6 +400,36 @@ impl SnmpConfig {
         }
         Ok(out)
     }
+}
+
+/// Fills `value` from `file` (its first line, trimmed; relative to `base`) when the
+/// file is given instead: secrets may live outside the config, readable only by the
+/// service.
+fn secret(
+    value: &mut Option<String>,
+    file: &Option<String>,
+    base: &Path,
+    origin: &str,
+    key: &dyn Fn(&str) -> String,
+    name: &str,
+) -> Result<(), TomlError> {
+    let Some(f) = file else { return Ok(()) };
+    check(
+        origin,
+        &key(&format!("{name}_file")),
+        value.is_none(),
+        &format!("give {name} or {name}_file, not both"),
+    )?;
+    let text = crate::tomlfile::read(&base.join(f))?;
+    let line = text.lines().next().unwrap_or("").trim().to_owned();
+    check(
+        origin,
+        &key(&format!("{name}_file")),
+        !line.is_empty(),
+        "names an empty file",
+    )?;
+    *value = Some(line);
+    Ok(())
 }
 
 fn credentials(
@@ -1419,6 +1471,20 @@ auth_password = "short"
         assert_eq!(plans[0].address, "10.0.0.1:161");
         let shown = format!("{:?}", plans[0]);
         assert!(!shown.contains("secret"), "{shown}");
+        // Secrets from files beside the config.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("auth"), "from-a-file-1\n").unwrap();
+        let mut files = ok.clone();
+        files.devices[0].auth_password = None;
+        files.devices[0].auth_password_file = Some("auth".into());
+        let plans = files.resolve(dir.path(), "w.toml").unwrap();
+        match &plans[0].credentials {
+            Credentials::V3 { auth, .. } => assert_eq!(auth.as_ref().unwrap().1, "from-a-file-1"),
+            other => panic!("{other:?}"),
+        }
+        files.devices[0].auth_password = Some("a-long-secret".into());
+        let e = files.resolve(dir.path(), "w.toml").unwrap_err().to_string();
+        assert!(e.contains("auth_password_file"), "{e}");
         let mut v2 = cfg;
         v2.devices[0].version = Version::V2c;
         let e = v2
