@@ -3,9 +3,16 @@
 //! - During a warm-up the detector learns how often the point's value does *not* change
 //!   from one sample to the next (`p0`, with |delta| below a small fraction of the usual
 //!   |delta| counting as unchanged). Points that were mostly still (p0 > 0.5) are skipped.
-//! - For a quantised sensor the chance of staying put depends on the value: it is
-//!   highest at the most common reading. So the per-sample chance used is the larger of
-//!   `p0` and the frequency of the most common warm-up value.
+//! - For a quantised sensor the chance of staying put depends on where its mean sits
+//!   within a step: about a half at a step's edge, most at its centre. A slow signal
+//!   read at a coarse resolution (a UPS's output voltage in whole volts over SNMP) that
+//!   was learned near an edge and later drifts to a centre stays put far more often than
+//!   it did while learning. So the per-sample chance used is the largest of `p0`, the
+//!   frequency of the most common warm-up value, and the chance of staying in a step of
+//!   the learned resolution (the smallest move seen) with the mean at its centre,
+//!   `erf(q / (2√2 σ))`, σ the learned noise; and the run needed is never shorter than
+//!   twice the longest still run the warm-up itself showed. For a fine-grained sensor
+//!   the centre term is nil and nothing changes.
 //! - The run length that chance would produce with probability below `false_alarm_prob`
 //!   is `ln(false_alarm_prob) / ln(p)` samples; a run of unchanged values that long is a
 //!   finding, which persists while the value stays frozen.
@@ -78,6 +85,13 @@ impl Default for FlatlineParams {
 struct State {
     seen: u64,
     still: u64,
+    /// Smallest non-zero move while learning (the resolution).
+    quantum: f64,
+    /// Sum of squared moves while learning (the noise: var(delta) = 2σ²).
+    sq_delta_sum: f64,
+    /// The current and the longest still run while learning.
+    warm_run: u32,
+    longest_warm_run: u32,
     values: Vec<f64>,
     abs_delta_sum: f64,
     eps: f64,
@@ -121,8 +135,16 @@ impl Detector for Flatline {
                 s.seen += 1;
                 s.abs_delta_sum += d;
                 s.values.push(st.value);
+                s.sq_delta_sum += d * d;
+                if d > 0.0 && (s.quantum == 0.0 || d < s.quantum) {
+                    s.quantum = d;
+                }
                 if d == 0.0 {
                     s.still += 1;
+                    s.warm_run += 1;
+                    s.longest_warm_run = s.longest_warm_run.max(s.warm_run);
+                } else {
+                    s.warm_run = 0;
                 }
                 if s.seen == params.warmup_samples {
                     s.eps = params.tolerance * s.abs_delta_sum / s.seen as f64;
@@ -131,8 +153,17 @@ impl Detector for Flatline {
                     let values = std::mem::take(&mut s.values);
                     s.p0 = p_still.max(mode_frequency(values));
                     s.eligible = s.p0 <= 0.5 && s.abs_delta_sum > 0.0;
-                    let run = params.false_alarm_prob.ln() / s.p0.ln();
-                    s.needed = (run.ceil() as u32).max(params.min_run);
+                    let sigma = (s.sq_delta_sum / (2.0 * s.seen as f64)).sqrt();
+                    let p_centre = if sigma > 0.0 {
+                        erf(s.quantum / (2.0 * std::f64::consts::SQRT_2 * sigma))
+                    } else {
+                        1.0
+                    };
+                    let p = s.p0.max(p_centre).min(1.0 - 1e-9);
+                    let run = params.false_alarm_prob.ln() / p.ln();
+                    s.needed = (run.ceil() as u32)
+                        .max(params.min_run)
+                        .max(2 * s.longest_warm_run);
                 }
                 continue;
             }
@@ -171,6 +202,16 @@ impl Detector for Flatline {
             }
         }
     }
+}
+
+/// The error function (Abramowitz and Stegun 7.1.26, absolute error below 1.5e-7).
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    (1.0 - poly * (-x * x).exp()).copysign(x)
 }
 
 /// Frequency of the most common value (1 / n for all-distinct values).
@@ -244,6 +285,52 @@ mod tests {
             0,
             "a week of a coarse sensor, no flatline"
         );
+    }
+
+    #[test]
+    fn a_slow_signal_read_in_whole_units_is_not_a_flatline() {
+        // A UPS's output voltage around 399.6 V drifting slowly, read in whole volts (as
+        // UPS-MIB reports it): it sits on one step for runs of tens of samples, though
+        // it moves on more than half of the warm-up's samples taken one by one.
+        // Learned with the mean at a step's edge (399.5 V); from sample 600 it wanders
+        // to the steps' centres and back every hour; the noise is 0.4 V. (With this
+        // seed the warm-up's commonest value is just under half the samples, so the
+        // point is watched; the previous rule fired here by chance.)
+        let noise = noisy(20_000, 0.0, 0.4, 21);
+        let series: Vec<f64> = noise
+            .iter()
+            .enumerate()
+            .map(|(t, n)| {
+                let phase = t.saturating_sub(600) as f64 * std::f64::consts::TAU / 3_600.0;
+                (399.5 + 0.5 * phase.sin() + n).round()
+            })
+            .collect();
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "ups", "output_voltage_v", &series);
+        assert!(h.findings.is_empty(), "{} findings", h.findings.len());
+        // Frozen for good, it is still found.
+        let mut frozen = series.clone();
+        let v = frozen[15_000];
+        for x in &mut frozen[15_000..] {
+            *x = v;
+        }
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "ups", "output_voltage_v", &frozen);
+        assert!(h.first_after(15_000).is_some());
+    }
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+        ] {
+            assert!((erf(x) - want).abs() < 2e-7, "erf({x}) = {}", erf(x));
+        }
     }
 
     #[test]
