@@ -280,11 +280,6 @@ fn with_port(address: &str) -> String {
 }
 
 impl SnmpConfig {
-    /// Whether anything is configured.
-    pub fn used(&self) -> bool {
-        !self.devices.is_empty()
-    }
-
     /// Checks the settings and resolves every device's map (files relative to `base`).
     pub fn resolve(&self, base: &Path, origin: &str) -> Result<Vec<SnmpPlan>, TomlError> {
         let schedule = Schedule {
@@ -1313,11 +1308,6 @@ impl SnmpCollector {
             stats,
             traps,
         })
-    }
-
-    /// The trap socket's address, when one is bound.
-    pub fn trap_addr(&self) -> Option<&str> {
-        self.traps.as_ref().map(|(a, _)| a.as_str())
     }
 
     /// Stops every task and waits for them: the devices' counters and the receiver's.
