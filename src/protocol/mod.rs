@@ -1,6 +1,8 @@
 //! Pure protocol decoding, no I/O: Modbus register maps and their codec, the built-in
 //! profiles, and read plans (which requests cover a map's polled registers).
 
+pub mod bacnet;
+pub mod bacnet_map;
 pub mod ber;
 pub mod frame;
 pub mod image;
