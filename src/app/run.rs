@@ -14,6 +14,7 @@ use crate::model::event::Event;
 use crate::model::{Reading, Ts};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::sink::{AlertJsonl, Fanout, Sink, SinkError, Stamp};
+use crate::source::bacnet::BacnetCollector;
 use crate::source::modbus::{Collector, DeviceCounts, PollSettings};
 use crate::source::mqtt::{self, MqttCounts, MqttStats};
 use crate::source::snmp::SnmpCollector;
@@ -80,6 +81,9 @@ pub struct RunReport {
     /// SNMP trap receiver counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traps: Option<crate::source::snmp::TrapCounts>,
+    /// Per-device BACnet/IP counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bacnet: Vec<DeviceCounts>,
     /// Readings dropped because the point table was full.
     pub dropped: u64,
     /// Event time of the last heartbeat.
@@ -163,7 +167,8 @@ async fn collect(
     let devices = cfg.modbus.resolve(base, origin)?;
     let brokers = cfg.mqtt.resolve(base, origin)?;
     let agents = cfg.snmp.resolve(base, origin)?;
-    if devices.is_empty() && brokers.is_empty() && agents.is_empty() {
+    let controllers = cfg.bacnet.resolve(base, origin)?;
+    if devices.is_empty() && brokers.is_empty() && agents.is_empty() && controllers.is_empty() {
         return Err(RunError::NoSources(origin.to_owned()));
     }
     let clock = cfg.clock.clock();
@@ -195,6 +200,14 @@ async fn collect(
             .map_err(|e| RunError::Bind(format!("{origin}: snmp.trap_listen: {e}")))?;
         Some(c)
     };
+    let bacnet = (!controllers.is_empty()).then(|| {
+        let settings = PollSettings {
+            clock,
+            backoff_min: cfg.bacnet.backoff_min,
+            backoff_max: cfg.bacnet.backoff_max,
+        };
+        BacnetCollector::start(&cfg.bacnet, controllers, settings, tx.clone())
+    });
     let collector = Collector::start(
         devices,
         cfg.modbus.concurrency,
@@ -251,6 +264,10 @@ async fn collect(
         Some(c) => c.stop().await,
         None => (Vec::new(), None),
     };
+    let bacnet_counts = match bacnet {
+        Some(c) => c.stop().await,
+        None => Vec::new(),
+    };
     let _ = stop_mqtt.send(true);
     let mut mqtt_counts = Vec::new();
     for (name, stats, task) in subscribers {
@@ -281,6 +298,7 @@ async fn collect(
         mqtt: mqtt_counts,
         snmp: snmp_counts,
         traps: trap_counts,
+        bacnet: bacnet_counts,
         dropped,
         last_ts,
         #[cfg(feature = "kafka")]
@@ -326,6 +344,7 @@ async fn central(
         devices: Vec::new(),
         mqtt: Vec::new(),
         snmp: Vec::new(),
+        bacnet: Vec::new(),
         traps: None,
         dropped: 0,
         last_ts: 0,
@@ -426,7 +445,13 @@ impl fmt::Display for RunSummary {
                 self.alerts
             );
         }
-        let devices = || self.report.devices.iter().chain(&self.report.snmp);
+        let devices = || {
+            self.report
+                .devices
+                .iter()
+                .chain(&self.report.snmp)
+                .chain(&self.report.bacnet)
+        };
         let requests: u64 = devices().map(|d| d.requests).sum();
         let failed: u64 = devices().map(|d| d.timeouts + d.transport_errors).sum();
         write!(

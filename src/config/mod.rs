@@ -45,6 +45,7 @@ struct RawConfig<D: Default> {
     pcap: crate::source::pcap::PcapConfig,
     mqtt: MqttConfig,
     snmp: crate::source::snmp::SnmpConfig,
+    bacnet: crate::source::bacnet::BacnetConfig,
     kafka: crate::kafka::config::KafkaConfig,
     sinks: SinksConfig,
     store: crate::sink::store::StoreConfig,
@@ -225,6 +226,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// SNMP agents to poll, and where their traps arrive.
     pub snmp: crate::source::snmp::SnmpConfig,
+    /// BACnet/IP devices to poll and subscribe to.
+    pub bacnet: crate::source::bacnet::BacnetConfig,
     /// Many sites over Kafka.
     pub kafka: crate::kafka::config::KafkaConfig,
     /// Outputs of `run`.
@@ -334,6 +337,7 @@ impl Config {
             wire,
             mqtt: typed.mqtt,
             snmp: typed.snmp,
+            bacnet: typed.bacnet,
             kafka: typed.kafka,
             sinks: typed.sinks,
             soc: SocConfig {

@@ -186,7 +186,12 @@ impl std::str::FromStr for ObjectId {
         let (kind, instance) = s.split_once([':', ',']).ok_or_else(bad)?;
         let kind = match object_type::NAMES.iter().find(|(n, _)| *n == kind.trim()) {
             Some((_, k)) => *k,
-            None => kind.trim().parse::<u16>().ok().filter(|k| *k < 1024).ok_or_else(bad)?,
+            None => kind
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|k| *k < 1024)
+                .ok_or_else(bad)?,
         };
         let instance = instance
             .trim()
@@ -326,7 +331,10 @@ impl<'a> Reader<'a> {
     }
 
     fn byte(&mut self) -> Result<u8> {
-        let b = *self.buf.get(self.pos).ok_or(DecodeError::Truncated(self.pos))?;
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or(DecodeError::Truncated(self.pos))?;
         self.pos += 1;
         Ok(b)
     }
@@ -447,7 +455,10 @@ impl<'a> Reader<'a> {
 
     fn context_object(&mut self, n: u8) -> Result<ObjectId> {
         let at = self.pos;
-        let b: [u8; 4] = self.context(n)?.try_into().map_err(|_| DecodeError::Value(at))?;
+        let b: [u8; 4] = self
+            .context(n)?
+            .try_into()
+            .map_err(|_| DecodeError::Value(at))?;
         Ok(ObjectId::from_u32(u32::from_be_bytes(b)))
     }
 
@@ -479,7 +490,8 @@ impl<'a> Reader<'a> {
             };
         }
         let d = self.data(len)?;
-        let four = |d: &[u8]| -> Result<[u8; 4]> { d.try_into().map_err(|_| DecodeError::Value(at)) };
+        let four =
+            |d: &[u8]| -> Result<[u8; 4]> { d.try_into().map_err(|_| DecodeError::Value(at)) };
         Ok(match number {
             0 if d.is_empty() => Value::Null,
             2 => Value::Unsigned(unsigned(d, at)?),
@@ -503,7 +515,11 @@ impl<'a> Reader<'a> {
                 if n > MAX_VALUES {
                     return Err(DecodeError::TooLarge(at));
                 }
-                Value::Bits((0..n).map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0).collect())
+                Value::Bits(
+                    (0..n)
+                        .map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0)
+                        .collect(),
+                )
             }
             9 => Value::Enumerated(
                 u32::try_from(unsigned(d, at)?).map_err(|_| DecodeError::Value(at))?,
@@ -947,7 +963,14 @@ pub fn encode(apdu: &Apdu<'_>, broadcast: bool) -> Vec<u8> {
         bvlc::ORIGINAL_UNICAST
     };
     let expecting_reply = matches!(apdu, Apdu::Confirmed { .. });
-    let mut b = vec![0x81, function, 0, 0, 0x01, if expecting_reply { 0x04 } else { 0 }];
+    let mut b = vec![
+        0x81,
+        function,
+        0,
+        0,
+        0x01,
+        if expecting_reply { 0x04 } else { 0 },
+    ];
     match *apdu {
         Apdu::Confirmed {
             invoke_id,
@@ -1033,7 +1056,8 @@ impl WhoIs {
 
     /// Whether device `instance` should answer.
     pub fn includes(&self, instance: u32) -> bool {
-        self.range.is_none_or(|(lo, hi)| (lo..=hi).contains(&instance))
+        self.range
+            .is_none_or(|(lo, hi)| (lo..=hi).contains(&instance))
     }
 }
 
@@ -1520,9 +1544,9 @@ mod tests {
     #[test]
     fn decodes_a_peer_rpm_ack() {
         let datagram = [
-            0x81, 0x0a, 0x00, 0x1f, 0x01, 0x00, 0x30, 0x05, 0x0e, 0x0c, 0x00, 0x00, 0x00,
-            0x01, 0x1e, 0x29, 0x55, 0x4e, 0x44, 0x40, 0xe8, 0x00, 0x00, 0x4f, 0x29, 0x6f,
-            0x4e, 0x82, 0x04, 0x00, 0x4f, 0x29, 0x67, 0x4e, 0x91, 0x00, 0x4f, 0x1f,
+            0x81, 0x0a, 0x00, 0x1f, 0x01, 0x00, 0x30, 0x05, 0x0e, 0x0c, 0x00, 0x00, 0x00, 0x01,
+            0x1e, 0x29, 0x55, 0x4e, 0x44, 0x40, 0xe8, 0x00, 0x00, 0x4f, 0x29, 0x6f, 0x4e, 0x82,
+            0x04, 0x00, 0x4f, 0x29, 0x67, 0x4e, 0x91, 0x00, 0x4f, 0x1f,
         ];
         let mut d = datagram.to_vec();
         d[3] = d.len() as u8;
@@ -1620,7 +1644,10 @@ mod tests {
             },
         };
         let body = encode_write_property(&w);
-        assert_eq!(decode_writes(confirmed::WRITE_PROPERTY, &body).unwrap(), vec![w]);
+        assert_eq!(
+            decode_writes(confirmed::WRITE_PROPERTY, &body).unwrap(),
+            vec![w]
+        );
     }
 
     #[test]
@@ -1682,7 +1709,9 @@ mod tests {
             vendor: 5,
         }
         .encode();
-        let mut d = vec![0x81, 0x04, 0, 0, 10, 0, 0, 5, 0xBA, 0xC0, 0x01, 0x08, 0, 5, 1, 0x21];
+        let mut d = vec![
+            0x81, 0x04, 0, 0, 10, 0, 0, 5, 0xBA, 0xC0, 0x01, 0x08, 0, 5, 1, 0x21,
+        ];
         d.extend_from_slice(&[0x10, unconfirmed::I_AM]);
         d.extend_from_slice(&iam);
         let n = d.len() as u16;

@@ -88,7 +88,12 @@ impl BacnetMap {
     }
 
     fn validate(&self, origin: &str) -> Result<(), TomlError> {
-        check(origin, "profile", !self.profile.is_empty(), "must not be empty")?;
+        check(
+            origin,
+            "profile",
+            !self.profile.is_empty(),
+            "must not be empty",
+        )?;
         check(
             origin,
             "source",
@@ -105,7 +110,12 @@ impl BacnetMap {
         let mut objects = std::collections::BTreeSet::new();
         for (i, o) in self.objects.iter().enumerate() {
             let key = |k: &str| format!("objects[{i}] ({}).{k}", o.metric);
-            check(origin, &key("metric"), !o.metric.is_empty(), "must not be empty")?;
+            check(
+                origin,
+                &key("metric"),
+                !o.metric.is_empty(),
+                "must not be empty",
+            )?;
             check(
                 origin,
                 &key("metric"),
@@ -130,7 +140,12 @@ impl BacnetMap {
                 o.scale.is_finite() && o.scale != 0.0,
                 "must be finite and non-zero",
             )?;
-            check(origin, &key("offset"), o.offset.is_finite(), "must be finite")?;
+            check(
+                origin,
+                &key("offset"),
+                o.offset.is_finite(),
+                "must be finite",
+            )?;
             check(
                 origin,
                 &key("cov_increment"),
@@ -146,7 +161,10 @@ impl BacnetMap {
 
     /// The object carrying `metric`.
     pub fn by_object(&self, object: ObjectId) -> Option<(usize, &Object)> {
-        self.objects.iter().enumerate().find(|(_, o)| o.object == object)
+        self.objects
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.object == object)
     }
 }
 

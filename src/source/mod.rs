@@ -4,6 +4,7 @@
 //! stops for a bad line; an I/O error (a truncated `.gz`, say) ends that file with an
 //! error naming it, and everything read before it is kept.
 
+pub mod bacnet;
 pub mod csv;
 pub mod jsonl;
 pub mod modbus;

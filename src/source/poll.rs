@@ -32,7 +32,8 @@ pub struct DeviceStats {
     pub requests: AtomicU64,
     /// Responses with data.
     pub responses: AtomicU64,
-    /// Modbus exception responses.
+    /// Exception or error responses (Modbus exceptions, SNMP error status, BACnet
+    /// errors, rejects and aborts).
     pub exceptions: AtomicU64,
     /// Requests that timed out.
     pub timeouts: AtomicU64,
@@ -46,6 +47,8 @@ pub struct DeviceStats {
     pub bad: AtomicU64,
     /// Cycles started late because the previous one overran the interval.
     pub overruns: AtomicU64,
+    /// Readings pushed by the device between polls (BACnet COV notifications).
+    pub notifications: AtomicU64,
 }
 
 /// A snapshot of [`DeviceStats`], for reports.
@@ -62,6 +65,7 @@ pub struct DeviceCounts {
     pub good: u64,
     pub bad: u64,
     pub overruns: u64,
+    pub notifications: u64,
 }
 
 impl DeviceStats {
@@ -79,6 +83,7 @@ impl DeviceStats {
             good: g(&self.good),
             bad: g(&self.bad),
             overruns: g(&self.overruns),
+            notifications: g(&self.notifications),
         }
     }
 }
@@ -154,6 +159,14 @@ impl Schedule {
             "must be at least 1ms",
         )?;
         Ok((interval, timeout))
+    }
+}
+
+/// `host` alone means `host:port`.
+pub(crate) fn with_port(address: &str, port: u16) -> String {
+    match address.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => address.to_owned(),
+        _ => format!("{address}:{port}"),
     }
 }
 

@@ -24,7 +24,9 @@
 //!   addresses, with the wrong community, undecodable or over `max_trap_rate` per device
 //!   are counted, and the first ones logged; none stops the receiver.
 
-use super::poll::{bump, poll_device, DeviceStats, Failure, Link, PollSettings, Schedule};
+use super::poll::{
+    bump, poll_device, with_port, DeviceStats, Failure, Link, PollSettings, Schedule,
+};
 use crate::model::{Quality, Reading};
 use crate::protocol::ber;
 use crate::protocol::mib::{self, ObjectMap, Oid};
@@ -271,14 +273,6 @@ fn cipher(s: &str) -> Option<snmp2::v3::Cipher> {
     })
 }
 
-/// `host` alone means port 161.
-fn with_port(address: &str) -> String {
-    match address.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => address.to_owned(),
-        _ => format!("{address}:161"),
-    }
-}
-
 impl SnmpConfig {
     /// Checks the settings and resolves every device's map (files relative to `base`).
     pub fn resolve(&self, base: &Path, origin: &str) -> Result<Vec<SnmpPlan>, TomlError> {
@@ -379,7 +373,7 @@ impl SnmpConfig {
             out.push(SnmpPlan {
                 site,
                 name: d.name.clone(),
-                address: with_port(&d.address),
+                address: with_port(&d.address, 161),
                 interval,
                 timeout,
                 retries: self.retries,

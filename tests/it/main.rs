@@ -7,6 +7,7 @@ mod benchmarks;
 mod cli;
 mod determinism;
 mod iforest_reference;
+mod interop_bacnet;
 mod interop_modbus;
 mod interop_mqtt;
 mod interop_snmp;
