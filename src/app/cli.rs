@@ -132,6 +132,10 @@ pub struct DemoArgs {
     /// not also in --mqtt-kinds.
     #[arg(long, default_value = "ups")]
     pub snmp_kinds: String,
+    /// Device kinds read over BACnet/IP (ReadPropertyMultiple and COV subscriptions;
+    /// `chiller` and `crah` have object maps; `none` for none); not also in another list.
+    #[arg(long, default_value = "chiller")]
+    pub bacnet_kinds: String,
     /// Facility variant.
     #[arg(long, default_value = "default")]
     pub variant: String,
@@ -362,6 +366,14 @@ pub struct SimulateArgs {
     /// --write-config file listens there.
     #[arg(long, requires = "serve_snmp")]
     pub snmp_trap_to: Option<String>,
+    /// With --serve-modbus: also serve the devices of `--bacnet-kinds` as BACnet/IP
+    /// devices, one UDP port each from this address's port up (port 0: any free ports).
+    #[arg(long, requires = "serve_modbus")]
+    pub serve_bacnet: Option<String>,
+    /// With --serve-bacnet: the device kinds served over BACnet/IP (read over BACnet,
+    /// not Modbus, in the --write-config file).
+    #[arg(long, default_value = "chiller,crah", requires = "serve_bacnet")]
+    pub bacnet_kinds: String,
     /// Publish the devices to this MQTT broker (`mqtt://host:port`) while simulating on
     /// the clock (topic map `wattchdog-sim`, or `wattchdog-sim-sparkplug` with --sparkplug).
     #[arg(long)]

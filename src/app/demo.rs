@@ -3,8 +3,9 @@
 //! The simulated facility runs on an accelerated clock twice, from the same seed — so
 //! the two copies are the same plant — once served over Modbus TCP and once published
 //! as JSON to the embedded MQTT broker; the first copy's UPS units also answer SNMP
-//! and send traps. `run`'s collectors read each device kind from the transport the
-//! demo assigns it (`--mqtt-kinds`, `--snmp-kinds`), the full pipeline detects, and
+//! and send traps, its chillers answer BACnet/IP. `run`'s collectors read each device
+//! kind from the transport the demo assigns it (`--mqtt-kinds`, `--snmp-kinds`,
+//! `--bacnet-kinds`), the full pipeline detects, and
 //! the store, API, dashboard and stream serve the result. Attacks are scheduled every
 //! 40 simulated minutes after a 150-minute warm-up (at 100×: the first within two
 //! minutes of the start, then every 24 s).
@@ -37,6 +38,8 @@ pub struct DemoOptions {
     pub mqtt_kinds: Vec<String>,
     /// Device kinds read over SNMP, with traps.
     pub snmp_kinds: Vec<String>,
+    /// Device kinds read over BACnet/IP.
+    pub bacnet_kinds: Vec<String>,
     /// Facility variant.
     pub variant: String,
     /// Seed.
@@ -117,13 +120,21 @@ pub async fn serve(
     let modbus_addr = listener.local_addr()?;
     let site = facility.site.clone();
     let snmp_kinds: Vec<&str> = opts.snmp_kinds.iter().map(String::as_str).collect();
-    if let Some(k) = snmp_kinds
-        .iter()
-        .find(|k| opts.mqtt_kinds.iter().any(|m| m == *k))
-    {
-        return Err(DemoError::Options(format!(
-            "{k} is in both --mqtt-kinds and --snmp-kinds"
-        )));
+    let bacnet_kinds: Vec<&str> = opts.bacnet_kinds.iter().map(String::as_str).collect();
+    let lists = [
+        (
+            "--mqtt-kinds",
+            opts.mqtt_kinds.iter().map(String::as_str).collect(),
+        ),
+        ("--snmp-kinds", snmp_kinds.clone()),
+        ("--bacnet-kinds", bacnet_kinds.clone()),
+    ];
+    for (i, (a, one)) in lists.iter().enumerate() {
+        for (b, other) in &lists[i + 1..] {
+            if let Some(k) = one.iter().find(|k| other.contains(k)) {
+                return Err(DemoError::Options(format!("{k} is in both {a} and {b}")));
+            }
+        }
     }
     let (snmp, snmp_served) = if snmp_kinds.is_empty() {
         (None, sim::serve::SnmpServed::default())
@@ -135,6 +146,18 @@ pub async fn serve(
             sim::serve::bind_snmp_agents(localhost, &snmp_kinds, &devices, Some(trap_to)).await?;
         (Some(s), served)
     };
+    let (bacnet, bacnet_served) = if bacnet_kinds.is_empty() {
+        (None, sim::serve::BacnetServed::default())
+    } else {
+        let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let (b, served) =
+            sim::serve::bind_bacnet_devices(localhost, &bacnet_kinds, &devices).await?;
+        (Some(b), served)
+    };
+    let others = sim::serve::Others {
+        snmp: snmp_served,
+        bacnet: bacnet_served,
+    };
     let served = tokio::spawn(sim::serve::serve(
         modbus_sim,
         site.clone(),
@@ -143,6 +166,7 @@ pub async fn serve(
         Box::new(std::io::sink()),
         Default::default(),
         snmp,
+        bacnet,
         std::future::pending(),
     ));
     let mut publish_opts =
@@ -177,10 +201,9 @@ pub async fn serve(
         opts.listen,
         sim::serve::accelerated_tolerances(opts.speed)
     );
-    let over_snmp = |kind: &str| snmp_kinds.contains(&kind);
     for d in devices
         .iter()
-        .filter(|d| !mqtt_kinds.contains(d.kind) && !over_snmp(d.kind))
+        .filter(|d| !mqtt_kinds.contains(d.kind) && !others.serve(&d.name))
     {
         text += &format!(
             "\n[[modbus.devices]]\nname = \"{}\"\naddress = \"{modbus_addr}\"\nunit = {}\nprofile = \"{}\"\n",
@@ -196,7 +219,8 @@ pub async fn serve(
             login.password
         );
     }
-    text += &sim::serve::snmp_section(&site, "1s", &snmp_served);
+    text += &sim::serve::snmp_section(&site, "1s", &others.snmp);
+    text += &sim::serve::bacnet_section(&site, "1s", &others.bacnet);
     let cfg_path = opts.dir.join("demo.toml");
     write_private(&cfg_path, &text)?;
     let origin = cfg_path.display().to_string();
@@ -255,6 +279,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
         list => list.split(',').map(|k| k.trim().to_owned()).collect(),
     };
     let (mqtt_kinds, snmp_kinds) = (kinds(&a.mqtt_kinds), kinds(&a.snmp_kinds));
+    let bacnet_kinds = kinds(&a.bacnet_kinds);
     // Without --dir: a fresh directory with an unpredictable name, only the owner's
     // (0700), removed when this returns.
     let (dir, _temporary) = match &a.dir {
@@ -272,6 +297,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<DemoSummary> {
         listen: a.listen.clone(),
         mqtt_kinds,
         snmp_kinds,
+        bacnet_kinds,
         variant: a.variant.clone(),
         seed: a.seed,
         intensity,

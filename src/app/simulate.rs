@@ -241,12 +241,26 @@ fn serve_modbus(
         for (name, _, at) in &served_snmp.devices {
             eprintln!("serving {name} over SNMPv2c on {at}");
         }
+        let (bacnet, served_bacnet) = match &a.serve_bacnet {
+            Some(at) => bacnet_devices(a, at, &devices).await?,
+            None => (None, serve::BacnetServed::default()),
+        };
+        for d in &served_bacnet.devices {
+            eprintln!(
+                "serving {} over BACnet/IP on {} (device {})",
+                d.name, d.address, d.instance
+            );
+        }
+        let others = serve::Others {
+            snmp: served_snmp,
+            bacnet: served_bacnet,
+        };
         if let Some(p) = &a.write_config {
-            let text = serve::run_config_with_snmp(
+            let text = serve::run_config_with(
                 &facility.site,
                 bound,
                 &devices,
-                &served_snmp,
+                &others,
                 clock,
                 &a.poll_interval,
             );
@@ -271,6 +285,7 @@ fn serve_modbus(
             Box::new(out),
             Default::default(),
             snmp,
+            bacnet,
             stop_signal(),
         )
         .await?;
@@ -278,6 +293,22 @@ fn serve_modbus(
             devices: devices.len(),
         })
     })
+}
+
+/// The devices of `--serve-bacnet` (of `--bacnet-kinds`), bound.
+async fn bacnet_devices(
+    a: &SimulateArgs,
+    at: &str,
+    devices: &[serve::ServedDevice],
+) -> Result<(Option<serve::BacnetServe>, serve::BacnetServed)> {
+    let base: std::net::SocketAddr = at
+        .parse()
+        .with_context(|| format!("--serve-bacnet {at:?}: give ip:port"))?;
+    let kinds: Vec<&str> = a.bacnet_kinds.split(',').map(str::trim).collect();
+    let (served, config) = serve::bind_bacnet_devices(base, &kinds, devices)
+        .await
+        .context("--serve-bacnet")?;
+    Ok((Some(served), config))
 }
 
 /// The agents of `--serve-snmp` (devices of `--snmp-kinds`), bound.

@@ -394,9 +394,10 @@ impl<'a> Reader<'a> {
         self.clone().tag().ok()
     }
 
-    /// Whether the next tag is context tag `n` (of any shape).
+    /// Whether the next tag is context tag `n`, primitive or opening (a closing tag
+    /// ends something else).
     fn at_context(&self, n: u8) -> bool {
-        matches!(self.peek_tag(), Some(t) if t.class == Class::Context && t.number == n)
+        matches!(self.peek_tag(), Some(t) if t.class == Class::Context && t.number == n && t.shape != Shape::Closing)
     }
 
     fn at_closing(&self, n: u8) -> bool {
@@ -1584,11 +1585,12 @@ mod tests {
             (
                 ai(1),
                 vec![
-                    PropertyRef::of(property::PRESENT_VALUE),
                     PropertyRef {
                         property: property::OBJECT_LIST,
                         index: Some(0),
                     },
+                    // Last without an index: the closing tag [1] must not be read as one.
+                    PropertyRef::of(property::PRESENT_VALUE),
                 ],
             ),
             (ObjectId::device(4_194_302), vec![]),

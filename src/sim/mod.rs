@@ -17,6 +17,7 @@
 //! [`Simulator`] steps one second at a time and hands out events (the live demo and the
 //! simulated devices use it); [`simulate`] writes a JSONL capture and returns its labels.
 
+pub mod bacnet_device;
 pub mod facility;
 pub mod pcap;
 pub mod publish;

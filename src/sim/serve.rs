@@ -11,13 +11,14 @@
 //! device identification), is reported as a `command` line in the capture the server
 //! writes, next to the readings: the ground truth to compare detections with.
 
+use super::bacnet_device::{Device as BacnetDevice, DeviceCounts as BacnetCounts};
 use super::snmp_agent::{Agent, AgentCounts};
 use super::{CaptureWriter, SimError, SimEvent, Simulator};
 use crate::model::Ts;
 use crate::protocol::image::{DeviceImage, Refusal};
-use crate::protocol::mib;
 use crate::protocol::profiles;
 use crate::protocol::registers::Table;
+use crate::protocol::{bacnet_map, mib};
 use crate::time::{format_ts, Clock};
 use std::future::Future;
 use std::io::Write;
@@ -224,7 +225,16 @@ pub fn run_config(
     clock: Clock,
     interval: &str,
 ) -> String {
-    run_config_with_snmp(site, addr, devices, &SnmpServed::default(), clock, interval)
+    run_config_with(site, addr, devices, &Others::default(), clock, interval)
+}
+
+/// Devices served over SNMP and BACnet/IP instead of Modbus, for [`run_config_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Others {
+    /// Over SNMP.
+    pub snmp: SnmpServed,
+    /// Over BACnet/IP.
+    pub bacnet: BacnetServed,
 }
 
 /// Devices served over SNMP, for [`run_config_with_snmp`].
@@ -236,12 +246,12 @@ pub struct SnmpServed {
     pub trap_to: Option<SocketAddr>,
 }
 
-/// [`run_config`] with some devices read over SNMP instead of Modbus.
-pub fn run_config_with_snmp(
+/// [`run_config`] with some devices read over SNMP or BACnet/IP instead of Modbus.
+pub fn run_config_with(
     site: &str,
     addr: SocketAddr,
     devices: &[ServedDevice],
-    snmp: &SnmpServed,
+    others: &Others,
     clock: Clock,
     interval: &str,
 ) -> String {
@@ -253,15 +263,23 @@ pub fn run_config_with_snmp(
         format_ts(clock.epoch),
         accelerated_tolerances(clock.speed)
     );
-    let over_snmp = |name: &str| snmp.devices.iter().any(|(n, _, _)| n == name);
-    for d in devices.iter().filter(|d| !over_snmp(&d.name)) {
+    for d in devices.iter().filter(|d| !others.serve(&d.name)) {
         s += &format!(
             "\n[[modbus.devices]]\nname = \"{}\"\naddress = \"{addr}\"\nunit = {}\nprofile = \"{}\"\n",
             d.name, d.unit, d.profile
         );
     }
-    s += &snmp_section(site, interval, snmp);
+    s += &snmp_section(site, interval, &others.snmp);
+    s += &bacnet_section(site, interval, &others.bacnet);
     s
+}
+
+impl Others {
+    /// Whether `device` is served over one of them (and not read over Modbus).
+    pub fn serve(&self, device: &str) -> bool {
+        self.snmp.devices.iter().any(|(n, _, _)| n == device)
+            || self.bacnet.devices.iter().any(|d| d.name == device)
+    }
 }
 
 /// On an accelerated clock, a wall-clock hiccup of the collectors (a busy machine, a
@@ -296,6 +314,7 @@ pub async fn serve(
     out: Box<dyn Write + Send>,
     counts: Arc<FunctionCounts>,
     snmp: Option<SnmpServe>,
+    bacnet: Option<BacnetServe>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SimError> {
     let devices = served_devices(&sim)?;
@@ -323,6 +342,7 @@ pub async fn serve(
     let started = clock.now();
     let uptime = move || ((clock.now() - started).max(0) / 10) as u32;
     let agents = snmp.map(|s| SnmpAgents::start(s, gateway.gateway.clone(), uptime));
+    let controllers = bacnet.map(|b| BacnetDevices::start(b, gateway.gateway.clone()));
     tokio::pin!(shutdown);
     let outcome = loop {
         // Without clients the plant still runs, so the capture holds every second.
@@ -332,6 +352,9 @@ pub async fn serve(
             plant.advance(images);
             if let Some(a) = &agents {
                 a.notify(&plant.values, uptime());
+            }
+            if let Some(b) = &controllers {
+                b.notify(&plant.values);
             }
             if let Some(e) = plant.failed.take() {
                 break Err(e);
@@ -359,6 +382,9 @@ pub async fn serve(
     gateway.stop();
     if let Some(a) = agents {
         a.stop();
+    }
+    if let Some(b) = controllers {
+        b.stop();
     }
     if unmapped > 0 {
         warn!(unmapped, "readings that did not fit their register");
@@ -504,6 +530,178 @@ impl SnmpAgents {
                         self.counts.notifications.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => warn!(device = %agent.name, error = %e, "snmp notification not sent"),
+                }
+            }
+        }
+    }
+
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Devices also served over BACnet/IP (`simulate --serve-bacnet`).
+pub struct BacnetServe {
+    /// Device index (the simulator's order), its server and its bound socket.
+    pub devices: Vec<(usize, BacnetDevice, UdpSocket)>,
+    /// Requests received by every device.
+    pub counts: Arc<BacnetCounts>,
+}
+
+/// One device served over BACnet/IP, for the `[bacnet]` section.
+#[derive(Debug, Clone)]
+pub struct BacnetDeviceServed {
+    /// Device name.
+    pub name: String,
+    /// Built-in object map.
+    pub profile: &'static str,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its device object instance.
+    pub instance: u32,
+}
+
+/// Devices served over BACnet/IP.
+#[derive(Debug, Clone, Default)]
+pub struct BacnetServed {
+    /// Each device.
+    pub devices: Vec<BacnetDeviceServed>,
+}
+
+/// Binds one UDP socket per device of `kinds` (consecutive ports from `base`'s, or any
+/// free ones for port 0). Device instances are the Modbus unit ids plus 1000.
+pub async fn bind_bacnet_devices(
+    base: SocketAddr,
+    kinds: &[&str],
+    devices: &[ServedDevice],
+) -> Result<(BacnetServe, BacnetServed), SimError> {
+    let io = |m: String| SimError::Io(std::io::Error::other(m));
+    for k in kinds {
+        if bacnet_map::for_kind(k).is_none() {
+            return Err(io(format!(
+                "no BACnet profile for {k:?} (chiller and crah have one)"
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    let mut served = BacnetServed::default();
+    for (i, d) in devices.iter().enumerate() {
+        let Some(profile) = bacnet_map::for_kind(d.kind).filter(|_| kinds.contains(&d.kind)) else {
+            continue;
+        };
+        let mut addr = base;
+        if base.port() != 0 {
+            let port = u16::try_from(usize::from(base.port()) + served.devices.len())
+                .map_err(|_| io("ports run past 65535".into()))?;
+            addr.set_port(port);
+        }
+        let socket = UdpSocket::bind(addr).await?;
+        let bound = socket.local_addr()?;
+        let map = bacnet_map::named(profile).map_err(|e| io(e.to_string()))?;
+        let instance = 1000 + u32::from(d.unit);
+        out.push((i, BacnetDevice::new(&d.name, instance, map), socket));
+        served.devices.push(BacnetDeviceServed {
+            name: d.name.clone(),
+            profile,
+            address: bound,
+            instance,
+        });
+    }
+    if out.is_empty() {
+        return Err(io(format!("the facility has no device of kinds {kinds:?}")));
+    }
+    let serve = BacnetServe {
+        devices: out,
+        counts: Default::default(),
+    };
+    Ok((serve, served))
+}
+
+/// The `[bacnet]` section that reads `served` every `interval`.
+pub fn bacnet_section(site: &str, interval: &str, served: &BacnetServed) -> String {
+    if served.devices.is_empty() {
+        return String::new();
+    }
+    let mut s = format!("\n[bacnet]\nsite = \"{site}\"\ninterval = \"{interval}\"\n");
+    for d in &served.devices {
+        s += &format!(
+            "\n[[bacnet.devices]]\nname = \"{}\"\naddress = \"{}\"\ninstance = {}\nprofile = \"{}\"\n",
+            d.name, d.address, d.instance, d.profile
+        );
+    }
+    s
+}
+
+/// The running BACnet devices: one task per socket answering from the plant's present.
+struct BacnetDevices {
+    devices: Vec<(usize, Arc<Mutex<BacnetDevice>>, Arc<UdpSocket>)>,
+    counts: Arc<BacnetCounts>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: tokio::time::Instant,
+}
+
+impl BacnetDevices {
+    fn start(b: BacnetServe, gateway: Arc<Gateway<SimPlant>>) -> Self {
+        let started = tokio::time::Instant::now();
+        let mut devices = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, device, socket) in b.devices {
+            let (device, socket) = (Arc::new(Mutex::new(device)), Arc::new(socket));
+            devices.push((i, device.clone(), socket.clone()));
+            let (gateway, counts) = (gateway.clone(), b.counts.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    let now = started.elapsed().as_millis() as i64;
+                    let reply = {
+                        let mut served = gateway.lock();
+                        if served.closed {
+                            break;
+                        }
+                        let Served { images, plant, .. } = &mut *served;
+                        plant.advance(images);
+                        let mut device = device.lock().unwrap_or_else(PoisonError::into_inner);
+                        let values = &plant.values[i];
+                        let answer =
+                            device.answer(&buf[..n], from, &|m| values.get(m).copied(), now, &counts);
+                        if let Some(w) = answer.written {
+                            info!(device = %device.name, client = %from, object = %w.object, metric = %w.metric, value = w.value, "bacnet write taken");
+                            plant.sim.apply_write(&device.name, &w.metric, w.value);
+                        }
+                        answer.reply
+                    };
+                    if let Some(r) = reply {
+                        if let Err(e) = socket.send_to(&r, from).await {
+                            debug!(error = %e, "bacnet answer not sent");
+                        }
+                    }
+                }
+            }));
+        }
+        Self {
+            devices,
+            counts: b.counts,
+            tasks,
+            started,
+        }
+    }
+
+    /// Sends the COV notifications due (UDP: never waits).
+    fn notify(&self, values: &[rustc_hash::FxHashMap<String, f64>]) {
+        let now = self.started.elapsed().as_millis() as i64;
+        for (i, device, socket) in &self.devices {
+            let mut device = device.lock().unwrap_or_else(PoisonError::into_inner);
+            let v = &values[*i];
+            for (to, n) in device.notifications(&|m| v.get(m).copied(), now) {
+                match socket.try_send_to(&n, to) {
+                    Ok(_) => {
+                        self.counts.notifications.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        debug!(device = %device.name, error = %e, "cov notification not sent")
+                    }
                 }
             }
         }
