@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             let json = a.json;
             app::replay::run(a).and_then(|s| s.map_or(Ok(ExitCode::SUCCESS), |s| print(s, json)))
         }
-        Command::Simulate(a) => app::simulate::run(a).and_then(|s| print(s, false)),
+        Command::Simulate(a) => app::simulate::run(*a).and_then(|s| print(s, false)),
         Command::Eval(a) => {
             let json = a.json;
             app::eval::run(a).and_then(|s| print(s, json))

@@ -22,7 +22,7 @@ pub enum Command {
     /// Replay captures (JSONL, CSV; .gz/.zst) through the detectors and report.
     Replay(ReplayArgs),
     /// Write a simulated facility's telemetry, with scheduled attacks, and its labels.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Score detections against the captures' labels sidecars.
     Eval(EvalArgs),
     /// Fit the isolation-forest model of a device kind on normal captures.

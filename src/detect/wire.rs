@@ -54,7 +54,7 @@ use crate::detect::baseline::{Baseline, Talker};
 use crate::model::attack;
 use crate::model::event::{Outcome, Traffic};
 use crate::model::points::{DeviceId, Registry};
-use crate::model::{Command, Finding, Severity, Technique, Ts};
+use crate::model::{Command, Finding, Severity, Technique, Ts, WireProtocol};
 use crate::protocol::frame::is_write;
 use crate::protocol::profiles;
 use crate::protocol::registers::{DeviceMaps, RegisterMap, Table};
@@ -425,16 +425,16 @@ impl Protocol {
     /// Whether a write from a client that was not trusted to write repeats the values it
     /// wrote to that register when it was reported (routine: counted, not re-raised).
     /// Remembers the values otherwise.
-    fn rewrite(&mut self, cmd: &Command, device: DeviceId) -> bool {
+    fn rewrite(&mut self, cmd: &Command, device: DeviceId, written: &[u16]) -> bool {
         let key = (cmd.client.clone(), device, cmd.function, cmd.address);
-        if self.reported_writes.get(&key) == Some(&cmd.values) {
+        if self.reported_writes.get(&key).map(Vec::as_slice) == Some(written) {
             self.routine_rewrites += 1;
             return true;
         }
         if self.reported_writes.len() < MAX_REPORTED_WRITES
             || self.reported_writes.contains_key(&key)
         {
-            self.reported_writes.insert(key, cmd.values.clone());
+            self.reported_writes.insert(key, written.to_vec());
         }
         false
     }
@@ -463,6 +463,145 @@ impl Protocol {
                 Some(Arc::new(Writable::of(&map)))
             })
             .clone()
+    }
+
+    /// Why a write's client is not trusted to write, or `None` when it is (learning it
+    /// as a writer while learning). While learning, a write is learned unless the wire
+    /// shows that its client is no polling master: it only writes, or it has read for
+    /// longer than the window without asking for anything twice.
+    fn untrusted_writer(&mut self, cmd: &Command, learning: bool) -> Option<&'static str> {
+        let window = self.params.scan_window;
+        let (reads_since, polls) = self
+            .clients
+            .get(cmd.client.as_str())
+            .map_or((None, false), |c| (c.first_read, c.polls));
+        if self.writers.contains(&cmd.client) {
+            None
+        } else if !learning {
+            Some("but is not a known writer")
+        } else if self.trusting {
+            self.writers.insert(cmd.client.clone());
+            None
+        } else if self.wire_seen && reads_since.is_none() {
+            Some("but reads nothing: a host that only writes is no polling master")
+        } else if self.wire_seen && !polls && reads_since.is_some_and(|t| cmd.ts - t > window) {
+            Some("but polls no device: a host that reads without polling is no master")
+        } else {
+            self.writers.insert(cmd.client.clone());
+            None
+        }
+    }
+
+    /// A BACnet request other than a read: a write judged like a Modbus write (its
+    /// writer, and the device's BACnet object map: only a commandable object's present
+    /// value is routine — writing `out-of-service` decouples a value from its sensor),
+    /// and the services that silence or restart a device, or change its objects.
+    fn bacnet_command(
+        &mut self,
+        cmd: &Command,
+        device: DeviceId,
+        reg: &Registry,
+        out: &mut Vec<Finding>,
+    ) {
+        use crate::protocol::bacnet::{confirmed, property, ObjectId};
+        let learning = self.learning(cmd.ts);
+        let d = reg.device(device);
+        let dev_name = d.name.clone();
+        let object = ObjectId::from_u32(cmd.address);
+        let evidence = json!({"client": cmd.client, "protocol": "bacnet", "service": cmd.function,
+            "object": object.to_string(), "property": cmd.property, "value": cmd.value});
+        let push = |out: &mut Vec<Finding>, technique, text: String| {
+            out.push(finding(
+                cmd.ts,
+                device,
+                2.0,
+                Severity::High,
+                technique,
+                text,
+                evidence.clone(),
+            ));
+        };
+        match cmd.function {
+            confirmed::WRITE_PROPERTY | confirmed::WRITE_PROPERTY_MULTIPLE => {
+                let prop = match cmd.property {
+                    Some(property::PRESENT_VALUE) => "present-value".to_owned(),
+                    Some(property::OUT_OF_SERVICE) => "out-of-service".to_owned(),
+                    Some(p) => format!("property {p}"),
+                    None => "a property".to_owned(),
+                };
+                let value = cmd.value.map_or("?".to_owned(), |v| v.to_string());
+                let wrote = format!(
+                    "{} wrote {prop} of {object} on {dev_name} over BACnet (value {value})",
+                    cmd.client
+                );
+                if let Some(why) = self.untrusted_writer(cmd, learning) {
+                    // The same value to the same property again is routine.
+                    let (p, v) = (
+                        cmd.property.unwrap_or(u32::MAX),
+                        cmd.value.unwrap_or(f64::NAN).to_bits(),
+                    );
+                    let written = [
+                        p >> 16,
+                        p,
+                        (v >> 48) as u32,
+                        (v >> 32) as u32,
+                        (v >> 16) as u32,
+                        v as u32,
+                    ]
+                    .map(|w| w as u16);
+                    if !self.rewrite(cmd, device, &written) {
+                        push(out, attack::MODIFY_PARAMETER, format!("{wrote} {why}"));
+                    }
+                }
+                let map = crate::protocol::bacnet_map::for_kind(&d.kind_name)
+                    .and_then(|n| crate::protocol::bacnet_map::named(n).ok());
+                if let Some(map) = map {
+                    let routine = cmd.property == Some(property::PRESENT_VALUE)
+                        && map.by_object(object).is_some_and(|(_, o)| o.writable);
+                    if !routine {
+                        push(
+                            out,
+                            attack::MODIFY_PARAMETER,
+                            format!(
+                                "{wrote}, which profile {} does not list as writable",
+                                map.profile
+                            ),
+                        );
+                    }
+                }
+            }
+            confirmed::READ_PROPERTY
+            | confirmed::READ_PROPERTY_MULTIPLE
+            | confirmed::SUBSCRIBE_COV
+            | confirmed::COV_NOTIFICATION => {}
+            service => {
+                let (technique, what) = match service {
+                    17 => (
+                        attack::BLOCK_REPORTING_MESSAGE,
+                        "DeviceCommunicationControl: the device may stop answering and reporting",
+                    ),
+                    20 => (
+                        attack::DEVICE_RESTART_SHUTDOWN,
+                        "ReinitializeDevice: a restart",
+                    ),
+                    10 | 11 => (attack::UNAUTHORIZED_COMMAND, "an object created or deleted"),
+                    7 => (
+                        attack::UNAUTHORIZED_COMMAND,
+                        "AtomicWriteFile: a file (program or configuration) written",
+                    ),
+                    _ => (attack::REMOTE_SYSTEM_DISCOVERY, "an unusual BACnet service"),
+                };
+                push(
+                    out,
+                    technique,
+                    format!(
+                        "{} sent {what} (service {service}) to {dev_name}",
+                        cmd.client
+                    ),
+                );
+            }
+        }
+        self.scan(&cmd.client, cmd.ts, device, out, &|| evidence.clone());
     }
 
     fn anchor(&mut self, client: &str, device: DeviceId) -> DeviceId {
@@ -638,6 +777,9 @@ impl Detector for Protocol {
 
     fn command(&mut self, cmd: &Command, device: DeviceId, reg: &Registry, out: &mut Vec<Finding>) {
         self.adopt_device(device, reg);
+        if cmd.protocol == WireProtocol::Bacnet {
+            return self.bacnet_command(cmd, device, reg, out);
+        }
         let learning = self.learning(cmd.ts);
         let dev_name = reg.device(device).name.clone();
         let evidence = json!({"client": cmd.client, "function": cmd.function, "address": cmd.address, "values": cmd.values});
@@ -664,31 +806,9 @@ impl Detector for Protocol {
             )
         };
         if is_write(cmd.function) {
-            // While learning, a write is learned unless the wire shows that its client
-            // is no polling master: it only writes, or it has read for longer than the
-            // window without asking for anything twice.
-            let window = self.params.scan_window;
-            let (reads_since, polls) = self
-                .clients
-                .get(cmd.client.as_str())
-                .map_or((None, false), |c| (c.first_read, c.polls));
-            let why = if self.writers.contains(&cmd.client) {
-                None
-            } else if !learning {
-                Some("but is not a known writer")
-            } else if self.trusting {
-                self.writers.insert(cmd.client.clone());
-                None
-            } else if self.wire_seen && reads_since.is_none() {
-                Some("but reads nothing: a host that only writes is no polling master")
-            } else if self.wire_seen && !polls && reads_since.is_some_and(|t| cmd.ts - t > window) {
-                Some("but polls no device: a host that reads without polling is no master")
-            } else {
-                self.writers.insert(cmd.client.clone());
-                None
-            };
+            let why = self.untrusted_writer(cmd, learning);
             if let Some(why) = why {
-                if !self.rewrite(cmd, device) {
+                if !self.rewrite(cmd, device, &cmd.values) {
                     out.push(write_finding(why.into()));
                 }
             } else if learning && self.learned_writes.len() < MAX_REPORTED_WRITES {
@@ -946,6 +1066,9 @@ mod tests {
             function,
             address: 1201,
             values: vec![700],
+            protocol: WireProtocol::Modbus,
+            property: None,
+            value: None,
         }
     }
 
@@ -958,6 +1081,87 @@ mod tests {
             d.command(c, dev, &reg, &mut out);
         }
         out
+    }
+
+    #[test]
+    fn bacnet_writes_are_judged_by_writer_and_object_map() {
+        let bacnet =
+            |ts: Ts, client: &str, function: u8, object: &str, property: u32, value: f64| {
+                let object: crate::protocol::bacnet::ObjectId = object.parse().unwrap();
+                Command {
+                    address: object.to_u32(),
+                    values: Vec::new(),
+                    protocol: WireProtocol::Bacnet,
+                    property: Some(property),
+                    value: Some(value),
+                    ..cmd(ts, client, "chiller-1", function)
+                }
+            };
+        let mut reg = Registry::new(100);
+        let dev = reg.intern_device("s", "chiller-1", "chiller").unwrap();
+        let mut d = Protocol::new(ProtocolParams::default(), Arc::default());
+        let mut judge = |c: Command| {
+            let mut out = Vec::new();
+            d.command(&c, dev, &reg, &mut out);
+            out
+        };
+        // The BMS commands the setpoint while the detector learns: routine.
+        assert!(judge(bacnet(0, "bms", 15, "analog-value:1", 85, 7.0)).is_empty());
+        assert!(judge(bacnet(4_000_000, "bms", 15, "analog-value:1", 85, 7.5)).is_empty());
+        // A stranger's setpoint, then the same value again (routine), then another.
+        let out = judge(bacnet(
+            4_000_001,
+            "10.66.0.99",
+            15,
+            "analog-value:1",
+            85,
+            13.0,
+        ));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].reason.contains("not a known writer"),
+            "{}",
+            out[0].reason
+        );
+        assert!(judge(bacnet(
+            4_000_002,
+            "10.66.0.99",
+            15,
+            "analog-value:1",
+            85,
+            13.0
+        ))
+        .is_empty());
+        assert_eq!(
+            judge(bacnet(
+                4_000_003,
+                "10.66.0.99",
+                15,
+                "analog-value:1",
+                85,
+                14.0
+            ))
+            .len(),
+            1
+        );
+        // Even the BMS may not put a sensor out of service or write a measured value.
+        let out = judge(bacnet(4_000_004, "bms", 15, "analog-input:1", 81, 1.0));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].reason.contains("out-of-service of analog-input:1"),
+            "{}",
+            out[0].reason
+        );
+        assert!(out[0]
+            .reason
+            .contains("chiller-bacnet does not list as writable"));
+        // Silencing and restarting a device.
+        let out = judge(bacnet(4_000_005, "bms", 17, "device:1005", 0, 0.0));
+        assert_eq!(out[0].technique.id, "T0804");
+        let out = judge(bacnet(4_000_006, "bms", 20, "device:1005", 0, 0.0));
+        assert_eq!(out[0].technique.id, "T0816");
+        // Reads and subscriptions are nothing.
+        assert!(judge(bacnet(4_000_007, "bms", 14, "analog-input:1", 85, 0.0)).is_empty());
     }
 
     #[test]

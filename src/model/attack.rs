@@ -6,6 +6,17 @@
 use crate::model::vocabulary::MetricClass;
 use crate::model::Technique;
 
+/// T0804 Block Reporting Message (a BACnet DeviceCommunicationControl silencing a
+/// device).
+pub const BLOCK_REPORTING_MESSAGE: Technique = Technique {
+    id: "T0804",
+    name: "Block Reporting Message",
+};
+/// T0816 Device Restart/Shutdown (a BACnet ReinitializeDevice).
+pub const DEVICE_RESTART_SHUTDOWN: Technique = Technique {
+    id: "T0816",
+    name: "Device Restart/Shutdown",
+};
 /// T0814 Denial of Service.
 pub const DENIAL_OF_SERVICE: Technique = Technique {
     id: "T0814",

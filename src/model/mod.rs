@@ -130,7 +130,7 @@ pub struct Reading {
 }
 
 /// A control action seen on the wire or reported by a device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     /// Event time.
     #[serde(with = "crate::time::serde_ts")]
@@ -148,6 +148,36 @@ pub struct Command {
     /// Values written (register words, or 0/1 for coils).
     #[serde(default)]
     pub values: Vec<u16>,
+    /// The protocol it was sent over (`modbus` when absent). Over BACnet, `function` is
+    /// the confirmed service choice (15 WriteProperty, 16 WritePropertyMultiple, 17
+    /// DeviceCommunicationControl, 20 ReinitializeDevice, …) and `address` the object
+    /// identifier (type × 2²² + instance).
+    #[serde(default, skip_serializing_if = "WireProtocol::is_modbus")]
+    pub protocol: WireProtocol,
+    /// BACnet: the property written (85 present-value, 81 out-of-service, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<u32>,
+    /// BACnet: the value written, when it is a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
+/// The protocol a [`Command`] was sent over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireProtocol {
+    /// Modbus TCP.
+    #[default]
+    Modbus,
+    /// BACnet/IP.
+    Bacnet,
+}
+
+impl WireProtocol {
+    /// Whether this is Modbus (the default, left out when written).
+    pub fn is_modbus(&self) -> bool {
+        *self == WireProtocol::Modbus
+    }
 }
 
 /// Alert and incident severity, lowest first.

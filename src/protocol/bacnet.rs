@@ -156,11 +156,13 @@ impl ObjectId {
         }
     }
 
-    fn to_u32(self) -> u32 {
+    /// Its 32-bit encoding.
+    pub fn to_u32(self) -> u32 {
         (u32::from(self.kind) << 22) | (self.instance & Self::MAX_INSTANCE)
     }
 
-    fn from_u32(v: u32) -> Self {
+    /// From its 32-bit encoding (type × 2²² + instance).
+    pub fn from_u32(v: u32) -> Self {
         Self {
             kind: (v >> 22) as u16,
             instance: v & Self::MAX_INSTANCE,
@@ -1802,9 +1804,16 @@ mod tests {
             d.extend_from_slice(&bytes);
             let n = d.len() as u16;
             d[2..4].copy_from_slice(&n.to_be_bytes());
-            if let Ok(Datagram { apdu: Some(a), .. }) = decode(&d) {
-                if let Apdu::ComplexAck { body, .. } | Apdu::Confirmed { body, .. }
-                    | Apdu::Unconfirmed { body, .. } = a
+            if let Ok(Datagram {
+                apdu:
+                    Some(
+                        Apdu::ComplexAck { body, .. }
+                        | Apdu::Confirmed { body, .. }
+                        | Apdu::Unconfirmed { body, .. },
+                    ),
+                ..
+            }) = decode(&d)
+            {
                 {
                     let _ = ReadPropertyMultipleAck::decode(body);
                     let _ = ReadPropertyMultiple::decode(body);

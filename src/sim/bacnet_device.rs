@@ -72,6 +72,10 @@ pub struct Written {
     pub value: f64,
     /// The object written.
     pub object: ObjectId,
+    /// The property written.
+    pub property: u32,
+    /// The value as written on the wire (before the map's scale and offset).
+    pub raw: f64,
 }
 
 /// One served device.
@@ -401,6 +405,8 @@ impl Device {
                             metric: o.metric.clone(),
                             value: v * o.scale + o.offset,
                             object: w.object,
+                            property: w.value.property.property,
+                            raw: v,
                         });
                         Ok(None)
                     }

@@ -965,6 +965,12 @@ struct CommandLine<'a> {
     function: u8,
     address: u32,
     values: &'a [u16],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    property: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
 }
 
 impl CaptureWriter {
@@ -1005,14 +1011,46 @@ impl CaptureWriter {
             function,
             address,
             values,
+            protocol: None,
+            property: None,
+            value: None,
         };
-        serde_json::to_writer(&mut self.out, &line).map_err(io::Error::from)?;
-        self.out.write_all(b"\n")
+        write_line(&mut self.out, &line)
+    }
+
+    /// A BACnet WriteProperty a client sent: `object` as its 32-bit identifier.
+    pub(crate) fn bacnet_write(
+        &mut self,
+        ts: Ts,
+        (device, client): (&str, &str),
+        object: u32,
+        property: u32,
+        value: f64,
+    ) -> io::Result<()> {
+        let line = CommandLine {
+            ts,
+            kind: "command",
+            site: &self.site,
+            device,
+            client,
+            function: crate::protocol::bacnet::confirmed::WRITE_PROPERTY,
+            address: object,
+            values: &[],
+            protocol: Some("bacnet"),
+            property: Some(property),
+            value: Some(value),
+        };
+        write_line(&mut self.out, &line)
     }
 
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+fn write_line(out: &mut Box<dyn Write + Send>, line: &CommandLine<'_>) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, line).map_err(io::Error::from)?;
+    out.write_all(b"\n")
 }
 
 /// The labels sidecar path of a capture: `x.jsonl.zst` → `x.labels.json`.

@@ -669,6 +669,18 @@ impl BacnetDevices {
                         if let Some(w) = answer.written {
                             info!(device = %device.name, client = %from, object = %w.object, metric = %w.metric, value = w.value, "bacnet write taken");
                             plant.sim.apply_write(&device.name, &w.metric, w.value);
+                            let at = plant.sim.now().min(plant.clock.now());
+                            let client = from.ip().to_string();
+                            let written = plant.capture.bacnet_write(
+                                at,
+                                (&device.name, &client),
+                                w.object.to_u32(),
+                                w.property,
+                                w.raw,
+                            );
+                            if let Err(e) = written {
+                                plant.failed.get_or_insert(e);
+                            }
                         }
                         answer.reply
                     };

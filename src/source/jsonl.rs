@@ -7,7 +7,7 @@
 use super::{BadReason, CaptureSource, FileStats, Lines};
 use crate::model::event::Event;
 use crate::model::points::Registry;
-use crate::model::{Command, Quality, Ts};
+use crate::model::{Command, Quality, Ts, WireProtocol};
 use crate::time::{epoch_auto, TimeFormat};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -138,6 +138,9 @@ struct Record<'a> {
     function: Option<u8>,
     address: Option<u32>,
     values: Option<Vec<u16>>,
+    #[serde(borrow)]
+    protocol: Option<Cow<'a, str>>,
+    property: Option<u32>,
 }
 
 type LineError = (BadReason, String);
@@ -193,6 +196,18 @@ pub fn parse_line(line: &[u8], reg: &mut Registry) -> Result<Event, LineError> {
             function: rec.function.ok_or_else(|| missing("function"))?,
             address: rec.address.ok_or_else(|| missing("address"))?,
             values: rec.values.unwrap_or_default(),
+            protocol: match rec.protocol.as_deref() {
+                None | Some("modbus") => WireProtocol::Modbus,
+                Some("bacnet") => WireProtocol::Bacnet,
+                Some(other) => {
+                    return Err((
+                        BadReason::WrongType,
+                        format!("unknown protocol {other:?} (expected modbus or bacnet)"),
+                    ))
+                }
+            },
+            property: rec.property,
+            value: rec.value.map(|v| v.0).filter(|v| v.is_finite()),
         }))),
         Some(other) => Err((
             BadReason::UnknownRecordType,

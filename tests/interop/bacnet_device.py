@@ -18,7 +18,11 @@ import argparse
 import asyncio
 import json
 import sys
-import tomllib
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
 
 from bacpypes3.ipv4.app import NormalApplication
 from bacpypes3.local.analog import (AnalogInputObject, AnalogOutputObject,

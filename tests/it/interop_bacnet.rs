@@ -3,7 +3,10 @@
 //! bacpypes3 client discovers and reads the simulator's served chiller. Under `CI=true`
 //! a missing bacpypes3 fails these tests.
 
-use crate::support::{free_udp_port, peer_available, repo, Peer};
+use crate::support::{
+    capture_readings, command_ok, free_udp_port, peer_available, repo, wait_for_file, wattchdog,
+    Peer,
+};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -134,4 +137,137 @@ async fn the_collector_reads_and_subscribes_to_a_bacpypes3_device() {
         "{c:?}"
     );
     assert!(c.notifications >= 1, "{c:?}");
+}
+
+#[test]
+fn a_bacpypes3_client_discovers_reads_and_writes_the_served_chiller() {
+    if !bacpypes3_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("served.jsonl");
+    let run_toml = dir.path().join("run.toml");
+    let mut server = Peer(
+        wattchdog()
+            .args(["simulate", "--serve-modbus", "127.0.0.1:0"])
+            .args(["--serve-bacnet", "127.0.0.1:0", "--bacnet-kinds", "chiller"])
+            .args([
+                "--speed",
+                "10",
+                "--hours",
+                "0.5",
+                "--seed",
+                "3",
+                "--attacks",
+                "none",
+            ])
+            .arg("-o")
+            .arg(&capture)
+            .arg("--write-config")
+            .arg(&run_toml)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_file(&run_toml, Duration::from_secs(20));
+    let cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&run_toml).unwrap()).unwrap();
+    let chiller = cfg["bacnet"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"].as_str() == Some("chiller-1"))
+        .expect("chiller-1 served over BACnet")
+        .clone();
+    let objects = "analog-input:1,analog-input:2,binary-input:1,analog-value:1";
+    let out = command_ok(
+        Command::new("python3")
+            .arg(repo("tests/interop/bacnet_client.py"))
+            .args(["--device", chiller["address"].as_str().unwrap()])
+            .args(["--instance", &chiller["instance"].to_string()])
+            .args(["--objects", objects])
+            .args([
+                "--write",
+                "analog-input:1=3",
+                "--write",
+                "analog-value:1=8.5",
+            ]),
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The capture is flushed every simulated second: wait for the write and the plant's
+    // answer to it to be in it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&capture)
+        .unwrap()
+        .contains("\"setpoint_c\",\"value\":8.5")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never reached the plant"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.0.kill().unwrap();
+    let _ = server.0.wait();
+    assert_eq!(got["iam"], chiller["instance"].as_integer().unwrap());
+    assert_eq!(got["name"], "chiller-1");
+    let list: Vec<&str> = got["object_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for o in objects.split(',') {
+        assert!(
+            list.contains(&o.replace(':', ",").as_str()),
+            "{o} in {list:?}"
+        );
+    }
+    // What bacpypes3 read lies among the values the plant had while it read.
+    let readings = capture_readings(&std::fs::read_to_string(&capture).unwrap());
+    let range = |metric: &str| {
+        let v: Vec<f64> = readings
+            .iter()
+            .filter(|(_, d, m, _)| d == "chiller-1" && m == metric)
+            .map(|r| r.3)
+            .collect();
+        assert!(!v.is_empty(), "{metric} in the capture");
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo - 1e-3, hi + 1e-3)
+    };
+    for (object, metric) in [
+        ("analog-input,1", "supply_temp_c"),
+        ("analog-input,2", "return_temp_c"),
+    ] {
+        let (lo, hi) = range(metric);
+        for how in ["read", "rpm"] {
+            let v = got[how][object].as_f64().unwrap();
+            assert!(
+                (lo..=hi).contains(&v),
+                "{how} {object} = {v}, plant {lo}..{hi}"
+            );
+        }
+    }
+    assert_eq!(got["read"]["binary-input,1"], "active");
+    assert_eq!(got["rpm"]["analog-value,1"], got["read"]["analog-value,1"]);
+    // A measured value is refused; the commandable setpoint is taken, drives the plant
+    // and is recorded as a BACnet command in the capture.
+    let refused = got["writes"]["analog-input,1"].as_str().unwrap();
+    assert!(refused.contains("write-access-denied"), "{refused}");
+    assert_eq!(got["writes"]["analog-value,1"], "ok");
+    let text = std::fs::read_to_string(&capture).unwrap();
+    let command = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["type"] == "command")
+        .expect("the write in the capture");
+    assert_eq!(command["protocol"], "bacnet");
+    assert_eq!(command["device"], "chiller-1");
+    assert_eq!(command["property"], 85);
+    assert_eq!(command["value"], 8.5);
+    let setpoint = readings
+        .iter()
+        .rfind(|(_, d, m, _)| d == "chiller-1" && m == "setpoint_c")
+        .unwrap();
+    assert_eq!(setpoint.3, 8.5, "the plant follows the written setpoint");
 }

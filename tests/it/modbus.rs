@@ -49,6 +49,7 @@ async fn the_poller_reads_the_served_simulation_exactly_and_only_reads() {
         Box::new(capture.clone()),
         counts.clone(),
         None,
+        None,
         async {
             let _ = stopped.await;
         },

@@ -834,6 +834,9 @@ async fn an_analyst_teaches_a_routine_write_in_the_browser() {
             // A setpoint that changes: the detector reports each new value of a writer
             // it does not trust (the same value again is routine by itself).
             values: vec![700 + minute as u16],
+            protocol: Default::default(),
+            property: None,
+            value: None,
         }))
     };
     let client_of = |o: &Output| match o {

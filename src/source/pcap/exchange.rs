@@ -8,7 +8,7 @@ use super::wire_map::WireDevice;
 use super::{WireMap, WireStats};
 use crate::model::event::{Event, Outcome, Traffic};
 use crate::model::points::{DeviceId, PointId, Registry};
-use crate::model::{Command, Quality, Ts};
+use crate::model::{Command, Quality, Ts, WireProtocol};
 use crate::protocol::frame::{self, Mbap, Request, Response};
 use crate::protocol::registers::{Table, Value};
 use crate::source::{BadReason, FileStats};
@@ -389,6 +389,9 @@ impl Emitter {
                 function: req.function(),
                 address: u32::from(req.address()),
                 values: req.written(),
+                protocol: WireProtocol::Modbus,
+                property: None,
+                value: None,
             })));
         }
         let replaced = pending.insert(
