@@ -319,10 +319,12 @@ impl Config {
         }))
         .map_err(bad_model("residual"))?;
         let plans = typed.modbus.resolve(base, origin)?;
+        let bacnet = typed.bacnet.resolve(base, origin)?;
         let wire = std::sync::Arc::new(crate::source::pcap::WireMap::new(
             &typed.pcap,
             &typed.modbus.site,
             &plans,
+            &bacnet,
         ));
         let cfg = Self {
             pipeline: typed.pipeline,
@@ -359,6 +361,7 @@ impl Config {
             residual_models: self.residual_models.clone(),
             features: self.features,
             device_maps: std::sync::Arc::new(self.wire.device_maps()),
+            bacnet_maps: std::sync::Arc::new(self.wire.bacnet_maps()),
         }
     }
 

@@ -197,6 +197,9 @@ pub struct Setup {
     /// Register maps of the configured devices, by site and name (for the protocol
     /// detector; other devices get their kind's built-in profile).
     pub device_maps: Arc<crate::protocol::registers::DeviceMaps>,
+    /// BACnet object maps of the configured devices, by site and name (other devices
+    /// get their kind's built-in map).
+    pub bacnet_maps: Arc<crate::protocol::bacnet_map::BacnetMaps>,
 }
 
 /// Builds the enabled detectors.
@@ -254,10 +257,10 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
     // Commands carry no device kind worth trusting: the global parameters apply.
     let protocol = &cfg.get(DeviceKind::Other).protocol;
     if protocol.enabled {
-        out.push(Box::new(wire::Protocol::new(
-            protocol.clone(),
-            config.device_maps.clone(),
-        )));
+        out.push(Box::new(
+            wire::Protocol::new(protocol.clone(), config.device_maps.clone())
+                .with_bacnet(config.bacnet_maps.clone()),
+        ));
     }
     out
 }

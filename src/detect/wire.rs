@@ -296,6 +296,8 @@ pub struct Protocol {
     routine_rewrites: u64,
     /// Latest event time seen.
     last: Ts,
+    /// BACnet object maps of configured devices.
+    bacnet_maps: Arc<crate::protocol::bacnet_map::BacnetMaps>,
     /// Writes learned, per (client, device, function): the registers.
     learned_writes: FxHashMap<(String, DeviceId, u8), BTreeSet<u32>>,
     /// Everything seen is normal (`wattchdog learn` on a clean capture).
@@ -331,10 +333,17 @@ impl Protocol {
             reported_writes: FxHashMap::default(),
             routine_rewrites: 0,
             last: Ts::MIN,
+            bacnet_maps: Arc::default(),
             learned_writes: FxHashMap::default(),
             trusting: false,
             adopted: None,
         }
+    }
+
+    /// With the object maps of configured BACnet devices (for judging their writes).
+    pub fn with_bacnet(mut self, maps: Arc<crate::protocol::bacnet_map::BacnetMaps>) -> Self {
+        self.bacnet_maps = maps;
+        self
     }
 
     /// A detector that takes everything it sees for normal and learns it all (for
@@ -553,8 +562,14 @@ impl Protocol {
                         push(out, attack::MODIFY_PARAMETER, format!("{wrote} {why}"));
                     }
                 }
-                let map = crate::protocol::bacnet_map::for_kind(&d.kind_name)
-                    .and_then(|n| crate::protocol::bacnet_map::named(n).ok());
+                let map = self
+                    .bacnet_maps
+                    .get(&(d.site.clone(), d.name.clone()))
+                    .cloned()
+                    .or_else(|| {
+                        let name = crate::protocol::bacnet_map::for_kind(&d.kind_name)?;
+                        crate::protocol::bacnet_map::named(name).ok().map(Arc::new)
+                    });
                 if let Some(map) = map {
                     let routine = cmd.property == Some(property::PRESENT_VALUE)
                         && map.by_object(object).is_some_and(|(_, o)| o.writable);

@@ -6,6 +6,9 @@ use super::bacnet::{object_type, ObjectId};
 use crate::tomlfile::{self, check, TomlError};
 use serde::Deserialize;
 
+/// Object maps of configured devices, by (site, name).
+pub type BacnetMaps = std::collections::BTreeMap<(String, String), std::sync::Arc<BacnetMap>>;
+
 /// One `[[objects]]` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -68,6 +68,9 @@ pub enum BadReason {
     ResponseMismatch,
     /// A response to no outstanding request.
     UnsolicitedResponse,
+    /// A datagram on a BACnet/IP port that is not BACnet/IP, or a request whose
+    /// parameters break the grammar.
+    BadBacnet,
 }
 
 impl BadReason {
@@ -93,6 +96,7 @@ impl BadReason {
             Self::BadPdu => "bad_pdu",
             Self::ResponseMismatch => "response_mismatch",
             Self::UnsolicitedResponse => "unsolicited_response",
+            Self::BadBacnet => "bad_bacnet",
         }
     }
 }

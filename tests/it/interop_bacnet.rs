@@ -146,44 +146,13 @@ fn a_bacpypes3_client_discovers_reads_and_writes_the_served_chiller() {
     }
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("served.jsonl");
-    let run_toml = dir.path().join("run.toml");
-    let mut server = Peer(
-        wattchdog()
-            .args(["simulate", "--serve-modbus", "127.0.0.1:0"])
-            .args(["--serve-bacnet", "127.0.0.1:0", "--bacnet-kinds", "chiller"])
-            .args([
-                "--speed",
-                "10",
-                "--hours",
-                "0.5",
-                "--seed",
-                "3",
-                "--attacks",
-                "none",
-            ])
-            .arg("-o")
-            .arg(&capture)
-            .arg("--write-config")
-            .arg(&run_toml)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_file(&run_toml, Duration::from_secs(20));
-    let cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&run_toml).unwrap()).unwrap();
-    let chiller = cfg["bacnet"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"].as_str() == Some("chiller-1"))
-        .expect("chiller-1 served over BACnet")
-        .clone();
+    let (mut server, cfg) = serve_bacnet_facility(dir.path(), &capture);
+    let (address, instance) = served(&cfg, "chiller-1");
     let objects = "analog-input:1,analog-input:2,binary-input:1,analog-value:1";
     let out = command_ok(
         Command::new("python3")
             .arg(repo("tests/interop/bacnet_client.py"))
-            .args(["--device", chiller["address"].as_str().unwrap()])
-            .args(["--instance", &chiller["instance"].to_string()])
+            .args(["--device", &address, "--instance", &instance.to_string()])
             .args(["--objects", objects])
             .args([
                 "--write",
@@ -208,7 +177,7 @@ fn a_bacpypes3_client_discovers_reads_and_writes_the_served_chiller() {
     }
     server.0.kill().unwrap();
     let _ = server.0.wait();
-    assert_eq!(got["iam"], chiller["instance"].as_integer().unwrap());
+    assert_eq!(got["iam"], instance);
     assert_eq!(got["name"], "chiller-1");
     let list: Vec<&str> = got["object_list"]
         .as_array()
@@ -270,4 +239,142 @@ fn a_bacpypes3_client_discovers_reads_and_writes_the_served_chiller() {
         .rfind(|(_, d, m, _)| d == "chiller-1" && m == "setpoint_c")
         .unwrap();
     assert_eq!(setpoint.3, 8.5, "the plant follows the written setpoint");
+}
+
+/// The served facility (chillers over BACnet/IP) and its `--write-config` file; the
+/// server keeps running until dropped.
+fn serve_bacnet_facility(dir: &std::path::Path, capture: &std::path::Path) -> (Peer, toml::Value) {
+    let run_toml = dir.join("run.toml");
+    let server = Peer(
+        wattchdog()
+            .args(["simulate", "--serve-modbus", "127.0.0.1:0"])
+            .args(["--serve-bacnet", "127.0.0.1:0", "--bacnet-kinds", "chiller"])
+            .args([
+                "--speed",
+                "10",
+                "--hours",
+                "0.5",
+                "--seed",
+                "3",
+                "--attacks",
+                "none",
+            ])
+            .arg("-o")
+            .arg(capture)
+            .arg("--write-config")
+            .arg(&run_toml)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_file(&run_toml, Duration::from_secs(20));
+    let cfg = toml::from_str(&std::fs::read_to_string(&run_toml).unwrap()).unwrap();
+    (server, cfg)
+}
+
+/// A device of the `[bacnet]` section: (address, instance).
+fn served(cfg: &toml::Value, name: &str) -> (String, i64) {
+    let d = cfg["bacnet"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{name} served over BACnet"));
+    (
+        d["address"].as_str().unwrap().to_owned(),
+        d["instance"].as_integer().unwrap(),
+    )
+}
+
+#[test]
+fn a_tcpdump_capture_of_bacnet_writes_replays_into_commands_and_detections() {
+    if !bacpypes3_available() || !crate::pcap::tcpdump_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, cfg) = serve_bacnet_facility(dir.path(), &dir.path().join("served.jsonl"));
+    let (address, instance) = served(&cfg, "chiller-1");
+    let port = address.rsplit_once(':').unwrap().1.to_owned();
+    let pcap = dir.path().join("bacnet.pcap");
+    let dump = Peer(
+        Command::new("tcpdump")
+            .args(["-i", "lo", "-n", "-U", "-s", "0", "-w"])
+            .arg(&pcap)
+            .args(["udp", "port", &port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_file(&pcap, Duration::from_secs(10));
+    // tcpdump creates the file before it captures: probe (a Who-Is no device answers)
+    // until a packet is in the file.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let who_is = [
+        0x81, 0x0b, 0x00, 0x0c, 0x01, 0x00, 0x10, 0x08, 0x09, 0x00, 0x19, 0x00,
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&pcap).unwrap().len() <= 24 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tcpdump captures nothing"
+        );
+        probe.send_to(&who_is, &address).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A workstation that is not the BMS: a setpoint, a sensor put out of service (the
+    // device refuses: the request is on the wire all the same), and the device silenced.
+    let out = command_ok(
+        Command::new("python3")
+            .arg(repo("tests/interop/bacnet_client.py"))
+            .args(["--device", &address, "--instance", &instance.to_string()])
+            .args(["--objects", "analog-input:1", "--source", "127.0.0.2"])
+            .args(["--write", "analog-value:1=13"])
+            .args(["--write", "analog-input:1/out-of-service=1", "--dcc"]),
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["writes"]["analog-value,1"], "ok", "{got}");
+    // The last request is on the wire once its answer is: tcpdump writes each packet
+    // as it sees it (-U); a probe after it marks the end.
+    let size = std::fs::metadata(&pcap).unwrap().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&pcap).unwrap().len() == size {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tcpdump stopped capturing"
+        );
+        probe.send_to(&who_is, &address).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(dump);
+    drop(server);
+    let run_toml = dir.path().join("run.toml");
+    let out = command_ok(
+        wattchdog()
+            .args(["replay", "--json", "-c"])
+            .arg(&run_toml)
+            .arg(&pcap),
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["bad_lines"], 0, "{r}");
+    let wire = &r["files"][0]["wire"];
+    assert!(wire["bacnet_datagrams"].as_u64().unwrap() >= 10, "{wire}");
+    assert_eq!(wire["bacnet_commands"], 3, "{wire}");
+    let alerts = r["alerts"].as_array().unwrap();
+    // The setpoint falls in the learning stretch (a short capture has no history); the
+    // out-of-service write and the silencing are findings whoever sends them, one alert
+    // on the device (the write first, the silencing grows it).
+    let on_chiller: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["device"] == "chiller-1" && a["detector"] == "protocol")
+        .collect();
+    assert_eq!(on_chiller.len(), 1, "{alerts:#?}");
+    let a = on_chiller[0];
+    assert_eq!(a["technique"]["id"], "T0836", "{a:#}");
+    let summary = a["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("out-of-service") && summary.contains("127.0.0.2"),
+        "{summary}"
+    );
+    assert_eq!(a["findings"], 2, "the write and the silencing: {a:#}");
 }

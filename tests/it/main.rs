@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bacnet;
 mod bad_input;
 mod benchmarks;
 mod cli;

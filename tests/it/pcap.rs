@@ -16,7 +16,7 @@ use wattchdog::model::points::Registry;
 use wattchdog::source::{open_capture, ByteCounter, OpenOptions};
 use wattchdog::Config;
 
-fn tcpdump_available() -> bool {
+pub(crate) fn tcpdump_available() -> bool {
     peer_available(
         "tcpdump (apt-get install tcpdump), run as root",
         Command::new("sh").args([

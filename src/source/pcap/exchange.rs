@@ -128,6 +128,25 @@ pub(super) fn packet_in(
             return;
         }
     };
+    if let Some(TransportSlice::Udp(udp)) = &p.transport {
+        let (src, dst) = (
+            SocketAddr::new(src, udp.source_port()),
+            SocketAddr::new(dst, udp.destination_port()),
+        );
+        let ports = &em.map.bacnet_ports;
+        if !ports.contains(&dst.port()) && !ports.contains(&src.port()) {
+            wire.other_packets += 1;
+        } else if cut || incomplete {
+            em.stats.bad_line(
+                n,
+                BadReason::TruncatedPacket,
+                "BACnet/IP datagram cut short",
+            );
+        } else {
+            super::bacnet::datagram(em, n, now, (src, dst), udp.payload());
+        }
+        return;
+    }
     let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
         wire.other_packets += 1;
         return;

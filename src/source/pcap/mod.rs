@@ -12,6 +12,7 @@
 //!
 //! Bad input is counted per reason with its packet number and never stops the replay.
 
+mod bacnet;
 mod exchange;
 mod link;
 pub mod reassembly;
@@ -40,6 +41,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct PcapConfig {
     /// TCP ports that carry Modbus besides 502 and the ports in `[[modbus.devices]]`.
     pub ports: Vec<u16>,
+    /// UDP ports that carry BACnet/IP besides 47808 and the ports in
+    /// `[[bacnet.devices]]`.
+    pub bacnet_ports: Vec<u16>,
     /// A request still unanswered this long after it was sent (capture time) counts as
     /// unanswered. Default `"5s"`.
     #[serde(deserialize_with = "crate::time::serde_duration::deserialize")]
@@ -50,6 +54,7 @@ impl Default for PcapConfig {
     fn default() -> Self {
         Self {
             ports: Vec::new(),
+            bacnet_ports: Vec::new(),
             response_timeout: 5_000,
         }
     }
@@ -86,6 +91,10 @@ pub struct WireStats {
     pub unanswered: u64,
     /// Responses to no request.
     pub unsolicited: u64,
+    /// UDP datagrams on a BACnet/IP port.
+    pub bacnet_datagrams: u64,
+    /// BACnet requests other than reads and subscriptions (writes, device control).
+    pub bacnet_commands: u64,
 }
 
 /// A pcap or pcapng capture as a source of events.
