@@ -1581,6 +1581,52 @@ mod tests {
         assert_eq!(results[2].1, Ok(vec![Value::Enumerated(0)]));
     }
 
+    /// The fuzz target's seeds are what they say they are.
+    #[test]
+    fn fuzz_seeds_decode() {
+        let seed = |name: &str| {
+            std::fs::read(format!(
+                "{}/fuzz/seeds/bacnet_datagram/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let body_of = |b: &[u8]| match decode(b).unwrap().apdu {
+            Some(Apdu::Confirmed { service, body, .. })
+            | Some(Apdu::ComplexAck { service, body, .. })
+            | Some(Apdu::Unconfirmed { service, body }) => (service, body.to_vec()),
+            other => panic!("{other:?}"),
+        };
+        let (s, b) = body_of(&seed("who-is"));
+        assert_eq!(
+            (s, WhoIs::decode(&b).unwrap().range),
+            (8, Some((0, 4_194_303)))
+        );
+        let (s, b) = body_of(&seed("rpm"));
+        assert_eq!(
+            (s, ReadPropertyMultiple::decode(&b).unwrap().0[0].1.len()),
+            (14, 3)
+        );
+        let (s, b) = body_of(&seed("rpm-ack"));
+        let ack = ReadPropertyMultipleAck::decode(&b).unwrap();
+        assert_eq!((s, &ack.0[0].1[0].1), (14, &Ok(vec![Value::Real(7.25)])));
+        let (s, b) = body_of(&seed("subscribe-cov"));
+        assert_eq!(
+            (s, SubscribeCov::decode(&b).unwrap().lifetime),
+            (5, Some(300))
+        );
+        let (s, b) = body_of(&seed("write-property"));
+        let w = decode_writes(s, &b).unwrap();
+        assert_eq!(
+            (w[0].value.values[0].clone(), w[0].value.priority),
+            (Value::Real(13.0), Some(8))
+        );
+        let i_am = seed("forwarded-i-am");
+        assert!(decode(&i_am).unwrap().forwarded_from.is_some());
+        let (s, b) = body_of(&i_am);
+        assert_eq!((s, IAm::decode(&b).unwrap().device.instance), (0, 7));
+    }
+
     #[test]
     fn services_round_trip() {
         let rpm = ReadPropertyMultiple(vec![
@@ -1796,6 +1842,20 @@ mod tests {
                 }).collect(),
             };
             prop_assert_eq!(CovNotification::decode(&cov.encode()).unwrap(), cov);
+        }
+
+        #[test]
+        fn read_requests_round_trip(
+            objects in proptest::collection::vec(
+                (0u16..1024, 0..=ObjectId::MAX_INSTANCE, proptest::collection::vec(
+                    (any::<u32>(), proptest::option::of(any::<u32>())), 0..5)),
+                1..6),
+        ) {
+            let rpm = ReadPropertyMultiple(objects.into_iter().map(|(kind, instance, props)| (
+                ObjectId { kind, instance },
+                props.into_iter().map(|(property, index)| PropertyRef { property, index }).collect(),
+            )).collect());
+            prop_assert_eq!(ReadPropertyMultiple::decode(&rpm.encode()).unwrap(), rpm);
         }
 
         #[test]
