@@ -86,6 +86,29 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<CheckSummary> {
             m.kind,
             m.registers.len()
         ));
+    } else if a.bacnet_map {
+        let m = crate::tomlfile::load(
+            &a.file,
+            crate::protocol::bacnet_map::BacnetMap::from_toml_str,
+        )?;
+        let writable: Vec<String> = m
+            .objects
+            .iter()
+            .filter(|o| o.writable)
+            .map(|o| format!("{} ({})", o.object, o.metric))
+            .collect();
+        summary.details.push(format!(
+            "profile {} ({}), {} objects ({} polled), writable: {}",
+            m.profile,
+            m.kind,
+            m.objects.len(),
+            m.objects.iter().filter(|o| o.poll).count(),
+            if writable.is_empty() {
+                "none".to_owned()
+            } else {
+                writable.join(", ")
+            }
+        ));
     } else if a.object_map {
         let m = crate::tomlfile::load(&a.file, crate::protocol::mib::ObjectMap::from_toml_str)?;
         summary.details.push(format!(
@@ -109,6 +132,7 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
     let devices = cfg.modbus.resolve(base, &origin)?;
     let brokers = cfg.mqtt.resolve(base, &origin)?;
     let agents = cfg.snmp.resolve(base, &origin)?;
+    let controllers = cfg.bacnet.resolve(base, &origin)?;
     summary.modbus = devices
         .iter()
         .map(|d| PolledDevice {
@@ -175,6 +199,26 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
     if let Some(l) = &cfg.snmp.trap_listen {
         parts.push(format!("SNMP traps on {l}"));
     }
+    if !controllers.is_empty() {
+        let objects: usize = controllers
+            .iter()
+            .map(|d| d.map.objects.iter().filter(|o| o.poll).count())
+            .sum();
+        parts.push(format!(
+            "{} BACnet/IP devices, {objects} objects read per poll cycle{}",
+            controllers.len(),
+            if cfg.bacnet.cov {
+                " and subscribed to (COV)"
+            } else {
+                ""
+            }
+        ));
+        let ports: Vec<String> = cfg.wire.bacnet_ports().iter().map(u16::to_string).collect();
+        parts.push(format!(
+            "packet captures: BACnet/IP on UDP ports {}",
+            ports.join(", ")
+        ));
+    }
     for sink in &cfg.soc.syslog {
         // What `run` reads at start: a TLS sink's authority file.
         let mut resolved = sink.clone();
@@ -211,6 +255,7 @@ mod tests {
                 mapping: false,
                 register_map: false,
                 object_map: false,
+                bacnet_map: false,
                 json: false,
             })
         };
@@ -242,6 +287,7 @@ mod tests {
             mapping: false,
             register_map: false,
             object_map: false,
+            bacnet_map: false,
             json: false,
         })
         .unwrap();

@@ -411,8 +411,11 @@ pub struct CheckConfigArgs {
     /// Treat the file as an SNMP object map (`protocols/snmp/*.toml`) instead.
     #[arg(long, conflicts_with = "mapping")]
     pub object_map: bool,
-    /// Print the Modbus devices and their read plans as JSON (for scripts).
+    /// Treat the file as a BACnet object map (`protocols/bacnet/*.toml`) instead.
     #[arg(long, conflicts_with_all = ["mapping", "register_map", "object_map"])]
+    pub bacnet_map: bool,
+    /// Print the Modbus devices and their read plans as JSON (for scripts).
+    #[arg(long, conflicts_with_all = ["mapping", "register_map", "object_map", "bacnet_map"])]
     pub json: bool,
 }
 

@@ -238,6 +238,60 @@ fn every_shipped_register_map_validates() {
 }
 
 #[test]
+fn every_shipped_bacnet_map_validates_and_a_config_resolves_them() {
+    for entry in std::fs::read_dir(repo("protocols/bacnet")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = run(&["check-config", "--bacnet-map", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A site's own numbering, next to the config: a device object is no point.
+    let mine = dir.path().join("mine.toml");
+    std::fs::write(
+        &mine,
+        "profile = \"mine\"\nkind = \"chiller\"\nsource = \"s\"\n[[objects]]\nmetric = \"supply_temp_c\"\nobject = \"device:3\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        "[bacnet]\n[[bacnet.devices]]\nname = \"ch-1\"\naddress = \"10.0.0.5\"\nprofile = \"chiller-bacnet\"\n\
+         [[bacnet.devices]]\nname = \"ch-2\"\naddress = \"10.0.0.6:47809\"\ninstance = 12\nprofile = \"mine.toml\"\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bacnet.devices[1] (ch-2).profile")
+            && err.contains("analog, binary or multi-state"),
+        "{err}"
+    );
+    std::fs::write(
+        &mine,
+        "profile = \"mine\"\nkind = \"chiller\"\nsource = \"s\"\n[[objects]]\nmetric = \"supply_temp_c\"\nobject = \"analog-value:30\"\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("2 BACnet/IP devices, 7 objects read per poll cycle and subscribed to (COV)")
+            && said.contains("BACnet/IP on UDP ports 47808, 47809"),
+        "{said}"
+    );
+}
+
+#[test]
 fn every_shipped_object_map_validates_and_a_config_resolves_them() {
     for entry in std::fs::read_dir(repo("protocols/snmp")).unwrap() {
         let path = entry.unwrap().path();
