@@ -656,7 +656,8 @@ impl BacnetPoller {
                     invoke_id,
                     service,
                     segmented: false,
-                    max_apdu: self.max_apdu,
+                    // What this side accepts (the listener reads 2 KiB datagrams).
+                    max_apdu: bacnet::MAX_APDU,
                     body,
                 },
                 false,
