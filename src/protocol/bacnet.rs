@@ -15,7 +15,6 @@
 //! own and fuzz.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// The standard UDP port (0xBAC0).
 pub const PORT: u16 = 47808;
@@ -811,8 +810,9 @@ pub enum Apdu<'a> {
 pub struct Datagram<'a> {
     /// BVLC function.
     pub function: u8,
-    /// The original sender of a Forwarded-NPDU (a BBMD relayed it).
-    pub forwarded_from: Option<SocketAddrV4>,
+    /// The original sender (IPv4 address, UDP port) of a Forwarded-NPDU (a BBMD
+    /// relayed it).
+    pub forwarded_from: Option<([u8; 4], u16)>,
     /// The NPDU's source network and address, when routed.
     pub source: Option<(u16, Vec<u8>)>,
     /// The application PDU; `None` for network-layer messages and BVLC results.
@@ -851,10 +851,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>> {
         bvlc::ORIGINAL_UNICAST | bvlc::ORIGINAL_BROADCAST | bvlc::DISTRIBUTE_BROADCAST => {}
         bvlc::FORWARDED_NPDU => {
             let a = r.take(6)?;
-            d.forwarded_from = Some(SocketAddrV4::new(
-                Ipv4Addr::new(a[0], a[1], a[2], a[3]),
-                u16::from_be_bytes([a[4], a[5]]),
-            ));
+            d.forwarded_from = Some(([a[0], a[1], a[2], a[3]], u16::from_be_bytes([a[4], a[5]])));
         }
         // BVLC-Result and the BBMD table services carry no NPDU.
         _ => return Ok(d),
@@ -1767,7 +1764,7 @@ mod tests {
         let n = d.len() as u16;
         d[2..4].copy_from_slice(&n.to_be_bytes());
         let g = decode(&d).unwrap();
-        assert_eq!(g.forwarded_from, Some("10.0.0.5:47808".parse().unwrap()));
+        assert_eq!(g.forwarded_from, Some(([10, 0, 0, 5], 47808)));
         assert_eq!(g.source, Some((5, vec![0x21])));
         let Some(Apdu::Unconfirmed { body, .. }) = g.apdu else {
             panic!()

@@ -60,9 +60,10 @@ pub(super) fn datagram(
         return;
     }
     // A request a BBMD relayed names its sender in the BVLC header.
-    let client = d
-        .forwarded_from
-        .map_or_else(|| src.ip().to_string(), |a| a.ip().to_string());
+    let client = d.forwarded_from.map_or_else(
+        || src.ip().to_string(),
+        |(ip, _)| std::net::Ipv4Addr::from(ip).to_string(),
+    );
     let (site, device) = match em.map.bacnet.get(&dst) {
         Some(w) => (w.site.clone(), w.name.clone()),
         None => (em.map.site.clone(), format!("{dst}")),
