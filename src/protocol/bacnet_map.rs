@@ -194,17 +194,12 @@ pub fn for_kind(kind: &str) -> Option<&'static str> {
 
 /// A shipped map by name, or an error listing them.
 pub fn named(spec: &str) -> Result<BacnetMap, TomlError> {
-    match BUILTIN.iter().find(|(n, _)| *n == spec) {
-        Some((n, text)) => BacnetMap::from_toml_str(text, &format!("<built-in profile {n}>")),
-        None => Err(TomlError::Invalid {
-            path: spec.to_owned(),
-            key: "profile".into(),
-            rule: format!(
-                "is neither a .toml file nor a built-in BACnet profile ({})",
-                BUILTIN.map(|(n, _)| n).join(", ")
-            ),
-        }),
-    }
+    super::profiles::named_in(
+        &BUILTIN,
+        spec,
+        ("profile", "BACnet profile"),
+        BacnetMap::from_toml_str,
+    )
 }
 
 #[cfg(test)]

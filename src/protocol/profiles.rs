@@ -98,14 +98,34 @@ pub const TOPIC_MAPS: [(&str, &str); 3] = [
 /// The built-in topic map a config's `map` names, or an error listing them (file maps,
 /// see [`is_file`], are read by the caller).
 pub fn named_topic_map(spec: &str) -> Result<TopicMap, TomlError> {
-    match TOPIC_MAPS.iter().find(|(n, _)| *n == spec) {
-        Some((n, text)) => TopicMap::from_toml_str(text, &format!("<built-in topic map {n}>")),
+    named_in(
+        &TOPIC_MAPS,
+        spec,
+        ("map", "topic map"),
+        TopicMap::from_toml_str,
+    )
+}
+
+/// The shipped map `spec` names among `builtin` (name, text), parsed, or an error under
+/// `key` listing them: `what` says which kind of map ("SNMP profile").
+pub(crate) fn named_in<T>(
+    builtin: &[(&str, &str)],
+    spec: &str,
+    (key, what): (&str, &str),
+    parse: impl Fn(&str, &str) -> Result<T, TomlError>,
+) -> Result<T, TomlError> {
+    match builtin.iter().find(|(n, _)| *n == spec) {
+        Some((n, text)) => parse(text, &format!("<built-in {what} {n}>")),
         None => Err(TomlError::Invalid {
             path: spec.to_owned(),
-            key: "map".into(),
+            key: key.into(),
             rule: format!(
-                "is neither a .toml file nor a built-in topic map ({})",
-                TOPIC_MAPS.map(|(n, _)| n).join(", ")
+                "is neither a .toml file nor a built-in {what} ({})",
+                builtin
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }),
     }

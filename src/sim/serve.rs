@@ -427,13 +427,7 @@ pub async fn bind_snmp_agents(
         let Some(profile) = mib::for_kind(d.kind).filter(|_| kinds.contains(&d.kind)) else {
             continue;
         };
-        let mut addr = base;
-        if base.port() != 0 {
-            let port = u16::try_from(usize::from(base.port()) + served.devices.len())
-                .map_err(|_| io("ports run past 65535".into()))?;
-            addr.set_port(port);
-        }
-        let socket = UdpSocket::bind(addr).await?;
+        let socket = bind_nth(base, served.devices.len()).await?;
         let bound = socket.local_addr()?;
         let map = mib::named(profile).map_err(|e| io(e.to_string()))?;
         agents.push((i, Agent::new(&d.name, map, "public"), socket));
@@ -448,6 +442,18 @@ pub async fn bind_snmp_agents(
         counts: Default::default(),
     };
     Ok((serve, served))
+}
+
+/// A UDP socket for the `n`th served device: `base`'s port + `n`, or any free port when
+/// `base`'s is 0.
+async fn bind_nth(base: SocketAddr, n: usize) -> Result<UdpSocket, SimError> {
+    let mut addr = base;
+    if base.port() != 0 {
+        let port = u16::try_from(usize::from(base.port()) + n)
+            .map_err(|_| SimError::Io(std::io::Error::other("ports run past 65535")))?;
+        addr.set_port(port);
+    }
+    Ok(UdpSocket::bind(addr).await?)
 }
 
 /// The `[snmp]` section that reads `served` every `interval`.
@@ -591,13 +597,7 @@ pub async fn bind_bacnet_devices(
         let Some(profile) = bacnet_map::for_kind(d.kind).filter(|_| kinds.contains(&d.kind)) else {
             continue;
         };
-        let mut addr = base;
-        if base.port() != 0 {
-            let port = u16::try_from(usize::from(base.port()) + served.devices.len())
-                .map_err(|_| io("ports run past 65535".into()))?;
-            addr.set_port(port);
-        }
-        let socket = UdpSocket::bind(addr).await?;
+        let socket = bind_nth(base, served.devices.len()).await?;
         let bound = socket.local_addr()?;
         let map = bacnet_map::named(profile).map_err(|e| io(e.to_string()))?;
         let instance = 1000 + u32::from(d.unit);

@@ -113,9 +113,7 @@ impl WireMap {
 
     /// The UDP ports read as BACnet/IP, sorted.
     pub fn bacnet_ports(&self) -> Vec<u16> {
-        let mut p: Vec<u16> = self.bacnet_ports.iter().copied().collect();
-        p.sort_unstable();
-        p
+        sorted(&self.bacnet_ports)
     }
 
     /// The register map of a configured device, by site and name.
@@ -136,9 +134,7 @@ impl WireMap {
 
     /// The TCP ports read as Modbus, sorted.
     pub fn ports(&self) -> Vec<u16> {
-        let mut p: Vec<u16> = self.ports.iter().copied().collect();
-        p.sort_unstable();
-        p
+        sorted(&self.ports)
     }
 
     /// Devices whose address is a host name, which packets cannot be matched to.
@@ -162,4 +158,10 @@ fn addresses(address: &str) -> Vec<SocketAddr> {
             _ => Vec::new(),
         },
     }
+}
+
+fn sorted(ports: &FxHashSet<u16>) -> Vec<u16> {
+    let mut p: Vec<u16> = ports.iter().copied().collect();
+    p.sort_unstable();
+    p
 }
