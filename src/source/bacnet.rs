@@ -278,15 +278,17 @@ struct Points {
 
 /// What one object's properties said.
 #[derive(Debug, Default)]
-struct Observed {
-    value: Option<f64>,
-    trusted: bool,
+pub(crate) struct Observed {
+    /// The present value, when it is a number.
+    pub(crate) value: Option<f64>,
+    /// Neither fault, nor out of service, nor unreliable.
+    pub(crate) trusted: bool,
 }
 
 impl Observed {
     /// From an object's (property, values) pairs; a property missing or in error
     /// (reliability is optional) says nothing.
-    fn of<'a>(props: impl Iterator<Item = (u32, &'a [Value])>) -> Self {
+    pub(crate) fn of<'a>(props: impl Iterator<Item = (u32, &'a [Value])>) -> Self {
         let mut o = Observed {
             value: None,
             trusted: true,

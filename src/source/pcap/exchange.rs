@@ -143,7 +143,7 @@ pub(super) fn packet_in(
                 "BACnet/IP datagram cut short",
             );
         } else {
-            super::bacnet::datagram(em, n, now, (src, dst), udp.payload());
+            super::bacnet::datagram(em, reg, n, now, (src, dst), udp.payload());
         }
         return;
     }

@@ -22,6 +22,7 @@ pub(super) struct WireDevice {
 pub(super) struct BacnetOnWire {
     pub(super) site: String,
     pub(super) name: String,
+    pub(super) kind: String,
     pub(super) map: Arc<crate::protocol::bacnet_map::BacnetMap>,
 }
 
@@ -71,6 +72,7 @@ impl WireMap {
                     BacnetOnWire {
                         site: p.site.clone(),
                         name: p.name.clone(),
+                        kind: p.map.kind.clone(),
                         map: p.map.clone(),
                     },
                 );
