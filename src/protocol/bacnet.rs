@@ -805,6 +805,24 @@ pub enum Apdu<'a> {
     },
 }
 
+impl<'a> Apdu<'a> {
+    /// The parameters of a COV notification, confirmed or not.
+    pub fn cov_notification(&self) -> Option<&'a [u8]> {
+        match *self {
+            Apdu::Unconfirmed {
+                service: unconfirmed::COV_NOTIFICATION,
+                body,
+            }
+            | Apdu::Confirmed {
+                service: confirmed::COV_NOTIFICATION,
+                body,
+                ..
+            } => Some(body),
+            _ => None,
+        }
+    }
+}
+
 /// One decoded BACnet/IP datagram.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Datagram<'a> {

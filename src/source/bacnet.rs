@@ -389,6 +389,31 @@ async fn listen(
                 continue;
             }
         };
+        if let Some(body) = apdu.as_ref().and_then(Apdu::cov_notification) {
+            if let Some(Apdu::Confirmed { invoke_id, .. }) = apdu {
+                let ack = bacnet::encode(
+                    &Apdu::SimpleAck {
+                        invoke_id,
+                        service: confirmed::COV_NOTIFICATION,
+                    },
+                    false,
+                );
+                let _ = socket.send(&ack).await;
+            }
+            let known = *device.lock().unwrap_or_else(PoisonError::into_inner);
+            match CovNotification::decode(body) {
+                Ok(n) => {
+                    if let Some(r) = points.notified(&n, known) {
+                        bump(&points.stats.notifications, 1);
+                        if tx.send(vec![r]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => bump(&points.stats.transport_errors, 1),
+            }
+            continue;
+        }
         let incoming = match apdu {
             None => continue,
             Some(Apdu::Unconfirmed {
@@ -401,41 +426,6 @@ async fn listen(
                     continue;
                 }
             },
-            Some(
-                Apdu::Unconfirmed {
-                    service: unconfirmed::COV_NOTIFICATION,
-                    body,
-                }
-                | Apdu::Confirmed {
-                    service: confirmed::COV_NOTIFICATION,
-                    body,
-                    ..
-                },
-            ) => {
-                if let Some(Apdu::Confirmed { invoke_id, .. }) = apdu {
-                    let ack = bacnet::encode(
-                        &Apdu::SimpleAck {
-                            invoke_id,
-                            service: confirmed::COV_NOTIFICATION,
-                        },
-                        false,
-                    );
-                    let _ = socket.send(&ack).await;
-                }
-                let known = *device.lock().unwrap_or_else(PoisonError::into_inner);
-                match CovNotification::decode(body) {
-                    Ok(n) => {
-                        if let Some(r) = points.notified(&n, known) {
-                            bump(&points.stats.notifications, 1);
-                            if tx.send(vec![r]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(_) => bump(&points.stats.transport_errors, 1),
-                }
-                continue;
-            }
             Some(Apdu::ComplexAck {
                 invoke_id,
                 segmented: false,

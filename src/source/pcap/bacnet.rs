@@ -13,8 +13,7 @@ use crate::model::event::Event;
 use crate::model::points::Registry;
 use crate::model::{Command, Quality, Ts, WireProtocol};
 use crate::protocol::bacnet::{
-    self, confirmed, unconfirmed, Apdu, CovNotification, ObjectId, ReadProperty,
-    ReadPropertyMultipleAck, Value,
+    self, confirmed, Apdu, CovNotification, ObjectId, ReadProperty, ReadPropertyMultipleAck, Value,
 };
 use crate::source::bacnet::Observed;
 use crate::source::BadReason;
@@ -63,18 +62,10 @@ pub(super) fn datagram(
             body,
             ..
         }) => Some((service, body)),
-        Some(
-            Apdu::Unconfirmed {
-                service: unconfirmed::COV_NOTIFICATION,
-                body,
-            }
-            | Apdu::Confirmed {
-                service: confirmed::COV_NOTIFICATION,
-                body,
-                ..
-            },
-        ) => Some((confirmed::COV_NOTIFICATION, body)),
-        _ => None,
+        Some(ref a) => a
+            .cov_notification()
+            .map(|body| (confirmed::COV_NOTIFICATION, body)),
+        None => None,
     };
     if let Some((service, body)) = reported {
         return report(em, reg, n, now, src, (service, body));
