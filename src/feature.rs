@@ -235,6 +235,27 @@ pub(crate) fn robust_update(
     resid / sigma
 }
 
+/// The decimal step of a number: 0.01 for 21.07, 1 for 1200, 0.001 for 3.141 — the
+/// coarsest power of ten it is a multiple of, to 12 significant digits (so 7.03 + 0.03,
+/// held as 7.0600000000000005, is 0.01); 1e-16 for a number that is not one at 15
+/// decimals, `f64::INFINITY` for a non-finite one. An export with two decimals has
+/// readings no finer than 0.01 whatever their noise; the finest step over a few of them
+/// is the export's resolution.
+pub fn decimal_step(x: f64) -> f64 {
+    if !x.is_finite() {
+        return f64::INFINITY;
+    }
+    let tolerance = 1e-12 * x.abs().max(1.0);
+    let mut scale = 1.0;
+    for d in 0..=15 {
+        if ((x * scale).round() / scale - x).abs() <= tolerance {
+            return 10f64.powi(-d);
+        }
+        scale *= 10.0;
+    }
+    1e-16
+}
+
 /// Per-point state for every registered point.
 #[derive(Debug, Default)]
 pub struct FeatureStore {

@@ -5,7 +5,7 @@
 //! shapes (a strftime pattern for CSV exports, epoch seconds or milliseconds) go through
 //! chrono. Durations in the config are written `500ms`, `30s`, `10m`, `2h` or `1d`.
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use thiserror::Error;
 
 /// Event time: milliseconds since 1970-01-01T00:00:00Z.
@@ -63,14 +63,57 @@ impl TimeFormat {
             Self::AutoAssumeUtc => parse_auto(s, true),
             Self::EpochSeconds => parse_epoch(s, 1000.0),
             Self::EpochMillis => parse_epoch(s, 1.0),
-            Self::Pattern { format, offset_ms } => NaiveDateTime::parse_from_str(s, format)
-                .map(|t| t.and_utc().timestamp_millis() - offset_ms)
-                .map_err(|_| TimeError::Pattern {
+            Self::Pattern { format, offset_ms } => {
+                parse_pattern(s, format, *offset_ms).ok_or_else(|| TimeError::Pattern {
                     value: truncate(s),
                     format: format.clone(),
-                }),
+                })
+            }
         }
     }
+
+    /// Checks that a pattern is valid strftime and yields a whole date: a reference
+    /// time written with it must read back. Patterns that stop at the hour or the day
+    /// (`%d/%m/%y %H`, `%Y-%m-%d`) pass; `%H:%M` (no date) and `%Q` (no such field) do not.
+    pub fn check_pattern(format: &str) -> Result<(), String> {
+        use chrono::format::{Item, StrftimeItems};
+        use std::fmt::Write;
+        if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
+            return Err(format!("time_format {format:?} is not a strftime pattern"));
+        }
+        let reference = chrono::NaiveDate::from_ymd_opt(2021, 3, 4)
+            .and_then(|d| d.and_hms_opt(5, 6, 7))
+            .ok_or("reference time")?;
+        let mut sample = String::new();
+        write!(sample, "{}", reference.format(format))
+            .map_err(|_| format!("time_format {format:?} cannot be written"))?;
+        parse_pattern(&sample, format, 0).map(|_| ()).ok_or_else(|| {
+            format!("time_format {format:?} does not give a date (it needs the year, month and day, or %s)")
+        })
+    }
+}
+
+/// Reads a naive local time by a strftime pattern. Fields the pattern leaves out below
+/// the day are zero (hourly exports write `%d/%m/%y %H`); an offset in the text (`%z`)
+/// wins over the configured one.
+fn parse_pattern(s: &str, format: &str, offset_ms: i64) -> Option<Ts> {
+    use chrono::format::{parse, Parsed, StrftimeItems};
+    let mut p = Parsed::new();
+    parse(&mut p, s, StrftimeItems::new(format)).ok()?;
+    if p.timestamp().is_none() {
+        if p.hour_div_12().is_none() && p.hour_mod_12().is_none() {
+            p.set_hour(0).ok()?;
+        }
+        if p.minute().is_none() {
+            p.set_minute(0).ok()?;
+        }
+        if p.second().is_none() {
+            p.set_second(0).ok()?;
+        }
+    }
+    let offset_ms = p.offset().map_or(offset_ms, |o| i64::from(o) * 1000);
+    let t = p.to_naive_datetime_with_offset(0).ok()?;
+    Some(t.and_utc().timestamp_millis() - offset_ms)
 }
 
 fn parse_epoch(s: &str, to_ms: f64) -> Result<Ts, TimeError> {
@@ -451,6 +494,53 @@ mod tests {
         let t = f.parse("2020-03-09 13:14:33").unwrap();
         assert_eq!(format_ts(t), "2020-03-09T10:14:33.000Z");
         assert!(f.parse("09/03/2020").is_err());
+    }
+
+    #[test]
+    fn patterns_that_stop_at_the_hour_or_the_day_read_as_its_start() {
+        let at = |format: &str, text: &str| {
+            TimeFormat::Pattern {
+                format: format.into(),
+                offset_ms: 0,
+            }
+            .parse(text)
+            .map(format_ts)
+        };
+        for (format, text, utc) in [
+            ("%d/%m/%y %H", "13/07/14 07", "2014-07-13T07:00:00.000Z"),
+            ("%Y-%m-%d", "2014-07-13", "2014-07-13T00:00:00.000Z"),
+            (
+                "%Y-%m-%d %H:%M",
+                "2014-07-13 07:30",
+                "2014-07-13T07:30:00.000Z",
+            ),
+            // An offset in the text wins over the configured one.
+            (
+                "%Y-%m-%d %H:%M%z",
+                "2014-07-13 07:30+0200",
+                "2014-07-13T05:30:00.000Z",
+            ),
+        ] {
+            assert_eq!(at(format, text).as_deref(), Ok(utc), "{format}");
+        }
+        assert!(at("%d/%m/%y %H", "13/07/14").is_err());
+        assert!(at("%d/%m/%y %H", "32/07/14 07").is_err());
+    }
+
+    #[test]
+    fn a_pattern_is_checked_for_a_whole_date() {
+        for ok in [
+            "%d/%m/%y %H",
+            "%Y-%m-%d",
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%s",
+            "%Y-%j %H:%M",
+        ] {
+            assert_eq!(TimeFormat::check_pattern(ok), Ok(()), "{ok}");
+        }
+        for bad in ["%H:%M", "%Q", "%m/%d %H", "nonsense"] {
+            assert!(TimeFormat::check_pattern(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

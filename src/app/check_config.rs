@@ -51,6 +51,9 @@ pub struct CheckSummary {
     pub details: Vec<String>,
     /// The Modbus devices and their read requests.
     pub modbus: Vec<PolledDevice>,
+    /// The wide-CSV mapping, with its defaults filled in (`--mapping`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<WideMapping>,
 }
 
 impl fmt::Display for CheckSummary {
@@ -75,9 +78,12 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<CheckSummary> {
         file: a.file.clone(),
         details: Vec::new(),
         modbus: Vec::new(),
+        mapping: None,
     };
     if a.mapping {
-        WideMapping::load(&a.file)?;
+        let m = WideMapping::load(&a.file)?;
+        summary.details.push(m.describe());
+        summary.mapping = Some(m);
     } else if a.register_map {
         let m = crate::tomlfile::load(&a.file, RegisterMap::from_toml_str)?;
         summary.details.push(format!(

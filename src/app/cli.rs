@@ -414,8 +414,9 @@ pub struct CheckConfigArgs {
     /// Treat the file as a BACnet object map (`protocols/bacnet/*.toml`) instead.
     #[arg(long, conflicts_with_all = ["mapping", "register_map", "object_map"])]
     pub bacnet_map: bool,
-    /// Print the Modbus devices and their read plans as JSON (for scripts).
-    #[arg(long, conflicts_with_all = ["mapping", "register_map", "object_map", "bacnet_map"])]
+    /// Print the Modbus devices and their read plans (or, with `--mapping`, the mapping
+    /// with its defaults filled in) as JSON, for scripts.
+    #[arg(long, conflicts_with_all = ["register_map", "object_map", "bacnet_map"])]
     pub json: bool,
 }
 

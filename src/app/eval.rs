@@ -3,12 +3,13 @@
 
 use crate::app::cli::EvalArgs;
 use crate::app::load_config;
-use crate::app::replay::{replay, write_html_report, HtmlSource, ReplayOptions};
+use crate::app::replay::{capture_labels, replay, write_html_report, HtmlSource, ReplayOptions};
 use crate::app::Summary;
 use crate::model::{Alert, Ts};
 use crate::report::eval::{self, AlertView, EvalError, LabelWindow, Score};
 use crate::sink::discard;
 use crate::source::csv::WideMapping;
+use crate::source::OpenOptions;
 use anyhow::Context;
 use serde::Serialize;
 use std::fmt;
@@ -82,14 +83,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
     let mut html = None;
     for file in &a.files {
         let labels_path = crate::sim::labels_path(file);
-        if !labels_path.exists() {
+        let how = OpenOptions::from_config(&cfg, mapping.clone());
+        let Some((labels, warnings)) = capture_labels(file, &how)? else {
             return Err(EvalError::NoLabels {
                 capture: file.display().to_string(),
                 expected: labels_path.display().to_string(),
             }
             .into());
-        }
-        let (labels, warnings) = eval::load_labels(&labels_path)?;
+        };
         for w in warnings {
             eprintln!("warning: {w}");
         }
@@ -110,8 +111,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
                     baseline: baseline.clone(),
                 };
                 let report = replay(&cfg, &opts, &mut discard())?;
-                for e in &report.errors {
-                    eprintln!("warning: {e}");
+                // A capture read in part (or not at all) would be scored as if whole.
+                if let Some(e) = report.errors.first() {
+                    anyhow::bail!("{e}");
                 }
                 let known = report.devices.iter().cloned().collect();
                 let unknown = eval::unknown_devices(&labels, &known);

@@ -86,6 +86,9 @@ pub fn run(a: LearnArgs) -> anyhow::Result<LearnSummary> {
         if let Some(e) = &stats.error {
             anyhow::bail!("{}: {e}", file.display());
         }
+        if let Some(e) = stats.nothing_read() {
+            anyhow::bail!("{e}");
+        }
     }
     let names: Vec<String> = a.files.iter().map(|f| f.display().to_string()).collect();
     let from = match span {

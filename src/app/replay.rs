@@ -222,7 +222,10 @@ pub fn replay_into(
     }
 
     let elapsed = started.elapsed().as_secs_f64();
-    let files: Vec<FileStats> = sources.iter().map(|s| s.stats().clone()).collect();
+    let mut files: Vec<FileStats> = sources.iter().map(|s| s.stats().clone()).collect();
+    for f in files.iter_mut().filter(|f| f.error.is_none()) {
+        f.error = f.nothing_read();
+    }
     let mut bad_by_reason = BTreeMap::new();
     for f in &files {
         for (r, c) in &f.bad {
@@ -337,7 +340,10 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<Option<ReplaySummary>> {
         serde_json::to_writer_pretty(create(p)?, &report).context("cannot write the report")?;
     }
     if let Some(p) = &a.report_html {
-        let labels = sidecar_labels(&a.files);
+        let labels = sidecar_labels(
+            &a.files,
+            &OpenOptions::from_config(&cfg, opts.mapping.clone()),
+        );
         let source = HtmlSource {
             cfg: &cfg,
             config_path: a.config.as_deref(),
@@ -348,20 +354,60 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<Option<ReplaySummary>> {
     Ok(Some(ReplaySummary(report)))
 }
 
-/// The labelled windows of the captures' sidecars that exist and read cleanly (a report
+/// The labelled windows of the captures that have them and read cleanly (a report
 /// without labels is still a report).
-pub fn sidecar_labels(files: &[PathBuf]) -> Vec<LabelWindow> {
+pub fn sidecar_labels(files: &[PathBuf], how: &OpenOptions) -> Vec<LabelWindow> {
     let mut out = Vec::new();
     for f in files {
-        let path = crate::sim::labels_path(f);
-        if path.exists() {
-            match load_labels(&path) {
-                Ok((labels, _)) => out.extend(labels),
-                Err(e) => eprintln!("warning: labels not drawn: {e}"),
-            }
+        match capture_labels(f, how) {
+            Ok(Some((labels, _))) => out.extend(labels),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: labels not drawn: {e}"),
         }
     }
     out
+}
+
+/// A capture's labelled windows and the warnings about them: its sidecar's
+/// (`<name>.labels.json`) when it has one, else the runs of a wide CSV's label columns
+/// (read by a pass over the file; each run names every device of the file, and is
+/// called by its column); `None` when it has neither.
+pub fn capture_labels(
+    capture: &Path,
+    how: &OpenOptions,
+) -> Result<Option<crate::report::eval::Labels>, crate::report::eval::EvalError> {
+    let sidecar = crate::sim::labels_path(capture);
+    if sidecar.exists() {
+        return load_labels(&sidecar).map(Some);
+    }
+    if !matches!(
+        crate::source::detect_format(capture),
+        crate::source::Format::Csv
+    ) {
+        return Ok(None);
+    }
+    let mut source = open_capture(capture, how, &ByteCounter::default())?;
+    // Bounded like a pipeline's: a file of endless distinct points is not kept whole.
+    let mut reg =
+        crate::model::points::Registry::new(crate::pipeline::PipelineParams::default().max_points);
+    while source.next_event(&mut reg).is_some() {}
+    let stats = source.stats();
+    if let Some(e) = stats.error.clone().or_else(|| stats.nothing_read()) {
+        return Err(crate::report::eval::EvalError::Unread(e));
+    }
+    let devices: Vec<String> = reg.devices().iter().map(|d| d.name.clone()).collect();
+    let windows: Vec<LabelWindow> = source
+        .stats()
+        .label_windows
+        .iter()
+        .map(|w| LabelWindow {
+            start: w.start,
+            end: w.end,
+            scenario: w.column.clone(),
+            devices: devices.clone(),
+        })
+        .collect();
+    Ok((!windows.is_empty()).then_some((windows, Vec::new())))
 }
 
 /// What a replay read: the config and the captures, for the HTML report's digests and

@@ -10,7 +10,7 @@
 //! scores. Same inputs and options give the same file, byte for byte.
 
 use crate::app::cli::{TrainArgs, TrainDetector};
-use crate::app::replay::{replay_into, ReplayError};
+use crate::app::replay::{capture_labels, replay_into, ReplayError};
 use crate::app::Summary;
 use crate::config::Config;
 use crate::detect::iforest::file::ModelFile;
@@ -25,7 +25,7 @@ use crate::detect::residual::{
 };
 use crate::detect::Detector;
 use crate::model::{DeviceKind, Ts};
-use crate::report::eval::{load_labels, EvalError};
+use crate::report::eval::EvalError;
 use crate::sink::discard;
 use crate::source::csv::WideMapping;
 use crate::source::{open_capture, ByteCounter, OpenOptions};
@@ -44,8 +44,10 @@ use thiserror::Error;
 pub struct TrainOptions {
     /// Normal captures (labelled windows in them are left out).
     pub inputs: Vec<PathBuf>,
-    /// Device kind.
+    /// Device kind (`Other` for a custom kind).
     pub kind: DeviceKind,
+    /// The kind's name: the vocabulary's, or a custom kind as the captures spell it.
+    pub kind_name: String,
     /// Mapping for wide CSV captures.
     pub mapping: Option<crate::source::csv::WideMapping>,
     /// The forest's settings (trees, ψ, seed, threshold quantile, every n-th frame,
@@ -58,10 +60,11 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// Defaults for `kind` (100 trees, ψ = 256, seed 0, extrapolating, threshold at the 99.99th
     /// percentile, every 5th frame, 600-sample warm-up, 30 min after labelled windows).
-    pub fn new(inputs: Vec<PathBuf>, kind: DeviceKind) -> Self {
+    pub fn new(inputs: Vec<PathBuf>, kind_name: &str) -> Self {
         Self {
             inputs,
-            kind,
+            kind: DeviceKind::parse(kind_name),
+            kind_name: kind_name.to_owned(),
             mapping: None,
             fit: FitOptions::default(),
             label_margin: 30 * 60_000,
@@ -84,7 +87,7 @@ pub enum TrainError {
         /// Cause.
         source: std::io::Error,
     },
-    /// A labels sidecar is malformed.
+    /// A labels sidecar is malformed, or a capture's label columns cannot be read.
     #[error(transparent)]
     Labels(#[from] EvalError),
     /// An option out of range.
@@ -139,7 +142,7 @@ fn record<R: Default>(
     let mut quiet = cfg.clone();
     // The models already configured play no part in making a new one.
     quiet.models = crate::detect::PerKind::from_fn(|_| None);
-    quiet.residual_models = crate::detect::PerKind::from_fn(|_| None);
+    quiet.residual_models = residual::Models::default();
     // Each capture on its own: captures are separate facilities or periods, and merging
     // them by event time would interleave unrelated devices of the same name.
     for path in &opts.inputs {
@@ -151,19 +154,14 @@ fn record<R: Default>(
             ),
             sha256: sha256_file(path)?,
         });
-        let sidecar = crate::sim::labels_path(path);
-        let mut skip = Vec::new();
-        if sidecar.exists() {
-            let (labels, _) = load_labels(&sidecar)?;
-            skip.extend(
-                labels
-                    .iter()
-                    .map(|l| (l.start, l.end.saturating_add(opts.label_margin))),
-            );
-        }
+        let how = OpenOptions::from_config(cfg, opts.mapping.clone());
+        let labels = capture_labels(path, &how)?.map_or_else(Vec::new, |(l, _)| l);
+        let skip = labels
+            .iter()
+            .map(|l| (l.start, l.end.saturating_add(opts.label_margin)))
+            .collect();
         let mut pipeline = quiet.build_pipeline();
         pipeline.add_detector(make(skip, Arc::clone(&recorded)));
-        let how = OpenOptions::from_config(cfg, opts.mapping.clone());
         let source =
             open_capture(path, &how, &ByteCounter::default()).map_err(ReplayError::from)?;
         let report = replay_into(pipeline, vec![source], None, &mut |_| {}, &mut discard())?;
@@ -198,7 +196,7 @@ pub fn train_residual(
     p.check()
         .map_err(|(key, rule)| TrainError::Options(format!("residual {key} {rule}")))?;
     let (inputs, rec) = record(cfg, opts, |windows, sink| {
-        Box::new(residual::Recorder::new(opts.kind, windows, sink))
+        Box::new(residual::Recorder::new(&opts.kind_name, windows, sink))
     })?;
     let rows = rec.rows();
     if rows < MIN_ROWS {
@@ -212,14 +210,14 @@ pub fn train_residual(
     let model = residual::fit_recorded(&rec, &p).ok_or_else(|| {
         TrainError::Options(format!(
             "no residual model of {}: fewer than two metrics shared by every device varied, or too few rows after the {}-frame drift lag",
-            opts.kind, p.drift_lag
+            opts.kind_name, p.drift_lag
         ))
     })?;
-    tracing::info!(kind = %opts.kind, rows, devices = rec.devices.len(), columns = model.columns.len(), "trained");
+    tracing::info!(kind = %opts.kind_name, rows, devices = rec.devices.len(), columns = model.columns.len(), "trained");
     Ok(ResidualFile {
         format_version: residual::file::FORMAT_VERSION,
         detector: "residual".into(),
-        kind: opts.kind.as_str().to_owned(),
+        kind: opts.kind_name.clone(),
         settings: FitSettings::from(&p),
         model,
         provenance: Provenance {
@@ -277,12 +275,27 @@ impl Summary for TrainSummary {
 /// `wattchdog train`.
 pub fn run(a: TrainArgs) -> anyhow::Result<TrainSummary> {
     let cfg = crate::app::load_config(a.config.as_deref())?;
-    let kind = DeviceKind::parse(&a.kind);
-    if kind.as_str() != a.kind {
+    let kind = &a.kind;
+    let named = !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    anyhow::ensure!(
+        named,
+        "--kind {kind:?}: a kind is 1-64 letters, digits, '_' or '-' (one of {} or a custom kind of the captures)",
+        DeviceKind::ALL.map(|k| k.as_str()).join(", ")
+    );
+    if a.detector == TrainDetector::Iforest && vectors::for_kind(DeviceKind::parse(kind)).is_none()
+    {
         anyhow::bail!(
-            "--kind {}: not a device kind (one of: {})",
-            a.kind,
-            DeviceKind::ALL.map(|k| k.as_str()).join(", ")
+            "--kind {kind}: the isolation forest has features only for {}; train a residual model (--detector residual) for other kinds",
+            DeviceKind::ALL
+                .into_iter()
+                .filter(|&k| vectors::for_kind(k).is_some())
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let mut opts = TrainOptions::new(a.files, kind);

@@ -23,7 +23,7 @@
 //! physics detectors for made-up noise); sensors that were quiet in their warm-up.
 
 use super::{point_finding, sig, Detector, PerKind, PointTable};
-use crate::feature::Frame;
+use crate::feature::{decimal_step, Frame};
 use crate::model::attack;
 use crate::model::{Finding, Severity, Ts};
 use crate::time::format_duration;
@@ -96,10 +96,59 @@ struct State {
     abs_delta_sum: f64,
     eps: f64,
     p0: f64,
+    /// Noise learned (σ of the value; the moves have 2σ²).
+    sigma: f64,
+    /// The resolution `needed` was worked out for.
+    needed_at: f64,
     needed: u32,
     eligible: bool,
     run: u32,
     run_start: Ts,
+}
+
+/// Values just before a still run whose decimal steps say at what resolution the
+/// point is reported now.
+const BEFORE_RUN: usize = 8;
+/// How much coarser than the learned resolution those must be to count.
+const COARSER: f64 = 4.0;
+
+impl State {
+    /// A run about to be reported: if the values just before it were written coarser
+    /// than the point was learned at (a new recorder, an export with fewer decimals),
+    /// rounding alone keeps it still more often, and the run needed is worked out again
+    /// at that resolution. Judged on the values *before* the run, so a sensor frozen at
+    /// a round number is still a freeze; `window` is the latest values, oldest first.
+    fn rounded(&mut self, window: Vec<f64>, params: &FlatlineParams) {
+        // A run of n unchanged moves holds n + 1 values.
+        let held = self.run as usize + 1;
+        let Some(before) = window.len().checked_sub(held).filter(|&n| n >= BEFORE_RUN) else {
+            return;
+        };
+        let step = window[before - BEFORE_RUN..before]
+            .iter()
+            .map(|&v| decimal_step(v))
+            .fold(f64::INFINITY, f64::min);
+        if step.is_finite() && step > COARSER * self.quantum && step > self.needed_at {
+            self.needed_at = step;
+            self.needed = self.needed.max(self.needed(step, params));
+        }
+    }
+
+    /// The still run that the learned chance of staying put, at resolution `quantum`,
+    /// gives with probability below `false_alarm_prob`.
+    fn needed(&self, quantum: f64, params: &FlatlineParams) -> u32 {
+        let p_centre = if self.sigma > 0.0 {
+            erf(quantum / (2.0 * std::f64::consts::SQRT_2 * self.sigma))
+        } else {
+            1.0
+        };
+        let p = self.p0.max(p_centre).min(1.0 - 1e-9);
+        let run = params.false_alarm_prob.ln() / p.ln();
+        // Past u32 (a point rounded far coarser than its noise): never.
+        (run.ceil().min(f64::from(u32::MAX)) as u32)
+            .max(params.min_run)
+            .max(2 * self.longest_warm_run)
+    }
 }
 
 /// The flatline detector.
@@ -153,17 +202,9 @@ impl Detector for Flatline {
                     let values = std::mem::take(&mut s.values);
                     s.p0 = p_still.max(mode_frequency(values));
                     s.eligible = s.p0 <= 0.5 && s.abs_delta_sum > 0.0;
-                    let sigma = (s.sq_delta_sum / (2.0 * s.seen as f64)).sqrt();
-                    let p_centre = if sigma > 0.0 {
-                        erf(s.quantum / (2.0 * std::f64::consts::SQRT_2 * sigma))
-                    } else {
-                        1.0
-                    };
-                    let p = s.p0.max(p_centre).min(1.0 - 1e-9);
-                    let run = params.false_alarm_prob.ln() / p.ln();
-                    s.needed = (run.ceil() as u32)
-                        .max(params.min_run)
-                        .max(2 * s.longest_warm_run);
+                    s.sigma = (s.sq_delta_sum / (2.0 * s.seen as f64)).sqrt();
+                    s.needed_at = s.quantum;
+                    s.needed = s.needed(s.quantum, params);
                 }
                 continue;
             }
@@ -177,6 +218,9 @@ impl Detector for Flatline {
                 s.run += 1;
             } else {
                 s.run = 0;
+            }
+            if s.run == s.needed {
+                s.rounded(st.window().collect(), params);
             }
             if s.run >= s.needed {
                 let metric = &frame.registry.point(p).metric;
@@ -235,6 +279,34 @@ mod tests {
 
     fn det() -> Flatline {
         Flatline::new(PerKind::from_fn(|_| FlatlineParams::default()))
+    }
+
+    #[test]
+    fn readings_rounded_coarser_than_learned_are_no_flatline_but_a_freeze_still_is() {
+        // Learned at full resolution; then the recorder rounds to whole units, four
+        // times the noise: the value stays put for long stretches by rounding alone.
+        let mut series = noisy(20_000, 12.3, 0.25, 9);
+        for v in &mut series[600..] {
+            *v = v.round();
+        }
+        let onset = 16_000;
+        for v in &mut series[onset..] {
+            *v = 12.0;
+        }
+        // A sensor of the same resolution frozen at a round number is a freeze at once.
+        let mut round = noisy(2_000, 12.3, 0.25, 10);
+        for v in &mut round[1_000..] {
+            *v = 12.0;
+        }
+        let mut h = Harness::new();
+        h.run(&mut det(), "chiller", "return_temp_c", &round);
+        assert_eq!(h.count_before(1_000), 0);
+        assert!(h.first_after(1_000).is_some_and(|at| at < 1_030));
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "chiller", "return_temp_c", &series);
+        assert_eq!(h.count_before(onset), 0, "rounding is not a freeze");
+        assert!(h.first_after(onset).is_some(), "a long freeze still is");
     }
 
     #[test]

@@ -100,6 +100,59 @@ pub fn parse_versioned<T: serde::de::DeserializeOwned>(
     Ok(m)
 }
 
+/// The `models` directories one detector was given, each with the kinds it serves and
+/// whether any of their models was in it. A directory that is missing, or holds none of
+/// the models it was named for, is an error: either would turn the detector's trained
+/// models off without a word.
+#[derive(Debug, Default)]
+pub struct ModelDirs(std::collections::BTreeMap<std::path::PathBuf, (Vec<String>, bool)>);
+
+impl ModelDirs {
+    /// Notes that `dir` serves `kind`; errors when it is not a readable directory.
+    pub fn serve(&mut self, dir: &Path, kind: &str) -> Result<(), ModelError> {
+        if !self.0.contains_key(dir) {
+            let meta = std::fs::metadata(dir).map_err(|source| ModelError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            if !meta.is_dir() {
+                return Err(ModelError::Invalid {
+                    path: dir.display().to_string(),
+                    problem: "is not a directory".into(),
+                });
+            }
+        }
+        self.0
+            .entry(dir.to_owned())
+            .or_default()
+            .0
+            .push(kind.to_owned());
+        Ok(())
+    }
+
+    /// Notes that a model was found in `dir`.
+    pub fn found(&mut self, dir: &Path) {
+        if let Some(e) = self.0.get_mut(dir) {
+            e.1 = true;
+        }
+    }
+
+    /// Errors for the first directory in which no model was found.
+    pub fn check(&self, detector: &str) -> Result<(), ModelError> {
+        match self.0.iter().find(|(_, (_, found))| !found) {
+            None => Ok(()),
+            Some((dir, (kinds, _))) => Err(ModelError::Invalid {
+                path: dir.display().to_string(),
+                problem: format!(
+                    "holds no {detector} model of the kinds it is set for ({}): expected a file such as {}.{detector}.json",
+                    kinds.join(", "),
+                    kinds.first().map_or("chiller", String::as_str)
+                ),
+            }),
+        }
+    }
+}
+
 /// Reads a model file's text; `Ok(None)` when there is no such file.
 pub fn read_optional(path: &Path) -> Result<Option<String>, ModelError> {
     match std::fs::read_to_string(path) {

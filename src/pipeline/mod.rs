@@ -370,6 +370,26 @@ impl Pipeline {
     /// lies before the cluster is late (a line dated decades early would otherwise open
     /// a decade of silence).
     fn establish(&mut self, now: Option<Ts>, out: &mut Vec<Output>) {
+        if now.is_none() {
+            // A capture sampled every 5 minutes or every hour steps further than
+            // `max_ahead` between rows: every row would be "ahead". The points' own
+            // cadence (most of them must agree) widens it to a few of their steps.
+            let samples = self.queue.iter().filter_map(|Reverse(q)| match q.event {
+                Event::Sample { point, .. } => Some((point, q.ts)),
+                _ => None,
+            });
+            if let Some(step) = cadence(samples.collect()) {
+                let wide = step.saturating_mul(AHEAD_STEPS);
+                if wide > self.present.max_ahead() {
+                    tracing::info!(
+                        cadence = %crate::time::format_duration(step),
+                        max_ahead = %crate::time::format_duration(wide),
+                        "the capture's points report less often than max_ahead: widened to {AHEAD_STEPS} of their steps"
+                    );
+                    self.present.widen(wide);
+                }
+            }
+        }
         let max_ahead = self.present.max_ahead();
         let mut times: Vec<Ts> = self.queue.iter().map(|Reverse(q)| q.ts).collect();
         let (from, to) = match now {
@@ -736,6 +756,28 @@ impl Pipeline {
 
 /// The biggest run of `times` (sorted here) with no gap longer than `gap`, as its first
 /// and last time; the later one of equal runs.
+/// The steps of a capture's cadence that `max_ahead` is widened to, at least.
+const AHEAD_STEPS: i64 = 3;
+/// Steps between points' consecutive samples needed to tell a capture's cadence.
+const CADENCE_STEPS: usize = 16;
+
+/// The median step between consecutive samples of the same point, over every point's
+/// steps (so a few forged lines move it no more than their share); `None` with fewer than
+/// `CADENCE_STEPS` steps.
+fn cadence(mut samples: Vec<(PointId, Ts)>) -> Option<i64> {
+    samples.sort_unstable();
+    let mut steps: Vec<i64> = samples
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0 && w[1].1 > w[0].1)
+        .map(|w| w[1].1 - w[0].1)
+        .collect();
+    if steps.len() < CADENCE_STEPS {
+        return None;
+    }
+    let mid = steps.len() / 2;
+    Some(*steps.select_nth_unstable(mid).1)
+}
+
 fn biggest_cluster(times: &mut [Ts], gap: i64) -> Option<(Ts, Ts)> {
     times.sort_unstable();
     let mut best: Option<(usize, Ts, Ts)> = None;
@@ -755,6 +797,19 @@ fn biggest_cluster(times: &mut [Ts], gap: i64) -> Option<(Ts, Ts)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cadence_is_what_most_points_step_by() {
+        let hourly: Vec<(PointId, Ts)> = (0..3)
+            .flat_map(|p| (0..20).map(move |h| (p, h * 3_600_000)))
+            .collect();
+        assert_eq!(cadence(hourly.clone()), Some(3_600_000));
+        // A forged point claiming a year per step does not move it.
+        let mut forged = hourly;
+        forged.extend((0..10).map(|i| (9, i * 31_536_000_000)));
+        assert_eq!(cadence(forged), Some(3_600_000));
+        assert_eq!(cadence(vec![(0, 0), (0, 1_000), (1, 5)]), None);
+    }
 
     #[test]
     fn the_biggest_cluster_is_the_present() {

@@ -46,6 +46,11 @@ impl Present {
         self.max_ahead
     }
 
+    /// Lets readings run further ahead (the capture's own cadence is coarser).
+    pub(crate) fn widen(&mut self, max_ahead: i64) {
+        self.max_ahead = self.max_ahead.max(max_ahead);
+    }
+
     /// The present, once enough points have spoken.
     pub(crate) fn at(&self) -> Option<Ts> {
         self.at

@@ -19,13 +19,19 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum EvalError {
     /// No sidecar.
-    #[error("{capture} has no labels: expected {expected} (see README, \"Labels sidecar\")")]
+    #[error("{capture} has no labels: expected {expected} or, in a wide CSV, a label column (see README, \"Labels sidecar\")")]
     NoLabels {
         /// The capture.
         capture: String,
         /// The sidecar looked for.
         expected: String,
     },
+    /// A capture could not be read for its label columns.
+    #[error(transparent)]
+    Capture(#[from] crate::source::SourceError),
+    /// A capture read for its label columns gave nothing, or ended early.
+    #[error("{0}")]
+    Unread(String),
     /// Unreadable or malformed sidecar.
     #[error("{path}: {message}")]
     BadLabels {
@@ -51,9 +57,12 @@ pub struct LabelWindow {
     pub devices: Vec<String>,
 }
 
+/// Labelled windows, and warnings about them.
+pub type Labels = (Vec<LabelWindow>, Vec<String>);
+
 /// Reads a labels sidecar, checking it: malformed entries are errors; windows that
 /// overlap are warnings (returned), as they make detection ambiguous.
-pub fn load_labels(path: &Path) -> Result<(Vec<LabelWindow>, Vec<String>), EvalError> {
+pub fn load_labels(path: &Path) -> Result<Labels, EvalError> {
     let bad = |message: String| EvalError::BadLabels {
         path: path.display().to_string(),
         message,

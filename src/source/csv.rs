@@ -17,13 +17,13 @@ use crate::model::event::Event;
 use crate::model::points::Registry;
 use crate::model::Ts;
 use crate::time::{parse_duration, TimeFormat};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
 /// Where one wide column goes; unset fields fall back to the mapping's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnMap {
     /// Device name.
@@ -54,7 +54,7 @@ pub struct ColumnMap {
 /// metric = "flow_lps"
 /// scale = 0.016667                    # L/min to L/s
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WideMapping {
     /// Name of the time column (default: the first column).
@@ -116,16 +116,49 @@ impl WideMapping {
         Ok(m)
     }
 
+    /// One line for `check-config`: how time is read, what is mapped, what is a label.
+    pub fn describe(&self) -> String {
+        let time = match (&self.time_column, self.time_format.as_str()) {
+            (Some(c), "auto" | "rfc3339") => format!("time in column {c:?} (RFC 3339 or epoch)"),
+            (None, "auto" | "rfc3339") => "time in the first column (RFC 3339 or epoch)".into(),
+            (c, f) => format!(
+                "time in {} as {f:?}{}",
+                c.as_deref()
+                    .map_or_else(|| "the first column".into(), |c| format!("column {c:?}")),
+                if f.starts_with("epoch") {
+                    String::new()
+                } else {
+                    format!(" at UTC{}", self.utc_offset)
+                }
+            ),
+        };
+        format!(
+            "{time}; site {}, kind {}; {} columns mapped, {} ignored; labels from {}",
+            self.site,
+            self.kind,
+            self.columns.len(),
+            self.ignore_columns.len(),
+            if self.label_columns.is_empty() {
+                "no column".to_owned()
+            } else {
+                self.label_columns.join(", ")
+            }
+        )
+    }
+
     fn time_format(&self) -> Result<TimeFormat, String> {
         Ok(match self.time_format.as_str() {
             "auto" | "rfc3339" => TimeFormat::AutoAssumeUtc,
             "epoch_s" => TimeFormat::EpochSeconds,
             "epoch_ms" => TimeFormat::EpochMillis,
-            pattern => TimeFormat::Pattern {
-                format: pattern.to_owned(),
-                offset_ms: parse_offset(&self.utc_offset)
-                    .ok_or_else(|| format!("utc_offset {:?} is not ±HH:MM", self.utc_offset))?,
-            },
+            pattern => {
+                TimeFormat::check_pattern(pattern)?;
+                TimeFormat::Pattern {
+                    format: pattern.to_owned(),
+                    offset_ms: parse_offset(&self.utc_offset)
+                        .ok_or_else(|| format!("utc_offset {:?} is not ±HH:MM", self.utc_offset))?,
+                }
+            }
         })
     }
 

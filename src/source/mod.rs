@@ -172,6 +172,26 @@ impl FileStats {
     pub fn bad_total(&self) -> u64 {
         self.bad.values().sum()
     }
+
+    /// Why a file that had lines gave nothing: every one was bad (a time format that
+    /// matches no row, a wrong delimiter). A replay of it must not look like a quiet day.
+    pub fn nothing_read(&self) -> Option<String> {
+        let bad = self.bad_total();
+        (self.readings == 0 && self.commands == 0 && bad > 0).then(|| {
+            let first = self.first_bad.first().map_or_else(String::new, |b| {
+                format!(
+                    "; the first, line {}: {}: {}",
+                    b.line,
+                    b.reason.as_str(),
+                    b.detail
+                )
+            });
+            format!(
+                "{}: none of its {bad} data lines could be read{first}",
+                self.file
+            )
+        })
+    }
 }
 
 /// A labelled interval taken from a label column.

@@ -18,6 +18,7 @@ mod kafka;
 mod many_sites;
 mod modbus;
 mod mqtt;
+mod onboarding;
 mod pcap;
 mod replay_data;
 mod report;

@@ -103,7 +103,7 @@ fn training_is_reproducible_leaves_out_labels_and_the_model_is_used_by_replay() 
 }
 
 #[test]
-fn the_built_in_models_run_by_default_and_a_wrong_kind_is_refused() {
+fn the_built_in_models_run_by_default_and_a_kind_without_features_or_a_bad_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("c.jsonl");
     simulate(&capture, 0.2, 5, "none");
@@ -123,7 +123,19 @@ fn the_built_in_models_run_by_default_and_a_wrong_kind_is_refused() {
         dir.path().join("m.json").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a device kind"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("features only for"));
+    let out = run(&[
+        "train",
+        capture.to_str().unwrap(),
+        "--kind",
+        "../toaster",
+        "--detector",
+        "residual",
+        "-o",
+        dir.path().join("m.json").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a kind is 1-64 letters"));
 }
 
 #[test]

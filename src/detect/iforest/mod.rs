@@ -25,7 +25,7 @@ pub mod forest;
 pub mod vectors;
 
 use super::{sig, Detector, PerKind};
-use crate::detect::model_file::ModelError;
+use crate::detect::model_file::{ModelDirs, ModelError};
 use crate::feature::{FeatureParams, Frame};
 use crate::model::attack;
 use crate::model::{DeviceKind, Finding, Severity, Ts};
@@ -225,15 +225,26 @@ pub fn models_for(
     params: &PerKind<IForestParams>,
 ) -> Result<PerKind<Option<Arc<Model>>>, ModelError> {
     let mut loaded = Vec::new();
+    let mut dirs = ModelDirs::default();
     for kind in DeviceKind::ALL {
         let p = params.get(kind);
         let m = match (&p.models, p.enabled) {
             (_, false) => None,
-            (Some(dir), true) => Model::load(dir, kind)?.map(Arc::new),
+            // Only the kinds the forest has features for can have a model.
+            (Some(dir), true) if vectors::for_kind(kind).is_some() => {
+                dirs.serve(dir, kind.as_str())?;
+                let m = Model::load(dir, kind)?.map(Arc::new);
+                if m.is_some() {
+                    dirs.found(dir);
+                }
+                m
+            }
+            (Some(_), true) => None,
             (None, true) => built_in(kind),
         };
         loaded.push(m);
     }
+    dirs.check("iforest")?;
     let mut it = loaded.into_iter();
     Ok(PerKind::from_fn(|_| it.next().flatten()))
 }

@@ -9,6 +9,7 @@ use super::fit::Fitted;
 use crate::detect::model_file::{parse_versioned, read_optional, ModelError, Provenance};
 use crate::model::DeviceKind;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The format this build reads and writes.
@@ -87,14 +88,14 @@ impl ResidualFile {
 }
 
 /// Loads `<dir>/<kind>.residual.json`; `Ok(None)` when there is none.
-pub fn load(dir: &Path, kind: DeviceKind) -> Result<Option<ResidualModel>, ModelError> {
+pub fn load(dir: &Path, kind: &str) -> Result<Option<ResidualModel>, ModelError> {
     let path = dir.join(format!("{kind}.residual.json"));
     let origin = path.display().to_string();
     let Some(text) = read_optional(&path)? else {
         return Ok(None);
     };
     let file = ResidualFile::from_json(&text, &origin)?;
-    if file.kind != kind.as_str() {
+    if file.kind != kind {
         return Err(ModelError::Invalid {
             path: origin,
             problem: format!("is a model of {:?}, expected {kind}", file.kind),
@@ -104,6 +105,38 @@ pub fn load(dir: &Path, kind: DeviceKind) -> Result<Option<ResidualModel>, Model
         model: std::sync::Arc::new(file.model),
         origin,
     }))
+}
+
+/// Loads every custom kind's model in `dir`: `<name>.residual.json` where `name` is
+/// not a kind of the vocabulary (those are loaded by kind).
+pub fn load_custom(
+    dir: &Path,
+) -> Result<BTreeMap<String, std::sync::Arc<ResidualModel>>, ModelError> {
+    let io = |source| ModelError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e
+                .file_name()
+                .to_str()?
+                .strip_suffix(".residual.json")?
+                .to_owned();
+            let builtin = DeviceKind::parse(&name) != DeviceKind::Other || name == "other";
+            (!builtin).then_some(name)
+        })
+        .collect();
+    names.sort();
+    let mut out = BTreeMap::new();
+    for name in names {
+        if let Some(m) = load(dir, &name)? {
+            out.insert(name, std::sync::Arc::new(m));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -162,9 +195,9 @@ mod tests {
         assert!(err(&|v| v["model"]["lag"] = 5.into()).contains("lag"));
         assert!(err(&|v| v["model"]["mean"]["data"][0] = "x".into()).starts_with("model m.json:"));
         let dir = tempfile::tempdir().unwrap();
-        assert!(load(dir.path(), DeviceKind::Chiller).unwrap().is_none());
+        assert!(load(dir.path(), "chiller").unwrap().is_none());
         std::fs::write(dir.path().join("ups.residual.json"), file().to_json()).unwrap();
-        let e = load(dir.path(), DeviceKind::Ups).unwrap_err().to_string();
+        let e = load(dir.path(), "ups").unwrap_err().to_string();
         assert!(
             e.contains("ups.residual.json") && e.contains("expected ups"),
             "{e}"

@@ -3,6 +3,7 @@
 //! operation (a device's warm-up online, or the captures given to `wattchdog train`).
 
 use super::ResidualParams;
+use crate::feature::decimal_step;
 use linfa_linalg::eigh::Eigh;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,16 @@ pub struct Fitted {
     precision: Array2<f64>,
     /// Thresholds of T², SPE and the Mahalanobis distance².
     pub thresholds: [f64; 3],
+    /// Metrics that never moved in the rows fitted on, with their value: left out of the
+    /// models (nothing to correlate), but a change of one is itself news — a pump that
+    /// never ran switching on.
+    #[serde(default)]
+    pub constant: Vec<(String, f64)>,
+    /// Each column's resolution in the rows fitted on: the finest decimal step of its
+    /// values (0: unknown, a model file from before it was kept). Readings reported
+    /// far coarser than this cannot be judged by the model.
+    #[serde(default)]
+    pub resolution: Vec<f64>,
 }
 
 /// Names of the statistics, in [`Fitted::thresholds`] order.
@@ -54,6 +65,20 @@ impl Fitted {
             return None;
         }
         let columns: Vec<String> = keep.iter().map(|&j| metrics[j].clone()).collect();
+        let constant = (0..all.ncols())
+            .filter(|j| !keep.contains(j))
+            .map(|j| (metrics[j].clone(), mean[j]))
+            .collect();
+        let resolution = keep
+            .iter()
+            .map(|&j| {
+                all.column(j)
+                    .iter()
+                    .copied()
+                    .map(decimal_step)
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
         let segments: Vec<Array2<f64>> =
             segments.iter().map(|s| s.select(Axis(1), &keep)).collect();
         // Slow metrics are modelled by their change over `lag` frames, from a stretch's
@@ -123,6 +148,8 @@ impl Fitted {
             centre,
             precision,
             thresholds: [1.0; 3],
+            constant,
+            resolution,
         };
         let scores: Vec<[f64; 3]> = z
             .rows()
@@ -187,10 +214,32 @@ impl Fitted {
         {
             return Err("a scale, eigenvalue or threshold is not positive".into());
         }
+        if !(self.resolution.is_empty() || self.resolution.len() == d) {
+            return Err(format!(
+                "resolution: {}, expected {d}",
+                self.resolution.len()
+            ));
+        }
+        if self
+            .resolution
+            .iter()
+            .any(|r| !(r.is_finite() && *r >= 0.0))
+            || self.constant.iter().any(|(_, v)| !v.is_finite())
+        {
+            return Err("a resolution or constant value is not a finite number".into());
+        }
+        if self.constant.iter().any(|(m, _)| self.columns.contains(m)) {
+            return Err("a metric is both a column and constant".into());
+        }
         if (self.lag > 0) != self.slow.iter().any(|&s| s) || self.lag > MAX_LAG {
             return Err(format!("lag {} does not fit the slow columns", self.lag));
         }
         Ok(())
+    }
+
+    /// Column `j`'s spread in the rows fitted on (of its change over `lag`, when slow).
+    pub fn spread(&self, j: usize) -> f64 {
+        self.sd[j]
     }
 
     /// Standardises a raw row, given the row `lag` frames earlier for slow columns.
@@ -325,6 +374,35 @@ mod tests {
 
     fn cols() -> Vec<String> {
         ["flow", "power", "temp"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn decimal_steps_and_what_training_keeps_of_resolution_and_constants() {
+        assert_eq!(decimal_step(21.07), 0.01);
+        assert_eq!(decimal_step(-3.125), 0.001);
+        assert_eq!(decimal_step(1200.0), 1.0);
+        assert_eq!(decimal_step(0.123456789), 1e-9);
+        assert_eq!(
+            decimal_step(7.03 + 0.03),
+            0.01,
+            "float noise is not resolution"
+        );
+        assert!(decimal_step(std::f64::consts::PI) <= 1e-10);
+        assert!(decimal_step(f64::NAN).is_infinite());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut data = rows(400, &mut rng);
+        data.column_mut(0)
+            .mapv_inplace(|x| (x * 100.0).round() / 100.0);
+        let mut with_idle =
+            ndarray::concatenate(Axis(1), &[data.view(), Array2::zeros((400, 1)).view()]).unwrap();
+        with_idle.column_mut(3).fill(0.0);
+        let mut names = cols();
+        names.push("pump_kw".into());
+        let f = Fitted::fit(&[with_idle.view()], names, &ResidualParams::default()).unwrap();
+        assert_eq!(f.constant, vec![("pump_kw".to_owned(), 0.0)]);
+        assert_eq!(f.resolution[0], 0.01);
+        assert!(f.resolution[1] < 1e-6);
+        assert_eq!(f.check(), Ok(()));
     }
 
     #[test]

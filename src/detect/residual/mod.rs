@@ -25,10 +25,10 @@
 //! Blind spots: whatever the warm-up already contained; a metric that never varied
 //! during the warm-up (left to limits, ewma_z and flatline).
 
-use super::{Detector, PerKind};
+use super::{sig, Detector, PerKind};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::points::PointId;
+use crate::model::points::{DeviceInfo, PointId};
 use crate::model::{DeviceKind, Finding, Severity, Ts};
 use ndarray::{Array2, ArrayView2};
 use serde::Deserialize;
@@ -134,7 +134,33 @@ struct Live {
     points: Vec<PointId>,
     run: Run,
     history: VecDeque<Vec<f64>>,
+    /// A trained model's: where it came from, and the device's first frames' finest
+    /// decimal step per column until its resolution is judged (see [`RESOLUTION_FRAMES`]).
+    trained: Option<Trained>,
 }
+
+/// What a device judged by a trained model carries beyond its rows.
+struct Trained {
+    origin: String,
+    steps: Vec<f64>,
+    seen: usize,
+    /// The model's constant metrics the device has, with their value.
+    constant: Vec<(PointId, f64)>,
+    /// Frames in a row in which one of them was off its value.
+    moved: u32,
+}
+
+/// Frames of a device whose decimal steps decide whether its readings are as fine as
+/// the trained model's (the finest of a few values is the export's resolution); the
+/// model judges from the frame after.
+const RESOLUTION_FRAMES: usize = 8;
+/// A column is too coarse for a model when its readings' step is this many times the
+/// model's…
+const COARSER: f64 = 4.0;
+/// …and a noticeable share of the column's spread in the model (rounding noise of a
+/// step q is q/√12, a fifth of σ makes it 6 % of σ: enough to break correlations the
+/// model holds tighter than that).
+const COARSE_SHARE: f64 = 0.2;
 
 /// Per device: warm-up rows, then the fitted models and the run above threshold.
 #[derive(Default)]
@@ -147,23 +173,54 @@ enum State {
     Idle,
 }
 
-/// The trained model of each kind (none where absent).
-pub type Models = PerKind<Option<Arc<file::ResidualModel>>>;
+/// The trained models: one per kind of the vocabulary, and one per custom kind (a
+/// capture's own kind names, such as one per controller of a SCADA export).
+#[derive(Clone, Debug, Default)]
+pub struct Models {
+    by_kind: Vec<Option<Arc<file::ResidualModel>>>,
+    custom: BTreeMap<String, Arc<file::ResidualModel>>,
+}
 
-/// Loads each enabled kind's trained model from its `models` directory.
+impl Models {
+    /// The model a device is judged by: its custom kind's, else its kind's (`other`'s
+    /// for a custom kind without one of its own).
+    pub fn get(&self, device: &DeviceInfo) -> Option<&Arc<file::ResidualModel>> {
+        let by_kind = || self.by_kind.get(device.kind.index())?.as_ref();
+        match device.kind {
+            DeviceKind::Other => self.custom.get(&device.kind_name).or_else(by_kind),
+            _ => by_kind(),
+        }
+    }
+}
+
+/// Loads each enabled kind's trained model from its `models` directory; the directory
+/// of the `other` kind also gives every custom kind's model (`<name>.residual.json`
+/// whose name is not a kind of the vocabulary).
 pub fn models_for(
     params: &PerKind<ResidualParams>,
 ) -> Result<Models, crate::detect::model_file::ModelError> {
-    let mut loaded = Vec::new();
+    let mut models = Models::default();
+    let mut dirs = crate::detect::model_file::ModelDirs::default();
     for kind in DeviceKind::ALL {
         let p = params.get(kind);
-        loaded.push(match (&p.models, p.enabled) {
-            (Some(dir), true) => file::load(dir, kind)?.map(Arc::new),
+        let loaded = match (&p.models, p.enabled) {
+            (Some(dir), true) => {
+                dirs.serve(dir, kind.as_str())?;
+                let m = file::load(dir, kind.as_str())?.map(Arc::new);
+                if kind == DeviceKind::Other {
+                    models.custom = file::load_custom(dir)?;
+                }
+                if m.is_some() || (kind == DeviceKind::Other && !models.custom.is_empty()) {
+                    dirs.found(dir);
+                }
+                m
+            }
             _ => None,
-        });
+        };
+        models.by_kind.push(loaded);
     }
-    let mut it = loaded.into_iter();
-    Ok(PerKind::from_fn(|_| it.next().flatten()))
+    dirs.check("residual")?;
+    Ok(models)
 }
 
 /// The residual detector.
@@ -172,6 +229,7 @@ pub struct Residual {
     models: Models,
     devices: Vec<State>,
     raw: Vec<f64>,
+    notes: Vec<String>,
 }
 
 impl Residual {
@@ -182,6 +240,7 @@ impl Residual {
             models,
             devices: Vec::new(),
             raw: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -190,7 +249,7 @@ impl Residual {
     fn start(&self, frame: &Frame<'_>) -> State {
         let device = frame.registry.device(frame.device);
         let points = device.points.clone();
-        if let Some(m) = self.models.get(frame.kind()) {
+        if let Some(m) = self.models.get(device) {
             let by_metric = |metric: &String| {
                 points
                     .iter()
@@ -205,12 +264,25 @@ impl Residual {
                 .collect::<Option<Vec<_>>>()
             {
                 Some(mapped) => {
+                    let constant = m
+                        .model
+                        .constant
+                        .iter()
+                        .filter_map(|(metric, v)| Some((by_metric(metric)?, *v)))
+                        .collect();
                     return State::Judging(Box::new(Live {
                         model: Arc::clone(&m.model),
                         points: mapped,
                         run: Run::default(),
                         history: VecDeque::new(),
-                    }))
+                        trained: Some(Trained {
+                            origin: m.origin.clone(),
+                            steps: vec![f64::INFINITY; m.model.columns.len()],
+                            seen: 0,
+                            constant,
+                            moved: 0,
+                        }),
+                    }));
                 }
                 None => tracing::warn!(
                     device = %device.name,
@@ -221,6 +293,44 @@ impl Residual {
         }
         State::Warming(points, Vec::new())
     }
+}
+
+/// A device judged by a trained model, in its first frames: notes its readings' finest
+/// steps and, at the last of them, sets the model aside for one the device learns
+/// itself when they are too coarse for it. `true` while the frame is not to be judged.
+fn judge_resolution(
+    state: &mut State,
+    notes: &mut Vec<String>,
+    frame: &Frame<'_>,
+    value: &dyn Fn(PointId) -> Option<f64>,
+) -> bool {
+    let State::Judging(live) = state else {
+        return false;
+    };
+    let Some(t) = live.trained.as_mut().filter(|t| t.seen < RESOLUTION_FRAMES) else {
+        return false;
+    };
+    let row: Option<Vec<f64>> = live.points.iter().map(|&pt| value(pt)).collect();
+    let Some(row) = row else {
+        return true;
+    };
+    for (step, x) in t.steps.iter_mut().zip(row) {
+        *step = step.min(crate::feature::decimal_step(x));
+    }
+    t.seen += 1;
+    if t.seen < RESOLUTION_FRAMES {
+        return true;
+    }
+    if let Some(why) = too_coarse(&live.model, &t.steps) {
+        let device = frame.registry.device(frame.device);
+        tracing::warn!(device = %device.name, model = %t.origin, %why, "readings coarser than the trained model: the device learns its own");
+        notes.push(format!(
+            "{}: readings coarser than {} was trained on ({why}); the device learned its own model",
+            device.name, t.origin
+        ));
+        *state = State::Warming(device.points.clone(), Vec::new());
+    }
+    true
 }
 
 /// The device's model fitted on its warm-up rows (`points` their columns), with the
@@ -255,12 +365,17 @@ fn fit_warmup(frame: &Frame<'_>, points: &[PointId], rows: Vec<f64>, p: &Residua
         model: Arc::new(model),
         run: Run::default(),
         history,
+        trained: None,
     }))
 }
 
 impl Detector for Residual {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>) {
@@ -276,6 +391,9 @@ impl Detector for Residual {
             self.devices[i] = self.start(frame);
         }
         let value = |pt: PointId| frame.store.get(pt).filter(|s| s.n > 0).map(|s| s.value);
+        if judge_resolution(&mut self.devices[i], &mut self.notes, frame, &value) {
+            return;
+        }
         let mut next = None;
         match &mut self.devices[i] {
             State::Unseen | State::Idle => {}
@@ -295,7 +413,11 @@ impl Detector for Residual {
                     points,
                     run,
                     history,
+                    trained,
                 } = &mut **live;
+                if let Some(t) = trained {
+                    constant_moved(frame, t, p, out);
+                }
                 self.raw.clear();
                 for &pt in points.iter() {
                     match value(pt) {
@@ -379,6 +501,54 @@ impl Detector for Residual {
     }
 }
 
+/// The first column whose readings (their finest decimal step over the first frames)
+/// are too coarse for the model, said as "metric at step, trained at step, σ sd".
+fn too_coarse(f: &Fitted, steps: &[f64]) -> Option<String> {
+    f.columns.iter().enumerate().find_map(|(j, metric)| {
+        let trained = *f.resolution.get(j)?;
+        let (live, sd) = (steps[j], f.spread(j));
+        (trained > 0.0 && live > COARSER * trained && live > COARSE_SHARE * sd)
+            .then(|| format!("{metric} at a step of {live}, trained at {trained}, spread {sd:.3e}"))
+    })
+}
+
+/// A trained model's constant metric off its value for `persist_samples` frames in a
+/// row: a state the training data never showed.
+fn constant_moved(frame: &Frame<'_>, t: &mut Trained, p: &ResidualParams, out: &mut Vec<Finding>) {
+    let off = t.constant.iter().find_map(|&(pt, c)| {
+        let v = frame.store.get(pt).filter(|s| s.n > 0)?.value;
+        let tolerance = (1e-9 * c.abs().max(1.0)).max(crate::feature::decimal_step(v) / 2.0);
+        ((v - c).abs() > tolerance).then_some((pt, c, v, tolerance))
+    });
+    let Some((pt, c, v, tolerance)) = off else {
+        t.moved = 0;
+        return;
+    };
+    t.moved += 1;
+    if t.moved < p.persist_samples {
+        return;
+    }
+    let metric = frame.registry.point(pt).metric.clone();
+    let name = &frame.registry.device(frame.device).name;
+    out.push(Finding {
+        ts: frame.ts,
+        device: frame.device,
+        metrics: vec![metric.clone()],
+        detector: NAME,
+        score: (v - c).abs(),
+        threshold: tolerance,
+        severity: Severity::Medium,
+        technique: attack::MANIPULATION_OF_CONTROL,
+        reason: format!(
+            "{name}'s {metric} is {} for {} frames; it was {} throughout the data its model was trained on",
+            sig(v),
+            t.moved,
+            sig(c)
+        ),
+        evidence: json!({"metric": metric, "value": v, "trained_value": c, "frames": t.moved}),
+    });
+}
+
 /// Rows gathered for training: per device, its metrics and its stretches of
 /// consecutive complete frames outside labelled windows.
 #[derive(Debug, Default)]
@@ -428,11 +598,34 @@ impl Recorded {
     }
 }
 
+/// Which devices a kind name picks: a kind of the vocabulary by its kind, a custom
+/// one by the name the capture gave it.
+struct KindFilter {
+    kind: DeviceKind,
+    name: String,
+}
+
+impl KindFilter {
+    fn new(name: &str) -> Self {
+        Self {
+            kind: DeviceKind::parse(name),
+            name: name.to_owned(),
+        }
+    }
+
+    fn matches(&self, d: &DeviceInfo) -> bool {
+        match self.kind {
+            DeviceKind::Other => d.kind == DeviceKind::Other && d.kind_name == self.name,
+            k => d.kind == k,
+        }
+    }
+}
+
 /// A pseudo-detector that records, for `wattchdog train --detector residual`, every
 /// complete frame of one kind's devices outside the `skip` windows; a gap (a missing
 /// value, a labelled window) ends a stretch, so slow metrics' changes never span one.
 pub struct Recorder {
-    kind: DeviceKind,
+    kind: KindFilter,
     skip: Vec<(Ts, Ts)>,
     /// Per device: its points and whether its current stretch is open.
     seen: Vec<Option<(Vec<PointId>, bool)>>,
@@ -440,10 +633,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Records `kind` into `sink`.
-    pub fn new(kind: DeviceKind, skip: Vec<(Ts, Ts)>, sink: Arc<Mutex<Recorded>>) -> Self {
+    /// Records the devices of the kind named `kind` (of the vocabulary or a custom one)
+    /// into `sink`.
+    pub fn new(kind: &str, skip: Vec<(Ts, Ts)>, sink: Arc<Mutex<Recorded>>) -> Self {
         Self {
-            kind,
+            kind: KindFilter::new(kind),
             skip,
             seen: Vec::new(),
             sink,
@@ -457,7 +651,7 @@ impl Detector for Recorder {
     }
 
     fn observe(&mut self, frame: &Frame<'_>, _out: &mut Vec<Finding>) {
-        if frame.kind() != self.kind {
+        if !self.kind.matches(frame.registry.device(frame.device)) {
             return;
         }
         let i = frame.device as usize;
