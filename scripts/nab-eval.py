@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""NAB (Numenta Anomaly Benchmark): the two realKnownCause temperature series in
-../shared/datasets/nab, replayed through the ordinary wide-CSV path (one device per
-file, kind `other`, default mapping), scored with NAB's own window rule and profiles:
+"""NAB (Numenta Anomaly Benchmark), the whole corpus in ../shared/datasets/nab (58
+series), replayed through the ordinary wide-CSV path (one device per file, kind
+`other`, default mapping), scored with NAB's own window rule and profiles:
 a detection is a row where an alert opens; the earliest detection in each labelled
 window earns A_TP × scaledSigmoid(position in the window), every detection outside the
 windows costs A_FP × scaledSigmoid(distance past the previous window) (−A_FP before the
 first), each window without a detection −A_FN; the probationary first
-min(15 %, 750) rows are not scored. Raw per-file scores, comparable with
-per_file_standard_scores.upstream.csv (null detector: −A_FN × windows).
+min(15 %, 750) rows are not scored. Per file: raw scores, comparable with
+per_file_standard_scores.upstream.csv (null detector: −A_FN × windows). Over the
+corpus: the raw scores summed and normalised as NAB does, 100 × (raw − null) /
+(perfect − null), the null detector detecting nothing and the perfect one each window
+at its first row; printed beside final_results.upstream.json.
 
     cargo build --release
-    scripts/nab-eval.py ../shared/datasets/nab [-c CONFIG] [--detectors a,b]
+    scripts/nab-eval.py ../shared/datasets/nab [-c CONFIG] [--detectors a,b] [--files SUBSTR,…]
     scripts/nab-eval.py --self-test      # the scorer against hand-computed cases
 
-The data is read where it lies (MIT; never copied into this project)."""
+The data is read where it lies (MIT; never copied into this project). No setting is
+chosen per series: one config for the corpus, as NAB's rules require."""
 import argparse
 import bisect
 import csv
@@ -73,6 +77,12 @@ def self_test():
     assert abs(nab_score(100, w, [59], std) - 0.244919) < 1e-6
     # Only the best detection of a window counts.
     assert abs(nab_score(100, w, [50, 55, 59], std) - 0.986614) < 1e-6
+    # The corpus normalisation: nothing is 0, every window at its first row 100.
+    files = {"a": (100, w, []), "b": (200, [(100, 119)], [100])}
+    assert corpus_scores({"a": (100, w, [50]), "b": (200, [(100, 119)], [100])})["standard"] == 100.0
+    assert corpus_scores({"a": (100, w, []), "b": (200, [(100, 119)], [])})["standard"] == 0.0
+    half = corpus_scores(files)["standard"]
+    assert abs(half - 50.0) < 1e-9, half
     # A false positive before any window costs A_FP; one during probation nothing.
     assert abs(nab_score(100, w, [10, 20, 50], std) - (0.986614 - 0.11)) < 1e-6
     # Right after the window: distance 1/9 → 2/(1+e^(5/9)) − 1 = −0.270847, × 0.11.
@@ -85,11 +95,27 @@ def ms(text):
     return int(datetime.strptime(text[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
+def normalised(raw, null, perfect):
+    return 100.0 * (raw - null) / (perfect - null)
+
+
+def corpus_scores(per_file):
+    """per_file: {file: (n_rows, windows, detections)} → normalised score per profile."""
+    out = {}
+    for name, profile in PROFILES.items():
+        raw = sum(nab_score(n, w, d, profile) for n, w, d in per_file.values())
+        null = sum(nab_score(n, w, [], profile) for n, w, _ in per_file.values())
+        perfect = sum(nab_score(n, w, [s for s, _ in w], profile) for n, w, _ in per_file.values())
+        out[name] = round(normalised(raw, null, perfect), 2)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("nab", nargs="?", help="the NAB folder (data/, labels/)")
     ap.add_argument("-c", "--config", default="")
     ap.add_argument("--detectors", default="")
+    ap.add_argument("--files", default="", help="only the series whose path holds one of these, comma-separated")
     ap.add_argument("--binary", default=str(root / "target/release/wattchdog"))
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args()
@@ -97,10 +123,13 @@ def main():
         self_test()
         return
     nab = Path(a.nab)
-    windows_by_file = json.load(open(nab / "labels/combined_windows_subset.json"))
+    windows_by_file = json.load(open(nab / "labels/combined_windows.json"))
+    wanted = [w for w in a.files.split(",") if w]
+    names = sorted(f for f in windows_by_file if not wanted or any(w in f for w in wanted))
     keep = set(filter(None, a.detectors.split(",")))
     out = {}
-    for f in FILES:
+    scored = {}
+    for f in names:
         path = nab / "data" / f
         with open(path, newline="") as fh:
             times = [ms(r["timestamp"]) for r in csv.DictReader(fh)]
@@ -118,9 +147,21 @@ def main():
         opened = sorted(bisect.bisect_left(times, ms(x["ts"].replace("T", " "))) for x in report["alerts"]
                         if not keep or x["detector"] in keep)
         opened = [i for i in opened if i < len(times)]
+        scored[f] = (len(times), windows, opened)
         out[f] = {p: round(nab_score(len(times), windows, opened, v), 3) for p, v in PROFILES.items()}
         out[f]["detections"] = len(opened)
+        out[f]["readings"] = report["readings"]
         print(f, json.dumps(out[f]))
+    out["corpus"] = corpus_scores(scored)
+    out["corpus"]["files"] = len(scored)
+    upstream = json.load(open(nab / "final_results.upstream.json"))
+    board = sorted(((v["standard"], k) for k, v in upstream.items()), reverse=True)
+    if len(scored) == len(windows_by_file):
+        print("standard profile, whole corpus (normalised):")
+        mine = out["corpus"]["standard"]
+        for score, name in board:
+            print(f"  {score:7.2f}  {name}")
+        print(f"  {mine:7.2f}  wattchdog (this run)")
     print(json.dumps(out))
 
 
