@@ -27,7 +27,7 @@
 pub mod exceptions;
 
 use crate::feature::FeatureStore;
-use crate::model::points::{DeviceId, Registry};
+use crate::model::points::{DeviceId, PointId, Registry};
 use crate::model::{Alert, AlertStatus, Finding, Incident, Role, Severity, Ts};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
@@ -225,6 +225,8 @@ fn disturbed_key(device: &str, metric: &str) -> String {
 pub struct Correlator {
     cfg: CorrelatorParams,
     open: FxHashMap<AlertKey, Alert>,
+    /// Open alerts per point they name.
+    suspects: FxHashMap<PointId, u32>,
     /// Open incidents per site, oldest first.
     incidents: FxHashMap<String, Vec<OpenIncident>>,
     /// What analysts taught as expected.
@@ -259,6 +261,7 @@ impl Correlator {
         Self {
             cfg,
             open: FxHashMap::default(),
+            suspects: FxHashMap::default(),
             incidents: FxHashMap::default(),
             exceptions: Exceptions::default(),
             excepted: 0,
@@ -360,7 +363,15 @@ impl Correlator {
         };
         self.place(&mut alert, out);
         out.push(Output::Alert(alert.clone()));
+        for p in named_points(reg, key.0, &key.2) {
+            *self.suspects.entry(p).or_default() += 1;
+        }
         self.open.insert(key, alert);
+    }
+
+    /// Whether an open alert names `point` (its baseline does not learn meanwhile).
+    pub fn suspect(&self, point: PointId) -> bool {
+        self.suspects.contains_key(&point)
     }
 
     /// Which open incident of its site explains a new alert, and how.
@@ -526,6 +537,7 @@ impl Correlator {
     pub fn tick(&mut self, now: Ts, reg: &Registry, store: &FeatureStore, out: &mut Vec<Output>) {
         let clear = self.cfg.clear_after;
         let mut closed = Vec::new();
+        let mut cleared = Vec::new();
         self.open.retain(|key, a| {
             let interval = reg
                 .device(key.0)
@@ -541,8 +553,17 @@ impl Correlator {
             }
             a.status = AlertStatus::Closed;
             closed.push(a.clone());
+            cleared.extend(named_points(reg, key.0, &key.2));
             false
         });
+        for p in cleared {
+            if let Some(n) = self.suspects.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.suspects.remove(&p);
+                }
+            }
+        }
         closed.sort_by(|a, b| (a.last_seen, &a.id).cmp(&(b.last_seen, &b.id)));
         for a in closed {
             if let Some(inc) = find_incident(&mut self.incidents, &a.site, &a.incident_id) {
@@ -588,6 +609,19 @@ impl Correlator {
         v.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
         v
     }
+}
+
+/// The points of `device` that `metrics` name.
+fn named_points<'a>(
+    reg: &'a Registry,
+    device: DeviceId,
+    metrics: &'a [String],
+) -> impl Iterator<Item = PointId> + 'a {
+    reg.device(device)
+        .points
+        .iter()
+        .copied()
+        .filter(move |&p| metrics.contains(&reg.point(p).metric))
 }
 
 /// The open incident `id` of `site`.

@@ -20,6 +20,11 @@ pub struct FeatureParams {
     /// Residuals beyond this many standard deviations are clipped before they update the
     /// running statistics (Huber), so an attack does not become the baseline at once.
     pub clip_sigma: f64,
+    /// While an open alert names it, a point's running statistics do not learn
+    /// (an attack under way must not become the baseline and close its own alert), for
+    /// at most this many samples in a row: a lasting change nobody reverts is learned,
+    /// Huber-clipped, after that. 0 never freezes.
+    pub freeze_samples: u32,
 }
 
 impl Default for FeatureParams {
@@ -27,6 +32,7 @@ impl Default for FeatureParams {
         Self {
             halflife_samples: 600.0,
             clip_sigma: 3.0,
+            freeze_samples: 3_600,
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct PointState {
     pub resolution: f64,
     /// z-score of this sample against the running statistics before it.
     pub z: f64,
+    /// Samples in a row not learned from because an open alert named the point.
+    pub frozen: u32,
     window: [f64; WINDOW],
     distinct: Vec<f64>,
     continuous: bool,
@@ -111,6 +119,7 @@ impl PointState {
             var: 0.0,
             resolution: f64::INFINITY,
             z: 0.0,
+            frozen: 0,
             window: [0.0; WINDOW],
             distinct: Vec::with_capacity(DISCRETE_MAX_DISTINCT + 1),
             continuous: false,
@@ -148,7 +157,7 @@ impl PointState {
         (start..start + len).map(move |i| self.window[i % WINDOW])
     }
 
-    fn update(&mut self, ts: Ts, value: f64, quality: Quality, p: &FeatureParams) {
+    fn update(&mut self, ts: Ts, value: f64, quality: Quality, learn: bool, p: &FeatureParams) {
         self.quality = quality;
         if quality != Quality::Good {
             self.ts = ts;
@@ -186,7 +195,13 @@ impl PointState {
                 }
             }
         }
-        self.update_stats(value, p);
+        if learn || self.n == 0 || self.frozen >= p.freeze_samples {
+            self.frozen = 0;
+            self.update_stats(value, p);
+        } else {
+            self.frozen += 1;
+            self.z = (value - self.mean) / self.sigma();
+        }
         self.window[self.n as usize % WINDOW] = value;
         self.value = value;
         self.ts = ts;
@@ -274,13 +289,27 @@ impl FeatureStore {
 
     /// Folds one sample into its point's state.
     pub fn update(&mut self, registry: &Registry, point: PointId, ts: Ts, value: f64, q: Quality) {
+        self.update_learning(registry, point, ts, value, q, true);
+    }
+
+    /// [`FeatureStore::update`], learning from the sample only when `learn` (no open
+    /// alert names the point; see [`FeatureParams::freeze_samples`]).
+    pub fn update_learning(
+        &mut self,
+        registry: &Registry,
+        point: PointId,
+        ts: Ts,
+        value: f64,
+        q: Quality,
+        learn: bool,
+    ) {
         let i = point as usize;
         while self.points.len() <= i {
             let id = self.points.len() as PointId;
             let info = registry.point(id);
             self.points.push(PointState::new(info.device, info.spec));
         }
-        self.points[i].update(ts, value, q, &self.params);
+        self.points[i].update(ts, value, q, learn, &self.params);
     }
 
     /// State of a point (the point must have had a sample).

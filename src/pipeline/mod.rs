@@ -611,7 +611,9 @@ impl Pipeline {
                 if let Some(claim) = self.jumped.remove(&point) {
                     self.findings.push(self.clock_jump(point, ts, claim));
                 }
-                self.store.update(&self.registry, point, ts, value, quality);
+                let learn = !self.correlator.suspect(point);
+                self.store
+                    .update_learning(&self.registry, point, ts, value, quality, learn);
                 let dev = self.registry.point(point).device as usize;
                 if self.updated.len() <= dev {
                     self.updated.resize_with(dev + 1, Vec::new);
@@ -830,6 +832,57 @@ mod tests {
             Some((100, 101)),
             "the later of equals"
         );
+    }
+
+    /// The first and the last time an `ewma_z` alert saw a sustained step of 8σ (from
+    /// 2,000 s to 4,500 s of a 1 Hz point) with `[features]` from `features`.
+    fn ewma_span_of_a_step(features: &str) -> (Ts, Ts) {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let cfg = crate::Config::from_toml_str(features, "t").unwrap();
+        let mut p = cfg.build_pipeline();
+        let point = p.registry.intern("s", "pump-1", "other", "x").unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let noise = Normal::new(0.0, 1.0).unwrap();
+        let mut out = Vec::new();
+        let t0 = 1_783_382_400_000;
+        for i in 0..5_000 {
+            let step = if (2_000..4_500).contains(&i) {
+                8.0
+            } else {
+                0.0
+            };
+            let value = 50.0 + step + noise.sample(&mut rng);
+            p.push(
+                Event::Sample {
+                    ts: t0 + i * 1_000,
+                    point,
+                    value,
+                    quality: crate::model::Quality::Good,
+                },
+                &mut out,
+            );
+        }
+        p.finish(&mut out);
+        let (first, last) = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Alert(a) if a.detector == "ewma_z" => Some((a.ts, a.last_seen)),
+                _ => None,
+            })
+            .fold((Ts::MAX, Ts::MIN), |(f, l), (a, b)| (f.min(a), l.max(b)));
+        ((first - t0) / 1_000, (last - t0) / 1_000)
+    }
+
+    #[test]
+    fn an_attack_under_way_does_not_become_the_baseline_that_closes_its_alert() {
+        let (first, last) = ewma_span_of_a_step("");
+        assert!((2_000..2_010).contains(&first), "{first}");
+        assert!(last >= 4_490, "the alert lasts as long as the step: {last}");
+        // Learning through the alert, the baseline absorbed the step within a minute
+        // and the alert ended while the step went on for 40 more.
+        let (_, learned) = ewma_span_of_a_step("[features]\nfreeze_samples = 0\n");
+        assert!(learned < 2_200, "{learned}");
     }
 
     #[test]
