@@ -363,8 +363,10 @@ impl Correlator {
         };
         self.place(&mut alert, out);
         out.push(Output::Alert(alert.clone()));
-        for p in named_points(reg, key.0, &key.2) {
-            *self.suspects.entry(p).or_default() += 1;
+        if judges_values(key.1) {
+            for p in named_points(reg, key.0, &key.2) {
+                *self.suspects.entry(p).or_default() += 1;
+            }
         }
         self.open.insert(key, alert);
     }
@@ -553,7 +555,9 @@ impl Correlator {
             }
             a.status = AlertStatus::Closed;
             closed.push(a.clone());
-            cleared.extend(named_points(reg, key.0, &key.2));
+            if judges_values(key.1) {
+                cleared.extend(named_points(reg, key.0, &key.2));
+            }
             false
         });
         for p in cleared {
@@ -609,6 +613,14 @@ impl Correlator {
         v.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
         v
     }
+}
+
+/// Whether a detector's alert says the values of the points it names are not to be
+/// trusted (so their baselines must not learn them): not a clock that jumped, a write
+/// on the wire or a silence, which say nothing of the values themselves — and which a
+/// forged line could otherwise use to freeze a baseline still settling.
+fn judges_values(detector: &str) -> bool {
+    !matches!(detector, "event_time" | "protocol" | "staleness")
 }
 
 /// The points of `device` that `metrics` name.

@@ -20,7 +20,8 @@ pub struct FeatureParams {
     /// Residuals beyond this many standard deviations are clipped before they update the
     /// running statistics (Huber), so an attack does not become the baseline at once.
     pub clip_sigma: f64,
-    /// While an open alert names it, a point's running statistics do not learn
+    /// While an open alert of a detector that judges values names it (not `event_time`,
+    /// `protocol` or `staleness`), a settled point's running statistics do not learn
     /// (an attack under way must not become the baseline and close its own alert), for
     /// at most this many samples in a row: a lasting change nobody reverts is learned,
     /// Huber-clipped, after that. 0 never freezes.
@@ -195,7 +196,9 @@ impl PointState {
                 }
             }
         }
-        if learn || self.n == 0 || self.frozen >= p.freeze_samples {
+        // A baseline still settling (its first half-life of samples) is not frozen.
+        let settled = self.n as f64 >= p.halflife_samples;
+        if learn || !settled || self.frozen >= p.freeze_samples {
             self.frozen = 0;
             self.update_stats(value, p);
         } else {

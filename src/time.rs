@@ -81,9 +81,9 @@ impl TimeFormat {
         if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
             return Err(format!("time_format {format:?} is not a strftime pattern"));
         }
-        let reference = chrono::NaiveDate::from_ymd_opt(2021, 3, 4)
-            .and_then(|d| d.and_hms_opt(5, 6, 7))
-            .ok_or("reference time")?;
+        // In UTC, so that `%z` writes an offset rather than failing.
+        let reference =
+            DateTime::<Utc>::from_timestamp(1_614_834_367, 0).ok_or("reference time")?;
         let mut sample = String::new();
         write!(sample, "{}", reference.format(format))
             .map_err(|_| format!("time_format {format:?} cannot be written"))?;
@@ -535,6 +535,7 @@ mod tests {
             "%Y-%m-%dT%H:%M:%S%.f",
             "%s",
             "%Y-%j %H:%M",
+            "%Y-%m-%d %H:%M%z",
         ] {
             assert_eq!(TimeFormat::check_pattern(ok), Ok(()), "{ok}");
         }
@@ -568,6 +569,30 @@ mod tests {
         #[test]
         fn never_panics(s in "\\PC{0,40}") {
             let _ = TimeFormat::Auto.parse(&s);
+        }
+
+        /// A mapping's pattern is written by whoever sent the export: checking any
+        /// pattern and reading any text with it never panics, and a pattern that passes
+        /// the check reads back what it wrote, to its precision.
+        #[test]
+        fn patterns_never_panic_and_checked_ones_read_back(
+            format in "(%[YmdyHMSjsbBeIpz%]|[-/ :T.]|[a-z]){0,8}",
+            text in "[0-9A-Za-z/: +-]{0,24}",
+            // 1970 to 2065: a two-digit year reads back in 1969-2068.
+            ms in 0i64..3_000_000_000_000,
+        ) {
+            let f = TimeFormat::Pattern { format: format.clone(), offset_ms: 0 };
+            let _ = f.parse(&text);
+            if TimeFormat::check_pattern(&format).is_ok() {
+                let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
+                let written = t.format(&format).to_string();
+                let read = f.parse(&written);
+                prop_assert!(read.is_ok(), "{format:?} wrote {written:?}");
+                let read = read.unwrap();
+                // Fields the pattern leaves out below the day read as zero: never later
+                // than the time written, and within a day of it.
+                prop_assert!(read <= ms && ms - read < 86_400_000, "{format:?}: {written:?} → {read}");
+            }
         }
 
         #[test]
