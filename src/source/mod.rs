@@ -177,7 +177,12 @@ impl FileStats {
     /// matches no row, a wrong delimiter). A replay of it must not look like a quiet day.
     pub fn nothing_read(&self) -> Option<String> {
         let bad = self.bad_total();
-        (self.readings == 0 && self.commands == 0 && bad > 0).then(|| {
+        // A packet capture of devices without a register map still gives exchanges.
+        let exchanges = self
+            .wire
+            .as_ref()
+            .is_some_and(|w| w.adus > 0 || w.bacnet_datagrams > 0);
+        (self.readings == 0 && self.commands == 0 && !exchanges && bad > 0).then(|| {
             let first = self.first_bad.first().map_or_else(String::new, |b| {
                 format!(
                     "; the first, line {}: {}: {}",
@@ -504,6 +509,30 @@ impl OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_unread_only_when_every_line_was_bad_and_nothing_came_of_it() {
+        let mut f = FileStats::new("x.csv", "csv-wide");
+        assert_eq!(f.nothing_read(), None, "an empty file is an empty day");
+        f.bad_line(2, BadReason::BadTimestamp, "no match");
+        let said = f.nothing_read().unwrap();
+        assert!(
+            said.starts_with("x.csv: none of its 1 data lines"),
+            "{said}"
+        );
+        assert!(said.contains("line 2: bad_timestamp: no match"), "{said}");
+        f.readings = 1;
+        assert_eq!(f.nothing_read(), None);
+        // A packet capture of devices without a map gives exchanges, not readings.
+        let mut p = FileStats::new("x.pcap", "pcap");
+        p.bad_line(7, BadReason::BadPdu, "short PDU");
+        assert!(p.nothing_read().is_some());
+        p.wire = Some(pcap::WireStats {
+            adus: 3,
+            ..Default::default()
+        });
+        assert_eq!(p.nothing_read(), None);
+    }
 
     #[test]
     fn bounded_lines() {
