@@ -34,6 +34,10 @@ fn main() -> ExitCode {
         }
         Command::Train(a) => app::train::run(a).and_then(|s| print(s, false)),
         Command::Learn(a) => app::learn::run(a).and_then(|s| print(s, false)),
+        Command::Calibrate(a) => {
+            let json = a.json;
+            app::calibrate::run(a).and_then(|s| print(s, json))
+        }
         Command::CheckConfig(a) => {
             let json = a.json;
             app::check_config::run(a).and_then(|s| print(s, json))

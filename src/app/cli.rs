@@ -30,6 +30,9 @@ pub enum Command {
     /// Learn a protocol baseline (writers, masters, talkers, requests, rates per device)
     /// from clean captures, for `replay|eval --baseline`.
     Learn(LearnArgs),
+    /// Set detector thresholds from a site's clean history for a false-alarm budget, and
+    /// write the config.
+    Calibrate(CalibrateArgs),
     /// Validate a config file (or a wide-CSV mapping, or a Modbus register map).
     CheckConfig(CheckConfigArgs),
     /// Poll the configured devices live and raise alerts (Ctrl-C or SIGTERM stops).
@@ -213,6 +216,31 @@ pub struct LearnArgs {
     /// The baseline file to write.
     #[arg(short, long)]
     pub out: PathBuf,
+}
+
+/// `wattchdog calibrate`.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The site's clean captures (any format `replay` reads), consecutive periods of the
+    /// site; labelled windows in them are left out.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Directory to write `wattchdog.toml` and `calibration.json` into (created).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// False alarms the site accepts: a count per `hour`, `day`, `week` or `month` (30
+    /// days), e.g. `1/week`, `0.5/day`.
+    #[arg(long, default_value = "1/week", value_parser = crate::app::calibrate::Budget::parse)]
+    pub false_alarms: crate::app::calibrate::Budget,
+    /// Base config: its settings are kept, and the thresholds written over them.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Mapping for wide CSV captures.
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// Print the calibration report as JSON on stdout instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The detectors `wattchdog train` makes models for.

@@ -3,6 +3,7 @@
 //! prints the summary and maps errors to exit codes.
 
 pub mod broker;
+pub mod calibrate;
 pub mod check_config;
 pub mod cli;
 pub mod demo;

@@ -362,15 +362,26 @@ impl Config {
             features: self.features,
             device_maps: std::sync::Arc::new(self.wire.device_maps()),
             bacnet_maps: std::sync::Arc::new(self.wire.bacnet_maps()),
+            tap: None,
         }
     }
 
     /// A pipeline running the configured detectors.
     pub fn build_pipeline(&self) -> Pipeline {
+        self.build_tapped_pipeline(None)
+    }
+
+    /// A pipeline whose detectors also record what they compare with their thresholds
+    /// in `tap` (`calibrate`).
+    pub fn build_tapped_pipeline(&self, tap: Option<crate::detect::tap::Tap>) -> Pipeline {
+        let setup = crate::detect::Setup {
+            tap,
+            ..self.detect_setup()
+        };
         Pipeline::new(
             &self.pipeline,
             self.features,
-            crate::detect::build(&self.detect_setup()),
+            crate::detect::build(&setup),
             Correlator::new(self.correlator.clone()),
         )
     }

@@ -18,7 +18,7 @@
 //! normal swing (daily load profiles); the physics detectors see those through the
 //! quantities that must follow. Nothing is judged before the warm-up (2 h at 1 Hz).
 
-use super::{point_finding, sig, Detector, PerKind, PointTable};
+use super::{point_finding, sig, tap::Tap, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::{Finding, Severity, Ts};
@@ -131,6 +131,7 @@ fn alpha(halflife: f64) -> f64 {
 pub struct Cusum {
     params: PerKind<CusumParams>,
     state: PointTable<State>,
+    tap: Option<Tap>,
 }
 
 impl Cusum {
@@ -139,7 +140,15 @@ impl Cusum {
         Self {
             params,
             state: PointTable::default(),
+            tap: None,
         }
+    }
+
+    /// Records every block's `max(S⁺, S⁻)` in `tap` (see [`crate::detect::tap`]); the
+    /// sums are then not capped, so the statistic does not depend on the threshold.
+    pub fn tapped(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 }
 
@@ -237,10 +246,17 @@ impl Detector for Cusum {
             }
             // Capping the sums a little above the threshold bounds how long an alarm
             // outlives its cause (the sums fall by k per block once z is back near 0).
-            let cap = 1.5 * params.threshold;
+            let cap = if self.tap.is_some() {
+                f64::INFINITY
+            } else {
+                1.5 * params.threshold
+            };
             s.s_hi = (s.s_hi + ze - params.k).clamp(0.0, cap);
             s.s_lo = (s.s_lo - ze - params.k).clamp(0.0, cap);
             let score = s.s_hi.max(s.s_lo);
+            if let Some(tap) = &self.tap {
+                tap.record("cusum.threshold", frame.kind(), p, frame.ts, Some(score), 1);
+            }
             if score < params.threshold {
                 s.alarm_blocks = 0;
             } else if s.alarm_blocks >= params.rebaseline_blocks {

@@ -9,7 +9,7 @@
 //! Blind spots: slow drifts the baseline follows (see `cusum`), values that stay within
 //! the noise (see the physics detectors), booleans and setpoints (not analog).
 
-use super::{point_finding, sig, Detector, PerKind, PointTable};
+use super::{point_finding, sig, tap::Tap, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::{Finding, Severity};
@@ -61,6 +61,7 @@ impl Default for EwmaParams {
 pub struct EwmaZ {
     params: PerKind<EwmaParams>,
     run: PointTable<u32>,
+    tap: Option<Tap>,
 }
 
 impl EwmaZ {
@@ -69,7 +70,14 @@ impl EwmaZ {
         Self {
             params,
             run: PointTable::default(),
+            tap: None,
         }
+    }
+
+    /// Records every judgement's |z| in `tap` (see [`crate::detect::tap`]).
+    pub fn tapped(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 }
 
@@ -85,6 +93,17 @@ impl Detector for EwmaZ {
         }
         for (p, st) in frame.good_analog() {
             let run = self.run.get_or_insert(p, || 0);
+            if let Some(tap) = &self.tap {
+                let judged = (st.n > params.warmup_samples).then_some(st.z.abs());
+                tap.record(
+                    "ewma_z.threshold",
+                    frame.kind(),
+                    p,
+                    frame.ts,
+                    judged,
+                    params.persist_samples,
+                );
+            }
             if st.n <= params.warmup_samples || st.z.abs() < params.threshold {
                 *run = 0;
                 continue;

@@ -22,6 +22,8 @@ pub mod physics;
 pub mod replay_attack;
 pub mod residual;
 pub mod staleness;
+pub mod tail;
+pub mod tap;
 pub mod ups;
 pub mod wire;
 
@@ -200,6 +202,9 @@ pub struct Setup {
     /// BACnet object maps of the configured devices, by site and name (other devices
     /// get their kind's built-in map).
     pub bacnet_maps: Arc<crate::protocol::bacnet_map::BacnetMaps>,
+    /// Where detectors with a threshold record the statistic they compare with it
+    /// (`calibrate`; none otherwise).
+    pub tap: Option<tap::Tap>,
 }
 
 /// Builds the enabled detectors.
@@ -210,10 +215,10 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
         out.push(Box::new(limits::Limits::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.ewma_z) {
-        out.push(Box::new(ewma::EwmaZ::new(t)));
+        out.push(Box::new(ewma::EwmaZ::new(t).tapped(config.tap.clone())));
     }
     if let Some(t) = table(cfg, |c| &c.cusum) {
-        out.push(Box::new(cusum::Cusum::new(t)));
+        out.push(Box::new(cusum::Cusum::new(t).tapped(config.tap.clone())));
     }
     if let Some(t) = table(cfg, |c| &c.flatline) {
         out.push(Box::new(flatline::Flatline::new(t)));
@@ -231,7 +236,9 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
         out.push(Box::new(grid::Breaker::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.physics) {
-        out.push(Box::new(physics::Physics::new(t)));
+        out.push(Box::new(
+            physics::Physics::new(t).tapped(config.tap.clone()),
+        ));
     }
     if let Some(t) = table(cfg, |c| &c.oscillation) {
         out.push(Box::new(oscillation::Oscillation::new(t)));
@@ -247,11 +254,10 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
             .iter()
             .any(|&k| config.models.get(k).is_some())
         {
-            out.push(Box::new(iforest::IForest::new(
-                t,
-                config.models.clone(),
-                config.features,
-            )));
+            out.push(Box::new(
+                iforest::IForest::new(t, config.models.clone(), config.features)
+                    .tapped(config.tap.clone()),
+            ));
         }
     }
     // Commands carry no device kind worth trusting: the global parameters apply.

@@ -29,7 +29,7 @@
 //! Blind spots: an attacker who spoofs every quantity of a relation consistently;
 //! relations whose inputs are missing from the capture are simply not evaluated.
 
-use super::{sig, Detector, PerKind};
+use super::{sig, tap::Tap, Detector, PerKind};
 use crate::feature::{Frame, PointState};
 use crate::model::attack;
 use crate::model::points::DeviceId;
@@ -155,6 +155,9 @@ const SITE_POWER: &[(DeviceKind, &str)] = &[
     (DeviceKind::Ups, "input_power_kw"),
     (DeviceKind::Chiller, "power_kw"),
 ];
+
+// Taps name a relation in six bits.
+const _: () = assert!(RELATIONS.len() < 64);
 
 const RELATIONS: &[Spec] = &[
     Spec {
@@ -326,6 +329,7 @@ pub struct Physics {
     params: PerKind<PhysicsParams>,
     fits: FxHashMap<(DeviceId, usize), Fit>,
     charging: FxHashMap<DeviceId, Charging>,
+    tap: Option<Tap>,
 }
 
 /// A battery's charge rising by this many points (from its lowest since the last rise)
@@ -366,7 +370,15 @@ impl Physics {
             params,
             fits: FxHashMap::default(),
             charging: FxHashMap::default(),
+            tap: None,
         }
+    }
+
+    /// Records every judgement's |z| and sustained shift in `tap` (see
+    /// [`crate::detect::tap`]).
+    pub fn tapped(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 }
 
@@ -531,6 +543,28 @@ impl Detector for Physics {
                     1.0 - lambda
                 };
                 fit.zs_var += aw * (fit.zs * fit.zs - fit.zs_var);
+            }
+            if let Some(tap) = &self.tap {
+                // One subject per device and relation (RELATIONS has fewer than 64).
+                let subject = frame.device << 6 | i as u32;
+                let judged = (!warm).then_some(z.abs());
+                tap.record(
+                    "physics.threshold",
+                    kind,
+                    subject,
+                    frame.ts,
+                    judged,
+                    params.persist_samples,
+                );
+                let judged = (!warm && fit.n > 2 * params.warmup_samples).then_some(shift.abs());
+                tap.record(
+                    "physics.sustained_threshold",
+                    kind,
+                    subject,
+                    frame.ts,
+                    judged,
+                    1,
+                );
             }
             let jump = !warm && z.abs() >= params.threshold;
             fit.run = if jump { fit.run + 1 } else { 0 };

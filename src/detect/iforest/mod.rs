@@ -24,7 +24,7 @@ pub mod fit;
 pub mod forest;
 pub mod vectors;
 
-use super::{sig, Detector, PerKind};
+use super::{sig, tap::Tap, Detector, PerKind};
 use crate::detect::model_file::{ModelDirs, ModelError};
 use crate::feature::{FeatureParams, Frame};
 use crate::model::attack;
@@ -39,6 +39,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use vectors::Extractor;
 
 const NAME: &str = "iforest";
+/// The config key a tapped score is compared with.
+const TAP_KEY: &str = "iforest.threshold";
 /// Features named in the evidence.
 const TOP: usize = 3;
 
@@ -260,6 +262,7 @@ pub struct IForest {
     runs: Vec<(u32, Vec<(usize, f64)>)>,
     row: Vec<f64>,
     scaled: Vec<f64>,
+    tap: Option<Tap>,
 }
 
 impl IForest {
@@ -278,7 +281,14 @@ impl IForest {
             runs: Vec::new(),
             row: Vec::new(),
             scaled: Vec::new(),
+            tap: None,
         }
+    }
+
+    /// Records every scored frame's score in `tap` (see [`crate::detect::tap`]).
+    pub fn tapped(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 }
 
@@ -299,13 +309,24 @@ impl Detector for IForest {
             if let Some(r) = self.runs.get_mut(frame.device as usize) {
                 r.0 = 0;
             }
+            if let Some(tap) = &self.tap {
+                tap.record(TAP_KEY, kind, frame.device, frame.ts, None, 1);
+            }
             return;
         };
         let (persist, threshold) = (
             params.persist_samples,
             params.threshold.unwrap_or(model.file.threshold),
         );
-        let score = model.score_at_least(&self.row, &mut self.scaled, threshold);
+        let score = match &self.tap {
+            // The whole score, not only whether it reaches the threshold.
+            Some(tap) => {
+                let s = model.score_at_least(&self.row, &mut self.scaled, f64::MIN_POSITIVE);
+                tap.record(TAP_KEY, kind, frame.device, frame.ts, s, persist);
+                s.filter(|&s| s >= threshold)
+            }
+            None => model.score_at_least(&self.row, &mut self.scaled, threshold),
+        };
         let i = frame.device as usize;
         if self.runs.len() <= i {
             self.runs.resize_with(i + 1, Default::default);

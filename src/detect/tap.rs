@@ -1,0 +1,162 @@
+//! The statistic a detector compares with its threshold, kept below the threshold too,
+//! for `wattchdog calibrate`.
+//!
+//! A detector with a tap records, for every judgement it makes, the value its threshold
+//! is compared with: for a rule that needs `persist` judgements in a row over the
+//! threshold, the smallest of the last `persist` values (the run fires exactly when that
+//! is at or above the threshold). The tap keeps only each subject's (point's or
+//! device's) largest value per block of event time: consecutive judgements are strongly
+//! dependent and a burst of them is one alert, so block maxima are what a tail can be
+//! fitted to (see [`crate::detect::tail`]).
+
+use crate::model::{DeviceKind, Ts};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// Event time per block: long enough that one alert rarely spans two, short enough that
+/// a day gives each subject over a hundred.
+pub const BLOCK: Ts = 10 * 60_000;
+
+/// Where a detector's judgements go while calibrating. Cloning shares the record.
+#[derive(Debug, Clone, Default)]
+pub struct Tap(Arc<Mutex<Tapped>>);
+
+/// What one rule of one kind judged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    /// Each subject's largest statistic per block (a block without a judgement has none).
+    pub maxima: Vec<f64>,
+    /// Subjects (points or devices) judged.
+    pub subjects: usize,
+}
+
+/// Everything recorded, by threshold key and kind.
+#[derive(Debug, Default)]
+pub struct Tapped {
+    series: BTreeMap<(&'static str, DeviceKind), Series>,
+    open: FxHashMap<(&'static str, u32), Open>,
+    /// Event-time windows not recorded (labelled attacks in a capture called clean).
+    left_out: Vec<(Ts, Ts)>,
+}
+
+#[derive(Debug)]
+struct Open {
+    kind: DeviceKind,
+    block: Ts,
+    max: f64,
+    recent: VecDeque<f64>,
+}
+
+impl Tap {
+    /// One judgement of `subject` (a point or device id of the detector's own choosing,
+    /// unique within it) at `ts` by the rule whose threshold is the config key `key`
+    /// (`ewma_z.threshold`: the table under `[kinds.<kind>]`, then the key): `stat` is what the threshold is compared with, `None`
+    /// when the rule did not judge (warm-up, missing input), which breaks a run.
+    pub fn record(
+        &self,
+        key: &'static str,
+        kind: DeviceKind,
+        subject: u32,
+        ts: Ts,
+        stat: Option<f64>,
+        persist: u32,
+    ) {
+        let Ok(mut t) = self.0.lock() else {
+            return;
+        };
+        let block = ts.div_euclid(BLOCK);
+        let Tapped {
+            series,
+            open,
+            left_out,
+        } = &mut *t;
+        let stat = stat.filter(|_| !left_out.iter().any(|&(a, b)| (a..=b).contains(&ts)));
+        let o = open.entry((key, subject)).or_insert_with(|| {
+            series.entry((key, kind)).or_default().subjects += 1;
+            Open {
+                kind,
+                block,
+                max: f64::NEG_INFINITY,
+                recent: VecDeque::new(),
+            }
+        });
+        if o.block != block {
+            if o.max.is_finite() {
+                series.entry((key, o.kind)).or_default().maxima.push(o.max);
+            }
+            (o.block, o.max) = (block, f64::NEG_INFINITY);
+        }
+        let Some(v) = stat.filter(|v| v.is_finite()) else {
+            o.recent.clear();
+            return;
+        };
+        o.recent.push_back(v);
+        if o.recent.len() > persist.max(1) as usize {
+            o.recent.pop_front();
+        }
+        if o.recent.len() == persist.max(1) as usize {
+            let least = o.recent.iter().copied().fold(f64::INFINITY, f64::min);
+            o.max = o.max.max(least);
+        }
+    }
+
+    /// Judgements inside these windows (inclusive) are not recorded from now on; each
+    /// breaks a run as a missing judgement does.
+    pub fn leave_out(&self, windows: Vec<(Ts, Ts)>) {
+        if let Ok(mut t) = self.0.lock() {
+            t.left_out = windows;
+        }
+    }
+
+    /// Closes every open block and hands the record over (the tap starts empty, without
+    /// windows left out).
+    pub fn take(&self) -> BTreeMap<(&'static str, DeviceKind), Series> {
+        let Ok(mut t) = self.0.lock() else {
+            return BTreeMap::new();
+        };
+        t.left_out.clear();
+        let Tapped { series, open, .. } = &mut *t;
+        // Subjects in a stable order, so the maxima are too.
+        let mut left: Vec<_> = open.drain().collect();
+        left.sort_by_key(|((d, s), _)| (*d, *s));
+        for ((key, _), o) in left {
+            if o.max.is_finite() {
+                series.entry((key, o.kind)).or_default().maxima.push(o.max);
+            }
+        }
+        std::mem::take(series)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_each_blocks_largest_run_minimum_per_subject() {
+        let tap = Tap::default();
+        let k = DeviceKind::Chiller;
+        // Subject 1, persist 2: in block 0 the runs' minima are 1, 1, 1, 5, 6 → 6; the 9
+        // after a missing judgement makes no run of two.
+        for (i, v) in [1.0, 2.0, 1.0, 5.0, 6.0].into_iter().enumerate() {
+            tap.record("d", k, 1, i as Ts * 1000, Some(v), 2);
+        }
+        tap.record("d", k, 1, 6_000, Some(7.0), 2);
+        tap.record("d", k, 1, 7_000, None, 2);
+        tap.record("d", k, 1, 8_000, Some(9.0), 2);
+        // Next block: 3 then 4 → 3.
+        tap.record("d", k, 1, BLOCK, Some(3.0), 2);
+        tap.record("d", k, 1, BLOCK + 1000, Some(4.0), 2);
+        // Another subject of another kind, with its second block left out.
+        tap.record("d", DeviceKind::Ups, 2, 0, Some(0.5), 1);
+        tap.leave_out(vec![(BLOCK, 2 * BLOCK)]);
+        tap.record("d", DeviceKind::Ups, 2, BLOCK + 5, Some(50.0), 1);
+        let got = tap.take();
+        let chiller = &got[&("d", k)];
+        assert_eq!(chiller.subjects, 1);
+        assert_eq!(chiller.maxima, vec![6.0, 3.0]);
+        assert_eq!(got[&("d", DeviceKind::Ups)].maxima, vec![0.5]);
+        assert!(tap.take().is_empty(), "handed over");
+    }
+}
