@@ -9,8 +9,11 @@
 //! 2. The budget is split equally between the rules that could be fitted, and within a
 //!    rule every subject-block gets the same chance: `p = share × weeks seen ÷ blocks
 //!    seen`. Each kind's tail of block maxima is fitted ([`crate::detect::tail`]) and
-//!    its threshold set where a block maximum exceeds it with probability `p`, rounded
-//!    up to 4 significant digits. A rule whose threshold cannot be met (a forest score
+//!    its threshold set where a block maximum exceeds it with probability `p` (by the
+//!    fit of the whole history, or of either half of it if that says higher; a kind whose
+//!    halves cannot each be fitted keeps its value) — but,
+//!    when the budget allows less than one alarm in the history seen, never at or below
+//!    the largest value that history reached — rounded up to 4 significant digits. A rule whose threshold cannot be met (a forest score
 //!    above 1) is disabled for the kind; a kind with too little data keeps its value.
 //! 3. The base config with those thresholds is written as `wattchdog.toml`, checked by
 //!    loading it, then the captures are replayed once more with it and its alerts
@@ -181,6 +184,9 @@ pub struct Calibration {
     pub captures: Vec<CaptureSeen>,
     /// Each threshold rule.
     pub rules: Vec<RuleChoice>,
+    /// Incidents the written config raised on the same captures (what the budget is
+    /// about: alerts of one cause are grouped into one).
+    pub clean_incidents: usize,
     /// Alerts the written config raised on the same captures, by detector (the detectors
     /// with no threshold to calibrate included).
     pub clean_alerts: BTreeMap<String, usize>,
@@ -217,7 +223,11 @@ impl fmt::Display for Calibration {
             }
         }
         let total: usize = self.clean_alerts.values().sum();
-        write!(f, "  alerts on the clean captures with it: {total}")?;
+        write!(
+            f,
+            "  on the clean captures with it: {} incidents, {total} alerts",
+            self.clean_incidents
+        )?;
         for (d, n) in &self.clean_alerts {
             write!(f, " {d}={n}")?;
         }
@@ -331,9 +341,10 @@ pub fn calibrate(
     let calibrated = Config::load(&config_path)
         .with_context(|| format!("the written {} does not load", config_path.display()))?;
 
-    let mut clean_alerts = BTreeMap::new();
+    let (mut clean_alerts, mut clean_incidents) = (BTreeMap::new(), 0);
     for path in files {
         let report = replay_file(calibrated.build_pipeline(), path, &how)?;
+        clean_incidents += report.incidents.len();
         for a in &report.alerts {
             *clean_alerts.entry(a.detector.to_string()).or_insert(0) += 1;
         }
@@ -349,6 +360,7 @@ pub fn calibrate(
         weeks_seen: weeks,
         captures,
         rules,
+        clean_incidents,
         clean_alerts,
         wattchdog: env!("CARGO_PKG_VERSION").to_owned(),
     };
@@ -467,7 +479,34 @@ fn choose(
                         );
                         return c;
                     };
-                    let at = round_up(t.quantile(p));
+                    // The fit extrapolates; the history bounds it from below: a budget
+                    // that allows less than one alarm in the history seen cannot have a
+                    // threshold the history reached.
+                    // A statistic that wanders between periods (a forest's score follows
+                    // the weather and the load) is judged by its worse half: each half of
+                    // the history, in time order, fitted on its own.
+                    let half = s.maxima.len() / 2;
+                    let halves: Vec<Tail> = [&s.maxima[..half], &s.maxima[half..]]
+                        .into_iter()
+                        .filter_map(Tail::fit)
+                        .collect();
+                    if halves.len() < 2 {
+                        c.decision = format!(
+                            "kept: {} blocks; each half of the history needs a fit of its own ({} blocks or more) to check the other",
+                            s.maxima.len(),
+                            crate::detect::tail::MIN_MAXIMA
+                        );
+                        return c;
+                    }
+                    let fitted = halves
+                        .iter()
+                        .map(|h| h.quantile(p))
+                        .fold(t.quantile(p), f64::max);
+                    let at = round_up(if p * (s.maxima.len() as f64) < 1.0 {
+                        fitted.max(t.largest * (1.0 + 1e-4))
+                    } else {
+                        fitted
+                    });
                     c.tail = Some(TailSeen {
                         level: t.level,
                         share: t.share,

@@ -5,6 +5,7 @@ mod support;
 mod bacnet;
 mod bad_input;
 mod benchmarks;
+mod calibrate;
 mod cli;
 mod determinism;
 mod iforest_reference;

@@ -39,6 +39,17 @@ pub fn repo(path: &str) -> PathBuf {
 
 /// Writes a simulated capture (plain JSONL) and its labels sidecar; returns the labels.
 pub fn simulate(path: &Path, hours: f64, seed: u64, attacks: &str) -> Vec<Label> {
+    simulate_variant(path, "default", hours, seed, attacks)
+}
+
+/// [`simulate`] of a built-in facility variant.
+pub fn simulate_variant(
+    path: &Path,
+    variant: &str,
+    hours: f64,
+    seed: u64,
+    attacks: &str,
+) -> Vec<Label> {
     let opts = SimOptions {
         start: 1_783_382_400_000,
         hours,
@@ -47,7 +58,8 @@ pub fn simulate(path: &Path, hours: f64, seed: u64, attacks: &str) -> Vec<Label>
         intensity: sim::Intensity::Obvious,
     };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let labels = sim::simulate(&sim::Facility::default(), &opts, &mut f).unwrap();
+    let facility = sim::Facility::variant(variant).unwrap();
+    let labels = sim::simulate(&facility, &opts, &mut f).unwrap();
     std::io::Write::flush(&mut f).unwrap();
     std::fs::write(
         sim::labels_path(path),

@@ -1,0 +1,93 @@
+//! `wattchdog calibrate` end to end: thresholds set from one clean period of a facility
+//! hold the false-alarm budget on another period it never saw, follow the budget asked
+//! for, and come out the same byte for byte.
+
+use crate::support::{run_ok, simulate_variant};
+use serde_json::Value;
+use std::path::Path;
+
+fn calibrate(clean: &Path, out: &Path, budget: &str) -> Value {
+    run_ok(&[
+        "calibrate",
+        clean.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--false-alarms",
+        budget,
+        "--json",
+    ]);
+    serde_json::from_slice(&std::fs::read(out.join("calibration.json")).unwrap()).unwrap()
+}
+
+/// Incidents of a replay of `capture` with `config`.
+fn incidents(config: &Path, capture: &Path) -> usize {
+    let out = run_ok(&[
+        "replay",
+        "--json",
+        "--no-progress",
+        "-c",
+        config.to_str().unwrap(),
+        capture.to_str().unwrap(),
+    ]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    r["incidents"].as_array().unwrap().len()
+}
+
+#[test]
+fn thresholds_from_one_clean_period_hold_the_budget_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    // The second variant is only checked against the tight budget (time).
+    for (variant, seed, full) in [("default", 21, true), ("hyperscale-60hz", 23, false)] {
+        let (clean, held_out) = (
+            dir.path().join(format!("{variant}-a.jsonl")),
+            dir.path().join(format!("{variant}-b.jsonl")),
+        );
+        simulate_variant(&clean, variant, 6.0, seed, "none");
+        simulate_variant(&held_out, variant, 6.0, seed + 1, "none");
+
+        // One false alarm a week: nothing in 6 hours the calibration did not see.
+        let tight = dir.path().join(format!("{variant}-tight"));
+        let report = calibrate(&clean, &tight, "1/week");
+        let set: Vec<&Value> = report["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["kinds"].as_array().unwrap())
+            .filter(|k| k["decision"] == "set")
+            .collect();
+        assert!(set.len() >= 8, "{variant}: thresholds set {}", set.len());
+        for k in &set {
+            // The history bounds the extrapolation from below.
+            assert!(k["threshold"].as_f64() > k["largest_seen"].as_f64(), "{k}");
+        }
+        assert_eq!(report["clean_incidents"], 0, "{variant}");
+        let config = tight.join("wattchdog.toml");
+        assert_eq!(
+            incidents(&config, &held_out),
+            0,
+            "{variant}: held-out period"
+        );
+
+        if !full {
+            continue;
+        }
+        // Same inputs, same files.
+        let again = dir.path().join(format!("{variant}-again"));
+        calibrate(&clean, &again, "1/week");
+        assert_eq!(
+            std::fs::read(&config).unwrap(),
+            std::fs::read(again.join("wattchdog.toml")).unwrap()
+        );
+
+        // A budget of three an hour is spent, roughly, on the period it never saw: the
+        // thresholds follow the budget rather than sitting at the largest value seen.
+        let loose = dir.path().join(format!("{variant}-loose"));
+        calibrate(&clean, &loose, "3/hour");
+        let n = incidents(&loose.join("wattchdog.toml"), &held_out);
+        eprintln!("{variant}: {n} incidents in 6 held-out hours at 3/hour");
+        assert!(
+            (3..=54).contains(&n),
+            "{variant}: {n} incidents for a budget of 18"
+        );
+    }
+}
