@@ -430,6 +430,9 @@ fn round_up(v: f64) -> f64 {
     format!("{up:.*}", decimals as usize).parse().unwrap_or(up)
 }
 
+/// One kind's record under a rule, and the fit of its whole history.
+type KindSeries<'a> = (DeviceKind, &'a Series, Option<Tail>);
+
 /// Splits the budget and sets each rule's thresholds (see the module's docs).
 fn choose(
     cfg: &Config,
@@ -437,8 +440,7 @@ fn choose(
     budget_per_week: f64,
     weeks: f64,
 ) -> Vec<RuleChoice> {
-    let mut by_rule: BTreeMap<&'static str, Vec<(DeviceKind, &Series, Option<Tail>)>> =
-        BTreeMap::new();
+    let mut by_rule: BTreeMap<&'static str, Vec<KindSeries<'_>>> = BTreeMap::new();
     for (&(key, kind), s) in series {
         by_rule
             .entry(key)
