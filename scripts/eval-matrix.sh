@@ -4,6 +4,9 @@
 #   scripts/eval-matrix.sh [INTENSITY=obvious] [SEEDS=10] [CLEAN_DAYS=7] [CONFIG]
 # CONFIG, if given, is passed to `wattchdog eval -c` (e.g. a config that disables the
 # protocol detector, to measure what the physical evidence alone catches).
+# With CALIBRATE=<budget> (e.g. CALIBRATE=1/week), each variant is first calibrated
+# (`wattchdog calibrate`, on CONFIG if given) on one clean day of its own (seed 200,
+# neither an attacked seed nor the clean days scored) and judged with what it wrote.
 # Prints one `wattchdog eval` table per variant. Captures go to a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,14 @@ cargo build --release --quiet
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for variant in hyperscale-60hz edge-small colo-legacy default; do
+  cfg=("${config[@]}")
+  if [ -n "${CALIBRATE:-}" ]; then
+    day="$work/$variant-day.jsonl.zst"
+    "$bin" simulate --variant "$variant" --seed 200 --hours 24 --attacks none --level 1 -o "$day" 2>/dev/null
+    "$bin" calibrate "${config[@]}" --false-alarms "$CALIBRATE" -o "$work/$variant-site" "$day" >/dev/null
+    cfg=(-c "$work/$variant-site/wattchdog.toml")
+    echo "== $variant: calibrated for $CALIBRATE on one clean day"
+  fi
   files=()
   for seed in $(seq 1 "$seeds"); do
     f="$work/$variant-$seed.jsonl.zst"
@@ -25,9 +36,9 @@ for variant in hyperscale-60hz edge-small colo-legacy default; do
     files+=("$f")
   done
   echo "== $variant: $seeds seeds × 11 scenarios, $intensity"
-  "$bin" eval "${config[@]}" "${files[@]}"
+  "$bin" eval "${cfg[@]}" "${files[@]}"
   c="$work/$variant-clean.jsonl.zst"
   "$bin" simulate --variant "$variant" --seed 100 --hours $((24 * clean_days)) --attacks none --level 1 -o "$c" 2>/dev/null
   echo "== $variant: clean, $clean_days days"
-  "$bin" eval "${config[@]}" "$c" | tail -n +2
+  "$bin" eval "${cfg[@]}" "$c" | tail -n +2
 done

@@ -402,6 +402,7 @@ fn current(cfg: &Config, key: &str, kind: DeviceKind) -> Option<f64> {
         "cusum.threshold" => p.cusum.threshold,
         "physics.threshold" => p.physics.threshold,
         "physics.sustained_threshold" => p.physics.sustained_threshold,
+        "residual.margin" => p.residual.margin,
         "iforest.threshold" => p
             .iforest
             .threshold
@@ -416,6 +417,16 @@ fn ceiling(key: &str) -> f64 {
         1.0
     } else {
         f64::INFINITY
+    }
+}
+
+/// The smallest value a rule's threshold may take (a residual margin below 1 would
+/// flag more than the warm-up quantile it multiplies).
+fn floor(key: &str) -> f64 {
+    if key == "residual.margin" {
+        1.0
+    } else {
+        0.0
     }
 }
 
@@ -515,6 +526,7 @@ fn choose(
                         shape: t.shape,
                         scale: t.scale,
                     });
+                    let at = at.max(floor(key));
                     if !(at.is_finite() && at > 0.0) {
                         c.decision = format!("kept: the fitted threshold {at} is not positive");
                     } else if at > ceiling(key) {

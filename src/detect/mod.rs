@@ -244,10 +244,9 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
         out.push(Box::new(oscillation::Oscillation::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.residual) {
-        out.push(Box::new(residual::Residual::new(
-            t,
-            config.residual_models.clone(),
-        )));
+        out.push(Box::new(
+            residual::Residual::new(t, config.residual_models.clone()).tapped(config.tap.clone()),
+        ));
     }
     if let Some(t) = table(cfg, |c| &c.iforest) {
         if DeviceKind::ALL

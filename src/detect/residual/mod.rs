@@ -25,7 +25,7 @@
 //! Blind spots: whatever the warm-up already contained; a metric that never varied
 //! during the warm-up (left to limits, ewma_z and flatline).
 
-use super::{sig, Detector, PerKind};
+use super::{sig, tap::Tap, Detector, PerKind};
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::points::{DeviceInfo, PointId};
@@ -230,6 +230,7 @@ pub struct Residual {
     devices: Vec<State>,
     raw: Vec<f64>,
     notes: Vec<String>,
+    tap: Option<Tap>,
 }
 
 impl Residual {
@@ -241,7 +242,16 @@ impl Residual {
             devices: Vec::new(),
             raw: Vec::new(),
             notes: Vec::new(),
+            tap: None,
         }
+    }
+
+    /// Records, for every frame a device judged by a model it fitted itself, its largest
+    /// score ÷ the warm-up quantile (what `margin` is compared with) in `tap` (see
+    /// [`crate::detect::tap`]). A trained model's thresholds are its file's: not tapped.
+    pub fn tapped(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// The device's first frame: judged by the kind's trained model when the device has
@@ -444,6 +454,18 @@ impl Detector for Residual {
                     .map(|s| (s, scores[s] / f.thresholds[s]))
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .unwrap_or((0, 0.0));
+                if let Some(tap) = &self.tap {
+                    let judged = trained.is_none().then_some(ratio * p.margin);
+                    let kind = frame.kind();
+                    tap.record(
+                        "residual.margin",
+                        kind,
+                        frame.device,
+                        frame.ts,
+                        judged,
+                        p.persist_samples,
+                    );
+                }
                 if ratio <= 1.0 {
                     run.below += 1;
                     if run.below >= p.persist_samples {
