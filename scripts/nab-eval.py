@@ -14,16 +14,21 @@ at its first row; printed beside final_results.upstream.json.
 
     cargo build --release
     scripts/nab-eval.py ../shared/datasets/nab [-c CONFIG] [--detectors a,b] [--files SUBSTR,…]
+    scripts/nab-eval.py ../shared/datasets/nab --calibrate 1/week [--block 10m]
     scripts/nab-eval.py --self-test      # the scorer against hand-computed cases
 
 The data is read where it lies (MIT; never copied into this project). No setting is
-chosen per series: one config for the corpus, as NAB's rules require."""
+chosen per series: one config for the corpus, as NAB's rules require. With
+--calibrate BUDGET, each series is first calibrated (`wattchdog calibrate`, on CONFIG if
+given) on its probationary rows alone — the only part NAB lets a detector learn from
+before it is scored — and replayed whole with the config that writes."""
 import argparse
 import bisect
 import csv
 import json
 import math
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -118,6 +123,8 @@ def main():
     ap.add_argument("--files", default="", help="only the series whose path holds one of these, comma-separated")
     ap.add_argument("--binary", default=str(root / "target/release/wattchdog"))
     ap.add_argument("--self-test", action="store_true")
+    ap.add_argument("--calibrate", default="", help="a false-alarm budget (e.g. 1/week): calibrate each series on its probationary rows")
+    ap.add_argument("--block", default="10m", help="with --calibrate: the block of `wattchdog calibrate`")
     a = ap.parse_args()
     if a.self_test:
         self_test()
@@ -138,9 +145,25 @@ def main():
             s, e = ms(s), ms(e)
             rows = [i for i, t in enumerate(times) if s <= t <= e]
             windows.append((rows[0], rows[-1]))
+        config = a.config
+        work = tempfile.TemporaryDirectory()
+        if a.calibrate:
+            with open(path, newline="") as fh:
+                lines = fh.readlines()
+            probation = Path(work.name) / path.name
+            probation.write_text("".join(lines[: 1 + min(math.floor(0.15 * len(times)), 750)]))
+            cmd = [a.binary, "calibrate", str(probation), "-o", work.name, "--false-alarms", a.calibrate,
+                   "--block", a.block]
+            if a.config:
+                cmd += ["-c", a.config]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode == 0:
+                config = str(Path(work.name) / "wattchdog.toml")
+            else:
+                print(f, "not calibrated:", done.stderr.strip().splitlines()[-1:])
         cmd = [a.binary, "replay", "--json", "--no-progress", str(path)]
-        if a.config:
-            cmd += ["-c", a.config]
+        if config:
+            cmd += ["-c", config]
         report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         # An alert that opens between rows (silence is judged on ticks) is a detection at
         # the next row.

@@ -4,7 +4,7 @@
 //! 1. Each clean capture is replayed on its own through the ordinary pipeline with every
 //!    threshold rule tapped ([`crate::detect::tap`]): what `ewma_z`, `cusum`, `physics`
 //!    (jump and sustained shift) and `iforest` compare with their thresholds, as each
-//!    subject's largest value per 10 minutes of event time. Labelled windows (a sidecar,
+//!    subject's largest value per block of event time (`--block`, 10 minutes). Labelled windows (a sidecar,
 //!    or a wide CSV's label columns) and 30 minutes after them are left out.
 //! 2. The budget is split equally between the rules that could be fitted, and within a
 //!    rule every subject-block gets the same chance: `p = share × weeks seen ÷ blocks
@@ -34,6 +34,7 @@ use crate::report::eval::parse_ts;
 use crate::sink::discard;
 use crate::source::csv::WideMapping;
 use crate::source::{open_capture, ByteCounter, OpenOptions};
+use crate::time::format_duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -161,7 +162,7 @@ pub struct RuleChoice {
     pub key: String,
     /// Its share of the budget, alarms per week.
     pub share_per_week: f64,
-    /// Chance per subject and 10-minute block the thresholds are set for.
+    /// Chance per subject and block the thresholds are set for.
     pub block_probability: f64,
     /// Per kind.
     pub kinds: Vec<KindChoice>,
@@ -178,12 +179,16 @@ pub struct Calibration {
     pub budget_per_week: f64,
     /// How the budget was split.
     pub split: String,
+    /// Event time per block (each subject's largest statistic per block is fitted).
+    pub block: String,
     /// Clean history seen, in weeks.
     pub weeks_seen: f64,
     /// The captures.
     pub captures: Vec<CaptureSeen>,
     /// Each threshold rule.
     pub rules: Vec<RuleChoice>,
+    /// Metrics whose clean range was written as their `envelope` band, per kind.
+    pub envelopes: BTreeMap<String, usize>,
     /// Incidents the written config raised on the same captures (what the budget is
     /// about: alerts of one cause are grouped into one).
     pub clean_incidents: usize,
@@ -261,6 +266,7 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<Calibration> {
         mapping,
         &a.files,
         a.false_alarms,
+        a.block,
         &a.out,
     )
 }
@@ -274,14 +280,16 @@ pub fn calibrate(
     mapping: Option<WideMapping>,
     files: &[PathBuf],
     budget: Budget,
+    block: Ts,
     out: &Path,
 ) -> anyhow::Result<Calibration> {
     let how = OpenOptions::from_config(cfg, mapping);
     let mut series: BTreeMap<(&'static str, DeviceKind), Series> = BTreeMap::new();
+    let mut ranges: BTreeMap<(DeviceKind, String), (f64, f64)> = BTreeMap::new();
     let mut captures = Vec::new();
     let mut span_ms = 0i64;
     for path in files {
-        let tap = Tap::default();
+        let tap = Tap::new(block);
         let windows = capture_labels(path, &how)?.map_or_else(Vec::new, |(l, _)| l);
         tap.leave_out(
             windows
@@ -290,10 +298,15 @@ pub fn calibrate(
                 .collect(),
         );
         let report = replay_file(cfg.build_tapped_pipeline(Some(tap.clone())), path, &how)?;
-        for (key, s) in tap.take() {
+        let taken = tap.take();
+        for (key, s) in taken.series {
             let into = series.entry(key).or_default();
             into.maxima.extend(s.maxima);
             into.subjects += s.subjects;
+        }
+        for (key, (lo, hi)) in taken.ranges {
+            let r = ranges.entry(key).or_insert((lo, hi));
+            (r.0, r.1) = (r.0.min(lo), r.1.max(hi));
         }
         if let (Some(a), Some(b)) = (
             report.first_ts.as_deref().and_then(parse_ts),
@@ -320,12 +333,15 @@ pub fn calibrate(
         .all(|r| r.kinds.iter().all(|k| k.threshold.is_none()))
     {
         bail!(
-            "no threshold could be fitted: {:.1} hours of clean history gave fewer than {} 10-minute blocks per kind and rule",
+            "no threshold could be fitted: {:.1} hours of clean history gave fewer than {} blocks of {} for every kind and rule (each half needs {}; a shorter --block gives more)",
             span_ms as f64 / 3.6e6,
+            2 * crate::detect::tail::MIN_MAXIMA,
+            format_duration(block),
             crate::detect::tail::MIN_MAXIMA
         );
     }
     write_thresholds(&mut base, &rules);
+    write_envelopes(&mut base, &ranges);
     absolute_model_dirs(&mut base, base_dir);
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -356,10 +372,15 @@ pub fn calibrate(
         config: config_path.display().to_string(),
         budget: budget.to_string(),
         budget_per_week: budget.per_week(),
-        split: "equal shares between the rules fitted; within a rule, the same chance for every point (device, for the forest) and 10-minute block".into(),
+        split: format!("equal shares between the rules fitted; within a rule, the same chance for every subject (point; device and relation for physics; device for the forest and the residual model) and block of {}", format_duration(block)),
+        block: format_duration(block),
         weeks_seen: weeks,
         captures,
         rules,
+        envelopes: ranges.keys().fold(BTreeMap::new(), |mut m, (k, _)| {
+            *m.entry(k.to_string()).or_insert(0) += 1;
+            m
+        }),
         clean_incidents,
         clean_alerts,
         wattchdog: env!("CARGO_PKG_VERSION").to_owned(),
@@ -566,22 +587,43 @@ fn write_thresholds(base: &mut toml::Table, rules: &[RuleChoice]) {
                 (None, true) => ("enabled", toml::Value::Boolean(false)),
                 (None, false) => continue,
             };
-            let table = ["kinds", k.kind.as_str(), detector]
-                .iter()
-                .fold(&mut *base, |t, name| {
-                    let v = t
-                        .entry(name.to_string())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                    if !v.is_table() {
-                        *v = toml::Value::Table(toml::Table::new());
-                    }
-                    match v {
-                        toml::Value::Table(t) => t,
-                        _ => unreachable!("made a table above"),
-                    }
-                });
+            let table = table_at(base, &["kinds", k.kind.as_str(), detector]);
             table.insert(set.0.to_owned(), set.1);
         }
+    }
+}
+
+/// The table at `path` under `base`, made (over anything else there) if missing.
+fn table_at<'a>(base: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+    path.iter().fold(base, |t, name| {
+        let v = t
+            .entry(name.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !v.is_table() {
+            *v = toml::Value::Table(toml::Table::new());
+        }
+        match v {
+            toml::Value::Table(t) => t,
+            _ => unreachable!("made a table above"),
+        }
+    })
+}
+
+/// Writes each kind's metric ranges as its `envelope` bands.
+fn write_envelopes(base: &mut toml::Table, ranges: &BTreeMap<(DeviceKind, String), (f64, f64)>) {
+    for ((kind, metric), (lo, hi)) in ranges {
+        let band = table_at(
+            base,
+            &[
+                "kinds",
+                kind.as_str(),
+                "envelope",
+                "metrics",
+                metric.as_str(),
+            ],
+        );
+        band.insert("min".into(), toml::Value::Float(*lo));
+        band.insert("max".into(), toml::Value::Float(*hi));
     }
 }
 
@@ -680,6 +722,8 @@ mod tests {
             },
         ];
         write_thresholds(&mut base, &rules);
+        let ranges = [((DeviceKind::Ups, "load_pct".to_owned()), (10.0, 40.5))].into();
+        write_envelopes(&mut base, &ranges);
         absolute_model_dirs(&mut base, Path::new("/etc/site"));
         let text = toml::to_string(&base).unwrap();
         let cfg = Config::from_toml_str(
@@ -695,6 +739,11 @@ mod tests {
             Some(9)
         );
         assert!(base["kinds"].get("pdu").is_none());
+        let band = &base["kinds"]["ups"]["envelope"]["metrics"]["load_pct"];
+        assert_eq!(
+            (band["min"].as_float(), band["max"].as_float()),
+            (Some(10.0), Some(40.5))
+        );
         assert_eq!(
             base["kinds"]["chiller"]["iforest"]["enabled"].as_bool(),
             Some(false)

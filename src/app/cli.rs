@@ -232,6 +232,11 @@ pub struct CalibrateArgs {
     /// days), e.g. `1/week`, `0.5/day`.
     #[arg(long, default_value = "1/week", value_parser = crate::app::calibrate::Budget::parse)]
     pub false_alarms: crate::app::calibrate::Budget,
+    /// Event time per block: each point's largest statistic per block is what the tails
+    /// are fitted to. Shorter gives more blocks from a short history (and errs on the
+    /// quiet side: an alert spanning two blocks is counted twice).
+    #[arg(long, default_value = "10m", value_parser = crate::time::parse_duration)]
+    pub block: i64,
     /// Base config: its settings are kept, and the thresholds written over them.
     #[arg(short, long)]
     pub config: Option<PathBuf>,

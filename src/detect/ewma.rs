@@ -74,7 +74,8 @@ impl EwmaZ {
         }
     }
 
-    /// Records every judgement's |z| in `tap` (see [`crate::detect::tap`]).
+    /// Records every judgement's |z| in `tap` (see [`crate::detect::tap`]), and every
+    /// analog value for the range of its metric.
     pub fn tapped(mut self, tap: Option<Tap>) -> Self {
         self.tap = tap;
         self
@@ -94,6 +95,8 @@ impl Detector for EwmaZ {
         for (p, st) in frame.good_analog() {
             let run = self.run.get_or_insert(p, || 0);
             if let Some(tap) = &self.tap {
+                let metric = &frame.registry.point(p).metric;
+                tap.value(frame.kind(), p, metric, frame.ts, st.value);
                 let judged = (st.n > params.warmup_samples).then_some(st.z.abs());
                 tap.record(
                     "ewma_z.threshold",

@@ -11,6 +11,7 @@
 
 pub mod baseline;
 pub mod cusum;
+pub mod envelope;
 pub mod ewma;
 pub mod flatline;
 pub mod grid;
@@ -64,6 +65,8 @@ pub struct DetectorParams {
     pub iforest: iforest::IForestParams,
     /// PCA T²/SPE and robust Mahalanobis distance over each device's metrics.
     pub residual: residual::ResidualParams,
+    /// The range of the site's clean history (written by `calibrate`).
+    pub envelope: envelope::EnvelopeParams,
 }
 
 impl DetectorParams {
@@ -86,6 +89,7 @@ impl DetectorParams {
             key: format!("residual.{key}"),
             rule: r.to_owned(),
         })?;
+        self.envelope.check().map_err(|b| b.under("envelope"))?;
         self.limits.check().map_err(|b| b.under("limits"))
     }
 }
@@ -170,7 +174,8 @@ enabled!(
     oscillation::OscillationParams,
     wire::ProtocolParams,
     iforest::IForestParams,
-    residual::ResidualParams
+    residual::ResidualParams,
+    envelope::EnvelopeParams
 );
 
 /// The per-kind table of one detector's parameters, if any kind enables it.
@@ -216,6 +221,14 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
     }
     if let Some(t) = table(cfg, |c| &c.ewma_z) {
         out.push(Box::new(ewma::EwmaZ::new(t).tapped(config.tap.clone())));
+    }
+    if let Some(t) = table(cfg, |c| &c.envelope) {
+        if DeviceKind::ALL
+            .iter()
+            .any(|&k| !t.get(k).metrics.is_empty())
+        {
+            out.push(Box::new(envelope::Envelope::new(t)));
+        }
     }
     if let Some(t) = table(cfg, |c| &c.cusum) {
         out.push(Box::new(cusum::Cusum::new(t).tapped(config.tap.clone())));

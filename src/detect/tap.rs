@@ -14,13 +14,19 @@ use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-/// Event time per block: long enough that one alert rarely spans two, short enough that
-/// a day gives each subject over a hundred.
+/// Event time per block by default: long enough that one alert rarely spans two, short
+/// enough that a day gives each subject over a hundred.
 pub const BLOCK: Ts = 10 * 60_000;
 
 /// Where a detector's judgements go while calibrating. Cloning shares the record.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Tap(Arc<Mutex<Tapped>>);
+
+impl Default for Tap {
+    fn default() -> Self {
+        Self::new(BLOCK)
+    }
+}
 
 /// What one rule of one kind judged.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,12 +38,25 @@ pub struct Series {
 }
 
 /// Everything recorded, by threshold key and kind.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tapped {
+    /// Event time per block.
+    block: Ts,
     series: BTreeMap<(&'static str, DeviceKind), Series>,
     open: FxHashMap<(&'static str, u32), Open>,
     /// Event-time windows not recorded (labelled attacks in a capture called clean).
     left_out: Vec<(Ts, Ts)>,
+    /// Each point's kind, metric and the range of its values.
+    values: FxHashMap<u32, (DeviceKind, String, f64, f64)>,
+}
+
+/// What a tap recorded.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Block maxima of each threshold rule, by config key and kind.
+    pub series: BTreeMap<(&'static str, DeviceKind), Series>,
+    /// The range of each kind's metrics: lowest and highest value of any of its points.
+    pub ranges: BTreeMap<(DeviceKind, String), (f64, f64)>,
 }
 
 #[derive(Debug)]
@@ -49,6 +68,32 @@ struct Open {
 }
 
 impl Tap {
+    /// A tap keeping each subject's largest value per `block` of event time (≥ 1 ms).
+    pub fn new(block: Ts) -> Self {
+        Self(Arc::new(Mutex::new(Tapped {
+            block: block.max(1),
+            series: BTreeMap::new(),
+            open: FxHashMap::default(),
+            left_out: Vec::new(),
+            values: FxHashMap::default(),
+        })))
+    }
+
+    /// One analog reading of `point` (of metric `metric`), for the range of its metric.
+    pub fn value(&self, kind: DeviceKind, point: u32, metric: &str, ts: Ts, v: f64) {
+        let Ok(mut t) = self.0.lock() else {
+            return;
+        };
+        if !v.is_finite() || t.left_out.iter().any(|&(a, b)| (a..=b).contains(&ts)) {
+            return;
+        }
+        let r = t
+            .values
+            .entry(point)
+            .or_insert_with(|| (kind, metric.to_owned(), v, v));
+        (r.2, r.3) = (r.2.min(v), r.3.max(v));
+    }
+
     /// One judgement of `subject` (a point or device id of the detector's own choosing,
     /// unique within it) at `ts` by the rule whose threshold is the config key `key`
     /// (`ewma_z.threshold`: the table under `[kinds.<kind>]`, then the key): `stat` is what the threshold is compared with, `None`
@@ -65,11 +110,12 @@ impl Tap {
         let Ok(mut t) = self.0.lock() else {
             return;
         };
-        let block = ts.div_euclid(BLOCK);
+        let block = ts.div_euclid(t.block);
         let Tapped {
             series,
             open,
             left_out,
+            ..
         } = &mut *t;
         let stat = stat.filter(|_| !left_out.iter().any(|&(a, b)| (a..=b).contains(&ts)));
         let o = open.entry((key, subject)).or_insert_with(|| {
@@ -111,12 +157,17 @@ impl Tap {
 
     /// Closes every open block and hands the record over (the tap starts empty, without
     /// windows left out).
-    pub fn take(&self) -> BTreeMap<(&'static str, DeviceKind), Series> {
+    pub fn take(&self) -> Taken {
         let Ok(mut t) = self.0.lock() else {
-            return BTreeMap::new();
+            return Taken::default();
         };
         t.left_out.clear();
-        let Tapped { series, open, .. } = &mut *t;
+        let Tapped {
+            series,
+            open,
+            values,
+            ..
+        } = &mut *t;
         // Subjects in a stable order, so the maxima are too.
         let mut left: Vec<_> = open.drain().collect();
         left.sort_by_key(|((d, s), _)| (*d, *s));
@@ -125,7 +176,15 @@ impl Tap {
                 series.entry((key, o.kind)).or_default().maxima.push(o.max);
             }
         }
-        std::mem::take(series)
+        let mut ranges: BTreeMap<(DeviceKind, String), (f64, f64)> = BTreeMap::new();
+        for (_, (kind, metric, lo, hi)) in values.drain() {
+            let r = ranges.entry((kind, metric)).or_insert((lo, hi));
+            (r.0, r.1) = (r.0.min(lo), r.1.max(hi));
+        }
+        Taken {
+            series: std::mem::take(series),
+            ranges,
+        }
     }
 }
 
@@ -152,11 +211,20 @@ mod tests {
         tap.record("d", DeviceKind::Ups, 2, 0, Some(0.5), 1);
         tap.leave_out(vec![(BLOCK, 2 * BLOCK)]);
         tap.record("d", DeviceKind::Ups, 2, BLOCK + 5, Some(50.0), 1);
-        let got = tap.take();
+        tap.value(k, 1, "supply_temp_c", 0, 7.0);
+        tap.value(k, 3, "supply_temp_c", 0, 6.5);
+        tap.value(k, 1, "supply_temp_c", BLOCK + 1, 99.0); // left out
+        let taken = tap.take();
+        assert_eq!(
+            taken.ranges[&(k, "supply_temp_c".to_owned())],
+            (6.5, 7.0),
+            "one range per kind and metric"
+        );
+        let got = taken.series;
         let chiller = &got[&("d", k)];
         assert_eq!(chiller.subjects, 1);
         assert_eq!(chiller.maxima, vec![6.0, 3.0]);
         assert_eq!(got[&("d", DeviceKind::Ups)].maxima, vec![0.5]);
-        assert!(tap.take().is_empty(), "handed over");
+        assert!(tap.take().series.is_empty(), "handed over");
     }
 }
