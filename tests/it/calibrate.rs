@@ -61,6 +61,11 @@ fn thresholds_from_one_clean_period_hold_the_budget_on_another() {
             assert!(k["threshold"].as_f64() > k["largest_seen"].as_f64(), "{k}");
         }
         assert_eq!(report["clean_incidents"], 0, "{variant}");
+        let bands = report["envelopes"]["chiller"].as_u64().unwrap_or(0);
+        assert!(
+            bands >= 4,
+            "{variant}: the chillers' metrics get envelope bands"
+        );
         let config = tight.join("wattchdog.toml");
         assert_eq!(
             incidents(&config, &held_out),
@@ -90,4 +95,27 @@ fn thresholds_from_one_clean_period_hold_the_budget_on_another() {
             "{variant}: {n} incidents for a budget of 18"
         );
     }
+}
+
+#[test]
+fn too_short_a_history_is_refused_with_what_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("hour.jsonl");
+    simulate_variant(&clean, "edge-small", 1.0, 3, "none");
+    let out = crate::support::run(&[
+        "calibrate",
+        clean.to_str().unwrap(),
+        "-o",
+        dir.path().join("site").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no threshold could be fitted") && err.contains("--block"),
+        "{err}"
+    );
+    assert!(!dir.path().join("site/wattchdog.toml").exists());
+    let out = crate::support::run(&["calibrate", "-o", "x", "--false-alarms", "1/fortnight", "y"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fortnight"));
 }
