@@ -28,7 +28,7 @@ use crate::app::train::sha256_file;
 use crate::app::{load_config, Summary};
 use crate::config::Config;
 use crate::detect::tail::Tail;
-use crate::detect::tap::{Series, Tap};
+use crate::detect::tap::{Range, Series, Tap};
 use crate::model::{DeviceKind, Ts};
 use crate::report::eval::parse_ts;
 use crate::sink::discard;
@@ -189,6 +189,9 @@ pub struct Calibration {
     pub rules: Vec<RuleChoice>,
     /// Metrics whose clean range was written as their `envelope` band, per kind.
     pub envelopes: BTreeMap<String, usize>,
+    /// Metrics given no band, per kind: constant throughout, or either half of the
+    /// history, widened by the margin, not holding the other.
+    pub envelopes_unsettled: BTreeMap<String, usize>,
     /// Incidents the written config raised on the same captures (what the budget is
     /// about: alerts of one cause are grouped into one).
     pub clean_incidents: usize,
@@ -285,7 +288,7 @@ pub fn calibrate(
 ) -> anyhow::Result<Calibration> {
     let how = OpenOptions::from_config(cfg, mapping);
     let mut series: BTreeMap<(&'static str, DeviceKind), Series> = BTreeMap::new();
-    let mut ranges: BTreeMap<(DeviceKind, String), (f64, f64)> = BTreeMap::new();
+    let mut ranges: BTreeMap<(DeviceKind, String), Vec<Range>> = BTreeMap::new();
     let mut captures = Vec::new();
     let mut span_ms = 0i64;
     for path in files {
@@ -304,9 +307,8 @@ pub fn calibrate(
             into.maxima.extend(s.maxima);
             into.subjects += s.subjects;
         }
-        for (key, (lo, hi)) in taken.ranges {
-            let r = ranges.entry(key).or_insert((lo, hi));
-            (r.0, r.1) = (r.0.min(lo), r.1.max(hi));
+        for (key, blocks) in taken.ranges {
+            ranges.entry(key).or_default().extend(blocks);
         }
         if let (Some(a), Some(b)) = (
             report.first_ts.as_deref().and_then(parse_ts),
@@ -341,7 +343,8 @@ pub fn calibrate(
         );
     }
     write_thresholds(&mut base, &rules);
-    write_envelopes(&mut base, &ranges);
+    let (bands, unsettled) = bands(cfg, ranges);
+    write_envelopes(&mut base, &bands);
     absolute_model_dirs(&mut base, base_dir);
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -377,10 +380,8 @@ pub fn calibrate(
         weeks_seen: weeks,
         captures,
         rules,
-        envelopes: ranges.keys().fold(BTreeMap::new(), |mut m, (k, _)| {
-            *m.entry(k.to_string()).or_insert(0) += 1;
-            m
-        }),
+        envelopes: per_kind(bands.keys()),
+        envelopes_unsettled: per_kind(unsettled.iter()),
         clean_incidents,
         clean_alerts,
         wattchdog: env!("CARGO_PKG_VERSION").to_owned(),
@@ -609,6 +610,50 @@ fn table_at<'a>(base: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table
     })
 }
 
+/// How many metrics of each kind.
+fn per_kind<'a>(keys: impl Iterator<Item = &'a (DeviceKind, String)>) -> BTreeMap<String, usize> {
+    keys.fold(BTreeMap::new(), |mut m, (k, _)| {
+        *m.entry(k.to_string()).or_insert(0) += 1;
+        m
+    })
+}
+
+/// Each kind and metric's band: the range of all its blocks, when its history has
+/// settled — each half (in time) of its blocks, widened by the kind's `envelope.margin`
+/// on each side, holds the other half — and it was not constant. The rest, unsettled.
+#[allow(clippy::type_complexity)]
+fn bands(
+    cfg: &Config,
+    ranges: BTreeMap<(DeviceKind, String), Vec<Range>>,
+) -> (
+    BTreeMap<(DeviceKind, String), (f64, f64)>,
+    Vec<(DeviceKind, String)>,
+) {
+    let (mut bands, mut unsettled) = (BTreeMap::new(), Vec::new());
+    for (key, mut blocks) in ranges {
+        let margin = cfg.detectors.get(key.0).envelope.margin;
+        blocks.sort_by_key(|r| r.block);
+        let span = |rs: &[Range]| {
+            rs.iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+                    (lo.min(r.lo), hi.max(r.hi))
+                })
+        };
+        let (a, b) = blocks.split_at(blocks.len() / 2);
+        let (whole, a, b) = (span(&blocks), span(a), span(b));
+        let holds = |(lo, hi): (f64, f64), (olo, ohi): (f64, f64)| {
+            let w = margin * (hi - lo);
+            lo - w <= olo && ohi <= hi + w
+        };
+        if whole.1 > whole.0 && holds(a, b) && holds(b, a) {
+            bands.insert(key, whole);
+        } else {
+            unsettled.push(key);
+        }
+    }
+    (bands, unsettled)
+}
+
 /// Writes each kind's metric ranges as its `envelope` bands.
 fn write_envelopes(base: &mut toml::Table, ranges: &BTreeMap<(DeviceKind, String), (f64, f64)>) {
     for ((kind, metric), (lo, hi)) in ranges {
@@ -756,5 +801,40 @@ mod tests {
         // aside, which holds no model here).
         let e = cfg.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(!e.contains("kinds."), "{e}");
+    }
+
+    #[test]
+    fn a_band_is_written_only_for_a_history_that_settled() {
+        let r = |block, lo, hi| Range { block, lo, hi };
+        let key = |m: &str| (DeviceKind::Chiller, m.to_owned());
+        let ranges = [
+            // Steady: either half widened by half its width holds the other.
+            (
+                key("steady"),
+                vec![
+                    r(0, 6.9, 7.1),
+                    r(1, 6.8, 7.0),
+                    r(2, 6.95, 7.2),
+                    r(3, 6.9, 7.05),
+                ],
+            ),
+            // Climbing all day: the second half is far outside the first.
+            (
+                key("climbing"),
+                vec![
+                    r(0, 1.0, 2.0),
+                    r(1, 2.0, 3.0),
+                    r(2, 5.0, 6.0),
+                    r(3, 8.0, 9.0),
+                ],
+            ),
+            // Never moved.
+            (key("standby"), vec![r(0, 0.0, 0.0), r(1, 0.0, 0.0)]),
+        ]
+        .into();
+        let (bands, unsettled) = bands(&Config::default(), ranges);
+        assert_eq!(bands.len(), 1);
+        assert_eq!(bands[&key("steady")], (6.8, 7.2));
+        assert_eq!(unsettled, vec![key("climbing"), key("standby")]);
     }
 }

@@ -46,8 +46,8 @@ pub struct Tapped {
     open: FxHashMap<(&'static str, u32), Open>,
     /// Event-time windows not recorded (labelled attacks in a capture called clean).
     left_out: Vec<(Ts, Ts)>,
-    /// Each point's kind, metric and the range of its values.
-    values: FxHashMap<u32, (DeviceKind, String, f64, f64)>,
+    /// Each point's kind, metric and the range of its values per block.
+    values: FxHashMap<u32, (DeviceKind, String, Vec<Range>)>,
 }
 
 /// What a tap recorded.
@@ -55,8 +55,19 @@ pub struct Tapped {
 pub struct Taken {
     /// Block maxima of each threshold rule, by config key and kind.
     pub series: BTreeMap<(&'static str, DeviceKind), Series>,
-    /// The range of each kind's metrics: lowest and highest value of any of its points.
-    pub ranges: BTreeMap<(DeviceKind, String), (f64, f64)>,
+    /// The ranges of each kind's metrics, per point and block, in time order per point.
+    pub ranges: BTreeMap<(DeviceKind, String), Vec<Range>>,
+}
+
+/// The lowest and highest value of one point in one block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    /// The block's start, in event time.
+    pub block: Ts,
+    /// Lowest value.
+    pub lo: f64,
+    /// Highest value.
+    pub hi: f64,
 }
 
 #[derive(Debug)]
@@ -87,11 +98,19 @@ impl Tap {
         if !v.is_finite() || t.left_out.iter().any(|&(a, b)| (a..=b).contains(&ts)) {
             return;
         }
-        let r = t
+        let block = ts.div_euclid(t.block) * t.block;
+        let (_, _, blocks) = t
             .values
             .entry(point)
-            .or_insert_with(|| (kind, metric.to_owned(), v, v));
-        (r.2, r.3) = (r.2.min(v), r.3.max(v));
+            .or_insert_with(|| (kind, metric.to_owned(), Vec::new()));
+        match blocks.last_mut() {
+            Some(r) if r.block == block => (r.lo, r.hi) = (r.lo.min(v), r.hi.max(v)),
+            _ => blocks.push(Range {
+                block,
+                lo: v,
+                hi: v,
+            }),
+        }
     }
 
     /// One judgement of `subject` (a point or device id of the detector's own choosing,
@@ -176,10 +195,11 @@ impl Tap {
                 series.entry((key, o.kind)).or_default().maxima.push(o.max);
             }
         }
-        let mut ranges: BTreeMap<(DeviceKind, String), (f64, f64)> = BTreeMap::new();
-        for (_, (kind, metric, lo, hi)) in values.drain() {
-            let r = ranges.entry((kind, metric)).or_insert((lo, hi));
-            (r.0, r.1) = (r.0.min(lo), r.1.max(hi));
+        let mut points: Vec<_> = values.drain().collect();
+        points.sort_by_key(|(p, _)| *p);
+        let mut ranges: BTreeMap<(DeviceKind, String), Vec<Range>> = BTreeMap::new();
+        for (_, (kind, metric, blocks)) in points {
+            ranges.entry((kind, metric)).or_default().extend(blocks);
         }
         Taken {
             series: std::mem::take(series),
@@ -215,10 +235,11 @@ mod tests {
         tap.value(k, 3, "supply_temp_c", 0, 6.5);
         tap.value(k, 1, "supply_temp_c", BLOCK + 1, 99.0); // left out
         let taken = tap.take();
+        let r = |lo, hi| Range { block: 0, lo, hi };
         assert_eq!(
             taken.ranges[&(k, "supply_temp_c".to_owned())],
-            (6.5, 7.0),
-            "one range per kind and metric"
+            vec![r(7.0, 7.0), r(6.5, 6.5)],
+            "per point and block, under its kind and metric"
         );
         let got = taken.series;
         let chiller = &got[&("d", k)];
