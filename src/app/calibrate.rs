@@ -263,9 +263,11 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<Calibration> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     calibrate(
-        &cfg,
-        base,
-        &base_dir,
+        Base {
+            cfg,
+            table: base,
+            dir: base_dir,
+        },
         mapping,
         &a.files,
         a.false_alarms,
@@ -274,18 +276,33 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<Calibration> {
     )
 }
 
-/// Calibrates `cfg` (whose text is `base`, its relative paths under `base_dir`) on the
-/// clean `files` and writes `out/wattchdog.toml` and `out/calibration.json`.
+/// The config calibrated.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// As loaded.
+    pub cfg: Config,
+    /// As written (the calibrated config is this with the thresholds set).
+    pub table: toml::Table,
+    /// What its relative paths are relative to.
+    pub dir: PathBuf,
+}
+
+/// Calibrates `base` on the clean `files` and writes `out/wattchdog.toml` and
+/// `out/calibration.json`.
 pub fn calibrate(
-    cfg: &Config,
-    mut base: toml::Table,
-    base_dir: &Path,
+    base: Base,
     mapping: Option<WideMapping>,
     files: &[PathBuf],
     budget: Budget,
     block: Ts,
     out: &Path,
 ) -> anyhow::Result<Calibration> {
+    let Base {
+        cfg,
+        table: mut base,
+        dir: base_dir,
+    } = base;
+    let cfg = &cfg;
     let how = OpenOptions::from_config(cfg, mapping);
     let mut series: BTreeMap<(&'static str, DeviceKind), Series> = BTreeMap::new();
     let mut ranges: BTreeMap<(DeviceKind, String), Vec<Range>> = BTreeMap::new();
@@ -345,7 +362,7 @@ pub fn calibrate(
     write_thresholds(&mut base, &rules);
     let (bands, unsettled) = bands(cfg, ranges);
     write_envelopes(&mut base, &bands);
-    absolute_model_dirs(&mut base, base_dir);
+    absolute_model_dirs(&mut base, &base_dir);
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let config_path = out.join("wattchdog.toml");
