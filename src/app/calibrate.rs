@@ -743,6 +743,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_budget_text_is_a_positive_rate_or_an_error(s in "\\PC{0,24}", n in 0.0f64..1e7) {
+            if let Ok(b) = Budget::parse(&s) {
+                proptest::prop_assert!(b.per_week().is_finite() && b.per_week() > 0.0);
+            }
+            let text = format!("{n}/day");
+            match Budget::parse(&text) {
+                Ok(b) => proptest::prop_assert!((b.per_week() - 7.0 * n).abs() <= 1e-9 * n.max(1.0)),
+                Err(_) => proptest::prop_assert!(n == 0.0 || n > 1e6),
+            }
+        }
+    }
+
     #[test]
     fn thresholds_round_up_to_four_significant_digits() {
         assert_eq!(round_up(6.12341), 6.124);

@@ -115,8 +115,9 @@ impl Tap {
 
     /// One judgement of `subject` (a point or device id of the detector's own choosing,
     /// unique within it) at `ts` by the rule whose threshold is the config key `key`
-    /// (`ewma_z.threshold`: the table under `[kinds.<kind>]`, then the key): `stat` is what the threshold is compared with, `None`
-    /// when the rule did not judge (warm-up, missing input), which breaks a run.
+    /// (`ewma_z.threshold`: the table under `[kinds.<kind>]`, then the key): `stat` is
+    /// what the threshold is compared with, `None` when the rule did not judge (warm-up,
+    /// missing input), which breaks a run.
     pub fn record(
         &self,
         key: &'static str,
