@@ -81,15 +81,26 @@ impl TimeFormat {
         if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
             return Err(format!("time_format {format:?} is not a strftime pattern"));
         }
-        // In UTC, so that `%z` writes an offset rather than failing.
-        let reference =
-            DateTime::<Utc>::from_timestamp(1_614_834_367, 0).ok_or("reference time")?;
-        let mut sample = String::new();
-        write!(sample, "{}", reference.format(format))
-            .map_err(|_| format!("time_format {format:?} cannot be written"))?;
-        parse_pattern(&sample, format, 0).map(|_| ()).ok_or_else(|| {
-            format!("time_format {format:?} does not give a date (it needs the year, month and day, or %s)")
-        })
+        // Times whose fields have one and two digits, and epoch seconds of several
+        // lengths: a pattern whose fields run into each other (`%s%e`) reads some of
+        // them wrongly. Each must read back, to within the day it was written in. In
+        // UTC, so that `%z` writes an offset rather than failing.
+        for secs in [1_614_834_367, 1_798_761_599, 943_265_472, 777_600] {
+            let reference = DateTime::<Utc>::from_timestamp(secs, 0).ok_or("reference time")?;
+            let mut sample = String::new();
+            write!(sample, "{}", reference.format(format))
+                .map_err(|_| format!("time_format {format:?} cannot be written"))?;
+            let written = secs * 1000;
+            let read = parse_pattern(&sample, format, 0).ok_or_else(|| {
+                format!("time_format {format:?} does not give a date (it needs the year, month and day, or %s), or its fields run into each other ({sample:?} cannot be read back)")
+            })?;
+            if !(read <= written && written - read < 86_400_000) {
+                return Err(format!(
+                    "time_format {format:?} does not read back what it writes ({sample:?}): its fields run into each other"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -553,6 +564,18 @@ mod tests {
         assert!(parse_duration("10 parsecs").is_err());
         assert_eq!(format_duration(3_723_000), "1h02m");
         assert_eq!(format_duration(42_000), "42s");
+    }
+
+    #[test]
+    fn patterns_whose_fields_run_into_each_other_are_refused() {
+        // Epoch seconds then a day: the seconds swallow a two-digit day.
+        assert!(TimeFormat::check_pattern("%s%e").is_err());
+        assert!(TimeFormat::check_pattern("%s%m").is_err());
+        assert!(TimeFormat::check_pattern("%s %e").is_ok());
+        assert!(
+            TimeFormat::check_pattern("%Y%m%d%H").is_ok(),
+            "fixed widths read back"
+        );
     }
 
     proptest! {
