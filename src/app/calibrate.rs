@@ -28,7 +28,7 @@ use crate::app::train::sha256_file;
 use crate::app::{load_config, Summary};
 use crate::config::Config;
 use crate::detect::tail::Tail;
-use crate::detect::tap::{Range, Series, Tap};
+use crate::detect::tap::{Range, Rule, Series, Tap};
 use crate::model::{DeviceKind, Ts};
 use crate::report::eval::parse_ts;
 use crate::sink::discard;
@@ -145,8 +145,11 @@ pub struct KindChoice {
     pub before: Option<f64>,
     /// The threshold written (`None`: kept or disabled).
     pub threshold: Option<f64>,
-    /// `set`, `kept` or `disabled`, and why.
-    pub decision: String,
+    /// What was done.
+    pub decision: Decision,
+    /// Why, when it was not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
     /// Expected false alarms per week from this kind's tail at the threshold written.
     pub expected_per_week: Option<f64>,
     /// Blocks of the clean captures at or over the threshold written.
@@ -155,9 +158,34 @@ pub struct KindChoice {
     pub tail: Option<TailSeen>,
 }
 
+/// What was done with one rule's threshold for one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// A threshold was written.
+    Set,
+    /// The base config's value stays.
+    Kept,
+    /// The rule is turned off for the kind: no threshold can meet the budget.
+    Disabled,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Decision::Set => "set",
+            Decision::Kept => "kept",
+            Decision::Disabled => "disabled",
+        })
+    }
+}
+
 /// What was decided for one rule.
 #[derive(Debug, Serialize)]
 pub struct RuleChoice {
+    /// The rule.
+    #[serde(skip)]
+    pub rule: Rule,
     /// Config key under `[kinds.<kind>]`.
     pub key: String,
     /// Its share of the budget, alarms per week.
@@ -228,6 +256,9 @@ impl fmt::Display for Calibration {
                     num(k.threshold),
                     k.decision
                 )?;
+                if let Some(why) = &k.why {
+                    writeln!(f, "      {why}")?;
+                }
             }
         }
         let total: usize = self.clean_alerts.values().sum();
@@ -304,7 +335,7 @@ pub fn calibrate(
     } = base;
     let cfg = &cfg;
     let how = OpenOptions::from_config(cfg, mapping);
-    let mut series: BTreeMap<(&'static str, DeviceKind), Series> = BTreeMap::new();
+    let mut series: BTreeMap<(Rule, DeviceKind), Series> = BTreeMap::new();
     let mut ranges: BTreeMap<(DeviceKind, String), Vec<Range>> = BTreeMap::new();
     let mut captures = Vec::new();
     let mut span_ms = 0i64;
@@ -334,7 +365,7 @@ pub fn calibrate(
             span_ms += b - a;
         }
         captures.push(CaptureSeen {
-            file: file_name(path),
+            file: crate::app::train::file_name(path),
             sha256: sha256_file(path)?,
             first: report.first_ts,
             last: report.last_ts,
@@ -412,13 +443,6 @@ pub fn calibrate(
     Ok(calibration)
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into(),
-    )
-}
-
 /// Replays one capture through `pipeline`, failing on a capture that could not be read.
 fn replay_file(
     pipeline: crate::pipeline::Pipeline,
@@ -433,39 +457,31 @@ fn replay_file(
     Ok(report)
 }
 
-/// The threshold rule `key` currently has for `kind` in `cfg`.
-fn current(cfg: &Config, key: &str, kind: DeviceKind) -> Option<f64> {
+/// The threshold `rule` currently has for `kind` in `cfg` (a forest without a model has
+/// none).
+fn current(cfg: &Config, rule: Rule, kind: DeviceKind) -> Option<f64> {
     let p = cfg.detectors.get(kind);
-    Some(match key {
-        "ewma_z.threshold" => p.ewma_z.threshold,
-        "cusum.threshold" => p.cusum.threshold,
-        "physics.threshold" => p.physics.threshold,
-        "physics.sustained_threshold" => p.physics.sustained_threshold,
-        "residual.margin" => p.residual.margin,
-        "iforest.threshold" => p
+    Some(match rule {
+        Rule::EwmaZ => p.ewma_z.threshold,
+        Rule::Cusum => p.cusum.threshold,
+        Rule::Physics => p.physics.threshold,
+        Rule::PhysicsSustained => p.physics.sustained_threshold,
+        Rule::ResidualMargin => p.residual.margin,
+        Rule::Iforest => p
             .iforest
             .threshold
             .or_else(|| cfg.models.get(kind).as_ref().map(|m| m.file.threshold))?,
-        _ => return None,
     })
 }
 
-/// The largest value a rule's threshold may take (a forest's score is at most 1).
-fn ceiling(key: &str) -> f64 {
-    if key == "iforest.threshold" {
-        1.0
-    } else {
-        f64::INFINITY
-    }
-}
-
-/// The smallest value a rule's threshold may take (a residual margin below 1 would
-/// flag more than the warm-up quantile it multiplies).
-fn floor(key: &str) -> f64 {
-    if key == "residual.margin" {
-        1.0
-    } else {
-        0.0
+/// The lowest and highest value `rule`'s threshold may take: a forest's score is at
+/// most 1; a residual margin below 1 would flag more than the warm-up quantile it
+/// multiplies.
+fn bounds(rule: Rule) -> (f64, f64) {
+    match rule {
+        Rule::Iforest => (0.0, 1.0),
+        Rule::ResidualMargin => (1.0, f64::INFINITY),
+        Rule::EwmaZ | Rule::Cusum | Rule::Physics | Rule::PhysicsSustained => (0.0, f64::INFINITY),
     }
 }
 
@@ -486,14 +502,14 @@ type KindSeries<'a> = (DeviceKind, &'a Series, Option<Tail>);
 /// Splits the budget and sets each rule's thresholds (see the module's docs).
 fn choose(
     cfg: &Config,
-    series: &BTreeMap<(&'static str, DeviceKind), Series>,
+    series: &BTreeMap<(Rule, DeviceKind), Series>,
     budget_per_week: f64,
     weeks: f64,
 ) -> Vec<RuleChoice> {
-    let mut by_rule: BTreeMap<&'static str, Vec<KindSeries<'_>>> = BTreeMap::new();
-    for (&(key, kind), s) in series {
+    let mut by_rule: BTreeMap<Rule, Vec<KindSeries<'_>>> = BTreeMap::new();
+    for (&(rule, kind), s) in series {
         by_rule
-            .entry(key)
+            .entry(rule)
             .or_default()
             .push((kind, s, Tail::fit(&s.maxima)));
     }
@@ -505,7 +521,8 @@ fn choose(
     let share = budget_per_week / fitted as f64;
     by_rule
         .into_iter()
-        .map(|(key, kinds)| {
+        .map(|(rule, kinds)| {
+            let (floor, ceiling) = bounds(rule);
             let blocks: usize = kinds.iter().map(|(_, s, _)| s.maxima.len()).sum();
             let p = (share * weeks / blocks.max(1) as f64).min(1.0);
             let kinds = kinds
@@ -517,18 +534,19 @@ fn choose(
                         subjects: s.subjects,
                         blocks: s.maxima.len(),
                         largest_seen: largest,
-                        before: current(cfg, key, kind),
+                        before: current(cfg, rule, kind),
                         threshold: None,
-                        decision: String::new(),
+                        decision: Decision::Kept,
+                        why: None,
                         expected_per_week: None,
                         clean_blocks_over: 0,
                         tail: None,
                     };
                     let Some(t) = tail else {
-                        c.decision = format!(
-                            "kept: fewer than {} blocks or too few distinct large values to fit a tail",
+                        c.why = Some(format!(
+                            "fewer than {} blocks or too few distinct large values to fit a tail",
                             crate::detect::tail::MIN_MAXIMA
-                        );
+                        ));
                         return c;
                     };
                     // The fit extrapolates; the history bounds it from below: a budget
@@ -543,11 +561,11 @@ fn choose(
                         .filter_map(Tail::fit)
                         .collect();
                     if halves.len() < 2 {
-                        c.decision = format!(
-                            "kept: {} blocks; each half of the history needs a fit of its own ({} blocks or more) to check the other",
+                        c.why = Some(format!(
+                            "{} blocks; each half of the history needs a fit of its own ({} blocks or more) to check the other",
                             s.maxima.len(),
                             crate::detect::tail::MIN_MAXIMA
-                        );
+                        ));
                         return c;
                     }
                     let fitted = halves
@@ -565,26 +583,27 @@ fn choose(
                         shape: t.shape,
                         scale: t.scale,
                     });
-                    let at = at.max(floor(key));
+                    let at = at.max(floor);
                     if !(at.is_finite() && at > 0.0) {
-                        c.decision = format!("kept: the fitted threshold {at} is not positive");
-                    } else if at > ceiling(key) {
-                        c.decision = format!(
-                            "disabled: meeting the budget needs {at:.4}, above the largest possible {}",
-                            ceiling(key)
-                        );
+                        c.why = Some(format!("the fitted threshold {at} is not positive"));
+                    } else if at > ceiling {
+                        c.decision = Decision::Disabled;
+                        c.why = Some(format!(
+                            "meeting the budget needs {at:.4}, above the largest possible {ceiling}"
+                        ));
                     } else {
                         c.threshold = Some(at);
                         c.expected_per_week =
                             Some(t.exceedance(at) * s.maxima.len() as f64 / weeks);
                         c.clean_blocks_over = s.maxima.iter().filter(|&&m| m >= at).count();
-                        c.decision = "set".into();
+                        c.decision = Decision::Set;
                     }
                     c
                 })
                 .collect();
             RuleChoice {
-                key: key.to_owned(),
+                rule,
+                key: rule.key(),
                 share_per_week: share,
                 block_probability: p,
                 kinds,
@@ -596,14 +615,12 @@ fn choose(
 /// Writes each rule's decisions under `[kinds.<kind>.<detector>]`.
 fn write_thresholds(base: &mut toml::Table, rules: &[RuleChoice]) {
     for r in rules {
-        let Some((detector, field)) = r.key.split_once('.') else {
-            continue;
-        };
+        let (detector, field) = r.rule.detector_and_field();
         for k in &r.kinds {
-            let set = match (k.threshold, k.decision.starts_with("disabled")) {
-                (Some(v), _) => (field, toml::Value::Float(v)),
-                (None, true) => ("enabled", toml::Value::Boolean(false)),
-                (None, false) => continue,
+            let set = match (k.decision, k.threshold) {
+                (Decision::Set, Some(v)) => (field, toml::Value::Float(v)),
+                (Decision::Disabled, _) => ("enabled", toml::Value::Boolean(false)),
+                _ => continue,
             };
             let table = table_at(base, &["kinds", k.kind.as_str(), detector]);
             table.insert(set.0.to_owned(), set.1);
@@ -771,30 +788,36 @@ mod tests {
             "[detectors.iforest]\nmodels = \"m\"\n[kinds.ups.ewma_z]\nwarmup_samples = 9\n"
                 .parse()
                 .unwrap();
-        let kind = |kind: &str, threshold: Option<f64>, decision: &str| KindChoice {
+        let kind = |kind: &str, threshold: Option<f64>, decision| KindChoice {
             kind: kind.into(),
             subjects: 1,
             blocks: 100,
             largest_seen: None,
             before: None,
             threshold,
-            decision: decision.into(),
+            decision,
+            why: None,
             expected_per_week: None,
             clean_blocks_over: 0,
             tail: None,
         };
         let rules = vec![
             RuleChoice {
-                key: "ewma_z.threshold".into(),
+                rule: Rule::EwmaZ,
+                key: Rule::EwmaZ.key(),
                 share_per_week: 1.0,
                 block_probability: 1e-4,
-                kinds: vec![kind("ups", Some(7.5), "set"), kind("pdu", None, "kept: …")],
+                kinds: vec![
+                    kind("ups", Some(7.5), Decision::Set),
+                    kind("pdu", None, Decision::Kept),
+                ],
             },
             RuleChoice {
-                key: "iforest.threshold".into(),
+                rule: Rule::Iforest,
+                key: Rule::Iforest.key(),
                 share_per_week: 1.0,
                 block_probability: 1e-4,
-                kinds: vec![kind("chiller", None, "disabled: …")],
+                kinds: vec![kind("chiller", None, Decision::Disabled)],
             },
         ];
         write_thresholds(&mut base, &rules);

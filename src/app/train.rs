@@ -146,12 +146,8 @@ fn record<R: Default>(
     // Each capture on its own: captures are separate facilities or periods, and merging
     // them by event time would interleave unrelated devices of the same name.
     for path in &opts.inputs {
-        // The name, not the path: where the file sat is not part of the model.
         inputs.push(Input {
-            file: path.file_name().map_or_else(
-                || path.display().to_string(),
-                |n| n.to_string_lossy().into(),
-            ),
+            file: file_name(path),
             sha256: sha256_file(path)?,
         });
         let how = OpenOptions::from_config(cfg, opts.mapping.clone());
@@ -233,7 +229,16 @@ pub fn train_residual(
     })
 }
 
-/// SHA-256 of a file, hex.
+/// A capture's name without where it sat: where a file sat is no part of a model or a
+/// calibration made from it.
+pub fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    )
+}
+
+/// The SHA-256 of a file, in hex.
 pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
     let io = |source| TrainError::Io {
         path: path.display().to_string(),

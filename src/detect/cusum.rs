@@ -18,7 +18,11 @@
 //! normal swing (daily load profiles); the physics detectors see those through the
 //! quantities that must follow. Nothing is judged before the warm-up (2 h at 1 Hz).
 
-use super::{point_finding, sig, tap::Tap, Detector, PerKind, PointTable};
+use super::{
+    point_finding, sig,
+    tap::{Rule, Tap},
+    Detector, PerKind, PointTable,
+};
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::{Finding, Severity, Ts};
@@ -255,7 +259,7 @@ impl Detector for Cusum {
             s.s_lo = (s.s_lo - ze - params.k).clamp(0.0, cap);
             let score = s.s_hi.max(s.s_lo);
             if let Some(tap) = &self.tap {
-                tap.record("cusum.threshold", frame.kind(), p, frame.ts, Some(score), 1);
+                tap.record(Rule::Cusum, frame.kind(), p, frame.ts, Some(score), 1);
             }
             if score < params.threshold {
                 s.alarm_blocks = 0;

@@ -9,7 +9,11 @@
 //! Blind spots: slow drifts the baseline follows (see `cusum`), values that stay within
 //! the noise (see the physics detectors), booleans and setpoints (not analog).
 
-use super::{point_finding, sig, tap::Tap, Detector, PerKind, PointTable};
+use super::{
+    point_finding, sig,
+    tap::{Rule, Tap},
+    Detector, PerKind, PointTable,
+};
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::{Finding, Severity};
@@ -99,7 +103,7 @@ impl Detector for EwmaZ {
                 tap.value(frame.kind(), p, metric, frame.ts, st.value);
                 let judged = (st.n > params.warmup_samples).then_some(st.z.abs());
                 tap.record(
-                    "ewma_z.threshold",
+                    Rule::EwmaZ,
                     frame.kind(),
                     p,
                     frame.ts,

@@ -29,7 +29,11 @@
 //! Blind spots: an attacker who spoofs every quantity of a relation consistently;
 //! relations whose inputs are missing from the capture are simply not evaluated.
 
-use super::{sig, tap::Tap, Detector, PerKind};
+use super::{
+    sig,
+    tap::{Rule, Tap},
+    Detector, PerKind,
+};
 use crate::feature::{Frame, PointState};
 use crate::model::attack;
 use crate::model::points::DeviceId;
@@ -549,7 +553,7 @@ impl Detector for Physics {
                 let subject = frame.device << 6 | i as u32;
                 let judged = (!warm).then_some(z.abs());
                 tap.record(
-                    "physics.threshold",
+                    Rule::Physics,
                     kind,
                     subject,
                     frame.ts,
@@ -557,14 +561,7 @@ impl Detector for Physics {
                     params.persist_samples,
                 );
                 let judged = (!warm && fit.n > 2 * params.warmup_samples).then_some(shift.abs());
-                tap.record(
-                    "physics.sustained_threshold",
-                    kind,
-                    subject,
-                    frame.ts,
-                    judged,
-                    1,
-                );
+                tap.record(Rule::PhysicsSustained, kind, subject, frame.ts, judged, 1);
             }
             let jump = !warm && z.abs() >= params.threshold;
             fit.run = if jump { fit.run + 1 } else { 0 };

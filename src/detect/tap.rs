@@ -18,6 +18,44 @@ use std::sync::{Arc, Mutex};
 /// enough that a day gives each subject over a hundred.
 pub const BLOCK: Ts = 10 * 60_000;
 
+/// A threshold rule a tap records, named for its config key under `[kinds.<kind>]`.
+/// Declared in the keys' alphabetical order, so records sort as their keys do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// `cusum.threshold`: max(S⁺, S⁻).
+    Cusum,
+    /// `ewma_z.threshold`: |z|.
+    EwmaZ,
+    /// `iforest.threshold`: a device frame's anomaly score.
+    Iforest,
+    /// `physics.sustained_threshold`: a relation's sustained shift.
+    PhysicsSustained,
+    /// `physics.threshold`: a relation's |z|.
+    Physics,
+    /// `residual.margin`: a device frame's score over its warm-up quantile.
+    ResidualMargin,
+}
+
+impl Rule {
+    /// The detector's table and the field set under `[kinds.<kind>.<detector>]`.
+    pub fn detector_and_field(self) -> (&'static str, &'static str) {
+        match self {
+            Rule::Cusum => ("cusum", "threshold"),
+            Rule::EwmaZ => ("ewma_z", "threshold"),
+            Rule::Iforest => ("iforest", "threshold"),
+            Rule::PhysicsSustained => ("physics", "sustained_threshold"),
+            Rule::Physics => ("physics", "threshold"),
+            Rule::ResidualMargin => ("residual", "margin"),
+        }
+    }
+
+    /// `detector.field`.
+    pub fn key(self) -> String {
+        let (d, f) = self.detector_and_field();
+        format!("{d}.{f}")
+    }
+}
+
 /// Where a detector's judgements go while calibrating. Cloning shares the record.
 #[derive(Debug, Clone)]
 pub struct Tap(Arc<Mutex<Tapped>>);
@@ -42,8 +80,8 @@ pub struct Series {
 pub struct Tapped {
     /// Event time per block.
     block: Ts,
-    series: BTreeMap<(&'static str, DeviceKind), Series>,
-    open: FxHashMap<(&'static str, u32), Open>,
+    series: BTreeMap<(Rule, DeviceKind), Series>,
+    open: FxHashMap<(Rule, u32), Open>,
     /// Event-time windows not recorded (labelled attacks in a capture called clean).
     left_out: Vec<(Ts, Ts)>,
     /// Each point's kind, metric and the range of its values per block.
@@ -53,8 +91,8 @@ pub struct Tapped {
 /// What a tap recorded.
 #[derive(Debug, Default)]
 pub struct Taken {
-    /// Block maxima of each threshold rule, by config key and kind.
-    pub series: BTreeMap<(&'static str, DeviceKind), Series>,
+    /// Block maxima of each threshold rule, by rule and kind.
+    pub series: BTreeMap<(Rule, DeviceKind), Series>,
     /// The ranges of each kind's metrics, per point and block, in time order per point.
     pub ranges: BTreeMap<(DeviceKind, String), Vec<Range>>,
 }
@@ -114,13 +152,12 @@ impl Tap {
     }
 
     /// One judgement of `subject` (a point or device id of the detector's own choosing,
-    /// unique within it) at `ts` by the rule whose threshold is the config key `key`
-    /// (`ewma_z.threshold`: the table under `[kinds.<kind>]`, then the key): `stat` is
+    /// unique within it) at `ts` by `rule`: `stat` is
     /// what the threshold is compared with, `None` when the rule did not judge (warm-up,
     /// missing input), which breaks a run.
     pub fn record(
         &self,
-        key: &'static str,
+        rule: Rule,
         kind: DeviceKind,
         subject: u32,
         ts: Ts,
@@ -138,8 +175,8 @@ impl Tap {
             ..
         } = &mut *t;
         let stat = stat.filter(|_| !left_out.iter().any(|&(a, b)| (a..=b).contains(&ts)));
-        let o = open.entry((key, subject)).or_insert_with(|| {
-            series.entry((key, kind)).or_default().subjects += 1;
+        let o = open.entry((rule, subject)).or_insert_with(|| {
+            series.entry((rule, kind)).or_default().subjects += 1;
             Open {
                 kind,
                 block,
@@ -149,7 +186,7 @@ impl Tap {
         });
         if o.block != block {
             if o.max.is_finite() {
-                series.entry((key, o.kind)).or_default().maxima.push(o.max);
+                series.entry((rule, o.kind)).or_default().maxima.push(o.max);
             }
             (o.block, o.max) = (block, f64::NEG_INFINITY);
         }
@@ -191,9 +228,9 @@ impl Tap {
         // Subjects in a stable order, so the maxima are too.
         let mut left: Vec<_> = open.drain().collect();
         left.sort_by_key(|((d, s), _)| (*d, *s));
-        for ((key, _), o) in left {
+        for ((rule, _), o) in left {
             if o.max.is_finite() {
-                series.entry((key, o.kind)).or_default().maxima.push(o.max);
+                series.entry((rule, o.kind)).or_default().maxima.push(o.max);
             }
         }
         let mut points: Vec<_> = values.drain().collect();
@@ -220,18 +257,18 @@ mod tests {
         // Subject 1, persist 2: in block 0 the runs' minima are 1, 1, 1, 5, 6 → 6; the 9
         // after a missing judgement makes no run of two.
         for (i, v) in [1.0, 2.0, 1.0, 5.0, 6.0].into_iter().enumerate() {
-            tap.record("d", k, 1, i as Ts * 1000, Some(v), 2);
+            tap.record(Rule::EwmaZ, k, 1, i as Ts * 1000, Some(v), 2);
         }
-        tap.record("d", k, 1, 6_000, Some(7.0), 2);
-        tap.record("d", k, 1, 7_000, None, 2);
-        tap.record("d", k, 1, 8_000, Some(9.0), 2);
+        tap.record(Rule::EwmaZ, k, 1, 6_000, Some(7.0), 2);
+        tap.record(Rule::EwmaZ, k, 1, 7_000, None, 2);
+        tap.record(Rule::EwmaZ, k, 1, 8_000, Some(9.0), 2);
         // Next block: 3 then 4 → 3.
-        tap.record("d", k, 1, BLOCK, Some(3.0), 2);
-        tap.record("d", k, 1, BLOCK + 1000, Some(4.0), 2);
+        tap.record(Rule::EwmaZ, k, 1, BLOCK, Some(3.0), 2);
+        tap.record(Rule::EwmaZ, k, 1, BLOCK + 1000, Some(4.0), 2);
         // Another subject of another kind, with its second block left out.
-        tap.record("d", DeviceKind::Ups, 2, 0, Some(0.5), 1);
+        tap.record(Rule::EwmaZ, DeviceKind::Ups, 2, 0, Some(0.5), 1);
         tap.leave_out(vec![(BLOCK, 2 * BLOCK)]);
-        tap.record("d", DeviceKind::Ups, 2, BLOCK + 5, Some(50.0), 1);
+        tap.record(Rule::EwmaZ, DeviceKind::Ups, 2, BLOCK + 5, Some(50.0), 1);
         tap.value(k, 1, "supply_temp_c", 0, 7.0);
         tap.value(k, 3, "supply_temp_c", 0, 6.5);
         tap.value(k, 1, "supply_temp_c", BLOCK + 1, 99.0); // left out
@@ -243,10 +280,10 @@ mod tests {
             "per point and block, under its kind and metric"
         );
         let got = taken.series;
-        let chiller = &got[&("d", k)];
+        let chiller = &got[&(Rule::EwmaZ, k)];
         assert_eq!(chiller.subjects, 1);
         assert_eq!(chiller.maxima, vec![6.0, 3.0]);
-        assert_eq!(got[&("d", DeviceKind::Ups)].maxima, vec![0.5]);
+        assert_eq!(got[&(Rule::EwmaZ, DeviceKind::Ups)].maxima, vec![0.5]);
         assert!(tap.take().series.is_empty(), "handed over");
     }
 }

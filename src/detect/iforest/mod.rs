@@ -24,7 +24,11 @@ pub mod fit;
 pub mod forest;
 pub mod vectors;
 
-use super::{sig, tap::Tap, Detector, PerKind};
+use super::{
+    sig,
+    tap::{Rule, Tap},
+    Detector, PerKind,
+};
 use crate::detect::model_file::{ModelDirs, ModelError};
 use crate::feature::{FeatureParams, Frame};
 use crate::model::attack;
@@ -39,8 +43,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use vectors::Extractor;
 
 const NAME: &str = "iforest";
-/// The config key a tapped score is compared with.
-const TAP_KEY: &str = "iforest.threshold";
 /// Features named in the evidence.
 const TOP: usize = 3;
 
@@ -310,7 +312,7 @@ impl Detector for IForest {
                 r.0 = 0;
             }
             if let Some(tap) = &self.tap {
-                tap.record(TAP_KEY, kind, frame.device, frame.ts, None, 1);
+                tap.record(Rule::Iforest, kind, frame.device, frame.ts, None, 1);
             }
             return;
         };
@@ -322,7 +324,7 @@ impl Detector for IForest {
             // The whole score, not only whether it reaches the threshold.
             Some(tap) => {
                 let s = model.score_at_least(&self.row, &mut self.scaled, f64::MIN_POSITIVE);
-                tap.record(TAP_KEY, kind, frame.device, frame.ts, s, persist);
+                tap.record(Rule::Iforest, kind, frame.device, frame.ts, s, persist);
                 s.filter(|&s| s >= threshold)
             }
             None => model.score_at_least(&self.row, &mut self.scaled, threshold),

@@ -25,7 +25,11 @@
 //! Blind spots: whatever the warm-up already contained; a metric that never varied
 //! during the warm-up (left to limits, ewma_z and flatline).
 
-use super::{sig, tap::Tap, Detector, PerKind};
+use super::{
+    sig,
+    tap::{Rule, Tap},
+    Detector, PerKind,
+};
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::points::{DeviceInfo, PointId};
@@ -458,7 +462,7 @@ impl Detector for Residual {
                     let judged = trained.is_none().then_some(ratio * p.margin);
                     let kind = frame.kind();
                     tap.record(
-                        "residual.margin",
+                        Rule::ResidualMargin,
                         kind,
                         frame.device,
                         frame.ts,
