@@ -1,6 +1,9 @@
 //! Central: the telemetry topic read in a consumer group (cooperative-sticky), one
-//! pipeline per owned partition (a site's readings all land in one partition, so all its
-//! detector state is in one place).
+//! pipeline per site of each owned partition (a site's readings all land in one
+//! partition, so all its detector state is in one place). Event time belongs to the
+//! site: sites sharing a partition each have their own present and watermark, so one
+//! site streaming while the others are quiet, behind or catching up is judged as it
+//! arrives, never held for theirs.
 //!
 //! - **Assignment**: the new owner reads the partition's committed offset and, committed
 //!   with it, the offset where the last `warmup` of event time before it begins (each
@@ -21,6 +24,7 @@
 use super::codec;
 use super::config::KafkaConfig;
 use super::counts::Milestone;
+use super::counts::OTHER_SITES;
 pub use super::counts::{CentralCounts, PartitionCounts, Takeover};
 use super::logs::{Logs, Quiet};
 use super::offsets::{Arrival, Offsets};
@@ -61,31 +65,91 @@ pub enum CentralError {
     Sink(#[from] SinkError),
 }
 
+/// Sites a partition keeps a pipeline each for; the records of further sites (keys, which
+/// whoever writes the topic chooses) share one more, so forged keys cannot grow memory
+/// without bound.
+const MAX_PIPELINES: usize = 256;
+
 /// One owned partition.
 struct Owned {
-    pipeline: Pipeline,
+    /// One per site (a record's key), in the order first read.
+    sites: Vec<Site>,
+    /// Each site's index in `sites`.
+    slots: BTreeMap<String, u32>,
     /// What was read, what may be committed, where a warm-up starts.
     offsets: Offsets,
-    /// The newest event time read live here.
-    newest: Ts,
-    /// When (wall clock) the broker last handed over a record of this partition.
-    heard: std::time::Instant,
-    /// Read up to the end of the partition (no record since the broker said so).
-    at_end: bool,
-    /// Since when (wall clock) the others' event time has been ahead of this
-    /// partition's, with nothing read here since.
-    behind: Option<std::time::Instant>,
-    /// Judged silent since the last record read (logged once per silence).
-    silent: bool,
+    /// When (wall clock) the broker last said the partition was read to its end.
+    end_seen: Option<std::time::Instant>,
     /// When it was assigned (takeovers are timed from here).
     assigned_at: std::time::Instant,
+}
+
+/// One site of an owned partition.
+struct Site {
+    name: String,
+    pipeline: Pipeline,
+    /// The newest event time read live here.
+    newest: Ts,
+    /// When (wall clock) the broker last handed over one of its records.
+    heard: std::time::Instant,
+    /// Since when (wall clock) the others' event time has been ahead of this site's,
+    /// with nothing read of it since.
+    behind: Option<std::time::Instant>,
+    /// Judged silent since its last record read (logged once per silence).
+    silent: bool,
+}
+
+impl Owned {
+    fn new(live_from: i64) -> Self {
+        Self {
+            sites: Vec::new(),
+            slots: BTreeMap::new(),
+            offsets: Offsets::new(live_from),
+            end_seen: None,
+            assigned_at: std::time::Instant::now(),
+        }
+    }
+
+    /// The index of `site`'s pipeline, opened with `new_pipeline` on its first record.
+    fn slot(&mut self, partition: i32, site: &str, new_pipeline: &dyn Fn() -> Pipeline) -> u32 {
+        if let Some(&i) = self.slots.get(site) {
+            return i;
+        }
+        let name = if self.sites.len() < MAX_PIPELINES {
+            site
+        } else {
+            if let Some(&i) = self.slots.get(OTHER_SITES) {
+                return i;
+            }
+            tracing::warn!(partition, site, limit = MAX_PIPELINES, "more sites on the partition than pipelines kept: this one and any further share one");
+            OTHER_SITES
+        };
+        let i = self.sites.len() as u32;
+        self.sites.push(Site {
+            name: name.to_owned(),
+            pipeline: new_pipeline(),
+            newest: Ts::MIN,
+            heard: std::time::Instant::now(),
+            behind: None,
+            silent: false,
+        });
+        self.slots.insert(name.to_owned(), i);
+        i
+    }
+
+    /// The pipelines' counters, summed.
+    fn stats(&self, into: &mut PipelineStats) {
+        for site in &self.sites {
+            into.add(site.pipeline.stats());
+        }
+    }
 }
 
 /// What a central instance judges with, besides the broker.
 pub struct Central {
     /// Broker, topics and group.
     pub kafka: KafkaConfig,
-    /// The pipelines' reorder tolerance (a silent partition is moved on by it).
+    /// The pipelines' reorder tolerance (a silent site is moved on by it).
     pub reorder_tolerance: Ts,
     /// A fresh pipeline for a newly assigned partition.
     pub new_pipeline: Box<dyn Fn() -> Pipeline + Send + Sync>,
@@ -172,7 +236,7 @@ impl ConsumerContext for Context {
                 if let Ok(mut s) = self.shared.lock() {
                     for e in tpl.elements() {
                         if let Some(owned) = s.partitions.remove(&e.partition()) {
-                            s.stats.add(owned.pipeline.stats());
+                            owned.stats(&mut s.stats);
                             revoked.push((e.partition(), owned));
                         }
                         s.counts.revoke(e.partition());
@@ -290,20 +354,7 @@ impl Context {
                 tracing::error!(partition = p, error = %e, "cannot set the starting offset");
             }
             tracing::info!(partition = p, live_from, start = ?start, committed_meta = %meta, "partition assigned");
-            let pipeline = (s.cfg.new_pipeline)();
-            s.partitions.insert(
-                p,
-                Owned {
-                    pipeline,
-                    offsets: Offsets::new(live_from),
-                    newest: Ts::MIN,
-                    heard: std::time::Instant::now(),
-                    at_end: false,
-                    behind: None,
-                    silent: false,
-                    assigned_at: std::time::Instant::now(),
-                },
-            );
+            s.partitions.insert(p, Owned::new(live_from));
             s.counts.assign(p, wall, live_from, cold);
         }
     }
@@ -430,7 +481,7 @@ pub async fn consume(
                     Ok(m) => m,
                     Err(KafkaError::PartitionEOF(p)) => {
                         if let Some(owned) = shared.lock().map_err(|_| std::io::Error::other("state poisoned"))?.partitions.get_mut(&p) {
-                            owned.at_end = true;
+                            owned.end_seen = Some(std::time::Instant::now());
                         }
                         continue;
                     }
@@ -446,15 +497,17 @@ pub async fn consume(
                 };
                 let (p, o) = (m.partition(), m.offset());
                 let mut s = shared.lock().map_err(|_| std::io::Error::other("state poisoned"))?;
-                let Shared { partitions, counts, front, .. } = &mut *s;
+                let Shared { cfg, partitions, counts, front, .. } = &mut *s;
                 let Some(owned) = partitions.get_mut(&p) else {
                     continue;
                 };
-                // Whatever the broker hands over, even a record read before or one past
-                // a gap, shows the partition has more to read: it is not silent.
-                owned.heard = std::time::Instant::now();
-                owned.at_end = false;
-                owned.behind = None;
+                let site_name = site_of(m.key());
+                let slot = owned.slot(p, site_name, &cfg.new_pipeline);
+                // Whatever the broker hands over of a site, even a record read before or
+                // one past a gap, shows it has more to read: it is not silent.
+                let site = &mut owned.sites[slot as usize];
+                site.heard = std::time::Instant::now();
+                site.behind = None;
                 // Offsets skipped: not on a plain telemetry topic, but tansu 0.6 does
                 // under load, and answers a fetch from the first missing offset with the
                 // batch after the gap. Read again from further back; a gap still there
@@ -476,10 +529,11 @@ pub async fn consume(
                         tracing::warn!(partition = p, from, to, "a gap in offsets stays: taken as real (retention, compaction)");
                     }
                 }
-                if std::mem::take(&mut owned.silent) {
-                    tracing::info!(partition = p, offset = o, "partition heard again after a silence");
+                let site = &mut owned.sites[slot as usize];
+                if std::mem::take(&mut site.silent) {
+                    tracing::info!(partition = p, site = %site.name, offset = o, "site heard again after a silence");
                 }
-                let (events, bad) = codec::decode(m.payload().unwrap_or_default(), &mut owned.pipeline.registry);
+                let (events, bad) = codec::decode(m.payload().unwrap_or_default(), &mut site.pipeline.registry);
                 for (line, reason, detail) in &bad {
                     tracing::warn!(partition = p, offset = o, line, reason = reason.as_str(), detail, "bad telemetry line");
                 }
@@ -487,11 +541,11 @@ pub async fn consume(
                 let newest = events.iter().map(|e| e.ts()).max().unwrap_or(Ts::MIN);
                 let readings = events.iter().filter(|e| matches!(e, Event::Sample { .. })).count() as u64;
                 for e in events {
-                    owned.pipeline.push(e, &mut out);
+                    site.pipeline.push(e, &mut out);
                 }
-                let live = owned.offsets.read(o, newest, k.warmup);
+                let live = owned.offsets.read(o, newest, k.warmup, slot);
                 let since = owned.assigned_at.elapsed();
-                match counts.record(p, site_of(m.key()), readings, live, since) {
+                match counts.record(p, site_name, readings, live, since) {
                     Milestone::None => {}
                     Milestone::AtWork => tracing::info!(partition = p, offset = o, after_ms = since.as_millis() as u64, "partition at work: warming up"),
                     Milestone::Live | Milestone::AtWorkLive => tracing::info!(
@@ -511,7 +565,8 @@ pub async fn consume(
                     continue;
                 }
                 *front = (*front).max(newest);
-                owned.newest = owned.newest.max(newest);
+                let site = &mut owned.sites[slot as usize];
+                site.newest = site.newest.max(newest);
                 if let Some(a) = audit.as_mut() {
                     // Test mode: a line per record, whole, before anything derived
                     // from the record is committed.
@@ -531,33 +586,38 @@ pub async fn consume(
                 let wall = chrono::Utc::now().timestamp_millis();
                 let now = (*front).min(wall);
                 for (&p, owned) in partitions.iter_mut() {
-                    let released = owned.pipeline.released();
-                    if now > released.saturating_add(tolerance) {
-                        owned.behind.get_or_insert_with(std::time::Instant::now);
-                    } else {
-                        owned.behind = None;
+                    let live = owned.offsets.live();
+                    for site in &mut owned.sites {
+                        let released = site.pipeline.released();
+                        if now > released.saturating_add(tolerance) {
+                            site.behind.get_or_insert_with(std::time::Instant::now);
+                        } else {
+                            site.behind = None;
+                        }
+                        let standing = Standing {
+                            live,
+                            // Read to the partition's end since the site's last record.
+                            at_end: owned.end_seen.is_some_and(|e| e >= site.heard),
+                            heard: site.heard.elapsed(),
+                            behind: site.behind.map(|t| t.elapsed()),
+                            newest: site.newest,
+                            released,
+                        };
+                        let Some(to) = standing.silent_until(*front, wall, silence) else {
+                            continue;
+                        };
+                        if !std::mem::replace(&mut site.silent, true) {
+                            tracing::info!(
+                                partition = p,
+                                site = %site.name,
+                                newest = %crate::time::format_ts(site.newest),
+                                judged_to = %crate::time::format_ts(to),
+                                "site silent: judged on the others' event time"
+                            );
+                        }
+                        site.pipeline.advance_to(to, &mut out);
+                        counts.heartbeats += 1;
                     }
-                    let standing = Standing {
-                        live: owned.offsets.live(),
-                        at_end: owned.at_end,
-                        heard: owned.heard.elapsed(),
-                        behind: owned.behind.map(|t| t.elapsed()),
-                        newest: owned.newest,
-                        released,
-                    };
-                    let Some(to) = standing.silent_until(*front, wall, silence) else {
-                        continue;
-                    };
-                    if !std::mem::replace(&mut owned.silent, true) {
-                        tracing::info!(
-                            partition = p,
-                            newest = %crate::time::format_ts(owned.newest),
-                            judged_to = %crate::time::format_ts(to),
-                            "partition silent: its sites are judged on the others' event time"
-                        );
-                    }
-                    owned.pipeline.advance_to(to, &mut out);
-                    counts.heartbeats += 1;
                 }
                 drop(s);
                 deliver(&mut out, &mut stamp, sink, alerts.as_ref(), &k.alerts_topic)?;
@@ -578,7 +638,9 @@ pub async fn consume(
             .lock()
             .map_err(|_| std::io::Error::other("state poisoned"))?;
         for owned in s.partitions.values_mut() {
-            owned.pipeline.finish(&mut out);
+            for site in &mut owned.sites {
+                site.pipeline.finish(&mut out);
+            }
             owned.offsets.settle_all();
         }
     }
@@ -605,7 +667,7 @@ fn snapshot(shared: &Mutex<Shared>) -> (CentralCounts, PipelineStats) {
         .map(|s| {
             let mut stats = s.stats.clone();
             for owned in s.partitions.values() {
-                stats.add(owned.pipeline.stats());
+                owned.stats(&mut stats);
             }
             (s.counts.clone(), stats)
         })
@@ -625,12 +687,12 @@ fn site_of(key: Option<&[u8]>) -> &str {
 /// Called with the counts so far (for `/metrics`).
 pub type Observer<'a> = dyn FnMut(&CentralCounts, &PipelineStats) + 'a;
 
-/// Where a partition stands when the heartbeat looks at it.
+/// Where a site stands when the heartbeat looks at it.
 #[derive(Debug, Clone, Copy)]
 struct Standing {
     /// Past its warm-up: judged live.
     live: bool,
-    /// Read to its end (the broker said so, and nothing was handed over since).
+    /// Its partition read to its end (the broker said so) since its last record.
     at_end: bool,
     /// Wall-clock time since the broker last handed over one of its records.
     heard: Duration,
@@ -644,8 +706,8 @@ struct Standing {
 }
 
 impl Standing {
-    /// The event time to move a silent partition's pipeline on to, or `None` when it
-    /// is not silent: live, read to its end, quiet and left behind for `silence` (so a
+    /// The event time to move a silent site's pipeline on to, or `None` when it is not
+    /// silent: live, read to its end, quiet and left behind for `silence` (so a
     /// burst that reached another partition first is not mistaken for silence). The
     /// others' event time `front` is the clock, but never ahead of the wall clock, and
     /// never further past the partition's own newest reading than the wall-clock time
@@ -666,9 +728,15 @@ impl Standing {
     }
 }
 
-/// Moves a partition's commit point past every record the pipeline has fully released.
+/// Moves a partition's commit point past every record its site's pipeline has fully
+/// released.
 fn settle(owned: &mut Owned) {
-    owned.offsets.settle(owned.pipeline.released());
+    let sites = &owned.sites;
+    owned.offsets.settle(|i| {
+        sites
+            .get(i as usize)
+            .map_or(Ts::MAX, |s| s.pipeline.released())
+    });
 }
 
 /// The settled offsets of `partitions` not yet acknowledged, each with "<event time>

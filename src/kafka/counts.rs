@@ -26,7 +26,7 @@ pub struct CentralCounts {
     pub warmup_records: u64,
     /// Readings in those.
     pub warmup_readings: u64,
-    /// Times a silent partition's pipeline was moved on by the event-time front.
+    /// Times a silent site's pipeline was moved on by the event-time front.
     pub heartbeats: u64,
     /// Lines of records that were not readings (counted, skipped).
     pub bad_lines: u64,

@@ -1,6 +1,7 @@
 //! A partition's offset bookkeeping, without a broker: which record comes next and what
 //! to do about offsets the broker skipped, which records are settled (every event they
-//! carried released by the pipeline, so nothing derived from them is still to come) and
+//! carried released by their site's pipeline, so nothing derived from them is still to
+//! come) and
 //! may be committed, and where a next owner's warm-up starts.
 
 use crate::model::Ts;
@@ -46,8 +47,9 @@ pub struct Offsets {
     next: Option<i64>,
     /// The gap in offsets last read again, and how many times.
     gap: (i64, u32),
-    /// Offsets processed live and not yet settled, with their newest event time.
-    pending: VecDeque<(i64, Ts)>,
+    /// Offsets processed live and not yet settled, with their newest event time and the
+    /// pipeline (one per site) that has them.
+    pending: VecDeque<(i64, Ts, u32)>,
     /// Records of the last `warmup` of event time (newest event time, offset): the
     /// front is where a next owner's warm-up starts.
     window: VecDeque<(Ts, i64)>,
@@ -105,10 +107,10 @@ impl Offsets {
         Arrival::Next
     }
 
-    /// Remembers a processed record (its newest event time) for the warm-up window of
-    /// the last `warmup` of event time; true when it is to be judged live, false when it
-    /// is replayed muted.
-    pub fn read(&mut self, o: i64, newest: Ts, warmup: Ts) -> bool {
+    /// Remembers a processed record (its newest event time, and the pipeline `site` it
+    /// went to) for the warm-up window of the last `warmup` of event time; true when it
+    /// is to be judged live, false when it is replayed muted.
+    pub fn read(&mut self, o: i64, newest: Ts, warmup: Ts, site: u32) -> bool {
         self.window.push_back((newest, o));
         while self
             .window
@@ -120,15 +122,15 @@ impl Offsets {
         if o < self.live_from {
             return false;
         }
-        self.pending.push_back((o, newest));
+        self.pending.push_back((o, newest, site));
         true
     }
 
-    /// Moves the commit point past every record whose events the pipeline has released
-    /// (its watermark is `released`).
-    pub fn settle(&mut self, released: Ts) {
-        while let Some(&(o, ts)) = self.pending.front() {
-            if ts >= released {
+    /// Moves the commit point past every record, in offset order, whose events its
+    /// site's pipeline has released (`released(site)` is that pipeline's watermark).
+    pub fn settle(&mut self, released: impl Fn(u32) -> Ts) {
+        while let Some(&(o, ts, site)) = self.pending.front() {
+            if ts >= released(site) {
                 break;
             }
             self.pending.pop_front();
@@ -138,7 +140,7 @@ impl Offsets {
 
     /// Everything read is settled (the pipeline was flushed at a graceful stop).
     pub fn settle_all(&mut self) {
-        if let Some(&(o, ts)) = self.pending.back() {
+        if let Some(&(o, ts, _)) = self.pending.back() {
             self.commit = Some((o + 1, ts));
             self.pending.clear();
         }
@@ -219,13 +221,16 @@ mod tests {
         let mut off = Offsets::new(10);
         for o in 5..10 {
             off.arrive(o);
-            assert!(!off.read(o, o * 1000, 60_000), "offset {o} is the warm-up");
+            assert!(
+                !off.read(o, o * 1000, 60_000, 0),
+                "offset {o} is the warm-up"
+            );
         }
-        off.settle(i64::MAX);
+        off.settle(|_| i64::MAX);
         assert_eq!(off.committable(), None, "nothing judged live yet");
         off.arrive(10);
-        assert!(off.read(10, 10_000, 60_000));
-        off.settle(i64::MAX);
+        assert!(off.read(10, 10_000, 60_000, 0));
+        off.settle(|_| i64::MAX);
         assert_eq!(off.committable(), Some((11, "10000 5".to_owned())));
     }
 
@@ -234,9 +239,9 @@ mod tests {
         let mut off = Offsets::new(0);
         for (o, ts) in [(0, 1_000), (1, 2_000), (2, 3_000)] {
             off.arrive(o);
-            off.read(o, ts, 1_500);
+            off.read(o, ts, 1_500, 0);
         }
-        off.settle(2_000);
+        off.settle(|_| 2_000);
         // Offset 0 (events at 1 s) is released; offset 1 (2 s) is not yet: commit 1.
         // The window keeps the records within 1.5 s of the newest (3 s): from offset 1.
         assert_eq!(off.committable(), Some((1, "1000 1".to_owned())));
@@ -244,5 +249,22 @@ mod tests {
         assert_eq!(off.committable(), None, "acknowledged");
         off.settle_all();
         assert_eq!(off.committable(), Some((3, "3000 1".to_owned())));
+    }
+
+    #[test]
+    fn a_record_settles_when_its_own_site_released_it_and_commits_stay_in_offset_order() {
+        let mut off = Offsets::new(0);
+        // Site 0 is at 10 s, site 1 at 2 s: their records interleave on the partition.
+        for (o, ts, site) in [(0, 10_000, 0), (1, 2_000, 1), (2, 11_000, 0), (3, 3_000, 1)] {
+            off.arrive(o);
+            off.read(o, ts, 60_000, site);
+        }
+        let released = |w0: Ts, w1: Ts| move |site: u32| if site == 0 { w0 } else { w1 };
+        // Site 0 released both its records, site 1 neither: nothing past offset 0.
+        off.settle(released(12_000, 1_000));
+        assert_eq!(off.committable(), Some((1, "10000 0".to_owned())));
+        // Site 1 released its first: offsets 1 and 2 settle; 3 waits for site 1.
+        off.settle(released(12_000, 2_500));
+        assert_eq!(off.committable(), Some((3, "11000 0".to_owned())));
     }
 }

@@ -854,3 +854,66 @@ fn a_silent_site_is_judged_on_the_other_sites_event_time() {
         "site-0 never fell silent"
     );
 }
+
+#[test]
+fn sites_sharing_a_partition_keep_their_own_event_time() {
+    let _quiet = machine_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let capture = d.join("facility.jsonl");
+    simulate(&capture, 0.25, 6, "");
+    let records = seconds(&capture, 4);
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(TOPIC, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer: ThreadedProducer<Delivered> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "50")
+        .create_with_context(Delivered(Arc::default()))
+        .unwrap();
+    // Four sites on one partition; after the first third only site-0 goes on (the other
+    // three edges cut off): three quarters of the partition's points stay behind.
+    let cut = records[records.len() / 3].0.clone();
+    let (mut sent, mut lines) = (0, 0);
+    for (ts, site, chunk) in &records {
+        if site != "site-0" && *ts >= cut {
+            continue;
+        }
+        producer
+            .send(
+                BaseRecord::to(TOPIC)
+                    .partition(0)
+                    .key(site.as_str())
+                    .payload(chunk.as_str()),
+            )
+            .unwrap();
+        sent += 1;
+        lines += chunk.lines().count() as u64;
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let cfg = d.join("central.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"central\"\naudit = {:?}\n",
+            d.join("central.audit").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let central = start_instance(d, "central", &cfg);
+    wait_until(
+        d,
+        "every record is processed",
+        Duration::from_secs(120),
+        || audit(&d.join("central.audit")).len() >= sent,
+    );
+    terminate(central);
+    // site-0's readings went on past the others' by ten minutes of event time: none was
+    // held apart as dated ahead of its site's present, none late, every one judged.
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("central.report")).unwrap()).unwrap();
+    let p = &r["pipeline"];
+    assert_eq!((&p["ahead"], &p["late"]), (&0.into(), &0.into()), "{p}");
+    let used = p["readings"].as_u64().unwrap() + p["commands"].as_u64().unwrap();
+    assert_eq!(used, lines, "{p}");
+}
