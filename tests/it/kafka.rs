@@ -778,51 +778,17 @@ fn a_silent_site_is_judged_on_the_other_sites_event_time() {
     let capture = d.join("facility.jsonl");
     simulate(&capture, 0.25, 5, "");
     let records = seconds(&capture, 2);
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic(TOPIC, 2, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let producer: ThreadedProducer<Delivered> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "50")
-        .create_with_context(Delivered(Arc::default()))
-        .unwrap();
-    // site-1 falls silent two thirds in; site-0 goes on.
+    // site-1 falls silent two thirds in; site-0 goes on. Each site on its own partition.
     let cut = records[records.len() * 2 / 3].0.clone();
-    let mut sent = 0;
-    for (ts, site, chunk) in &records {
-        if site == "site-1" && *ts >= cut {
-            continue;
-        }
-        // Each site on its own partition.
-        let p = if site == "site-0" { 0 } else { 1 };
-        producer
-            .send(
-                BaseRecord::to(TOPIC)
-                    .partition(p)
-                    .key(site.as_str())
-                    .payload(chunk.as_str()),
-            )
-            .unwrap();
-        sent += 1;
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-    let cfg = d.join("central.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kafka]\nconsume = true\nbrokers = {brokers:?}\ngroup = \"central\"\naudit = {:?}\n",
-            d.join("central.audit").to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let alerts = d.join("central.alerts");
-    let central = start_instance(d, "central", &cfg);
-    wait_until(
+    let (_mock, central) = one_instance_reads(
         d,
-        "every record is processed",
-        Duration::from_secs(120),
-        || audit(&d.join("central.audit")).len() >= sent,
+        2,
+        records
+            .iter()
+            .filter(|(ts, site, _)| site == "site-0" || *ts < cut)
+            .map(|(_, site, chunk)| (i32::from(site != "site-0"), site.as_str(), chunk.as_str())),
     );
+    let alerts = d.join("central.alerts");
     // Nothing more arrives for either site: site-1's silence is judged while the
     // instance runs, on the event time site-0 reached.
     let silent = |v: &serde_json::Value| v["detector"] == "staleness" && v["site"] == "site-1";
@@ -863,32 +829,53 @@ fn sites_sharing_a_partition_keep_their_own_event_time() {
     let capture = d.join("facility.jsonl");
     simulate(&capture, 0.25, 6, "");
     let records = seconds(&capture, 4);
+    // Four sites on one partition; after the first third only site-0 goes on (the other
+    // three edges cut off): three quarters of the partition's points stay behind.
+    let cut = records[records.len() / 3].0.clone();
+    let sent: Vec<_> = records
+        .iter()
+        .filter(|(ts, site, _)| site == "site-0" || *ts < cut)
+        .map(|(_, site, chunk)| (0, site.as_str(), chunk.as_str()))
+        .collect();
+    let lines: u64 = sent.iter().map(|(_, _, c)| c.lines().count() as u64).sum();
+    let (_mock, central) = one_instance_reads(d, 1, sent);
+    terminate(central);
+    // site-0's readings went on past the others' by ten minutes of event time: none was
+    // held apart as dated ahead of its site's present, none late, every one judged.
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("central.report")).unwrap()).unwrap();
+    let p = &r["pipeline"];
+    assert_eq!((&p["ahead"], &p["late"]), (&0.into(), &0.into()), "{p}");
+    let used = p["readings"].as_u64().unwrap() + p["commands"].as_u64().unwrap();
+    assert_eq!(used, lines, "{p}");
+}
+
+/// `records` (partition, key, payload) produced to a fresh mock cluster's telemetry topic
+/// of `partitions`, then read by one central instance `central` in `d` (audit, alerts and
+/// report there); returns once it processed every record, with the cluster, which must
+/// outlive it.
+fn one_instance_reads<'a>(
+    d: &Path,
+    partitions: i32,
+    records: impl IntoIterator<Item = (i32, &'a str, &'a str)>,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Peer,
+) {
     let mock = MockCluster::new(1).unwrap();
-    mock.create_topic(TOPIC, 1, 1).unwrap();
+    mock.create_topic(TOPIC, partitions, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let producer: ThreadedProducer<Delivered> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "50")
         .create_with_context(Delivered(Arc::default()))
         .unwrap();
-    // Four sites on one partition; after the first third only site-0 goes on (the other
-    // three edges cut off): three quarters of the partition's points stay behind.
-    let cut = records[records.len() / 3].0.clone();
-    let (mut sent, mut lines) = (0, 0);
-    for (ts, site, chunk) in &records {
-        if site != "site-0" && *ts >= cut {
-            continue;
-        }
+    let mut sent = 0;
+    for (p, key, payload) in records {
         producer
-            .send(
-                BaseRecord::to(TOPIC)
-                    .partition(0)
-                    .key(site.as_str())
-                    .payload(chunk.as_str()),
-            )
+            .send(BaseRecord::to(TOPIC).partition(p).key(key).payload(payload))
             .unwrap();
         sent += 1;
-        lines += chunk.lines().count() as u64;
     }
     producer.flush(Duration::from_secs(30)).unwrap();
     let cfg = d.join("central.toml");
@@ -907,13 +894,5 @@ fn sites_sharing_a_partition_keep_their_own_event_time() {
         Duration::from_secs(120),
         || audit(&d.join("central.audit")).len() >= sent,
     );
-    terminate(central);
-    // site-0's readings went on past the others' by ten minutes of event time: none was
-    // held apart as dated ahead of its site's present, none late, every one judged.
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.join("central.report")).unwrap()).unwrap();
-    let p = &r["pipeline"];
-    assert_eq!((&p["ahead"], &p["late"]), (&0.into(), &0.into()), "{p}");
-    let used = p["readings"].as_u64().unwrap() + p["commands"].as_u64().unwrap();
-    assert_eq!(used, lines, "{p}");
+    (mock, central)
 }
