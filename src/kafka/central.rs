@@ -65,10 +65,10 @@ pub enum CentralError {
     Sink(#[from] SinkError),
 }
 
-/// Sites a partition keeps a pipeline each for; the records of further sites (keys, which
-/// whoever writes the topic chooses) share one more, so forged keys cannot grow memory
-/// without bound.
-const MAX_PIPELINES: usize = 256;
+/// Sites a partition keeps a pipeline each for (as many as it counts by name); the
+/// records of further sites (keys, which whoever writes the topic chooses) share one
+/// more. An empty pipeline is about 31 kB.
+const MAX_PIPELINES: usize = super::counts::MAX_SITES;
 
 /// One owned partition.
 struct Owned {
@@ -76,6 +76,8 @@ struct Owned {
     sites: Vec<Site>,
     /// Each site's index in `sites`.
     slots: BTreeMap<String, u32>,
+    /// Points and devices the pipelines registered between them.
+    registered: usize,
     /// What was read, what may be committed, where a warm-up starts.
     offsets: Offsets,
     /// When (wall clock) the broker last said the partition was read to its end.
@@ -83,6 +85,9 @@ struct Owned {
     /// When it was assigned (takeovers are timed from here).
     assigned_at: std::time::Instant,
 }
+
+/// A record's events, and its bad lines (line, why, detail).
+type Decoded = (Vec<Event>, Vec<(usize, crate::source::BadReason, String)>);
 
 /// One site of an owned partition.
 struct Site {
@@ -104,6 +109,7 @@ impl Owned {
         Self {
             sites: Vec::new(),
             slots: BTreeMap::new(),
+            registered: 0,
             offsets: Offsets::new(live_from),
             end_seen: None,
             assigned_at: std::time::Instant::now(),
@@ -137,6 +143,18 @@ impl Owned {
         i
     }
 
+    /// Decodes a record of the site at `slot` into its pipeline's names; the partition's
+    /// pipelines register at most `max_points` points and devices between them (more
+    /// are bad lines, as past one pipeline's bound).
+    fn decode(&mut self, slot: u32, record: &[u8], max_points: usize) -> Decoded {
+        let registry = &mut self.sites[slot as usize].pipeline.registry;
+        let before = registry.size();
+        registry.allow(max_points.saturating_sub(self.registered));
+        let decoded = codec::decode(record, registry);
+        self.registered += registry.size() - before;
+        decoded
+    }
+
     /// The pipelines' counters, summed.
     fn stats(&self, into: &mut PipelineStats) {
         for site in &self.sites {
@@ -151,6 +169,9 @@ pub struct Central {
     pub kafka: KafkaConfig,
     /// The pipelines' reorder tolerance (a silent site is moved on by it).
     pub reorder_tolerance: Ts,
+    /// Points and devices a partition's pipelines may register between them (forged
+    /// site keys must not multiply the one pipeline's bound).
+    pub max_points: usize,
     /// A fresh pipeline for a newly assigned partition.
     pub new_pipeline: Box<dyn Fn() -> Pipeline + Send + Sync>,
 }
@@ -435,7 +456,12 @@ pub async fn consume(
             ("auto.offset.reset", "earliest"),
             ("session.timeout.ms", &session),
             ("heartbeat.interval.ms", &heartbeat_every),
-            ("fetch.wait.max.ms", "100"),
+            // A broker that holds a fetch for its whole wait when records arrive
+            // meanwhile (librdkafka's mock cluster, tansu) adds all of it to every
+            // alert: 100 ms here measured 101 ms produce → alert, 10 ms 25–31 ms. Apache
+            // Kafka answers as soon as records arrive; there it only sets how often an
+            // idle partition is asked again.
+            ("fetch.wait.max.ms", "10"),
             // Each partition's end, for its lag (`stats` below).
             ("statistics.interval.ms", "5000"),
             // Reaching a partition's end is what tells a silent site from a slow one.
@@ -533,7 +559,8 @@ pub async fn consume(
                 if std::mem::take(&mut site.silent) {
                     tracing::info!(partition = p, site = %site.name, offset = o, "site heard again after a silence");
                 }
-                let (events, bad) = codec::decode(m.payload().unwrap_or_default(), &mut site.pipeline.registry);
+                let (events, bad) = owned.decode(slot, m.payload().unwrap_or_default(), cfg.max_points);
+                let site = &mut owned.sites[slot as usize];
                 for (line, reason, detail) in &bad {
                     tracing::warn!(partition = p, offset = o, line, reason = reason.as_str(), detail, "bad telemetry line");
                 }
@@ -833,6 +860,35 @@ impl Sink for AlertsTopic<'_> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_partition_s_sites_each_get_a_pipeline_within_one_bound() {
+        let cfg = crate::Config::default();
+        let new = || cfg.build_pipeline();
+        let mut owned = Owned::new(0);
+        let line = |site: &str, device: &str| {
+            format!("{{\"ts\":\"2026-07-07T00:00:00Z\",\"site\":\"{site}\",\"device\":\"{device}\",\"kind\":\"ups\",\"metric\":\"load_pct\",\"value\":1}}\n")
+        };
+        let (a, b) = (owned.slot(0, "a", &new), owned.slot(0, "b", &new));
+        assert_ne!(a, b);
+        assert_eq!(owned.slot(0, "a", &new), a, "a site keeps its pipeline");
+        // Six points and devices between them: a's two devices (4), then b's first (2);
+        // b's second is refused although b's own pipeline registered little.
+        let two = line("a", "ups-1") + &line("a", "ups-2");
+        assert_eq!(owned.decode(a, two.as_bytes(), 6).0.len(), 2);
+        assert_eq!(owned.decode(b, line("b", "ups-1").as_bytes(), 6).0.len(), 1);
+        let (events, bad) = owned.decode(b, line("b", "ups-2").as_bytes(), 6);
+        assert_eq!((events.len(), bad.len()), (0, 1));
+        assert_eq!(owned.registered, 6);
+        // Past the limit of pipelines, further sites share one.
+        for i in 2..MAX_PIPELINES {
+            owned.slot(0, &format!("s{i}"), &new);
+        }
+        let x = owned.slot(0, "x", &new);
+        assert_eq!(owned.slot(0, "y", &new), x);
+        assert_eq!(owned.sites[x as usize].name, OTHER_SITES);
+        assert_eq!(owned.sites.len(), MAX_PIPELINES + 1);
+    }
+
     const S: Duration = Duration::from_secs(10);
 
     /// A partition whose newest reading is at 1,000 s, released to 995 s, quiet and
@@ -849,7 +905,7 @@ mod tests {
     }
 
     #[test]
-    fn a_partition_is_silent_only_when_live_at_its_end_quiet_and_left_behind() {
+    fn a_site_is_silent_only_when_live_at_its_end_quiet_and_left_behind() {
         let front = 1_012_000;
         let wall = i64::MAX;
         assert_eq!(quiet(S).silent_until(front, wall, S), Some(1_010_000));

@@ -65,6 +65,21 @@ impl Registry {
         }
     }
 
+    /// Points and devices registered.
+    pub fn size(&self) -> usize {
+        self.points.len() + self.devices.len()
+    }
+
+    /// Lets at most `more` further points and devices be registered (from now until the
+    /// next call); one budget shared by several registries is kept this way.
+    pub fn allow(&mut self, more: usize) {
+        self.max_points = self
+            .points
+            .len()
+            .max(self.devices.len())
+            .saturating_add(more);
+    }
+
     /// The point for `(site, device, metric)`, registering it (and its device) if new. A
     /// device keeps the kind it was first seen with.
     pub fn intern(
