@@ -370,6 +370,73 @@ fn path_extrapolated(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
 /// Rows that walk a tree side by side in batch scoring.
 const LANES: usize = 8;
 
+/// Trees one row walks side by side in single-row scoring.
+const TREES_SIDE_BY_SIDE: usize = 8;
+
+/// `out[k]` = [`path`] of `row` through `trees[k]`, the trees walked side by side.
+#[inline]
+fn paths_side_by_side(trees: &[Vec<Node>], row: &[f64], out: &mut [f64]) {
+    let mut at = [0usize; TREES_SIDE_BY_SIDE];
+    let mut done = [false; TREES_SIDE_BY_SIDE];
+    let mut left = trees.len();
+    while left > 0 {
+        for (k, tree) in trees.iter().enumerate() {
+            if done[k] {
+                continue;
+            }
+            let n = tree[at[k]];
+            if n.feature == LEAF {
+                out[k] = n.value;
+                done[k] = true;
+                left -= 1;
+            } else {
+                at[k] = n.left as usize + usize::from(row[n.feature as usize] >= n.value);
+            }
+        }
+    }
+}
+
+/// `out[k]` = [`path_extrapolated`] of `row` through `trees[k]`, the trees walked side
+/// by side (the same arithmetic in the same order, so the same bits).
+#[inline]
+fn paths_extrapolated_side_by_side(trees: &[Vec<Node>], row: &[f64], out: &mut [f64]) {
+    let mut at = [0usize; TREES_SIDE_BY_SIDE];
+    let mut done = [false; TREES_SIDE_BY_SIDE];
+    let (mut depth, mut stay, mut acc) = (
+        [0.0f64; TREES_SIDE_BY_SIDE],
+        [1.0f64; TREES_SIDE_BY_SIDE],
+        [0.0f64; TREES_SIDE_BY_SIDE],
+    );
+    let mut left = trees.len();
+    while left > 0 {
+        for (k, tree) in trees.iter().enumerate() {
+            if done[k] {
+                continue;
+            }
+            let n = tree[at[k]];
+            if n.feature == LEAF {
+                out[k] = acc[k] + stay[k] * n.value;
+                done[k] = true;
+                left -= 1;
+                continue;
+            }
+            let x = row[n.feature as usize];
+            let (lo, hi) = (f64::from(n.lo), f64::from(n.hi));
+            let cut = if x < lo {
+                (lo - x) / (hi - x)
+            } else if x > hi {
+                (x - hi) / (x - lo)
+            } else {
+                0.0
+            };
+            depth[k] += 1.0;
+            acc[k] += stay[k] * cut * depth[k];
+            stay[k] *= 1.0 - cut;
+            at[k] = n.left as usize + usize::from(x >= n.value);
+        }
+    }
+}
+
 /// Adds the path lengths of `lanes.len()` consecutive rows (row-major in `rows`, `cols`
 /// wide) through `tree` to `lanes`. The rows step down the tree together, one level per
 /// round, without branches (a row at a leaf stays there), so the loads of different
@@ -403,33 +470,42 @@ const BLOCK: usize = 256;
 impl IsolationForest {
     /// Anomaly score of one row (length `n_features`), in (0, 1].
     pub fn score_row(&self, row: ArrayView1<'_, f64>) -> f64 {
-        let total: f64 = if self.extrapolate {
-            self.trees
-                .iter()
-                .map(|t| path_extrapolated(t, |f| row[f]))
-                .sum()
-        } else {
-            self.trees.iter().map(|t| path(t, |f| row[f])).sum()
-        };
-        self.score_of(total)
+        self.score_row_at_least(row, 0.0).unwrap_or(0.0)
     }
 
     /// The score of a row if it is at least `threshold`, else `None` — exactly the
     /// decision `score_row(row) >= threshold`, but a row whose path lengths already
     /// exceed what a score of `threshold` allows stops early (paths are never negative):
     /// a normal row is settled after about half of the trees.
+    ///
+    /// A single row walks [`TREES_SIDE_BY_SIDE`] trees side by side, so the loads of their nodes
+    /// overlap instead of each walk waiting on its own chain of nodes; the path lengths
+    /// are added in tree order, so the total is the batch scorer's to the last bit.
     pub fn score_row_at_least(&self, row: ArrayView1<'_, f64>, threshold: f64) -> Option<f64> {
         // score ≥ threshold ⟺ total ≤ −log2(threshold) · c(ψ) · t.
         let limit = -threshold.log2() * c(self.sample_size) * self.trees.len() as f64;
         // Stop only when clearly past the limit; the exact comparison is the score's.
         let stop = limit * (1.0 + 1e-9) + 1e-9;
+        let copied;
+        let row = match row.as_slice() {
+            Some(r) => r,
+            None => {
+                copied = row.to_vec();
+                &copied
+            }
+        };
         let mut total = 0.0;
-        for t in &self.trees {
-            total += if self.extrapolate {
-                path_extrapolated(t, |f| row[f])
+        let mut lanes = [0.0; TREES_SIDE_BY_SIDE];
+        for trees in self.trees.chunks(TREES_SIDE_BY_SIDE) {
+            let lanes = &mut lanes[..trees.len()];
+            if self.extrapolate {
+                paths_extrapolated_side_by_side(trees, row, lanes);
             } else {
-                path(t, |f| row[f])
-            };
+                paths_side_by_side(trees, row, lanes);
+            }
+            for &p in lanes.iter() {
+                total += p;
+            }
             if total > stop {
                 return None;
             }
