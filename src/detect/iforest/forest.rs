@@ -341,6 +341,20 @@ fn path(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
     }
 }
 
+/// The chance that a split drawn over node `n`'s range widened to include `x` would
+/// have cut `x` off there (0 inside the range).
+#[inline]
+fn cut_at(n: Node, x: f64) -> f64 {
+    let (lo, hi) = (f64::from(n.lo), f64::from(n.hi));
+    if x < lo {
+        (lo - x) / (hi - x)
+    } else if x > hi {
+        (x - hi) / (x - lo)
+    } else {
+        0.0
+    }
+}
+
 /// Expected path length of a row through one tree when values outside a node's range
 /// may be isolated there (see [`IsolationForest::extrapolate`]).
 #[inline]
@@ -352,14 +366,7 @@ fn path_extrapolated(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
             return acc + stay * n.value;
         }
         let x = value(n.feature as usize);
-        let (lo, hi) = (f64::from(n.lo), f64::from(n.hi));
-        let cut = if x < lo {
-            (lo - x) / (hi - x)
-        } else if x > hi {
-            (x - hi) / (x - lo)
-        } else {
-            0.0
-        };
+        let cut = cut_at(n, x);
         depth += 1.0;
         acc += stay * cut * depth;
         stay *= 1.0 - cut;
@@ -373,11 +380,16 @@ const LANES: usize = 8;
 /// Trees one row walks side by side in single-row scoring.
 const TREES_SIDE_BY_SIDE: usize = 8;
 
-/// `out[k]` = [`path`] of `row` through `trees[k]`, the trees walked side by side.
+/// `out[k]` = [`path_extrapolated`] (`EXTRAPOLATE`) or [`path`] of `row` through
+/// `trees[k]`, the trees walked side by side: the same arithmetic in the same order, so
+/// the same bits (without extrapolation nothing is ever cut: the leaf's value whole).
 #[inline]
-fn paths_side_by_side(trees: &[Vec<Node>], row: &[f64], out: &mut [f64]) {
+fn paths_side_by_side<const EXTRAPOLATE: bool>(trees: &[Vec<Node>], row: &[f64], out: &mut [f64]) {
     let mut at = [0usize; TREES_SIDE_BY_SIDE];
     let mut done = [false; TREES_SIDE_BY_SIDE];
+    let mut depth = [0.0f64; TREES_SIDE_BY_SIDE];
+    let mut stay = [1.0f64; TREES_SIDE_BY_SIDE];
+    let mut acc = [0.0f64; TREES_SIDE_BY_SIDE];
     let mut left = trees.len();
     while left > 0 {
         for (k, tree) in trees.iter().enumerate() {
@@ -386,52 +398,22 @@ fn paths_side_by_side(trees: &[Vec<Node>], row: &[f64], out: &mut [f64]) {
             }
             let n = tree[at[k]];
             if n.feature == LEAF {
-                out[k] = n.value;
-                done[k] = true;
-                left -= 1;
-            } else {
-                at[k] = n.left as usize + usize::from(row[n.feature as usize] >= n.value);
-            }
-        }
-    }
-}
-
-/// `out[k]` = [`path_extrapolated`] of `row` through `trees[k]`, the trees walked side
-/// by side (the same arithmetic in the same order, so the same bits).
-#[inline]
-fn paths_extrapolated_side_by_side(trees: &[Vec<Node>], row: &[f64], out: &mut [f64]) {
-    let mut at = [0usize; TREES_SIDE_BY_SIDE];
-    let mut done = [false; TREES_SIDE_BY_SIDE];
-    let (mut depth, mut stay, mut acc) = (
-        [0.0f64; TREES_SIDE_BY_SIDE],
-        [1.0f64; TREES_SIDE_BY_SIDE],
-        [0.0f64; TREES_SIDE_BY_SIDE],
-    );
-    let mut left = trees.len();
-    while left > 0 {
-        for (k, tree) in trees.iter().enumerate() {
-            if done[k] {
-                continue;
-            }
-            let n = tree[at[k]];
-            if n.feature == LEAF {
-                out[k] = acc[k] + stay[k] * n.value;
+                out[k] = if EXTRAPOLATE {
+                    acc[k] + stay[k] * n.value
+                } else {
+                    n.value
+                };
                 done[k] = true;
                 left -= 1;
                 continue;
             }
             let x = row[n.feature as usize];
-            let (lo, hi) = (f64::from(n.lo), f64::from(n.hi));
-            let cut = if x < lo {
-                (lo - x) / (hi - x)
-            } else if x > hi {
-                (x - hi) / (x - lo)
-            } else {
-                0.0
-            };
-            depth[k] += 1.0;
-            acc[k] += stay[k] * cut * depth[k];
-            stay[k] *= 1.0 - cut;
+            if EXTRAPOLATE {
+                let cut = cut_at(n, x);
+                depth[k] += 1.0;
+                acc[k] += stay[k] * cut * depth[k];
+                stay[k] *= 1.0 - cut;
+            }
             at[k] = n.left as usize + usize::from(x >= n.value);
         }
     }
@@ -499,9 +481,9 @@ impl IsolationForest {
         for trees in self.trees.chunks(TREES_SIDE_BY_SIDE) {
             let lanes = &mut lanes[..trees.len()];
             if self.extrapolate {
-                paths_extrapolated_side_by_side(trees, row, lanes);
+                paths_side_by_side::<true>(trees, row, lanes);
             } else {
-                paths_side_by_side(trees, row, lanes);
+                paths_side_by_side::<false>(trees, row, lanes);
             }
             for &p in lanes.iter() {
                 total += p;
