@@ -23,6 +23,7 @@ use crate::model::{attack, Finding, Severity, Ts};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
 use present::Present;
+use reorder::{Queued, Reorder};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -30,6 +31,7 @@ use std::collections::BTreeMap;
 use std::collections::BinaryHeap;
 
 mod present;
+mod reorder;
 
 /// Ingestion and event-time settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -161,29 +163,6 @@ const MAX_HELD: usize = 100_000;
 /// steps so a capture with a week-long hole does not stall.
 const MAX_TICKS_PER_GAP: i64 = 10_000;
 
-struct Queued {
-    ts: Ts,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, o: &Self) -> bool {
-        (self.ts, self.seq) == (o.ts, o.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.ts, self.seq).cmp(&(o.ts, o.seq))
-    }
-}
-
 /// The pipeline. Owns the registry, the features, the detectors and the correlator.
 pub struct Pipeline {
     /// Names of sites, devices and points.
@@ -191,7 +170,7 @@ pub struct Pipeline {
     store: FeatureStore,
     detectors: Vec<Box<dyn Detector>>,
     correlator: Correlator,
-    queue: BinaryHeap<Reverse<Queued>>,
+    queue: Reorder,
     seq: u64,
     tolerance: i64,
     tick: i64,
@@ -249,7 +228,7 @@ impl Pipeline {
             store: FeatureStore::new(features),
             detectors,
             correlator,
-            queue: BinaryHeap::new(),
+            queue: Reorder::default(),
             seq: 0,
             tolerance: params.reorder_tolerance,
             tick: params.tick,
@@ -347,7 +326,7 @@ impl Pipeline {
                     None => self.present.vote(p as usize, ts),
                 }
             }
-            self.queue.push(queued);
+            self.queue.push(queued.0);
         } else {
             if let Some(p) = point {
                 self.present.vote(p as usize, ts);
@@ -374,7 +353,7 @@ impl Pipeline {
             // A capture sampled every 5 minutes or every hour steps further than
             // `max_ahead` between rows: every row would be "ahead". The points' own
             // cadence (most of them must agree) widens it to a few of their steps.
-            let samples = self.queue.iter().filter_map(|Reverse(q)| match q.event {
+            let samples = self.queue.iter().filter_map(|q| match q.event {
                 Event::Sample { point, .. } => Some((point, q.ts)),
                 _ => None,
             });
@@ -391,7 +370,7 @@ impl Pipeline {
             }
         }
         let max_ahead = self.present.max_ahead();
-        let mut times: Vec<Ts> = self.queue.iter().map(|Reverse(q)| q.ts).collect();
+        let mut times: Vec<Ts> = self.queue.iter().map(|q| q.ts).collect();
         let (from, to) = match now {
             // A trusted clock: what came before it is a backlog, not a lie.
             Some(now) => (Ts::MIN, now),
@@ -404,8 +383,8 @@ impl Pipeline {
             Some(now) => self.present.trust(now),
             None => self.present.start(to),
         }
-        let queued = std::mem::take(&mut self.queue);
-        for Reverse(q) in queued {
+        let queued: Vec<Queued> = self.queue.take().collect();
+        for q in queued {
             if q.ts < from {
                 self.stats.late += 1;
                 let source = self.source(&q.event);
@@ -417,7 +396,7 @@ impl Pipeline {
                     "event dated far before the site's present: counted late, not used"
                 );
             } else if self.present.admits(q.ts) {
-                self.queue.push(Reverse(q));
+                self.queue.push(q);
             } else {
                 if let Event::Sample { point, .. } = &q.event {
                     self.claim(*point, q.ts);
@@ -497,7 +476,7 @@ impl Pipeline {
                         self.claims.remove(point);
                     }
                 }
-                self.queue.push(Reverse(q));
+                self.queue.push(q);
             }
         }
         self.release(now.saturating_sub(self.tolerance), out);
@@ -529,7 +508,7 @@ impl Pipeline {
             );
             self.held.clear();
         }
-        while let Some(Reverse(q)) = self.queue.pop() {
+        while let Some(q) = self.queue.pop() {
             self.process(q.ts, q.event, out);
         }
         self.flush_frames(out);
@@ -571,8 +550,8 @@ impl Pipeline {
         if watermark <= self.released {
             return;
         }
-        while self.queue.peek().is_some_and(|Reverse(q)| q.ts < watermark) {
-            if let Some(Reverse(q)) = self.queue.pop() {
+        while self.queue.peek_ts().is_some_and(|ts| ts < watermark) {
+            if let Some(q) = self.queue.pop() {
                 self.process(q.ts, q.event, out);
             }
         }
