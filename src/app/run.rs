@@ -89,6 +89,9 @@ pub struct RunReport {
     /// Event time of the last heartbeat.
     #[serde(with = "crate::time::serde_ts")]
     pub last_ts: Ts,
+    /// How the detectors judged what they saw (what they could not judge, and why).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Edge: what was forwarded to Kafka.
     #[cfg(feature = "kafka")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,6 +304,7 @@ async fn collect(
         bacnet: bacnet_counts,
         dropped,
         last_ts,
+        notes: pipeline.detector_notes(),
         #[cfg(feature = "kafka")]
         forwarded: forwarder.map(|f| f.stats.counts()),
         #[cfg(feature = "kafka")]
@@ -348,6 +352,7 @@ async fn central(
         traps: None,
         dropped: 0,
         last_ts: 0,
+        notes: Vec::new(),
         forwarded: None,
         consumed: Some(counts),
     })

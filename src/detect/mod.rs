@@ -302,6 +302,11 @@ impl<S> PointTable<S> {
         }
         self.0[i].get_or_insert_with(init)
     }
+
+    /// Every point's state created so far.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &S> {
+        self.0.iter().flatten()
+    }
 }
 
 /// Builds a finding about one point of a frame.
@@ -354,6 +359,8 @@ pub(crate) mod testkit {
         pub store: FeatureStore,
         pub findings: Vec<(usize, Finding)>,
         pub step: usize,
+        /// What the detector noted for the report (filled by tests that ask).
+        pub notes: Vec<String>,
     }
 
     impl Harness {
@@ -363,13 +370,26 @@ pub(crate) mod testkit {
                 store: FeatureStore::new(FeatureParams::default()),
                 findings: Vec::new(),
                 step: 0,
+                notes: Vec::new(),
             }
         }
 
         /// Feeds one sample per series at time `step` seconds.
         pub fn feed(&mut self, det: &mut dyn Detector, kind: &str, metric: &str, v: f64) {
+            self.feed_at(det, kind, metric, self.step as Ts * 1000, v);
+        }
+
+        /// Feeds one sample at event time `ts` (findings are kept with the sample's
+        /// number, `step`).
+        pub fn feed_at(
+            &mut self,
+            det: &mut dyn Detector,
+            kind: &str,
+            metric: &str,
+            ts: Ts,
+            v: f64,
+        ) {
             let p = self.reg.intern("site", "dev-1", kind, metric).unwrap();
-            let ts = self.step as Ts * 1000;
             self.store.update(&self.reg, p, ts, v, Quality::Good);
             let frame = Frame {
                 ts,

@@ -3,6 +3,12 @@
 //! - For the watched metrics (active power, chiller and UPS power, IT load), a window of
 //!   `window_samples` values is detrended, Hann-windowed and transformed (an FFT; the
 //!   bins of the 0.02–1 Hz band below Nyquist are kept) every `hop_samples` samples.
+//! - Samples are placed by their time on a grid of the point's own interval (the median
+//!   of its first intervals): a missed poll or a late answer would otherwise shift every
+//!   later sample, and a spectrum over sample indices shows a sampling pattern that
+//!   changes as power. Empty grid cells are interpolated; a window with more than one in
+//!   eight interpolated is not judged (a spectrum of guesses), and the report says how
+//!   many were not.
 //! - Each bin's normal power is learned over the first windows and then follows slowly
 //!   (not while alarming); a bin's power divided by its normal power is, for noise,
 //!   exponentially distributed, so a ratio of `threshold` = 25 happens by chance about
@@ -13,12 +19,13 @@
 //!   spectrum. The finding names the period.
 //!
 //! Blind spots: swings slower than 0.02 Hz (see `cusum`), faster than half the sampling
-//! rate (aliased), or weaker than the point's normal variability at that frequency.
+//! rate (aliased), or weaker than the point's normal variability at that frequency; a
+//! source that answers too irregularly (the windows not judged; `staleness` sees holes).
 
 use super::{sig, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity};
+use crate::model::{Finding, Severity, Ts};
 use crate::tomlfile::{rule, Broken};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
@@ -108,12 +115,118 @@ impl Default for OscillationParams {
 
 #[derive(Debug, Default)]
 struct State {
-    values: VecDeque<f64>,
+    grid: Grid,
     since: usize,
     windows: u32,
     baseline: Vec<f64>,
-    k_min: usize,
+    /// Grid step and first bin the baseline was learned with.
+    learned_with: (Ts, usize),
     alarm: Option<(f64, f64)>,
+    /// Windows not judged for too many interpolated cells.
+    unjudged: u64,
+}
+
+/// Samples before the grid step is chosen (their median interval).
+const STEP_SAMPLES: usize = 16;
+
+/// One point's samples on a regular time grid of its own sampling interval.
+#[derive(Debug, Default)]
+struct Grid {
+    /// The first samples, until their median interval fixes `step`.
+    first: Vec<(Ts, f64)>,
+    /// Grid step in ms; 0 until chosen.
+    step: Ts,
+    origin: Ts,
+    /// Cell of the newest value and how many samples were averaged into it.
+    last: i64,
+    last_n: u32,
+    /// The window's cell values, oldest first, and whether each was interpolated.
+    values: VecDeque<f64>,
+    guessed: VecDeque<bool>,
+    interpolated: usize,
+}
+
+impl Grid {
+    /// Places one sample; returns how many cells were added (0 while the step is being
+    /// learned or when the sample shares the newest cell, whose value becomes the mean).
+    fn push(&mut self, ts: Ts, v: f64, cap: usize) -> usize {
+        if self.step > 0 {
+            return self.place(ts, v, cap);
+        }
+        self.first.push((ts, v));
+        if self.first.len() < STEP_SAMPLES {
+            return 0;
+        }
+        let mut gaps: Vec<Ts> = self
+            .first
+            .windows(2)
+            .map(|w| w[1].0.saturating_sub(w[0].0))
+            .collect();
+        gaps.sort_unstable();
+        self.step = gaps[gaps.len() / 2].max(1);
+        self.origin = self.first[0].0;
+        std::mem::take(&mut self.first)
+            .into_iter()
+            .map(|(ts, v)| self.place(ts, v, cap))
+            .sum()
+    }
+
+    fn place(&mut self, ts: Ts, v: f64, cap: usize) -> usize {
+        let cell = ts
+            .saturating_sub(self.origin)
+            .saturating_add(self.step / 2)
+            .div_euclid(self.step);
+        let Some(&prev) = self.values.back() else {
+            self.append(v, false, cap);
+            self.last = cell;
+            self.last_n = 1;
+            return 1;
+        };
+        if cell <= self.last {
+            // Several answers within one interval (or a clock step back): their mean.
+            self.last_n += 1;
+            if let Some(newest) = self.values.back_mut() {
+                *newest += (v - *newest) / f64::from(self.last_n);
+            }
+            return 0;
+        }
+        let missing = cell - self.last - 1;
+        if missing > (cap / 8) as i64 {
+            // A hole this long leaves no window judgeable until it has passed: start
+            // afresh (the hole itself is `staleness`'s to judge).
+            self.values.clear();
+            self.guessed.clear();
+            self.interpolated = 0;
+            self.append(v, false, cap);
+            self.last = cell;
+            self.last_n = 1;
+            return 1;
+        }
+        for k in 1..=missing {
+            let at = k as f64 / (missing + 1) as f64;
+            self.append(prev + (v - prev) * at, true, cap);
+        }
+        self.append(v, false, cap);
+        self.last = cell;
+        self.last_n = 1;
+        // A source whose interval has grown for good (a slower poll) is re-learned.
+        if self.values.len() == cap && self.interpolated * 2 > cap {
+            *self = Self::default();
+        }
+        missing as usize + 1
+    }
+
+    fn append(&mut self, v: f64, guessed: bool, cap: usize) {
+        self.values.push_back(v);
+        self.guessed.push_back(guessed);
+        self.interpolated += usize::from(guessed);
+        if self.values.len() > cap {
+            self.values.pop_front();
+            if self.guessed.pop_front() == Some(true) {
+                self.interpolated -= 1;
+            }
+        }
+    }
 }
 
 /// The oscillation detector.
@@ -159,6 +272,21 @@ impl Detector for Oscillation {
         NAME
     }
 
+    fn notes(&self) -> Vec<String> {
+        let (windows, points) = self
+            .state
+            .iter()
+            .filter(|s| s.unjudged > 0)
+            .fold((0, 0), |(w, p), s| (w + s.unjudged, p + 1));
+        if windows == 0 {
+            return Vec::new();
+        }
+        vec![format!(
+            "oscillation: {windows} windows on {points} points were not judged: more than one \
+             sample in eight was missing from them (a source answering irregularly)"
+        )]
+    }
+
     fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>) {
         let params = self.params.get(frame.kind()).clone();
         if !params.enabled {
@@ -172,23 +300,30 @@ impl Detector for Oscillation {
                 continue;
             }
             let s = self.state.get_or_insert(p, State::default);
-            s.values.push_back(st.value);
-            if s.values.len() > n {
-                s.values.pop_front();
-            }
-            s.since += 1;
-            if s.values.len() < n || s.since < params.hop_samples.max(1) {
+            s.since += s.grid.push(frame.ts, st.value, n);
+            if s.grid.values.len() < n || s.since < params.hop_samples.max(1) {
                 if let Some((ratio, period)) = s.alarm {
                     push(out, frame, p, &params, ratio, period, metric);
                 }
                 continue;
             }
             s.since = 0;
-            let dt_s = if st.interval_ms > 0.0 {
-                st.interval_ms / 1000.0
-            } else {
-                1.0
-            };
+            if s.grid.interpolated * 8 > n {
+                s.alarm = None;
+                s.unjudged += 1;
+                if s.unjudged == 1 {
+                    let device = &frame.registry.device(frame.device).name;
+                    // Detection is weaker here: the operator should know.
+                    tracing::warn!(
+                        device = %device,
+                        metric = %metric,
+                        step_ms = s.grid.step,
+                        "oscillation not judged: more than one sample in eight missing from its window"
+                    );
+                }
+                continue;
+            }
+            let dt_s = s.grid.step as f64 / 1000.0;
             // The bin holding the band edge is included: a swing just inside the band leaks
             // into it.
             let k_min = ((params.min_hz * n as f64 * dt_s).floor() as usize).max(1);
@@ -201,15 +336,15 @@ impl Detector for Oscillation {
             self.buf.clear();
             let nf = n as f64;
             let mean_i = (nf - 1.0) / 2.0;
-            let mean_v = s.values.iter().sum::<f64>() / nf;
+            let mean_v = s.grid.values.iter().sum::<f64>() / nf;
             let (mut sxy, mut sxx) = (0.0, 0.0);
-            for (i, v) in s.values.iter().enumerate() {
+            for (i, v) in s.grid.values.iter().enumerate() {
                 let di = i as f64 - mean_i;
                 sxy += di * (v - mean_v);
                 sxx += di * di;
             }
             let slope = sxy / sxx;
-            for (i, v) in s.values.iter().enumerate() {
+            for (i, v) in s.grid.values.iter().enumerate() {
                 let detrended = v - mean_v - slope * (i as f64 - mean_i);
                 self.buf.push(Complex::new(detrended * self.hann[i], 0.0));
             }
@@ -220,9 +355,9 @@ impl Detector for Oscillation {
                 .iter()
                 .map(|c| c.norm_sqr())
                 .collect();
-            if s.baseline.len() != power.len() || s.k_min != k_min {
+            if s.baseline.len() != power.len() || s.learned_with != (s.grid.step, k_min) {
                 s.baseline = vec![0.0; power.len()];
-                s.k_min = k_min;
+                s.learned_with = (s.grid.step, k_min);
                 s.windows = 0;
             }
             if s.windows < params.warmup_windows {
@@ -319,6 +454,124 @@ mod tests {
             "{:?}",
             h.findings.first().map(|f| &f.1.reason)
         );
+    }
+
+    /// A load like a facility's: a shared red-noise wander plus each meter's own noise,
+    /// held for a second at a time as a device refreshes its registers.
+    fn load_at(n_s: usize, seed: u64) -> Vec<f64> {
+        let steps = noisy(n_s, 0.0, 1.0, seed);
+        let own = noisy(n_s, 0.0, 1.5, seed + 1);
+        let mut ar = 0.0;
+        steps
+            .iter()
+            .zip(&own)
+            .map(|(s, o)| {
+                ar = 0.995 * ar + s;
+                450.0 + ar + o
+            })
+            .collect()
+    }
+
+    /// Polls `load` (one value a second) at the intervals (ms) `intervals` gives in turn.
+    fn poll(load: &[f64], intervals: &[Ts]) -> Harness {
+        let mut h = Harness::new();
+        let mut d = det();
+        let (mut t, mut k) = (0, 0);
+        while (t / 1000) < load.len() as Ts {
+            let held = load[(t / 1000) as usize];
+            h.feed_at(&mut d, "pdu", "it_load_kw", t, held);
+            t += intervals[k % intervals.len()];
+            k += 1;
+        }
+        h.notes = d.notes();
+        h
+    }
+
+    proptest::proptest! {
+        /// Whatever times a source forges (repeats, steps back, huge gaps), the grid stays
+        /// within its window, counts its guesses exactly and adds what it says it added.
+        #[test]
+        fn the_grid_is_bounded_and_counts_its_guesses(
+            steps in proptest::collection::vec((-5_000i64..400_000, -1e6f64..1e6), 1..600),
+        ) {
+            let cap = 64;
+            let (mut g, mut t, mut added) = (Grid::default(), 0, 0);
+            for (dt, v) in steps {
+                t += dt;
+                let n = g.push(t, v, cap);
+                added += n;
+                proptest::prop_assert!(g.values.len() <= cap);
+                proptest::prop_assert_eq!(g.values.len(), g.guessed.len());
+                proptest::prop_assert_eq!(g.interpolated, g.guessed.iter().filter(|&&x| x).count());
+                // At most a hole's worth of guesses and the sample, for each sample placed.
+                proptest::prop_assert!(n <= STEP_SAMPLES * (cap / 8 + 1));
+                proptest::prop_assert!(g.values.iter().all(|v| v.is_finite()));
+            }
+            proptest::prop_assert!(added >= g.values.len());
+        }
+    }
+
+    #[test]
+    fn a_source_answering_irregularly_is_not_judged_and_the_report_says_so() {
+        // A collector that cannot keep time: its windows are mostly interpolation,
+        // whatever pattern the delays fall into, and judged on nothing.
+        let load = load_at(3 * 3600, 23);
+        // Answers 0.3 to 1.8 s apart, a second on average (as a debug build polling a
+        // simulation at 300× does: a millisecond of wall time is 0.3 s of event time).
+        let intervals = [
+            900, 600, 1200, 900, 1500, 300, 1200, 900, 600, 1200, 1800, 900,
+        ];
+        let h = poll(&load, &intervals);
+        assert!(
+            h.findings.is_empty(),
+            "{:?}",
+            h.findings.first().map(|f| &f.1.reason)
+        );
+        assert!(
+            h.notes.iter().any(|n| n.contains("were not judged")),
+            "the report says what was not judged: {:?}",
+            h.notes
+        );
+    }
+
+    #[test]
+    fn a_swing_polled_with_jitter_and_missed_answers_is_found() {
+        // ±24 kW with a 45 s period, from the second hour, polled every second with up to
+        // ±150 ms of jitter and one answer in twenty lost.
+        let mut load = load_at(3 * 3600, 29);
+        let onset = 2 * 3600;
+        for (i, v) in load.iter_mut().enumerate().skip(onset) {
+            *v += 24.0
+                * ((i - onset) as f64 / 45.0 * std::f64::consts::TAU)
+                    .sin()
+                    .signum();
+        }
+        let jitter = noisy(4 * 3600, 0.0, 60.0, 31);
+        let intervals: Vec<Ts> = jitter
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let lost = if i % 20 == 7 { 1000 } else { 0 };
+                1000 + lost + j.clamp(-150.0, 150.0) as Ts
+            })
+            .collect();
+        let h = poll(&load, &intervals);
+        let onset_sample = h
+            .findings
+            .iter()
+            .map(|(s, _)| *s)
+            .next()
+            .expect("oscillation found");
+        // Samples are ~1.05 s apart: the onset is near sample 6,850.
+        assert!(
+            (6_800..7_300).contains(&onset_sample),
+            "found at sample {onset_sample}: {:?}",
+            h.notes
+        );
+        // 256 one-second cells resolve periods of 256/k s: 42.7 or 51.2 s around 45 s.
+        let period = h.findings[0].1.evidence["period_s"].as_f64().unwrap();
+        assert!((42.0..52.0).contains(&period), "period {period}");
+        assert!(h.notes.is_empty(), "{:?}", h.notes);
     }
 
     #[test]

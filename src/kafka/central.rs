@@ -93,7 +93,7 @@ type Decoded = (Vec<Event>, Vec<(usize, crate::source::BadReason, String)>);
 struct Site {
     name: String,
     pipeline: Pipeline,
-    /// The newest event time read live here.
+    /// The newest event time read here (warm-up included; `Ts::MIN`: none yet).
     newest: Ts,
     /// When (wall clock) the broker last handed over one of its records.
     heard: std::time::Instant,
@@ -172,7 +172,7 @@ pub struct Central {
     /// Points and devices a partition's pipelines may register between them (forged
     /// site keys must not multiply the one pipeline's bound).
     pub max_points: usize,
-    /// A fresh pipeline for a newly assigned partition.
+    /// A fresh pipeline, for each site first heard of on an owned partition.
     pub new_pipeline: Box<dyn Fn() -> Pipeline + Send + Sync>,
 }
 
@@ -555,12 +555,11 @@ pub async fn consume(
                         tracing::warn!(partition = p, from, to, "a gap in offsets stays: taken as real (retention, compaction)");
                     }
                 }
+                let (events, bad) = owned.decode(slot, m.payload().unwrap_or_default(), cfg.max_points);
                 let site = &mut owned.sites[slot as usize];
                 if std::mem::take(&mut site.silent) {
                     tracing::info!(partition = p, site = %site.name, offset = o, "site heard again after a silence");
                 }
-                let (events, bad) = owned.decode(slot, m.payload().unwrap_or_default(), cfg.max_points);
-                let site = &mut owned.sites[slot as usize];
                 for (line, reason, detail) in &bad {
                     tracing::warn!(partition = p, offset = o, line, reason = reason.as_str(), detail, "bad telemetry line");
                 }
@@ -570,6 +569,8 @@ pub async fn consume(
                 for e in events {
                     site.pipeline.push(e, &mut out);
                 }
+                // Its pipeline holds warm-up records too: they date the site.
+                site.newest = site.newest.max(newest);
                 let live = owned.offsets.read(o, newest, k.warmup, slot);
                 let since = owned.assigned_at.elapsed();
                 match counts.record(p, site_name, readings, live, since) {
@@ -592,8 +593,6 @@ pub async fn consume(
                     continue;
                 }
                 *front = (*front).max(newest);
-                let site = &mut owned.sites[slot as usize];
-                site.newest = site.newest.max(newest);
                 if let Some(a) = audit.as_mut() {
                     // Test mode: a line per record, whole, before anything derived
                     // from the record is committed.
@@ -726,7 +725,7 @@ struct Standing {
     /// Wall-clock time the others' event time has been ahead of it by more than the
     /// reorder tolerance (none: it is not).
     behind: Option<Duration>,
-    /// The newest event time read live here.
+    /// The newest event time read here (`Ts::MIN`: none yet).
     newest: Ts,
     /// Its pipeline's watermark.
     released: Ts,
@@ -742,7 +741,9 @@ impl Standing {
     /// quiet for ten seconds is judged on ten seconds of silence, not on the minutes of
     /// event time the others covered meanwhile.
     fn silent_until(&self, front: Ts, wall: Ts, silence: Duration) -> Option<Ts> {
+        // A site that never dated a record has no time to judge a silence from.
         let silent = self.live
+            && self.newest != Ts::MIN
             && self.at_end
             && self.heard >= silence
             && self.behind.is_some_and(|b| b >= silence);
@@ -931,6 +932,11 @@ mod tests {
             not(|q| q.released = 1_010_000),
             None,
             "already judged that far"
+        );
+        assert_eq!(
+            not(|q| (q.newest, q.released) = (Ts::MIN, Ts::MIN)),
+            None,
+            "nothing dated yet (its records were all malformed): no present to move"
         );
     }
 
