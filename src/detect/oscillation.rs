@@ -129,6 +129,10 @@ struct State {
 /// Samples before the grid step is chosen (their median interval).
 const STEP_SAMPLES: usize = 16;
 
+/// A window with more than one interpolated cell in this many is not judged; a longer
+/// hole starts a new window.
+const ONE_GUESS_IN: usize = 8;
+
 /// One point's samples on a regular time grid of its own sampling interval.
 #[derive(Debug, Default)]
 struct Grid {
@@ -176,13 +180,8 @@ impl Grid {
             .saturating_sub(self.origin)
             .saturating_add(self.step / 2)
             .div_euclid(self.step);
-        let Some(&prev) = self.values.back() else {
-            self.append(v, false, cap);
-            self.last = cell;
-            self.last_n = 1;
-            return 1;
-        };
-        if cell <= self.last {
+        let prev = self.values.back().copied();
+        if prev.is_some() && cell <= self.last {
             // Several answers within one interval (or a clock step back): their mean.
             self.last_n += 1;
             if let Some(newest) = self.values.back_mut() {
@@ -190,21 +189,20 @@ impl Grid {
             }
             return 0;
         }
-        let missing = cell - self.last - 1;
-        if missing > (cap / 8) as i64 {
+        let mut missing = prev.map_or(0, |_| cell - self.last - 1);
+        if missing > (cap / ONE_GUESS_IN) as i64 {
             // A hole this long leaves no window judgeable until it has passed: start
             // afresh (the hole itself is `staleness`'s to judge).
             self.values.clear();
             self.guessed.clear();
             self.interpolated = 0;
-            self.append(v, false, cap);
-            self.last = cell;
-            self.last_n = 1;
-            return 1;
+            missing = 0;
         }
-        for k in 1..=missing {
-            let at = k as f64 / (missing + 1) as f64;
-            self.append(prev + (v - prev) * at, true, cap);
+        if let Some(prev) = prev {
+            for k in 1..=missing {
+                let at = k as f64 / (missing + 1) as f64;
+                self.append(prev + (v - prev) * at, true, cap);
+            }
         }
         self.append(v, false, cap);
         self.last = cell;
@@ -308,7 +306,7 @@ impl Detector for Oscillation {
                 continue;
             }
             s.since = 0;
-            if s.grid.interpolated * 8 > n {
+            if s.grid.interpolated * ONE_GUESS_IN > n {
                 s.alarm = None;
                 s.unjudged += 1;
                 if s.unjudged == 1 {
@@ -504,7 +502,7 @@ mod tests {
                 proptest::prop_assert_eq!(g.values.len(), g.guessed.len());
                 proptest::prop_assert_eq!(g.interpolated, g.guessed.iter().filter(|&&x| x).count());
                 // At most a hole's worth of guesses and the sample, for each sample placed.
-                proptest::prop_assert!(n <= STEP_SAMPLES * (cap / 8 + 1));
+                proptest::prop_assert!(n <= STEP_SAMPLES * (cap / ONE_GUESS_IN + 1));
                 proptest::prop_assert!(g.values.iter().all(|v| v.is_finite()));
             }
             proptest::prop_assert!(added >= g.values.len());
