@@ -33,6 +33,7 @@ fn alert(n: usize) -> Alert {
         status: AlertStatus::Open,
         last_seen: 1_780_000_000_000 + n as i64,
         findings: 1,
+        early: false,
     }
 }
 

@@ -110,7 +110,7 @@ pub enum Output {
 
 /// Device, detector, metrics, and the client a command finding names: one actor's
 /// doing is one alert, and another client on the same device is another.
-type AlertKey = (DeviceId, &'static str, Vec<String>, Option<String>);
+pub(crate) type AlertKey = (DeviceId, &'static str, Vec<String>, Option<String>);
 
 /// Whether a detector's findings are direct evidence of tampering rather than
 /// statistical drift (which the plant's own reaction to anything also produces).
@@ -247,6 +247,74 @@ pub(crate) fn fnv(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// A finding's severity as an alert: raised a step when it scores 3× its threshold.
+fn severity_of(f: &Finding) -> Severity {
+    if f.score >= 3.0 * f.threshold {
+        f.severity.raised()
+    } else {
+        f.severity
+    }
+}
+
+/// The alert a finding belongs to: one actor's doing on one device by one detector.
+fn alert_key(
+    device: DeviceId,
+    detector: &'static str,
+    metrics: Vec<String>,
+    evidence: &serde_json::Value,
+) -> AlertKey {
+    let actor = (detector == "protocol")
+        .then(|| evidence.get("client").and_then(serde_json::Value::as_str))
+        .flatten()
+        .map(str::to_owned);
+    (device, detector, metrics, actor)
+}
+
+/// The alert a finding belongs to.
+pub(crate) fn key_of(f: &Finding) -> AlertKey {
+    alert_key(f.device, f.detector, f.metrics.clone(), &f.evidence)
+}
+
+/// A new alert for `key` from its first finding (its id derived from both, so the same
+/// capture always gives the same ids), not yet placed in an incident.
+fn new_alert(key: &AlertKey, f: Finding, reg: &Registry) -> Alert {
+    let severity = severity_of(&f);
+    let dev = reg.device(key.0);
+    let metrics_joined = key.2.join(",");
+    let ts = f.ts.to_le_bytes();
+    let mut parts = vec![
+        dev.site.as_bytes(),
+        dev.name.as_bytes(),
+        key.1.as_bytes(),
+        metrics_joined.as_bytes(),
+    ];
+    parts.extend(key.3.as_deref().map(str::as_bytes));
+    parts.push(&ts);
+    Alert {
+        id: format!("al-{:016x}", fnv(&parts)),
+        ts: f.ts,
+        // The sinks stamp the wall time (`sink::Stamp`).
+        detected_at: String::new(),
+        site: dev.site.clone(),
+        device: dev.name.clone(),
+        kind: dev.kind_name.clone(),
+        metrics: key.2.clone(),
+        detector: key.1,
+        score: f.score,
+        threshold: f.threshold,
+        severity,
+        technique: f.technique,
+        summary: f.reason,
+        evidence: f.evidence,
+        incident_id: String::new(),
+        role: Role::Cause,
+        status: AlertStatus::Open,
+        last_seen: f.ts,
+        findings: 1,
+        early: false,
+    }
+}
+
 /// Where a new alert goes.
 enum Place {
     /// Into the incident at this index, in this role (a cause takes the incident over).
@@ -278,6 +346,28 @@ impl Correlator {
         self.excepted
     }
 
+    /// The id of the open alert a finding of `key` would fold into.
+    pub(crate) fn open_id(&self, key: &AlertKey) -> Option<&str> {
+        self.open.get(key).map(|a| a.id.as_str())
+    }
+
+    /// The alert a finding would open now, raised before its turn (on arrival, see
+    /// [`crate::pipeline`]): `None` when an exception covers it or its alert is already
+    /// open. Changes nothing: the finding is folded in when its turn comes.
+    pub fn early(&self, f: &Finding, reg: &Registry) -> Option<Alert> {
+        let dev = reg.device(f.device);
+        if self.exceptions.covers(&dev.site, &dev.name, f) {
+            return None;
+        }
+        let key = key_of(f);
+        if self.open.contains_key(&key) {
+            return None;
+        }
+        let mut alert = new_alert(&key, f.clone(), reg);
+        alert.early = true;
+        Some(alert)
+    }
+
     /// Folds one finding in; emits the alert (and incident) if it is new or escalated.
     pub fn observe(&mut self, f: Finding, reg: &Registry, out: &mut Vec<Output>) {
         let dev = reg.device(f.device);
@@ -285,15 +375,12 @@ impl Correlator {
             self.excepted += 1;
             return;
         }
-        let mut severity = f.severity;
-        if f.score >= 3.0 * f.threshold {
-            severity = severity.raised();
-        }
-        let actor = (f.detector == "protocol")
-            .then(|| f.evidence.get("client").and_then(serde_json::Value::as_str))
-            .flatten()
-            .map(str::to_owned);
-        let key: AlertKey = (f.device, f.detector, f.metrics, actor);
+        let severity = severity_of(&f);
+        let key = alert_key(f.device, f.detector, f.metrics, &f.evidence);
+        let f = Finding {
+            metrics: Vec::new(),
+            ..f
+        };
         if let Some(a) = self.open.get_mut(&key) {
             a.last_seen = a.last_seen.max(f.ts);
             a.findings += 1;
@@ -327,40 +414,7 @@ impl Correlator {
             }
             return;
         }
-        let dev = reg.device(key.0);
-        let metrics_joined = key.2.join(",");
-        let ts = f.ts.to_le_bytes();
-        let mut parts = vec![
-            dev.site.as_bytes(),
-            dev.name.as_bytes(),
-            key.1.as_bytes(),
-            metrics_joined.as_bytes(),
-        ];
-        parts.extend(key.3.as_deref().map(str::as_bytes));
-        parts.push(&ts);
-        let id = format!("al-{:016x}", fnv(&parts));
-        let mut alert = Alert {
-            id,
-            ts: f.ts,
-            // The sinks stamp the wall time (`sink::Stamp`).
-            detected_at: String::new(),
-            site: dev.site.clone(),
-            device: dev.name.clone(),
-            kind: dev.kind_name.clone(),
-            metrics: key.2.clone(),
-            detector: key.1,
-            score: f.score,
-            threshold: f.threshold,
-            severity,
-            technique: f.technique,
-            summary: f.reason,
-            evidence: f.evidence,
-            incident_id: String::new(),
-            role: Role::Cause,
-            status: AlertStatus::Open,
-            last_seen: f.ts,
-            findings: 1,
-        };
+        let mut alert = new_alert(&key, f, reg);
         self.place(&mut alert, out);
         out.push(Output::Alert(alert.clone()));
         if judges_values(key.1) {

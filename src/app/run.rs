@@ -222,6 +222,9 @@ async fn collect(
         tx,
     );
     let mut pipeline = cfg.build_pipeline();
+    if cfg.pipeline.early_alerts {
+        pipeline.raise_on_arrival();
+    }
     if let Some(s) = &soc {
         pipeline.set_exceptions(s.exceptions());
     }

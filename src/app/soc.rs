@@ -109,6 +109,8 @@ pub struct Soc {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Where the HTTP server listens, if it runs.
     pub addr: Option<SocketAddr>,
+    /// Wakes each delivery worker (webhooks, syslog sinks) when it has work queued.
+    queued: Vec<Arc<tokio::sync::Notify>>,
 }
 
 /// The SOC surface is the durable sink of `run` and `demo`: the store commits an output
@@ -232,6 +234,7 @@ impl Soc {
             dead.clone(),
         );
         let (events, _) = broadcast::channel(1024);
+        let (stop, stop_rx) = watch::channel(false);
         let state = Arc::new(AppState {
             store: store.clone(),
             token,
@@ -242,8 +245,8 @@ impl Soc {
                 cfg.http.as_ref().map_or(1, |h| h.max_streams),
             )),
             exceptions,
+            closing: stop_rx.clone(),
         });
-        let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut addr = None;
         if let Some(h) = &cfg.http {
@@ -293,18 +296,25 @@ impl Soc {
             }
             info!(addr = ?addr, "http listening");
         }
+        let mut queued = Vec::new();
         if !cfg.webhooks.is_empty() {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            queued.push(wake.clone());
             tasks.push(tokio::spawn(webhook::deliver(
                 cfg.webhooks.clone(),
                 store.clone(),
+                wake,
                 stop_rx.clone(),
             )));
         }
         for (sink, tls) in syslog_sinks {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            queued.push(wake.clone());
             tasks.push(tokio::spawn(syslog::deliver(
                 sink,
                 tls,
                 store.clone(),
+                wake,
                 stop_rx.clone(),
             )));
         }
@@ -332,6 +342,7 @@ impl Soc {
             stop,
             tasks,
             addr,
+            queued,
         })
     }
 
@@ -410,6 +421,10 @@ impl Soc {
                 }
                 store.put_alert(a, &wanted)?;
                 drop(store);
+                if !wanted.is_empty() {
+                    // A permit each: a worker busy sending looks again at once.
+                    self.queued.iter().for_each(|q| q.notify_one());
+                }
                 self.alerts
                     .get_or_create(&SeverityLabel {
                         severity: format!("{:?}", a.severity).to_lowercase(),

@@ -393,6 +393,7 @@ impl Config {
         crate::kafka::central::Central {
             kafka: self.kafka.clone(),
             reorder_tolerance: self.pipeline.reorder_tolerance,
+            early_alerts: self.pipeline.early_alerts,
             max_points: self.pipeline.max_points,
             new_pipeline: Box::new(move || cfg.build_pipeline()),
         }

@@ -4,15 +4,18 @@
 //!   ([`crate::model::vocabulary`]); the config can override them or add them for any metric.
 //! - A value outside `[min, max]` scores `1 + excess / (max - min)`; a rate beyond
 //!   `max_rate` scores `|rate| / max_rate`; both against a threshold of 1.
-//! - No learning and no warm-up: it fires on the first impossible sample.
+//! - No learning and no warm-up: it fires on the first impossible sample, and a value
+//!   out of range needs no other reading, so live runs raise it on arrival.
 //!
 //! Blind spots: anything physically possible. The limits are deliberately wide
 //! (operating bands differ between facilities and are learned by the other detectors).
 
-use super::{point_finding, sig, Detector, PerKind};
+use super::{point_finding, sig, Arrival, Detector, PerKind};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity};
+use crate::model::points::{PointId, Registry};
+use crate::model::vocabulary::MetricSpec;
+use crate::model::{Finding, Quality, Severity, Ts};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
@@ -93,48 +96,16 @@ impl Detector for Limits {
             return;
         }
         for (p, st) in frame.good() {
-            let metric = &frame.registry.point(p).metric;
-            let over = params.metrics.get(metric.as_str());
-            let pick = |o: Option<f64>, s: Option<f64>| o.or(s);
-            let min = pick(over.and_then(|o| o.min), st.spec.map(|s| s.min));
-            let max = pick(over.and_then(|o| o.max), st.spec.map(|s| s.max));
-            let max_rate = pick(over.and_then(|o| o.max_rate), st.spec.map(|s| s.max_rate));
+            let info = frame.registry.point(p);
+            let b = Bounds::of(params, &info.metric, st.spec);
             let v = st.value;
-            let lo = min.unwrap_or(f64::NEG_INFINITY);
-            let hi = max.unwrap_or(f64::INFINITY);
-            if v < lo || v > hi {
-                let range = hi - lo;
-                let excess = if v < lo { lo - v } else { v - hi };
-                let score = if range.is_finite() && range > 0.0 {
-                    1.0 + excess / range
-                } else {
-                    2.0
-                };
-                let side = if v < lo {
-                    "below its physical minimum"
-                } else {
-                    "above its physical maximum"
-                };
-                let bound = if v < lo { lo } else { hi };
-                out.push(point_finding(
-                    frame,
-                    p,
-                    NAME,
-                    score,
-                    1.0,
-                    Severity::High,
-                    attack::SPOOF_REPORTING,
-                    format!(
-                        "{metric} reads {}, {side} of {}: no working sensor reports that",
-                        sig(v),
-                        sig(bound)
-                    ),
-                    json!({"value": v, "min": min, "max": max}),
-                ));
-            } else if let Some(max_rate) = max_rate.filter(|r| r.is_finite() && *r > 0.0) {
+            if let Some(f) = b.breach(frame.registry, p, frame.ts, v) {
+                out.push(f);
+            } else if let Some(max_rate) = b.max_rate.filter(|r| r.is_finite() && *r > 0.0) {
                 // A jump back from an impossible value is not a second finding.
                 let prev = v - st.delta;
-                if st.n >= 2 && prev >= lo && prev <= hi && st.rate.abs() > max_rate {
+                if st.n >= 2 && b.holds(prev) && st.rate.abs() > max_rate {
+                    let metric = &info.metric;
                     out.push(point_finding(
                         frame,
                         p,
@@ -153,6 +124,88 @@ impl Detector for Limits {
                 }
             }
         }
+    }
+
+    /// An impossible value needs no other reading: found on arrival.
+    fn arrival(&mut self, r: &Arrival<'_>, out: &mut Vec<Finding>) {
+        if r.quality != Quality::Good {
+            return;
+        }
+        let info = r.registry.point(r.point);
+        let params = self.params.get(r.registry.device(info.device).kind);
+        if !params.enabled {
+            return;
+        }
+        let b = Bounds::of(params, &info.metric, info.spec);
+        out.extend(b.breach(r.registry, r.point, r.ts, r.value));
+    }
+}
+
+/// One metric's limits: the config's where set, else the vocabulary's.
+struct Bounds {
+    min: Option<f64>,
+    max: Option<f64>,
+    max_rate: Option<f64>,
+}
+
+impl Bounds {
+    fn of(params: &LimitsParams, metric: &str, spec: Option<&MetricSpec>) -> Self {
+        let over = params.metrics.get(metric);
+        Self {
+            min: over.and_then(|o| o.min).or(spec.map(|s| s.min)),
+            max: over.and_then(|o| o.max).or(spec.map(|s| s.max)),
+            max_rate: over.and_then(|o| o.max_rate).or(spec.map(|s| s.max_rate)),
+        }
+    }
+
+    fn lo(&self) -> f64 {
+        self.min.unwrap_or(f64::NEG_INFINITY)
+    }
+
+    fn hi(&self) -> f64 {
+        self.max.unwrap_or(f64::INFINITY)
+    }
+
+    fn holds(&self, v: f64) -> bool {
+        v >= self.lo() && v <= self.hi()
+    }
+
+    /// The finding for a value outside `[min, max]`, if it is.
+    fn breach(&self, reg: &Registry, p: PointId, ts: Ts, v: f64) -> Option<Finding> {
+        let (lo, hi) = (self.lo(), self.hi());
+        if !(v < lo || v > hi) {
+            return None;
+        }
+        let range = hi - lo;
+        let excess = if v < lo { lo - v } else { v - hi };
+        let score = if range.is_finite() && range > 0.0 {
+            1.0 + excess / range
+        } else {
+            2.0
+        };
+        let (side, bound) = if v < lo {
+            ("below its physical minimum", lo)
+        } else {
+            ("above its physical maximum", hi)
+        };
+        let info = reg.point(p);
+        Some(Finding {
+            ts,
+            device: info.device,
+            metrics: vec![info.metric.clone()],
+            detector: NAME,
+            score,
+            threshold: 1.0,
+            severity: Severity::High,
+            technique: attack::SPOOF_REPORTING,
+            reason: format!(
+                "{} reads {}, {side} of {}: no working sensor reports that",
+                info.metric,
+                sig(v),
+                sig(bound)
+            ),
+            evidence: json!({"value": v, "min": self.min, "max": self.max}),
+        })
     }
 }
 
@@ -213,5 +266,25 @@ mod tests {
         let mut h = Harness::new();
         h.run(&mut d, "other", "vibration_g", &[1.0, 1e9]);
         assert_eq!(h.findings.len(), 1);
+    }
+
+    #[test]
+    fn on_arrival_only_an_impossible_value_is_found_and_as_its_frame_finds_it() {
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "chiller", "supply_temp_c", &[7.0, 7.1]);
+        // A jump too fast but possible needs the reading before it: not on arrival.
+        assert!(h
+            .arrive(&mut d, "chiller", "supply_temp_c", 2_000, 30.0)
+            .is_empty());
+        let got = h.arrive(&mut d, "chiller", "supply_temp_c", 2_000, 500.0);
+        assert_eq!(got.len(), 1);
+        h.feed(&mut d, "chiller", "supply_temp_c", 500.0);
+        let (_, f) = h.findings.last().unwrap();
+        assert_eq!(
+            (f.ts, &f.metrics, f.detector),
+            (got[0].ts, &got[0].metrics, got[0].detector)
+        );
+        assert_eq!(f.reason, got[0].reason);
     }
 }

@@ -106,6 +106,12 @@ pub trait Detector: Send {
     fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>);
     /// Called when the watermark passes `now`; for detectors of silence.
     fn tick(&mut self, _now: Ts, _store: &FeatureStore, _reg: &Registry, _out: &mut Vec<Finding>) {}
+    /// Looks at one reading the moment it arrives, before the reorder wait, for what it
+    /// proves on its own (an impossible value, a declared death): live runs raise those
+    /// at once. Each such finding must be one `observe` also makes, with the same
+    /// device, detector and metrics, when the reading's frame comes in its turn: that
+    /// confirms it (see [`crate::pipeline`]). State here may only be about arrivals.
+    fn arrival(&mut self, _r: &Arrival<'_>, _out: &mut Vec<Finding>) {}
     /// Looks at one Modbus exchange seen on the wire (packet captures).
     fn traffic(
         &mut self,
@@ -129,6 +135,20 @@ pub trait Detector: Send {
     }
     /// Judges from now on against what a baseline file says was learned elsewhere.
     fn adopt(&mut self, _baseline: &baseline::Baseline) {}
+}
+
+/// A reading as it arrives, before it is ordered into a frame.
+pub struct Arrival<'a> {
+    /// Event time.
+    pub ts: Ts,
+    /// The point.
+    pub point: PointId,
+    /// Its value.
+    pub value: f64,
+    /// Its quality.
+    pub quality: crate::model::Quality,
+    /// Names of points and devices.
+    pub registry: &'a Registry,
 }
 
 /// One value per device kind, indexed by [`DeviceKind::index`].
@@ -303,6 +323,11 @@ impl<S> PointTable<S> {
         self.0[i].get_or_insert_with(init)
     }
 
+    /// The state of `p`, if created.
+    pub(crate) fn get(&self, p: PointId) -> Option<&S> {
+        self.0.get(p as usize).and_then(Option::as_ref)
+    }
+
     /// Every point's state created so far.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &S> {
         self.0.iter().flatten()
@@ -429,6 +454,29 @@ pub(crate) mod testkit {
             self.findings
                 .extend(out.into_iter().map(|f| (self.step, f)));
             self.step += 1;
+        }
+
+        /// One reading of `dev-1` arriving at `ts` (before any frame): what the
+        /// detector raises on arrival.
+        pub fn arrive(
+            &mut self,
+            det: &mut dyn Detector,
+            kind: &str,
+            metric: &str,
+            ts: Ts,
+            value: f64,
+        ) -> Vec<Finding> {
+            let point = self.reg.intern("site", "dev-1", kind, metric).unwrap();
+            let r = Arrival {
+                ts,
+                point,
+                value,
+                quality: Quality::Good,
+                registry: &self.reg,
+            };
+            let mut out = Vec::new();
+            det.arrival(&r, &mut out);
+            out
         }
 
         /// Feeds a whole series.

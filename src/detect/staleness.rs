@@ -14,10 +14,10 @@
 //! Blind spots: silence at the very end of a capture (nothing moves the watermark past
 //! it) and devices that never produced `min_samples` samples.
 
-use super::{Detector, PerKind};
+use super::{Arrival, Detector, PerKind};
 use crate::feature::FeatureStore;
 use crate::model::attack;
-use crate::model::points::Registry;
+use crate::model::points::{DeviceId, Registry};
 use crate::model::{Finding, Quality, Severity, Ts};
 use crate::time::{format_duration, format_ts, serde_duration};
 use crate::tomlfile::{rule, Broken};
@@ -82,22 +82,27 @@ impl Detector for Staleness {
         if !self.params.get(frame.kind()).enabled {
             return;
         }
-        let Some(st) = frame.metric("online").filter(|st| st.value == 0.0) else {
-            return;
-        };
-        let name = &frame.registry.device(frame.device).name;
-        out.push(Finding {
-            ts: frame.ts,
-            device: frame.device,
-            metrics: vec!["online".into()],
-            detector: "staleness",
-            score: 1.0,
-            threshold: 1.0,
-            severity: Severity::High,
-            technique: attack::DENIAL_OF_VIEW,
-            reason: format!("{name} declared itself offline (death certificate or last will)"),
-            evidence: json!({"online": st.value, "at": format_ts(frame.ts)}),
-        });
+        if let Some(st) = frame.metric("online").filter(|st| st.value == 0.0) {
+            out.push(declared_offline(
+                frame.registry,
+                frame.device,
+                frame.ts,
+                st.value,
+            ));
+        }
+    }
+
+    /// A declared death needs no other reading: found on arrival.
+    fn arrival(&mut self, r: &Arrival<'_>, out: &mut Vec<Finding>) {
+        let info = r.registry.point(r.point);
+        let kind = r.registry.device(info.device).kind;
+        if self.params.get(kind).enabled
+            && info.metric == "online"
+            && r.value == 0.0
+            && r.quality == Quality::Good
+        {
+            out.push(declared_offline(r.registry, info.device, r.ts, r.value));
+        }
     }
 
     fn tick(&mut self, now: Ts, store: &FeatureStore, reg: &Registry, out: &mut Vec<Finding>) {
@@ -194,6 +199,23 @@ impl Detector for Staleness {
     }
 }
 
+/// A device's own word that it is offline.
+fn declared_offline(reg: &Registry, device: DeviceId, ts: Ts, online: f64) -> Finding {
+    let name = &reg.device(device).name;
+    Finding {
+        ts,
+        device,
+        metrics: vec!["online".into()],
+        detector: "staleness",
+        score: 1.0,
+        threshold: 1.0,
+        severity: Severity::High,
+        technique: attack::DENIAL_OF_VIEW,
+        reason: format!("{name} declared itself offline (death certificate or last will)"),
+        evidence: json!({"online": online, "at": format_ts(ts)}),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +305,15 @@ mod tests {
             (Severity::High, vec!["online".to_owned()])
         );
         assert!(f.reason.contains("offline"));
+    }
+
+    #[test]
+    fn on_arrival_a_declared_death_is_found_at_once() {
+        let mut h = crate::detect::testkit::Harness::new();
+        let mut d = Staleness::new(PerKind::from_fn(|_| StalenessParams::default()));
+        assert!(h.arrive(&mut d, "ups", "online", 0, 1.0).is_empty());
+        let got = h.arrive(&mut d, "ups", "online", 5_000, 0.0);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].technique, attack::DENIAL_OF_VIEW);
     }
 }

@@ -9,10 +9,11 @@
 //! Blind spots: a UPS without input-voltage or battery telemetry; attacks during a real
 //! mains outage (the breaker and staleness detectors see those).
 
-use super::{sig, Detector, PerKind, PointTable};
+use super::{sig, Arrival, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{DeviceKind, Finding, Severity, Ts};
+use crate::model::points::DeviceId;
+use crate::model::{DeviceKind, Finding, Quality, Severity, Ts};
 use crate::time::{format_duration, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -71,6 +72,8 @@ struct State {
 pub struct UpsState {
     params: PerKind<UpsParams>,
     state: PointTable<State>,
+    /// By device: what arrived of its newest instant.
+    arrived: PointTable<Arrived>,
 }
 
 impl UpsState {
@@ -79,6 +82,7 @@ impl UpsState {
         Self {
             params,
             state: PointTable::default(),
+            arrived: PointTable::default(),
         }
     }
 }
@@ -110,6 +114,18 @@ impl Detector for UpsState {
             return;
         }
         let dev = &frame.registry.device(frame.device).name;
+        for flag in FLAGS {
+            if frame.metric(flag).is_some_and(|p| p.value >= 0.5) {
+                out.push(flag_finding(
+                    dev,
+                    frame.device,
+                    frame.ts,
+                    flag,
+                    vin,
+                    nominal,
+                ));
+            }
+        }
         let mut finding = |metric: &str, score: f64, reason: String, evidence| {
             out.push(Finding {
                 ts: frame.ts,
@@ -124,28 +140,6 @@ impl Detector for UpsState {
                 evidence,
             });
         };
-        if frame
-            .metric("bypass_active")
-            .is_some_and(|p| p.value >= 0.5)
-        {
-            finding(
-                "bypass_active",
-                1.0,
-                format!("{dev} is in bypass although its mains is healthy ({} V): its load runs unprotected", sig(vin)),
-                json!({"input_voltage_v": vin, "nominal_input_v": nominal}),
-            );
-        }
-        if frame.metric("on_battery").is_some_and(|p| p.value >= 0.5) {
-            finding(
-                "on_battery",
-                1.0,
-                format!(
-                    "{dev} runs on battery although its mains is healthy ({} V)",
-                    sig(vin)
-                ),
-                json!({"input_voltage_v": vin, "nominal_input_v": nominal}),
-            );
-        }
         if let Some(c) = frame.metric("battery_charge_pct").map(|p| p.value) {
             s.charge.push_back((frame.ts, c));
             while s
@@ -175,6 +169,110 @@ impl Detector for UpsState {
                 }
             }
         }
+    }
+
+    /// A flag raised with healthy mains needs only the same instant's input voltage:
+    /// found as soon as both have arrived (against the level learned so far).
+    fn arrival(&mut self, r: &Arrival<'_>, out: &mut Vec<Finding>) {
+        let info = r.registry.point(r.point);
+        let dev = r.registry.device(info.device);
+        let params = self.params.get(dev.kind);
+        let flag = FLAGS.iter().position(|f| *f == info.metric);
+        let is_vin = info.metric == "input_voltage_v";
+        if dev.kind != DeviceKind::Ups
+            || !params.enabled
+            || r.quality != Quality::Good
+            || (flag.is_none() && !is_vin)
+        {
+            return;
+        }
+        let Some(nominal) = self
+            .state
+            .get(info.device)
+            .filter(|s| s.volts_n >= params.warmup_samples)
+            .map(|s| s.volts_sum / f64::from(s.volts_n))
+        else {
+            return;
+        };
+        let a = self.arrived.get_or_insert(info.device, Arrived::default);
+        if r.ts < a.ts {
+            // Older than what already arrived: it is judged in its turn.
+            return;
+        }
+        if r.ts > a.ts {
+            *a = Arrived {
+                ts: r.ts,
+                ..Arrived::default()
+            };
+        }
+        match flag {
+            Some(i) => a.flags[i] = r.value >= 0.5,
+            None => a.vin = Some(r.value),
+        }
+        let Some(vin) = a.vin.filter(|v| (v - nominal).abs() <= 0.15 * nominal) else {
+            return;
+        };
+        for (i, flag) in FLAGS.iter().enumerate() {
+            if a.flags[i] && !a.raised[i] {
+                a.raised[i] = true;
+                out.push(flag_finding(
+                    &dev.name,
+                    info.device,
+                    r.ts,
+                    flag,
+                    vin,
+                    nominal,
+                ));
+            }
+        }
+    }
+}
+
+/// The state flags a UPS must not raise while its mains is healthy.
+const FLAGS: [&str; 2] = ["bypass_active", "on_battery"];
+
+/// What arrived of one UPS's newest instant (live, before the reorder wait).
+#[derive(Debug, Default)]
+struct Arrived {
+    ts: Ts,
+    vin: Option<f64>,
+    /// Each of [`FLAGS`] raised.
+    flags: [bool; 2],
+    /// Each of [`FLAGS`] already reported for this instant.
+    raised: [bool; 2],
+}
+
+/// A state flag raised with healthy mains.
+fn flag_finding(
+    dev: &str,
+    device: DeviceId,
+    ts: Ts,
+    flag: &str,
+    vin: f64,
+    nominal: f64,
+) -> Finding {
+    let reason = if flag == "bypass_active" {
+        format!(
+            "{dev} is in bypass although its mains is healthy ({} V): its load runs unprotected",
+            sig(vin)
+        )
+    } else {
+        format!(
+            "{dev} runs on battery although its mains is healthy ({} V)",
+            sig(vin)
+        )
+    };
+    Finding {
+        ts,
+        device,
+        metrics: vec![flag.to_owned()],
+        detector: NAME,
+        score: 1.0,
+        threshold: 1.0,
+        severity: Severity::High,
+        technique: attack::MANIPULATION_OF_CONTROL,
+        reason,
+        evidence: json!({"input_voltage_v": vin, "nominal_input_v": nominal}),
     }
 }
 
@@ -219,5 +317,63 @@ mod tests {
         let at = f.first().expect("drain seen").0;
         assert!((100..200).contains(&at), "at {at}");
         assert_eq!(f[0].1.metrics, vec!["battery_charge_pct".to_string()]);
+    }
+
+    #[test]
+    fn on_arrival_a_flag_with_healthy_mains_is_found_once_both_are_in() {
+        let mut h = Harness::new();
+        let mut d = UpsState::new(PerKind::from_fn(|_| UpsParams::default()));
+        for _ in 0..100 {
+            h.feed_frame(
+                &mut d,
+                "ups",
+                &[("input_voltage_v", 400.0), ("bypass_active", 0.0)],
+            );
+        }
+        let t = 100_000;
+        assert!(
+            h.arrive(&mut d, "ups", "bypass_active", t, 1.0).is_empty(),
+            "mains not known yet"
+        );
+        let got = h.arrive(&mut d, "ups", "input_voltage_v", t, 401.0);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].ts, got[0].metrics.as_slice()),
+            (t, &["bypass_active".to_string()][..])
+        );
+        // The frame in its turn finds the same (what confirms the early alert).
+        h.feed_frame(
+            &mut d,
+            "ups",
+            &[("input_voltage_v", 401.0), ("bypass_active", 1.0)],
+        );
+        let (_, late) = h.findings.last().unwrap();
+        assert_eq!(
+            (late.ts, &late.metrics, late.reason.as_str()),
+            (t, &got[0].metrics, got[0].reason.as_str())
+        );
+        assert!(
+            h.arrive(&mut d, "ups", "bypass_active", t, 1.0).is_empty(),
+            "once per instant"
+        );
+        assert!(
+            h.arrive(&mut d, "ups", "bypass_active", t - 1_000, 1.0)
+                .is_empty(),
+            "older: in its turn"
+        );
+        // Mains lost: on battery is what a UPS is for.
+        let t = t + 1_000;
+        assert!(h
+            .arrive(&mut d, "ups", "input_voltage_v", t, 0.0)
+            .is_empty());
+        assert!(h.arrive(&mut d, "ups", "on_battery", t, 1.0).is_empty());
+    }
+
+    #[test]
+    fn on_arrival_nothing_before_the_mains_level_is_learned() {
+        let mut h = Harness::new();
+        let mut d = UpsState::new(PerKind::from_fn(|_| UpsParams::default()));
+        h.arrive(&mut d, "ups", "input_voltage_v", 0, 400.0);
+        assert!(h.arrive(&mut d, "ups", "bypass_active", 0, 1.0).is_empty());
     }
 }

@@ -101,6 +101,9 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// The exceptions in force, shared with the pipeline: teaching one applies live.
     pub exceptions: Exceptions,
+    /// Turns true when the service stops: event streams end, so a graceful shutdown
+    /// does not wait on a dashboard left open.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -477,17 +480,28 @@ async fn stream(State(state): State<Arc<AppState>>) -> Response {
             .into_response();
     };
     let rx = state.events.subscribe();
+    let mut closing = state.closing.clone();
+    if *closing.borrow_and_update() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     // The permit lives as long as the stream.
-    let events = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
-        let ev = match rx.recv().await {
-            Ok((name, data)) => Event::default().event(name).data(data),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                Event::default().event("lagged").data(n.to_string())
-            }
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, Infallible>(ev), (rx, permit)))
-    });
+    let events = futures_util::stream::unfold(
+        (rx, closing, permit),
+        |(mut rx, mut closing, permit)| async move {
+            let got = tokio::select! {
+                got = rx.recv() => got,
+                _ = closing.changed() => return None,
+            };
+            let ev = match got {
+                Ok((name, data)) => Event::default().event(name).data(data),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Event::default().event("lagged").data(n.to_string())
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok::<_, Infallible>(ev), (rx, closing, permit)))
+        },
+    );
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

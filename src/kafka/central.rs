@@ -169,6 +169,8 @@ pub struct Central {
     pub kafka: KafkaConfig,
     /// The pipelines' reorder tolerance (a silent site is moved on by it).
     pub reorder_tolerance: Ts,
+    /// Whether live sites' pipelines raise early alerts (`pipeline.early_alerts`).
+    pub early_alerts: bool,
     /// Points and devices a partition's pipelines may register between them (forged
     /// site keys must not multiply the one pipeline's bound).
     pub max_points: usize,
@@ -437,6 +439,7 @@ pub async fn consume(
     let k: KafkaConfig = cfg.kafka.clone();
     let k = &k;
     let tolerance = cfg.reorder_tolerance;
+    let k_early = cfg.early_alerts;
     let shared = Arc::new(Mutex::new(Shared {
         cfg,
         partitions: BTreeMap::new(),
@@ -591,6 +594,11 @@ pub async fn consume(
                         a.flush()?;
                     }
                     continue;
+                }
+                if k_early {
+                    // From its first live record: early alerts of a muted warm-up
+                    // would be withdrawn or confirmed where no one saw them raised.
+                    site.pipeline.raise_on_arrival();
                 }
                 *front = (*front).max(newest);
                 if let Some(a) = audit.as_mut() {

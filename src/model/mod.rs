@@ -353,6 +353,12 @@ pub struct Alert {
     pub last_seen: Ts,
     /// Number of findings folded into this alert.
     pub findings: u64,
+    /// Raised live on the reading's arrival, before the reorder wait (a finding that
+    /// needs no other reading: see `docs/design.md`): no incident or role yet. The
+    /// next snapshot of the same id confirms it with both; a closed early snapshot
+    /// withdraws it (the readings before it, once in, did not bear it out).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub early: bool,
 }
 
 #[cfg(test)]
@@ -382,6 +388,7 @@ impl Alert {
             status,
             last_seen: ts,
             findings: 1,
+            early: false,
         }
     }
 }
@@ -391,9 +398,13 @@ impl Alert {
     /// every retry and on every instance that raises it, different for the next one.
     /// Webhooks send it as the idempotency key.
     pub fn snapshot_id(&self) -> String {
-        let status = match self.status {
-            AlertStatus::Open => "open",
-            AlertStatus::Closed => "closed",
+        // An early snapshot and its confirmation carry the same numbers: the status
+        // word keeps their keys apart, so a receiver deduplicating drops neither.
+        let status = match (self.status, self.early) {
+            (AlertStatus::Open, false) => "open",
+            (AlertStatus::Closed, false) => "closed",
+            (AlertStatus::Open, true) => "early",
+            (AlertStatus::Closed, true) => "withdrawn",
         };
         format!(
             "{}:{status}:{}:{}:{}",

@@ -55,6 +55,10 @@ pub struct PipelineParams {
     /// Longest accepted capture line in bytes; longer lines are counted and skipped.
     /// Default 1 MiB.
     pub max_line_bytes: usize,
+    /// Live runs raise what one reading proves alone (an impossible value, a UPS in
+    /// bypass with healthy mains, a declared death) on its arrival, as an early alert
+    /// confirmed or withdrawn after the reorder wait. Default true; replays never do.
+    pub early_alerts: bool,
 }
 
 impl Default for PipelineParams {
@@ -65,6 +69,7 @@ impl Default for PipelineParams {
             tick: 1_000,
             max_points: 200_000,
             max_line_bytes: 1 << 20,
+            early_alerts: true,
         }
     }
 }
@@ -109,6 +114,12 @@ pub struct PipelineStats {
     /// Findings an analyst's exception covered (behaviour taught as expected).
     #[serde(skip_serializing_if = "is_zero")]
     pub excepted: u64,
+    /// Alerts raised early: on their reading's arrival, before the reorder wait (live).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub early: u64,
+    /// Early alerts withdrawn: the readings before them, once in, did not bear them out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub withdrawn: u64,
     /// Samples dropped because their point already had a sample at that instant (an
     /// at-least-once source redelivering, or the same file given twice).
     pub duplicates: u64,
@@ -141,6 +152,9 @@ impl PipelineStats {
         self.ahead += o.ahead;
         self.frames += o.frames;
         self.findings += o.findings;
+        self.excepted += o.excepted;
+        self.early += o.early;
+        self.withdrawn += o.withdrawn;
         self.duplicates += o.duplicates;
         for (device, t) in &o.by_device {
             let mine = self.by_device.entry(device.clone()).or_default();
@@ -159,6 +173,9 @@ const LOG_LATE: u64 = 5;
 const FIRST_EVENTS: usize = 64;
 /// Events held apart at most; beyond, they are dropped (counted as ahead all the same).
 const MAX_HELD: usize = 100_000;
+/// Early alerts awaiting their turn at most; beyond, findings wait for their turn like
+/// any other (a flood of impossible values cannot grow memory).
+const MAX_EARLY: usize = 1_024;
 /// Most silence checks run for one gap in the data; a longer gap is crossed in bigger
 /// steps so a capture with a week-long hole does not stall.
 const MAX_TICKS_PER_GAP: i64 = 10_000;
@@ -192,6 +209,18 @@ pub struct Pipeline {
     findings: Vec<Finding>,
     stats: PipelineStats,
     score_log: Option<Vec<ScorePoint>>,
+    /// Whether findings a reading proves alone are raised on its arrival (live).
+    instant: bool,
+    /// Findings from arrivals, before they become early alerts.
+    arrived: Vec<Finding>,
+    /// Early alerts whose reading has not had its turn yet.
+    early: Vec<Early>,
+}
+
+/// An alert raised on its reading's arrival, awaiting the reading's turn.
+struct Early {
+    key: crate::correlate::AlertKey,
+    alert: crate::model::Alert,
 }
 
 /// One finding's score, kept for reports that plot scores over time.
@@ -245,7 +274,18 @@ impl Pipeline {
             findings: Vec::new(),
             stats: PipelineStats::default(),
             score_log: None,
+            instant: false,
+            arrived: Vec::new(),
+            early: Vec::new(),
         }
+    }
+
+    /// Raises what a reading proves on its own (an impossible value, a UPS forced to
+    /// bypass, a declared death) the moment it arrives, as an early alert, instead of
+    /// after the reorder wait; the same alert follows in its turn, placed in its
+    /// incident (see [`Detector::arrival`]). For live runs: a replay has no one waiting.
+    pub fn raise_on_arrival(&mut self) {
+        self.instant = true;
     }
 
     /// Keeps every finding's score from now on (for the HTML report).
@@ -317,6 +357,17 @@ impl Pipeline {
             event,
         });
         if self.present.admits(ts) {
+            if let Event::Sample {
+                point,
+                value,
+                quality,
+                ..
+            } = queued.0.event
+            {
+                if self.instant && self.present.at().is_some() {
+                    self.arrival(ts, point, value, quality, out);
+                }
+            }
             if let Some(p) = point {
                 match self.claims.remove(&p) {
                     Some(claim) => {
@@ -508,10 +559,12 @@ impl Pipeline {
             );
             self.held.clear();
         }
+        let start = out.len();
         while let Some(q) = self.queue.pop() {
             self.process(q.ts, q.event, out);
         }
         self.flush_frames(out);
+        self.settle_early(Ts::MAX, start, out);
     }
 
     /// The site's present: what most of its points say the time is (`None` until enough
@@ -550,6 +603,7 @@ impl Pipeline {
         if watermark <= self.released {
             return;
         }
+        let start = out.len();
         while self.queue.peek_ts().is_some_and(|ts| ts < watermark) {
             if let Some(q) = self.queue.pop() {
                 self.process(q.ts, q.event, out);
@@ -558,6 +612,77 @@ impl Pipeline {
         self.released = watermark;
         self.flush_frames(out);
         self.ticks_until(watermark, out);
+        self.settle_early(watermark, start, out);
+    }
+
+    /// One reading arrived (admitted, live): what it proves alone is raised now.
+    fn arrival(
+        &mut self,
+        ts: Ts,
+        point: PointId,
+        value: f64,
+        quality: crate::model::Quality,
+        out: &mut Vec<Output>,
+    ) {
+        let r = crate::detect::Arrival {
+            ts,
+            point,
+            value,
+            quality,
+            registry: &self.registry,
+        };
+        for d in &mut self.detectors {
+            d.arrival(&r, &mut self.arrived);
+        }
+        for f in self.arrived.drain(..) {
+            let key = crate::correlate::key_of(&f);
+            if self.early.len() >= MAX_EARLY || self.early.iter().any(|e| e.key == key) {
+                continue;
+            }
+            if let Some(alert) = self.correlator.early(&f, &self.registry) {
+                self.stats.early += 1;
+                out.push(Output::Alert(alert.clone()));
+                self.early.push(Early { key, alert });
+            }
+        }
+    }
+
+    /// Early alerts whose reading had its turn (before `watermark`): the alert the
+    /// correlator opened in `out[start..]` confirms one; one it did not open is
+    /// withdrawn, saying why.
+    fn settle_early(&mut self, watermark: Ts, start: usize, out: &mut Vec<Output>) {
+        if self.early.iter().all(|e| e.alert.ts >= watermark) {
+            return;
+        }
+        let opened: rustc_hash::FxHashSet<&str> = out[start..]
+            .iter()
+            .filter_map(|o| match o {
+                Output::Alert(a) if !a.early => Some(a.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut withdrawn = Vec::new();
+        self.early.retain(|e| {
+            if e.alert.ts >= watermark {
+                return true;
+            }
+            if !opened.contains(e.alert.id.as_str()) {
+                let why = match self.correlator.open_id(&e.key) {
+                    Some(other) => format!(
+                        "withdrawn: once the readings before it were in, alert {other} of the same rule was already open; this finding counts there"
+                    ),
+                    None => "withdrawn: once the readings before it were in, its finding was not borne out (an analyst's exception, a repeated reading or one out of order)".to_owned(),
+                };
+                withdrawn.push(crate::model::Alert {
+                    status: crate::model::AlertStatus::Closed,
+                    summary: why,
+                    ..e.alert.clone()
+                });
+            }
+            false
+        });
+        self.stats.withdrawn += withdrawn.len() as u64;
+        out.extend(withdrawn.into_iter().map(Output::Alert));
     }
 
     fn process(&mut self, ts: Ts, event: Event, out: &mut Vec<Output>) {
@@ -875,5 +1000,153 @@ mod tests {
             !p.admits(now + 61_000),
             "held apart, so not shown on the board either"
         );
+    }
+
+    /// A live pipeline on a UPS reporting `battery_charge_pct` once a second: `feed`
+    /// pushes one reading, then moves the clock to it as a live run's heartbeat does.
+    struct Live {
+        p: Pipeline,
+        point: PointId,
+        t0: Ts,
+    }
+
+    impl Live {
+        fn new(early: bool) -> Self {
+            let cfg = crate::Config::from_toml_str("", "t").unwrap();
+            let mut p = cfg.build_pipeline();
+            if early {
+                p.raise_on_arrival();
+            }
+            let point = p
+                .registry
+                .intern("s", "ups-1", "ups", "battery_charge_pct")
+                .unwrap();
+            let t0 = 1_783_382_400_000;
+            p.advance_to(t0, &mut Vec::new());
+            Self { p, point, t0 }
+        }
+
+        /// The outputs of pushing `value` at second `s` and of the clock reaching `now`.
+        fn feed(&mut self, s: i64, value: f64, now: i64) -> Vec<Output> {
+            let mut out = Vec::new();
+            let event = Event::Sample {
+                ts: self.t0 + s * 1_000,
+                point: self.point,
+                value,
+                quality: crate::model::Quality::Good,
+            };
+            self.p.push(event, &mut out);
+            self.p.advance_to(self.t0 + now * 1_000, &mut out);
+            out
+        }
+    }
+
+    fn alerts(out: &[Output]) -> Vec<&crate::model::Alert> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Alert(a) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_an_impossible_value_is_raised_on_arrival_and_confirmed_in_its_turn() {
+        let (mut live, mut replay) = (Live::new(true), Live::new(false));
+        let mut finals = [Vec::new(), Vec::new()];
+        for s in 1..=20 {
+            let v = if s == 10 { 140.0 } else { 90.0 };
+            for (i, l) in [&mut live, &mut replay].into_iter().enumerate() {
+                let out = l.feed(s, v, s);
+                let now = alerts(&out);
+                if s == 10 && i == 0 {
+                    // The push that brought it, 5 s before the watermark passes it.
+                    assert_eq!(now.len(), 1, "{now:?}");
+                    assert!(now[0].early && now[0].incident_id.is_empty());
+                    assert!(now[0].summary.contains("physical maximum"));
+                } else if s < 15 {
+                    assert!(now.is_empty(), "second {s}: {now:?}");
+                }
+                finals[i].extend(now.into_iter().filter(|a| !a.early).cloned());
+            }
+        }
+        assert_eq!(finals[0], finals[1], "the same alerts as a replay");
+        assert_eq!(finals[0].len(), 1);
+        let confirmed = &finals[0][0];
+        assert_eq!(confirmed.ts, live.t0 + 10_000);
+        assert!(!confirmed.incident_id.is_empty());
+        let stats = live.p.stats();
+        assert_eq!((stats.early, stats.withdrawn), (1, 0));
+        assert_eq!(replay.p.stats().early, 0);
+    }
+
+    #[test]
+    fn live_an_early_alert_the_earlier_readings_overtake_is_withdrawn_saying_why() {
+        let mut l = Live::new(true);
+        for s in 1..=8 {
+            l.feed(s, 90.0, s);
+        }
+        // 12 s arrives before 10 s (both impossible, both within the tolerance).
+        let first = l.feed(12, 150.0, 12);
+        let early = alerts(&first)[0].clone();
+        assert!(early.early && early.ts == l.t0 + 12_000);
+        let second = l.feed(10, 140.0, 12);
+        assert!(
+            alerts(&second).is_empty(),
+            "one early alert per rule and point"
+        );
+        let mut out = Vec::new();
+        for s in 13..=20 {
+            out.extend(l.feed(s, 90.0, s));
+        }
+        let got = alerts(&out);
+        let real = got
+            .iter()
+            .find(|a| !a.early)
+            .expect("the alert in its turn");
+        assert_eq!(real.ts, l.t0 + 10_000, "opened by the earlier reading");
+        let withdrawn = got
+            .iter()
+            .find(|a| a.early)
+            .expect("the early one withdrawn");
+        assert_eq!(withdrawn.id, early.id);
+        assert_eq!(withdrawn.status, crate::model::AlertStatus::Closed);
+        assert!(
+            withdrawn.summary.contains(&real.id),
+            "{}",
+            withdrawn.summary
+        );
+        assert_ne!(withdrawn.snapshot_id(), early.snapshot_id());
+        assert_eq!(l.p.stats().withdrawn, 1);
+    }
+
+    #[test]
+    fn live_early_alerts_are_bounded_and_a_flood_still_alerts_in_its_turn() {
+        let cfg = crate::Config::from_toml_str("", "t").unwrap();
+        let mut p = cfg.build_pipeline();
+        p.raise_on_arrival();
+        let t0 = 1_783_382_400_000;
+        p.advance_to(t0, &mut Vec::new());
+        let mut out = Vec::new();
+        let n = MAX_EARLY + 500;
+        for i in 0..n {
+            let point = p
+                .registry
+                .intern("s", &format!("ups-{i}"), "ups", "battery_charge_pct")
+                .unwrap();
+            let event = Event::Sample {
+                ts: t0 + 1_000,
+                point,
+                value: 500.0,
+                quality: crate::model::Quality::Good,
+            };
+            p.push(event, &mut out);
+        }
+        assert_eq!(alerts(&out).len(), MAX_EARLY);
+        p.advance_to(t0 + 10_000, &mut out);
+        let confirmed = alerts(&out).iter().filter(|a| !a.early).count();
+        assert_eq!(confirmed, n, "every one in its turn");
+        assert!(p.early.is_empty());
+        assert_eq!(p.stats().withdrawn, 0);
     }
 }

@@ -782,11 +782,13 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// Sends one sink's due deliveries until `stop` turns true (`tls`: its
-/// [`tls_connector`]).
+/// [`tls_connector`]); `queued` wakes it when a snapshot is queued, so a delivery does
+/// not wait for the next look at the outbox (unless the receiver is being backed off).
 pub async fn deliver(
     sink: SyslogSink,
     tls: Option<tokio_rustls::TlsConnector>,
     store: Shared,
+    queued: std::sync::Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let header = Header::of(&sink);
@@ -843,6 +845,7 @@ pub async fn deliver(
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
+            () = queued.notified(), if failures == 0 => {}
             _ = stop.changed() => break,
         }
     }

@@ -200,8 +200,14 @@ fn backoff(attempts: i64) -> i64 {
     (base.min(300_000.0) * rand::rng().random_range(0.75..1.25)) as i64
 }
 
-/// Sends due deliveries until `stop` turns true.
-pub async fn deliver(receivers: Vec<Receiver>, store: Shared, mut stop: watch::Receiver<bool>) {
+/// Sends due deliveries until `stop` turns true; `queued` wakes it when a snapshot is
+/// queued, so a delivery does not wait for the next look at the outbox.
+pub async fn deliver(
+    receivers: Vec<Receiver>,
+    store: Shared,
+    queued: std::sync::Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     // rustls with ring (as everywhere in wattchdog); a no-op if a provider is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder().build() {
@@ -261,6 +267,7 @@ pub async fn deliver(receivers: Vec<Receiver>, store: Shared, mut stop: watch::R
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
+            () = queued.notified() => {}
             _ = stop.changed() => break,
         }
     }

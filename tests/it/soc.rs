@@ -50,6 +50,24 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, Strin
     (status, body)
 }
 
+/// The event stream, its headers read: they mean it is subscribed, so nothing raised
+/// later is missed.
+fn open_stream(port: u16) -> BufReader<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut s = BufReader::new(s);
+    let mut line = String::new();
+    while s.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+        line.clear();
+    }
+    s
+}
+
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -167,14 +185,7 @@ fn kill_9_loses_no_stored_alert_and_webhooks_survive_outage_and_crash() {
     );
 
     // The stream carries the alerts as they are raised.
-    let mut sse = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
-    write!(
-        sse,
-        "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    )
-    .unwrap();
-    sse.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut sse = BufReader::new(sse);
+    let mut sse = open_stream(http_port);
     let mut streamed_alert = false;
     let mut line = String::new();
     while sse.read_line(&mut line).unwrap_or(0) > 0 {
@@ -698,6 +709,7 @@ async fn an_expected_write_is_taught_applied_and_revoked() {
         status: AlertStatus::Open,
         last_seen: 0,
         findings: 1,
+        early: false,
     };
     soc.output(&Output::Alert(alert("w", "protocol"))).unwrap();
     soc.output(&Output::Alert(alert("d", "cusum"))).unwrap();
@@ -969,6 +981,7 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
         status: AlertStatus::Open,
         last_seen: 0,
         findings: 1,
+        early: false,
     }))
     .unwrap();
     let mut stats = PipelineStats {
@@ -1034,4 +1047,118 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
         );
     }
     soc.stop().await;
+}
+
+/// A reading no sensor can report, published over MQTT to `wattchdog run` with the
+/// default reorder wait (5 s): the alert is on the event stream as an early alert, with
+/// no incident yet, while the readings before it are still awaited; when its turn comes
+/// the same alert (same id) is confirmed in its incident. Nothing here is timed: the
+/// early snapshot must come first because the confirmation needs the watermark to pass.
+#[test]
+fn an_impossible_reading_is_streamed_on_arrival_then_confirmed_in_its_incident() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = wattchdog::app::broker::start(0, None, 1 << 20).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = \"s.db\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\ntoken = \"{TOKEN}\"\n\
+             [[mqtt.brokers]]\nurl = \"mqtt://{broker}\"\nmap = \"wattchdog-sim\"\nclient_id = \"early-run\"\n"
+        ),
+    )
+    .unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let report = dir.path().join("report.json");
+    let run = Peer(
+        wattchdog()
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .arg("--alerts")
+            .arg(&alerts)
+            .arg("--report")
+            .arg(&report)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(http_port, Duration::from_secs(20));
+    let client = rt.block_on(async {
+        let opts = rumqttc::MqttOptions::new("early-pub", broker.ip().to_string(), broker.port());
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        client
+    });
+    let publish = |load: f64| {
+        let body = format!(
+            "{{\"ts\":\"{}\",\"values\":{{\"load_pct\":{load},\"input_voltage_v\":400}}}}",
+            wattchdog::time::format_ts(chrono::Utc::now().timestamp_millis())
+        );
+        rt.block_on(client.publish(
+            "wattchdog/dc1/ups/ups-1",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            body,
+        ))
+        .unwrap();
+    };
+    // Until the run has heard the UPS (its subscription is in place).
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            publish(41.0);
+            http(http_port, "GET", "/api/v1/devices", Some(TOKEN))
+                .1
+                .contains("ups-1")
+        },
+        "the run hearing the UPS",
+    );
+    let mut sse = open_stream(http_port);
+    let (mut line, mut is_alert) = (String::new(), false);
+    publish(900.0);
+    let mut first = None;
+    while first.is_none() && sse.read_line(&mut line).unwrap_or(0) > 0 {
+        if line.starts_with("event: alert") {
+            is_alert = true;
+        } else if let Some(data) = line.strip_prefix("data:").filter(|_| is_alert) {
+            first = Some(serde_json::from_str::<serde_json::Value>(data.trim()).unwrap());
+        }
+        line.clear();
+    }
+    let first = first.expect("an alert on the stream");
+    assert_eq!(first["detector"], "limits", "{first}");
+    assert_eq!(first["early"], true, "raised on arrival: {first}");
+    assert_eq!(first["incident_id"], "", "its incident follows: {first}");
+    // A few ordinary readings, then the operator stops the run (the rest is judged),
+    // the dashboard's stream still open: stopping ends it.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        publish(41.0);
+    }
+    let mut run = run;
+    let term = Command::new("kill")
+        .args(["-TERM", &run.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success() && run.0.wait().unwrap().success());
+    let written = lines(&alerts);
+    let same: Vec<&serde_json::Value> = written.iter().filter(|a| a["id"] == first["id"]).collect();
+    assert!(same.len() >= 2, "{written:#?}");
+    assert_eq!(same[0]["early"], true);
+    let confirmed = same.last().unwrap();
+    assert!(confirmed.get("early").is_none(), "{confirmed}");
+    assert_ne!(confirmed["incident_id"], "", "{confirmed}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["pipeline"]["early"], 1, "{}", r["pipeline"]);
+    assert!(
+        r["pipeline"].get("withdrawn").is_none(),
+        "{}",
+        r["pipeline"]
+    );
 }

@@ -138,6 +138,7 @@ fn alert(n: usize, status: AlertStatus) -> Alert {
         status,
         last_seen: 1_780_000_000_000 + n as i64 * 1000 + 500,
         findings: if status == AlertStatus::Open { 1 } else { 4 },
+        early: false,
     }
 }
 
