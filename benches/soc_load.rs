@@ -1,6 +1,6 @@
 //! Load test of the live path with the SOC surface: 5,000 points at 1 Hz published to
 //! the embedded MQTT broker, `wattchdog run` (the release binary, its own process) with
-//! the store, the HTTP server, 10 SSE clients and a webhook receiver. Every 10 s one
+//! the store, the HTTP server, 10 SSE clients and a webhook receiver. From 10 s on, every 2 s, one
 //! point jumps outside its physical limits; the latency is from the moment that reading
 //! is published to the alert arriving on each SSE client and at the webhook receiver
 //! (the first snapshot: an early alert, raised on the reading's arrival). The config is
@@ -195,8 +195,8 @@ fn main() {
             let ts = now_ms();
             for d in 0..DEVICES {
                 let device = format!("ups-{d}");
-                // From 30 s on, every 10 s, one device reports a load no UPS can carry.
-                let spike = s >= 30 && s % 10 == 0 && d == (s as usize * 7) % DEVICES;
+                // From 10 s on, every 2 s, one device reports a load no UPS can carry.
+                let spike = s >= 10 && s % 2 == 0 && d == (s as usize * 7) % DEVICES;
                 let values: Vec<String> = (0..METRICS)
                     .map(|m| {
                         let v = if spike && m == 0 { 900.0 } else { 40.0 + ((d + m + s as usize) % 7) as f64 * 0.1 };

@@ -94,12 +94,14 @@ pub(crate) fn audit(path: &Path) -> BTreeSet<(i32, i64)> {
     audit_of(path, false)
 }
 
+/// The ids of the alerts in an alert file, as a replay raises them: an early snapshot
+/// (live only) counts through its confirmation, a withdrawn one not at all.
 pub(crate) fn alert_ids(path: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] != "incident")
+        .filter(|v| v["type"] != "incident" && v["early"] != true)
         .filter_map(|v| v["id"].as_str().map(str::to_owned))
         .filter(|id| id.starts_with("al-"))
         .collect()
