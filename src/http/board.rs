@@ -2,7 +2,7 @@
 //! its key metrics for sparklines, whether it is online, and its anomaly score (the
 //! highest `score / threshold` of its open alerts: above 1 means above threshold).
 
-use crate::model::{Alert, AlertStatus, Quality, Reading, Severity};
+use crate::model::{Alert, AlertStatus, Quality, Reading, Severity, Ts};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -32,7 +32,8 @@ pub struct DeviceView {
     /// Kind.
     pub kind: String,
     /// Event time of the newest reading (RFC 3339).
-    pub last_seen: String,
+    #[serde(serialize_with = "crate::time::serde_ts::serialize")]
+    pub last_seen: Ts,
     /// Latest good value of every metric.
     pub values: BTreeMap<String, f64>,
     /// Metrics whose latest reading was bad (NaN, out of range, flagged): their value
@@ -48,27 +49,32 @@ pub struct DeviceView {
     pub severity: Option<Severity>,
     #[serde(skip)]
     open: BTreeMap<String, (f64, Severity)>,
+    /// Changed since the last SSE update.
+    #[serde(skip)]
+    dirty: bool,
 }
 
-/// Every device seen, and which changed since the last SSE update.
+/// Every device seen, by site and name. Every reading passes through here: the path of a
+/// device and metric already seen allocates nothing.
 #[derive(Debug, Default)]
 pub struct Board {
-    devices: BTreeMap<(String, String), DeviceView>,
-    dirty: BTreeSet<(String, String)>,
+    devices: BTreeMap<String, BTreeMap<String, DeviceView>>,
 }
 
 impl Board {
     /// Folds in one reading.
     pub fn reading(&mut self, r: &Reading) {
-        let key = (r.site.clone(), r.device.clone());
-        let d = self
-            .devices
-            .entry(key.clone())
-            .or_insert_with(|| DeviceView {
+        let site = match self.devices.get_mut(&r.site) {
+            Some(site) => site,
+            None => self.devices.entry(r.site.clone()).or_default(),
+        };
+        let d = match site.get_mut(&r.device) {
+            Some(d) => d,
+            None => site.entry(r.device.clone()).or_insert_with(|| DeviceView {
                 site: r.site.clone(),
                 device: r.device.clone(),
                 kind: r.kind.clone(),
-                last_seen: String::new(),
+                last_seen: r.ts,
                 values: BTreeMap::new(),
                 bad_quality: BTreeSet::new(),
                 history: BTreeMap::new(),
@@ -76,40 +82,56 @@ impl Board {
                 score: 0.0,
                 severity: None,
                 open: BTreeMap::new(),
-            });
-        d.last_seen = crate::time::format_ts(r.ts);
-        if r.metric == "online" {
-            d.online = r.value != 0.0;
-        } else {
-            d.online = true;
-        }
+                dirty: true,
+            }),
+        };
+        d.dirty = true;
+        d.last_seen = r.ts;
+        d.online = r.metric != "online" || r.value != 0.0;
         if r.quality != Quality::Good {
-            d.bad_quality.insert(r.metric.clone());
-            self.dirty.insert(key);
+            if !d.bad_quality.contains(&r.metric) {
+                d.bad_quality.insert(r.metric.clone());
+            }
             return;
         }
         d.bad_quality.remove(&r.metric);
-        d.values.insert(r.metric.clone(), r.value);
-        let keys = key_metrics(&d.kind);
-        let tracked = if keys.is_empty() {
-            d.history.contains_key(&r.metric) || d.history.len() < 2
-        } else {
-            keys.contains(&r.metric.as_str())
-        };
-        if tracked && r.metric != "online" {
-            let h = d.history.entry(r.metric.clone()).or_default();
-            if h.len() == HISTORY {
-                h.pop_front();
+        match d.values.get_mut(&r.metric) {
+            Some(v) => *v = r.value,
+            None => {
+                d.values.insert(r.metric.clone(), r.value);
             }
-            h.push_back(r.value);
         }
-        self.dirty.insert(key);
+        if r.metric == "online" {
+            return;
+        }
+        let h = match d.history.get_mut(&r.metric) {
+            Some(h) => h,
+            None => {
+                let keys = key_metrics(&d.kind);
+                let tracked = if keys.is_empty() {
+                    d.history.len() < 2
+                } else {
+                    keys.contains(&r.metric.as_str())
+                };
+                if !tracked {
+                    return;
+                }
+                d.history.entry(r.metric.clone()).or_default()
+            }
+        };
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(r.value);
     }
 
     /// Folds in an alert snapshot (opened, escalated or closed).
     pub fn alert(&mut self, a: &Alert) {
-        let key = (a.site.clone(), a.device.clone());
-        let Some(d) = self.devices.get_mut(&key) else {
+        let Some(d) = self
+            .devices
+            .get_mut(&a.site)
+            .and_then(|s| s.get_mut(&a.device))
+        else {
             return;
         };
         match a.status {
@@ -127,26 +149,32 @@ impl Board {
         }
         d.score = d.open.values().map(|(s, _)| *s).fold(0.0, f64::max);
         d.severity = d.open.values().map(|(_, s)| *s).max();
-        self.dirty.insert(key);
+        d.dirty = true;
     }
 
     /// Every device, by site and name.
     pub fn snapshot(&self) -> Vec<DeviceView> {
-        self.devices.values().cloned().collect()
+        self.views().cloned().collect()
+    }
+
+    fn views(&self) -> impl Iterator<Item = &DeviceView> {
+        self.devices.values().flat_map(BTreeMap::values)
     }
 
     /// The devices changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<DeviceView> {
-        let keys = std::mem::take(&mut self.dirty);
-        keys.iter()
-            .filter_map(|k| self.devices.get(k).cloned())
-            .collect()
+        let mut changed = Vec::new();
+        for d in self.devices.values_mut().flat_map(BTreeMap::values_mut) {
+            if std::mem::take(&mut d.dirty) {
+                changed.push(d.clone());
+            }
+        }
+        changed
     }
 
     /// `(site, device, kind, score)` of every device, for the metrics endpoint.
     pub fn scores(&self) -> Vec<(String, String, String, f64, bool)> {
-        self.devices
-            .values()
+        self.views()
             .map(|d| {
                 let (site, device, kind) = (d.site.clone(), d.device.clone(), d.kind.clone());
                 (site, device, kind, d.score, d.online)
