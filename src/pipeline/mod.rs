@@ -1149,4 +1149,64 @@ mod tests {
         assert!(p.early.is_empty());
         assert_eq!(p.stats().withdrawn, 0);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Early alerts change nothing else: a live pipeline's other outputs are exactly
+        /// those of the same pipeline without them, and each early alert is settled once,
+        /// confirmed (its id opened in its turn) or withdrawn, never both.
+        #[test]
+        fn early_alerts_are_settled_once_and_leave_the_rest_unchanged(
+            readings in proptest::collection::vec((0usize..3, 0i64..40, proptest::bool::weighted(0.2), 0i64..4), 1..120),
+        ) {
+            let t0 = 1_783_382_400_000;
+            let cfg = crate::Config::from_toml_str("", "t").unwrap();
+            let run = |early: bool| {
+                let mut p = cfg.build_pipeline();
+                if early {
+                    p.raise_on_arrival();
+                }
+                let points: Vec<PointId> = (0..3)
+                    .map(|i| p.registry.intern("s", &format!("ups-{i}"), "ups", "battery_charge_pct").unwrap())
+                    .collect();
+                let mut out = Vec::new();
+                p.advance_to(t0, &mut out);
+                let mut newest = t0;
+                // Arrival order: by second, each reading up to 3 s late.
+                let mut order: Vec<_> = readings.iter().map(|&(pt, s, bad, late)| (s + late, pt, s, bad)).collect();
+                order.sort();
+                for (_, pt, s, bad) in order {
+                    let ts = t0 + 1_000 + s * 1_000;
+                    let value = if bad { 300.0 } else { 90.0 };
+                    p.push(Event::Sample { ts, point: points[pt], value, quality: crate::model::Quality::Good }, &mut out);
+                    newest = newest.max(ts);
+                    p.advance_to(newest, &mut out);
+                }
+                p.finish(&mut out);
+                (out, p.stats().clone())
+            };
+            let (live, stats) = run(true);
+            let (plain, _) = run(false);
+            let others: Vec<&Output> = live
+                .iter()
+                .filter(|o| !matches!(o, Output::Alert(a) if a.early))
+                .collect();
+            proptest::prop_assert_eq!(others, plain.iter().collect::<Vec<_>>());
+            let mut settled = 0;
+            for (i, o) in live.iter().enumerate() {
+                let Output::Alert(e) = o else { continue };
+                if !e.early || e.status != crate::model::AlertStatus::Open {
+                    continue;
+                }
+                let later = &live[i + 1..];
+                let confirmed = later.iter().any(|o| matches!(o, Output::Alert(a) if a.id == e.id && !a.early));
+                let withdrawn = later.iter().filter(|o| matches!(o, Output::Alert(a) if a.id == e.id && a.early)).count();
+                proptest::prop_assert!(confirmed != (withdrawn == 1), "{} confirmed {} withdrawn {}", e.id, confirmed, withdrawn);
+                proptest::prop_assert!(withdrawn <= 1);
+                settled += 1;
+            }
+            proptest::prop_assert_eq!(settled as u64, stats.early);
+        }
+    }
 }
