@@ -479,8 +479,14 @@ pub async fn consume(
     let alerts = if k.alerts_topic.is_empty() {
         None
     } else {
+        // Alerts are few and each is wanted now: no linger to batch them (librdkafka
+        // waits 5 ms by default).
         let p: ThreadedProducer<Quiet> = k
-            .client_config(&[("enable.idempotence", "true"), ("acks", "all")])
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "0"),
+            ])
             .create_with_context(Quiet::default())?;
         Some(p)
     };
