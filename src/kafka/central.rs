@@ -70,6 +70,11 @@ pub enum CentralError {
 /// more. An empty pipeline is about 31 kB.
 const MAX_PIPELINES: usize = super::counts::MAX_SITES;
 
+/// A partition behind the broker's end with nothing read for this long, and nothing
+/// queued in the client, is read again (`Offsets::stalled`). Twice the statistics
+/// interval, so the end and the queue it is judged by were seen during the quiet.
+const STALL_AFTER: Duration = Duration::from_secs(10);
+
 /// One owned partition.
 struct Owned {
     /// One per site (a record's key), in the order first read.
@@ -82,6 +87,11 @@ struct Owned {
     offsets: Offsets,
     /// When (wall clock) the broker last said the partition was read to its end.
     end_seen: Option<std::time::Instant>,
+    /// When (wall clock) a record of it last came, or it was last read again.
+    heard: std::time::Instant,
+    /// The partition's end and the records of it queued in the client, at librdkafka's
+    /// last statistics while it was fetching.
+    client: Option<(i64, i64)>,
     /// When it was assigned (takeovers are timed from here).
     assigned_at: std::time::Instant,
 }
@@ -112,6 +122,8 @@ impl Owned {
             registered: 0,
             offsets: Offsets::new(live_from),
             end_seen: None,
+            heard: std::time::Instant::now(),
+            client: None,
             assigned_at: std::time::Instant::now(),
         }
     }
@@ -217,13 +229,22 @@ impl ClientContext for Context {
         let Shared {
             partitions, counts, ..
         } = &mut *s;
-        for (p, owned) in partitions.iter() {
+        for (p, owned) in partitions.iter_mut() {
             let (Some(stat), Some(at)) = (topic.partitions.get(p), owned.offsets.position()) else {
                 continue;
             };
             if stat.hi_offset >= 0 {
                 counts.lag(*p, stat.hi_offset - at);
             }
+            // What a consumer may be served: up to the last stable offset where the
+            // broker reports one (records of open transactions wait), else the end.
+            let servable = if stat.ls_offset >= 0 {
+                stat.ls_offset
+            } else {
+                stat.hi_offset
+            };
+            owned.client = (stat.fetch_state == "active" && servable >= 0)
+                .then_some((servable, stat.fetchq_cnt));
         }
     }
 }
@@ -536,6 +557,7 @@ pub async fn consume(
                 let Some(owned) = partitions.get_mut(&p) else {
                     continue;
                 };
+                owned.heard = std::time::Instant::now();
                 let site_name = site_of(m.key());
                 let slot = owned.slot(p, site_name, &cfg.new_pipeline);
                 // Whatever the broker hands over of a site, even a record read before or
@@ -664,6 +686,11 @@ pub async fn consume(
             }
             _ = commit_tick.tick() => {
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
+                for (p, from) in stalled(&shared)? {
+                    if let Err(e) = consumer.seek(&k.telemetry_topic, p, Offset::Offset(from), Duration::from_secs(5)) {
+                        tracing::warn!(partition = p, error = %e, "seeking back failed; tried again later");
+                    }
+                }
                 if let Some(observe) = observe.as_mut() {
                     let (counts, stats) = snapshot(&shared);
                     observe(&counts, &stats);
@@ -701,6 +728,40 @@ pub async fn consume(
 }
 
 /// The counts and the pipelines' counters summed over every partition held.
+/// Partitions the broker has stopped serving (`Offsets::stalled`), and where each is read
+/// again from: counted, logged, and not looked at again for `STALL_AFTER`.
+fn stalled(shared: &Mutex<Shared>) -> Result<Vec<(i32, i64)>, CentralError> {
+    let mut s = shared
+        .lock()
+        .map_err(|_| std::io::Error::other("state poisoned"))?;
+    let Shared {
+        partitions, counts, ..
+    } = &mut *s;
+    let mut again = Vec::new();
+    for (&p, owned) in partitions.iter_mut() {
+        if owned.heard.elapsed() < STALL_AFTER {
+            continue;
+        }
+        let Some((end, queued)) = owned.client else {
+            continue;
+        };
+        let Some(from) = owned.offsets.stalled(end, queued) else {
+            continue;
+        };
+        owned.heard = std::time::Instant::now();
+        counts.stalls_reread += 1;
+        tracing::warn!(
+            partition = p,
+            position = owned.offsets.position(),
+            end,
+            from,
+            "nothing served below the partition's end: reading it again"
+        );
+        again.push((p, from));
+    }
+    Ok(again)
+}
+
 fn snapshot(shared: &Mutex<Shared>) -> (CentralCounts, PipelineStats) {
     shared
         .lock()

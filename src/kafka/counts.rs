@@ -38,6 +38,9 @@ pub struct CentralCounts {
     pub commit_errors: u64,
     /// Skipped offsets read again (a broker served a later batch first).
     pub gaps_reread: u64,
+    /// Partitions read again because the broker served nothing below their end for a
+    /// while (`central::STALL_AFTER`).
+    pub stalls_reread: u64,
     /// Gaps in offsets taken as real after reading them again did not fill them.
     pub gaps: u64,
     /// Partitions taken over with no warm-up (neither the commit metadata nor the

@@ -158,6 +158,19 @@ impl Offsets {
     pub fn acknowledged(&mut self, o: i64) {
         self.acked = self.acked.max(o);
     }
+
+    /// Where to read again from when the partition has gone quiet although the broker
+    /// says its end (`end`, the high watermark) is past what was read, and the client has
+    /// nothing of it queued (`queued`): the broker is not serving what it holds. tansu
+    /// 0.6 answers a fetch that starts inside a batch with the batches after it; at a
+    /// partition's end there are none, and the rest of the batch would wait for the next
+    /// record produced (for ever, on a site that went quiet). From a batch's length
+    /// back, the batch is there again; what was read before is skipped as seen.
+    /// `None` before anything was read: there is no position to be behind.
+    pub fn stalled(&self, end: i64, queued: i64) -> Option<i64> {
+        let at = self.next?;
+        (end > at && queued == 0).then(|| (at - REREAD_BACK).max(0))
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +227,28 @@ mod tests {
         assert!(matches!(off.arrive(9), Arrival::Reread { tries: 1, .. }));
         assert_eq!(off.arrive(8), Arrival::Next);
         assert_eq!(off.arrive(9), Arrival::Next);
+    }
+
+    #[test]
+    fn a_quiet_partition_behind_the_broker_s_end_is_read_again_from_a_batch_back() {
+        let mut off = Offsets::new(0);
+        assert_eq!(off.stalled(100, 0), None, "nothing read: no position");
+        for o in 0..=11_399 {
+            off.arrive(o);
+        }
+        assert_eq!(off.stalled(11_400, 0), None, "read to the end");
+        assert_eq!(
+            off.stalled(11_520, 40),
+            None,
+            "the client has records queued"
+        );
+        assert_eq!(off.stalled(11_520, 0), Some(1_400));
+        let mut near_start = Offsets::new(0);
+        near_start.arrive(0);
+        assert_eq!(near_start.stalled(500, 0), Some(0));
+        // Reading again from there: what was read is seen, the rest is next.
+        assert_eq!(off.arrive(1_400), Arrival::Seen);
+        assert_eq!(off.arrive(11_400), Arrival::Next);
     }
 
     #[test]
