@@ -351,19 +351,16 @@ impl Correlator {
         self.open.get(key).map(|a| a.id.as_str())
     }
 
-    /// The alert a finding would open now, raised before its turn (on arrival, see
-    /// [`crate::pipeline`]): `None` when an exception covers it or its alert is already
-    /// open. Changes nothing: the finding is folded in when its turn comes.
-    pub fn early(&self, f: &Finding, reg: &Registry) -> Option<Alert> {
+    /// The alert a finding (of alert `key`, [`key_of`]) would open now, raised before its
+    /// turn (on arrival, see [`crate::pipeline`]): `None` when an exception covers it or
+    /// its alert is already open. Changes nothing: the finding is folded in when its turn
+    /// comes.
+    pub(crate) fn early(&self, key: &AlertKey, f: Finding, reg: &Registry) -> Option<Alert> {
         let dev = reg.device(f.device);
-        if self.exceptions.covers(&dev.site, &dev.name, f) {
+        if self.exceptions.covers(&dev.site, &dev.name, &f) || self.open.contains_key(key) {
             return None;
         }
-        let key = key_of(f);
-        if self.open.contains_key(&key) {
-            return None;
-        }
-        let mut alert = new_alert(&key, f.clone(), reg);
+        let mut alert = new_alert(key, f, reg);
         alert.early = true;
         Some(alert)
     }

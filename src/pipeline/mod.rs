@@ -639,7 +639,7 @@ impl Pipeline {
             if self.early.len() >= MAX_EARLY || self.early.iter().any(|e| e.key == key) {
                 continue;
             }
-            if let Some(alert) = self.correlator.early(&f, &self.registry) {
+            if let Some(alert) = self.correlator.early(&key, f, &self.registry) {
                 self.stats.early += 1;
                 out.push(Output::Alert(alert.clone()));
                 self.early.push(Early { key, alert });
