@@ -1,13 +1,20 @@
-//! Load test of the live path with the SOC surface: 5,000 points at 1 Hz published to
-//! the embedded MQTT broker, `wattchdog run` (the release binary, its own process) with
-//! the store, the HTTP server, 10 SSE clients and a webhook receiver. From 10 s on, every 2 s, one
-//! point jumps outside its physical limits; the latency is from the moment that reading
-//! is published to the alert arriving on each SSE client and at the webhook receiver
-//! (the first snapshot: an early alert, raised on the reading's arrival). The config is
-//! the default but for the sinks (so a 5 s reorder wait). Prints the run's CPU and peak
+//! Load test of the live path with the SOC surface: `wattchdog run` (the release binary,
+//! its own process) with the store, the HTTP server, 10 SSE clients and a webhook
+//! receiver, collecting about 5,000 points a second, twice:
+//! - **MQTT**: 500 UPSs × 10 metrics at 1 Hz published to the embedded broker. The
+//!   latency is from the moment a spiked reading is published.
+//! - **Modbus**: 456 UPSs (`ups-generic`, 11 polled points each) served by two
+//!   in-process Modbus TCP gateways, polled every second. The poller stamps each reading
+//!   when its response arrives, so the latency is from the alert's `ts`, the reading's
+//!   own stamp (the wait for the next poll is the sampling interval, not the pipeline's).
+//!
+//! From 10 s on, every 2 s, one UPS's load jumps outside its physical limits; the
+//! latency is to the alert arriving on each SSE client and at the webhook receiver (the
+//! first snapshot: an early alert, raised on the reading's arrival). The config is the
+//! default but for the sinks (so a 5 s reorder wait). Prints each run's CPU and peak
 //! memory.
 //!
-//! `cargo build --release && cargo bench --bench soc_load` (about 90 s)
+//! `cargo build --release && cargo bench --bench soc_load [-- mqtt|modbus]` (about 150 s)
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::collections::HashMap;
@@ -15,15 +22,45 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use wattchdog::protocol::image::DeviceImage;
+use wattchdog::sim::serve::{GatewayHandle, Plant, WireEvent};
 use wattchdog::time::format_ts;
 
 const DEVICES: usize = 500;
 const METRICS: usize = 10;
+/// Devices per Modbus gateway (unit ids 1..=247 per address).
+const PER_GATEWAY: usize = 228;
+const GATEWAYS: usize = 2;
 const SECONDS: u64 = 60;
 const TOKEN: &str = "load-test-token-0123456789";
 
-/// Wall ms when each spike was published, by device.
+/// Wall ms when each spike was published (or set on the served device), by device.
 type Spikes = Arc<Mutex<HashMap<String, i64>>>;
+
+/// What a latency is measured from.
+#[derive(Clone, Copy)]
+enum Since {
+    /// When the bench published the reading (`Spikes`).
+    Published,
+    /// The reading's own stamp, the alert's `ts` (a poller stamps a response on arrival).
+    Stamped,
+}
+
+/// The latency of an alert JSON now, when it is a limits alert of a spiked device.
+fn latency(v: &serde_json::Value, spikes: &Spikes, since: Since) -> Option<(String, i64)> {
+    if v["detector"] != "limits" {
+        return None;
+    }
+    let device = v["device"].as_str()?.to_owned();
+    let published = spikes.lock().unwrap().get(&device).copied()?;
+    let from = match since {
+        Since::Published => published,
+        Since::Stamped => chrono::DateTime::parse_from_rfc3339(v["ts"].as_str()?)
+            .ok()?
+            .timestamp_millis(),
+    };
+    Some((device, now_ms() - from))
+}
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -38,7 +75,7 @@ fn percentile(v: &mut [i64], p: f64) -> i64 {
 }
 
 /// Reads SSE from the run and records the latency of each first alert of a spiked device.
-async fn sse_client(port: u16, spikes: Spikes, out: Arc<Mutex<Vec<i64>>>) {
+async fn sse_client(port: u16, spikes: Spikes, since: Since, out: Arc<Mutex<Vec<i64>>>) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
         return;
     };
@@ -58,11 +95,9 @@ async fn sse_client(port: u16, spikes: Spikes, out: Arc<Mutex<Vec<i64>>>) {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line[5..]) else {
                 continue;
             };
-            let device = v["device"].as_str().unwrap_or("").to_owned();
-            let at = spikes.lock().unwrap().get(&device).copied();
-            if let Some(at) = at {
-                if v["detector"] == "limits" && seen.insert(device) {
-                    out.lock().unwrap().push(now_ms() - at);
+            if let Some((device, ms)) = latency(&v, &spikes, since) {
+                if seen.insert(device) {
+                    out.lock().unwrap().push(ms);
                 }
             }
         }
@@ -70,7 +105,7 @@ async fn sse_client(port: u16, spikes: Spikes, out: Arc<Mutex<Vec<i64>>>) {
 }
 
 /// A webhook receiver answering 204; records the latency of each first delivery.
-async fn receiver(listener: TcpListener, spikes: Spikes, out: Arc<Mutex<Vec<i64>>>) {
+async fn receiver(listener: TcpListener, spikes: Spikes, since: Since, out: Arc<Mutex<Vec<i64>>>) {
     let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
@@ -104,11 +139,9 @@ async fn receiver(listener: TcpListener, spikes: Spikes, out: Arc<Mutex<Vec<i64>
                     continue;
                 }
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body[..len]) {
-                    let device = v["device"].as_str().unwrap_or("").to_owned();
-                    let at = spikes.lock().unwrap().get(&device).copied();
-                    if let Some(at) = at {
-                        if v["detector"] == "limits" && seen.lock().unwrap().insert(device) {
-                            out.lock().unwrap().push(now_ms() - at);
+                    if let Some((device, ms)) = latency(&v, &spikes, since) {
+                        if seen.lock().unwrap().insert(device) {
+                            out.lock().unwrap().push(ms);
                         }
                     }
                 }
@@ -141,95 +174,92 @@ fn usage(pid: u32) -> (f64, u64) {
     (ticks / 100.0, hwm)
 }
 
-fn main() {
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/wattchdog");
-    if !bin.exists() {
-        eprintln!("build the release binary first: cargo build --release");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let broker = wattchdog::app::broker::start(0, None, 1 << 30).expect("broker");
+/// A UPS whose load spikes to 900 % at second `s`, if one does (from 10 s on, every
+/// 2 s, a different one of `n`).
+fn spiked(s: u64, n: usize) -> Option<usize> {
+    (s >= 10 && s % 2 == 0).then_some((s as usize * 7) % n)
+}
+
+/// A started `wattchdog run` with its SOC surface and the clients measuring it.
+struct Run {
+    process: std::process::Child,
+    spikes: Spikes,
+    sse: Arc<Mutex<Vec<i64>>>,
+    hooks: Arc<Mutex<Vec<i64>>>,
+    cpu0: f64,
+    t0: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    /// Starts the binary with the store, HTTP, a webhook and `collect` (config), and
+    /// connects 10 SSE clients and the webhook receiver.
+    async fn start(bin: &std::path::Path, collect: &str, since: Since) -> Run {
         let hook = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hook_port = hook.local_addr().unwrap().port();
-        let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("load.toml");
         std::fs::write(
             &cfg,
             format!(
                 "[store]\npath = \"load.db\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\ntoken = \"{TOKEN}\"\n\
-                 [[webhooks]]\nname = \"load\"\nurl = \"http://127.0.0.1:{hook_port}/\"\nsecret = \"load-secret-0123456789\"\n\
-                 [[mqtt.brokers]]\nurl = \"mqtt://{broker}\"\nmap = \"wattchdog-sim\"\nclient_id = \"load-run\"\n"
+                 [[webhooks]]\nname = \"load\"\nurl = \"http://127.0.0.1:{hook_port}/\"\nsecret = \"load-secret-0123456789\"\n{collect}"
             ),
         )
         .unwrap();
-        let mut run = std::process::Command::new(&bin)
+        let process = std::process::Command::new(bin)
             .args(["run", "-c"])
             .arg(&cfg)
             .args(["--alerts", "/dev/null"])
+            .current_dir(dir.path())
             .spawn()
             .expect("run starts");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", http_port)).await.is_err() && Instant::now() < deadline {
+        while TcpStream::connect(("127.0.0.1", http_port)).await.is_err()
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let spikes: Spikes = Arc::default();
-        let sse_lat = Arc::new(Mutex::new(Vec::new()));
-        let hook_lat = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(receiver(hook, spikes.clone(), hook_lat.clone()));
+        let sse = Arc::new(Mutex::new(Vec::new()));
+        let hooks = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(receiver(hook, spikes.clone(), since, hooks.clone()));
         for _ in 0..10 {
-            tokio::spawn(sse_client(http_port, spikes.clone(), sse_lat.clone()));
+            tokio::spawn(sse_client(http_port, spikes.clone(), since, sse.clone()));
         }
-        let mut opts = MqttOptions::new("load-pub", broker.ip().to_string(), broker.port());
-        opts.set_inflight(1000).set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut events) = AsyncClient::new(opts, 10_000);
-        tokio::spawn(async move { while events.poll().await.is_ok() {} });
-        let (cpu0, _) = usage(run.id());
-        let t0 = Instant::now();
-        for s in 0..SECONDS {
-            let ts = now_ms();
-            for d in 0..DEVICES {
-                let device = format!("ups-{d}");
-                // From 10 s on, every 2 s, one device reports a load no UPS can carry.
-                let spike = s >= 10 && s % 2 == 0 && d == (s as usize * 7) % DEVICES;
-                let values: Vec<String> = (0..METRICS)
-                    .map(|m| {
-                        let v = if spike && m == 0 { 900.0 } else { 40.0 + ((d + m + s as usize) % 7) as f64 * 0.1 };
-                        let name = if m == 0 { "load_pct".to_owned() } else { format!("m{m}") };
-                        format!("\"{name}\":{v}")
-                    })
-                    .collect();
-                if spike {
-                    spikes.lock().unwrap().insert(device.clone(), now_ms());
-                }
-                let body = format!("{{\"ts\":\"{}\",\"values\":{{{}}}}}", format_ts(ts), values.join(","));
-                client
-                    .publish(format!("wattchdog/load/ups/{device}"), QoS::AtLeastOnce, false, body)
-                    .await
-                    .unwrap();
-            }
-            tokio::time::sleep_until((t0 + Duration::from_secs(s + 1)).into()).await;
+        let (cpu0, _) = usage(process.id());
+        Run {
+            process,
+            spikes,
+            sse,
+            hooks,
+            cpu0,
+            t0: Instant::now(),
+            _dir: dir,
         }
+    }
+
+    /// Waits 5 s for the last alerts, stops the run and prints what was measured.
+    async fn report(mut self, what: &str, points: usize) {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let (cpu1, rss) = usage(run.id());
-        let wall = t0.elapsed().as_secs_f64();
-        let _ = run.kill();
-        let _ = run.wait();
-        let mut sse = sse_lat.lock().unwrap().clone();
-        let mut hooks = hook_lat.lock().unwrap().clone();
+        let (cpu1, rss) = usage(self.process.id());
+        let wall = self.t0.elapsed().as_secs_f64();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let mut sse = self.sse.lock().unwrap().clone();
+        let mut hooks = self.hooks.lock().unwrap().clone();
         println!(
-            "{} points at 1 Hz for {SECONDS} s, 10 SSE clients, 1 webhook receiver: run used {:.1} % of a core, peak RSS {:.1} MB",
-            DEVICES * METRICS,
-            (cpu1 - cpu0) / wall * 100.0,
+            "{what}: {points} points at 1 Hz for {SECONDS} s, 10 SSE clients, 1 webhook receiver: run used {:.1} % of a core, peak RSS {:.1} MB",
+            (cpu1 - self.cpu0) / wall * 100.0,
             rss as f64 / 1024.0
         );
         println!(
-            "reading published → alert on SSE: p50 {} ms, p99 {} ms, max {} ms ({} observations over 10 clients); → webhook received: p50 {} ms, p99 {} ms, max {} ms ({} alerts)",
+            "{what}: reading → alert on SSE: p50 {} ms, p99 {} ms, max {} ms ({} observations over 10 clients); → webhook received: p50 {} ms, p99 {} ms, max {} ms ({} alerts)",
             percentile(&mut sse, 0.5),
             percentile(&mut sse, 0.99),
             percentile(&mut sse, 1.0),
@@ -239,5 +269,179 @@ fn main() {
             percentile(&mut hooks, 1.0),
             hooks.len()
         );
+    }
+}
+
+/// 500 UPSs × 10 metrics published at 1 Hz to the embedded broker.
+async fn over_mqtt(bin: &std::path::Path) {
+    let broker = wattchdog::app::broker::start(0, None, 1 << 30).expect("broker");
+    let run = Run::start(
+        bin,
+        &format!("[[mqtt.brokers]]\nurl = \"mqtt://{broker}\"\nmap = \"wattchdog-sim\"\nclient_id = \"load-run\"\n"),
+        Since::Published,
+    )
+    .await;
+    let mut opts = MqttOptions::new("load-pub", broker.ip().to_string(), broker.port());
+    opts.set_inflight(1000)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 10_000);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    for s in 0..SECONDS {
+        let ts = now_ms();
+        for d in 0..DEVICES {
+            let device = format!("ups-{d}");
+            // A load no UPS can carry.
+            let spike = spiked(s, DEVICES) == Some(d);
+            let values: Vec<String> = (0..METRICS)
+                .map(|m| {
+                    let v = if spike && m == 0 {
+                        900.0
+                    } else {
+                        40.0 + ((d + m + s as usize) % 7) as f64 * 0.1
+                    };
+                    let name = if m == 0 {
+                        "load_pct".to_owned()
+                    } else {
+                        format!("m{m}")
+                    };
+                    format!("\"{name}\":{v}")
+                })
+                .collect();
+            if spike {
+                run.spikes.lock().unwrap().insert(device.clone(), now_ms());
+            }
+            let body = format!(
+                "{{\"ts\":\"{}\",\"values\":{{{}}}}}",
+                format_ts(ts),
+                values.join(",")
+            );
+            client
+                .publish(
+                    format!("wattchdog/load/ups/{device}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep_until((run.t0 + Duration::from_secs(s + 1)).into()).await;
+    }
+    run.report("MQTT", DEVICES * METRICS).await;
+}
+
+/// Healthy UPS readings that move a little each second (a value that never moves is a
+/// stuck sensor to the flatline detector), and the spikes the bench asks for.
+struct Ups {
+    second: i64,
+    /// Devices (by index) to serve a 900 % load, each until a wall time (ms).
+    spikes: Arc<Mutex<Vec<(usize, i64)>>>,
+}
+
+impl Plant for Ups {
+    fn advance(&mut self, images: &mut [DeviceImage]) {
+        let second = now_ms() / 1000;
+        if second == self.second {
+            return;
+        }
+        self.second = second;
+        let spikes = self.spikes.lock().unwrap().clone();
+        for (i, img) in images.iter_mut().enumerate() {
+            let spike = spikes.iter().any(|&(d, until)| d == i && until > now_ms());
+            let w = ((i as i64 + second) % 7) as f64;
+            for (metric, v) in [
+                ("battery_voltage_v", 545.0 + w * 0.1),
+                ("battery_temp_c", 24.0 + w * 0.03),
+                ("battery_charge_pct", 100.0 - w * 0.1),
+                ("input_voltage_v", 230.0 + w * 0.2),
+                ("input_frequency_hz", 50.0 + w * 0.002),
+                ("output_voltage_v", 230.0 + w * 0.1),
+                ("load_pct", if spike { 900.0 } else { 40.0 + w * 0.1 }),
+                ("input_power_kw", 42.0 + w * 0.1),
+                ("output_power_kw", 40.0 + w * 0.1),
+                ("on_battery", 0.0),
+                ("bypass_active", 0.0),
+            ] {
+                img.set(metric, v);
+            }
+        }
+    }
+
+    fn command(&mut self, _: &mut [DeviceImage], _: WireEvent) {}
+}
+
+/// 456 UPSs served by two Modbus TCP gateways, polled every second.
+async fn over_modbus(bin: &std::path::Path) {
+    let map = wattchdog::protocol::profiles::named("ups-generic").expect("built-in profile");
+    let points = map.registers.iter().filter(|r| r.poll).count();
+    let mut collect = String::from("[modbus]\nsite = \"load\"\ninterval = \"1s\"\nmax_gap = 16\n");
+    let mut gateways = Vec::new();
+    let mut spikes = Vec::new();
+    for g in 0..GATEWAYS {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let devices = (0..PER_GATEWAY)
+            .map(|u| {
+                let name = format!("ups-{g}-{u}");
+                collect += &format!(
+                    "[[modbus.devices]]\nname = \"{name}\"\naddress = \"{addr}\"\nunit = {}\nprofile = \"ups-generic\"\n",
+                    u + 1
+                );
+                (name, DeviceImage::new(map.clone()))
+            })
+            .collect();
+        let spiked = Arc::new(Mutex::new(Vec::new()));
+        let plant = Ups {
+            second: 0,
+            spikes: spiked.clone(),
+        };
+        gateways.push(GatewayHandle::start(
+            listener,
+            devices,
+            plant,
+            Arc::default(),
+        ));
+        spikes.push(spiked);
+    }
+    let run = Run::start(bin, &collect, Since::Stamped).await;
+    for s in 0..SECONDS {
+        if let Some(d) = spiked(s, GATEWAYS * PER_GATEWAY) {
+            let (g, u) = (d / PER_GATEWAY, d % PER_GATEWAY);
+            // Served from the next wall second on, for one or two polls.
+            spikes[g].lock().unwrap().push((u, now_ms() + 1_500));
+            run.spikes
+                .lock()
+                .unwrap()
+                .insert(format!("ups-{g}-{u}"), now_ms());
+        }
+        tokio::time::sleep_until((run.t0 + Duration::from_secs(s + 1)).into()).await;
+    }
+    run.report("Modbus", GATEWAYS * PER_GATEWAY * points).await;
+    for g in gateways {
+        g.stop();
+    }
+}
+
+fn main() {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/wattchdog");
+    if !bin.exists() {
+        eprintln!("build the release binary first: cargo build --release");
+        return;
+    }
+    let only = std::env::args()
+        .skip(1)
+        .find(|a| a == "mqtt" || a == "modbus");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if only.as_deref() != Some("modbus") {
+            over_mqtt(&bin).await;
+        }
+        if only.as_deref() != Some("mqtt") {
+            over_modbus(&bin).await;
+        }
     });
 }
