@@ -686,7 +686,7 @@ pub async fn consume(
             }
             _ = commit_tick.tick() => {
                 commit(&consumer, &shared, &k.telemetry_topic, CommitMode::Async);
-                for (p, from) in stalled(&shared)? {
+                for (p, from) in stalled(&shared, std::time::Instant::now())? {
                     if let Err(e) = consumer.seek(&k.telemetry_topic, p, Offset::Offset(from), Duration::from_secs(5)) {
                         tracing::warn!(partition = p, error = %e, "seeking back failed; tried again later");
                     }
@@ -727,10 +727,12 @@ pub async fn consume(
     Ok((counts, stats))
 }
 
-/// The counts and the pipelines' counters summed over every partition held.
 /// Partitions the broker has stopped serving (`Offsets::stalled`), and where each is read
-/// again from: counted, logged, and not looked at again for `STALL_AFTER`.
-fn stalled(shared: &Mutex<Shared>) -> Result<Vec<(i32, i64)>, CentralError> {
+/// again from, at `now`: counted, logged, and not looked at again for `STALL_AFTER`.
+fn stalled(
+    shared: &Mutex<Shared>,
+    now: std::time::Instant,
+) -> Result<Vec<(i32, i64)>, CentralError> {
     let mut s = shared
         .lock()
         .map_err(|_| std::io::Error::other("state poisoned"))?;
@@ -739,7 +741,7 @@ fn stalled(shared: &Mutex<Shared>) -> Result<Vec<(i32, i64)>, CentralError> {
     } = &mut *s;
     let mut again = Vec::new();
     for (&p, owned) in partitions.iter_mut() {
-        if owned.heard.elapsed() < STALL_AFTER {
+        if now.saturating_duration_since(owned.heard) < STALL_AFTER {
             continue;
         }
         let Some((end, queued)) = owned.client else {
@@ -748,7 +750,7 @@ fn stalled(shared: &Mutex<Shared>) -> Result<Vec<(i32, i64)>, CentralError> {
         let Some(from) = owned.offsets.stalled(end, queued) else {
             continue;
         };
-        owned.heard = std::time::Instant::now();
+        owned.heard = now;
         counts.stalls_reread += 1;
         tracing::warn!(
             partition = p,
@@ -762,6 +764,7 @@ fn stalled(shared: &Mutex<Shared>) -> Result<Vec<(i32, i64)>, CentralError> {
     Ok(again)
 }
 
+/// The counts and the pipelines' counters summed over every partition held.
 fn snapshot(shared: &Mutex<Shared>) -> (CentralCounts, PipelineStats) {
     shared
         .lock()
@@ -935,6 +938,61 @@ impl Sink for AlertsTopic<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_partition_quiet_below_its_end_with_nothing_queued_is_read_again() {
+        let quiet = || {
+            let mut o = Owned::new(0);
+            for off in 0..=11_399 {
+                o.offsets.arrive(off);
+            }
+            o
+        };
+        let now = std::time::Instant::now() + STALL_AFTER + Duration::from_secs(1);
+        let mut stuck = quiet();
+        stuck.client = Some((11_520, 0));
+        let mut at_end = quiet();
+        at_end.client = Some((11_400, 0));
+        let mut queued = quiet();
+        queued.client = Some((11_520, 300));
+        let mut heard = quiet();
+        heard.client = Some((11_520, 0));
+        heard.heard = now;
+        let mut no_stats = quiet();
+        no_stats.client = None;
+        let shared = Mutex::new(Shared {
+            cfg: Central {
+                kafka: KafkaConfig::default(),
+                reorder_tolerance: 5_000,
+                early_alerts: false,
+                max_points: 1_000,
+                new_pipeline: Box::new(|| crate::Config::default().build_pipeline()),
+            },
+            partitions: [
+                (0, stuck),
+                (1, at_end),
+                (2, queued),
+                (3, heard),
+                (4, no_stats),
+            ]
+            .into_iter()
+            .collect(),
+            counts: CentralCounts::default(),
+            front: Ts::MIN,
+            stats: PipelineStats::default(),
+        });
+        assert_eq!(stalled(&shared, now).unwrap(), [(0, 1_400)]);
+        assert_eq!(shared.lock().unwrap().counts.stalls_reread, 1);
+        // Not asked again before another quiet of STALL_AFTER after the re-read.
+        assert!(stalled(&shared, now + Duration::from_secs(1))
+            .unwrap()
+            .is_empty());
+        // Then again, and the partition heard at `now` has been quiet as long by then.
+        assert_eq!(
+            stalled(&shared, now + STALL_AFTER).unwrap(),
+            [(0, 1_400), (3, 1_400)]
+        );
+    }
 
     #[test]
     fn a_partition_s_sites_each_get_a_pipeline_within_one_bound() {
