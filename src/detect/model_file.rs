@@ -80,10 +80,15 @@ pub fn parse_versioned<T: serde::de::DeserializeOwned>(
         path: origin.to_owned(),
         message: e.to_string(),
     };
-    let found = serde_json::from_str::<serde_json::Value>(text)
+    // Only the version, the rest skipped unread (a forest is megabytes of JSON).
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        format_version: Option<serde_json::Value>,
+    }
+    let found = serde_json::from_str::<Versioned>(text)
         .map_err(parse)?
-        .get("format_version")
-        .and_then(serde_json::Value::as_u64);
+        .format_version
+        .and_then(|v| v.as_u64());
     if found != Some(u64::from(version)) {
         return Err(ModelError::Invalid {
             path: origin.to_owned(),

@@ -160,7 +160,8 @@ impl Offsets {
     }
 
     /// Where to read again from when the partition has gone quiet although the broker
-    /// says its end (`end`, the high watermark) is past what was read, and the client has
+    /// says its end (`end`: the last stable offset when the client reports one, else the
+    /// high watermark) is past what was read, and the client has
     /// nothing of it queued (`queued`): the broker is not serving what it holds. tansu
     /// 0.6 answers a fetch that starts inside a batch with the batches after it; at a
     /// partition's end there are none, and the rest of the batch would wait for the next

@@ -128,8 +128,8 @@ impl ParamGuard for IsolationForestParams {
 /// right child is always `left + 1`. A split also keeps the range `[lo, hi]` its rows
 /// had on its feature (for extrapolating scores). Written compactly: a split as
 /// `[feature, value, left, lo, hi]`, a leaf as `[value]`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(from = "NodeRepr", into = "NodeRepr")]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(into = "NodeRepr")]
 pub struct Node {
     /// Split value (`x < value` goes left), or for a leaf: depth + c(size).
     pub value: f64,
@@ -145,31 +145,65 @@ pub struct Node {
 
 const LEAF: u32 = u32::MAX;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum NodeRepr {
     Leaf((f64,)),
     Split((u32, f64, u32, f32, f32)),
 }
 
-impl From<NodeRepr> for Node {
-    fn from(r: NodeRepr) -> Self {
-        match r {
-            NodeRepr::Leaf((value,)) => Node {
-                value,
-                feature: LEAF,
-                left: 0,
-                lo: 0.0,
-                hi: 0.0,
-            },
-            NodeRepr::Split((feature, value, left, lo, hi)) => Node {
-                value,
-                feature,
-                left,
-                lo,
-                hi,
-            },
+/// Read by hand rather than as the untagged [`NodeRepr`]: serde buffers every untagged
+/// value and tries each variant in turn, which made loading the built-in models most of
+/// a short replay's time.
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a leaf [value] or a split [feature, value, left, lo, hi]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                use serde::de::Error;
+                let first: f64 = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let Some(value) = a.next_element::<f64>()? else {
+                    return Ok(Node {
+                        value: first,
+                        feature: LEAF,
+                        left: 0,
+                        lo: 0.0,
+                        hi: 0.0,
+                    });
+                };
+                if !(first >= 0.0 && first < f64::from(LEAF) && first.fract() == 0.0) {
+                    return Err(A::Error::custom(format!(
+                        "split feature {first} is not an index"
+                    )));
+                }
+                let left: u32 = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                let lo: f32 = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(3, &self))?;
+                let hi: f32 = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(4, &self))?;
+                if a.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(6, &self));
+                }
+                Ok(Node {
+                    value,
+                    feature: first as u32,
+                    left,
+                    lo,
+                    hi,
+                })
+            }
         }
+        d.deserialize_seq(V)
     }
 }
 
@@ -621,6 +655,33 @@ mod tests {
     use ndarray::Array2;
     use proptest::prelude::*;
     use rand_distr::{Distribution, Normal};
+
+    #[test]
+    fn nodes_read_back_as_written_and_malformed_ones_are_refused() {
+        let forest = IsolationForestParams::default()
+            .fit(&DatasetBase::from(blob(300, 5, 1)))
+            .unwrap();
+        let back: IsolationForest =
+            serde_json::from_str(&serde_json::to_string(&forest).unwrap()).unwrap();
+        assert_eq!(back, forest);
+        let node = |s: &str| serde_json::from_str::<Node>(s);
+        assert_eq!(node("[3.5]").unwrap().feature, LEAF);
+        let split = node("[2, 0.25, 5, -1.0, 2.0]").unwrap();
+        assert_eq!((split.feature, split.value, split.left), (2, 0.25, 5));
+        for bad in [
+            "[]",
+            "[1, 2]",
+            "[1, 2, 3, 0.0]",
+            "[1.5, 2, 3, 0.0, 1.0]",
+            "[-1, 2, 3, 0.0, 1.0]",
+            "[4294967295, 2, 3, 0.0, 1.0]",
+            "[1, 2, 3, 0.0, 1.0, 7]",
+            "{\"value\": 1}",
+            "7",
+        ] {
+            assert!(node(bad).is_err(), "{bad} was accepted");
+        }
+    }
 
     fn blob(n: usize, outliers: usize, seed: u64) -> Array2<f64> {
         let mut rng = StdRng::seed_from_u64(seed);
