@@ -235,6 +235,9 @@ pub struct IsolationForest {
     /// Rows inside every range score exactly as without it.
     #[serde(default)]
     pub extrapolate: bool,
+    /// The trees laid out for single-row scoring, built at the first score.
+    #[serde(skip)]
+    flat: Flat,
 }
 
 /// c(n): the average path length of an unsuccessful search in a binary search tree.
@@ -282,6 +285,7 @@ impl<D: Data<Elem = f64>, T> Fit<ArrayBase<D, Ix2>, T, IForestError>
             sample_size: psi,
             trees,
             extrapolate: p.extrapolate,
+            flat: Flat::default(),
         })
     }
 }
@@ -378,8 +382,8 @@ fn path(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
 /// The chance that a split drawn over node `n`'s range widened to include `x` would
 /// have cut `x` off there (0 inside the range).
 #[inline]
-fn cut_at(n: Node, x: f64) -> f64 {
-    let (lo, hi) = (f64::from(n.lo), f64::from(n.hi));
+fn cut_at(lo: f32, hi: f32, x: f64) -> f64 {
+    let (lo, hi) = (f64::from(lo), f64::from(hi));
     if x < lo {
         (lo - x) / (hi - x)
     } else if x > hi {
@@ -400,7 +404,7 @@ fn path_extrapolated(tree: &[Node], value: impl Fn(usize) -> f64) -> f64 {
             return acc + stay * n.value;
         }
         let x = value(n.feature as usize);
-        let cut = cut_at(n, x);
+        let cut = cut_at(n.lo, n.hi, x);
         depth += 1.0;
         acc += stay * cut * depth;
         stay *= 1.0 - cut;
@@ -414,42 +418,137 @@ const LANES: usize = 8;
 /// Trees one row walks side by side in single-row scoring.
 const TREES_SIDE_BY_SIDE: usize = 8;
 
-/// `out[k]` = [`path_extrapolated`] (`EXTRAPOLATE`) or [`path`] of `row` through
-/// `trees[k]`, the trees walked side by side: the same arithmetic in the same order, so
-/// the same bits (without extrapolation nothing is ever cut: the leaf's value whole).
-#[inline]
-fn paths_side_by_side<const EXTRAPOLATE: bool>(trees: &[Vec<Node>], row: &[f64], out: &mut [f64]) {
-    let mut at = [0usize; TREES_SIDE_BY_SIDE];
-    let mut done = [false; TREES_SIDE_BY_SIDE];
-    let mut depth = [0.0f64; TREES_SIDE_BY_SIDE];
-    let mut stay = [1.0f64; TREES_SIDE_BY_SIDE];
-    let mut acc = [0.0f64; TREES_SIDE_BY_SIDE];
-    let mut left = trees.len();
-    while left > 0 {
-        for (k, tree) in trees.iter().enumerate() {
-            if done[k] {
-                continue;
-            }
-            let n = tree[at[k]];
-            if n.feature == LEAF {
-                out[k] = if EXTRAPOLATE {
-                    acc[k] + stay[k] * n.value
+/// A node of [`FlatTrees`]. A leaf points at itself and compares against NaN (so every
+/// row stays there) and has an infinite range (so nothing is cut at it): a walk needs
+/// no branch to stop, it just takes as many steps as its deepest tree.
+#[derive(Clone, Copy)]
+struct FlatNode {
+    value: f64,
+    lo: f32,
+    hi: f32,
+    feature: u32,
+    left: u32,
+}
+
+/// Every tree's nodes in one array (children indexed in it), each leaf's path length
+/// beside it, and per group of [`TREES_SIDE_BY_SIDE`] trees the steps its deepest leaf
+/// takes.
+struct FlatTrees {
+    nodes: Vec<FlatNode>,
+    leaf: Vec<f64>,
+    roots: Vec<u32>,
+    steps: Vec<u32>,
+}
+
+impl FlatTrees {
+    /// Lays out validated trees (see [`IsolationForest::validate`]).
+    fn new(trees: &[Vec<Node>]) -> Self {
+        let total: usize = trees.iter().map(Vec::len).sum();
+        let (mut nodes, mut leaf) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        let mut roots = Vec::with_capacity(trees.len());
+        let mut depths = Vec::with_capacity(trees.len());
+        for tree in trees {
+            let base = nodes.len() as u32;
+            roots.push(base);
+            let mut depth = vec![0u32; tree.len()];
+            for (i, n) in tree.iter().enumerate() {
+                let at = base + i as u32;
+                if n.feature == LEAF {
+                    nodes.push(FlatNode {
+                        value: f64::NAN,
+                        lo: f32::NEG_INFINITY,
+                        hi: f32::INFINITY,
+                        feature: 0,
+                        left: at,
+                    });
+                    leaf.push(n.value);
                 } else {
-                    n.value
-                };
-                done[k] = true;
-                left -= 1;
-                continue;
+                    for child in [n.left as usize, n.left as usize + 1] {
+                        depth[child] = depth[i] + 1;
+                    }
+                    nodes.push(FlatNode {
+                        value: n.value,
+                        lo: n.lo,
+                        hi: n.hi,
+                        feature: n.feature,
+                        left: base + n.left,
+                    });
+                    leaf.push(0.0);
+                }
             }
-            let x = row[n.feature as usize];
-            if EXTRAPOLATE {
-                let cut = cut_at(n, x);
-                depth[k] += 1.0;
-                acc[k] += stay[k] * cut * depth[k];
-                stay[k] *= 1.0 - cut;
-            }
-            at[k] = n.left as usize + usize::from(x >= n.value);
+            depths.push(depth.into_iter().max().unwrap_or(0));
         }
+        let steps = depths
+            .chunks(TREES_SIDE_BY_SIDE)
+            .map(|d| d.iter().copied().max().unwrap_or(0))
+            .collect();
+        FlatTrees {
+            nodes,
+            leaf,
+            roots,
+            steps,
+        }
+    }
+
+    /// `out[k]` = [`path_extrapolated`] (`EXTRAPOLATE`) or [`path`] of `row` through tree
+    /// `group · TREES_SIDE_BY_SIDE + k`, the trees walked side by side so the loads of
+    /// their nodes overlap: the same arithmetic in the same order, so the same bits (a
+    /// step at a leaf cuts nothing, and adding nothing changes nothing).
+    #[inline]
+    fn paths<const EXTRAPOLATE: bool>(&self, group: usize, row: &[f64], out: &mut [f64]) {
+        let first = group * TREES_SIDE_BY_SIDE;
+        let lanes = out.len();
+        let mut at = [0u32; TREES_SIDE_BY_SIDE];
+        at[..lanes].copy_from_slice(&self.roots[first..first + lanes]);
+        let mut depth = 0.0f64;
+        let mut stay = [1.0f64; TREES_SIDE_BY_SIDE];
+        let mut acc = [0.0f64; TREES_SIDE_BY_SIDE];
+        for _ in 0..self.steps[group] {
+            if EXTRAPOLATE {
+                depth += 1.0;
+            }
+            for k in 0..lanes {
+                let n = self.nodes[at[k] as usize];
+                let x = row[n.feature as usize];
+                if EXTRAPOLATE {
+                    let cut = cut_at(n.lo, n.hi, x);
+                    acc[k] += stay[k] * cut * depth;
+                    stay[k] *= 1.0 - cut;
+                }
+                at[k] = n.left + u32::from(x >= n.value);
+            }
+        }
+        for k in 0..lanes {
+            let value = self.leaf[at[k] as usize];
+            out[k] = if EXTRAPOLATE {
+                acc[k] + stay[k] * value
+            } else {
+                value
+            };
+        }
+    }
+}
+
+/// [`FlatTrees`] built once, at the first single-row score; not part of the model's
+/// identity or its file.
+#[derive(Default)]
+struct Flat(std::sync::OnceLock<FlatTrees>);
+
+impl Clone for Flat {
+    fn clone(&self) -> Self {
+        Flat::default()
+    }
+}
+
+impl PartialEq for Flat {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Flat {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("Flat")
     }
 }
 
@@ -510,14 +609,15 @@ impl IsolationForest {
                 &copied
             }
         };
+        let flat = self.flat.0.get_or_init(|| FlatTrees::new(&self.trees));
         let mut total = 0.0;
         let mut lanes = [0.0; TREES_SIDE_BY_SIDE];
-        for trees in self.trees.chunks(TREES_SIDE_BY_SIDE) {
+        for (group, trees) in self.trees.chunks(TREES_SIDE_BY_SIDE).enumerate() {
             let lanes = &mut lanes[..trees.len()];
             if self.extrapolate {
-                paths_side_by_side::<true>(trees, row, lanes);
+                flat.paths::<true>(group, row, lanes);
             } else {
-                paths_side_by_side::<false>(trees, row, lanes);
+                flat.paths::<false>(group, row, lanes);
             }
             for &p in lanes.iter() {
                 total += p;
