@@ -388,22 +388,22 @@ const TREES_SIDE_BY_SIDE: usize = 8;
 
 /// A node of [`FlatTrees`]. A leaf points at itself and compares against NaN (so every
 /// row stays there) and has an infinite range (so nothing is cut at it): a walk needs
-/// no branch to stop, it just takes as many steps as its deepest tree.
+/// no branch to stop, it just takes as many steps as its deepest tree. Its path length
+/// is in the node (in the cache line the walk last loaded).
 #[derive(Clone, Copy)]
 struct FlatNode {
     value: f64,
+    leaf: f64,
     lo: f32,
     hi: f32,
     feature: u32,
     left: u32,
 }
 
-/// Every tree's nodes in one array (children indexed in it), each leaf's path length
-/// beside it, and per group of [`TREES_SIDE_BY_SIDE`] trees the steps its deepest leaf
+/// Every tree's nodes in one array (children indexed in it), and per group of [`TREES_SIDE_BY_SIDE`] trees the steps its deepest leaf
 /// takes.
 struct FlatTrees {
     nodes: Vec<FlatNode>,
-    leaf: Vec<f64>,
     roots: Vec<u32>,
     depth: Vec<u32>,
     steps: Vec<u32>,
@@ -413,7 +413,7 @@ impl FlatTrees {
     /// Lays out validated trees (see [`IsolationForest::validate`]).
     fn new(trees: &[Vec<Node>]) -> Self {
         let total: usize = trees.iter().map(Vec::len).sum();
-        let (mut nodes, mut leaf) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        let mut nodes = Vec::with_capacity(total);
         let mut roots = Vec::with_capacity(trees.len());
         let mut depths = Vec::with_capacity(trees.len());
         for tree in trees {
@@ -425,24 +425,24 @@ impl FlatTrees {
                 if n.feature == LEAF {
                     nodes.push(FlatNode {
                         value: f64::NAN,
+                        leaf: n.value,
                         lo: f32::NEG_INFINITY,
                         hi: f32::INFINITY,
                         feature: 0,
                         left: at,
                     });
-                    leaf.push(n.value);
                 } else {
                     for child in [n.left as usize, n.left as usize + 1] {
                         depth[child] = depth[i] + 1;
                     }
                     nodes.push(FlatNode {
                         value: n.value,
+                        leaf: 0.0,
                         lo: n.lo,
                         hi: n.hi,
                         feature: n.feature,
                         left: base + n.left,
                     });
-                    leaf.push(0.0);
                 }
             }
             depths.push(depth.into_iter().max().unwrap_or(0));
@@ -453,7 +453,6 @@ impl FlatTrees {
             .collect();
         FlatTrees {
             nodes,
-            leaf,
             roots,
             depth: depths,
             steps,
@@ -491,7 +490,7 @@ impl FlatTrees {
             }
         }
         for k in 0..lanes {
-            let value = self.leaf[at[k] as usize];
+            let value = self.nodes[at[k] as usize].leaf;
             out[k] = if EXTRAPOLATE {
                 acc[k] + stay[k] * value
             } else {
@@ -537,7 +536,7 @@ impl FlatTrees {
             }
         }
         for (k, l) in lanes.iter_mut().enumerate() {
-            let leaf = self.leaf[at[k] as usize];
+            let leaf = self.nodes[at[k] as usize].leaf;
             *l += if EXTRAPOLATE {
                 acc[k] + stay[k] * leaf
             } else {
