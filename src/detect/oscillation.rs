@@ -286,12 +286,15 @@ impl Detector for Oscillation {
     }
 
     fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>) {
-        let params = self.params.get(frame.kind()).clone();
-        if !params.enabled {
+        let (enabled, n) = {
+            let params = self.params.get(frame.kind());
+            (params.enabled, params.window_samples.max(16))
+        };
+        if !enabled {
             return;
         }
-        let n = params.window_samples.max(16);
         self.tables(n);
+        let params = self.params.get(frame.kind());
         for (p, st) in frame.good_analog() {
             let metric = &frame.registry.point(p).metric;
             if !params.metrics.iter().any(|m| m == metric) {
@@ -301,7 +304,7 @@ impl Detector for Oscillation {
             s.since += s.grid.push(frame.ts, st.value, n);
             if s.grid.values.len() < n || s.since < params.hop_samples.max(1) {
                 if let Some((ratio, period)) = s.alarm {
-                    push(out, frame, p, &params, ratio, period, metric);
+                    push(out, frame, p, params, ratio, period, metric);
                 }
                 continue;
             }
@@ -391,7 +394,7 @@ impl Detector for Oscillation {
             if ratio >= params.threshold && ratio >= params.line_contrast * neighbours {
                 let period = n as f64 * dt_s / (k_min + best) as f64;
                 s.alarm = Some((ratio, period));
-                push(out, frame, p, &params, ratio, period, metric);
+                push(out, frame, p, params, ratio, period, metric);
             } else {
                 s.alarm = None;
                 for (b, p) in s.baseline.iter_mut().zip(&power) {

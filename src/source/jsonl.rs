@@ -88,6 +88,37 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
     }
 }
 
+/// A string, borrowed from the line unless it holds escapes. serde borrows a bare
+/// `Cow<str>` field with `#[serde(borrow)]`, but inside an `Option` it copies every
+/// time: four allocations per reading.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A value: a number, or a boolean read as 0/1.
 struct Num(f64);
 
@@ -121,25 +152,25 @@ struct Record<'a> {
     #[serde(borrow)]
     ts: Option<RawTs<'a>>,
     #[serde(rename = "type", borrow)]
-    ty: Option<Cow<'a, str>>,
+    ty: Option<Text<'a>>,
     #[serde(borrow)]
-    site: Option<Cow<'a, str>>,
+    site: Option<Text<'a>>,
     #[serde(borrow)]
-    device: Option<Cow<'a, str>>,
+    device: Option<Text<'a>>,
     #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow)]
-    metric: Option<Cow<'a, str>>,
+    metric: Option<Text<'a>>,
     value: Option<Num>,
     #[serde(borrow)]
-    quality: Option<Cow<'a, str>>,
+    quality: Option<Text<'a>>,
     #[serde(borrow)]
-    client: Option<Cow<'a, str>>,
+    client: Option<Text<'a>>,
     function: Option<u8>,
     address: Option<u32>,
     values: Option<Vec<u16>>,
     #[serde(borrow)]
-    protocol: Option<Cow<'a, str>>,
+    protocol: Option<Text<'a>>,
     property: Option<u32>,
 }
 
@@ -190,9 +221,9 @@ pub fn parse_line(line: &[u8], reg: &mut Registry) -> Result<Event, LineError> {
         }
         Some("command") => Ok(Event::Command(Box::new(Command {
             ts,
-            site: site.into_owned(),
-            device: device.into_owned(),
-            client: rec.client.ok_or_else(|| missing("client"))?.into_owned(),
+            site: site.0.into_owned(),
+            device: device.0.into_owned(),
+            client: rec.client.ok_or_else(|| missing("client"))?.0.into_owned(),
             function: rec.function.ok_or_else(|| missing("function"))?,
             address: rec.address.ok_or_else(|| missing("address"))?,
             values: rec.values.unwrap_or_default(),
@@ -283,6 +314,14 @@ mod tests {
                 assert_eq!((c.function, c.address, c.values), (6, 1201, vec![1300]))
             }
             _ => panic!("not a command"),
+        }
+        // Escaped strings cannot be borrowed from the line; they read the same.
+        let mut reg = Registry::new(100);
+        let plain = parse_line(br#"{"ts":1783418400,"site":"a","device":"chiller-2","kind":"chiller","metric":"m","value":1}"#, &mut reg).unwrap();
+        let escaped = parse_line(br#"{"ts":1783418400,"site":"\u0061","device":"chiller\u002d2","kind":"chill\u0065r","metric":"\u006d","value":1}"#, &mut reg).unwrap();
+        match (plain, escaped) {
+            (Event::Sample { point: a, .. }, Event::Sample { point: b, .. }) => assert_eq!(a, b),
+            _ => panic!("not readings"),
         }
         let ev = parse(r#"{"ts":1783418400,"site":"a","device":"u","kind":"ups","metric":"on_battery","value":true,"quality":"stale"}"#).unwrap();
         assert!(matches!(ev, Event::Sample { value, quality: Quality::Stale, .. } if value == 1.0));
