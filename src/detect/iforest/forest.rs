@@ -380,11 +380,9 @@ fn cut_at(lo: f32, hi: f32, x: f64) -> f64 {
     }
 }
 
-/// Rows that walk a tree side by side in batch scoring.
-const LANES: usize = 8;
-
-/// Trees one row walks side by side in single-row scoring.
-const TREES_SIDE_BY_SIDE: usize = 8;
+/// Walks taken side by side: trees one row walks in single-row scoring, rows that walk
+/// one tree in batch scoring.
+const SIDE_BY_SIDE: usize = 8;
 
 /// A node of [`FlatTrees`]. A leaf points at itself and compares against NaN (so every
 /// row stays there) and has an infinite range (so nothing is cut at it): a walk needs
@@ -400,7 +398,7 @@ struct FlatNode {
     left: u32,
 }
 
-/// Every tree's nodes in one array (children indexed in it), and per group of [`TREES_SIDE_BY_SIDE`] trees the steps its deepest leaf
+/// Every tree's nodes in one array (children indexed in it), and per group of [`SIDE_BY_SIDE`] trees the steps its deepest leaf
 /// takes.
 struct FlatTrees {
     nodes: Vec<FlatNode>,
@@ -448,7 +446,7 @@ impl FlatTrees {
             depths.push(depth.into_iter().max().unwrap_or(0));
         }
         let steps = depths
-            .chunks(TREES_SIDE_BY_SIDE)
+            .chunks(SIDE_BY_SIDE)
             .map(|d| d.iter().copied().max().unwrap_or(0))
             .collect();
         FlatTrees {
@@ -459,74 +457,34 @@ impl FlatTrees {
         }
     }
 
-    /// `out[k]` = the path length of `row` through tree `group · TREES_SIDE_BY_SIDE + k`,
-    /// expected (`EXTRAPOLATE`, see [`IsolationForest::extrapolate`]) or plain: depth
-    /// plus the leaf's adjustment. The trees are walked side by side so the loads of
-    /// their nodes overlap, with the arithmetic of one walk in its order, so the bits of
-    /// the batch scorer's (a step at a leaf cuts nothing, and adding nothing changes
-    /// nothing).
+    /// Walks taken side by side, so the loads of their nodes overlap instead of each
+    /// walk waiting on its own chain of nodes: walk `k` starts at node `at[k]` and reads
+    /// the row at `rows[k · stride..]` (a stride of 0: one row through several trees;
+    /// of the row width: several rows through one tree), for `steps` steps (a walk at a
+    /// leaf stays there and is cut nothing more, so none needs a branch to stop).
+    /// `out[k]` = its path length, expected (`EXTRAPOLATE`, see
+    /// [`IsolationForest::extrapolate`]) or plain: depth plus the leaf's adjustment, with
+    /// the arithmetic of one walk in its order, so the same bits in every layout.
     #[inline]
-    fn paths<const EXTRAPOLATE: bool>(&self, group: usize, row: &[f64], out: &mut [f64]) {
-        let first = group * TREES_SIDE_BY_SIDE;
-        let lanes = out.len();
-        let mut at = [0u32; TREES_SIDE_BY_SIDE];
-        at[..lanes].copy_from_slice(&self.roots[first..first + lanes]);
-        let mut depth = 0.0f64;
-        let mut stay = [1.0f64; TREES_SIDE_BY_SIDE];
-        let mut acc = [0.0f64; TREES_SIDE_BY_SIDE];
-        for _ in 0..self.steps[group] {
-            if EXTRAPOLATE {
-                depth += 1.0;
-            }
-            for k in 0..lanes {
-                let n = self.nodes[at[k] as usize];
-                let x = row[n.feature as usize];
-                if EXTRAPOLATE {
-                    let cut = cut_at(n.lo, n.hi, x);
-                    acc[k] += stay[k] * cut * depth;
-                    stay[k] *= 1.0 - cut;
-                }
-                at[k] = n.left + u32::from(x >= n.value);
-            }
-        }
-        for k in 0..lanes {
-            let value = self.nodes[at[k] as usize].leaf;
-            out[k] = if EXTRAPOLATE {
-                acc[k] + stay[k] * value
-            } else {
-                value
-            };
-        }
-    }
-}
-
-impl FlatTrees {
-    /// Adds the path lengths of `lanes.len()` consecutive rows (row-major in `rows`,
-    /// `cols` wide) through tree `tree` to `lanes`, expected ones (`EXTRAPOLATE`, see
-    /// [`IsolationForest::extrapolate`]) or plain. The rows step down the tree together,
-    /// as many steps as its deepest leaf, without a branch to stop (a row at a leaf stays
-    /// there and is cut nothing more), so the loads of different rows overlap instead of
-    /// each walk waiting on its own chain of nodes.
-    #[inline]
-    fn add_paths_lockstep<const EXTRAPOLATE: bool>(
+    fn walk<const EXTRAPOLATE: bool>(
         &self,
-        tree: usize,
+        mut at: [u32; SIDE_BY_SIDE],
+        steps: u32,
         rows: &[f64],
-        cols: usize,
-        lanes: &mut [f64],
+        stride: usize,
+        out: &mut [f64],
     ) {
-        let n = lanes.len();
-        let mut at = [self.roots[tree]; LANES];
+        let n = out.len();
         let mut depth = 0.0f64;
-        let mut stay = [1.0f64; LANES];
-        let mut acc = [0.0f64; LANES];
-        for _ in 0..self.depth[tree] {
+        let mut stay = [1.0f64; SIDE_BY_SIDE];
+        let mut acc = [0.0f64; SIDE_BY_SIDE];
+        for _ in 0..steps {
             if EXTRAPOLATE {
                 depth += 1.0;
             }
             for k in 0..n {
                 let node = self.nodes[at[k] as usize];
-                let x = rows[k * cols + node.feature as usize];
+                let x = rows[k * stride + node.feature as usize];
                 if EXTRAPOLATE {
                     let cut = cut_at(node.lo, node.hi, x);
                     acc[k] += stay[k] * cut * depth;
@@ -535,13 +493,50 @@ impl FlatTrees {
                 at[k] = node.left + u32::from(x >= node.value);
             }
         }
-        for (k, l) in lanes.iter_mut().enumerate() {
+        for (k, o) in out.iter_mut().enumerate() {
             let leaf = self.nodes[at[k] as usize].leaf;
-            *l += if EXTRAPOLATE {
+            *o = if EXTRAPOLATE {
                 acc[k] + stay[k] * leaf
             } else {
                 leaf
             };
+        }
+    }
+
+    /// `out[k]` = the path length of `row` through tree `group · SIDE_BY_SIDE + k`.
+    fn paths(&self, extrapolate: bool, group: usize, row: &[f64], out: &mut [f64]) {
+        let first = group * SIDE_BY_SIDE;
+        let mut at = [0u32; SIDE_BY_SIDE];
+        at[..out.len()].copy_from_slice(&self.roots[first..first + out.len()]);
+        let steps = self.steps[group];
+        if extrapolate {
+            self.walk::<true>(at, steps, row, 0, out);
+        } else {
+            self.walk::<false>(at, steps, row, 0, out);
+        }
+    }
+
+    /// Adds the path lengths of `lanes.len()` consecutive rows (row-major in `rows`,
+    /// `cols` wide) through tree `tree` to `lanes`.
+    fn add_paths(
+        &self,
+        extrapolate: bool,
+        tree: usize,
+        rows: &[f64],
+        cols: usize,
+        lanes: &mut [f64],
+    ) {
+        let at = [self.roots[tree]; SIDE_BY_SIDE];
+        let mut paths = [0.0; SIDE_BY_SIDE];
+        let paths = &mut paths[..lanes.len()];
+        let steps = self.depth[tree];
+        if extrapolate {
+            self.walk::<true>(at, steps, rows, cols, paths);
+        } else {
+            self.walk::<false>(at, steps, rows, cols, paths);
+        }
+        for (l, p) in lanes.iter_mut().zip(paths) {
+            *l += *p;
         }
     }
 }
@@ -583,7 +578,7 @@ impl IsolationForest {
     /// exceed what a score of `threshold` allows stops early (paths are never negative):
     /// a normal row is settled after about half of the trees.
     ///
-    /// A single row walks [`TREES_SIDE_BY_SIDE`] trees side by side, so the loads of their nodes
+    /// A single row walks [`SIDE_BY_SIDE`] trees side by side, so the loads of their nodes
     /// overlap instead of each walk waiting on its own chain of nodes; the path lengths
     /// are added in tree order, so the total is the batch scorer's to the last bit.
     pub fn score_row_at_least(&self, row: ArrayView1<'_, f64>, threshold: f64) -> Option<f64> {
@@ -601,14 +596,10 @@ impl IsolationForest {
         };
         let flat = self.flat();
         let mut total = 0.0;
-        let mut lanes = [0.0; TREES_SIDE_BY_SIDE];
-        for (group, trees) in self.trees.chunks(TREES_SIDE_BY_SIDE).enumerate() {
+        let mut lanes = [0.0; SIDE_BY_SIDE];
+        for (group, trees) in self.trees.chunks(SIDE_BY_SIDE).enumerate() {
             let lanes = &mut lanes[..trees.len()];
-            if self.extrapolate {
-                flat.paths::<true>(group, row, lanes);
-            } else {
-                flat.paths::<false>(group, row, lanes);
-            }
+            flat.paths(self.extrapolate, group, row, lanes);
             for &p in lanes.iter() {
                 total += p;
             }
@@ -698,13 +689,9 @@ impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for Iso
                 }
             };
             for tree in 0..self.trees.len() {
-                for (g, lanes) in acc.chunks_mut(LANES).enumerate() {
-                    let rows = &block[g * LANES * cols..];
-                    if self.extrapolate {
-                        flat.add_paths_lockstep::<true>(tree, rows, cols, lanes);
-                    } else {
-                        flat.add_paths_lockstep::<false>(tree, rows, cols, lanes);
-                    }
+                for (g, lanes) in acc.chunks_mut(SIDE_BY_SIDE).enumerate() {
+                    let rows = &block[g * SIDE_BY_SIDE * cols..];
+                    flat.add_paths(self.extrapolate, tree, rows, cols, lanes);
                 }
             }
             for (k, a) in acc.iter().enumerate() {
