@@ -52,6 +52,8 @@ pub struct Registry {
     points: Vec<PointInfo>,
     by_name: FxHashMap<String, FxHashMap<String, DeviceId>>,
     max_points: usize,
+    /// The device named last: a capture names one device many times in a row.
+    last: Option<DeviceId>,
 }
 
 impl Registry {
@@ -62,6 +64,7 @@ impl Registry {
             points: Vec::new(),
             by_name: FxHashMap::default(),
             max_points,
+            last: None,
         }
     }
 
@@ -120,7 +123,13 @@ impl Registry {
         device: &str,
         kind: &str,
     ) -> Result<DeviceId, RegistryError> {
-        if let Some(&d) = self.by_name.get(site).and_then(|m| m.get(device)) {
+        let last = self.last.filter(|&d| {
+            self.devices[d as usize].name == device && self.devices[d as usize].site == site
+        });
+        if let Some(d) =
+            last.or_else(|| self.by_name.get(site).and_then(|m| m.get(device)).copied())
+        {
+            self.last = Some(d);
             // A device first named by a command learns its kind from its first reading.
             let info = &mut self.devices[d as usize];
             if info.kind_name.is_empty() && !kind.is_empty() {
@@ -144,6 +153,7 @@ impl Registry {
             .entry(site.to_owned())
             .or_default()
             .insert(device.to_owned(), id);
+        self.last = Some(id);
         Ok(id)
     }
 
@@ -184,5 +194,22 @@ mod tests {
             reg.intern("s", "chiller-1", "chiller", "third"),
             Err(RegistryError::TooManyPoints(2))
         );
+    }
+
+    #[test]
+    fn the_device_named_last_is_found_again_by_site_and_name() {
+        let mut reg = Registry::new(100);
+        let a = reg.intern_device("s1", "ups-1", "ups").unwrap();
+        // Same name on another site, another name on the same site: other devices.
+        let b = reg.intern_device("s2", "ups-1", "ups").unwrap();
+        let c = reg.intern_device("s2", "ups-2", "ups").unwrap();
+        assert!(a != b && b != c && a != c);
+        for (site, name, want) in [("s1", "ups-1", a), ("s1", "ups-1", a), ("s2", "ups-1", b)] {
+            assert_eq!(reg.intern_device(site, name, "ups"), Ok(want));
+        }
+        // A device named first by a command (no kind) learns it on a repeat.
+        let d = reg.intern_device("s1", "pdu-1", "").unwrap();
+        assert_eq!(reg.intern_device("s1", "pdu-1", "pdu"), Ok(d));
+        assert_eq!(reg.device(d).kind_name, "pdu");
     }
 }

@@ -19,6 +19,7 @@ use std::io::BufRead;
 pub struct JsonlSource {
     lines: Lines,
     stats: FileStats,
+    last_ts: LastTs,
 }
 
 impl JsonlSource {
@@ -27,6 +28,7 @@ impl JsonlSource {
         Self {
             lines: Lines::new(reader, max_line, 0),
             stats: FileStats::new(&name, "jsonl"),
+            last_ts: LastTs::default(),
         }
     }
 }
@@ -34,7 +36,7 @@ impl JsonlSource {
 impl CaptureSource for JsonlSource {
     fn next_event(&mut self, reg: &mut Registry) -> Option<Event> {
         while let Some((line, text)) = self.lines.next_line(&mut self.stats) {
-            match parse_line(text, reg) {
+            match parse(text, reg, &mut self.last_ts) {
                 Ok(ev) => {
                     match ev {
                         Event::Sample { .. } => self.stats.readings += 1,
@@ -180,8 +182,35 @@ fn missing(field: &str) -> LineError {
     (BadReason::MissingField, format!("missing field `{field}`"))
 }
 
+/// The last timestamp text parsed and its time: the readings of one moment are written
+/// one after another with the same text, so most lines need no parsing of it.
+#[derive(Default)]
+struct LastTs {
+    text: String,
+    ts: Option<Ts>,
+}
+
+impl LastTs {
+    fn parse(&mut self, text: &str) -> Result<Ts, LineError> {
+        if let Some(ts) = self.ts.filter(|_| self.text == text) {
+            return Ok(ts);
+        }
+        let ts = TimeFormat::Auto
+            .parse(text)
+            .map_err(|e| (BadReason::BadTimestamp, e.to_string()))?;
+        self.text.clear();
+        self.text.push_str(text);
+        self.ts = Some(ts);
+        Ok(ts)
+    }
+}
+
 /// Parses one line into an event, interning readings.
 pub fn parse_line(line: &[u8], reg: &mut Registry) -> Result<Event, LineError> {
+    parse(line, reg, &mut LastTs::default())
+}
+
+fn parse(line: &[u8], reg: &mut Registry, last_ts: &mut LastTs) -> Result<Event, LineError> {
     let text = std::str::from_utf8(line).map_err(|e| (BadReason::InvalidUtf8, e.to_string()))?;
     let rec: Record = serde_json::from_str(text).map_err(|e| {
         let reason = match e.classify() {
@@ -191,9 +220,7 @@ pub fn parse_line(line: &[u8], reg: &mut Registry) -> Result<Event, LineError> {
         (reason, e.to_string())
     })?;
     let ts = match rec.ts.ok_or_else(|| missing("ts"))? {
-        RawTs::Text(s) => TimeFormat::Auto
-            .parse(&s)
-            .map_err(|e| (BadReason::BadTimestamp, e.to_string()))?,
+        RawTs::Text(s) => last_ts.parse(&s)?,
         RawTs::Number(v) => epoch_auto(v).ok_or_else(|| {
             (
                 BadReason::BadTimestamp,
@@ -325,6 +352,25 @@ mod tests {
         }
         let ev = parse(r#"{"ts":1783418400,"site":"a","device":"u","kind":"ups","metric":"on_battery","value":true,"quality":"stale"}"#).unwrap();
         assert!(matches!(ev, Event::Sample { value, quality: Quality::Stale, .. } if value == 1.0));
+    }
+
+    #[test]
+    fn a_repeated_timestamp_reads_the_same_and_a_bad_one_is_still_refused() {
+        let mut last = LastTs::default();
+        let t = |s: &str, last: &mut LastTs| last.parse(s).map_err(|(r, _)| r);
+        let a = t("2026-07-07T10:00:00.000Z", &mut last).unwrap();
+        assert_eq!(t("2026-07-07T10:00:00.000Z", &mut last), Ok(a));
+        let b = t("2026-07-07T10:00:01.000Z", &mut last).unwrap();
+        assert_eq!(b - a, 1000);
+        assert_eq!(
+            t("07/07/2026 10:00", &mut last),
+            Err(BadReason::BadTimestamp)
+        );
+        assert_eq!(t("2026-07-07T10:00:01.000Z", &mut last), Ok(b));
+        assert_eq!(
+            t("07/07/2026 10:00", &mut last),
+            Err(BadReason::BadTimestamp)
+        );
     }
 
     #[test]
