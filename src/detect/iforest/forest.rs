@@ -398,12 +398,16 @@ struct FlatNode {
     left: u32,
 }
 
-/// Every tree's nodes in one array (children indexed in it), and per group of [`SIDE_BY_SIDE`] trees the steps its deepest leaf
-/// takes.
+/// Every tree's nodes in one array (children indexed in it), laid out once from
+/// validated trees. The trees must not change after it: it is built at the first score.
 struct FlatTrees {
     nodes: Vec<FlatNode>,
+    /// Each tree's root in `nodes`.
     roots: Vec<u32>,
+    /// Each tree's deepest leaf: the steps a batch walks it.
     depth: Vec<u32>,
+    /// The deepest leaf of each group of [`SIDE_BY_SIDE`] trees: the steps one row
+    /// walks them (the group's largest `depth`, kept so scoring need not recompute it).
     steps: Vec<u32>,
 }
 
