@@ -115,7 +115,10 @@ pub(crate) type AlertKey = (DeviceId, &'static str, Vec<String>, Option<String>)
 /// Whether a detector's findings are direct evidence of tampering rather than
 /// statistical drift (which the plant's own reaction to anything also produces).
 pub fn direct(detector: &str) -> bool {
-    !matches!(detector, "ewma_z" | "cusum" | "iforest" | "residual")
+    !matches!(
+        detector,
+        "ewma_z" | "cusum" | "iforest" | "residual" | "timescale"
+    )
 }
 
 /// The chain a device kind belongs to.

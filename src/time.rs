@@ -437,6 +437,14 @@ pub mod serde_duration {
         super::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 
+    /// As [`deserialize`], for a list (`["1m", "15m"]`).
+    pub fn deserialize_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| super::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+
     /// As [`deserialize`], for optional fields (`#[serde(default)]`).
     pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         deserialize(d).map(Some)

@@ -467,6 +467,7 @@ fn current(cfg: &Config, rule: Rule, kind: DeviceKind) -> Option<f64> {
         Rule::Physics => p.physics.threshold,
         Rule::PhysicsSustained => p.physics.sustained_threshold,
         Rule::ResidualMargin => p.residual.margin,
+        Rule::TimescaleMargin => p.timescale.margin,
         Rule::Iforest => p
             .iforest
             .threshold
@@ -481,7 +482,11 @@ fn bounds(rule: Rule) -> (f64, f64) {
     match rule {
         Rule::Iforest => (0.0, 1.0),
         Rule::ResidualMargin => (1.0, f64::INFINITY),
-        Rule::EwmaZ | Rule::Cusum | Rule::Physics | Rule::PhysicsSustained => (0.0, f64::INFINITY),
+        Rule::EwmaZ
+        | Rule::Cusum
+        | Rule::Physics
+        | Rule::PhysicsSustained
+        | Rule::TimescaleMargin => (0.0, f64::INFINITY),
     }
 }
 

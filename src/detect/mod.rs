@@ -25,6 +25,7 @@ pub mod residual;
 pub mod staleness;
 pub mod tail;
 pub mod tap;
+pub mod timescale;
 pub mod ups;
 pub mod wire;
 
@@ -67,6 +68,8 @@ pub struct DetectorParams {
     pub residual: residual::ResidualParams,
     /// The range of the site's clean history (written by `calibrate`).
     pub envelope: envelope::EnvelopeParams,
+    /// Per-minute, per-15-minute and per-4-hour aggregates against their own history.
+    pub timescale: timescale::TimescaleParams,
 }
 
 impl DetectorParams {
@@ -90,6 +93,7 @@ impl DetectorParams {
             rule: r.to_owned(),
         })?;
         self.envelope.check().map_err(|b| b.under("envelope"))?;
+        self.timescale.check().map_err(|b| b.under("timescale"))?;
         self.limits.check().map_err(|b| b.under("limits"))
     }
 }
@@ -195,7 +199,8 @@ enabled!(
     wire::ProtocolParams,
     iforest::IForestParams,
     residual::ResidualParams,
-    envelope::EnvelopeParams
+    envelope::EnvelopeParams,
+    timescale::TimescaleParams
 );
 
 /// The per-kind table of one detector's parameters, if any kind enables it.
@@ -249,6 +254,11 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
         {
             out.push(Box::new(envelope::Envelope::new(t)));
         }
+    }
+    if let Some(t) = table(cfg, |c| &c.timescale) {
+        out.push(Box::new(
+            timescale::Timescale::new(t).tapped(config.tap.clone()),
+        ));
     }
     if let Some(t) = table(cfg, |c| &c.cusum) {
         out.push(Box::new(cusum::Cusum::new(t).tapped(config.tap.clone())));

@@ -34,6 +34,9 @@ pub enum Rule {
     Physics,
     /// `residual.margin`: a device frame's score over its warm-up quantile.
     ResidualMargin,
+    /// `timescale.margin`: how far a block's aggregate lies beyond its history's range,
+    /// in widths of that range.
+    TimescaleMargin,
 }
 
 impl Rule {
@@ -46,6 +49,7 @@ impl Rule {
             Rule::PhysicsSustained => ("physics", "sustained_threshold"),
             Rule::Physics => ("physics", "threshold"),
             Rule::ResidualMargin => ("residual", "margin"),
+            Rule::TimescaleMargin => ("timescale", "margin"),
         }
     }
 

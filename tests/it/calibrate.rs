@@ -56,6 +56,22 @@ fn thresholds_from_one_clean_period_hold_the_budget_on_another() {
             .filter(|k| k["decision"] == "set")
             .collect();
         assert!(set.len() >= 8, "{variant}: thresholds set {}", set.len());
+        // The time scales get their own margin per kind (their 1- and 15-minute blocks
+        // are judged within 6 hours; the 4-hour ones are still warming up).
+        let timescale = report["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "timescale.margin")
+            .expect("timescale.margin calibrated");
+        assert!(
+            timescale["kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["decision"] == "set"),
+            "{variant}: {timescale}"
+        );
         for k in &set {
             // The history bounds the extrapolation from below.
             assert!(k["threshold"].as_f64() > k["largest_seen"].as_f64(), "{k}");

@@ -1,0 +1,618 @@
+//! **timescale**: a point whose per-minute, per-15-minute or per-4-hour aggregates leave
+//! the range their own recent history spanned.
+//!
+//! - Each analog point's samples are cut into blocks of event time aligned on the clock
+//!   (`scales`, default 1 min, 15 min, 4 h). When a block closes, three aggregates are
+//!   taken: its **mean**, its **range** (max − min) and its **rate** (the change of the
+//!   mean from the block just before, if the history learned that one).
+//! - Each aggregate is compared with the last `history_blocks` values it took (per point
+//!   and scale), their range widened by `margin` × its width on each side (the same rule
+//!   as `envelope`, but learned online). A block outside on any aggregate is a finding,
+//!   reported on every frame of the point until the next block of that scale closes.
+//! - The band is a range, not a mean ± kσ: telemetry is heavy-tailed (load bursts,
+//!   counts), and the widest swing of the last 64 blocks says more about a point's
+//!   normal day than its variance does. It needs `warmup_blocks` blocks before judging.
+//! - A block is judged only with `min_samples` samples and at least half the count of
+//!   a typical block, so a scale too short for the point's cadence (15 min of 5-minute
+//!   data) is never judged, and a block cut short by a gap is not mistaken for calm.
+//! - What the history learns: only blocks judged normal whose samples were all learned
+//!   by the point's baseline (none while an open alert names the point); after
+//!   `rebaseline_blocks` abnormal blocks in a row the new level is accepted, so a lasting
+//!   change of operating point gives one alert, not an endless one.
+//!
+//! Why: the per-sample detectors see what one reading shows; a fault that unfolds over
+//! hours (a machine heating over a day, a chiller losing capacity) or a spoof within
+//! the noise of one reading shows in aggregates first — a 15-minute mean of 1 Hz data
+//! has 1/30 of a reading's noise.
+//!
+//! Blind spots: changes slower than the history's span (see `envelope`, calibrated);
+//! a scale's first `warmup_blocks` blocks (16 min, 4 h, 64 h); findings wait for the
+//! block to close (up to one scale).
+
+use super::{
+    point_finding, sig,
+    tap::{Rule, Tap},
+    Detector, PerKind, PointTable,
+};
+use crate::feature::Frame;
+use crate::model::attack;
+use crate::model::points::PointId;
+use crate::model::{Finding, Severity, Ts};
+use crate::time::format_ts;
+use crate::tomlfile::{rule, Broken};
+use serde::Deserialize;
+use serde_json::json;
+
+const NAME: &str = "timescale";
+
+/// Parameters of the time-scale detector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimescaleParams {
+    /// Whether the detector runs for this kind.
+    pub enabled: bool,
+    /// Block lengths in ms (`["1m", "15m", "4h"]` in the config file).
+    #[serde(deserialize_with = "crate::time::serde_duration::deserialize_vec")]
+    pub scales: Vec<i64>,
+    /// Blocks of each aggregate remembered per point and scale.
+    pub history_blocks: u32,
+    /// Blocks remembered before a scale is judged.
+    pub warmup_blocks: u32,
+    /// Samples a block needs to be judged.
+    pub min_samples: u32,
+    /// Each side of the history's range is widened by this share of its width.
+    pub margin: f64,
+    /// Abnormal blocks in a row after which the new level is learned.
+    pub rebaseline_blocks: u32,
+}
+
+impl Default for TimescaleParams {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scales: vec![60_000, 900_000, 14_400_000],
+            history_blocks: 64,
+            warmup_blocks: 16,
+            min_samples: 4,
+            margin: 1.5,
+            rebaseline_blocks: 4,
+        }
+    }
+}
+
+/// Scales a kind may have (each keeps its own state per point).
+pub const MAX_SCALES: usize = 8;
+/// Longest history per aggregate.
+pub const MAX_HISTORY: u32 = 4096;
+
+impl TimescaleParams {
+    /// The first parameter that breaks a rule, if any.
+    pub fn check(&self) -> Result<(), Broken> {
+        rule(
+            self.scales.len() <= MAX_SCALES,
+            "scales",
+            "may hold at most 8 block lengths",
+        )?;
+        rule(
+            self.scales
+                .iter()
+                .all(|&s| (1_000..=30 * 86_400_000).contains(&s)),
+            "scales",
+            "must be between 1s and 30d",
+        )?;
+        rule(
+            (2..=MAX_HISTORY).contains(&self.history_blocks),
+            "history_blocks",
+            "must be between 2 and 4096",
+        )?;
+        rule(
+            self.warmup_blocks >= 2 && self.warmup_blocks <= self.history_blocks,
+            "warmup_blocks",
+            "must be at least 2 and at most history_blocks",
+        )?;
+        rule(self.min_samples >= 2, "min_samples", "must be at least 2")?;
+        rule(
+            self.margin.is_finite() && self.margin >= 0.0,
+            "margin",
+            "must not be negative",
+        )?;
+        rule(
+            self.rebaseline_blocks >= 1,
+            "rebaseline_blocks",
+            "must be at least 1",
+        )?;
+        Ok(())
+    }
+}
+
+/// The aggregates of a block, in the order of [`AGGREGATES`].
+const AGGREGATES: [&str; 3] = ["mean", "range", "rate"];
+
+/// The last values of one aggregate, oldest overwritten first.
+#[derive(Debug, Default)]
+struct Ring {
+    values: Vec<f64>,
+    next: usize,
+}
+
+impl Ring {
+    fn push(&mut self, v: f64, cap: usize) {
+        if self.values.len() < cap {
+            self.values.push(v);
+        } else {
+            self.values[self.next] = v;
+            self.next = (self.next + 1) % cap;
+        }
+    }
+
+    fn range(&self) -> (f64, f64) {
+        self.values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            })
+    }
+}
+
+/// A closed block outside its history's widened range.
+#[derive(Debug, Clone, Copy)]
+struct Breach {
+    /// Index into [`AGGREGATES`].
+    aggregate: usize,
+    value: f64,
+    low: f64,
+    high: f64,
+    /// Distance beyond the widened range, in widths of the history's range.
+    excess: f64,
+    /// First event time of the block.
+    start: Ts,
+}
+
+/// One point at one scale.
+#[derive(Debug)]
+struct Scale {
+    len: Ts,
+    /// Index of the open block (event time ÷ `len`).
+    block: i64,
+    sum: f64,
+    count: u32,
+    min: f64,
+    max: f64,
+    /// A sample of the open block was not learned by the point's baseline.
+    suspect: bool,
+    /// The largest count of recent blocks (decays, so a slower cadence is adopted).
+    typical: u32,
+    /// Mean of the last judged block and its index.
+    previous: Option<(i64, f64)>,
+    history: [Ring; 3],
+    /// Abnormal blocks in a row.
+    run: u32,
+    /// The last closed block's breach, reported until the next block closes.
+    breach: Option<Breach>,
+}
+
+impl Scale {
+    fn new(len: Ts) -> Self {
+        Self {
+            len,
+            block: i64::MIN,
+            sum: 0.0,
+            count: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            suspect: false,
+            typical: 0,
+            previous: None,
+            history: Default::default(),
+            run: 0,
+            breach: None,
+        }
+    }
+
+    /// Adds one sample; closes the open block first when the sample starts a new one,
+    /// and then says whether the closed block was abnormal and what margin it needed.
+    fn add(
+        &mut self,
+        ts: Ts,
+        value: f64,
+        learned: bool,
+        resolution: f64,
+        p: &TimescaleParams,
+    ) -> Option<(Option<Breach>, Option<f64>)> {
+        let block = ts.div_euclid(self.len);
+        let mut closed = None;
+        if block > self.block {
+            if self.block != i64::MIN {
+                let needed = self.close(resolution, p);
+                closed = Some((self.breach, needed));
+            }
+            self.block = block;
+            self.sum = 0.0;
+            self.count = 0;
+            self.min = f64::INFINITY;
+            self.max = f64::NEG_INFINITY;
+            self.suspect = false;
+        }
+        // A sample stamped before its block (out of order) counts in the open one.
+        self.sum += value;
+        self.count += 1;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.suspect |= !learned;
+        closed
+    }
+
+    /// Whether the open block, so far, is still outside where the last closed one
+    /// breached: the finding holds while the change lasts, not for a whole block after.
+    fn still(&self) -> Option<Breach> {
+        let b = self.breach?;
+        let mean = self.sum / f64::from(self.count.max(1));
+        let so_far = match b.aggregate {
+            0 => mean,
+            1 => self.max - self.min,
+            _ => mean - self.previous.filter(|&(i, _)| i == self.block - 1)?.1,
+        };
+        (self.count > 0 && !(b.low..=b.high).contains(&so_far)).then_some(b)
+    }
+
+    /// Closes the open block: judges it, learns it if it may. Returns the statistic
+    /// `calibrate` fits (the largest margin an aggregate needed to be inside its band;
+    /// none when nothing was judged).
+    fn close(&mut self, resolution: f64, p: &TimescaleParams) -> Option<f64> {
+        let count = self.count;
+        let judged = count >= p.min_samples && 2 * count >= self.typical;
+        self.typical = count.max((f64::from(self.typical) * 0.9) as u32);
+        self.breach = None;
+        if !judged {
+            self.previous = None;
+            return None;
+        }
+        let mean = self.sum / f64::from(count);
+        let rate = match self.previous {
+            Some((b, m)) if b == self.block - 1 => Some(mean - m),
+            _ => None,
+        };
+        let values = [Some(mean), Some(self.max - self.min), rate];
+        let mut needed: Option<f64> = None;
+        for (i, v) in values.iter().enumerate() {
+            let (Some(v), ring) = (*v, &self.history[i]) else {
+                continue;
+            };
+            if ring.values.len() < p.warmup_blocks as usize {
+                continue;
+            }
+            let (lo, hi) = ring.range();
+            let width = hi - lo;
+            let outside = (v - hi).max(lo - v).max(0.0);
+            if width > 0.0 {
+                needed = Some(needed.unwrap_or(0.0).max(outside / width));
+            }
+            // A history that never moved is widened by twice the sensor's resolution.
+            let floor = 2.0
+                * if resolution.is_finite() {
+                    resolution
+                } else {
+                    0.0
+                };
+            let widen = (p.margin * width)
+                .max(floor)
+                .max(1e-9 * lo.abs().max(hi.abs()));
+            let (low, high) = (lo - widen, hi + widen);
+            if (low..=high).contains(&v) {
+                continue;
+            }
+            let beyond = if v > high { v - high } else { low - v };
+            let excess = beyond / width.max(widen).max(f64::MIN_POSITIVE);
+            if self.breach.is_none_or(|b| excess > b.excess) {
+                self.breach = Some(Breach {
+                    aggregate: i,
+                    value: v,
+                    low,
+                    high,
+                    excess,
+                    start: self.block * self.len,
+                });
+            }
+        }
+        let learn = if self.breach.is_some() {
+            self.run += 1;
+            self.run >= p.rebaseline_blocks
+        } else {
+            self.run = 0;
+            true
+        };
+        // A rate is the change from a block the history learned: the recovery after
+        // an abnormal (or unlearned) block is not a change of its own.
+        self.previous = None;
+        if learn && !self.suspect {
+            self.previous = Some((self.block, mean));
+            if self.breach.is_some() {
+                self.run = 0;
+            }
+            let cap = p.history_blocks as usize;
+            for (ring, v) in self.history.iter_mut().zip(values) {
+                if let Some(v) = v {
+                    ring.push(v, cap);
+                }
+            }
+        }
+        needed
+    }
+}
+
+/// The time-scale detector.
+pub struct Timescale {
+    params: PerKind<TimescaleParams>,
+    state: PointTable<Vec<Scale>>,
+    tap: Option<Tap>,
+}
+
+impl Timescale {
+    /// Builds it from per-kind parameters.
+    pub fn new(params: PerKind<TimescaleParams>) -> Self {
+        Self {
+            params,
+            state: PointTable::default(),
+            tap: None,
+        }
+    }
+
+    /// Records, for every judged block, the margin its aggregates needed (see
+    /// [`crate::detect::tap`]); each point and scale is a subject of its own.
+    pub fn tapped(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
+        self
+    }
+}
+
+fn scale_name(len: Ts) -> String {
+    match len {
+        l if l % 86_400_000 == 0 => format!("{}-day", l / 86_400_000),
+        l if l % 3_600_000 == 0 => format!("{}-hour", l / 3_600_000),
+        l if l % 60_000 == 0 => format!("{}-minute", l / 60_000),
+        l => format!("{}-second", l as f64 / 1000.0),
+    }
+}
+
+impl Detector for Timescale {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn observe(&mut self, frame: &Frame<'_>, out: &mut Vec<Finding>) {
+        let params = self.params.get(frame.kind());
+        if !params.enabled || params.scales.is_empty() {
+            return;
+        }
+        for (p, st) in frame.good_analog() {
+            let scales = self.state.get_or_insert(p, || {
+                params.scales.iter().map(|&len| Scale::new(len)).collect()
+            });
+            let learned = st.frozen == 0;
+            let mut worst: Option<(Ts, Breach)> = None;
+            for (i, s) in scales.iter_mut().enumerate() {
+                let closed = s.add(frame.ts, st.value, learned, st.resolution, params);
+                if let (Some(tap), Some((_, needed))) = (&self.tap, closed) {
+                    let subject = p.wrapping_mul(MAX_SCALES as u32).wrapping_add(i as u32);
+                    tap.record(
+                        Rule::TimescaleMargin,
+                        frame.kind(),
+                        subject,
+                        frame.ts,
+                        needed,
+                        1,
+                    );
+                }
+                if let Some(b) = closed.and_then(|(b, _)| b).or_else(|| s.still()) {
+                    if worst.is_none_or(|(_, w)| b.excess > w.excess) {
+                        worst = Some((s.len, b));
+                    }
+                }
+            }
+            if let Some((len, b)) = worst {
+                out.push(finding(frame, p, st.class, len, &b, scales, params));
+            }
+        }
+    }
+}
+
+fn finding(
+    frame: &Frame<'_>,
+    p: PointId,
+    class: Option<crate::model::vocabulary::MetricClass>,
+    len: Ts,
+    b: &Breach,
+    scales: &[Scale],
+    params: &TimescaleParams,
+) -> Finding {
+    let metric = &frame.registry.point(p).metric;
+    let aggregate = AGGREGATES[b.aggregate];
+    let dir = if b.value > b.high { "above" } else { "below" };
+    let all: Vec<_> = scales
+        .iter()
+        .filter_map(|s| {
+            s.breach.map(|b| {
+                json!({"scale_ms": s.len, "aggregate": AGGREGATES[b.aggregate], "value": b.value,
+                       "low": b.low, "high": b.high, "block_start": format_ts(b.start)})
+            })
+        })
+        .collect();
+    point_finding(
+        frame,
+        p,
+        NAME,
+        1.0 + b.excess,
+        1.0,
+        if b.excess >= 1.0 {
+            Severity::Medium
+        } else {
+            Severity::Low
+        },
+        attack::for_process_change(metric, class),
+        format!(
+            "the {} {aggregate} of {metric} from {} = {} is {dir} the range of its last {} blocks, widened: [{}, {}]",
+            scale_name(len),
+            format_ts(b.start),
+            sig(b.value),
+            params.history_blocks,
+            sig(b.low),
+            sig(b.high),
+        ),
+        json!({"scale_ms": len, "aggregate": aggregate, "value": b.value, "low": b.low, "high": b.high,
+               "margin": params.margin, "block_start": format_ts(b.start), "breaches": all}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::ewma::{EwmaParams, EwmaZ};
+    use crate::detect::testkit::{noisy, Harness};
+
+    fn det() -> Timescale {
+        Timescale::new(PerKind::from_fn(|_| TimescaleParams::default()))
+    }
+
+    /// A 1 Hz series with a slow daily-like swing, as plant telemetry has.
+    fn swinging(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = noisy(n, 7.0, 0.2, seed);
+        for (i, v) in s.iter_mut().enumerate() {
+            *v += 0.5 * (i as f64 * std::f64::consts::TAU / 86_400.0).sin();
+        }
+        s
+    }
+
+    #[test]
+    fn a_shift_within_one_readings_noise_is_seen_in_the_minute_means() {
+        // Two hours of a supply temperature, then a spoof of +2.5 σ: too small for a
+        // reading's z-score, 19 standard errors of a one-minute mean.
+        let mut series = swinging(7_200 + 1_800, 3);
+        for v in &mut series[7_200..] {
+            *v += 0.5;
+        }
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "chiller", "supply_temp_c", &series);
+        assert_eq!(h.count_before(7_200), 0, "clean part silent");
+        let at = h.first_after(7_200).expect("shift seen");
+        assert!(at <= 7_200 + 180, "seen at {at}");
+        let (_, f) = &h.findings[0];
+        // The step shows in the minute's mean and in its change from the minute before.
+        assert_eq!(f.evidence["scale_ms"], 60_000);
+        assert!(
+            ["mean", "rate"].contains(&f.evidence["aggregate"].as_str().unwrap()),
+            "{}",
+            f.reason
+        );
+        assert!(f.reason.contains("1-minute"), "{}", f.reason);
+
+        let mut h = Harness::new();
+        let mut z = EwmaZ::new(PerKind::from_fn(|_| EwmaParams::default()));
+        h.run(&mut z, "chiller", "supply_temp_c", &series);
+        assert!(h.findings.is_empty(), "a reading's z-score does not see it");
+    }
+
+    #[test]
+    fn a_clean_day_with_its_swing_is_silent() {
+        let series = swinging(86_400, 11);
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "chiller", "supply_temp_c", &series);
+        assert!(h.findings.is_empty(), "{:?}", h.findings.first());
+    }
+
+    #[test]
+    fn a_lasting_step_is_one_alarm_then_learned() {
+        let mut series = noisy(7_200 + 3_600, 50.0, 1.0, 4);
+        for v in &mut series[7_200..] {
+            *v += 5.0;
+        }
+        let mut h = Harness::new();
+        let mut d = det();
+        h.run(&mut d, "crah", "fan_speed_pct", &series);
+        let first = h.first_after(7_200).expect("step seen");
+        assert!(first <= 7_200 + 120, "at {first}");
+        // One-minute blocks: accepted after four abnormal ones; the 15-minute scale may
+        // still report its own block, nothing is reported after the step's half hour.
+        let last = h.findings.last().unwrap().0;
+        assert!(last < 7_200 + 1_900, "still reported at {last}");
+    }
+
+    #[test]
+    fn slow_cadences_are_judged_only_on_scales_long_enough() {
+        // Five-minute readings: a 15-minute block holds three, too few; only the 4-hour
+        // scale judges. Twenty days, then a day at a level never seen.
+        let per_day = 288;
+        let mut series = noisy(per_day * 21, 70.0, 2.0, 5);
+        for (i, v) in series.iter_mut().enumerate() {
+            *v += 5.0 * (i as f64 * std::f64::consts::TAU / per_day as f64).sin();
+        }
+        for v in &mut series[per_day * 20..] {
+            *v -= 30.0;
+        }
+        let mut h = Harness::new();
+        let mut d = det();
+        for (i, &v) in series.iter().enumerate() {
+            h.feed_at(&mut d, "other", "temp", i as Ts * 300_000, v);
+        }
+        assert_eq!(h.count_before(per_day * 20), 0);
+        let (at, f) = h.findings.first().expect("the drop is seen");
+        assert!(
+            *at >= per_day * 20 && *at <= per_day * 20 + 48 + 48,
+            "at {at}"
+        );
+        assert_eq!(f.evidence["scale_ms"], 14_400_000);
+    }
+
+    #[test]
+    fn blocks_cut_short_by_a_gap_are_not_judged() {
+        let mut h = Harness::new();
+        let mut d = det();
+        let series = noisy(7_200, 10.0, 1.0, 6);
+        for (i, &v) in series.iter().enumerate() {
+            // Every fifth minute keeps only its first five seconds: a calm it is not.
+            let second = i % 300;
+            if second >= 240 && second % 60 >= 5 {
+                continue;
+            }
+            h.feed_at(&mut d, "pdu", "power_kw", i as Ts * 1000, v);
+        }
+        assert!(h.findings.is_empty(), "{:?}", h.findings.first());
+    }
+
+    #[test]
+    fn params_are_checked() {
+        assert!(TimescaleParams::default().check().is_ok());
+        let bad = |f: fn(&mut TimescaleParams)| {
+            let mut p = TimescaleParams::default();
+            f(&mut p);
+            p.check().unwrap_err().key
+        };
+        assert_eq!(bad(|p| p.scales = vec![10]), "scales");
+        assert_eq!(bad(|p| p.warmup_blocks = 100), "warmup_blocks");
+        assert_eq!(bad(|p| p.margin = f64::NAN), "margin");
+        assert_eq!(bad(|p| p.history_blocks = 1), "history_blocks");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_series_and_times_never_panic(
+            samples in proptest::collection::vec((0i64..200_000, -1e12f64..1e12), 1..400),
+        ) {
+            let mut h = Harness::new();
+            let mut d = Timescale::new(PerKind::from_fn(|_| TimescaleParams {
+                warmup_blocks: 2,
+                ..TimescaleParams::default()
+            }));
+            let mut ts = 0;
+            for (step, v) in samples {
+                // Mostly forward, sometimes back: out-of-order stamps must not panic.
+                ts += step - 20_000;
+                h.feed_at(&mut d, "ups", "load_pct", ts, v);
+            }
+            for (_, f) in &h.findings {
+                proptest::prop_assert!(f.score.is_finite() && f.score >= 1.0);
+            }
+        }
+    }
+}
