@@ -287,16 +287,18 @@ impl Scale {
             if width > 0.0 {
                 needed = Some(needed.unwrap_or(0.0).max(outside / width));
             }
-            // A history that never moved is widened by twice the sensor's resolution.
-            let floor = 2.0
-                * if resolution.is_finite() {
-                    resolution
-                } else {
-                    0.0
-                };
+            // Quantised readings: a block's range is uncertain by one step of the
+            // sensor's resolution (its mean by less), so a value one step past a bound
+            // is not outside it; and a history that never moved is widened by two steps.
+            let step = if resolution.is_finite() {
+                resolution
+            } else {
+                0.0
+            };
             let widen = (p.margin * width)
-                .max(floor)
-                .max(1e-9 * lo.abs().max(hi.abs()));
+                .max(2.0 * step)
+                .max(1e-9 * lo.abs().max(hi.abs()))
+                + step;
             let (low, high) = (lo - widen, hi + widen);
             if (low..=high).contains(&v) {
                 continue;
