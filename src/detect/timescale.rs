@@ -583,6 +583,31 @@ mod tests {
     }
 
     #[test]
+    fn blocks_the_baseline_did_not_learn_are_not_learned_here() {
+        // Twenty quiet minutes, then an attack's level while an open alert freezes the
+        // point's baseline: the history does not move, however long it lasts; once the
+        // baseline learns again, four abnormal blocks in a row make the level normal.
+        let p = TimescaleParams::default();
+        let mut s = Scale::new(60_000);
+        let quiet = |i: i64| 10.0 + (i % 7) as f64 * 0.01;
+        for i in 0..=20 * 60 {
+            s.add(i * 1000, quiet(i), true, 0.01, &p);
+        }
+        let learned = s.history[0].values.len();
+        assert_eq!(learned, 20);
+        for i in 20 * 60 + 1..40 * 60 {
+            s.add(i * 1000, 50.0, false, 0.01, &p);
+        }
+        assert_eq!(s.history[0].values.len(), learned, "nothing learned while frozen");
+        assert!(s.breach.is_some(), "still abnormal after 20 blocks");
+        for i in 40 * 60..46 * 60 {
+            s.add(i * 1000, 50.0, true, 0.01, &p);
+        }
+        assert!(s.history[0].values.len() > learned, "the new level is learned");
+        assert!(s.breach.is_none());
+    }
+
+    #[test]
     fn params_are_checked() {
         assert!(TimescaleParams::default().check().is_ok());
         let bad = |f: fn(&mut TimescaleParams)| {
