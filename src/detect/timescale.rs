@@ -598,12 +598,19 @@ mod tests {
         for i in 20 * 60 + 1..40 * 60 {
             s.add(i * 1000, 50.0, false, 0.01, &p);
         }
-        assert_eq!(s.history[0].values.len(), learned, "nothing learned while frozen");
+        assert_eq!(
+            s.history[0].values.len(),
+            learned,
+            "nothing learned while frozen"
+        );
         assert!(s.breach.is_some(), "still abnormal after 20 blocks");
         for i in 40 * 60..46 * 60 {
             s.add(i * 1000, 50.0, true, 0.01, &p);
         }
-        assert!(s.history[0].values.len() > learned, "the new level is learned");
+        assert!(
+            s.history[0].values.len() > learned,
+            "the new level is learned"
+        );
         assert!(s.breach.is_none());
     }
 
