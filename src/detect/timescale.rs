@@ -6,9 +6,10 @@
 //!   taken: its **mean**, its **range** (max − min) and its **rate** (the change of the
 //!   mean from the block just before, if the history learned that one).
 //! - Each aggregate is compared with the last `history_blocks` values it took (per point
-//!   and scale), their range widened by `margin` × its width on each side (the same rule
-//!   as `envelope`, but learned online). A block outside on any aggregate is a finding,
-//!   reported on every frame of the point until the next block of that scale closes.
+//!   and scale), their range widened by `margin` × its width on each side and by one
+//!   step of the sensor's resolution (the same rule as `envelope`, but learned online). A block outside on any aggregate is a finding
+//!   when it closes, and again on every later frame of the point while the open block,
+//!   so far, is still outside the same band (so a burst's alert closes within a block).
 //! - The band is a range, not a mean ± kσ: telemetry is heavy-tailed (load bursts,
 //!   counts), and the widest swing of the last 64 blocks says more about a point's
 //!   normal day than its variance does. It needs `warmup_blocks` blocks before judging.
@@ -182,12 +183,12 @@ struct Scale {
     suspect: bool,
     /// The largest count of recent blocks (decays, so a slower cadence is adopted).
     typical: u32,
-    /// Mean of the last judged block and its index.
+    /// Mean of the last block the history learned, and its index (rates need it).
     previous: Option<(i64, f64)>,
     history: [Ring; 3],
     /// Abnormal blocks in a row.
     run: u32,
-    /// The last closed block's breach, reported until the next block closes.
+    /// The last closed block's breach (reported again while [`Scale::still`] holds).
     breach: Option<Breach>,
 }
 
