@@ -7,9 +7,10 @@
 //!   mean from the block just before, if the history learned that one).
 //! - Each aggregate is compared with the last `history_blocks` values it took (per point
 //!   and scale), their range widened by `margin` × its width on each side and by one
-//!   step of the sensor's resolution (the same rule as `envelope`, but learned online). A block outside on any aggregate is a finding
-//!   when it closes, and again on every later frame of the point while the open block,
-//!   so far, is still outside the same band (so a burst's alert closes within a block).
+//!   step of the sensor's resolution (the same rule as `envelope`, but learned
+//!   online). A block outside on any aggregate is a finding when it closes, and again
+//!   on every later frame of the point while the open block, so far, is still outside
+//!   the same band (so a burst's alert closes within a block).
 //! - The band is a range, not a mean ± kσ: telemetry is heavy-tailed (load bursts,
 //!   counts), and the widest swing of the last 64 blocks says more about a point's
 //!   normal day than its variance does. It needs `warmup_blocks` blocks before judging.
