@@ -465,6 +465,7 @@ fn current(cfg: &Config, rule: Rule, kind: DeviceKind) -> Option<f64> {
         Rule::EwmaZ => p.ewma_z.threshold,
         Rule::Cusum => p.cusum.threshold,
         Rule::Physics => p.physics.threshold,
+        Rule::PhysicsCusum => p.physics.cusum_threshold,
         Rule::PhysicsSustained => p.physics.sustained_threshold,
         Rule::ResidualMargin => p.residual.margin,
         Rule::TimescaleMargin => p.timescale.margin,
@@ -485,6 +486,7 @@ fn bounds(rule: Rule) -> (f64, f64) {
         Rule::EwmaZ
         | Rule::Cusum
         | Rule::Physics
+        | Rule::PhysicsCusum
         | Rule::PhysicsSustained
         | Rule::TimescaleMargin => (0.0, f64::INFINITY),
     }

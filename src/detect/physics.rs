@@ -20,11 +20,23 @@
 //! | grid frequency | grid frequency_hz | mean UPS input_frequency_hz | ratio | UPS inputs live |
 //! | grid voltage | grid voltage_l1_v | mean UPS input_voltage_v | ratio | UPS inputs live |
 //!
-//! Two tests run on the residual's z-score: a jump (`|z| ≥ threshold` for `persist`
-//! samples) and a sustained shift (an exponential average of z, over about
-//! `sustained_halflife_samples`, beyond `sustained_threshold` times its own learned
-//! spread) — the second catches a persistent offset of a few σ, such as a UPS silently
-//! put in bypass, whose conversion losses are only a few percent of its input.
+//! Three tests run on the residual's z-score:
+//! - a jump: `|z| ≥ threshold` for `persist` samples;
+//! - a sustained shift: an exponential average of z, over about
+//!   `sustained_halflife_samples`, beyond `sustained_threshold` times its own learned
+//!   spread. It catches a persistent offset of a few σ, such as a UPS silently put in
+//!   bypass, whose conversion losses are only a few percent of its input;
+//! - a sequential test: a two-sided CUSUM (Page) of z in units of its *long-run* spread,
+//!   `S⁺ = max(0, S⁺ + z/τ − k)`, `S⁻ = max(0, S⁻ − z/τ − k)`, a finding at
+//!   `max(S⁺, S⁻) ≥ cusum_threshold`. τ² is how much the residual's autocorrelation
+//!   inflates the variance of its running average, learned from the spread of that
+//!   average (at least 1), so a slowly wandering residual is not mistaken for a shift.
+//!   It is tuned to offsets of 2·`cusum_k` long-run σ and gathers evidence of any
+//!   larger than `cusum_k` from the first sample on, where the averaged test waits for
+//!   its average to climb (`wattchdog eval --sweep` draws the curves that compare
+//!   them: docs/evaluation.md). Each step is clipped at
+//!   ±[`CUSUM_STEP`] (a jump is the first test's business, and one wild sample must not
+//!   fill the sum), and the sum at 1.2 × the threshold ([`CUSUM_CAP`]).
 //!
 //! Blind spots: an attacker who spoofs every quantity of a relation consistently;
 //! relations whose inputs are missing from the capture are simply not evaluated.
@@ -45,6 +57,13 @@ use serde_json::json;
 
 const NAME: &str = "physics";
 const CP_WATER: f64 = 4.186;
+/// Largest step of the CUSUM, in long-run σ.
+const CUSUM_STEP: f64 = 4.0;
+/// The CUSUM's ceiling, in thresholds: it says that a shift is on, not how long it has
+/// lasted, so it falls under the threshold within `0.2 × threshold / k` samples (10 at
+/// the defaults) of the shift's end, and an alert does not outlive its attack to run
+/// into the next one on the same device.
+const CUSUM_CAP: f64 = 1.2;
 
 /// Parameters of the physics detector.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -64,6 +83,10 @@ pub struct PhysicsParams {
     pub sustained_halflife_samples: f64,
     /// The averaged z-score over its learned spread at or above which a shift counts.
     pub sustained_threshold: f64,
+    /// Allowance k of the CUSUM, in long-run σ (half the smallest shift it is tuned to).
+    pub cusum_k: f64,
+    /// Decision threshold of the CUSUM.
+    pub cusum_threshold: f64,
 }
 
 impl PhysicsParams {
@@ -95,6 +118,16 @@ impl PhysicsParams {
             "sustained_threshold",
             "must be greater than 0",
         )?;
+        rule(
+            self.cusum_k > 0.0 && self.cusum_k < CUSUM_STEP,
+            "cusum_k",
+            "must be greater than 0 and less than 4",
+        )?;
+        rule(
+            self.cusum_threshold > 0.0,
+            "cusum_threshold",
+            "must be greater than 0",
+        )?;
         Ok(())
     }
 }
@@ -109,6 +142,8 @@ impl Default for PhysicsParams {
             halflife_samples: 7200.0,
             sustained_halflife_samples: 60.0,
             sustained_threshold: 10.0,
+            cusum_k: 0.5,
+            cusum_threshold: 25.0,
         }
     }
 }
@@ -256,6 +291,8 @@ struct Fit {
     /// Exponential average of z, and its learned variance.
     zs: f64,
     zs_var: f64,
+    /// The CUSUM's upper and lower sums.
+    cs: [f64; 2],
 }
 
 impl Fit {
@@ -279,6 +316,7 @@ impl Fit {
             run: 0,
             zs: 0.0,
             zs_var: 0.0,
+            cs: [0.0; 2],
         }
     }
 
@@ -494,7 +532,7 @@ impl Detector for Physics {
                 // accumulated before (a charger's draw as the gate closed) must not be
                 // judged against the plant it returns to.
                 if let Some(fit) = self.fits.get_mut(&(frame.device, i)) {
-                    (fit.run, fit.zs) = (0, 0.0);
+                    (fit.run, fit.zs, fit.cs) = (0, 0.0, [0.0; 2]);
                 }
                 continue;
             }
@@ -548,6 +586,20 @@ impl Detector for Physics {
                 };
                 fit.zs_var += aw * (fit.zs * fit.zs - fit.zs_var);
             }
+            let judged_shift = !warm && fit.n > 2 * params.warmup_samples;
+            // The CUSUM in long-run σ: the averaged z's variance over a white noise's.
+            let tau = (zs_sigma * zs_sigma * (2.0 - a_s) / a_s).sqrt().max(1.0);
+            let step = (z / tau).clamp(-CUSUM_STEP, CUSUM_STEP);
+            let cap = CUSUM_CAP * params.cusum_threshold;
+            fit.cs = if judged_shift {
+                [
+                    (fit.cs[0] + step - params.cusum_k).clamp(0.0, cap),
+                    (fit.cs[1] - step - params.cusum_k).clamp(0.0, cap),
+                ]
+            } else {
+                [0.0; 2]
+            };
+            let seq = fit.cs[0].max(fit.cs[1]);
             if let Some(tap) = &self.tap {
                 // One subject per device and relation (RELATIONS has fewer than 64).
                 let subject = frame.device << 6 | i as u32;
@@ -560,22 +612,28 @@ impl Detector for Physics {
                     judged,
                     params.persist_samples,
                 );
-                let judged = (!warm && fit.n > 2 * params.warmup_samples).then_some(shift.abs());
+                let judged = judged_shift.then_some(shift.abs());
                 tap.record(Rule::PhysicsSustained, kind, subject, frame.ts, judged, 1);
+                let judged = judged_shift.then_some(seq);
+                tap.record(Rule::PhysicsCusum, kind, subject, frame.ts, judged, 1);
             }
             let jump = !warm && z.abs() >= params.threshold;
             fit.run = if jump { fit.run + 1 } else { 0 };
             let jumped = jump && fit.run >= params.persist_samples;
-            let sustained = !warm
-                && fit.n > 2 * params.warmup_samples
-                && shift.abs() >= params.sustained_threshold;
-            if !jumped && !sustained {
-                continue;
-            }
-            let (score, threshold) = if jumped {
-                (z.abs(), params.threshold)
+            let sustained = judged_shift && shift.abs() >= params.sustained_threshold;
+            let cumulated = judged_shift && seq >= params.cusum_threshold;
+            let (score, threshold, how) = if jumped {
+                (z.abs(), params.threshold, "")
+            } else if sustained {
+                (
+                    shift.abs(),
+                    params.sustained_threshold,
+                    ", a sustained offset",
+                )
+            } else if cumulated {
+                (seq, params.cusum_threshold, ", a cumulative offset")
             } else {
-                (shift.abs(), params.sustained_threshold)
+                continue;
             };
             let dev = &frame.registry.device(frame.device).name;
             out.push(Finding {
@@ -588,16 +646,16 @@ impl Detector for Physics {
                 severity: if score >= 3.0 * threshold { Severity::High } else { Severity::Medium },
                 technique: spec.technique,
                 reason: format!(
-                    "{dev}: {} ({} = {}, expected {} ± {} from the learned relation{})",
+                    "{dev}: {} ({} = {}, expected {} ± {} from the learned relation{how})",
                     spec.meaning,
                     spec.target,
                     sig(y),
                     sig(predicted),
                     sig(sigma),
-                    if jump { "" } else { ", a sustained offset" }
                 ),
                 evidence: json!({"relation": spec.name, "value": y, "expected": predicted, "input": x,
                                  "residual_sigma": sigma, "z": z, "averaged_z": fit.zs, "shift": shift,
+                                 "cusum": seq, "long_run_factor": tau,
                                  "model": format!("{:?}", spec.model).to_lowercase()}),
             });
         }
@@ -615,8 +673,18 @@ mod tests {
     /// Feeds a chiller whose power follows heat at a COP of `cop`, optionally with the
     /// supply sensor reading `lie` °C low from step `from` on.
     fn chiller(cop: f64, lie: f64, from: usize) -> Vec<(usize, Finding)> {
+        let lie = |i| if i >= from { lie } else { 0.0 };
+        chiller_with(PhysicsParams::default(), cop, lie)
+    }
+
+    /// [`chiller`] with other parameters and the supply sensor's error at each step.
+    fn chiller_with(
+        params: PhysicsParams,
+        cop: f64,
+        lie: impl Fn(usize) -> f64,
+    ) -> Vec<(usize, Finding)> {
         let mut h = Harness::new();
-        let mut d = Physics::new(PerKind::from_fn(|_| PhysicsParams::default()));
+        let mut d = Physics::new(PerKind::from_fn(|_| params.clone()));
         let n = 6000;
         let load = noisy(n, 0.0, 1.0, 7);
         let (nf, nt, np) = (
@@ -630,7 +698,7 @@ mod tests {
             let heat = 400.0 + 3.0 * l;
             let (flow, sup) = (40.0, 7.0);
             let ret = sup + heat / (CP_WATER * flow);
-            let rep_sup = if i >= from { sup - lie } else { sup };
+            let rep_sup = sup - lie(i);
             let frame = [
                 ("flow_lps", flow + nf[i]),
                 ("return_temp_c", ret + nt[i]),
@@ -655,6 +723,46 @@ mod tests {
             assert!((4000..4010).contains(&at), "COP {cop}: at {at}");
             assert_eq!(f[0].1.evidence["relation"], "chiller_cop");
         }
+    }
+
+    #[test]
+    fn an_offset_of_one_sigma_is_cumulated_by_the_sequential_test_first() {
+        // A supply sensor 0.05 °C low: about 1σ of the COP relation's residual, far
+        // under the jump test and slow to move the averaged one. Judging starts at 3600.
+        let f = chiller(4.2, 0.05, 4000);
+        let (at, first) = f.first().expect("offset detected");
+        assert!((4000..4100).contains(at), "at {at}");
+        assert!(
+            first.reason.ends_with("a cumulative offset)"),
+            "{}",
+            first.reason
+        );
+        assert!(first.evidence["cusum"].as_f64().unwrap() >= 25.0);
+    }
+
+    #[test]
+    fn a_wandering_residual_is_judged_in_its_long_run_spread() {
+        // The supply sensor wanders (AR(1), φ = 0.95, no offset): its residual's
+        // running sums spread ~6× wider than white noise's. Counted in one sample's σ
+        // the CUSUM would fire at once; in the learned long-run σ it stays quiet.
+        let innovations = noisy(6000, 0.0, 0.03, 40);
+        let mut wander = vec![0.0; 6000];
+        for i in 1..6000 {
+            wander[i] = 0.95 * wander[i - 1] + innovations[i];
+        }
+        let only_cusum = PhysicsParams {
+            threshold: 1e9,
+            sustained_threshold: 1e9,
+            ..PhysicsParams::default()
+        };
+        let quiet = chiller_with(only_cusum.clone(), 4.2, |i| wander[i]);
+        assert!(quiet.is_empty(), "{:?}", quiet.first().map(|f| &f.1.reason));
+        // A 0.6 °C lie on top of the same wander (about one long-run σ) is still seen.
+        let lie = chiller_with(only_cusum, 4.2, |i| {
+            wander[i] + if i >= 4000 { 0.6 } else { 0.0 }
+        });
+        let at = lie.first().map(|f| f.0);
+        assert!(at.is_some_and(|i| (4000..4200).contains(&i)), "{at:?}");
     }
 
     /// A UPS at float for an hour, then recharging its battery from `from_pct` (its charger

@@ -28,6 +28,8 @@ pub enum Rule {
     EwmaZ,
     /// `iforest.threshold`: a device frame's anomaly score.
     Iforest,
+    /// `physics.cusum_threshold`: a relation's two-sided CUSUM.
+    PhysicsCusum,
     /// `physics.sustained_threshold`: a relation's sustained shift.
     PhysicsSustained,
     /// `physics.threshold`: a relation's |z|.
@@ -46,6 +48,7 @@ impl Rule {
             Rule::Cusum => ("cusum", "threshold"),
             Rule::EwmaZ => ("ewma_z", "threshold"),
             Rule::Iforest => ("iforest", "threshold"),
+            Rule::PhysicsCusum => ("physics", "cusum_threshold"),
             Rule::PhysicsSustained => ("physics", "sustained_threshold"),
             Rule::Physics => ("physics", "threshold"),
             Rule::ResidualMargin => ("residual", "margin"),
