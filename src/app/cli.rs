@@ -198,6 +198,10 @@ pub struct EvalArgs {
     /// Judge the protocol against this baseline (`wattchdog learn`'s output).
     #[arg(long, value_name = "FILE", conflicts_with = "alerts")]
     pub baseline: Option<PathBuf>,
+    /// Replay once per value with one detector parameter set for every device kind
+    /// (`physics.cusum_threshold=10,20,30`) and print the delay–false-alarm curve.
+    #[arg(long, value_name = "KEY=V1,V2,…", conflicts_with_all = ["alerts", "report_html"])]
+    pub sweep: Option<String>,
 }
 
 /// `wattchdog learn`.

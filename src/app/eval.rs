@@ -5,8 +5,9 @@ use crate::app::cli::EvalArgs;
 use crate::app::load_config;
 use crate::app::replay::{capture_labels, replay, write_html_report, HtmlSource, ReplayOptions};
 use crate::app::Summary;
+use crate::config::Config;
 use crate::model::{Alert, Ts};
-use crate::report::eval::{self, AlertView, EvalError, LabelWindow, Score};
+use crate::report::eval::{self, AlertView, Curve, EvalError, LabelWindow, Score};
 use crate::sink::discard;
 use crate::source::csv::WideMapping;
 use crate::source::OpenOptions;
@@ -15,14 +16,22 @@ use serde::Serialize;
 use std::fmt;
 use std::path::Path;
 
-/// The score (human text or JSON on standard output).
+/// The score, or the curve of a sweep (human text or JSON on standard output).
 #[derive(Debug, Serialize)]
-#[serde(transparent)]
-pub struct EvalSummary(pub Score);
+#[serde(untagged)]
+pub enum EvalSummary {
+    /// One configuration's score.
+    Score(Score),
+    /// `--sweep`: a score per value of one parameter.
+    Curve(Curve),
+}
 
 impl fmt::Display for EvalSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.render())
+        f.write_str(&match self {
+            Self::Score(s) => s.render(),
+            Self::Curve(c) => c.render(),
+        })
     }
 }
 
@@ -61,16 +70,72 @@ fn view(a: &Alert) -> AlertView {
     }
 }
 
+/// `--sweep KEY=V1,V2,…`: the key and its values (each a TOML value).
+fn parse_sweep(arg: &str) -> anyhow::Result<(String, Vec<toml::Value>)> {
+    let (key, values) = arg
+        .split_once('=')
+        .context("--sweep takes KEY=V1,V2,… (e.g. physics.cusum_threshold=10,20,30)")?;
+    let values = values
+        .split(',')
+        .map(|v| {
+            let mut t: toml::Table = format!("v = {}", v.trim())
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--sweep: `{v}` is not a TOML value"))?;
+            t.remove("v")
+                .with_context(|| format!("--sweep: `{v}` is not a TOML value"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((key.trim().to_owned(), values))
+}
+
 /// `wattchdog eval`.
 pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
+    if let Some(sweep) = &a.sweep {
+        let (key, values) = parse_sweep(sweep)?;
+        let mut curve = Curve {
+            key: key.clone(),
+            points: Vec::new(),
+        };
+        for value in values {
+            let cfg = Config::load_setting(a.config.as_deref(), &key, &value)?;
+            let (score, _) = score_files(&cfg, &a)?;
+            curve.push(value, score);
+        }
+        return Ok(EvalSummary::Curve(curve));
+    }
     let cfg = load_config(a.config.as_deref())?;
+    let (score, html) = score_files(&cfg, &a)?;
+    if let (Some(p), Some((opts, report, labels))) = (&a.report_html, html) {
+        let source = HtmlSource {
+            cfg: &cfg,
+            config_path: a.config.as_deref(),
+            opts: &opts,
+        };
+        write_html_report(p, &source, &report, labels, Some(score.clone()), grace(&a)?)?;
+    }
+    Ok(EvalSummary::Score(score))
+}
+
+fn grace(a: &EvalArgs) -> anyhow::Result<i64> {
+    crate::time::parse_duration(&a.grace).map_err(anyhow::Error::msg)
+}
+
+/// What `--report-html` needs of the one capture replayed.
+type HtmlParts = (
+    ReplayOptions,
+    crate::app::replay::ReplayReport,
+    Vec<LabelWindow>,
+);
+
+/// Replays (or reads the alerts of) every capture and scores them against their labels.
+fn score_files(cfg: &Config, a: &EvalArgs) -> anyhow::Result<(Score, Option<HtmlParts>)> {
     let mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
     let baseline = a
         .baseline
         .as_deref()
         .map(crate::app::replay::load_baseline)
         .transpose()?;
-    let grace = crate::time::parse_duration(&a.grace).map_err(anyhow::Error::msg)?;
+    let grace = grace(a)?;
     anyhow::ensure!(
         a.alerts.is_none() || a.files.len() == 1,
         "--alerts scores one capture: give exactly one"
@@ -83,7 +148,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
     let mut html = None;
     for file in &a.files {
         let labels_path = crate::sim::labels_path(file);
-        let how = OpenOptions::from_config(&cfg, mapping.clone());
+        let how = OpenOptions::from_config(cfg, mapping.clone());
         let Some((labels, warnings)) = capture_labels(file, &how)? else {
             return Err(EvalError::NoLabels {
                 capture: file.display().to_string(),
@@ -110,7 +175,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
                     exceptions: None,
                     baseline: baseline.clone(),
                 };
-                let report = replay(&cfg, &opts, &mut discard())?;
+                let report = replay(cfg, &opts, &mut discard())?;
                 // A capture read in part (or not at all) would be scored as if whole.
                 if let Some(e) = report.errors.first() {
                     anyhow::bail!("{e}");
@@ -136,15 +201,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
         eval::score_capture(&mut score, &labels, &alerts, span, grace);
     }
     score.finish();
-    if let (Some(p), Some((opts, report, labels))) = (&a.report_html, html) {
-        let source = HtmlSource {
-            cfg: &cfg,
-            config_path: a.config.as_deref(),
-            opts: &opts,
-        };
-        write_html_report(p, &source, &report, labels, Some(score.clone()), grace)?;
-    }
-    Ok(EvalSummary(score))
+    Ok((score, html))
 }
 
 #[cfg(test)]

@@ -254,6 +254,55 @@ impl Config {
         Self::parse(text, origin, Path::new(""))
     }
 
+    /// Loads `path` (or the defaults) with one detector parameter, `detector.field`, set
+    /// to `value` for every device kind: a kind's own setting of that field is dropped,
+    /// so the value holds everywhere (`wattchdog eval --sweep`).
+    pub fn load_setting(
+        path: Option<&Path>,
+        key: &str,
+        value: &toml::Value,
+    ) -> Result<Self, ConfigError> {
+        let (text, origin, base) = match path {
+            Some(p) => (
+                tomlfile::read(p)?,
+                p.display().to_string(),
+                p.parent().unwrap_or(Path::new("")),
+            ),
+            None => (String::new(), "<defaults>".to_owned(), Path::new("")),
+        };
+        let origin = format!("{origin} with {key} = {value}");
+        let invalid = |rule: &str| ConfigError::Invalid {
+            path: origin.clone(),
+            key: key.to_owned(),
+            rule: rule.to_owned(),
+        };
+        let Some((detector, field)) = key.split_once('.').filter(|(_, f)| !f.contains('.')) else {
+            return Err(invalid("is not of the form detector.field"));
+        };
+        let mut table: toml::Table = tomlfile::parse(&text, &origin)?;
+        let section = |t: &mut toml::Table, name: &str| -> Result<toml::Table, ConfigError> {
+            match t.remove(name) {
+                None => Ok(toml::Table::new()),
+                Some(toml::Value::Table(t)) => Ok(t),
+                Some(_) => Err(invalid(&format!("[{name}] is not a table"))),
+            }
+        };
+        let mut detectors = section(&mut table, "detectors")?;
+        let mut params = section(&mut detectors, detector)?;
+        params.insert(field.to_owned(), value.clone());
+        detectors.insert(detector.to_owned(), params.into());
+        table.insert("detectors".to_owned(), detectors.into());
+        if let Some(toml::Value::Table(kinds)) = table.get_mut("kinds") {
+            for (_, over) in kinds.iter_mut() {
+                if let Some(toml::Value::Table(p)) = over.get_mut(detector) {
+                    p.remove(field);
+                }
+            }
+        }
+        let text = toml::to_string(&table).map_err(|e| invalid(&e.to_string()))?;
+        Self::parse(&text, &origin, base)
+    }
+
     /// Parses config text whose relative paths (model directories) are relative to
     /// `base`, the config file's directory.
     fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
@@ -437,6 +486,27 @@ fn merge(base: &mut toml::Table, over: &toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_holds_for_every_kind_and_keeps_the_rest_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.toml");
+        std::fs::write(
+            &base,
+            "[detectors.physics]\nthreshold = 7\n[kinds.ups.physics]\ncusum_threshold = 99\npersist_samples = 3\n",
+        )
+        .unwrap();
+        let c = Config::load_setting(Some(&base), "physics.cusum_threshold", &12.into()).unwrap();
+        for kind in DeviceKind::ALL {
+            let p = &c.detectors.get(kind).physics;
+            assert_eq!((p.cusum_threshold, p.threshold), (12.0, 7.0), "{kind}");
+        }
+        assert_eq!(c.detectors.get(DeviceKind::Ups).physics.persist_samples, 3);
+        let d = Config::load_setting(None, "ewma_z.enabled", &false.into()).unwrap();
+        assert!(!d.detectors.get(DeviceKind::Chiller).ewma_z.enabled);
+        let e = Config::load_setting(None, "ewma_z.threshold", &"high".into()).unwrap_err();
+        assert!(e.to_string().contains("ewma_z.threshold = \"high\""), "{e}");
+    }
 
     #[test]
     fn empty_config_is_all_defaults() {

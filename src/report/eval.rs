@@ -367,6 +367,122 @@ impl Score {
     }
 }
 
+/// One point of a delay–false-alarm curve: the score with one parameter at one value.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvePoint {
+    /// The parameter's value.
+    pub value: toml::Value,
+    /// Detected windows.
+    pub detected: usize,
+    /// Labelled windows.
+    pub labelled: usize,
+    /// Alerts starting outside every window (+ grace), per capture day.
+    pub false_alerts_per_day: f64,
+    /// Incidents starting outside every window (+ grace), per capture day.
+    pub false_incidents_per_day: f64,
+    /// Median (nearest rank) delay over every detected window, seconds.
+    pub median_delay_s: Option<f64>,
+    /// 90th percentile (nearest rank) of those delays, seconds.
+    pub p90_delay_s: Option<f64>,
+    /// The whole score.
+    pub score: Score,
+}
+
+/// How detection delay trades against false alarms as one parameter moves
+/// (`wattchdog eval --sweep`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Curve {
+    /// The parameter, `detector.field`, set for every device kind.
+    pub key: String,
+    /// One point per value, in the order given.
+    pub points: Vec<CurvePoint>,
+}
+
+impl Curve {
+    /// Adds the (finished) score of `value`.
+    pub fn push(&mut self, value: toml::Value, score: Score) {
+        let mut delays: Vec<f64> = score
+            .scenarios
+            .values()
+            .flat_map(|s| s.delays_s.iter().copied())
+            .collect();
+        delays.sort_by(f64::total_cmp);
+        let rank = |q: f64| {
+            let i = ((q * delays.len() as f64).ceil() as usize).clamp(1, delays.len().max(1)) - 1;
+            delays.get(i).copied()
+        };
+        let per_day = |n: usize| {
+            if score.days > 0.0 {
+                n as f64 / score.days
+            } else {
+                0.0
+            }
+        };
+        self.points.push(CurvePoint {
+            value,
+            detected: score.detected,
+            labelled: score.labelled,
+            false_alerts_per_day: per_day(score.false_alerts),
+            false_incidents_per_day: score.false_incidents_per_day,
+            median_delay_s: rank(0.5),
+            p90_delay_s: rank(0.9),
+            score,
+        });
+    }
+
+    /// The table for people: one line per value, then each scenario's median delay.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let delay = |d: Option<f64>| d.map_or("-".into(), |d| format_duration((d * 1000.0) as i64));
+        let width = self.key.len().max(8);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<width$} {:>9} {:>17} {:>20} {:>13} {:>10}",
+            self.key,
+            "detected",
+            "false alerts/day",
+            "false incidents/day",
+            "median delay",
+            "p90 delay"
+        );
+        for p in &self.points {
+            let _ = writeln!(
+                s,
+                "{:<width$} {:>5}/{:<3} {:>17.2} {:>20.2} {:>13} {:>10}",
+                p.value.to_string(),
+                p.detected,
+                p.labelled,
+                p.false_alerts_per_day,
+                p.false_incidents_per_day,
+                delay(p.median_delay_s),
+                delay(p.p90_delay_s)
+            );
+        }
+        let scenarios: BTreeSet<&String> = self
+            .points
+            .iter()
+            .flat_map(|p| p.score.scenarios.keys())
+            .collect();
+        if scenarios.is_empty() {
+            return s;
+        }
+        let _ = write!(s, "\nmedian delay by scenario\n{:<26}", self.key);
+        for p in &self.points {
+            let _ = write!(s, " {:>10}", p.value.to_string());
+        }
+        for name in scenarios {
+            let _ = write!(s, "\n{name:<26}");
+            for p in &self.points {
+                let d = p.score.scenarios.get(name).and_then(|sc| sc.median_delay_s);
+                let _ = write!(s, " {:>10}", delay(d));
+            }
+        }
+        s.push('\n');
+        s
+    }
+}
+
 fn median(v: &[usize]) -> Option<f64> {
     let mut v = v.to_vec();
     v.sort_unstable();
@@ -459,6 +575,37 @@ mod tests {
         assert_eq!(s.merged_incidents, 1, "i2 spans b and c");
         assert_eq!(s.scenarios["c"].own_incident, 0);
         assert!(s.render().contains("2/3 attacks have their own"));
+    }
+
+    #[test]
+    fn a_curve_point_pools_the_delays_of_every_scenario() {
+        let mut s = Score::default();
+        for (name, delays) in [("a", vec![1.0, 9.0, 3.0]), ("b", vec![5.0, 2.0])] {
+            let sc = s.scenarios.entry(name.into()).or_default();
+            sc.delays_s = delays;
+        }
+        (s.days, s.false_alerts, s.detected, s.labelled) = (2.0, 3, 5, 6);
+        s.finish();
+        let mut c = Curve {
+            key: "physics.cusum_threshold".into(),
+            points: Vec::new(),
+        };
+        c.push(toml::Value::Float(25.0), s);
+        c.push(toml::Value::Float(50.0), Score::default());
+        let p = &c.points[0];
+        // Pooled and sorted: 1 2 3 5 9; nearest ranks 3 and 5.
+        assert_eq!((p.median_delay_s, p.p90_delay_s), (Some(3.0), Some(9.0)));
+        assert_eq!(p.false_alerts_per_day, 1.5);
+        assert_eq!((p.detected, p.labelled), (5, 6));
+        assert_eq!(
+            (c.points[1].median_delay_s, c.points[1].false_alerts_per_day),
+            (None, 0.0)
+        );
+        let text = c.render();
+        assert!(
+            text.contains("\na                                  3s          -"),
+            "{text}"
+        );
     }
 
     #[test]

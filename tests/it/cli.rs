@@ -96,21 +96,26 @@ fn eval_without_labels_says_so() {
     );
 }
 
-#[test]
-fn eval_warns_about_labels_naming_unknown_devices_and_overlaps() {
-    let dir = tempfile::tempdir().unwrap();
-    let cap = dir.path().join("c.jsonl");
+/// `dir/c.jsonl`, one UPS reading at 10:00, labelled by `labels` (a `.labels.json` text).
+fn one_reading_capture(dir: &std::path::Path, labels: &str) -> std::path::PathBuf {
+    let cap = dir.join("c.jsonl");
     std::fs::write(
         &cap,
         r#"{"ts":"2026-07-07T10:00:00Z","site":"a","device":"ups-1","kind":"ups","metric":"load_pct","value":40}"#,
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("c.labels.json"),
+    std::fs::write(dir.join("c.labels.json"), labels).unwrap();
+    cap
+}
+
+#[test]
+fn eval_warns_about_labels_naming_unknown_devices_and_overlaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = one_reading_capture(
+        dir.path(),
         r#"[{"start":"2026-07-07T10:00:00Z","end":"2026-07-07T10:10:00Z","scenario":"x","devices":["ups-9"]},
             {"start":"2026-07-07T10:05:00Z","end":"2026-07-07T10:20:00Z","scenario":"y","devices":["ups-1"]}]"#,
-    )
-    .unwrap();
+    );
     let out = run(&["eval", "--json", cap.to_str().unwrap()]);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -120,6 +125,66 @@ fn eval_warns_about_labels_naming_unknown_devices_and_overlaps() {
         (s["labelled"].as_u64(), s["detected"].as_u64()),
         (Some(2), Some(0))
     );
+}
+
+#[test]
+fn eval_sweeps_one_parameter_over_every_kind_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = one_reading_capture(
+        dir.path(),
+        r#"[{"start":"2026-07-07T10:00:00Z","end":"2026-07-07T10:10:00Z","scenario":"x","devices":["ups-1"]}]"#,
+    );
+    // A kind's own setting does not hide the swept value.
+    let cfg = dir.path().join("base.toml");
+    std::fs::write(&cfg, "[kinds.ups.physics]\ncusum_threshold = 99\n").unwrap();
+    let (c, f) = (cfg.to_str().unwrap(), cap.to_str().unwrap());
+    let out = run_ok(&[
+        "eval",
+        "--json",
+        "-c",
+        c,
+        "--sweep",
+        "physics.cusum_threshold=10,20.5",
+        f,
+    ]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["key"], "physics.cusum_threshold");
+    let points = s["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    assert_eq!(
+        (points[0]["value"].as_f64(), points[1]["value"].as_f64()),
+        (Some(10.0), Some(20.5))
+    );
+    assert!(points
+        .iter()
+        .all(|p| p["labelled"] == 1 && p["score"]["labelled"] == 1));
+    let text = run_ok(&[
+        "eval",
+        "-c",
+        c,
+        "--sweep",
+        "physics.cusum_threshold=10,20.5",
+        f,
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with("physics.cusum_threshold") && text.contains("\n20.5 "),
+        "{text}"
+    );
+    for (sweep, says) in [
+        (
+            "physics.cusum_threshold=-1",
+            "physics.cusum_threshold must be greater than 0",
+        ),
+        ("physics.nonsense=1", "nonsense"),
+        ("physics=1", "is not of the form detector.field"),
+        ("physics.threshold=1,x y", "is not a TOML value"),
+    ] {
+        let out = run(&["eval", "-c", c, "--sweep", sweep, f]);
+        assert_eq!(out.status.code(), Some(2), "{sweep}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{sweep}: {err}");
+    }
 }
 
 #[test]
