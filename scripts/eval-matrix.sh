@@ -7,6 +7,7 @@
 # With CALIBRATE=<budget> (e.g. CALIBRATE=1/week), each variant is first calibrated
 # (`wattchdog calibrate`, on CONFIG if given) on one clean day of its own (seed 200,
 # neither an attacked seed nor the clean days scored) and judged with what it wrote.
+# BIN, if set, is the binary to run (no build).
 # Prints one `wattchdog eval` table per variant. Captures go to a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,8 @@ seeds=${2:-10}
 clean_days=${3:-7}
 config=()
 if [ -n "${4:-}" ]; then config=(-c "$4"); fi
-bin=target/release/wattchdog
-cargo build --release --quiet
+bin=${BIN:-target/release/wattchdog}
+[ -n "${BIN:-}" ] || cargo build --release --quiet
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for variant in hyperscale-60hz edge-small colo-legacy default; do
