@@ -16,7 +16,8 @@
 //!   disturbed, within `incident_window` of its latest activity, is **recovery**.
 //!   Anything else opens a new incident with the alert as its **cause**, even while
 //!   another incident is still settling. A direct alert that explains an incident whose
-//!   cause was a drift takes over as the cause (the drift becomes a consequence).
+//!   cause was a drift, within `propagation` of the drift's start, takes over as the
+//!   cause (the drift becomes a consequence).
 //!   Commands on the wire from one client belong to one incident whatever they touch.
 //! - An incident's severity is its alerts' highest, raised one level when two devices or
 //!   three detectors agree. It closes when its alerts are closed and `incident_window`
@@ -457,16 +458,16 @@ impl Correlator {
                 // Another client's command is another actor's doing, not an effect.
                 continue;
             }
-            if is_direct && inc.leading_last.is_none() {
-                if p.reaches(&a.kind, &inc.cause.kind) {
-                    // Direct evidence behind a drift it can explain: the real cause.
-                    return Place::Join(i, Role::Cause);
-                }
-            } else if is_direct && a.ts - inc.cause.ts > p.propagation {
+            if is_direct && a.ts - inc.cause.ts > p.propagation {
                 // A cause's direct effects show promptly (a breaker opening stops the
-                // chillers now); direct evidence long after it started is a cause of its
+                // chillers now), and a drift's cause does not show long after the drift
+                // began: direct evidence long after an incident started is a cause of its
                 // own, however long the first takes to settle.
                 continue;
+            }
+            if is_direct && inc.leading_last.is_none() && p.reaches(&a.kind, &inc.cause.kind) {
+                // Direct evidence behind a drift it can explain: the real cause.
+                return Place::Join(i, Role::Cause);
             }
             return Place::Join(i, Role::Consequence);
         }
@@ -909,6 +910,24 @@ mod tests {
             (i.cause.as_str(), i.affected.as_slice()),
             (physics.id.as_str(), &["crah-1".to_owned()][..])
         );
+    }
+
+    #[test]
+    fn direct_evidence_long_after_a_drift_began_is_a_cause_of_its_own() {
+        let mut reg = Registry::new(10);
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        // A room drifting for half an hour, its alerts refreshed all along: the incident
+        // of drifts unfolds. A broken relation 30 minutes in did not start it.
+        for m in 0..30 {
+            c.observe(on(&mut reg, CRAH, "ewma_z", m * MIN), &reg, &mut out);
+        }
+        c.observe(on(&mut reg, CHILLER, "physics", 30 * MIN), &reg, &mut out);
+        let l = last(&out);
+        let drift = l.values().find(|a| a.detector == "ewma_z").unwrap();
+        let physics = l.values().find(|a| a.detector == "physics").unwrap();
+        assert_ne!(drift.incident_id, physics.incident_id);
+        assert_eq!((physics.role, drift.role), (Role::Cause, Role::Cause));
     }
 
     #[test]
