@@ -36,7 +36,8 @@
 //!   its average to climb (`wattchdog eval --sweep` draws the curves that compare
 //!   them: docs/evaluation.md). Each step is clipped at
 //!   ±[`CUSUM_STEP`] (a jump is the first test's business, and one wild sample must not
-//!   fill the sum), and the sum at 1.2 × the threshold ([`CUSUM_CAP`]).
+//!   fill the sum), and the sum at 1.2 × the threshold ([`CUSUM_CAP`]; uncapped while
+//!   `calibrate` taps it).
 //!
 //! Blind spots: an attacker who spoofs every quantity of a relation consistently;
 //! relations whose inputs are missing from the capture are simply not evaluated.
@@ -590,7 +591,13 @@ impl Detector for Physics {
             // The CUSUM in long-run σ: the averaged z's variance over a white noise's.
             let tau = (zs_sigma * zs_sigma * (2.0 - a_s) / a_s).sqrt().max(1.0);
             let step = (z / tau).clamp(-CUSUM_STEP, CUSUM_STEP);
-            let cap = CUSUM_CAP * params.cusum_threshold;
+            // Uncapped while tapped: calibration must see how far the sum goes on the
+            // site's own history, not where this threshold would have stopped it.
+            let cap = if self.tap.is_some() {
+                f64::INFINITY
+            } else {
+                CUSUM_CAP * params.cusum_threshold
+            };
             fit.cs = if judged_shift {
                 [
                     (fit.cs[0] + step - params.cusum_k).clamp(0.0, cap),
@@ -674,17 +681,16 @@ mod tests {
     /// supply sensor reading `lie` °C low from step `from` on.
     fn chiller(cop: f64, lie: f64, from: usize) -> Vec<(usize, Finding)> {
         let lie = |i| if i >= from { lie } else { 0.0 };
-        chiller_with(PhysicsParams::default(), cop, lie)
+        chiller_with(physics(PhysicsParams::default()), cop, lie)
     }
 
-    /// [`chiller`] with other parameters and the supply sensor's error at each step.
-    fn chiller_with(
-        params: PhysicsParams,
-        cop: f64,
-        lie: impl Fn(usize) -> f64,
-    ) -> Vec<(usize, Finding)> {
+    fn physics(params: PhysicsParams) -> Physics {
+        Physics::new(PerKind::from_fn(|_| params.clone()))
+    }
+
+    /// [`chiller`] judged by `d`, with the supply sensor's error at each step.
+    fn chiller_with(mut d: Physics, cop: f64, lie: impl Fn(usize) -> f64) -> Vec<(usize, Finding)> {
         let mut h = Harness::new();
-        let mut d = Physics::new(PerKind::from_fn(|_| params.clone()));
         let n = 6000;
         let load = noisy(n, 0.0, 1.0, 7);
         let (nf, nt, np) = (
@@ -741,6 +747,19 @@ mod tests {
     }
 
     #[test]
+    fn the_tap_sees_the_cusum_uncapped() {
+        // Calibration fits the tail of what the sum reaches; capped at 1.2 × the
+        // threshold, a site whose clean sums go higher would get a threshold too low.
+        let tap = Tap::default();
+        let d = physics(PhysicsParams::default()).tapped(Some(tap.clone()));
+        chiller_with(d, 4.2, |i| if i >= 4000 { 0.05 } else { 0.0 });
+        let taken = tap.take();
+        let sums = &taken.series[&(Rule::PhysicsCusum, DeviceKind::Chiller)];
+        let top = sums.maxima.iter().copied().fold(0.0, f64::max);
+        assert!(top > CUSUM_CAP * 25.0, "{top}");
+    }
+
+    #[test]
     fn a_wandering_residual_is_judged_in_its_long_run_spread() {
         // The supply sensor wanders (AR(1), φ = 0.95, no offset): its residual's
         // running sums spread ~6× wider than white noise's. Counted in one sample's σ
@@ -755,10 +774,10 @@ mod tests {
             sustained_threshold: 1e9,
             ..PhysicsParams::default()
         };
-        let quiet = chiller_with(only_cusum.clone(), 4.2, |i| wander[i]);
+        let quiet = chiller_with(physics(only_cusum.clone()), 4.2, |i| wander[i]);
         assert!(quiet.is_empty(), "{:?}", quiet.first().map(|f| &f.1.reason));
         // A 0.6 °C lie on top of the same wander (about one long-run σ) is still seen.
-        let lie = chiller_with(only_cusum, 4.2, |i| {
+        let lie = chiller_with(physics(only_cusum), 4.2, |i| {
             wander[i] + if i >= 4000 { 0.6 } else { 0.0 }
         });
         let at = lie.first().map(|f| f.0);
