@@ -88,8 +88,32 @@ fn parse_sweep(arg: &str) -> anyhow::Result<(String, Vec<toml::Value>)> {
     Ok((key.trim().to_owned(), values))
 }
 
+/// What every replay of a run shares, read once (a sweep replays once per value).
+struct Inputs {
+    mapping: Option<WideMapping>,
+    baseline: Option<crate::detect::baseline::Baseline>,
+    grace: i64,
+}
+
 /// `wattchdog eval`.
 pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
+    anyhow::ensure!(
+        a.alerts.is_none() || a.files.len() == 1,
+        "--alerts scores one capture: give exactly one"
+    );
+    anyhow::ensure!(
+        a.report_html.is_none() || a.files.len() == 1,
+        "--report-html reports one capture: give exactly one"
+    );
+    let inputs = Inputs {
+        mapping: a.mapping.as_deref().map(WideMapping::load).transpose()?,
+        baseline: a
+            .baseline
+            .as_deref()
+            .map(crate::app::replay::load_baseline)
+            .transpose()?,
+        grace: crate::time::parse_duration(&a.grace).map_err(anyhow::Error::msg)?,
+    };
     if let Some(sweep) = &a.sweep {
         let (key, values) = parse_sweep(sweep)?;
         let mut curve = Curve {
@@ -98,26 +122,29 @@ pub fn run(a: EvalArgs) -> anyhow::Result<EvalSummary> {
         };
         for value in values {
             let cfg = Config::load_setting(a.config.as_deref(), &key, &value)?;
-            let (score, _) = score_files(&cfg, &a)?;
+            let (score, _) = score_files(&cfg, &a, &inputs)?;
             curve.push(value, score);
         }
         return Ok(EvalSummary::Curve(curve));
     }
     let cfg = load_config(a.config.as_deref())?;
-    let (score, html) = score_files(&cfg, &a)?;
+    let (score, html) = score_files(&cfg, &a, &inputs)?;
     if let (Some(p), Some((opts, report, labels))) = (&a.report_html, html) {
         let source = HtmlSource {
             cfg: &cfg,
             config_path: a.config.as_deref(),
             opts: &opts,
         };
-        write_html_report(p, &source, &report, labels, Some(score.clone()), grace(&a)?)?;
+        write_html_report(
+            p,
+            &source,
+            &report,
+            labels,
+            Some(score.clone()),
+            inputs.grace,
+        )?;
     }
     Ok(EvalSummary::Score(score))
-}
-
-fn grace(a: &EvalArgs) -> anyhow::Result<i64> {
-    crate::time::parse_duration(&a.grace).map_err(anyhow::Error::msg)
 }
 
 /// What `--report-html` needs of the one capture replayed.
@@ -128,22 +155,16 @@ type HtmlParts = (
 );
 
 /// Replays (or reads the alerts of) every capture and scores them against their labels.
-fn score_files(cfg: &Config, a: &EvalArgs) -> anyhow::Result<(Score, Option<HtmlParts>)> {
-    let mapping = a.mapping.as_deref().map(WideMapping::load).transpose()?;
-    let baseline = a
-        .baseline
-        .as_deref()
-        .map(crate::app::replay::load_baseline)
-        .transpose()?;
-    let grace = grace(a)?;
-    anyhow::ensure!(
-        a.alerts.is_none() || a.files.len() == 1,
-        "--alerts scores one capture: give exactly one"
-    );
-    anyhow::ensure!(
-        a.report_html.is_none() || a.files.len() == 1,
-        "--report-html reports one capture: give exactly one"
-    );
+fn score_files(
+    cfg: &Config,
+    a: &EvalArgs,
+    inputs: &Inputs,
+) -> anyhow::Result<(Score, Option<HtmlParts>)> {
+    let Inputs {
+        mapping,
+        baseline,
+        grace,
+    } = inputs;
     let mut score = Score::default();
     let mut html = None;
     for file in &a.files {
@@ -198,7 +219,7 @@ fn score_files(cfg: &Config, a: &EvalArgs) -> anyhow::Result<(Score, Option<Html
                 (alerts, span)
             }
         };
-        eval::score_capture(&mut score, &labels, &alerts, span, grace);
+        eval::score_capture(&mut score, &labels, &alerts, span, *grace);
     }
     score.finish();
     Ok((score, html))
