@@ -225,6 +225,15 @@ async fn collect(
     if cfg.pipeline.early_alerts {
         pipeline.raise_on_arrival();
     }
+    if cfg.pipeline.learn_reorder_wait {
+        // Wall-clock spans: at an accelerated clock a hiccup of the machine is `speed`
+        // times longer in event time, so the margin and the learning stretch with it.
+        let event = |ms: i64| (ms as f64 * clock.speed).round() as i64;
+        pipeline.learn_reorder_wait(
+            event(cfg.pipeline.reorder_margin),
+            event(cfg.pipeline.reorder_learning),
+        );
+    }
     if let Some(s) = &soc {
         pipeline.set_exceptions(s.exceptions());
     }
@@ -238,6 +247,10 @@ async fn collect(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let mut last_ts = clock.now();
+    // When the earliest reading waiting is due: released then, not at the next heartbeat.
+    let due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(due);
+    let mut armed = false;
     info!(speed = clock.speed, "running");
     loop {
         tokio::select! {
@@ -248,20 +261,34 @@ async fn collect(
                         f.send(&batch);
                     }
                     if detect {
+                        let now = clock.now();
+                        pipeline.arriving_at(now);
                         dropped += take(batch, soc.as_ref(), &mut pipeline, &mut outputs);
+                        advance(&mut pipeline, now, &rx, &subscribers, &mut outputs);
                     }
                 }
                 None => break,
             },
+            () = &mut due, if armed => {
+                advance(&mut pipeline, clock.now(), &rx, &subscribers, &mut outputs);
+            }
             _ = heartbeat.tick() => {
                 last_ts = clock.now();
-                pipeline.advance_to(last_ts, &mut outputs);
+                advance(&mut pipeline, last_ts, &rx, &subscribers, &mut outputs);
                 if let Some(s) = soc.as_mut() {
                     s.tick(last_ts);
                 }
             }
             () = &mut shutdown => break,
         }
+        armed = match pipeline.next_release() {
+            Some(at) => {
+                let wall = clock.wall_duration(at.saturating_sub(clock.now()));
+                due.as_mut().reset(tokio::time::Instant::now() + wall);
+                true
+            }
+            None => false,
+        };
         emit(&mut outputs, &mut stamp, soc.as_ref(), sink)?;
     }
     info!("stopping collectors");
@@ -371,6 +398,40 @@ async fn central(
 ) -> Result<RunReport, RunError> {
     Err(RunError::NoKafka(origin.to_owned()))
 }
+
+/// Moves the pipeline's trusted clock to `now`, unless readings wait in the channel: the
+/// clock says "everything sent before `now` is in", which holds only once they are
+/// taken (a pipeline behind its collectors would otherwise pass the readings queued for
+/// it, and they would be late).
+///
+/// A subscriber's lost or regained connection is passed on first (see
+/// [`Pipeline::disturbed`]).
+fn advance(
+    p: &mut Pipeline,
+    now: Ts,
+    rx: &mpsc::Receiver<Vec<Reading>>,
+    mqtt: &[Subscriber],
+    out: &mut Vec<Output>,
+) {
+    for (_, stats, _) in mqtt {
+        let at = stats
+            .disturbed_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if at != 0 {
+            p.disturbed(at);
+        }
+    }
+    if rx.is_empty() {
+        p.advance_to(now, out);
+    }
+}
+
+/// An MQTT subscriber task: its broker, counters and handle.
+type Subscriber = (
+    String,
+    std::sync::Arc<MqttStats>,
+    tokio::task::JoinHandle<()>,
+);
 
 /// Hands a batch of readings to the board and the pipeline; returns how many were
 /// dropped (point table full). A reading the pipeline holds apart as dated ahead of the

@@ -59,6 +59,20 @@ pub struct PipelineParams {
     /// bypass with healthy mains, a declared death) on its arrival, as an early alert
     /// confirmed or withdrawn after the reorder wait. Default true; replays never do.
     pub early_alerts: bool,
+    /// Live runs learn how late readings really arrive (the trusted clock at arrival less
+    /// the reading's time) and wait only that long, plus `reorder_margin`, instead of the
+    /// whole `reorder_tolerance`; the tolerance stays the bound. Default true; replays
+    /// never do.
+    pub learn_reorder_wait: bool,
+    /// What the learned wait adds to the latest arrival seen, for jitter. Wall time: at
+    /// an accelerated clock it stretches with the clock, as `reorder_learning` does.
+    /// Default `"100ms"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub reorder_margin: i64,
+    /// How long a live run measures arrival delays, waiting the whole tolerance, before
+    /// it waits only as long as they need. Wall time. Default `"30s"`.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub reorder_learning: i64,
 }
 
 impl Default for PipelineParams {
@@ -70,6 +84,9 @@ impl Default for PipelineParams {
             max_points: 200_000,
             max_line_bytes: 1 << 20,
             early_alerts: true,
+            learn_reorder_wait: true,
+            reorder_margin: 100,
+            reorder_learning: 30_000,
         }
     }
 }
@@ -80,6 +97,16 @@ impl PipelineParams {
         rule(
             self.reorder_tolerance >= 0,
             "reorder_tolerance",
+            "must not be negative",
+        )?;
+        rule(
+            self.reorder_margin >= 0,
+            "reorder_margin",
+            "must not be negative",
+        )?;
+        rule(
+            self.reorder_learning >= 0,
+            "reorder_learning",
             "must not be negative",
         )?;
         rule(self.max_ahead >= 1_000, "max_ahead", "must be at least 1s")?;
@@ -127,6 +154,10 @@ pub struct PipelineStats {
     /// clock is wrong, or forged.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_device: BTreeMap<String, TimeTrouble>,
+    /// Live, once learned: how long events wait for the ones that may still overtake
+    /// them, in milliseconds (see `learn_reorder_wait`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reorder_wait_ms: Option<i64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -156,6 +187,7 @@ impl PipelineStats {
         self.early += o.early;
         self.withdrawn += o.withdrawn;
         self.duplicates += o.duplicates;
+        self.reorder_wait_ms = self.reorder_wait_ms.max(o.reorder_wait_ms);
         for (device, t) in &o.by_device {
             let mine = self.by_device.entry(device.clone()).or_default();
             mine.late += t.late;
@@ -215,6 +247,34 @@ pub struct Pipeline {
     arrived: Vec<Finding>,
     /// Early alerts whose reading has not had its turn yet.
     early: Vec<Early>,
+    /// Live: the reorder wait learned from the readings' arrival delays.
+    delay: Option<ArrivalDelay>,
+}
+
+/// How late a live run's readings arrive: the reorder wait they need.
+///
+/// A reading can be overtaken only by one that arrives later yet is dated earlier. If
+/// every reading arrives within `largest` of its time, then once the trusted clock is
+/// past `t + largest` nothing dated before `t` can still come: the wait need not be the
+/// whole tolerance. It is learned, not assumed: for the first `learn_for` of trusted
+/// time the wait is the tolerance while delays are measured; afterwards a reading that
+/// arrives later than any before is late (counted, logged with its source, as any late
+/// reading) and the wait grows to cover it. Delays beyond the tolerance teach nothing
+/// (they are late under any wait: a backlog, or a forged time), so one forged reading
+/// cannot lengthen the wait past the tolerance, and none can shorten it; nor do those
+/// arriving while a disturbed source's backlog may come ([`Pipeline::disturbed`]).
+struct ArrivalDelay {
+    margin: i64,
+    learn_for: i64,
+    /// The trusted clock when the readings being pushed were received.
+    clock: Option<Ts>,
+    /// Trusted time when learning ends (`None` until the clock is first heard).
+    learned_at: Option<Ts>,
+    /// The latest arrival seen, within the tolerance.
+    largest: i64,
+    /// Until this trusted time the wait is the whole tolerance again: a source was
+    /// disturbed (see [`Pipeline::disturbed`]).
+    whole_until: Ts,
 }
 
 /// An alert raised on its reading's arrival, awaiting the reading's turn.
@@ -277,6 +337,91 @@ impl Pipeline {
             instant: false,
             arrived: Vec::new(),
             early: Vec::new(),
+            delay: None,
+        }
+    }
+
+    /// Waits only as long as readings are seen to arrive late, plus `margin`, within the
+    /// tolerance, once delays were measured for `learn_for` (see [`ArrivalDelay`]). For live runs that say when each batch of
+    /// readings was received ([`Pipeline::arriving_at`]) and move the trusted clock
+    /// ([`Pipeline::advance_to`]) only when every reading sent before it has been pushed.
+    pub fn learn_reorder_wait(&mut self, margin: i64, learn_for: i64) {
+        self.delay = Some(ArrivalDelay {
+            margin,
+            learn_for,
+            clock: None,
+            learned_at: None,
+            largest: 0,
+            whole_until: Ts::MIN,
+        });
+    }
+
+    /// The readings pushed next were received at trusted time `now` (live): how late
+    /// they are is measured against it.
+    pub fn arriving_at(&mut self, now: Ts) {
+        if let Some(d) = self.delay.as_mut() {
+            d.clock = Some(now);
+            d.learned_at.get_or_insert(now.saturating_add(d.learn_for));
+        }
+    }
+
+    /// A source was disturbed at trusted time `at` (it lost or regained a connection to
+    /// a broker that keeps its messages): what comes next may be dated back to then, later
+    /// than readings were seen to arrive. Events wait the whole tolerance again until a
+    /// tolerance past `at`.
+    pub fn disturbed(&mut self, at: Ts) {
+        if let Some(d) = self.delay.as_mut() {
+            d.whole_until = d.whole_until.max(at.saturating_add(self.tolerance));
+        }
+    }
+
+    /// The wait learned from arrival delays, once learning is over.
+    fn learned_wait(&self) -> Option<i64> {
+        let d = self.delay.as_ref()?;
+        let clock = self.present.clock()?;
+        (clock >= d.learned_at?).then(|| d.largest.saturating_add(d.margin).min(self.tolerance))
+    }
+
+    /// How long events wait for ones that may still overtake them.
+    fn wait(&self) -> i64 {
+        let disturbed = self.delay.as_ref().zip(self.present.clock());
+        match self.learned_wait() {
+            Some(w) if disturbed.is_some_and(|(d, clock)| clock >= d.whole_until) => w,
+            _ => self.tolerance,
+        }
+    }
+
+    /// The trusted time at which the earliest event waiting can be released, if any: a
+    /// live run wakes then instead of at its next heartbeat.
+    pub fn next_release(&self) -> Option<Ts> {
+        let earliest = self.queue.peek_ts()?;
+        Some(earliest.saturating_add(self.wait()).saturating_add(1))
+    }
+
+    /// Measures how late a reading dated `ts` arrived (live, learning the wait).
+    fn arrival_delay(&mut self, ts: Ts, event: &Event) {
+        let Some(d) = self.delay.as_mut() else {
+            return;
+        };
+        let Some(clock) = d.clock else {
+            return;
+        };
+        let late_by = clock.saturating_sub(ts);
+        // What a disturbed source kept for its session is a backlog, not its delay.
+        if late_by <= d.largest || late_by > self.tolerance || clock < d.whole_until {
+            return;
+        }
+        d.largest = late_by;
+        let learning = d.learned_at.is_none_or(|at| clock < at);
+        if !learning {
+            let wait = self.learned_wait().unwrap_or(self.tolerance);
+            self.stats.reorder_wait_ms = Some(wait);
+            tracing::warn!(
+                source = %self.source(event),
+                arrived_late_by = %crate::time::format_duration(late_by),
+                wait = %crate::time::format_duration(wait),
+                "a reading arrived later than any before: the reorder wait grows to cover it"
+            );
         }
     }
 
@@ -332,6 +477,9 @@ impl Pipeline {
     /// Takes one event in arrival order; emits whatever it lets the pipeline conclude.
     pub fn push(&mut self, event: Event, out: &mut Vec<Output>) {
         let ts = event.ts();
+        if self.delay.is_some() {
+            self.arrival_delay(ts, &event);
+        }
         if ts < self.released {
             self.stats.late += 1;
             let source = self.source(&event);
@@ -530,7 +678,7 @@ impl Pipeline {
                 self.queue.push(q);
             }
         }
-        self.release(now.saturating_sub(self.tolerance), out);
+        self.release(now.saturating_sub(self.wait()), out);
     }
 
     /// Moves the watermark to `now` without an event (live sources call this from a clock
@@ -540,6 +688,19 @@ impl Pipeline {
             self.establish(Some(now), out);
         }
         self.present.trust(now);
+        if let Some(d) = self.delay.as_mut() {
+            let at = *d.learned_at.get_or_insert(now.saturating_add(d.learn_for));
+            if now >= at && self.stats.reorder_wait_ms.is_none() {
+                let latest = d.largest;
+                let wait = self.learned_wait().unwrap_or(self.tolerance);
+                self.stats.reorder_wait_ms = Some(wait);
+                tracing::info!(
+                    wait = %crate::time::format_duration(wait),
+                    latest_arrival = %crate::time::format_duration(latest),
+                    "reorder wait learned from how late readings arrive"
+                );
+            }
+        }
         self.present_moved(now, out);
     }
 
@@ -1150,6 +1311,142 @@ mod tests {
         assert_eq!(p.stats().withdrawn, 0);
     }
 
+    /// How long the tests' live pipelines measure arrival delays.
+    const LEARN_FOR: i64 = 60_000;
+
+    /// A live pipeline learning its wait, on one UPS point: `arrive` pushes a reading
+    /// dated `ts` received at `at`, then moves the clock there.
+    fn learning() -> (Pipeline, PointId, Ts) {
+        let cfg = crate::Config::from_toml_str("", "t").unwrap();
+        let mut p = cfg.build_pipeline();
+        p.learn_reorder_wait(100, LEARN_FOR);
+        let point = p
+            .registry
+            .intern("s", "ups-1", "ups", "battery_charge_pct")
+            .unwrap();
+        let t0 = 1_783_382_400_000;
+        p.arriving_at(t0);
+        p.advance_to(t0, &mut Vec::new());
+        (p, point, t0)
+    }
+
+    fn arrive(p: &mut Pipeline, point: PointId, ts: Ts, at: Ts) {
+        let mut out = Vec::new();
+        p.arriving_at(at);
+        let quality = crate::model::Quality::Good;
+        p.push(
+            Event::Sample {
+                ts,
+                point,
+                value: 90.0,
+                quality,
+            },
+            &mut out,
+        );
+        p.advance_to(at, &mut out);
+    }
+
+    /// A reading a second for the first minute, each received 20 ms after its time: the
+    /// learned wait is 120 ms.
+    fn arrive_20ms_late_until_learned(p: &mut Pipeline, point: PointId, t0: Ts) {
+        for s in 1..=60 {
+            let ts = t0 + s * 1_000;
+            arrive(p, point, ts, ts + 20);
+        }
+    }
+
+    #[test]
+    fn live_the_wait_is_how_late_readings_arrive_once_learned() {
+        let (mut p, point, t0) = learning();
+        for s in 1..=59 {
+            let ts = t0 + s * 1_000;
+            let at = ts + if s == 7 { 350 } else { 20 };
+            arrive(&mut p, point, ts, at);
+            assert_eq!(p.released(), at - 5_000, "learning: the whole tolerance");
+        }
+        let ts = t0 + 60_000;
+        arrive(&mut p, point, ts, ts + 20);
+        assert_eq!(
+            p.stats().reorder_wait_ms,
+            Some(450),
+            "the latest (350 ms) + 100 ms"
+        );
+        assert_eq!(p.released(), ts + 20 - 450);
+        assert_eq!(
+            p.next_release(),
+            Some(ts + 451),
+            "due when the wait is over"
+        );
+        assert_eq!(p.stats().late, 0);
+    }
+
+    #[test]
+    fn live_a_reading_later_than_any_before_is_late_once_and_the_wait_grows() {
+        let (mut p, point, t0) = learning();
+        arrive_20ms_late_until_learned(&mut p, point, t0);
+        assert_eq!(p.stats().reorder_wait_ms, Some(120));
+        // 800 ms late: the clock already passed it by more than the wait.
+        let ts = t0 + 61_000;
+        arrive(&mut p, point, ts + 500, ts + 500);
+        arrive(&mut p, point, ts, ts + 800);
+        assert_eq!(p.stats().late, 1, "later than learned: late, counted");
+        assert_eq!(p.stats().reorder_wait_ms, Some(900));
+        for s in 62..=70 {
+            let ts = t0 + s * 1_000;
+            arrive(&mut p, point, ts + 500, ts + 500);
+            arrive(&mut p, point, ts, ts + 800);
+        }
+        assert_eq!(p.stats().late, 1, "the same lateness again is waited for");
+    }
+
+    #[test]
+    fn live_a_disturbed_source_has_the_whole_tolerance_for_what_it_kept() {
+        let (mut p, point, t0) = learning();
+        arrive_20ms_late_until_learned(&mut p, point, t0);
+        let other = p
+            .registry
+            .intern("s", "ups-2", "ups", "battery_charge_pct")
+            .unwrap();
+        // `other`'s broker connection drops at 61 s and is back at 64 s; what the broker
+        // kept for it meanwhile comes then.
+        let lost = t0 + 61_000;
+        p.disturbed(lost);
+        for s in 61..=63 {
+            let ts = t0 + s * 1_000;
+            arrive(&mut p, point, ts, ts + 20);
+        }
+        p.disturbed(t0 + 64_000);
+        for s in 61..=63 {
+            arrive(&mut p, other, t0 + s * 1_000, t0 + 64_000);
+        }
+        assert_eq!(p.stats().late, 0, "kept for it, not lost");
+        assert_eq!(
+            p.stats().reorder_wait_ms,
+            Some(120),
+            "a disturbance teaches nothing"
+        );
+        // A tolerance after it was back, the learned wait again.
+        let ts = t0 + 69_000;
+        arrive(&mut p, point, ts, ts + 20);
+        assert_eq!(p.released(), ts + 20 - 120);
+    }
+
+    #[test]
+    fn live_a_reading_dated_long_ago_does_not_lengthen_the_wait() {
+        let (mut p, point, t0) = learning();
+        arrive_20ms_late_until_learned(&mut p, point, t0);
+        let now = t0 + 61_000;
+        arrive(&mut p, point, now - 3_600_000, now);
+        assert_eq!(p.stats().late, 1);
+        assert_eq!(
+            p.stats().reorder_wait_ms,
+            Some(120),
+            "a backlog or a lie teaches nothing"
+        );
+        arrive(&mut p, point, now, now + 20);
+        assert_eq!(p.released(), now + 20 - 120);
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
@@ -1207,6 +1504,60 @@ mod tests {
                 settled += 1;
             }
             proptest::prop_assert_eq!(settled as u64, stats.early);
+        }
+
+        /// A live run that learns its wait gives the alerts a run with the whole tolerance
+        /// gives, sooner, and loses no reading, when no reading arrives later than one
+        /// did while it learned.
+        #[test]
+        fn a_learned_wait_changes_when_alerts_come_not_which(
+            readings in proptest::collection::vec((0usize..3, 0i64..150, proptest::bool::weighted(0.1), 0i64..1_000), 1..200),
+            latest in 0i64..3_000,
+        ) {
+            let t0 = 1_783_382_400_000;
+            let cfg = crate::Config::from_toml_str("", "t").unwrap();
+            // Arrival order: each reading `late` ms after its time; the first arrives as
+            // late as any, while the wait is learned.
+            let mut order: Vec<(Ts, usize, Ts, bool)> = readings
+                .iter()
+                .map(|&(pt, s, bad, late)| {
+                    let ts = t0 + 1_000 + s * 1_000;
+                    (ts + late.min(latest), pt, ts, bad)
+                })
+                .collect();
+            order.push((t0 + 500 + latest, 0, t0 + 500, false));
+            order.sort();
+            let run = |learn: bool| {
+                let mut p = cfg.build_pipeline();
+                if learn {
+                    p.learn_reorder_wait(100, LEARN_FOR);
+                }
+                let points: Vec<PointId> = (0..3)
+                    .map(|i| p.registry.intern("s", &format!("ups-{i}"), "ups", "battery_charge_pct").unwrap())
+                    .collect();
+                let mut out = Vec::new();
+                p.arriving_at(t0);
+                p.advance_to(t0, &mut out);
+                let mut released = Vec::new();
+                for &(at, pt, ts, bad) in &order {
+                    p.arriving_at(at);
+                    let value = if bad { 300.0 } else { 90.0 };
+                    p.push(Event::Sample { ts, point: points[pt], value, quality: crate::model::Quality::Good }, &mut out);
+                    p.advance_to(at, &mut out);
+                    released.push(p.released());
+                }
+                p.finish(&mut out);
+                (out, p.stats().clone(), released)
+            };
+            let (learned, stats, sooner) = run(true);
+            let (whole, whole_stats, later) = run(false);
+            proptest::prop_assert_eq!(stats.late, 0);
+            proptest::prop_assert_eq!(whole_stats.late, 0);
+            if order.last().is_some_and(|o| o.0 >= t0 + LEARN_FOR) {
+                proptest::prop_assert_eq!(stats.reorder_wait_ms, Some((latest + 100).min(5_000)));
+            }
+            proptest::prop_assert_eq!(learned, whole);
+            proptest::prop_assert!(sooner.iter().zip(&later).all(|(a, b)| a >= b));
         }
     }
 }

@@ -62,6 +62,11 @@ impl Present {
             .is_none_or(|p| ts <= p.saturating_add(self.max_ahead))
     }
 
+    /// The newest time a trusted clock gave, if one did.
+    pub(crate) fn clock(&self) -> Option<Ts> {
+        self.clock
+    }
+
     /// Point `point` claims it has reached `ts`.
     pub(crate) fn vote(&mut self, point: usize, ts: Ts) {
         if self.votes.len() <= point {

@@ -324,6 +324,10 @@ pub struct MqttStats {
     pub rebirths: AtomicU64,
     /// Persistent sessions given up to skip a message that could not be read.
     pub sessions_discarded: AtomicU64,
+    /// Event time the connection was last lost or regained (0: never): what the broker
+    /// kept for the session meanwhile comes after it, dated back to the loss, so the
+    /// pipeline waits the whole reorder tolerance around it.
+    pub disturbed_at: std::sync::atomic::AtomicI64,
 }
 
 /// A snapshot of [`MqttStats`].
@@ -443,7 +447,12 @@ pub async fn subscribe(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                bump(&stats.connects, 1);
+                // What the broker kept for the session comes now, dated back to when
+                // the last connection was lost (or, for a session left by an earlier
+                // run, before this one began).
+                if stats.connects.fetch_add(1, Ordering::Relaxed) > 0 || ack.session_present {
+                    stats.disturbed_at.store(clock.now(), Ordering::Relaxed);
+                }
                 // A clean session was asked for once; from now on persistent again.
                 events.mqtt_options.set_clean_session(false);
                 connected_at = Some(std::time::Instant::now());
@@ -483,6 +492,7 @@ pub async fn subscribe(
             }
             Ok(_) => {}
             Err(e) => {
+                stats.disturbed_at.store(clock.now(), Ordering::Relaxed);
                 if matches!(
                     e,
                     ConnectionError::MqttState(StateError::Deserialization(_))

@@ -255,14 +255,15 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
     let _ = Command::new("chmod").arg("777").arg(dir.path()).status();
     let broker = Mosquitto::start(dir.path(), free_port(), "");
     let port = broker.port;
-    // Live event time: readings stamped from now on, 10 ms apart.
-    let t0 = chrono::Utc::now().timestamp_millis();
+    // Live event time: each half stamped when it is published, 1 ms apart.
     let lines = move |range: std::ops::Range<usize>| -> String {
+        let t0 = chrono::Utc::now().timestamp_millis();
         range
-            .map(|i| {
+            .enumerate()
+            .map(|(k, i)| {
                 format!(
                     "{{\"time\": {}, \"data\": {{\"flow_lps\": {}.5}}}}\n",
-                    t0 + i as i64 * 10,
+                    t0 + k as i64,
                     i
                 )
             })
@@ -285,9 +286,12 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
         assert!(child.wait().unwrap().success());
     };
     // A generous reorder tolerance: the second half is delivered seconds after it was
-    // stamped, however slow the machine.
+    // stamped (the subscriber is backing off), however slow the machine. The wait is
+    // learned in the first second from the first half, delivered at once, so by the
+    // restart it is far shorter than that: what the broker kept for the session must
+    // still be waited for.
     let text = format!(
-        "[pipeline]\nreorder_tolerance = \"60s\"\n[[mqtt.brokers]]\nurl = \"mqtt://127.0.0.1:{port}\"\nmap = \"generic-json-gateway\"\nclient_id = \"it-restart\"\nbackoff_min = \"1500ms\"\nbackoff_max = \"3s\"\n"
+        "[pipeline]\nreorder_tolerance = \"60s\"\nreorder_learning = \"1s\"\n[[mqtt.brokers]]\nurl = \"mqtt://127.0.0.1:{port}\"\nmap = \"generic-json-gateway\"\nclient_id = \"it-restart\"\nbackoff_min = \"1500ms\"\nbackoff_max = \"3s\"\n"
     );
     let cfg = Config::from_toml_str(&text, "t").unwrap();
     // The whole pipeline, so "exactly once" is counted where it matters.
@@ -320,6 +324,14 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
         report.pipeline.readings, N as u64,
         "every reading once: {m:?}, pipeline {:?}",
         report.pipeline
+    );
+    let wait = report
+        .pipeline
+        .reorder_wait_ms
+        .expect("the wait was learned");
+    assert!(
+        wait < 60_000,
+        "learned, shorter than the tolerance: {wait} ms"
     );
 }
 
