@@ -287,13 +287,16 @@ impl Others {
 /// grows with it, never below its default: the silence the staleness detector accepts
 /// (one wall second), the reorder tolerance (one wall second: at 300× the default 5 s
 /// is 17 ms of wall time, and a starved collector's readings were lost as late) and how
-/// far ahead of the site's present a reading may be (two wall seconds).
+/// far ahead of the site's present a reading may be (two wall seconds). The learned
+/// reorder wait keeps the same allowance (a margin of one wall second), so it is the
+/// tolerance here: a simulation shown or tested fast must not lose readings to a
+/// hiccup that a real-time run would not have.
 pub fn accelerated_tolerances(speed: f64) -> String {
     let mut s = String::new();
     let wall_second = speed.ceil();
     if wall_second > 5.0 {
         s += &format!(
-            "\n[pipeline]\nreorder_tolerance = \"{wall_second}s\"\nmax_ahead = \"{}s\"\n",
+            "\n[pipeline]\nreorder_tolerance = \"{wall_second}s\"\nreorder_margin = \"1s\"\nmax_ahead = \"{}s\"\n",
             (2.0 * wall_second).max(60.0)
         );
     }
