@@ -95,6 +95,7 @@ pub struct Soc {
     ahead: Counter,
     late_by_device: Family<SourceLabel, Counter>,
     ahead_by_device: Family<SourceLabel, Counter>,
+    reorder_wait: Gauge<f64, AtomicU64>,
     alerts: Family<SeverityLabel, Counter>,
     scores: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
     online: Family<DeviceLabels, Gauge>,
@@ -194,6 +195,12 @@ impl Soc {
             "ahead_events_by_device",
             "Events held apart as ahead, by the device (site/device) they came from",
             ahead_by_device.clone(),
+        );
+        let reorder_wait = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "reorder_wait_seconds",
+            "How long events wait for those that may still overtake them, once learned from how late readings arrive (live)",
+            reorder_wait.clone(),
         );
         registry.register(
             "late_events",
@@ -328,6 +335,7 @@ impl Soc {
             ahead,
             late_by_device,
             ahead_by_device,
+            reorder_wait,
             alerts,
             scores,
             online,
@@ -376,6 +384,9 @@ impl Soc {
 
     /// The pipeline's counters so far (they only grow).
     pub fn pipeline(&self, stats: &crate::pipeline::PipelineStats) {
+        if let Some(ms) = stats.reorder_wait_ms {
+            self.reorder_wait.set(ms as f64 / 1000.0);
+        }
         // Called per batch: the per-device counts change only when the totals do.
         if self.late.get() == stats.late && self.ahead.get() == stats.ahead {
             return;
