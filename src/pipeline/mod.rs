@@ -342,9 +342,10 @@ impl Pipeline {
     }
 
     /// Waits only as long as readings are seen to arrive late, plus `margin`, within the
-    /// tolerance, once delays were measured for `learn_for` (see [`ArrivalDelay`]). For live runs that say when each batch of
-    /// readings was received ([`Pipeline::arriving_at`]) and move the trusted clock
-    /// ([`Pipeline::advance_to`]) only when every reading sent before it has been pushed.
+    /// tolerance, once delays were measured for `learn_for` (see [`ArrivalDelay`]). For
+    /// live runs that say when each batch of readings was received
+    /// ([`Pipeline::arriving_at`]) and move the trusted clock ([`Pipeline::advance_to`])
+    /// only when every reading sent before it has been pushed.
     pub fn learn_reorder_wait(&mut self, margin: i64, learn_for: i64) {
         self.delay = Some(ArrivalDelay {
             margin,
@@ -382,12 +383,28 @@ impl Pipeline {
         (clock >= d.learned_at?).then(|| d.largest.saturating_add(d.margin).min(self.tolerance))
     }
 
+    /// The learned wait, if it holds now (learned, and no source disturbed).
+    fn short_wait(&self) -> Option<i64> {
+        let disturbed = self.delay.as_ref().zip(self.present.clock());
+        self.learned_wait()
+            .filter(|_| disturbed.is_some_and(|(d, clock)| clock >= d.whole_until))
+    }
+
     /// How long events wait for ones that may still overtake them.
     fn wait(&self) -> i64 {
-        let disturbed = self.delay.as_ref().zip(self.present.clock());
-        match self.learned_wait() {
-            Some(w) if disturbed.is_some_and(|(d, clock)| clock >= d.whole_until) => w,
-            _ => self.tolerance,
+        self.short_wait().unwrap_or(self.tolerance)
+    }
+
+    /// Everything before this can be released once the site's present is `now`: a
+    /// tolerance behind it, or the learned wait behind the trusted clock. The delays are
+    /// measured against the clock, not the present: where most points' clocks run ahead
+    /// of ours, the present does too, and a wait behind it would pass the readings of
+    /// the points on time.
+    fn watermark(&self, now: Ts) -> Ts {
+        let whole = now.saturating_sub(self.tolerance);
+        match (self.short_wait(), self.present.clock()) {
+            (Some(w), Some(clock)) => whole.max(clock.min(now).saturating_sub(w)),
+            _ => whole,
         }
     }
 
@@ -678,7 +695,7 @@ impl Pipeline {
                 self.queue.push(q);
             }
         }
-        self.release(now.saturating_sub(self.wait()), out);
+        self.release(self.watermark(now), out);
     }
 
     /// Moves the watermark to `now` without an event (live sources call this from a clock
@@ -1429,6 +1446,32 @@ mod tests {
         let ts = t0 + 69_000;
         arrive(&mut p, point, ts, ts + 20);
         assert_eq!(p.released(), ts + 20 - 120);
+    }
+
+    #[test]
+    fn live_points_whose_clocks_run_ahead_do_not_pass_those_on_time() {
+        let (mut p, point, t0) = learning();
+        let ahead: Vec<PointId> = (2..5)
+            .map(|i| {
+                p.registry
+                    .intern("s", &format!("ups-{i}"), "ups", "battery_charge_pct")
+                    .unwrap()
+            })
+            .collect();
+        // Three of four points are dated 3 s ahead of the clock: the present follows them.
+        for s in 1..=70 {
+            let ts = t0 + s * 1_000;
+            for &a in &ahead {
+                arrive(&mut p, a, ts + 3_000, ts);
+            }
+            arrive(&mut p, point, ts, ts + 20);
+        }
+        assert!(
+            p.present().unwrap() >= t0 + 72_000,
+            "the present runs ahead"
+        );
+        assert_eq!(p.stats().reorder_wait_ms, Some(120));
+        assert_eq!(p.stats().late, 0, "the point on time is not passed");
     }
 
     #[test]
