@@ -281,7 +281,8 @@ async fn collect(
             }
             () = &mut shutdown => break,
         }
-        armed = match pipeline.next_release() {
+        // Readings waiting in the channel come first: their batch moves the clock.
+        armed = match pipeline.next_release().filter(|_| rx.is_empty()) {
             Some(at) => {
                 let wall = clock.wall_duration(at.saturating_sub(clock.now()));
                 due.as_mut().reset(tokio::time::Instant::now() + wall);
