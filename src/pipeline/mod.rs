@@ -158,6 +158,10 @@ pub struct PipelineStats {
     /// them, in milliseconds (see `learn_reorder_wait`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reorder_wait_ms: Option<i64>,
+    /// The device (`site/device`) whose reading arrived latest: the one that sets the
+    /// learned wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reorder_wait_from: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -187,7 +191,10 @@ impl PipelineStats {
         self.early += o.early;
         self.withdrawn += o.withdrawn;
         self.duplicates += o.duplicates;
-        self.reorder_wait_ms = self.reorder_wait_ms.max(o.reorder_wait_ms);
+        if o.reorder_wait_ms > self.reorder_wait_ms {
+            self.reorder_wait_ms = o.reorder_wait_ms;
+            self.reorder_wait_from.clone_from(&o.reorder_wait_from);
+        }
         for (device, t) in &o.by_device {
             let mine = self.by_device.entry(device.clone()).or_default();
             mine.late += t.late;
@@ -270,8 +277,9 @@ struct ArrivalDelay {
     clock: Option<Ts>,
     /// Trusted time when learning ends (`None` until the clock is first heard).
     learned_at: Option<Ts>,
-    /// The latest arrival seen, within the tolerance.
+    /// The latest arrival seen, within the tolerance, and the device it came from.
     largest: i64,
+    from: Option<String>,
     /// Until this trusted time the wait is the whole tolerance again: a source was
     /// disturbed (see [`Pipeline::disturbed`]).
     whole_until: Ts,
@@ -353,6 +361,7 @@ impl Pipeline {
             clock: None,
             learned_at: None,
             largest: 0,
+            from: None,
             whole_until: Ts::MIN,
         });
     }
@@ -417,7 +426,7 @@ impl Pipeline {
 
     /// Measures how late a reading dated `ts` arrived (live, learning the wait).
     fn arrival_delay(&mut self, ts: Ts, event: &Event) {
-        let Some(d) = self.delay.as_mut() else {
+        let Some(d) = self.delay.as_ref() else {
             return;
         };
         let Some(clock) = d.clock else {
@@ -428,13 +437,18 @@ impl Pipeline {
         if late_by <= d.largest || late_by > self.tolerance || clock < d.whole_until {
             return;
         }
-        d.largest = late_by;
         let learning = d.learned_at.is_none_or(|at| clock < at);
+        let source = self.source(event);
+        if let Some(d) = self.delay.as_mut() {
+            d.largest = late_by;
+            d.from = Some(source.clone());
+        }
         if !learning {
             let wait = self.learned_wait().unwrap_or(self.tolerance);
             self.stats.reorder_wait_ms = Some(wait);
+            self.stats.reorder_wait_from = Some(source.clone());
             tracing::warn!(
-                source = %self.source(event),
+                %source,
                 arrived_late_by = %crate::time::format_duration(late_by),
                 wait = %crate::time::format_duration(wait),
                 "a reading arrived later than any before: the reorder wait grows to cover it"
@@ -709,13 +723,16 @@ impl Pipeline {
             let at = *d.learned_at.get_or_insert(now.saturating_add(d.learn_for));
             if now >= at && self.stats.reorder_wait_ms.is_none() {
                 let latest = d.largest;
+                let from = d.from.clone();
                 let wait = self.learned_wait().unwrap_or(self.tolerance);
                 self.stats.reorder_wait_ms = Some(wait);
                 tracing::info!(
                     wait = %crate::time::format_duration(wait),
                     latest_arrival = %crate::time::format_duration(latest),
+                    from = from.as_deref().unwrap_or("none"),
                     "reorder wait learned from how late readings arrive"
                 );
+                self.stats.reorder_wait_from = from;
             }
         }
         self.present_moved(now, out);
@@ -1388,6 +1405,7 @@ mod tests {
             Some(450),
             "the latest (350 ms) + 100 ms"
         );
+        assert_eq!(p.stats().reorder_wait_from.as_deref(), Some("s/ups-1"));
         assert_eq!(p.released(), ts + 20 - 450);
         assert_eq!(
             p.next_release(),
