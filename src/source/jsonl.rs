@@ -216,6 +216,15 @@ fn parse(line: &[u8], reg: &mut Registry, last_ts: &mut LastTs) -> Result<Event,
         let ts = last_ts.parse(c.ts)?;
         return reading(ts, c.site, c.device, c.kind, c.metric, c.value, None, reg);
     }
+    parse_with_serde(text, reg, last_ts)
+}
+
+/// Any line, by serde: what is not a canonical reading.
+fn parse_with_serde(
+    text: &str,
+    reg: &mut Registry,
+    last_ts: &mut LastTs,
+) -> Result<Event, LineError> {
     let rec: Record = serde_json::from_str(text).map_err(|e| {
         let reason = match e.classify() {
             serde_json::error::Category::Data => BadReason::WrongType,
@@ -521,20 +530,7 @@ mod tests {
 
     /// The same line read by serde alone.
     fn by_serde(line: &str, reg: &mut Registry) -> Result<Event, LineError> {
-        let rec: Record =
-            serde_json::from_str(line).map_err(|e| (BadReason::InvalidJson, e.to_string()))?;
-        let ts = match rec.ts.ok_or_else(|| missing("ts"))? {
-            RawTs::Text(s) => LastTs::default().parse(&s)?,
-            RawTs::Number(_) => return Err(missing("text ts")),
-        };
-        let text = |t: Option<Text>| t.map(|t| t.0.into_owned()).unwrap_or_default();
-        if rec.ty.is_some() || rec.quality.is_some() {
-            return Err(missing("plain reading"));
-        }
-        let value = rec.value.ok_or_else(|| missing("value"))?.0;
-        let (site, device) = (text(rec.site), text(rec.device));
-        let (kind, metric) = (text(rec.kind), text(rec.metric));
-        reading(ts, &site, &device, &kind, &metric, value, None, reg)
+        parse_with_serde(line, reg, &mut LastTs::default())
     }
 
     #[test]
