@@ -20,6 +20,7 @@ pub mod limits;
 pub mod model_file;
 pub mod oscillation;
 pub mod physics;
+pub mod pulse;
 pub mod replay_attack;
 pub mod residual;
 pub mod staleness;
@@ -505,6 +506,22 @@ pub(crate) mod testkit {
         pub fn count_before(&self, until: usize) -> usize {
             self.findings.iter().filter(|(s, _)| *s < until).count()
         }
+    }
+
+    /// A load like a facility's, one value a second: a shared red-noise wander (AR(1)
+    /// steps of 1) plus each meter's own noise (σ 1.5) around 450.
+    pub fn wandering_load(n: usize, seed: u64) -> Vec<f64> {
+        let steps = noisy(n, 0.0, 1.0, seed);
+        let own = noisy(n, 0.0, 1.5, seed + 1);
+        let mut ar = 0.0;
+        steps
+            .iter()
+            .zip(&own)
+            .map(|(s, o)| {
+                ar = 0.995 * ar + s;
+                450.0 + ar + o
+            })
+            .collect()
     }
 
     /// Seeded Gaussian noise around a level.

@@ -18,10 +18,16 @@
 //!   ratio): a periodic swing is a line, while a step or a ramp spreads smoothly over the
 //!   spectrum. The finding names the period.
 //!
+//! - Square swings are also seen in time (a **pulse**, [`super::pulse`]): a step far
+//!   larger than any of the point's recent sample-to-sample changes, held, and stepped
+//!   back by about as much within half the longest period of the band. A switched load
+//!   shows there at its second full edge, before the spectrum's window has filled.
+//!
 //! Blind spots: swings slower than 0.02 Hz (see `cusum`), faster than half the sampling
 //! rate (aliased), or weaker than the point's normal variability at that frequency; a
 //! source that answers too irregularly (the windows not judged; `staleness` sees holes).
 
+use super::pulse::Pulses;
 use super::{sig, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
@@ -59,6 +65,11 @@ pub struct OscillationParams {
     /// How far the peak bin's ratio must stand above its neighbours' (median of the bins
     /// two to four away).
     pub line_contrast: f64,
+    /// Whether pulses (a load switched on and back off) are looked for.
+    pub pulses: bool,
+    /// A step is a change above this many times the largest of the point's recent
+    /// sample-to-sample changes (plus its resolution).
+    pub step_margin: f64,
 }
 
 impl OscillationParams {
@@ -86,6 +97,11 @@ impl OscillationParams {
             "line_contrast",
             "must be at least 1",
         )?;
+        rule(
+            self.step_margin.is_finite() && self.step_margin >= 1.0,
+            "step_margin",
+            "must be at least 1",
+        )?;
         Ok(())
     }
 }
@@ -109,6 +125,8 @@ impl Default for OscillationParams {
             threshold: 25.0,
             warmup_windows: 30,
             line_contrast: 8.0,
+            pulses: true,
+            step_margin: 1.25,
         }
     }
 }
@@ -124,6 +142,9 @@ struct State {
     alarm: Option<(f64, f64)>,
     /// Windows not judged for too many interpolated cells.
     unjudged: u64,
+    pulses: Pulses,
+    /// The grid's restarts the pulses have seen.
+    restarts: u32,
 }
 
 /// Samples before the grid step is chosen (their median interval).
@@ -148,6 +169,8 @@ struct Grid {
     values: VecDeque<f64>,
     guessed: VecDeque<bool>,
     interpolated: usize,
+    /// Times the grid started afresh (a long hole, a slower poll).
+    restarts: u32,
 }
 
 impl Grid {
@@ -196,6 +219,7 @@ impl Grid {
             self.values.clear();
             self.guessed.clear();
             self.interpolated = 0;
+            self.restarts += 1;
             missing = 0;
         }
         if let Some(prev) = prev {
@@ -209,7 +233,9 @@ impl Grid {
         self.last_n = 1;
         // A source whose interval has grown for good (a slower poll) is re-learned.
         if self.values.len() == cap && self.interpolated * 2 > cap {
+            let restarts = self.restarts + 1;
             *self = Self::default();
+            self.restarts = restarts;
         }
         missing as usize + 1
     }
@@ -301,7 +327,11 @@ impl Detector for Oscillation {
                 continue;
             }
             let s = self.state.get_or_insert(p, State::default);
-            s.since += s.grid.push(frame.ts, st.value, n);
+            let added = s.grid.push(frame.ts, st.value, n);
+            s.since += added;
+            if params.pulses {
+                pulses(out, frame, p, params, s, added, metric);
+            }
             if s.grid.values.len() < n || s.since < params.hop_samples.max(1) {
                 if let Some((ratio, period)) = s.alarm {
                     push(out, frame, p, params, ratio, period, metric);
@@ -405,6 +435,57 @@ impl Detector for Oscillation {
     }
 }
 
+/// Feeds the cells just added to the point's pulse finder and reports what it closes.
+fn pulses(
+    out: &mut Vec<Finding>,
+    frame: &Frame<'_>,
+    p: u32,
+    params: &OscillationParams,
+    s: &mut State,
+    added: usize,
+    metric: &str,
+) {
+    if s.restarts != s.grid.restarts {
+        s.restarts = s.grid.restarts;
+        s.pulses.restart();
+    }
+    if s.grid.step == 0 {
+        return;
+    }
+    let dt_s = s.grid.step as f64 / 1000.0;
+    // Half the longest period of the band, in cells.
+    let max_held = (0.5 / params.min_hz / dt_s).floor() as u64;
+    let values = &s.grid.values;
+    for &v in values.range(values.len().saturating_sub(added)..) {
+        let Some(x) = s.pulses.push(v, params.step_margin, max_held) else {
+            continue;
+        };
+        let held_s = x.held as f64 * dt_s;
+        let score = x.step.abs().min(x.back.abs());
+        out.push(super::point_finding(
+            frame,
+            p,
+            NAME,
+            score,
+            x.bar,
+            Severity::Medium,
+            attack::MANIPULATION_OF_CONTROL,
+            format!(
+                "{metric} stepped by {} and back by {} after {} s, each step over {}, \
+                 the largest change of its recent samples with a margin: a load switched \
+                 on and off (a swing with a period of about {} s)",
+                sig(x.step),
+                sig(x.back),
+                sig(held_s),
+                sig(x.bar),
+                sig(2.0 * held_s)
+            ),
+            json!({"step": x.step, "back": x.back, "held_s": held_s, "step_bar": x.bar,
+                   "period_s": 2.0 * held_s, "frequency_hz": 0.5 / held_s}),
+        ));
+    }
+}
+
 fn push(
     out: &mut Vec<Finding>,
     frame: &Frame<'_>,
@@ -435,7 +516,7 @@ fn push(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::testkit::{noisy, Harness};
+    use crate::detect::testkit::{noisy, wandering_load as load_at, Harness};
 
     fn det() -> Oscillation {
         Oscillation::new(PerKind::from_fn(|_| OscillationParams::default()))
@@ -455,22 +536,6 @@ mod tests {
             "{:?}",
             h.findings.first().map(|f| &f.1.reason)
         );
-    }
-
-    /// A load like a facility's: a shared red-noise wander plus each meter's own noise,
-    /// held for a second at a time as a device refreshes its registers.
-    fn load_at(n_s: usize, seed: u64) -> Vec<f64> {
-        let steps = noisy(n_s, 0.0, 1.0, seed);
-        let own = noisy(n_s, 0.0, 1.5, seed + 1);
-        let mut ar = 0.0;
-        steps
-            .iter()
-            .zip(&own)
-            .map(|(s, o)| {
-                ar = 0.995 * ar + s;
-                450.0 + ar + o
-            })
-            .collect()
     }
 
     /// Polls `load` (one value a second) at the intervals (ms) `intervals` gives in turn.

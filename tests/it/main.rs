@@ -20,6 +20,7 @@ mod many_sites;
 mod modbus;
 mod mqtt;
 mod onboarding;
+mod oscillation;
 mod pcap;
 mod replay_data;
 mod report;

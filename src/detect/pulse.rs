@@ -1,0 +1,343 @@
+//! Load switched on and back off: the time-domain half of [`super::oscillation`].
+//!
+//! A load-altering attack switches real load (servers, compressors, a botnet of
+//! appliances) on and off, so its swing is square: each edge is a step far larger than
+//! anything the point does from one sample to the next, while the swing's power at its
+//! own period may stay within the red noise of a wandering load for minutes (the
+//! spectrum needs a good part of its window filled). A **pulse** is two opposite steps
+//! of like size (each within a factor of two of the other) with the level held in
+//! between, for at least [`MIN_HELD`] cells and at most half the longest period the
+//! band watches. A step is a change from one grid cell to the next above
+//! `margin` × the largest change of the point's last [`BLOCKS`] × [`BLOCK`] ordinary
+//! cells, plus the smallest change seen (the sensor's resolution, so a quantised point
+//! needs more than one count of change beyond the margin). A step is learned as ordinary
+//! only when it expires unpaired within the history's span of another that did (a
+//! noisier source has many): an attack's edge never raises the bar for the next, even
+//! when one edge between them was lost in the noise.
+//!
+//! Blind spots: edges slower than one sample (a soft start spread over several polls),
+//! swings smaller than the point's largest normal change, a source whose samples were
+//! interpolated across the edge.
+
+use std::collections::VecDeque;
+
+/// Cells per block of the history of changes.
+const BLOCK: u32 = 64;
+/// Blocks remembered: the bar is the largest change of about the last 1,024 cells.
+const BLOCKS: usize = 16;
+/// Blocks learned before steps are judged: all of them, as a shorter history's largest
+/// change is a smaller one.
+const WARM: usize = BLOCKS;
+/// Steps awaiting their return.
+const PENDING: usize = 4;
+/// Cells averaged for the level before a step: one sample before it may be noise's
+/// low as much as the step's start.
+const BEFORE: usize = 4;
+/// Fewest cells the level must be held between the two steps: a shorter excursion is
+/// a glitch of one or two polls, not a load switched.
+pub const MIN_HELD: u64 = 3;
+
+/// A step waiting for the step back.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    cell: u64,
+    delta: f64,
+    /// The level before the step (the mean of the last [`BEFORE`] cells).
+    before: f64,
+    /// Sum and count of the values since the step (the held level).
+    sum: f64,
+    n: u32,
+}
+
+/// A load switched on and back off (or off and back on).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pulse {
+    /// The first step's change.
+    pub step: f64,
+    /// The second step's change (of the opposite sign).
+    pub back: f64,
+    /// Cells between them.
+    pub held: u64,
+    /// The size a change had to reach to be a step.
+    pub bar: f64,
+}
+
+/// One point's steps, on its grid of cells.
+#[derive(Debug, Default)]
+pub struct Pulses {
+    prev: Option<f64>,
+    /// The last values (up to [`BEFORE`]), newest last.
+    recent: VecDeque<f64>,
+    cell: u64,
+    blocks: VecDeque<f64>,
+    block_max: f64,
+    block_n: u32,
+    /// The smallest non-zero change learned: the sensor's resolution, as far as seen.
+    resolution: f64,
+    pending: VecDeque<Step>,
+    /// Cell of the last step that expired unpaired.
+    expired: Option<u64>,
+}
+
+impl Pulses {
+    /// Forgets the last value and the waiting steps (a hole in the samples), keeping
+    /// what was learned of the point's changes.
+    pub fn restart(&mut self) {
+        self.prev = None;
+        self.recent.clear();
+        for s in std::mem::take(&mut self.pending) {
+            self.expire(s);
+        }
+    }
+
+    /// The change a step must exceed, once enough changes were learned.
+    pub fn bar(&self, margin: f64) -> Option<f64> {
+        if self.blocks.len() < WARM {
+            return None;
+        }
+        let largest = self.blocks.iter().fold(self.block_max, |a, &b| a.max(b));
+        (largest > 0.0).then_some(margin * largest + self.resolution)
+    }
+
+    /// Takes the next cell's value; returns the pulse it closes, if any. `max_held` is
+    /// the longest a level may be held between the steps, in cells.
+    pub fn push(&mut self, v: f64, margin: f64, max_held: u64) -> Option<Pulse> {
+        self.cell += 1;
+        if !v.is_finite() {
+            self.restart();
+            return None;
+        }
+        let found = self.judge(v, margin, max_held);
+        if self.recent.len() == BEFORE {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(v);
+        found
+    }
+
+    fn judge(&mut self, v: f64, margin: f64, max_held: u64) -> Option<Pulse> {
+        let prev = self.prev.replace(v)?;
+        let delta = v - prev;
+        while let Some(s) = self.pending.front().copied() {
+            if self.cell - s.cell <= max_held {
+                break;
+            }
+            self.pending.pop_front();
+            self.expire(s);
+        }
+        let Some(bar) = self.bar(margin).filter(|&b| delta.abs() > b) else {
+            self.learn(delta.abs());
+            for s in &mut self.pending {
+                s.sum += v;
+                s.n += 1;
+            }
+            return None;
+        };
+        let mut found = None;
+        if let Some(i) = self
+            .pending
+            .iter()
+            .rposition(|s| s.delta.signum() != delta.signum())
+        {
+            let s = self.pending[i];
+            let held = self.cell - s.cell;
+            let level = s.sum / f64::from(s.n.max(1));
+            let like = (0.5..=2.0).contains(&(delta.abs() / s.delta.abs()));
+            // The level between the steps stayed at least half a step from where it was.
+            let kept = (level - s.before) * s.delta.signum() >= s.delta.abs() / 2.0;
+            if held >= MIN_HELD && like && kept {
+                found = Some(Pulse {
+                    step: s.delta,
+                    back: delta,
+                    held,
+                    bar,
+                });
+                // The steps of a pulse are the swing's, never the point's normal.
+                self.pending.drain(..=i);
+            }
+        }
+        for s in &mut self.pending {
+            s.sum += v;
+            s.n += 1;
+        }
+        if self.pending.len() == PENDING {
+            if let Some(s) = self.pending.pop_front() {
+                self.expire(s);
+            }
+        }
+        let before = self.recent.iter().sum::<f64>() / self.recent.len().max(1) as f64;
+        self.pending.push_back(Step {
+            cell: self.cell,
+            delta,
+            before,
+            sum: v,
+            n: 1,
+        });
+        found
+    }
+
+    /// A step that no step back paired: learned if another expired within the span of
+    /// the history (the source is noisier than learned), else left out.
+    fn expire(&mut self, s: Step) {
+        let span = u64::from(BLOCK) * BLOCKS as u64;
+        if self.expired.is_some_and(|e| s.cell - e <= span) {
+            self.learn(s.delta.abs());
+        }
+        self.expired = Some(s.cell);
+    }
+
+    fn learn(&mut self, change: f64) {
+        if change > 0.0 && (self.resolution == 0.0 || change < self.resolution) {
+            self.resolution = change;
+        }
+        self.block_max = self.block_max.max(change);
+        self.block_n += 1;
+        if self.block_n == BLOCK {
+            if self.blocks.len() == BLOCKS {
+                self.blocks.pop_front();
+            }
+            self.blocks.push_back(self.block_max);
+            self.block_max = 0.0;
+            self.block_n = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testkit::{noisy, wandering_load as load};
+
+    const MARGIN: f64 = 1.25;
+
+    fn pulses(series: &[f64]) -> Vec<(usize, Pulse)> {
+        let mut p = Pulses::default();
+        series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &v)| p.push(v, MARGIN, 25).map(|x| (i, x)))
+            .collect()
+    }
+
+    fn square(series: &mut [f64], onset: usize, amplitude: f64, period: f64) {
+        for (i, v) in series.iter_mut().enumerate().skip(onset) {
+            *v += amplitude
+                * ((i - onset) as f64 / period * std::f64::consts::TAU)
+                    .sin()
+                    .signum();
+        }
+    }
+
+    #[test]
+    fn a_wandering_load_has_no_pulse() {
+        // Ten hours of a load whose sample-to-sample change is about 2.1 (σ).
+        for seed in [3, 5, 7] {
+            let found = pulses(&load(36_000, seed));
+            assert!(found.is_empty(), "seed {seed}: {:?}", found.first());
+        }
+    }
+
+    #[test]
+    fn the_level_a_step_left_is_not_one_low_reading_before_it() {
+        // A low reading, a high one, a little above the level for four cells, a low one:
+        // both changes exceed the bar and the "held" level is 0.74 bar above the low
+        // reading before the first, but only 0.44 above the level of the four before it.
+        let mut p = Pulses::default();
+        for v in noisy(2_000, 400.0, 6.5, 31) {
+            p.push(v, MARGIN, 25);
+        }
+        let b = p.bar(MARGIN).expect("learned");
+        let mut tail = vec![400.0; 4];
+        tail.extend([400.0 - 0.4 * b, 400.0 + 0.7 * b]);
+        tail.extend([400.0 + 0.25 * b; 4]);
+        tail.extend([400.0 - 0.9 * b, 400.0, 400.0]);
+        let found: Vec<Pulse> = tail.iter().filter_map(|&v| p.push(v, MARGIN, 25)).collect();
+        assert_eq!(found, vec![]);
+    }
+
+    #[test]
+    fn a_square_swing_is_found_at_its_second_full_edge() {
+        // ±7.5 (edges of 15, 6.4σ of the change, whose largest in 1,024 samples is
+        // about 3.4σ) with a 45 s period from 3,000 s: the onset is a half edge; the
+        // full edges come at 22.5 s and 45 s.
+        let mut series = load(6_000, 11);
+        square(&mut series, 3_000, 7.5, 45.0);
+        let found = pulses(&series);
+        let (at, first) = found.first().copied().expect("a pulse");
+        assert!((3_040..3_050).contains(&at), "found at {at}");
+        assert!((20..=25).contains(&first.held), "{first:?}");
+        assert!(first.step * first.back < 0.0);
+        // The swing goes on: pulses again, though an edge lost in the noise leaves its
+        // partner unpaired, learned, and the bar raised (the spectrum carries on).
+        assert!(found.len() >= 2, "{}", found.len());
+        assert!(found.iter().all(|(i, _)| *i >= 3_000));
+    }
+
+    #[test]
+    fn a_lasting_step_a_glitch_and_a_slow_return_are_not_pulses() {
+        let mut series = load(8_000, 13);
+        // A load switched on for good.
+        for v in &mut series[3_000..] {
+            *v += 40.0;
+        }
+        // A reading wrong for two polls.
+        series[4_000] += 60.0;
+        series[4_001] += 60.0;
+        // Switched off for two minutes (longer than half the longest period).
+        for v in &mut series[5_000..5_120] {
+            *v -= 40.0;
+        }
+        // A step up and, later, a step down half its size.
+        for v in &mut series[6_000..6_010] {
+            *v += 40.0;
+        }
+        for v in &mut series[6_010..] {
+            *v += 20.0;
+        }
+        assert_eq!(pulses(&series), vec![]);
+    }
+
+    #[test]
+    fn a_quantised_point_needs_more_than_one_count_beyond_its_margin() {
+        // A meter reading whole kW whose value moves by at most one count a sample.
+        let mut series: Vec<f64> = load(4_000, 17).iter().map(|v| (v / 8.0).round()).collect();
+        for w in 1..series.len() {
+            series[w] = series[w].clamp(series[w - 1] - 1.0, series[w - 1] + 1.0);
+        }
+        for v in &mut series[3_000..3_010] {
+            *v += 4.0;
+        }
+        let mut p = Pulses::default();
+        for &v in &series[..3_000] {
+            assert_eq!(p.push(v, MARGIN, 25), None);
+        }
+        assert_eq!(p.bar(MARGIN), Some(2.25), "1.5 × one count, plus one count");
+        let found: Vec<Pulse> = series[3_000..]
+            .iter()
+            .filter_map(|&v| p.push(v, MARGIN, 25))
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].held, 10);
+    }
+
+    proptest::proptest! {
+        /// Whatever values come (huge, tiny, repeated, non-finite), the state stays
+        /// bounded and a pulse reported is two opposite steps above the bar.
+        #[test]
+        fn bounded_and_consistent(values in proptest::collection::vec(
+            proptest::prop_oneof![-1e12f64..1e12, proptest::strategy::Just(f64::NAN), -2.0f64..2.0],
+            1..3_000,
+        )) {
+            let mut p = Pulses::default();
+            for v in values {
+                if let Some(x) = p.push(v, MARGIN, 25) {
+                    proptest::prop_assert!(x.step * x.back < 0.0);
+                    proptest::prop_assert!(x.step != 0.0 && x.back.abs() > x.bar);
+                    proptest::prop_assert!((MIN_HELD..=25).contains(&x.held));
+                }
+                proptest::prop_assert!(p.pending.len() <= PENDING);
+                proptest::prop_assert!(p.blocks.len() <= BLOCKS);
+            }
+        }
+    }
+}
