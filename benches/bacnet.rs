@@ -14,7 +14,7 @@ use wattchdog::protocol::bacnet::{
 use wattchdog::protocol::bacnet_map;
 use wattchdog::sim::bacnet_device::{Device, DeviceCounts};
 use wattchdog::source::bacnet::BacnetPoller;
-use wattchdog::source::poll::{DeviceStats, Link};
+use wattchdog::source::poll::{Answers, DeviceStats, Link};
 use wattchdog::time::Clock;
 use wattchdog::Config;
 
@@ -128,7 +128,9 @@ fn poll_cycle(c: &mut Criterion) {
             let mut set = tokio::task::JoinSet::new();
             for mut p in pollers.drain(..) {
                 set.spawn(async move {
-                    let n = p.cycle().await.len();
+                    let mut kept = Answers::kept();
+                    p.cycle(&mut kept).await;
+                    let n = kept.count();
                     (p, n)
                 });
             }

@@ -10,7 +10,7 @@ use wattchdog::protocol::plan::{plan, PlanLimits};
 use wattchdog::protocol::registers::RegisterMap;
 use wattchdog::sim::serve::{FunctionCounts, GatewayHandle};
 use wattchdog::source::modbus::{DevicePlan, DevicePoller, DeviceStats};
-use wattchdog::source::poll::Link;
+use wattchdog::source::poll::{Answers, Link};
 use wattchdog::time::Clock;
 
 const DEVICES: usize = 50;
@@ -100,7 +100,9 @@ fn poll_cycle(c: &mut Criterion) {
             let mut set = tokio::task::JoinSet::new();
             for mut p in pollers.drain(..) {
                 set.spawn(async move {
-                    let n = p.cycle().await.len();
+                    let mut kept = Answers::kept();
+                    p.cycle(&mut kept).await;
+                    let n = kept.count();
                     (p, n)
                 });
             }

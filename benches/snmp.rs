@@ -9,7 +9,7 @@ use std::sync::Arc;
 use wattchdog::protocol::ber::{self, tag, Value};
 use wattchdog::protocol::mib::{self, Oid};
 use wattchdog::sim::snmp_agent::{Agent, AgentCounts};
-use wattchdog::source::poll::{DeviceStats, Link};
+use wattchdog::source::poll::{Answers, DeviceStats, Link};
 use wattchdog::source::snmp::{oid_of, raw_of, SnmpPoller};
 use wattchdog::time::Clock;
 use wattchdog::Config;
@@ -100,7 +100,9 @@ fn poll_cycle(c: &mut Criterion) {
             let mut set = tokio::task::JoinSet::new();
             for mut p in pollers.drain(..) {
                 set.spawn(async move {
-                    let n = p.cycle().await.len();
+                    let mut kept = Answers::kept();
+                    p.cycle(&mut kept).await;
+                    let n = kept.count();
                     (p, n)
                 });
             }

@@ -27,7 +27,7 @@
 //!   notification (a test checks the source).
 
 use super::poll::{
-    bump, poll_device, with_port, DeviceStats, Failure, Link, PollSettings, Schedule,
+    bump, poll_device, with_port, Answers, DeviceStats, Failure, Link, PollSettings, Schedule,
 };
 use crate::model::{Quality, Reading};
 use crate::protocol::bacnet::{
@@ -786,7 +786,7 @@ impl BacnetPoller {
         Ok(Observed::of(props.iter().map(|(p, v)| (*p, v.as_slice()))))
     }
 
-    async fn read_all(&mut self, out: &mut Vec<Reading>) -> Result<(), Failure> {
+    async fn read_all(&mut self, out: &mut Answers) -> Result<(), Failure> {
         let objects: Vec<(usize, ObjectId)> = polled(&self.plan().map).collect();
         // About 25 octets of request and 30 of answer per object: stay well inside the
         // device's limit so that no answer needs segmentation.
@@ -812,8 +812,9 @@ impl BacnetPoller {
             };
             let ts = self.points.clock.now();
             for ((i, _), o) in chunk.iter().zip(&seen) {
-                out.push(self.points.reading(*i, o, ts));
+                out.batch().push(self.points.reading(*i, o, ts));
             }
+            out.flush().await;
         }
         Ok(())
     }
@@ -837,8 +838,7 @@ impl Link for BacnetPoller {
     }
 
     /// Renews the subscriptions when due, then reads every polled object.
-    async fn cycle(&mut self) -> Vec<Reading> {
-        let mut out = Vec::new();
+    async fn cycle(&mut self, out: &mut Answers) {
         if let Some(lifetime) = self.plan().cov_lifetime {
             let due = self
                 .subscribed
@@ -850,14 +850,13 @@ impl Link for BacnetPoller {
             }
         }
         if self.dropped.is_none() {
-            if let Err(f) = self.read_all(&mut out).await {
+            if let Err(f) = self.read_all(out).await {
                 self.dropped = Some(f);
             }
         }
         if self.dropped.is_some() {
             self.link = None;
         }
-        out
     }
 
     fn take_failure(&mut self) -> Option<Failure> {

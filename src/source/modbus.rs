@@ -12,7 +12,7 @@
 //! - Read-only by construction: the link type below exposes the four read functions and
 //!   nothing else, and this module never imports tokio-modbus's `Writer`.
 
-use super::poll::{bump, poll_device, Failure, Link, Schedule};
+use super::poll::{bump, poll_device, Answers, Failure, Link, Schedule};
 pub use super::poll::{DeviceCounts, DeviceStats, PollSettings};
 use crate::model::{Quality, Reading, Ts};
 use crate::protocol::plan::{plan, PlanLimits, ReadRequest};
@@ -307,13 +307,12 @@ impl Link for DevicePoller {
         }
     }
 
-    /// Sends every request of the plan once, in order, and returns the readings, each
-    /// stamped when its response arrived. A timeout or transport error ends the cycle
-    /// and drops the connection (see the module notes).
-    async fn cycle(&mut self) -> Vec<Reading> {
-        let mut out = Vec::new();
+    /// Sends every request of the plan once, in order, and flushes each response's
+    /// readings, stamped when it arrived, before the next request. A timeout or
+    /// transport error ends the cycle and drops the connection (see the module notes).
+    async fn cycle(&mut self, out: &mut Answers) {
         let Some(link) = self.link.as_mut() else {
-            return out;
+            return;
         };
         let (dev, stats) = (&self.dev, &self.stats);
         for req in &dev.requests {
@@ -331,13 +330,21 @@ impl Link for DevicePoller {
                         ts,
                         &mut self.last_good,
                         stats,
-                        &mut out,
+                        out.batch(),
                     );
                 }
                 Ok(Ok(Err(exception))) => {
                     bump(&stats.exceptions, 1);
                     debug!(device = %dev.name, function = req.function(), start = req.start, %exception, "exception");
-                    bad(dev, &self.kind, req, ts, &self.last_good, stats, &mut out);
+                    bad(
+                        dev,
+                        &self.kind,
+                        req,
+                        ts,
+                        &self.last_good,
+                        stats,
+                        out.batch(),
+                    );
                 }
                 Ok(Err(e)) => {
                     bump(&stats.transport_errors, 1);
@@ -354,8 +361,8 @@ impl Link for DevicePoller {
                     break;
                 }
             }
+            out.flush().await;
         }
-        out
     }
 }
 
@@ -493,6 +500,90 @@ mod tests {
             }
         });
         (addr, seen)
+    }
+
+    /// A device that answers the first request of each connection (every register
+    /// zero) and never the others.
+    async fn answers_once() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut first = true;
+                    let mut head = [0u8; 12];
+                    while conn.read_exact(&mut head).await.is_ok() {
+                        if !std::mem::take(&mut first) {
+                            continue;
+                        }
+                        // MBAP (transaction, protocol, length, unit), function, start, count.
+                        let count = u16::from_be_bytes([head[10], head[11]]);
+                        let bytes = (count * 2) as u8;
+                        let len = 3 + u16::from(bytes);
+                        let mut reply = vec![head[0], head[1], 0, 0];
+                        reply.extend(len.to_be_bytes());
+                        reply.extend([head[6], head[7], bytes]);
+                        reply.resize(reply.len() + usize::from(bytes), 0);
+                        if conn.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_response_is_sent_on_before_a_later_request_of_its_cycle_times_out() {
+        // A learned reorder wait of ~100 ms would take readings held back by a 30 s
+        // timeout for late; they must reach the pipeline when their answer does.
+        let map = profiles::named("chiller-generic").unwrap();
+        let requests = plan(&map, &PlanLimits::default());
+        assert!(requests.len() >= 2, "the cycle has a request after the first");
+        let first = requests[0].entries.len();
+        let dev = DevicePlan {
+            site: "lab".into(),
+            name: "chiller-1".into(),
+            address: answers_once().await,
+            unit: 1,
+            interval: 60_000,
+            timeout: 30_000,
+            requests,
+            map: Arc::new(map),
+        };
+        let settings = PollSettings {
+            clock: Clock::wall(),
+            backoff_min: 50,
+            backoff_max: 400,
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::new(DeviceStats::default());
+        let task = tokio::spawn(poll_device(
+            DevicePoller::new(dev, settings.clock, stats.clone()),
+            60_000,
+            settings,
+            Arc::new(Semaphore::new(1)),
+            stats.clone(),
+            tx,
+            stop_rx,
+        ));
+        // Far sooner than the timeout: on the old path this waited the full 30 s.
+        let batch = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the first answer's readings came before the cycle ended")
+            .unwrap();
+        assert_eq!(batch.len(), first);
+        assert!(batch.iter().all(|r| r.quality == Quality::Good));
+        assert_eq!(
+            stats.timeouts.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "the second request is still waiting"
+        );
+        stop.send(true).unwrap();
+        task.abort();
     }
 
     #[tokio::test]

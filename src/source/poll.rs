@@ -216,6 +216,64 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// Where a poll cycle's readings go. Each request's readings are sent the moment its
+/// answer is decoded ([`Answers::flush`]), not when the cycle ends: they are stamped
+/// when their answer arrived, and a later request that times out would otherwise hold
+/// them back by the timeout, late to a pipeline that learned a shorter reorder wait.
+#[derive(Debug)]
+pub struct Answers {
+    tx: Option<mpsc::Sender<Vec<Reading>>>,
+    batch: Vec<Reading>,
+    sent: usize,
+    closed: bool,
+}
+
+impl Answers {
+    /// Sends each flushed batch on `tx`.
+    pub fn sending(tx: mpsc::Sender<Vec<Reading>>) -> Self {
+        Self {
+            tx: Some(tx),
+            batch: Vec::new(),
+            sent: 0,
+            closed: false,
+        }
+    }
+
+    /// Keeps every reading (benches and tests that run a cycle by hand).
+    pub fn kept() -> Self {
+        Self {
+            tx: None,
+            batch: Vec::new(),
+            sent: 0,
+            closed: false,
+        }
+    }
+
+    /// The readings of the answer being decoded.
+    pub fn batch(&mut self) -> &mut Vec<Reading> {
+        &mut self.batch
+    }
+
+    /// Sends what was decoded since the last flush.
+    pub async fn flush(&mut self) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        if self.batch.is_empty() || self.closed {
+            return;
+        }
+        self.sent += self.batch.len();
+        if tx.send(std::mem::take(&mut self.batch)).await.is_err() {
+            self.closed = true;
+        }
+    }
+
+    /// Readings flushed so far (sent, or kept).
+    pub fn count(&self) -> usize {
+        self.sent + self.batch.len()
+    }
+}
+
 /// One device's link as the schedule sees it: open it, run a cycle, say why a cycle
 /// dropped it.
 pub trait Link: Send {
@@ -227,14 +285,15 @@ pub trait Link: Send {
     fn connected(&self) -> bool;
     /// Opens the link.
     fn connect(&mut self) -> impl Future<Output = Result<(), Failure>> + Send;
-    /// One poll cycle's readings, each stamped when its answer arrived.
-    fn cycle(&mut self) -> impl Future<Output = Vec<Reading>> + Send;
+    /// One poll cycle: each answer's readings, stamped when it arrived, flushed to `out`
+    /// as soon as they are decoded.
+    fn cycle(&mut self, out: &mut Answers) -> impl Future<Output = ()> + Send;
     /// Why the last cycle dropped the link, if it did.
     fn take_failure(&mut self) -> Option<Failure>;
 }
 
 /// Polls one device every `interval` (event-time ms) until `stop` turns true, sending
-/// each cycle's readings.
+/// each answer's readings as it comes.
 pub async fn poll_device<L: Link>(
     mut poller: L,
     interval: i64,
@@ -250,6 +309,7 @@ pub async fn poll_device<L: Link>(
     let mut backoff = settings.backoff_min;
     let mut trouble = Trouble::default();
     let mut next = clock.now();
+    let mut answers = Answers::sending(tx);
     loop {
         // Wait for the next cycle (or for a reconnect delay), unless told to stop.
         let wait = clock.wall_duration(next - clock.now());
@@ -274,13 +334,14 @@ pub async fn poll_device<L: Link>(
         let failure = match failure {
             Some(f) => Some(f),
             None => {
-                let readings = {
+                {
                     let Ok(_permit) = limit.acquire().await else {
                         break;
                     };
-                    poller.cycle().await
-                };
-                if !readings.is_empty() && tx.send(readings).await.is_err() {
+                    poller.cycle(&mut answers).await;
+                }
+                answers.flush().await;
+                if answers.closed {
                     return;
                 }
                 poller.take_failure()

@@ -25,7 +25,7 @@
 //!   are counted, and the first ones logged; none stops the receiver.
 
 use super::poll::{
-    bump, poll_device, with_port, DeviceStats, Failure, Link, PollSettings, Schedule,
+    bump, poll_device, with_port, Answers, DeviceStats, Failure, Link, PollSettings, Schedule,
 };
 use crate::model::{Quality, Reading};
 use crate::protocol::ber;
@@ -892,8 +892,7 @@ impl Link for SnmpPoller {
     }
 
     /// Every GET, then every column walk; each object stamped when its answer arrived.
-    async fn cycle(&mut self) -> Vec<Reading> {
-        let mut out = Vec::new();
+    async fn cycle(&mut self, out: &mut Answers) {
         let gets = std::mem::take(&mut self.gets);
         let map = self.dev.map.clone();
         for (chunk, oids) in self.dev.gets.clone().iter().zip(&gets) {
@@ -919,8 +918,9 @@ impl Link for SnmpPoller {
                 })
                 .collect();
             for (i, oid) in map.scalars().filter(|(_, o)| chunk.contains(o)) {
-                self.reading(i, by_oid.get(oid).copied(), ts, &mut out);
+                self.reading(i, by_oid.get(oid).copied(), ts, out.batch());
             }
+            out.flush().await;
         }
         self.gets = gets;
         if self.dropped.is_none() && !self.columns.is_empty() {
@@ -930,13 +930,12 @@ impl Link for SnmpPoller {
                     let aggs: Vec<_> = self.columns.iter().map(|c| (c.0, c.2)).collect();
                     for ((i, aggregate), rows) in aggs.into_iter().zip(columns) {
                         let v = rows.and_then(|r| aggregate.apply(&r));
-                        self.reading(i, v, ts, &mut out);
+                        self.reading(i, v, ts, out.batch());
                     }
                 }
                 Err(f) => self.dropped = Some(f),
             }
         }
-        out
     }
 
     fn take_failure(&mut self) -> Option<Failure> {
