@@ -541,7 +541,10 @@ mod tests {
         // timeout for late; they must reach the pipeline when their answer does.
         let map = profiles::named("chiller-generic").unwrap();
         let requests = plan(&map, &PlanLimits::default());
-        assert!(requests.len() >= 2, "the cycle has a request after the first");
+        assert!(
+            requests.len() >= 2,
+            "the cycle has a request after the first"
+        );
         let first = requests[0].entries.len();
         let dev = DevicePlan {
             site: "lab".into(),
