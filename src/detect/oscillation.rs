@@ -143,8 +143,9 @@ struct State {
     /// Windows not judged for too many interpolated cells.
     unjudged: u64,
     pulses: Pulses,
-    /// The grid's restarts the pulses have seen.
+    /// The grid's restarts the pulses have seen, and the grid step they learned on.
     restarts: u32,
+    pulse_step: Ts,
 }
 
 /// Samples before the grid step is chosen (their median interval).
@@ -452,6 +453,11 @@ fn pulses(
     if s.grid.step == 0 {
         return;
     }
+    if s.grid.step != s.pulse_step {
+        // Changes over a cell of another length are another distribution: learn anew.
+        s.pulse_step = s.grid.step;
+        s.pulses = Pulses::default();
+    }
     let dt_s = s.grid.step as f64 / 1000.0;
     // Half the longest period of the band, in cells.
     let max_held = (0.5 / params.min_hz / dt_s).floor() as u64;
@@ -551,6 +557,37 @@ mod tests {
         }
         h.notes = d.notes();
         h
+    }
+
+    #[test]
+    fn a_source_polled_more_slowly_from_some_hour_raises_no_pulse() {
+        // A load that wanders like a random walk, an hour polled every second, then ten
+        // polled every 5 s: a change over one cell of the slower grid is √5 times one of
+        // the faster, so the pulses must learn the new cadence afresh rather than call
+        // its changes steps.
+        let mut ar = 0.0;
+        let load: Vec<f64> = noisy(11 * 3600, 0.0, 1.0, 41)
+            .iter()
+            .map(|s| {
+                ar = 0.999 * ar + s;
+                450.0 + ar
+            })
+            .collect();
+        let mut intervals = vec![1000; 3600];
+        intervals.extend(vec![5000; 10 * 720]);
+        let mut h = Harness::new();
+        let mut d = det();
+        let (mut t, mut k) = (0, 0);
+        while (t / 1000) < load.len() as Ts && k < intervals.len() {
+            h.feed_at(&mut d, "pdu", "it_load_kw", t, load[(t / 1000) as usize]);
+            t += intervals[k];
+            k += 1;
+        }
+        assert!(
+            h.findings.is_empty(),
+            "{:?}",
+            h.findings.first().map(|f| &f.1.reason)
+        );
     }
 
     proptest::proptest! {
