@@ -477,9 +477,9 @@ fn pulses(
             Severity::Medium,
             attack::MANIPULATION_OF_CONTROL,
             format!(
-                "{metric} stepped by {} and back by {} after {} s, each step over {}, \
-                 the largest change of its recent samples with a margin: a load switched \
-                 on and off (a swing with a period of about {} s)",
+                "{metric} stepped by {} and back by {} after {} s, the step back over {} \
+                 (the largest such change of its recent samples, with a margin): a load \
+                 switched on and off (a swing with a period of about {} s)",
                 sig(x.step),
                 sig(x.back),
                 sig(held_s),
