@@ -14,11 +14,19 @@
 //! |---|---|---|---|---|
 //! | UPS efficiency | input_power_kw | output_power_kw | ratio | online (not on battery, not in bypass, battery full and not charging) |
 //! | UPS load | load_pct | output_power_kw | ratio | always |
-//! | chiller COP | power_kw | heat removed = flow × (return − supply) × c_p | ratio | running |
+//! | chiller COP | power_kw | heat removed = flow × (return − supply) × c_p, at the rating point's supply temperature | ratio | running |
 //! | chiller setpoint | supply_temp_c | setpoint_c | ratio | running |
 //! | site balance | grid active_power_kw | Σ UPS input_power_kw + Σ chiller power_kw | linear | breaker closed |
 //! | grid frequency | grid frequency_hz | mean UPS input_frequency_hz | ratio | UPS inputs live |
 //! | grid voltage | grid voltage_l1_v | mean UPS input_voltage_v | ratio | UPS inputs live |
+//!
+//! A chiller's COP is not a constant: warmer supply water means less lift, so it rises by
+//! about 3 % per kelvin (vendors' part-load data; "1–2 % per °F" in the trade), and a
+//! plant settling back from a trip or a changed setpoint runs for many minutes off its
+//! usual supply temperature. The COP relation therefore refers the heat removed to the
+//! AHRI 550/590 rating point (6.7 °C supply): `heat × e^(−g·(supply − 6.7))`, with `g` =
+//! `cop_gain_per_k`. A spoofed supply temperature moves the heat far more than the
+//! correction (flow × c_p per kelvin against a few percent), so it hides nothing.
 //!
 //! Three tests run on the residual's z-score:
 //! - a jump: `|z| ≥ threshold` for `persist` samples;
@@ -58,6 +66,8 @@ use serde_json::json;
 
 const NAME: &str = "physics";
 const CP_WATER: f64 = 4.186;
+/// Supply water temperature of the AHRI 550/590 rating point (44 °F), °C.
+const RATED_SUPPLY_C: f64 = 6.7;
 /// Largest step of the CUSUM, in long-run σ.
 const CUSUM_STEP: f64 = 4.0;
 /// The CUSUM's ceiling, in thresholds: it says that a shift is on, not how long it has
@@ -88,6 +98,10 @@ pub struct PhysicsParams {
     pub cusum_k: f64,
     /// Decision threshold of the CUSUM.
     pub cusum_threshold: f64,
+    /// Chillers: the COP's relative gain per kelvin of warmer supply water, by which the
+    /// COP relation refers the heat removed to the rating point's supply temperature (0
+    /// takes the COP as constant).
+    pub cop_gain_per_k: f64,
 }
 
 impl PhysicsParams {
@@ -129,6 +143,11 @@ impl PhysicsParams {
             "cusum_threshold",
             "must be greater than 0",
         )?;
+        rule(
+            (0.0..=0.2).contains(&self.cop_gain_per_k),
+            "cop_gain_per_k",
+            "must be 0 to 0.2 (a fraction of the COP per kelvin)",
+        )?;
         Ok(())
     }
 }
@@ -145,6 +164,7 @@ impl Default for PhysicsParams {
             sustained_threshold: 10.0,
             cusum_k: 0.5,
             cusum_threshold: 25.0,
+            cop_gain_per_k: 0.03,
         }
     }
 }
@@ -454,14 +474,16 @@ fn site_values<'a>(
         })
 }
 
-fn input_value(frame: &Frame<'_>, input: Input) -> Option<f64> {
+fn input_value(frame: &Frame<'_>, input: Input, params: &PhysicsParams) -> Option<f64> {
     match input {
         Input::Metric(m) => fresh(frame, m).map(|p| p.value),
         Input::ChillerHeat => {
             let flow = fresh(frame, "flow_lps")?.value;
             let ret = fresh(frame, "return_temp_c")?.value;
             let sup = fresh(frame, "supply_temp_c")?.value;
-            Some(flow * (ret - sup) * CP_WATER)
+            // Bounded so that a forged temperature cannot overflow the exponential.
+            let lift = (sup - RATED_SUPPLY_C).clamp(-50.0, 50.0);
+            Some(flow * (ret - sup) * CP_WATER * (-params.cop_gain_per_k * lift).exp())
         }
         Input::SiteSum(parts) => {
             let mut sum = 0.0;
@@ -537,7 +559,7 @@ impl Detector for Physics {
                 }
                 continue;
             }
-            let Some(x) = input_value(frame, spec.input) else {
+            let Some(x) = input_value(frame, spec.input, params) else {
                 continue;
             };
             let y = target.value;
@@ -729,6 +751,60 @@ mod tests {
             assert!((4000..4010).contains(&at), "COP {cop}: at {at}");
             assert_eq!(f[0].1.evidence["relation"], "chiller_cop");
         }
+    }
+
+    /// A chiller at a COP of 4.2 at 7 °C supply gaining `gain` of it per kelvin, whose
+    /// supply water runs `warm` kelvin warmer from step 4000 to 5000, then settles back.
+    fn settling_chiller(params: PhysicsParams, gain: f64) -> Vec<(usize, Finding)> {
+        let mut d = physics(params);
+        let mut h = Harness::new();
+        let n = 6000;
+        let (nf, nt, np) = (
+            noisy(n, 0.0, 0.2, 8),
+            noisy(n, 0.0, 0.03, 9),
+            noisy(n, 0.0, 1.0, 10),
+        );
+        for i in 0..n {
+            // Warm for 1000 samples, cooling back linearly over the last 300.
+            let warm = match i {
+                4000..=4700 => 1.0,
+                4701..=5000 => (5000 - i) as f64 / 300.0,
+                _ => 0.0,
+            };
+            let (flow, heat) = (40.0, 400.0);
+            let sup = 7.0 + warm;
+            let ret = sup + heat / (CP_WATER * flow);
+            let cop = 4.2 * (1.0 + gain * warm);
+            let frame = [
+                ("flow_lps", flow + nf[i]),
+                ("return_temp_c", ret + nt[i]),
+                ("supply_temp_c", sup + nt[(i + 1) % n]),
+                ("power_kw", heat / cop + np[i]),
+                ("running", 1.0),
+            ];
+            h.feed_frame(&mut d, "chiller", &frame);
+        }
+        h.findings
+    }
+
+    #[test]
+    fn warmer_supply_water_raises_the_cop_and_breaks_no_relation() {
+        // Whether the plant gains 2.5 % or 3.5 % per kelvin: the correction's 3 % leaves
+        // a fraction of the residual's spread.
+        for gain in [0.025, 0.035] {
+            let f = settling_chiller(PhysicsParams::default(), gain);
+            assert!(f.is_empty(), "gain {gain}: {:?}", f[0].1.reason);
+        }
+        // Taken as a constant COP, the same kelvin is a 3 % drop of power: a cumulative
+        // offset of the relation.
+        let constant = PhysicsParams {
+            cop_gain_per_k: 0.0,
+            ..PhysicsParams::default()
+        };
+        let f = settling_chiller(constant, 0.03);
+        let (at, first) = f.first().expect("a constant COP sees the warm water");
+        assert!((4000..4200).contains(at), "at {at}");
+        assert_eq!(first.evidence["relation"], "chiller_cop");
     }
 
     #[test]
