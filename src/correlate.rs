@@ -29,7 +29,8 @@ pub mod exceptions;
 
 use crate::feature::FeatureStore;
 use crate::model::points::{DeviceId, PointId, Registry};
-use crate::model::{Alert, AlertStatus, Finding, Incident, Role, Severity, Ts};
+use crate::model::vocabulary::{self, MetricClass};
+use crate::model::{Alert, AlertStatus, DeviceKind, Finding, Incident, Role, Severity, Ts};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
 use exceptions::Exceptions;
@@ -196,18 +197,20 @@ impl OpenIncident {
         if a.metrics.is_empty() {
             return self.incident.devices.contains(&a.device);
         }
-        a.metrics
-            .iter()
-            .any(|m| self.disturbed.contains(&disturbed_key(&a.device, m)))
+        a.metrics.iter().any(|m| {
+            self.disturbed
+                .contains(&disturbed_key(&a.device, &a.kind, m))
+        })
     }
 
     /// Notes what an alert shows the incident moved: the one metric a single-metric
     /// alert names. A relation or a device's whole telemetry (physics, the forest)
-    /// names metrics that need not have moved, and a later drift of one of those is not
-    /// the plant settling back.
+    /// names metrics that need not have moved (a forest's attribution names a flow that
+    /// only looked odd beside replayed temperatures), and a later drift of one of those
+    /// is not the plant settling back.
     fn disturb(&mut self, a: &Alert) {
         if let [m] = a.metrics.as_slice() {
-            self.disturbed.insert(disturbed_key(&a.device, m));
+            self.disturbed.insert(disturbed_key(&a.device, &a.kind, m));
         }
     }
 
@@ -221,8 +224,19 @@ impl OpenIncident {
     }
 }
 
-fn disturbed_key(device: &str, metric: &str) -> String {
-    format!("{device}/{metric}")
+/// What an incident records of a metric it disturbed. A device's temperatures are one
+/// thermal state, coupled by the heat it moves (a chiller's supply and return water
+/// through the load it carries, a CRAH's supply and return air through its coil and the
+/// room): one disturbed, the others settle back with it. Any other metric stands alone
+/// (a flow or a fan speed is driven, and its drift is news).
+fn disturbed_key(device: &str, kind: &str, metric: &str) -> String {
+    let thermal = vocabulary::lookup(DeviceKind::parse(kind), metric)
+        .is_some_and(|s| s.unit == "°C" && s.class == MetricClass::Analog);
+    if thermal {
+        format!("{device}/°C")
+    } else {
+        format!("{device}/{metric}")
+    }
 }
 
 /// The correlator.
@@ -260,23 +274,36 @@ fn severity_of(f: &Finding) -> Severity {
     }
 }
 
+/// Whether a detector scores a device's whole vector at once (the forest, the
+/// multivariate residual): the metrics its findings name say which features stood out
+/// most, and that shifts from one run of frames to the next while the device is the same
+/// anomaly, so its findings are one alert per device, naming every metric they named.
+fn whole_device(detector: &str) -> bool {
+    matches!(detector, "iforest" | "residual")
+}
+
 /// The alert a finding belongs to: one actor's doing on one device by one detector.
 fn alert_key(
     device: DeviceId,
     detector: &'static str,
-    metrics: Vec<String>,
+    metrics: &[String],
     evidence: &serde_json::Value,
 ) -> AlertKey {
     let actor = (detector == "protocol")
         .then(|| evidence.get("client").and_then(serde_json::Value::as_str))
         .flatten()
         .map(str::to_owned);
+    let metrics = if whole_device(detector) {
+        Vec::new()
+    } else {
+        metrics.to_vec()
+    };
     (device, detector, metrics, actor)
 }
 
 /// The alert a finding belongs to.
 pub(crate) fn key_of(f: &Finding) -> AlertKey {
-    alert_key(f.device, f.detector, f.metrics.clone(), &f.evidence)
+    alert_key(f.device, f.detector, &f.metrics, &f.evidence)
 }
 
 /// A new alert for `key` from its first finding (its id derived from both, so the same
@@ -302,7 +329,7 @@ fn new_alert(key: &AlertKey, f: Finding, reg: &Registry) -> Alert {
         site: dev.site.clone(),
         device: dev.name.clone(),
         kind: dev.kind_name.clone(),
-        metrics: key.2.clone(),
+        metrics: f.metrics,
         detector: key.1,
         score: f.score,
         threshold: f.threshold,
@@ -377,14 +404,22 @@ impl Correlator {
             return;
         }
         let severity = severity_of(&f);
-        let key = alert_key(f.device, f.detector, f.metrics, &f.evidence);
-        let f = Finding {
-            metrics: Vec::new(),
-            ..f
-        };
+        let key = key_of(&f);
         if let Some(a) = self.open.get_mut(&key) {
             a.last_seen = a.last_seen.max(f.ts);
             a.findings += 1;
+            // A whole-device alert names what each run of its findings named (a device's
+            // metrics bound the list).
+            for m in f.metrics {
+                if !a.metrics.contains(&m) {
+                    if judges_values(key.1) {
+                        for p in named_points(reg, key.0, std::slice::from_ref(&m)) {
+                            *self.suspects.entry(p).or_default() += 1;
+                        }
+                    }
+                    a.metrics.push(m);
+                }
+            }
             if f.score > a.score {
                 a.score = f.score;
                 a.summary = f.reason;
@@ -419,7 +454,7 @@ impl Correlator {
         self.place(&mut alert, out);
         out.push(Output::Alert(alert.clone()));
         if judges_values(key.1) {
-            for p in named_points(reg, key.0, &key.2) {
+            for p in named_points(reg, key.0, &alert.metrics) {
                 *self.suspects.entry(p).or_default() += 1;
             }
         }
@@ -613,7 +648,7 @@ impl Correlator {
             a.status = AlertStatus::Closed;
             closed.push(a.clone());
             if judges_values(key.1) {
-                cleared.extend(named_points(reg, key.0, &key.2));
+                cleared.extend(named_points(reg, key.0, &a.metrics));
             }
             false
         });
@@ -827,6 +862,98 @@ mod tests {
             (a[0].status, a[0].findings, a[0].last_seen),
             (AlertStatus::Closed, 11, 11_000)
         );
+    }
+
+    #[test]
+    fn a_forest_whose_attribution_shifts_is_one_alert_naming_every_metric_it_named() {
+        let mut reg = Registry::new(10);
+        let store = FeatureStore::default();
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        let crah = |reg: &mut Registry, metrics: &[&str], ts: Ts| {
+            for m in metrics {
+                reg.intern("s1", "crah-1", "crah", m).unwrap();
+            }
+            Finding {
+                metrics: metrics.iter().map(|m| m.to_string()).collect(),
+                ..on(reg, CRAH, "iforest", ts)
+            }
+        };
+        let point = |reg: &Registry, m: &str| {
+            reg.device(reg.point(0).device)
+                .points
+                .iter()
+                .copied()
+                .find(|&p| reg.point(p).metric == m)
+                .unwrap()
+        };
+        // The room warming: first the supply air stands out, then both, then the return
+        // air alone, and a heartbeat later the supply air again.
+        c.observe(crah(&mut reg, &["supply_air_temp_c"], 0), &reg, &mut out);
+        let runs: [&[&str]; 3] = [
+            &["supply_air_temp_c", "return_air_temp_c"],
+            &["return_air_temp_c"],
+            &["supply_air_temp_c"],
+        ];
+        for (i, run) in runs.into_iter().enumerate() {
+            c.observe(crah(&mut reg, run, (i as Ts + 1) * MIN), &reg, &mut out);
+        }
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "one alert, one incident: {a:?}");
+        assert_eq!(incidents(&out).len(), 1);
+        // Both metrics are suspect until it closes, then neither.
+        let (supply, ret) = (
+            point(&reg, "supply_air_temp_c"),
+            point(&reg, "return_air_temp_c"),
+        );
+        assert!(c.suspect(supply) && c.suspect(ret));
+        c.tick(10 * MIN, &reg, &store, &mut out);
+        let closed = *alerts(&out).last().unwrap();
+        assert_eq!(closed.status, AlertStatus::Closed);
+        assert_eq!(closed.metrics, ["supply_air_temp_c", "return_air_temp_c"]);
+        assert!(!c.suspect(supply) && !c.suspect(ret));
+        // A detector of one metric still keeps an alert per metric.
+        c.observe(on(&mut reg, CRAH, "ewma_z", 11 * MIN), &reg, &mut out);
+        let other = ("crah-1", "crah", "return_air_temp_c");
+        c.observe(on(&mut reg, other, "ewma_z", 11 * MIN), &reg, &mut out);
+        let opened = alerts(&out)
+            .iter()
+            .filter(|a| a.detector == "ewma_z")
+            .count();
+        assert_eq!(opened, 2);
+    }
+
+    #[test]
+    fn a_devices_temperatures_settle_together_and_what_a_forest_named_does_not() {
+        let mut reg = Registry::new(10);
+        let store = FeatureStore::default();
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        // A write stops the chiller; the room's CRAH warms (its supply air drifts) and
+        // stands out as a whole, the forest naming its fan speed among what stood out.
+        c.observe(on(&mut reg, CHILLER, "protocol", 0), &reg, &mut out);
+        c.observe(on(&mut reg, CRAH, "ewma_z", MIN), &reg, &mut out);
+        let fan = ("crah-1", "crah", "fan_speed_pct");
+        let mut forest = on(&mut reg, CRAH, "iforest", MIN);
+        forest.metrics.push("fan_speed_pct".into());
+        c.observe(forest, &reg, &mut out);
+        c.tick(11 * MIN, &reg, &store, &mut out);
+        // Past the cause's reach, within the incident's window: the return air drifting
+        // back is the plant settling; the fan speed drifting is news.
+        let ret = ("crah-1", "crah", "return_air_temp_c");
+        c.observe(on(&mut reg, ret, "timescale", 12 * MIN), &reg, &mut out);
+        c.observe(on(&mut reg, fan, "timescale", 13 * MIN), &reg, &mut out);
+        let l = last(&out);
+        let cause = l.values().find(|a| a.detector == "protocol").unwrap();
+        let by = |m: &str| {
+            l.values()
+                .find(|a| a.detector == "timescale" && a.metrics == [m])
+                .unwrap()
+        };
+        let settling = by("return_air_temp_c");
+        assert_eq!(settling.role, Role::Recovery);
+        assert_eq!(settling.incident_id, cause.incident_id);
+        assert_eq!(by("fan_speed_pct").role, Role::Cause);
     }
 
     /// A finding of `detector` on `device` (of `kind`) about `metric`.
