@@ -710,27 +710,39 @@ mod tests {
         Physics::new(PerKind::from_fn(|_| params.clone()))
     }
 
-    /// [`chiller`] judged by `d`, with the supply sensor's error at each step.
-    fn chiller_with(mut d: Physics, cop: f64, lie: impl Fn(usize) -> f64) -> Vec<(usize, Finding)> {
+    /// [`chiller`] judged by `d`, with the supply sensor's error at each step: the heat
+    /// it removes wanders (AR(1)), its supply water stays at 7 °C.
+    fn chiller_with(d: Physics, cop: f64, lie: impl Fn(usize) -> f64) -> Vec<(usize, Finding)> {
+        let load = noisy(6000, 0.0, 1.0, 7);
+        let mut l = 0.0;
+        feed_chiller(d, |i| {
+            l = 0.999 * l + load[i];
+            (400.0 + 3.0 * l, 7.0, lie(i), cop)
+        })
+    }
+
+    /// Feeds `d` 6,000 frames of a chiller moving 40 L/s; `plant(i)` gives the heat it
+    /// removes (kW), its supply water (°C), how far its supply sensor reads low and its
+    /// COP; every measurement has noise.
+    fn feed_chiller(
+        mut d: Physics,
+        mut plant: impl FnMut(usize) -> (f64, f64, f64, f64),
+    ) -> Vec<(usize, Finding)> {
         let mut h = Harness::new();
         let n = 6000;
-        let load = noisy(n, 0.0, 1.0, 7);
         let (nf, nt, np) = (
             noisy(n, 0.0, 0.2, 8),
             noisy(n, 0.0, 0.03, 9),
             noisy(n, 0.0, 1.0, 10),
         );
-        let mut l = 0.0;
         for i in 0..n {
-            l = 0.999 * l + load[i];
-            let heat = 400.0 + 3.0 * l;
-            let (flow, sup) = (40.0, 7.0);
+            let (heat, sup, lie, cop) = plant(i);
+            let flow = 40.0;
             let ret = sup + heat / (CP_WATER * flow);
-            let rep_sup = sup - lie(i);
             let frame = [
                 ("flow_lps", flow + nf[i]),
                 ("return_temp_c", ret + nt[i]),
-                ("supply_temp_c", rep_sup + nt[(i + 1) % n]),
+                ("supply_temp_c", sup - lie + nt[(i + 1) % n]),
                 ("power_kw", heat / cop + np[i]),
                 ("running", 1.0),
             ];
@@ -754,37 +766,16 @@ mod tests {
     }
 
     /// A chiller at a COP of 4.2 at 7 °C supply gaining `gain` of it per kelvin, whose
-    /// supply water runs `warm` kelvin warmer from step 4000 to 5000, then settles back.
+    /// supply water runs a kelvin warmer from step 4000 to 4700, then settles back by 5000.
     fn settling_chiller(params: PhysicsParams, gain: f64) -> Vec<(usize, Finding)> {
-        let mut d = physics(params);
-        let mut h = Harness::new();
-        let n = 6000;
-        let (nf, nt, np) = (
-            noisy(n, 0.0, 0.2, 8),
-            noisy(n, 0.0, 0.03, 9),
-            noisy(n, 0.0, 1.0, 10),
-        );
-        for i in 0..n {
-            // Warm for 1000 samples, cooling back linearly over the last 300.
+        feed_chiller(physics(params), |i| {
             let warm = match i {
                 4000..=4700 => 1.0,
                 4701..=5000 => (5000 - i) as f64 / 300.0,
                 _ => 0.0,
             };
-            let (flow, heat) = (40.0, 400.0);
-            let sup = 7.0 + warm;
-            let ret = sup + heat / (CP_WATER * flow);
-            let cop = 4.2 * (1.0 + gain * warm);
-            let frame = [
-                ("flow_lps", flow + nf[i]),
-                ("return_temp_c", ret + nt[i]),
-                ("supply_temp_c", sup + nt[(i + 1) % n]),
-                ("power_kw", heat / cop + np[i]),
-                ("running", 1.0),
-            ];
-            h.feed_frame(&mut d, "chiller", &frame);
-        }
-        h.findings
+            (400.0, 7.0 + warm, 0.0, 4.2 * (1.0 + gain * warm))
+        })
     }
 
     #[test]
