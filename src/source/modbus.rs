@@ -486,6 +486,52 @@ impl Collector {
 mod tests {
     use super::*;
 
+    /// A polled chiller: its readings, the switch that stops it, its counters, its task.
+    type Polled = (
+        mpsc::Receiver<Vec<Reading>>,
+        watch::Sender<bool>,
+        Arc<DeviceStats>,
+        tokio::task::JoinHandle<()>,
+    );
+
+    /// Polls a `chiller-generic` at `address` with `requests`, every `interval` ms with a
+    /// `timeout` ms per request and a 50–400 ms backoff, on the wall clock.
+    fn spawn_poller(
+        address: String,
+        requests: Vec<ReadRequest>,
+        interval: i64,
+        timeout: i64,
+    ) -> Polled {
+        let dev = DevicePlan {
+            site: "lab".into(),
+            name: "chiller-1".into(),
+            address,
+            unit: 1,
+            interval,
+            timeout,
+            requests,
+            map: Arc::new(profiles::named("chiller-generic").unwrap()),
+        };
+        let settings = PollSettings {
+            clock: Clock::wall(),
+            backoff_min: 50,
+            backoff_max: 400,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::new(DeviceStats::default());
+        let task = tokio::spawn(poll_device(
+            DevicePoller::new(dev, settings.clock, stats.clone()),
+            interval,
+            settings,
+            Arc::new(Semaphore::new(1)),
+            stats.clone(),
+            tx,
+            stop_rx,
+        ));
+        (rx, stop, stats, task)
+    }
+
     /// A device that accepts every connection and closes it at once: each attempt's
     /// instant.
     async fn slammer() -> (String, Arc<std::sync::Mutex<Vec<std::time::Instant>>>) {
@@ -546,33 +592,8 @@ mod tests {
             "the cycle has a request after the first"
         );
         let first = requests[0].entries.len();
-        let dev = DevicePlan {
-            site: "lab".into(),
-            name: "chiller-1".into(),
-            address: answers_once().await,
-            unit: 1,
-            interval: 60_000,
-            timeout: 30_000,
-            requests,
-            map: Arc::new(map),
-        };
-        let settings = PollSettings {
-            clock: Clock::wall(),
-            backoff_min: 50,
-            backoff_max: 400,
-        };
-        let (tx, mut rx) = mpsc::channel(16);
-        let (stop, stop_rx) = watch::channel(false);
-        let stats = Arc::new(DeviceStats::default());
-        let task = tokio::spawn(poll_device(
-            DevicePoller::new(dev, settings.clock, stats.clone()),
-            60_000,
-            settings,
-            Arc::new(Semaphore::new(1)),
-            stats.clone(),
-            tx,
-            stop_rx,
-        ));
+        let (mut rx, stop, stats, task) =
+            spawn_poller(answers_once().await, requests, 60_000, 30_000);
         // Far sooner than the timeout: on the old path this waited the full 30 s.
         let batch = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
@@ -593,33 +614,8 @@ mod tests {
     async fn a_device_that_accepts_and_misbehaves_is_redialled_with_growing_backoff() {
         let (address, seen) = slammer().await;
         let map = profiles::named("chiller-generic").unwrap();
-        let dev = DevicePlan {
-            site: "lab".into(),
-            name: "chiller-1".into(),
-            address,
-            unit: 1,
-            interval: 100,
-            timeout: 1000,
-            requests: plan(&map, &PlanLimits::default()),
-            map: Arc::new(map),
-        };
-        let settings = PollSettings {
-            clock: Clock::wall(),
-            backoff_min: 50,
-            backoff_max: 400,
-        };
-        let (tx, _rx) = mpsc::channel(16);
-        let (stop, stop_rx) = watch::channel(false);
-        let stats = Arc::new(DeviceStats::default());
-        let task = tokio::spawn(poll_device(
-            DevicePoller::new(dev, settings.clock, stats.clone()),
-            100,
-            settings,
-            Arc::new(Semaphore::new(1)),
-            stats.clone(),
-            tx,
-            stop_rx,
-        ));
+        let requests = plan(&map, &PlanLimits::default());
+        let (_rx, stop, stats, task) = spawn_poller(address, requests, 100, 1000);
         while seen.lock().unwrap().len() < 8 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
