@@ -245,6 +245,11 @@ pub struct Correlator {
     open: FxHashMap<AlertKey, Alert>,
     /// Open alerts per point they name.
     suspects: FxHashMap<PointId, u32>,
+    /// Per open alert that judges values, the metrics it holds suspect and when a
+    /// finding last named each: a whole-device alert lets one go once its findings have
+    /// stopped naming it for as long as would close an alert, so a long anomaly does not
+    /// freeze every baseline it touched once.
+    named: FxHashMap<AlertKey, Vec<(String, Ts)>>,
     /// Open incidents per site, oldest first.
     incidents: FxHashMap<String, Vec<OpenIncident>>,
     /// What analysts taught as expected.
@@ -361,6 +366,7 @@ impl Correlator {
             cfg,
             open: FxHashMap::default(),
             suspects: FxHashMap::default(),
+            named: FxHashMap::default(),
             incidents: FxHashMap::default(),
             exceptions: Exceptions::default(),
             excepted: 0,
@@ -405,6 +411,16 @@ impl Correlator {
         }
         let severity = severity_of(&f);
         let key = key_of(&f);
+        if judges_values(key.1) {
+            hold(
+                &mut self.named,
+                &mut self.suspects,
+                reg,
+                &key,
+                &f.metrics,
+                f.ts,
+            );
+        }
         if let Some(a) = self.open.get_mut(&key) {
             a.last_seen = a.last_seen.max(f.ts);
             a.findings += 1;
@@ -412,11 +428,6 @@ impl Correlator {
             // metrics bound the list).
             for m in f.metrics {
                 if !a.metrics.contains(&m) {
-                    if judges_values(key.1) {
-                        for p in named_points(reg, key.0, std::slice::from_ref(&m)) {
-                            *self.suspects.entry(p).or_default() += 1;
-                        }
-                    }
                     a.metrics.push(m);
                 }
             }
@@ -453,11 +464,6 @@ impl Correlator {
         let mut alert = new_alert(&key, f, reg);
         self.place(&mut alert, out);
         out.push(Output::Alert(alert.clone()));
-        if judges_values(key.1) {
-            for p in named_points(reg, key.0, &alert.metrics) {
-                *self.suspects.entry(p).or_default() += 1;
-            }
-        }
         self.open.insert(key, alert);
     }
 
@@ -632,6 +638,7 @@ impl Correlator {
         let clear = self.cfg.clear_after;
         let mut closed = Vec::new();
         let mut cleared = Vec::new();
+        let named = &mut self.named;
         self.open.retain(|key, a| {
             let interval = reg
                 .device(key.0)
@@ -642,14 +649,24 @@ impl Correlator {
                 .filter(|&i| i > 0.0)
                 .fold(0.0f64, f64::max);
             let quiet = (clear as f64).max(3.0 * interval);
-            if ((now - a.last_seen) as f64) < quiet {
+            let open = ((now - a.last_seen) as f64) < quiet;
+            if let Some(held) = named.get_mut(key) {
+                held.retain(|(m, ts)| {
+                    let kept = open && ((now - ts) as f64) < quiet;
+                    if !kept {
+                        cleared.extend(named_points(reg, key.0, std::slice::from_ref(m)));
+                    }
+                    kept
+                });
+                if held.is_empty() {
+                    named.remove(key);
+                }
+            }
+            if open {
                 return true;
             }
             a.status = AlertStatus::Closed;
             closed.push(a.clone());
-            if judges_values(key.1) {
-                cleared.extend(named_points(reg, key.0, &a.metrics));
-            }
             false
         });
         for p in cleared {
@@ -713,6 +730,32 @@ impl Correlator {
 /// forged line could otherwise use to freeze a baseline still settling.
 fn judges_values(detector: &str) -> bool {
     !matches!(detector, "event_time" | "protocol" | "staleness")
+}
+
+/// Holds the points of `metrics` suspect for alert `key`, named by a finding at `ts`.
+fn hold(
+    named: &mut FxHashMap<AlertKey, Vec<(String, Ts)>>,
+    suspects: &mut FxHashMap<PointId, u32>,
+    reg: &Registry,
+    key: &AlertKey,
+    metrics: &[String],
+    ts: Ts,
+) {
+    if !named.contains_key(key) {
+        named.insert(key.clone(), Vec::new());
+    }
+    let held = named.get_mut(key).expect("just inserted");
+    for m in metrics {
+        match held.iter_mut().find(|(h, _)| h == m) {
+            Some((_, last)) => *last = (*last).max(ts),
+            None => {
+                for p in named_points(reg, key.0, std::slice::from_ref(m)) {
+                    *suspects.entry(p).or_default() += 1;
+                }
+                held.push((m.clone(), ts));
+            }
+        }
+    }
 }
 
 /// The points of `device` that `metrics` name.
@@ -901,12 +944,25 @@ mod tests {
         let a = alerts(&out);
         assert_eq!(a.len(), 1, "one alert, one incident: {a:?}");
         assert_eq!(incidents(&out).len(), 1);
-        // Both metrics are suspect until it closes, then neither.
+        // Both metrics are suspect (their baselines frozen) while findings name them.
         let (supply, ret) = (
             point(&reg, "supply_air_temp_c"),
             point(&reg, "return_air_temp_c"),
         );
         assert!(c.suspect(supply) && c.suspect(ret));
+        // Then only the return air stands out for three minutes: the supply air's
+        // baseline learns again, though the alert stays open.
+        for t in 4..=6 {
+            c.observe(
+                crah(&mut reg, &["return_air_temp_c"], t * MIN),
+                &reg,
+                &mut out,
+            );
+        }
+        c.tick(6 * MIN, &reg, &store, &mut out);
+        assert_eq!(alerts(&out).len(), 1, "still open");
+        assert!(!c.suspect(supply) && c.suspect(ret));
+        // Quiet: it closes, and nothing is suspect.
         c.tick(10 * MIN, &reg, &store, &mut out);
         let closed = *alerts(&out).last().unwrap();
         assert_eq!(closed.status, AlertStatus::Closed);
