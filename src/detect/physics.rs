@@ -249,7 +249,7 @@ const RELATIONS: &[Spec] = &[
         gate: Gate::Running,
         technique: attack::SPOOF_REPORTING,
         meaning:
-            "electrical power no longer matches the heat removed (flow × ΔT) at the learned COP",
+            "electrical power no longer matches the heat removed (flow × ΔT, referred to 6.7 °C supply) at the learned COP",
     },
     Spec {
         model: Model::Ratio,
