@@ -102,11 +102,17 @@ impl Spread {
     fn largest(&self) -> Option<f64> {
         (self.blocks.len() >= WARM)
             .then(|| {
-                let largest = self.blocks.iter().fold(self.block_max, |a, &b| a.max(b));
-                let mean = self.blocks.iter().sum::<f64>() / self.blocks.len() as f64;
+                let (largest, mean) = self.maxima();
                 largest.max(TYPICAL_LARGEST * mean)
             })
             .filter(|&l| l > 0.0)
+    }
+
+    /// The largest change of the history and the mean of its whole blocks' maxima.
+    fn maxima(&self) -> (f64, f64) {
+        let largest = self.blocks.iter().fold(self.block_max, |a, &b| a.max(b));
+        let mean = self.blocks.iter().sum::<f64>() / self.blocks.len().max(1) as f64;
+        (largest, mean)
     }
 }
 
@@ -337,9 +343,7 @@ mod tests {
                 for v in load(2_000, seed) {
                     p.push(v, MARGIN, 25);
                 }
-                let blocks = &p.one.blocks;
-                let largest = blocks.iter().fold(p.one.block_max, |a, &b| a.max(b));
-                let mean = blocks.iter().sum::<f64>() / blocks.len() as f64;
+                let (largest, mean) = p.one.maxima();
                 (largest < 0.95 * TYPICAL_LARGEST * mean).then_some((p, largest, mean))
             })
             .expect("one in a few histories");
