@@ -81,7 +81,7 @@ fn poll_cycle(c: &mut Criterion) {
         for i in 0..DEVICES {
             let dev = DevicePlan {
                 site: "bench".into(),
-                name: format!("dev-{i}"),
+                name: format!("dev-{i}").into(),
                 address: addr.to_string(),
                 unit: (i + 1) as u8,
                 interval: 1000,

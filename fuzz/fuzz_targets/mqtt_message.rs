@@ -3,6 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
+use wattchdog::model::Names;
 use wattchdog::protocol::topics::TopicMap;
 
 const MAP: &str = r#"
@@ -28,5 +29,5 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
     };
-    let _ = map.decode(&String::from_utf8_lossy(topic), payload, 0, "site");
+    let _ = map.decode(&String::from_utf8_lossy(topic), payload, 0, "site", &mut Names::default());
 });

@@ -143,7 +143,7 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
         .iter()
         .map(|d| PolledDevice {
             address: d.address.clone(),
-            name: d.name.clone(),
+            name: d.name.to_string(),
             profile: d.map.profile.clone(),
             requests: d
                 .requests
@@ -154,7 +154,7 @@ fn check_config(file: &Path, summary: &mut CheckSummary) -> anyhow::Result<()> {
                     start: r.start,
                 })
                 .collect(),
-            site: d.site.clone(),
+            site: d.site.to_string(),
             unit: d.unit,
         })
         .collect();

@@ -64,59 +64,61 @@ pub struct Board {
 impl Board {
     /// Folds in one reading.
     pub fn reading(&mut self, r: &Reading) {
-        let site = match self.devices.get_mut(&r.site) {
+        let site = match self.devices.get_mut(&*r.site) {
             Some(site) => site,
-            None => self.devices.entry(r.site.clone()).or_default(),
+            None => self.devices.entry(r.site.to_string()).or_default(),
         };
-        let d = match site.get_mut(&r.device) {
+        let d = match site.get_mut(&*r.device) {
             Some(d) => d,
-            None => site.entry(r.device.clone()).or_insert_with(|| DeviceView {
-                site: r.site.clone(),
-                device: r.device.clone(),
-                kind: r.kind.clone(),
-                last_seen: r.ts,
-                values: BTreeMap::new(),
-                bad_quality: BTreeSet::new(),
-                history: BTreeMap::new(),
-                online: true,
-                score: 0.0,
-                severity: None,
-                open: BTreeMap::new(),
-                dirty: true,
-            }),
+            None => site
+                .entry(r.device.to_string())
+                .or_insert_with(|| DeviceView {
+                    site: r.site.to_string(),
+                    device: r.device.to_string(),
+                    kind: r.kind.to_string(),
+                    last_seen: r.ts,
+                    values: BTreeMap::new(),
+                    bad_quality: BTreeSet::new(),
+                    history: BTreeMap::new(),
+                    online: true,
+                    score: 0.0,
+                    severity: None,
+                    open: BTreeMap::new(),
+                    dirty: true,
+                }),
         };
         d.dirty = true;
         d.last_seen = r.ts;
-        d.online = r.metric != "online" || r.value != 0.0;
+        d.online = &*r.metric != "online" || r.value != 0.0;
         if r.quality != Quality::Good {
-            if !d.bad_quality.contains(&r.metric) {
-                d.bad_quality.insert(r.metric.clone());
+            if !d.bad_quality.contains(&*r.metric) {
+                d.bad_quality.insert(r.metric.to_string());
             }
             return;
         }
-        d.bad_quality.remove(&r.metric);
-        match d.values.get_mut(&r.metric) {
+        d.bad_quality.remove(&*r.metric);
+        match d.values.get_mut(&*r.metric) {
             Some(v) => *v = r.value,
             None => {
-                d.values.insert(r.metric.clone(), r.value);
+                d.values.insert(r.metric.to_string(), r.value);
             }
         }
-        if r.metric == "online" {
+        if &*r.metric == "online" {
             return;
         }
-        let h = match d.history.get_mut(&r.metric) {
+        let h = match d.history.get_mut(&*r.metric) {
             Some(h) => h,
             None => {
                 let keys = key_metrics(&d.kind);
                 let tracked = if keys.is_empty() {
                     d.history.len() < 2
                 } else {
-                    keys.contains(&r.metric.as_str())
+                    keys.contains(&&*r.metric)
                 };
                 if !tracked {
                     return;
                 }
-                d.history.entry(r.metric.clone()).or_default()
+                d.history.entry(r.metric.to_string()).or_default()
             }
         };
         if h.len() == HISTORY {

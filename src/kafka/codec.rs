@@ -43,7 +43,7 @@ pub fn decode(value: &[u8], reg: &mut Registry) -> (Vec<Event>, Vec<(usize, BadR
 pub fn by_site(batch: &[Reading]) -> Vec<(&str, Vec<&Reading>)> {
     let mut out: Vec<(&str, Vec<&Reading>)> = Vec::new();
     for r in batch {
-        match out.iter_mut().find(|(s, _)| *s == r.site) {
+        match out.iter_mut().find(|(s, _)| *s == &*r.site) {
             Some((_, v)) => v.push(r),
             None => out.push((&r.site, vec![r])),
         }

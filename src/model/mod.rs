@@ -108,6 +108,33 @@ impl fmt::Display for DeviceKind {
     }
 }
 
+/// A name a live source repeats in every reading (site, device, kind, metric): shared,
+/// so a reading costs a reference count, not an allocation, per name.
+pub type Name = std::sync::Arc<str>;
+
+/// Distinct names a source remembers; past this many (a publisher inventing device
+/// names), a new name is allocated for each use instead of remembered.
+pub const MAX_NAMES: usize = 4_096;
+
+/// The names a live source has seen, so a site, device, kind or metric named in every
+/// message is allocated once and shared. Bounded by [`MAX_NAMES`].
+#[derive(Debug, Default)]
+pub struct Names(rustc_hash::FxHashSet<Name>);
+
+impl Names {
+    /// The shared copy of `name`.
+    pub fn get(&mut self, name: &str) -> Name {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Name = name.into();
+        if self.0.len() < MAX_NAMES {
+            self.0.insert(n.clone());
+        }
+        n
+    }
+}
+
 /// One measured value, as in docs/design.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
@@ -115,13 +142,13 @@ pub struct Reading {
     #[serde(with = "crate::time::serde_ts")]
     pub ts: Ts,
     /// Site (facility) name.
-    pub site: String,
+    pub site: Name,
     /// Device name, unique within the site.
-    pub device: String,
+    pub device: Name,
     /// Device kind as written in the capture (unknown kinds are kept verbatim).
-    pub kind: String,
+    pub kind: Name,
     /// Metric name (see [`crate::model::vocabulary`]).
-    pub metric: String,
+    pub metric: Name,
     /// The value; booleans are 0/1.
     pub value: f64,
     /// Quality flag.
@@ -450,4 +477,34 @@ pub struct Incident {
     pub affected: Vec<String>,
     /// Open or closed.
     pub status: AlertStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_seen_again_is_shared_and_an_endless_stream_of_new_ones_is_not_kept() {
+        let mut names = Names::default();
+        let a = names.get("ups-1");
+        let b = names.get("ups-1");
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &b),
+            "one allocation for a repeated name"
+        );
+        for i in 0..2 * MAX_NAMES {
+            assert_eq!(&*names.get(&format!("forged-{i}")), format!("forged-{i}"));
+        }
+        assert_eq!(names.0.len(), MAX_NAMES, "bounded");
+        let c = names.get("never-seen-before");
+        let d = names.get("never-seen-before");
+        assert!(
+            !std::sync::Arc::ptr_eq(&c, &d) && c == d,
+            "past the bound: a fresh copy each time"
+        );
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &names.get("ups-1")),
+            "what was kept stays shared"
+        );
+    }
 }

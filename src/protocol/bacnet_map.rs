@@ -14,7 +14,7 @@ pub type BacnetMaps = std::collections::BTreeMap<(String, String), std::sync::Ar
 #[serde(deny_unknown_fields)]
 pub struct Object {
     /// Vocabulary metric.
-    pub metric: String,
+    pub metric: crate::model::Name,
     /// The object (`analog-input:1`); its present value is the metric.
     #[serde(deserialize_with = "object_id")]
     pub object: ObjectId,
@@ -62,7 +62,7 @@ pub struct BacnetMap {
     /// The file's name.
     pub profile: String,
     /// Device kind of the vocabulary.
-    pub kind: String,
+    pub kind: crate::model::Name,
     /// The document the map follows.
     pub source: String,
     /// The objects.
@@ -122,7 +122,7 @@ impl BacnetMap {
             check(
                 origin,
                 &key("metric"),
-                metrics.insert(o.metric.as_str()),
+                metrics.insert(o.metric.as_ref()),
                 "is mapped twice",
             )?;
             check(

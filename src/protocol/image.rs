@@ -54,7 +54,7 @@ impl DeviceImage {
     /// Stores `value` in the entry of `metric` (bit fields keep their register's other
     /// bits). Returns false when the map has no such metric or the value does not fit.
     pub fn set(&mut self, metric: &str, value: f64) -> bool {
-        let Some(r) = self.map.registers.iter().find(|r| r.metric == metric) else {
+        let Some(r) = self.map.registers.iter().find(|r| &*r.metric == metric) else {
             return false;
         };
         let Ok(words) = r.encode(&self.map, &Value::Number(value)) else {
@@ -138,7 +138,7 @@ impl DeviceImage {
             let r = &self.map.registers[i];
             let at = usize::from(r.address - start);
             if let Ok(Value::Number(v)) = r.decode(&self.map, &words[at..]) {
-                changed.push((r.metric.clone(), v));
+                changed.push((r.metric.to_string(), v));
             }
         }
         Ok(changed)
@@ -178,7 +178,7 @@ mod tests {
             got.extend(
                 req.decode(&map, &words)
                     .into_iter()
-                    .map(|(m, v)| (m.to_owned(), v)),
+                    .map(|(m, v)| (m.to_string(), v)),
             );
         }
         let v = |m: &str| got.iter().find(|(k, _)| k == m).unwrap().1.clone().unwrap();

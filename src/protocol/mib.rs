@@ -108,7 +108,7 @@ impl Aggregate {
 #[serde(deny_unknown_fields)]
 pub struct Object {
     /// Vocabulary metric.
-    pub metric: String,
+    pub metric: crate::model::Name,
     /// An instance read with GET (a scalar's `.0`, or a table cell).
     pub oid: Option<Oid>,
     /// A table column walked with GETBULK; its rows reduced by `aggregate`.
@@ -154,7 +154,7 @@ pub struct TrapRule {
     /// ... has this OID as its value (e.g. `upsAlarmDescr` = `upsAlarmOnBypass`).
     pub is: Option<Oid>,
     /// The metric set.
-    pub metric: String,
+    pub metric: crate::model::Name,
     /// Its value.
     pub value: f64,
 }
@@ -166,7 +166,7 @@ pub struct ObjectMap {
     /// The file's name.
     pub profile: String,
     /// Device kind of the vocabulary.
-    pub kind: String,
+    pub kind: crate::model::Name,
     /// The document the map follows.
     pub source: String,
     /// Polled objects.
@@ -216,7 +216,7 @@ impl ObjectMap {
             check(
                 origin,
                 &key("metric"),
-                seen.insert(o.metric.as_str()),
+                seen.insert(o.metric.as_ref()),
                 "is mapped twice",
             )?;
             check(
@@ -293,7 +293,7 @@ impl ObjectMap {
         &'a self,
         trap: &'a Oid,
         varbinds: &'a [(Oid, Oid)],
-    ) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    ) -> impl Iterator<Item = (&'a crate::model::Name, f64)> + 'a {
         self.traps.iter().filter_map(move |r| {
             if !same_notification(&r.trap, trap) {
                 return None;
@@ -303,7 +303,7 @@ impl ObjectMap {
                     return None;
                 }
             }
-            Some((r.metric.as_str(), r.value))
+            Some((&r.metric, r.value))
         })
     }
 }
@@ -407,13 +407,16 @@ column = "1.3.6.1.2.1.33.1.4.4.1.5"
         let descr: Oid = "1.3.6.1.2.1.33.1.6.2.1.2.7".parse().unwrap();
         let on_bypass: Oid = "1.3.6.1.2.1.33.1.6.3.9".parse().unwrap();
         let vbs = [(descr.clone(), on_bypass)];
-        let got: Vec<_> = m.trap_readings(&added, &vbs).collect();
+        let got: Vec<_> = m
+            .trap_readings(&added, &vbs)
+            .map(|(m, v)| (&**m, v))
+            .collect();
         assert_eq!(got, [("bypass_active", 1.0)]);
         let other = [(descr, "1.3.6.1.2.1.33.1.6.3.5".parse().unwrap())];
         assert_eq!(m.trap_readings(&added, &other).count(), 0);
         // upsTrapOnBattery from a v1 agent: enterprise upsTraps, specific 1.
         let v1: Oid = "1.3.6.1.2.1.33.2.0.1".parse().unwrap();
-        let got: Vec<_> = m.trap_readings(&v1, &[]).collect();
+        let got: Vec<_> = m.trap_readings(&v1, &[]).map(|(m, v)| (&**m, v)).collect();
         assert_eq!(got, [("on_battery", 1.0)]);
         let not: Oid = "1.3.6.1.2.1.33.2.0.9".parse().unwrap();
         assert_eq!(m.trap_readings(&not, &[]).count(), 0);

@@ -9,6 +9,7 @@
 //! exhaustive count.
 
 use super::registers::{CodecError, DataType, RegisterMap, Table, Value};
+use crate::model::Name;
 
 /// Protocol limit on registers per read (functions 3 and 4).
 pub const MAX_REGISTERS: u16 = 125;
@@ -66,7 +67,7 @@ impl ReadRequest {
         &self,
         map: &'m RegisterMap,
         words: &[u16],
-    ) -> Vec<(&'m str, Result<f64, CodecError>)> {
+    ) -> Vec<(&'m Name, Result<f64, CodecError>)> {
         self.entries
             .iter()
             .map(|&i| {
@@ -90,7 +91,7 @@ impl ReadRequest {
                         data_type: DataType::String,
                     }),
                 });
-                (r.metric.as_str(), number)
+                (&r.metric, number)
             })
             .collect()
     }

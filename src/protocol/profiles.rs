@@ -156,7 +156,7 @@ mod tests {
     fn the_simulators_kinds_have_profiles_covering_their_metrics() {
         for kind in ["ups", "chiller", "crah", "pdu", "env", "grid_meter"] {
             let m = builtin(for_kind(kind).unwrap()).unwrap().unwrap();
-            assert_eq!(m.kind, kind);
+            assert_eq!(&*m.kind, kind);
         }
         assert!(named("nope")
             .unwrap_err()

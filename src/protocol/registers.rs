@@ -83,7 +83,7 @@ pub enum Order {
 #[serde(deny_unknown_fields)]
 pub struct Register {
     /// Metric it reports (see the vocabulary).
-    pub metric: String,
+    pub metric: crate::model::Name,
     /// Table.
     pub table: Table,
     /// Zero-based address of the first register.
@@ -139,7 +139,7 @@ pub struct RegisterMap {
     /// Profile name.
     pub profile: String,
     /// Device kind the profile describes.
-    pub kind: String,
+    pub kind: crate::model::Name,
     /// The document the map follows (vendor manual, section), or "modelled on …".
     pub source: String,
     /// Default word order.
@@ -160,7 +160,7 @@ pub enum CodecError {
     #[error("{metric}: needs {need} registers, got {got}")]
     Short {
         /// Metric.
-        metric: String,
+        metric: crate::model::Name,
         /// Registers needed.
         need: usize,
         /// Registers given.
@@ -170,7 +170,7 @@ pub enum CodecError {
     #[error("{metric}: not available (raw {raw})")]
     NotAvailable {
         /// Metric.
-        metric: String,
+        metric: crate::model::Name,
         /// The sentinel.
         raw: i64,
     },
@@ -178,7 +178,7 @@ pub enum CodecError {
     #[error("{metric}: {value} does not fit a {data_type:?} register")]
     OutOfRange {
         /// Metric.
-        metric: String,
+        metric: crate::model::Name,
         /// The value.
         value: f64,
         /// The type.
@@ -621,7 +621,7 @@ mod tests {
     fn the_shipped_sdm630_map_reads_meter_words() {
         let text = include_str!("../../protocols/modbus/grid-meter-eastron-sdm630.toml");
         let m = RegisterMap::from_toml_str(text, "sdm630").unwrap();
-        let get = |metric: &str| m.registers.iter().find(|r| r.metric == metric).unwrap();
+        let get = |metric: &str| m.registers.iter().find(|r| &*r.metric == metric).unwrap();
         // 50.0 Hz is 0x42480000; 1,000,000 W is 0x49742400 (IEEE-754, high word first).
         assert_eq!(
             get("frequency_hz").decode(&m, &[0x4248, 0x0000]).unwrap(),

@@ -317,11 +317,12 @@ impl SparkplugDecoder {
                 .and_then(|t| Ts::try_from(t).ok())
                 .unwrap_or(now)
         };
+        let site: crate::model::Name = site.into();
         let online = |dev: &str, kind: &str, v: f64, ts: Ts| Reading {
             ts,
             site: site.clone(),
-            device: dev.to_owned(),
-            kind: kind.to_owned(),
+            device: dev.into(),
+            kind: kind.into(),
             metric: "online".into(),
             value: v,
             quality: Quality::Good,
@@ -395,9 +396,9 @@ impl SparkplugDecoder {
                         (Some(name), Some(v)) => out.readings.push(Reading {
                             ts: ts_of(m),
                             site: site.clone(),
-                            device: dev_name.clone(),
-                            kind: state.kind.clone(),
-                            metric: name.to_owned(),
+                            device: dev_name.as_str().into(),
+                            kind: state.kind.as_str().into(),
+                            metric: name.into(),
                             value: v,
                             quality: Quality::Good,
                         }),
@@ -433,9 +434,9 @@ impl SparkplugDecoder {
                         (Some(name), Some(v)) => out.readings.push(Reading {
                             ts: ts_of(m),
                             site: site.clone(),
-                            device: dev_name.to_owned(),
-                            kind: state.kind.clone(),
-                            metric: name,
+                            device: dev_name.into(),
+                            kind: state.kind.as_str().into(),
+                            metric: name.into(),
                             value: v,
                             quality: Quality::Good,
                         }),
@@ -499,7 +500,7 @@ mod tests {
                 5,
             )
             .unwrap();
-        assert_eq!(r.readings[0].metric, "online");
+        assert_eq!(&*r.readings[0].metric, "online");
         let birth = vec![
             Metric::text("Properties/kind", "chiller"),
             Metric::number(Some("supply_temp_c"), Some(7), 7.1),
@@ -509,7 +510,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.readings.len(), 2);
         assert_eq!(
-            (r.readings[1].kind.as_str(), r.readings[1].value),
+            (r.readings[1].kind.as_ref(), r.readings[1].value),
             ("chiller", 7.1)
         );
         let r = d
@@ -521,8 +522,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             (
-                r.readings[0].metric.as_str(),
-                r.readings[0].site.as_str(),
+                r.readings[0].metric.as_ref(),
+                r.readings[0].site.as_ref(),
                 r.readings[0].ts
             ),
             ("supply_temp_c", "ams1", 1_000)
@@ -534,7 +535,7 @@ mod tests {
         let offline: Vec<(&str, f64)> = r
             .readings
             .iter()
-            .map(|r| (r.device.as_str(), r.value))
+            .map(|r| (r.device.as_ref(), r.value))
             .collect();
         assert_eq!(offline, vec![("gw1", 0.0), ("chiller-1", 0.0)]);
     }

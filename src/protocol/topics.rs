@@ -7,7 +7,7 @@
 //! several fields, or every member of an object; optional timestamp and quality paths),
 //! or Sparkplug B (see [`super::sparkplug`]).
 
-use crate::model::{Quality, Reading, Ts};
+use crate::model::{Name, Names, Quality, Reading, Ts};
 use crate::time::TimeFormat;
 use crate::tomlfile::{self, check, TomlError};
 use serde::Deserialize;
@@ -31,7 +31,7 @@ pub struct Field {
     /// Dot path to the value (`data.temp`, `values.0`).
     pub path: String,
     /// Metric it reports.
-    pub metric: String,
+    pub metric: Name,
 }
 
 /// One `[[topics]]` entry.
@@ -221,6 +221,7 @@ impl TopicMap {
         payload: &[u8],
         now: Ts,
         default_site: &str,
+        names: &mut Names,
     ) -> Result<Vec<Reading>, PayloadError> {
         let segs: Vec<&str> = topic.split('/').collect();
         let (entry, captured) = self
@@ -229,21 +230,28 @@ impl TopicMap {
             .find_map(|t| matches(&t.topic, &segs).map(|c| (t, c)))
             .ok_or(PayloadError::UnmappedTopic)?;
         let get = |name: &str| captured.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        let site = get("site")
-            .or(entry.site.as_deref())
-            .unwrap_or(default_site)
-            .to_owned();
-        let device = get("device")
-            .or(entry.device.as_deref())
-            .unwrap_or_default();
-        let kind = get("kind").or(entry.kind.as_deref()).unwrap_or_default();
-        let metric = get("metric").or(entry.metric.as_deref());
-        let reading = |metric: &str, value: f64, ts: Ts, quality: Quality| Reading {
+        let site = names.get(
+            get("site")
+                .or(entry.site.as_deref())
+                .unwrap_or(default_site),
+        );
+        let device = names.get(
+            get("device")
+                .or(entry.device.as_deref())
+                .unwrap_or_default(),
+        );
+        let kind = names.get(get("kind").or(entry.kind.as_deref()).unwrap_or_default());
+        let metric = names.get(
+            get("metric")
+                .or(entry.metric.as_deref())
+                .unwrap_or_default(),
+        );
+        let reading = |metric: Name, value: f64, ts: Ts, quality: Quality| Reading {
             ts,
             site: site.clone(),
-            device: device.to_owned(),
-            kind: kind.to_owned(),
-            metric: metric.to_owned(),
+            device: device.clone(),
+            kind: kind.clone(),
+            metric,
             value,
             quality,
         };
@@ -254,12 +262,7 @@ impl TopicMap {
                 let v = number(&Json::String(text.trim().to_owned())).ok_or_else(|| {
                     PayloadError::Undecodable(format!("{:.40?} is not a number", text))
                 })?;
-                Ok(vec![reading(
-                    metric.unwrap_or_default(),
-                    v,
-                    now,
-                    Quality::Good,
-                )])
+                Ok(vec![reading(metric, v, now, Quality::Good)])
             }
             PayloadFormat::Json => {
                 let doc: Json = serde_json::from_str(text)
@@ -279,12 +282,12 @@ impl TopicMap {
                 let mut out = Vec::new();
                 if let Some(p) = &entry.value {
                     let v = lookup(&doc, p).and_then(number).ok_or_else(|| missing(p))?;
-                    out.push(reading(metric.unwrap_or_default(), v, ts, quality));
+                    out.push(reading(metric.clone(), v, ts, quality));
                 }
                 for f in &entry.fields {
                     // Absent fields are normal for gateways that send what changed.
                     if let Some(v) = lookup(&doc, &f.path).and_then(number) {
-                        out.push(reading(&f.metric, v, ts, quality));
+                        out.push(reading(f.metric.clone(), v, ts, quality));
                     }
                 }
                 if let Some(p) = &entry.fields_object {
@@ -293,7 +296,7 @@ impl TopicMap {
                         .ok_or_else(|| missing(p))?;
                     for (k, v) in obj {
                         if let Some(v) = number(v) {
-                            out.push(reading(k, v, ts, quality));
+                            out.push(reading(names.get(k), v, ts, quality));
                         }
                     }
                 }
@@ -389,25 +392,31 @@ mod tests {
         );
         assert_eq!(m.filters(), vec!["dc/+/+/+/+"]);
         let r = m
-            .decode("dc/ams1/ups/ups-1/load_pct", b" 41.5 ", 7, "x")
+            .decode(
+                "dc/ams1/ups/ups-1/load_pct",
+                b" 41.5 ",
+                7,
+                "x",
+                &mut Names::default(),
+            )
             .unwrap();
         assert_eq!(
             (
-                r[0].site.as_str(),
-                r[0].kind.as_str(),
-                r[0].device.as_str(),
-                r[0].metric.as_str(),
+                r[0].site.as_ref(),
+                r[0].kind.as_ref(),
+                r[0].device.as_ref(),
+                r[0].metric.as_ref(),
                 r[0].value,
                 r[0].ts
             ),
             ("ams1", "ups", "ups-1", "load_pct", 41.5, 7)
         );
         assert_eq!(
-            m.decode("dc/ams1/ups/ups-1", b"1", 0, "x"),
+            m.decode("dc/ams1/ups/ups-1", b"1", 0, "x", &mut Names::default()),
             Err(PayloadError::UnmappedTopic)
         );
         assert!(matches!(
-            m.decode("dc/a/b/c/d", b"warm", 0, "x"),
+            m.decode("dc/a/b/c/d", b"warm", 0, "x", &mut Names::default()),
             Err(PayloadError::Undecodable(_))
         ));
     }
@@ -426,10 +435,11 @@ mod tests {
                 br#"{"v": "18.25", "t": "2026-07-07T00:00:01Z", "q": "bad"}"#,
                 0,
                 "site",
+                &mut Names::default(),
             )
             .unwrap();
         assert_eq!(
-            (r[0].value, r[0].ts, r[0].quality, r[0].site.as_str()),
+            (r[0].value, r[0].ts, r[0].quality, r[0].site.as_ref()),
             (18.25, 1_783_382_401_000, Quality::Bad, "site")
         );
         let r = m
@@ -438,9 +448,10 @@ mod tests {
                 br#"{"t": 1783382401, "data": {"flow_lps": 40.1, "running": true, "note": "x"}}"#,
                 0,
                 "site",
+                &mut Names::default(),
             )
             .unwrap();
-        let got: Vec<(&str, f64)> = r.iter().map(|r| (r.metric.as_str(), r.value)).collect();
+        let got: Vec<(&str, f64)> = r.iter().map(|r| (r.metric.as_ref(), r.value)).collect();
         assert_eq!(got, vec![("flow_lps", 40.1), ("running", 1.0)]);
         assert_eq!(r[0].ts, 1_783_382_401_000);
         let r = m
@@ -449,16 +460,23 @@ mod tests {
                 br#"{"in": {"kw": 300}, "flags": [false, true]}"#,
                 5,
                 "s",
+                &mut Names::default(),
             )
             .unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].value, 1.0);
         assert!(matches!(
-            m.decode("gw/crah-1/temp", br#"{"v": null}"#, 0, "s"),
+            m.decode(
+                "gw/crah-1/temp",
+                br#"{"v": null}"#,
+                0,
+                "s",
+                &mut Names::default()
+            ),
             Err(PayloadError::Missing(_))
         ));
         assert!(matches!(
-            m.decode("gw/crah-1/temp", b"{", 0, "s"),
+            m.decode("gw/crah-1/temp", b"{", 0, "s", &mut Names::default()),
             Err(PayloadError::Undecodable(_))
         ));
     }
@@ -486,7 +504,7 @@ mod tests {
         #[test]
         fn decoding_never_panics(topic in "[a-z0-9/{}+#]{0,30}", payload in proptest::collection::vec(any::<u8>(), 0..200)) {
             let m = map("[[topics]]\ntopic = \"a/{device}/{metric}\"\npayload = \"json\"\nkind = \"ups\"\nvalue = \"v.0\"\ntimestamp = \"t\"\n");
-            let _ = m.decode(&topic, &payload, 0, "s");
+            let _ = m.decode(&topic, &payload, 0, "s", &mut Names::default());
         }
     }
 }

@@ -181,7 +181,7 @@ impl Device {
         let v = value(&o.metric);
         Ok(match p.property {
             property::OBJECT_IDENTIFIER => vec![Value::Object(object)],
-            property::OBJECT_NAME => vec![Value::Text(o.metric.clone())],
+            property::OBJECT_NAME => vec![Value::Text(o.metric.to_string())],
             property::OBJECT_TYPE => vec![Value::Enumerated(u32::from(object.kind))],
             // A metric the plant has no value for yet reads as 0 with the fault flag.
             property::PRESENT_VALUE => vec![present(o, v.unwrap_or(o.offset))],
@@ -402,7 +402,7 @@ impl Device {
                         if o.writable && w.value.property.property == property::PRESENT_VALUE =>
                     {
                         *written = Some(Written {
-                            metric: o.metric.clone(),
+                            metric: o.metric.to_string(),
                             value: v * o.scale + o.offset,
                             object: w.object,
                             property: w.value.property.property,

@@ -69,7 +69,7 @@ fn raw(value: f64, scale: f64, offset: f64) -> i64 {
 impl Agent {
     /// An agent for `map`, answering `community`.
     pub fn new(name: &str, map: ObjectMap, community: &str) -> Self {
-        let rows = if map.kind == "ups" { 3 } else { 1 };
+        let rows = if &*map.kind == "ups" { 3 } else { 1 };
         Self {
             name: name.to_owned(),
             map,
@@ -214,7 +214,12 @@ impl Agent {
         uptime: u32,
     ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let metrics: Vec<String> = self.map.traps.iter().map(|r| r.metric.clone()).collect();
+        let metrics: Vec<String> = self
+            .map
+            .traps
+            .iter()
+            .map(|r| r.metric.to_string())
+            .collect();
         for metric in metrics {
             let Some(now) = value(&metric).map(|v| f64::from(u8::from(v >= 0.5))) else {
                 continue;
@@ -228,7 +233,7 @@ impl Agent {
                 .map
                 .traps
                 .iter()
-                .find(|r| r.metric == metric && r.value == now)
+                .find(|r| *r.metric == *metric && r.value == now)
             else {
                 continue;
             };
@@ -388,11 +393,17 @@ mod tests {
         assert_eq!(sent.len(), 1);
         let n = notification(&sent[0]).unwrap();
         let map = mib::named("ups-mib").unwrap();
-        let got: Vec<_> = map.trap_readings(&n.trap, &n.oids).collect();
+        let got: Vec<_> = map
+            .trap_readings(&n.trap, &n.oids)
+            .map(|(m, v)| (&**m, v))
+            .collect();
         assert_eq!(got, [("bypass_active", 1.0)]);
         let cleared = a.notifications(&values(0.0), 4);
         let n = notification(&cleared[0]).unwrap();
-        let got: Vec<_> = map.trap_readings(&n.trap, &n.oids).collect();
+        let got: Vec<_> = map
+            .trap_readings(&n.trap, &n.oids)
+            .map(|(m, v)| (&**m, v))
+            .collect();
         assert_eq!(got, [("bypass_active", 0.0)]);
     }
 }

@@ -126,9 +126,9 @@ pub struct BacnetDeviceConfig {
 #[derive(Debug, Clone)]
 pub struct BacnetPlan {
     /// Site.
-    pub site: String,
+    pub site: crate::model::Name,
     /// Device name.
-    pub name: String,
+    pub name: crate::model::Name,
     /// `host:port`.
     pub address: String,
     /// Device instance, when configured.
@@ -218,8 +218,8 @@ impl BacnetConfig {
                 rule: e.to_string(),
             })?;
             out.push(BacnetPlan {
-                site,
-                name: d.name.clone(),
+                site: site.into(),
+                name: d.name.as_str().into(),
                 address: with_port(&d.address, bacnet::PORT),
                 instance: d.instance,
                 interval,
@@ -268,7 +268,7 @@ enum Incoming {
 /// How a device's objects become readings; shared by the poller and its listener.
 struct Points {
     plan: BacnetPlan,
-    kind: String,
+    kind: crate::model::Name,
     clock: Clock,
     stats: Arc<DeviceStats>,
     last_good: Mutex<Vec<f64>>,
@@ -886,7 +886,7 @@ impl BacnetCollector {
         info!(devices = devices.len(), "bacnet collector starting");
         for dev in devices {
             let s = Arc::new(DeviceStats::default());
-            stats.push((dev.name.clone(), s.clone()));
+            stats.push((dev.name.to_string(), s.clone()));
             let interval = dev.interval;
             let poller = BacnetPoller::new(dev, settings.clock, s.clone(), tx.clone());
             tasks.push(tokio::spawn(poll_device(

@@ -14,7 +14,7 @@
 
 use super::poll::{bump, poll_device, Answers, Failure, Link, Schedule};
 pub use super::poll::{DeviceCounts, DeviceStats, PollSettings};
-use crate::model::{Quality, Reading, Ts};
+use crate::model::{Name, Quality, Reading, Ts};
 use crate::protocol::plan::{plan, PlanLimits, ReadRequest};
 use crate::protocol::profiles;
 use crate::protocol::registers::{CodecError, RegisterMap, Table};
@@ -175,8 +175,8 @@ impl ModbusConfig {
                 "has no polled registers",
             )?;
             out.push(DevicePlan {
-                site,
-                name: d.name.clone(),
+                site: site.into(),
+                name: d.name.as_str().into(),
                 address: d.address.clone(),
                 unit: d.unit,
                 interval,
@@ -193,9 +193,9 @@ impl ModbusConfig {
 #[derive(Debug, Clone)]
 pub struct DevicePlan {
     /// Site.
-    pub site: String,
+    pub site: Name,
     /// Device name.
-    pub name: String,
+    pub name: Name,
     /// `host:port`.
     pub address: String,
     /// Unit id.
@@ -242,7 +242,7 @@ impl ReadOnlyLink {
 /// One device's connection and decoding state: connect, then run cycles.
 pub struct DevicePoller {
     dev: DevicePlan,
-    kind: String,
+    kind: Name,
     timeout: Duration,
     clock: Clock,
     link: Option<ReadOnlyLink>,
@@ -366,13 +366,20 @@ impl Link for DevicePoller {
     }
 }
 
-fn reading(dev: &DevicePlan, kind: &str, metric: &str, ts: Ts, value: f64, q: Quality) -> Reading {
+fn reading(
+    dev: &DevicePlan,
+    kind: &Name,
+    metric: &Name,
+    ts: Ts,
+    value: f64,
+    q: Quality,
+) -> Reading {
     Reading {
         ts,
         site: dev.site.clone(),
         device: dev.name.clone(),
-        kind: kind.to_owned(),
-        metric: metric.to_owned(),
+        kind: kind.clone(),
+        metric: metric.clone(),
         value,
         quality: q,
     }
@@ -381,7 +388,7 @@ fn reading(dev: &DevicePlan, kind: &str, metric: &str, ts: Ts, value: f64, q: Qu
 #[allow(clippy::too_many_arguments)]
 fn decode(
     dev: &DevicePlan,
-    kind: &str,
+    kind: &Name,
     req: &ReadRequest,
     words: &[u16],
     ts: Ts,
@@ -415,7 +422,7 @@ fn decode(
 
 fn bad(
     dev: &DevicePlan,
-    kind: &str,
+    kind: &Name,
     req: &ReadRequest,
     ts: Ts,
     last_good: &[f64],
@@ -451,7 +458,7 @@ impl Collector {
         info!(devices = devices.len(), "modbus collector starting");
         for dev in devices {
             let s = Arc::new(DeviceStats::default());
-            stats.push((dev.name.clone(), s.clone()));
+            stats.push((dev.name.to_string(), s.clone()));
             let interval = dev.interval;
             let poller = DevicePoller::new(dev, settings.clock, s.clone());
             tasks.push(tokio::spawn(poll_device(

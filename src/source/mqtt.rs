@@ -374,6 +374,7 @@ pub struct MessageDecoder {
     map: Arc<TopicMap>,
     sparkplug: Option<SparkplugDecoder>,
     site: String,
+    names: crate::model::Names,
 }
 
 impl MessageDecoder {
@@ -383,6 +384,7 @@ impl MessageDecoder {
             sparkplug: map.sparkplug.clone().map(SparkplugDecoder::new),
             map,
             site: site.to_owned(),
+            names: crate::model::Names::default(),
         }
     }
 
@@ -400,7 +402,11 @@ impl MessageDecoder {
             bump(&stats.seq_gaps, d.seq_gaps);
             return Ok((d.readings, d.rebirth));
         }
-        Ok((self.map.decode(topic, payload, now, &self.site)?, None))
+        Ok((
+            self.map
+                .decode(topic, payload, now, &self.site, &mut self.names)?,
+            None,
+        ))
     }
 }
 

@@ -226,9 +226,9 @@ impl Credentials {
 #[derive(Debug, Clone)]
 pub struct SnmpPlan {
     /// Site.
-    pub site: String,
+    pub site: crate::model::Name,
     /// Device name.
-    pub name: String,
+    pub name: crate::model::Name,
     /// `host:port`.
     pub address: String,
     /// Poll interval (event-time ms).
@@ -371,8 +371,8 @@ impl SnmpConfig {
             instances.sort();
             instances.dedup();
             out.push(SnmpPlan {
-                site,
-                name: d.name.clone(),
+                site: site.into(),
+                name: d.name.as_str().into(),
                 address: with_port(&d.address, 161),
                 interval,
                 timeout,
@@ -632,7 +632,7 @@ enum Ask<'a> {
 /// One device's session and decoding state.
 pub struct SnmpPoller {
     dev: SnmpPlan,
-    kind: String,
+    kind: crate::model::Name,
     timeout: Duration,
     clock: Clock,
     session: Option<ReadOnlySession>,
@@ -1213,7 +1213,7 @@ pub async fn receive_traps(
                 site: plan.site.clone(),
                 device: plan.name.clone(),
                 kind: plan.map.kind.clone(),
-                metric: metric.to_owned(),
+                metric: metric.clone(),
                 value,
                 quality: Quality::Good,
             })
@@ -1282,7 +1282,7 @@ impl SnmpCollector {
         info!(devices = devices.len(), "snmp collector starting");
         for dev in devices {
             let s = Arc::new(DeviceStats::default());
-            stats.push((dev.name.clone(), s.clone()));
+            stats.push((dev.name.to_string(), s.clone()));
             let interval = dev.interval;
             let poller = SnmpPoller::new(dev, settings.clock, s.clone());
             tasks.push(tokio::spawn(poll_device(
@@ -1493,7 +1493,7 @@ auth_password = "short"
             .map(|b| {
                 let n = notification(b).unwrap();
                 map.trap_readings(&n.trap, &n.oids)
-                    .map(|(m, v)| (m.to_owned(), v))
+                    .map(|(m, v)| (m.to_string(), v))
                     .collect()
             })
             .collect();

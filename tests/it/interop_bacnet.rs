@@ -100,7 +100,7 @@ async fn the_collector_reads_and_subscribes_to_a_bacpypes3_device() {
     let mut got: BTreeMap<String, (f64, Quality)> = BTreeMap::new();
     while got.len() < values.len() {
         for r in next_batch(&mut rx, Duration::from_secs(20)).await {
-            got.insert(r.metric, (r.value, r.quality));
+            got.insert(r.metric.to_string(), (r.value, r.quality));
         }
     }
     for (metric, want) in &values {
@@ -123,7 +123,7 @@ async fn the_collector_reads_and_subscribes_to_a_bacpypes3_device() {
     // (Earlier notifications of the old value may still be queued.)
     let cov = loop {
         let batch = next_batch(&mut rx, Duration::from_secs(10)).await;
-        let new = |r: &&Reading| r.metric == "supply_temp_c" && (r.value - 9.5).abs() < 1e-4;
+        let new = |r: &&Reading| &*r.metric == "supply_temp_c" && (r.value - 9.5).abs() < 1e-4;
         if let Some(r) = batch.iter().find(new) {
             break r.clone();
         }

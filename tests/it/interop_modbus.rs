@@ -62,7 +62,7 @@ async fn the_poller_decodes_every_type_and_order_pymodbus_serves() {
             Ok(Some(batch)) => {
                 for r in batch {
                     assert_eq!(r.quality, Quality::Good, "{r:?}");
-                    got.insert(r.metric, r.value);
+                    got.insert(r.metric.to_string(), r.value);
                 }
             }
             _ => break,

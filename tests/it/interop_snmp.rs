@@ -145,7 +145,7 @@ async fn collect(
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(batch)) => {
                 for r in batch.into_iter().filter(|r| r.quality == Quality::Good) {
-                    got.insert((r.device, r.metric), r.value);
+                    got.insert((r.device.to_string(), r.metric.to_string()), r.value);
                 }
             }
             _ => break,
@@ -260,7 +260,9 @@ async fn net_snmp_traps_and_informs_become_readings_and_forgeries_are_counted() 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.len() < 3 {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(batch)) => seen.extend(batch.into_iter().map(|r| (r.metric, r.value))),
+            Ok(Some(batch)) => {
+                seen.extend(batch.into_iter().map(|r| (r.metric.to_string(), r.value)))
+            }
             _ => break,
         }
     }
@@ -319,7 +321,10 @@ async fn net_snmp_v3_traps_are_authenticated_with_the_devices_user() {
     sender.await.unwrap();
     let (_, traps) = c.stop().await;
     let traps = traps.unwrap();
-    let seen: Vec<_> = got.into_iter().map(|r| (r.metric, r.value)).collect();
+    let seen: Vec<_> = got
+        .into_iter()
+        .map(|r| (r.metric.to_string(), r.value))
+        .collect();
     assert_eq!(seen, [("bypass_active".to_owned(), 1.0)], "{traps:?}");
     assert_eq!((traps.undecodable, traps.readings), (1, 1), "{traps:?}");
 }

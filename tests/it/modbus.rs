@@ -97,11 +97,15 @@ async fn the_poller_reads_the_served_simulation_exactly_and_only_reads() {
     let mut polled_metrics = std::collections::BTreeSet::new();
     for r in &readings {
         assert_eq!(r.quality, Quality::Good);
-        polled_metrics.insert((r.device.clone(), r.metric.clone()));
+        polled_metrics.insert((r.device.to_string(), r.metric.to_string()));
         let second = r.ts.div_euclid(1000) * 1000;
         let matched = (0..=3).any(|k| {
             index
-                .get(&(second - k * 1000, r.device.clone(), r.metric.clone()))
+                .get(&(
+                    second - k * 1000,
+                    r.device.to_string(),
+                    r.metric.to_string(),
+                ))
                 .is_some_and(|v| (v - r.value).abs() <= 1e-6 * v.abs().max(1.0))
         });
         assert!(matched, "{r:?} matches no recent value of the plant");

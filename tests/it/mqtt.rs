@@ -78,11 +78,11 @@ fn check_against_capture(got: &[Reading], capture: &str) {
             .into_iter()
             .map(|(ts, d, m, v)| ((ts, d, m), v))
             .collect();
-    let data: Vec<&Reading> = got.iter().filter(|r| r.metric != "online").collect();
+    let data: Vec<&Reading> = got.iter().filter(|r| &*r.metric != "online").collect();
     assert!(data.len() > 1000, "{} readings", data.len());
     for r in data {
         // serde_json's default float parsing may be one ulp off the printed value.
-        let want = truth.get(&(r.ts, r.device.clone(), r.metric.clone()));
+        let want = truth.get(&(r.ts, r.device.to_string(), r.metric.to_string()));
         assert!(
             want.is_some_and(|w| (w - r.value).abs() <= 1e-12 * w.abs().max(1.0)),
             "{r:?} vs {want:?}"
@@ -96,14 +96,14 @@ async fn json_readings_arrive_exactly_as_the_plant_reported_them() {
     check_against_capture(&got, &capture);
     assert_eq!(stats.malformed.into_inner(), 0);
     assert_eq!(stats.unmapped.into_inner(), 0);
-    let kinds: std::collections::BTreeSet<&str> = got.iter().map(|r| r.kind.as_str()).collect();
+    let kinds: std::collections::BTreeSet<&str> = got.iter().map(|r| r.kind.as_ref()).collect();
     assert!(
         kinds.contains("chiller") && kinds.contains("grid_meter"),
         "{kinds:?}"
     );
     assert!(
         got.iter()
-            .any(|r| r.device == "sim-gw" && r.metric == "online" && r.value == 0.0),
+            .any(|r| &*r.device == "sim-gw" && &*r.metric == "online" && r.value == 0.0),
         "the last will says the gateway went offline"
     );
 }
@@ -114,15 +114,15 @@ async fn sparkplug_births_aliases_and_the_death_certificate() {
     check_against_capture(&got, &capture);
     assert_eq!(stats.malformed.into_inner(), 0);
     assert_eq!(stats.seq_gaps.into_inner(), 0);
-    let chiller = got.iter().find(|r| r.device == "chiller-1").unwrap();
+    let chiller = got.iter().find(|r| &*r.device == "chiller-1").unwrap();
     assert_eq!(
-        (chiller.kind.as_str(), chiller.site.as_str()),
+        (chiller.kind.as_ref(), chiller.site.as_ref()),
         ("chiller", "ams1")
     );
     let offline: Vec<&str> = got
         .iter()
-        .filter(|r| r.metric == "online" && r.value == 0.0)
-        .map(|r| r.device.as_str())
+        .filter(|r| &*r.metric == "online" && r.value == 0.0)
+        .map(|r| r.device.as_ref())
         .collect();
     assert!(
         offline.contains(&"sim-gw") && offline.contains(&"ups-1"),

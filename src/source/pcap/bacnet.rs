@@ -88,7 +88,7 @@ pub(super) fn datagram(
         |(ip, _)| std::net::Ipv4Addr::from(ip).to_string(),
     );
     let (site, device) = match em.map.bacnet.get(&dst) {
-        Some(w) => (w.site.clone(), w.name.clone()),
+        Some(w) => (w.site.to_string(), w.name.to_string()),
         None => (em.map.site.clone(), format!("{dst}")),
     };
     let command = |address: u32, property: Option<u32>, value: Option<f64>| Command {

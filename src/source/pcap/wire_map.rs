@@ -11,18 +11,18 @@ use std::sync::Arc;
 /// A device on the wire: where its register map says what its registers mean.
 #[derive(Debug)]
 pub(super) struct WireDevice {
-    pub(super) site: String,
-    pub(super) name: String,
-    pub(super) kind: String,
+    pub(super) site: crate::model::Name,
+    pub(super) name: crate::model::Name,
+    pub(super) kind: crate::model::Name,
     pub(super) map: Arc<RegisterMap>,
 }
 
 /// A BACnet/IP device on the wire.
 #[derive(Debug)]
 pub(super) struct BacnetOnWire {
-    pub(super) site: String,
-    pub(super) name: String,
-    pub(super) kind: String,
+    pub(super) site: crate::model::Name,
+    pub(super) name: crate::model::Name,
+    pub(super) kind: crate::model::Name,
     pub(super) map: Arc<crate::protocol::bacnet_map::BacnetMap>,
 }
 
@@ -109,7 +109,7 @@ impl WireMap {
     pub fn bacnet_maps(&self) -> crate::protocol::bacnet_map::BacnetMaps {
         self.bacnet
             .values()
-            .map(|d| ((d.site.clone(), d.name.clone()), d.map.clone()))
+            .map(|d| ((d.site.to_string(), d.name.to_string()), d.map.clone()))
             .collect()
     }
 
@@ -122,7 +122,7 @@ impl WireMap {
     pub fn map_of(&self, site: &str, name: &str) -> Option<Arc<RegisterMap>> {
         self.devices
             .values()
-            .find(|d| d.site == site && d.name == name)
+            .find(|d| &*d.site == site && &*d.name == name)
             .map(|d| d.map.clone())
     }
 
@@ -130,7 +130,7 @@ impl WireMap {
     pub fn device_maps(&self) -> DeviceMaps {
         self.devices
             .values()
-            .map(|d| ((d.site.clone(), d.name.clone()), d.map.clone()))
+            .map(|d| ((d.site.to_string(), d.name.to_string()), d.map.clone()))
             .collect()
     }
 
