@@ -473,16 +473,22 @@ impl Soc {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let changed = board.take_dirty();
-            for (site, device, kind, score, online) in board.scores() {
-                let labels = DeviceLabels { site, device, kind };
-                self.online.get_or_create(&labels).set(i64::from(online));
-                self.scores.get_or_create(&labels).set(score);
+            // A device's score and online state change only with it (they mark it).
+            for d in &changed {
+                let labels = DeviceLabels {
+                    site: d.site.clone(),
+                    device: d.device.clone(),
+                    kind: d.kind.clone(),
+                };
+                self.online.get_or_create(&labels).set(i64::from(d.online));
+                self.scores.get_or_create(&labels).set(d.score);
             }
+            let text = (!changed.is_empty())
+                .then(|| serde_json::to_string(&changed).ok())
+                .flatten();
             drop(board);
-            if !changed.is_empty() {
-                if let Ok(text) = serde_json::to_string(&changed) {
-                    self.state.publish("devices", text);
-                }
+            if let Some(text) = text {
+                self.state.publish("devices", text);
             }
         }
         if last.outbox.elapsed() >= Duration::from_secs(10) {

@@ -163,24 +163,14 @@ impl Board {
         self.devices.values().flat_map(BTreeMap::values)
     }
 
-    /// The devices changed since the last call.
-    pub fn take_dirty(&mut self) -> Vec<DeviceView> {
-        let mut changed = Vec::new();
-        for d in self.devices.values_mut().flat_map(BTreeMap::values_mut) {
-            if std::mem::take(&mut d.dirty) {
-                changed.push(d.clone());
-            }
-        }
-        changed
-    }
-
-    /// `(site, device, kind, score)` of every device, for the metrics endpoint.
-    pub fn scores(&self) -> Vec<(String, String, String, f64, bool)> {
-        self.views()
-            .map(|d| {
-                let (site, device, kind) = (d.site.clone(), d.device.clone(), d.kind.clone());
-                (site, device, kind, d.score, d.online)
-            })
+    /// The devices changed since the last call (a reading or an alert marks a device),
+    /// as they are: the caller sends them on and updates their gauges without copying
+    /// every device's maps once a second.
+    pub fn take_dirty(&mut self) -> Vec<&DeviceView> {
+        self.devices
+            .values_mut()
+            .flat_map(BTreeMap::values_mut)
+            .filter_map(|d| std::mem::take(&mut d.dirty).then_some(&*d))
             .collect()
     }
 }

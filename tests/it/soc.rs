@@ -683,7 +683,7 @@ fn forge_a_far_future_reading(config: &Path, site: &str, device: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expected_write_is_taught_applied_and_revoked() {
     use wattchdog::correlate::Output;
-    use wattchdog::model::{attack, Alert, AlertStatus, Finding, Role, Severity};
+    use wattchdog::model::{attack, Alert, Finding, Severity};
     let dir = tempfile::tempdir().unwrap();
     let (_, soc) = soc_on_loopback(dir.path(), "").await;
     let base = format!("http://{}", soc.addr.unwrap());
@@ -691,25 +691,12 @@ async fn an_expected_write_is_taught_applied_and_revoked() {
         serde_json::json!({"client": "10.20.0.5", "function": 6, "address": 1201, "values": [700]});
     let alert = |id: &str, detector: &'static str| Alert {
         id: id.into(),
-        ts: 0,
-        detected_at: String::new(),
-        site: "ams1".into(),
         device: "chiller-2".into(),
         kind: "chiller".into(),
         metrics: Vec::new(),
         detector,
-        score: 2.0,
-        threshold: 1.0,
-        severity: Severity::High,
-        technique: attack::MANIPULATION_OF_CONTROL,
-        summary: "s".into(),
         evidence: evidence.clone(),
-        incident_id: "in-1".into(),
-        role: Role::Cause,
-        status: AlertStatus::Open,
-        last_seen: 0,
-        findings: 1,
-        early: false,
+        ..open_alert(2.0, 1.0)
     };
     soc.output(&Output::Alert(alert("w", "protocol"))).unwrap();
     soc.output(&Output::Alert(alert("d", "cusum"))).unwrap();
@@ -936,12 +923,39 @@ async fn an_analyst_teaches_a_routine_write_in_the_browser() {
     soc.stop().await;
 }
 
+/// An open `ewma_z` alert on ams1's ups-1 with this score and threshold.
+fn open_alert(score: f64, threshold: f64) -> wattchdog::model::Alert {
+    use wattchdog::model::{attack, Alert, AlertStatus, Role, Severity};
+    Alert {
+        id: "al-1".into(),
+        ts: 0,
+        detected_at: String::new(),
+        site: "ams1".into(),
+        device: "ups-1".into(),
+        kind: "ups".into(),
+        metrics: vec!["load_pct".into()],
+        detector: "ewma_z",
+        score,
+        threshold,
+        severity: Severity::High,
+        technique: attack::MANIPULATION_OF_CONTROL,
+        summary: "s".into(),
+        evidence: serde_json::json!({}),
+        incident_id: "in-1".into(),
+        role: Role::Cause,
+        status: AlertStatus::Open,
+        last_seen: 0,
+        findings: 1,
+        early: false,
+    }
+}
+
 /// The Grafana dashboard in contrib/ asks only for metrics that `/metrics` exposes (a
 /// renamed metric would leave a panel silently empty).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     use wattchdog::correlate::Output;
-    use wattchdog::model::{attack, Alert, AlertStatus, Quality, Reading, Role, Severity};
+    use wattchdog::model::{Quality, Reading};
     use wattchdog::pipeline::{PipelineStats, TimeTrouble};
     let dir = tempfile::tempdir().unwrap();
     // A syslog sink whose receiver is not there: its queue waits.
@@ -961,29 +975,7 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
         value: 41.0,
         quality: Quality::Good,
     });
-    soc.output(&Output::Alert(Alert {
-        id: "al-1".into(),
-        ts: 0,
-        detected_at: String::new(),
-        site: "ams1".into(),
-        device: "ups-1".into(),
-        kind: "ups".into(),
-        metrics: vec!["load_pct".into()],
-        detector: "ewma_z",
-        score: 2.0,
-        threshold: 1.0,
-        severity: Severity::High,
-        technique: attack::MANIPULATION_OF_CONTROL,
-        summary: "s".into(),
-        evidence: serde_json::json!({}),
-        incident_id: "in-1".into(),
-        role: Role::Cause,
-        status: AlertStatus::Open,
-        last_seen: 0,
-        findings: 1,
-        early: false,
-    }))
-    .unwrap();
+    soc.output(&Output::Alert(open_alert(2.0, 1.0))).unwrap();
     let mut stats = PipelineStats {
         late: 1,
         ahead: 1,
@@ -1161,4 +1153,52 @@ fn an_impossible_reading_is_streamed_on_arrival_then_confirmed_in_its_incident()
         "{}",
         r["pipeline"]
     );
+}
+
+/// The per-device gauges follow what changed each second: a device's score after an
+/// alert on it, its online state after its collector says so, and a device nothing
+/// happened to keeps the values it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_gauges_follow_readings_and_alerts_and_keep_the_rest() {
+    use wattchdog::correlate::Output;
+    use wattchdog::model::{Quality, Reading};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, soc) = soc_on_loopback(dir.path(), "").await;
+    let reading = |device: &str, metric: &str, value: f64| Reading {
+        ts: 0,
+        site: "ams1".into(),
+        device: device.into(),
+        kind: "ups".into(),
+        metric: metric.into(),
+        value,
+        quality: Quality::Good,
+    };
+    let port = soc.addr.unwrap().port();
+    // The gauges are refreshed at most once a second: wait that long before each tick.
+    let gauges = || {
+        std::thread::sleep(Duration::from_millis(1_100));
+        soc.tick(0);
+        let (status, metrics) = http(port, "GET", "/metrics", Some(TOKEN));
+        assert_eq!(status, 200);
+        let value = |name: &str, device: &str| -> f64 {
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with(name) && l.contains(&format!("device=\"{device}\"")))
+                .unwrap_or_else(|| panic!("{name} of {device} in\n{metrics}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        [
+            value("wattchdog_anomaly_score{", "ups-1"),
+            value("wattchdog_anomaly_score{", "ups-2"),
+            value("wattchdog_device_online{", "ups-1"),
+            value("wattchdog_device_online{", "ups-2"),
+        ]
+    };
+    soc.reading(&reading("ups-1", "load_pct", 41.0));
+    soc.reading(&reading("ups-2", "load_pct", 40.0));
+    assert_eq!(gauges(), [0.0, 0.0, 1.0, 1.0], "both seen, quiet, online");
+    soc.output(&Output::Alert(open_alert(3.0, 2.0))).unwrap();
+    assert_eq!(gauges(), [1.5, 0.0, 1.0, 1.0], "ups-1's score, ups-2 kept");
+    soc.reading(&reading("ups-2", "online", 0.0));
+    assert_eq!(gauges(), [1.5, 0.0, 1.0, 0.0], "ups-2 offline, ups-1 kept");
 }
