@@ -483,9 +483,11 @@ impl Soc {
                 self.online.get_or_create(&labels).set(i64::from(d.online));
                 self.scores.get_or_create(&labels).set(d.score);
             }
-            let text = (!changed.is_empty())
-                .then(|| serde_json::to_string(&changed).ok())
-                .flatten();
+            let text = if changed.is_empty() {
+                None
+            } else {
+                serde_json::to_string(&changed).ok()
+            };
             drop(board);
             if let Some(text) = text {
                 self.state.publish("devices", text);

@@ -302,7 +302,7 @@ impl SparkplugDecoder {
         }
         let p = Payload::decode(payload)
             .map_err(|e| PayloadError::Undecodable(format!("Sparkplug B protobuf: {e}")))?;
-        let site = self.cfg.site.clone().unwrap_or_else(|| group.to_owned());
+        let site: crate::model::Name = self.cfg.site.as_deref().unwrap_or(group).into();
         let key = (group.to_owned(), node.to_owned());
         let (kind_metric, default_kind, rebirth) = (
             self.cfg.kind_metric.clone(),
@@ -317,7 +317,6 @@ impl SparkplugDecoder {
                 .and_then(|t| Ts::try_from(t).ok())
                 .unwrap_or(now)
         };
-        let site: crate::model::Name = site.into();
         let online = |dev: &str, kind: &str, v: f64, ts: Ts| Reading {
             ts,
             site: site.clone(),

@@ -241,11 +241,10 @@ impl TopicMap {
                 .unwrap_or_default(),
         );
         let kind = names.get(get("kind").or(entry.kind.as_deref()).unwrap_or_default());
-        let metric = names.get(
-            get("metric")
-                .or(entry.metric.as_deref())
-                .unwrap_or_default(),
-        );
+        // Only a single-value payload names its metric here.
+        let metric = get("metric")
+            .or(entry.metric.as_deref())
+            .unwrap_or_default();
         let reading = |metric: Name, value: f64, ts: Ts, quality: Quality| Reading {
             ts,
             site: site.clone(),
@@ -262,7 +261,7 @@ impl TopicMap {
                 let v = number(&Json::String(text.trim().to_owned())).ok_or_else(|| {
                     PayloadError::Undecodable(format!("{:.40?} is not a number", text))
                 })?;
-                Ok(vec![reading(metric, v, now, Quality::Good)])
+                Ok(vec![reading(names.get(metric), v, now, Quality::Good)])
             }
             PayloadFormat::Json => {
                 let doc: Json = serde_json::from_str(text)
@@ -282,7 +281,7 @@ impl TopicMap {
                 let mut out = Vec::new();
                 if let Some(p) = &entry.value {
                     let v = lookup(&doc, p).and_then(number).ok_or_else(|| missing(p))?;
-                    out.push(reading(metric.clone(), v, ts, quality));
+                    out.push(reading(names.get(metric), v, ts, quality));
                 }
                 for f in &entry.fields {
                     // Absent fields are normal for gateways that send what changed.
