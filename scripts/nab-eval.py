@@ -47,12 +47,13 @@ def scaled_sigmoid(x):
 
 
 def nab_score(n_rows, windows, detections, profile):
-    """windows: [(first_row, last_row)] in order; detections: sorted row indices."""
+    """windows: [(first_row, last_row)] in order; detections: row indices. NAB flags
+    rows, so alerts opening on the same row are one detection."""
     a_tp, a_fp, a_fn = profile
     probation = min(math.floor(0.15 * n_rows), 750)
     best = [None] * len(windows)
     fp = 0.0
-    for i in detections:
+    for i in sorted(set(detections)):
         if i < probation:
             continue
         w = next((k for k, (s, e) in enumerate(windows) if s <= i <= e), None)
@@ -90,6 +91,8 @@ def self_test():
     assert abs(half - 50.0) < 1e-9, half
     # A false positive before any window costs A_FP; one during probation nothing.
     assert abs(nab_score(100, w, [10, 20, 50], std) - (0.986614 - 0.11)) < 1e-6
+    # Two alerts opening on one row are one detection (NAB flags rows).
+    assert abs(nab_score(100, w, [20, 20, 50], std) - (0.986614 - 0.11)) < 1e-6
     # Right after the window: distance 1/9 → 2/(1+e^(5/9)) − 1 = −0.270847, × 0.11.
     assert abs(nab_score(100, w, [50, 60], std) - (0.986614 - 0.11 * 0.270847)) < 1e-6
     assert nab_score(100, w, [], PROFILES["reward_low_FN_rate"]) == -2.0

@@ -5,6 +5,11 @@
 //!   (`scales`, default 1 min, 15 min, 4 h). When a block closes, three aggregates are
 //!   taken: its **mean**, its **range** (max − min) and its **rate** (the change of the
 //!   mean from the block just before, if the history learned that one).
+//! - On scales that cut a day into at most 24 blocks (1 h and longer), a fourth: the
+//!   **daily** difference, the block's mean less the median of the means the same block
+//!   of the day had on the last `daily_days` days (at least three of them learned). A
+//!   value normal for the afternoon but not for the night, or a whole daily profile
+//!   shifted within its usual swing, shows only there.
 //! - Each aggregate is compared with the last `history_blocks` values it took (per point
 //!   and scale), their range widened by `margin` × its width on each side and by one
 //!   step of the sensor's resolution (the same rule as `envelope`, but learned
@@ -66,6 +71,9 @@ pub struct TimescaleParams {
     pub margin: f64,
     /// Abnormal blocks in a row after which the new level is learned.
     pub rebaseline_blocks: u32,
+    /// Days of block means remembered for the daily aggregate (0: none), on scales of
+    /// 1 h and longer that divide a day.
+    pub daily_days: u32,
 }
 
 impl Default for TimescaleParams {
@@ -78,6 +86,7 @@ impl Default for TimescaleParams {
             min_samples: 4,
             margin: 1.5,
             rebaseline_blocks: 4,
+            daily_days: 7,
         }
     }
 }
@@ -86,6 +95,13 @@ impl Default for TimescaleParams {
 pub const MAX_SCALES: usize = 8;
 /// Longest history per aggregate.
 pub const MAX_HISTORY: u32 = 4096;
+/// Fewest days of the same block the daily aggregate needs, and the most remembered.
+const MIN_DAYS: usize = 3;
+const MAX_DAYS: u32 = 28;
+const DAY: Ts = 86_400_000;
+/// Shortest scale with a daily aggregate (a day holds at most 24 of its blocks, so a
+/// point remembers at most 24 × `daily_days` means per scale).
+const MIN_DAILY_SCALE: Ts = 3_600_000;
 
 impl TimescaleParams {
     /// The first parameter that breaks a rule, if any.
@@ -123,12 +139,18 @@ impl TimescaleParams {
             "rebaseline_blocks",
             "must be at least 1",
         )?;
+        rule(
+            self.daily_days == 0 || (MIN_DAYS as u32..=MAX_DAYS).contains(&self.daily_days),
+            "daily_days",
+            "must be 0 (off) or between 3 and 28",
+        )?;
         Ok(())
     }
 }
 
-/// The aggregates of a block, in the order of [`AGGREGATES`].
-const AGGREGATES: [&str; 3] = ["mean", "range", "rate"];
+/// The aggregates of a block.
+const AGGREGATES: [&str; 4] = ["mean", "range", "rate", "daily"];
+const DAILY: usize = 3;
 
 /// The last values of one aggregate, oldest overwritten first.
 #[derive(Debug, Default)]
@@ -168,6 +190,8 @@ struct Breach {
     excess: f64,
     /// First event time of the block.
     start: Ts,
+    /// For the daily aggregate, the median it is the difference from.
+    usual: Option<f64>,
 }
 
 /// One point at one scale.
@@ -186,7 +210,12 @@ struct Scale {
     typical: u32,
     /// Mean of the last block the history learned, and its index (rates need it).
     previous: Option<(i64, f64)>,
-    history: [Ring; 3],
+    /// Learned block means of the last `daily_days` days with their block index, at
+    /// `block mod (blocks per day × days)` (empty where the scale has no daily aggregate).
+    days: Vec<(i64, f64)>,
+    /// The median of the open block's means on previous days, if enough were learned.
+    usual: Option<f64>,
+    history: [Ring; 4],
     /// Abnormal blocks in a row.
     run: u32,
     /// The last closed block's breach (reported again while [`Scale::still`] holds).
@@ -205,6 +234,8 @@ impl Scale {
             suspect: false,
             typical: 0,
             previous: None,
+            days: Vec::new(),
+            usual: None,
             history: Default::default(),
             run: 0,
             breach: None,
@@ -229,6 +260,7 @@ impl Scale {
                 closed = Some((self.breach, needed));
             }
             self.block = block;
+            self.usual = self.usual_at(block, p);
             self.sum = 0.0;
             self.count = 0;
             self.min = f64::INFINITY;
@@ -252,9 +284,44 @@ impl Scale {
         let so_far = match b.aggregate {
             0 => mean,
             1 => self.max - self.min,
+            DAILY => mean - self.usual?,
             _ => mean - self.previous.filter(|&(i, _)| i == self.block - 1)?.1,
         };
         (self.count > 0 && !(b.low..=b.high).contains(&so_far)).then_some(b)
+    }
+
+    /// How many blocks the daily memory spans (none where the scale has no daily
+    /// aggregate).
+    fn daily_span(&self, p: &TimescaleParams) -> Option<usize> {
+        (p.daily_days > 0 && self.len >= MIN_DAILY_SCALE && DAY % self.len == 0)
+            .then(|| (DAY / self.len) as usize * p.daily_days as usize)
+    }
+
+    /// The median of the means `block` had at the same time on the last `daily_days`
+    /// days, if at least [`MIN_DAYS`] of them were learned.
+    fn usual_at(&self, block: i64, p: &TimescaleParams) -> Option<f64> {
+        let span = self.daily_span(p).filter(|&s| self.days.len() == s)?;
+        let per_day = DAY / self.len;
+        let mut seen = [0.0; MAX_DAYS as usize];
+        let mut n = 0;
+        for k in 1..=i64::from(p.daily_days) {
+            let b = block - k * per_day;
+            let (at, mean) = self.days[b.rem_euclid(span as i64) as usize];
+            if at == b {
+                seen[n] = mean;
+                n += 1;
+            }
+        }
+        if n < MIN_DAYS {
+            return None;
+        }
+        let seen = &mut seen[..n];
+        seen.sort_by(f64::total_cmp);
+        Some(if n % 2 == 1 {
+            seen[n / 2]
+        } else {
+            0.5 * (seen[n / 2 - 1] + seen[n / 2])
+        })
     }
 
     /// Closes the open block: judges it, learns it if it may. Returns the statistic
@@ -274,7 +341,8 @@ impl Scale {
             Some((b, m)) if b == self.block - 1 => Some(mean - m),
             _ => None,
         };
-        let values = [Some(mean), Some(self.max - self.min), rate];
+        let daily = self.usual.map(|u| mean - u);
+        let values = [Some(mean), Some(self.max - self.min), rate, daily];
         let mut needed: Option<f64> = None;
         for (i, v) in values.iter().enumerate() {
             let (Some(v), ring) = (*v, &self.history[i]) else {
@@ -315,6 +383,7 @@ impl Scale {
                     high,
                     excess,
                     start: self.block * self.len,
+                    usual: (i == DAILY).then_some(self.usual).flatten(),
                 });
             }
         }
@@ -338,6 +407,12 @@ impl Scale {
                 if let Some(v) = v {
                     ring.push(v, cap);
                 }
+            }
+            if let Some(span) = self.daily_span(p) {
+                if self.days.len() != span {
+                    self.days = vec![(i64::MIN, 0.0); span];
+                }
+                self.days[self.block.rem_euclid(span as i64) as usize] = (self.block, mean);
             }
         }
         needed
@@ -432,6 +507,20 @@ fn finding(
     let metric = &frame.registry.point(p).metric;
     let aggregate = AGGREGATES[b.aggregate];
     let dir = if b.value > b.high { "above" } else { "below" };
+    let what = match b.usual {
+        Some(u) => format!(
+            "{} mean of {metric} from {}, less its median at that time of day on the last {} days ({}),",
+            scale_name(len),
+            format_ts(b.start),
+            params.daily_days,
+            sig(u)
+        ),
+        None => format!(
+            "{} {aggregate} of {metric} from {}",
+            scale_name(len),
+            format_ts(b.start)
+        ),
+    };
     let all: Vec<_> = scales
         .iter()
         .filter_map(|s| {
@@ -441,6 +530,12 @@ fn finding(
             })
         })
         .collect();
+    let mut evidence = json!({"scale_ms": len, "aggregate": aggregate, "value": b.value,
+        "low": b.low, "high": b.high, "margin": params.margin, "block_start": format_ts(b.start),
+        "breaches": all});
+    if let Some(u) = b.usual {
+        evidence["usual"] = json!(u);
+    }
     point_finding(
         frame,
         p,
@@ -454,16 +549,13 @@ fn finding(
         },
         attack::for_process_change(metric, class),
         format!(
-            "the {} {aggregate} of {metric} from {} = {} is {dir} the range of its last {} blocks, widened: [{}, {}]",
-            scale_name(len),
-            format_ts(b.start),
+            "the {what} = {} is {dir} the range of its last {} blocks, widened: [{}, {}]",
             sig(b.value),
             params.history_blocks,
             sig(b.low),
             sig(b.high),
         ),
-        json!({"scale_ms": len, "aggregate": aggregate, "value": b.value, "low": b.low, "high": b.high,
-               "margin": params.margin, "block_start": format_ts(b.start), "breaches": all}),
+        evidence,
     )
 }
 
@@ -568,6 +660,81 @@ mod tests {
         assert_eq!(f.evidence["scale_ms"], 14_400_000);
     }
 
+    /// Five-minute readings of a point that swings over the day (low at night, high in
+    /// the afternoon), with weather: each day's level wanders by a fraction of the swing.
+    fn diurnal(days: usize, seed: u64) -> Vec<f64> {
+        let per_day = 288;
+        let weather = noisy(days, 0.0, 1.0, seed + 1);
+        let mut s = noisy(per_day * days, 20.0, 1.0, seed);
+        for (i, v) in s.iter_mut().enumerate() {
+            let phase = (i % per_day) as f64 / per_day as f64;
+            *v += 10.0 * -(phase * std::f64::consts::TAU).cos() + weather[i / per_day];
+        }
+        s
+    }
+
+    fn feed_5min(h: &mut Harness, d: &mut Timescale, series: &[f64]) {
+        for (i, &v) in series.iter().enumerate() {
+            h.feed_at(d, "other", "temp", i as Ts * 300_000, v);
+        }
+    }
+
+    #[test]
+    fn a_night_at_the_afternoons_level_is_seen_against_the_same_hours_of_past_days() {
+        // Fourteen days, then a night held at the afternoon's level: every block is
+        // inside the range its history spanned (the afternoons), its rate and range are
+        // ordinary; only the same hours on the days before say it is wrong.
+        let per_day = 288;
+        let mut series = diurnal(15, 8);
+        for v in &mut series[per_day * 14..per_day * 14 + 96] {
+            *v = 30.0;
+        }
+        let mut h = Harness::new();
+        let mut d = det();
+        feed_5min(&mut h, &mut d, &series);
+        assert_eq!(h.count_before(per_day * 14), 0, "{:?}", h.findings.first());
+        let (at, f) = h.findings.first().expect("the night is seen");
+        assert!(
+            *at >= per_day * 14 && *at <= per_day * 14 + 48 + 1,
+            "at {at}"
+        );
+        assert_eq!(f.evidence["aggregate"], "daily", "{}", f.reason);
+        assert_eq!(f.evidence["scale_ms"], 14_400_000);
+        assert!(
+            f.evidence["usual"].as_f64().unwrap() < 15.0,
+            "{}",
+            f.evidence
+        );
+        assert!(
+            f.reason
+                .contains("less its median at that time of day on the last 7 days"),
+            "{}",
+            f.reason
+        );
+
+        // Without the daily aggregate the night passes.
+        let mut h = Harness::new();
+        let mut d = Timescale::new(PerKind::from_fn(|_| TimescaleParams {
+            daily_days: 0,
+            ..TimescaleParams::default()
+        }));
+        feed_5min(&mut h, &mut d, &series);
+        assert!(h.findings.is_empty(), "{:?}", h.findings.first());
+    }
+
+    #[test]
+    fn three_weeks_of_days_with_their_weather_are_silent_and_remembered_in_bounds() {
+        let mut h = Harness::new();
+        let mut d = det();
+        feed_5min(&mut h, &mut d, &diurnal(21, 9));
+        assert!(h.findings.is_empty(), "{:?}", h.findings.first());
+        // Six 4-hour blocks a day, seven days: all the memory the daily aggregate has.
+        let scales = d.state.get_or_insert(0, Vec::new);
+        let lens: Vec<_> = scales.iter().map(|s| (s.len, s.days.len())).collect();
+        assert_eq!(lens, [(60_000, 0), (900_000, 0), (14_400_000, 42)]);
+        assert!(scales[2].history[DAILY].values.len() >= 64 - 1);
+    }
+
     #[test]
     fn blocks_cut_short_by_a_gap_are_not_judged() {
         let mut h = Harness::new();
@@ -628,6 +795,8 @@ mod tests {
         assert_eq!(bad(|p| p.warmup_blocks = 100), "warmup_blocks");
         assert_eq!(bad(|p| p.margin = f64::NAN), "margin");
         assert_eq!(bad(|p| p.history_blocks = 1), "history_blocks");
+        assert_eq!(bad(|p| p.daily_days = 2), "daily_days");
+        assert_eq!(bad(|p| p.daily_days = 29), "daily_days");
     }
 
     proptest::proptest! {
