@@ -10,7 +10,7 @@
 use crate::correlate::exceptions::Exception;
 use crate::model::{Alert, Disposition, Incident, Role, Severity, Ts};
 use crate::time::serde_duration;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{config::DbConfig, params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
@@ -298,6 +298,12 @@ impl Store {
             .map_err(&e)?;
         self.conn
             .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(&e)?;
+        // Plans that do not depend on bound values: otherwise this SQLite (built with
+        // STAT4) marks a statement with `ORDER BY … LIMIT` for a new plan at every
+        // binding, and the outbox poll prepared its query anew several times a second.
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(&e)?;
         let version: i64 = self
             .conn
@@ -830,6 +836,28 @@ mod tests {
 
     fn alert(id: &str, ts: Ts, severity: Severity, status: AlertStatus) -> Alert {
         Alert::sample(id, ts, severity, status)
+    }
+
+    #[test]
+    fn the_outbox_poll_reuses_its_prepared_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("a.db")).unwrap();
+        for i in 0..3 {
+            let a = alert(&format!("a{i}"), i, Severity::High, AlertStatus::Open);
+            s.put_alert(&a, &["grid"]).unwrap();
+        }
+        for k in 0..5 {
+            assert_eq!(s.due("grid", now_ms() + k, 64).unwrap().len(), 3);
+        }
+        let sql = "SELECT seq, receiver, alert_id, coalesce(delivery_id, alert_id), body, created_at, attempts, last_error FROM outbox WHERE receiver = ?3 AND delivered_at IS NULL AND dead_at IS NULL AND next_at <= ?1 ORDER BY seq LIMIT ?2";
+        let cached = s.conn.prepare_cached(sql).unwrap();
+        use rusqlite::StatementStatus::{RePrepare, Run};
+        assert_eq!(cached.get_status(Run), 5, "the same cached statement ran");
+        assert_eq!(
+            cached.get_status(RePrepare),
+            0,
+            "and was never planned again"
+        );
     }
 
     #[test]
