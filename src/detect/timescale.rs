@@ -200,6 +200,8 @@ struct Scale {
     len: Ts,
     /// Index of the open block (event time ÷ `len`).
     block: i64,
+    /// Where the open block ends (a sample before it needs no division to place).
+    end: Ts,
     sum: f64,
     count: u32,
     min: f64,
@@ -227,6 +229,7 @@ impl Scale {
         Self {
             len,
             block: i64::MIN,
+            end: Ts::MIN,
             sum: 0.0,
             count: 0,
             min: f64::INFINITY,
@@ -252,9 +255,14 @@ impl Scale {
         resolution: f64,
         p: &TimescaleParams,
     ) -> Option<(Option<Breach>, Option<f64>)> {
-        let block = ts.div_euclid(self.len);
         let mut closed = None;
+        let block = if ts >= self.end {
+            ts.div_euclid(self.len)
+        } else {
+            self.block
+        };
         if block > self.block {
+            self.end = (block + 1).saturating_mul(self.len);
             if self.block != i64::MIN {
                 let needed = self.close(resolution, p);
                 closed = Some((self.breach, needed));
