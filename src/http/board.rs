@@ -2,7 +2,7 @@
 //! its key metrics for sparklines, whether it is online, and its anomaly score (the
 //! highest `score / threshold` of its open alerts: above 1 means above threshold).
 
-use crate::model::{Alert, AlertStatus, Quality, Reading, Severity, Ts};
+use crate::model::{Alert, AlertStatus, Name, Quality, Reading, Severity, Ts};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -55,38 +55,30 @@ pub struct DeviceView {
 }
 
 /// Every device seen, by site and name. Every reading passes through here: the path of a
-/// device and metric already seen allocates nothing.
+/// device and metric already seen allocates nothing, and a reading of the device before
+/// (sources send a device's readings together) looks nothing up.
 #[derive(Debug, Default)]
 pub struct Board {
-    devices: BTreeMap<String, BTreeMap<String, DeviceView>>,
+    /// Every device, in the order first seen.
+    views: Vec<DeviceView>,
+    /// Where each is in `views`, by site and name.
+    index: BTreeMap<String, BTreeMap<String, usize>>,
+    /// The last reading's site and device (shared names compare by address first).
+    last: Option<(Name, Name, usize)>,
 }
 
 impl Board {
     /// Folds in one reading.
     pub fn reading(&mut self, r: &Reading) {
-        let site = match self.devices.get_mut(&*r.site) {
-            Some(site) => site,
-            None => self.devices.entry(r.site.to_string()).or_default(),
+        let at = match &self.last {
+            Some((site, device, at)) if *site == r.site && *device == r.device => *at,
+            _ => {
+                let at = self.place(r);
+                self.last = Some((r.site.clone(), r.device.clone(), at));
+                at
+            }
         };
-        let d = match site.get_mut(&*r.device) {
-            Some(d) => d,
-            None => site
-                .entry(r.device.to_string())
-                .or_insert_with(|| DeviceView {
-                    site: r.site.to_string(),
-                    device: r.device.to_string(),
-                    kind: r.kind.to_string(),
-                    last_seen: r.ts,
-                    values: BTreeMap::new(),
-                    bad_quality: BTreeSet::new(),
-                    history: BTreeMap::new(),
-                    online: true,
-                    score: 0.0,
-                    severity: None,
-                    open: BTreeMap::new(),
-                    dirty: true,
-                }),
-        };
+        let d = &mut self.views[at];
         d.dirty = true;
         d.last_seen = r.ts;
         d.online = &*r.metric != "online" || r.value != 0.0;
@@ -127,15 +119,39 @@ impl Board {
         h.push_back(r.value);
     }
 
+    /// Where the reading's device is in `views`, adding it if new.
+    fn place(&mut self, r: &Reading) -> usize {
+        if let Some(&at) = self.index.get(&*r.site).and_then(|s| s.get(&*r.device)) {
+            return at;
+        }
+        let at = self.views.len();
+        self.views.push(DeviceView {
+            site: r.site.to_string(),
+            device: r.device.to_string(),
+            kind: r.kind.to_string(),
+            last_seen: r.ts,
+            values: BTreeMap::new(),
+            bad_quality: BTreeSet::new(),
+            history: BTreeMap::new(),
+            online: true,
+            score: 0.0,
+            severity: None,
+            open: BTreeMap::new(),
+            dirty: true,
+        });
+        self.index
+            .entry(r.site.to_string())
+            .or_default()
+            .insert(r.device.to_string(), at);
+        at
+    }
+
     /// Folds in an alert snapshot (opened, escalated or closed).
     pub fn alert(&mut self, a: &Alert) {
-        let Some(d) = self
-            .devices
-            .get_mut(&a.site)
-            .and_then(|s| s.get_mut(&a.device))
-        else {
+        let Some(&at) = self.index.get(&a.site).and_then(|s| s.get(&a.device)) else {
             return;
         };
+        let d = &mut self.views[at];
         match a.status {
             AlertStatus::Open => {
                 let ratio = if a.threshold > 0.0 {
@@ -159,19 +175,24 @@ impl Board {
         self.views().cloned().collect()
     }
 
+    /// Positions in `views`, by site and name.
+    fn order(&self) -> impl Iterator<Item = usize> + '_ {
+        self.index.values().flat_map(|s| s.values().copied())
+    }
+
     fn views(&self) -> impl Iterator<Item = &DeviceView> {
-        self.devices.values().flat_map(BTreeMap::values)
+        self.order().map(|at| &self.views[at])
     }
 
     /// The devices changed since the last call (a reading or an alert marks a device),
-    /// as they are: the caller sends them on and updates their gauges without copying
-    /// every device's maps once a second.
+    /// by site and name, as they are: the caller sends them on and updates their gauges
+    /// without copying every device's maps once a second.
     pub fn take_dirty(&mut self) -> Vec<&DeviceView> {
-        self.devices
-            .values_mut()
-            .flat_map(BTreeMap::values_mut)
-            .filter_map(|d| std::mem::take(&mut d.dirty).then_some(&*d))
-            .collect()
+        let changed: Vec<usize> = self.order().filter(|&at| self.views[at].dirty).collect();
+        for &at in &changed {
+            self.views[at].dirty = false;
+        }
+        changed.iter().map(|&at| &self.views[at]).collect()
     }
 }
 
@@ -207,6 +228,50 @@ mod tests {
         assert!(b.take_dirty().is_empty());
         b.reading(&reading("online", 0.0));
         assert!(!b.snapshot()[0].online);
+    }
+
+    #[test]
+    fn devices_are_listed_by_site_and_name_whatever_order_they_came_in() {
+        let mut b = Board::default();
+        let seen = [
+            ("s2", "b", 1.0),
+            ("s1", "z", 2.0),
+            ("s1", "a", 3.0),
+            ("s2", "b", 4.0),
+        ];
+        for (site, device, v) in seen {
+            // Names allocated per reading (equal, not shared) find the same device.
+            let mut r = reading("supply_temp_c", v);
+            r.site = site.into();
+            r.device = device.into();
+            b.reading(&r);
+        }
+        let tiles: Vec<_> = b
+            .take_dirty()
+            .iter()
+            .map(|d| {
+                (
+                    d.site.as_str(),
+                    d.device.as_str(),
+                    d.values["supply_temp_c"],
+                )
+            })
+            .collect();
+        assert_eq!(
+            tiles,
+            [("s1", "a", 3.0), ("s1", "z", 2.0), ("s2", "b", 4.0)]
+        );
+        assert!(b.take_dirty().is_empty());
+        let mut a = Alert::sample("al-1", 1000, Severity::High, AlertStatus::Open);
+        (a.site, a.device) = ("s1".into(), "z".into());
+        b.alert(&a);
+        let changed: Vec<_> = b.take_dirty().iter().map(|d| d.device.clone()).collect();
+        assert_eq!(changed, ["z"]);
+        assert_eq!(
+            b.snapshot()[1].score,
+            1.5,
+            "its alert's score over threshold"
+        );
     }
 
     #[test]
