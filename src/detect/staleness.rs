@@ -112,16 +112,18 @@ impl Detector for Staleness {
             if !params.enabled {
                 continue;
             }
-            let known = || {
-                dev.points
-                    .iter()
-                    .filter_map(|&p| states.get(p as usize))
-                    .filter(|s| s.n >= params.min_samples && s.interval_ms > 0.0)
-            };
-            let Some(interval) = known().map(|s| s.interval_ms).min_by(f64::total_cmp) else {
+            // The fastest known interval and the newest sample, in one pass.
+            let (interval, last) = dev
+                .points
+                .iter()
+                .filter_map(|&p| states.get(p as usize))
+                .filter(|s| s.n >= params.min_samples && s.interval_ms > 0.0)
+                .fold((f64::INFINITY, Ts::MIN), |(iv, last), s| {
+                    (iv.min(s.interval_ms), last.max(s.ts))
+                });
+            if last == Ts::MIN {
                 continue;
-            };
-            let last = known().map(|s| s.ts).max().unwrap_or(now);
+            }
             let limit = |iv: f64| (params.factor * iv).max(params.min_silence as f64);
             let silence = (now - last) as f64;
             if silence > limit(interval) {

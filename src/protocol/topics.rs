@@ -278,7 +278,15 @@ impl TopicMap {
                         .and_then(Quality::parse)
                         .unwrap_or(Quality::Bad),
                 };
-                let mut out = Vec::new();
+                let obj = entry
+                    .fields_object
+                    .as_ref()
+                    .map(|p| lookup(&doc, p).and_then(Json::as_object).ok_or(p));
+                let mut out = Vec::with_capacity(
+                    usize::from(entry.value.is_some())
+                        + entry.fields.len()
+                        + obj.and_then(Result::ok).map_or(0, |o| o.len()),
+                );
                 if let Some(p) = &entry.value {
                     let v = lookup(&doc, p).and_then(number).ok_or_else(|| missing(p))?;
                     out.push(reading(names.get(metric), v, ts, quality));
@@ -289,11 +297,8 @@ impl TopicMap {
                         out.push(reading(f.metric.clone(), v, ts, quality));
                     }
                 }
-                if let Some(p) = &entry.fields_object {
-                    let obj = lookup(&doc, p)
-                        .and_then(Json::as_object)
-                        .ok_or_else(|| missing(p))?;
-                    for (k, v) in obj {
+                if let Some(obj) = obj {
+                    for (k, v) in obj.map_err(|p| missing(p))? {
                         if let Some(v) = number(v) {
                             out.push(reading(names.get(k), v, ts, quality));
                         }
