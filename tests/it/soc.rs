@@ -1086,10 +1086,16 @@ fn an_impossible_reading_is_streamed_on_arrival_then_confirmed_in_its_incident()
         tokio::spawn(async move { while events.poll().await.is_ok() {} });
         client
     });
+    // Each message a millisecond after the one before at least: two readings of a point
+    // stamped alike are one reading repeated (the pipeline keeps the first), and the
+    // run answers fast enough for the 900 to follow a 41 within the same millisecond.
+    let last = std::cell::Cell::new(0i64);
     let publish = |load: f64| {
+        let ts = chrono::Utc::now().timestamp_millis().max(last.get() + 1);
+        last.set(ts);
         let body = format!(
             "{{\"ts\":\"{}\",\"values\":{{\"load_pct\":{load},\"input_voltage_v\":400}}}}",
-            wattchdog::time::format_ts(chrono::Utc::now().timestamp_millis())
+            wattchdog::time::format_ts(ts)
         );
         rt.block_on(client.publish(
             "wattchdog/dc1/ups/ups-1",
