@@ -380,9 +380,12 @@ fn cut_at(lo: f32, hi: f32, x: f64) -> f64 {
     }
 }
 
-/// Walks taken side by side: trees one row walks in single-row scoring, rows that walk
-/// one tree in batch scoring.
+/// Trees one row walks side by side in single-row scoring.
 const SIDE_BY_SIDE: usize = 8;
+/// Rows that walk one tree side by side in batch scoring: more walks in flight than 8
+/// (about 5 % faster on 100,000 rows, plain and extrapolated; `cargo bench --bench
+/// iforest`, two rounds alternating).
+const BATCH_LANES: usize = 16;
 
 /// A node of [`FlatTrees`]. A leaf points at itself and compares against NaN (so every
 /// row stays there) and has an infinite range (so nothing is cut at it): a walk needs
@@ -470,9 +473,9 @@ impl FlatTrees {
     /// [`IsolationForest::extrapolate`]) or plain: depth plus the leaf's adjustment, with
     /// the arithmetic of one walk in its order, so the same bits in every layout.
     #[inline]
-    fn walk<const EXTRAPOLATE: bool>(
+    fn walk<const EXTRAPOLATE: bool, const N: usize>(
         &self,
-        mut at: [u32; SIDE_BY_SIDE],
+        mut at: [u32; N],
         steps: u32,
         rows: &[f64],
         stride: usize,
@@ -480,8 +483,8 @@ impl FlatTrees {
     ) {
         let n = out.len();
         let mut depth = 0.0f64;
-        let mut stay = [1.0f64; SIDE_BY_SIDE];
-        let mut acc = [0.0f64; SIDE_BY_SIDE];
+        let mut stay = [1.0f64; N];
+        let mut acc = [0.0f64; N];
         for _ in 0..steps {
             if EXTRAPOLATE {
                 depth += 1.0;
@@ -514,9 +517,9 @@ impl FlatTrees {
         at[..out.len()].copy_from_slice(&self.roots[first..first + out.len()]);
         let steps = self.steps[group];
         if extrapolate {
-            self.walk::<true>(at, steps, row, 0, out);
+            self.walk::<true, SIDE_BY_SIDE>(at, steps, row, 0, out);
         } else {
-            self.walk::<false>(at, steps, row, 0, out);
+            self.walk::<false, SIDE_BY_SIDE>(at, steps, row, 0, out);
         }
     }
 
@@ -530,14 +533,14 @@ impl FlatTrees {
         cols: usize,
         lanes: &mut [f64],
     ) {
-        let at = [self.roots[tree]; SIDE_BY_SIDE];
-        let mut paths = [0.0; SIDE_BY_SIDE];
+        let at = [self.roots[tree]; BATCH_LANES];
+        let mut paths = [0.0; BATCH_LANES];
         let paths = &mut paths[..lanes.len()];
         let steps = self.depth[tree];
         if extrapolate {
-            self.walk::<true>(at, steps, rows, cols, paths);
+            self.walk::<true, BATCH_LANES>(at, steps, rows, cols, paths);
         } else {
-            self.walk::<false>(at, steps, rows, cols, paths);
+            self.walk::<false, BATCH_LANES>(at, steps, rows, cols, paths);
         }
         for (l, p) in lanes.iter_mut().zip(paths) {
             *l += *p;
@@ -693,8 +696,8 @@ impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for Iso
                 }
             };
             for tree in 0..self.trees.len() {
-                for (g, lanes) in acc.chunks_mut(SIDE_BY_SIDE).enumerate() {
-                    let rows = &block[g * SIDE_BY_SIDE * cols..];
+                for (g, lanes) in acc.chunks_mut(BATCH_LANES).enumerate() {
+                    let rows = &block[g * BATCH_LANES * cols..];
                     flat.add_paths(self.extrapolate, tree, rows, cols, lanes);
                 }
             }
@@ -800,7 +803,7 @@ mod tests {
     #[test]
     fn flat_walks_equal_the_walks_as_defined_bit_for_bit() {
         // Rows inside and far outside the training ranges; 100 trees are not a multiple
-        // of the 8 walked side by side, 1,030 rows not a multiple of the 8 in a batch lane.
+        // of the 8 walked side by side, 1,030 rows not a multiple of the 16 in a batch lane.
         let x = blob(1000, 30, 5);
         for (x, f) in both_kinds(x) {
             let batch = f.predict(&x);
