@@ -8,7 +8,9 @@
 //! (the first few) and not used, since the state it would update has moved on. An event
 //! dated more than `max_ahead` past the present is *ahead*: held apart, used only once
 //! the present catches up with it; a point that claims a time ahead and then reports
-//! in the present again is a clock that jumps, itself a finding.
+//! in the present again is a clock that jumps, itself a finding. A second reading of a
+//! point at an instant it already reported is dropped (the first kept) and counted, as
+//! disagreeing when its value or quality differs.
 //! Samples of one device that share a timestamp form a [`Frame`]. Each time the
 //! watermark crosses a multiple of `tick`, detectors of silence and the correlator's
 //! closing logic run at that instant. Because nothing depends on arrival timing, feeding
@@ -150,6 +152,10 @@ pub struct PipelineStats {
     /// Samples dropped because their point already had a sample at that instant (an
     /// at-least-once source redelivering, or the same file given twice).
     pub duplicates: u64,
+    /// Of the duplicates, those whose value or quality differed from the reading kept
+    /// (two sources disagreeing about one instant, or a clock standing still).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicting: u64,
     /// `late` and `ahead` by the device they came from (`site/device`): which source's
     /// clock is wrong, or forged.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -191,6 +197,7 @@ impl PipelineStats {
         self.early += o.early;
         self.withdrawn += o.withdrawn;
         self.duplicates += o.duplicates;
+        self.conflicting += o.conflicting;
         if o.reorder_wait_ms > self.reorder_wait_ms {
             self.reorder_wait_ms = o.reorder_wait_ms;
             self.reorder_wait_from.clone_from(&o.reorder_wait_from);
@@ -898,12 +905,11 @@ impl Pipeline {
                 quality,
                 ..
             } => {
-                if self
-                    .store
-                    .get(point)
-                    .is_some_and(|st| st.n > 0 && st.ts == ts)
-                {
+                if let Some(kept) = self.store.get(point).filter(|st| st.n > 0 && st.ts == ts) {
                     self.stats.duplicates += 1;
+                    if self.disagrees(point, kept, value, quality) {
+                        self.stats.conflicting += 1;
+                    }
                     return;
                 }
                 self.stats.readings += 1;
@@ -972,6 +978,38 @@ impl Pipeline {
                 "ahead_ms": ahead,
             }),
         }
+    }
+
+    /// Whether a second reading of `point` at the instant of `kept` (the reading already
+    /// taken) says something else: two sources disagreeing about one instant, a forged
+    /// report racing the genuine one or a clock standing still while the values move.
+    /// Counted and logged, not yet a finding: this build's own pollers can date two
+    /// answers of one point in one millisecond (at 300× a millisecond is 300 ms of event
+    /// time), which would be taken for such a disagreement.
+    fn disagrees(
+        &self,
+        point: PointId,
+        kept: &crate::feature::PointState,
+        value: f64,
+        quality: crate::model::Quality,
+    ) -> bool {
+        let good = quality == crate::model::Quality::Good;
+        let same = kept.quality == quality
+            && (!good || kept.value == value || (kept.value.is_nan() && value.is_nan()));
+        if !same {
+            let info = self.registry.point(point);
+            tracing::debug!(
+                device = %self.registry.device(info.device).name,
+                metric = %info.metric,
+                ts = %crate::time::format_ts(kept.ts),
+                kept = kept.value,
+                kept_quality = ?kept.quality,
+                dropped = value,
+                dropped_quality = ?quality,
+                "a second reading at one instant disagrees with the first; the first is kept"
+            );
+        }
+        !same
     }
 
     /// Runs the silence checks at every tick boundary up to and including `until`.
@@ -1313,6 +1351,45 @@ mod tests {
         );
         assert_ne!(withdrawn.snapshot_id(), early.snapshot_id());
         assert_eq!(l.p.stats().withdrawn, 1);
+    }
+
+    /// A second reading at an instant already reported is dropped, the first kept; one
+    /// that says something else (a forged value published ahead of the genuine one, a
+    /// bad flag where the first was good) is counted apart from a redelivery.
+    #[test]
+    fn a_second_reading_at_one_instant_is_dropped_and_a_disagreeing_one_counted() {
+        let mut l = Live::new(true);
+        let mut out = Vec::new();
+        for s in 1..=8 {
+            out.extend(l.feed(s, 90.0, s));
+        }
+        out.extend(l.feed(10, 91.0, 10)); // forged, first
+        out.extend(l.feed(10, 140.0, 10)); // genuine: impossible, raised on arrival
+        for s in 11..=20 {
+            out.extend(l.feed(s, 90.0, s));
+            if s == 12 {
+                out.extend(l.feed(s, 90.0, s)); // QoS 1 delivering twice
+            }
+        }
+        l.p.push(
+            Event::Sample {
+                ts: l.t0 + 20_000,
+                point: l.point,
+                value: f64::NAN,
+                quality: crate::model::Quality::Bad,
+            },
+            &mut out,
+        );
+        l.p.advance_to(l.t0 + 30_000, &mut out);
+        let got = alerts(&out);
+        let limits: Vec<_> = got.iter().filter(|a| a.detector == "limits").collect();
+        assert!(
+            limits.len() == 2 && limits.iter().all(|a| a.early),
+            "the genuine reading was raised on arrival, then withdrawn: {got:?}"
+        );
+        let stats = l.p.stats();
+        assert_eq!((stats.duplicates, stats.conflicting), (3, 2));
+        assert_eq!(stats.withdrawn, 1);
     }
 
     #[test]

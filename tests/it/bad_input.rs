@@ -209,6 +209,24 @@ fn replay_lines(dir: &std::path::Path, name: &str, lines: &[String]) -> (Value, 
     (r, alerts_without_wall_clock(&text))
 }
 
+/// The lines of a capture simulated in `dir`.
+fn simulated_lines(dir: &std::path::Path, hours: f64, seed: u64, attacks: &str) -> Vec<String> {
+    let cap = dir.join("c.jsonl");
+    simulate(&cap, hours, seed, attacks);
+    std::fs::read_to_string(&cap)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An alert without its incident (the incidents alerts fall in may differ).
+fn without_incident(v: &Value) -> Value {
+    let mut v = v.clone();
+    v.as_object_mut().unwrap().remove("incident_id");
+    v
+}
+
 fn by_detector(alerts: &[Value], detector: &str) -> Vec<Value> {
     alerts
         .iter()
@@ -223,13 +241,7 @@ fn by_detector(alerts: &[Value], detector: &str) -> Vec<Value> {
 #[test]
 fn a_reading_dated_far_ahead_neither_blinds_nor_alarms_falsely() {
     let dir = tempfile::tempdir().unwrap();
-    let cap = dir.path().join("c.jsonl");
-    simulate(&cap, 3.5, 21, "chiller-setpoint-tamper");
-    let lines: Vec<String> = std::fs::read_to_string(&cap)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let lines = simulated_lines(dir.path(), 3.5, 21, "chiller-setpoint-tamper");
     let (clean_report, clean) = replay_lines(dir.path(), "clean", &lines);
     assert!(!clean.is_empty(), "the attack is found");
     assert_eq!(clean_report["ahead"], 0);
@@ -276,11 +288,6 @@ fn a_reading_dated_far_ahead_neither_blinds_nor_alarms_falsely() {
         [("pdu-1", "it_load_kw"), ("ups-1", "load_pct")].map(|(d, m)| (d.to_owned(), m.to_owned()));
     assert_eq!(jumped, want.into(), "each forged point is named, once");
     // Every other alert is raised as before (the incidents they fall in may differ).
-    let without_incident = |v: &Value| {
-        let mut v = v.clone();
-        v.as_object_mut().unwrap().remove("incident_id");
-        v
-    };
     let others: Vec<Value> = alerts
         .iter()
         .filter(|a| a["detector"] != "event_time")
@@ -345,4 +352,42 @@ fn a_first_line_dated_decades_early_is_late_not_a_silence() {
         by_detector(&alerts, "staleness").is_empty(),
         "no silence since 1970: {alerts:?}"
     );
+}
+
+/// A line repeated (an at-least-once source redelivering) is dropped and counted; one at
+/// the same instant that says something else (a forged value published ahead of the
+/// genuine one) is counted apart, and the rest of the replay is judged as before.
+#[test]
+fn a_second_reading_at_a_reported_instant_is_counted_and_a_disagreeing_one_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = simulated_lines(dir.path(), 0.5, 5, "none");
+    let (clean_report, clean) = replay_lines(dir.path(), "clean", &lines);
+
+    let of = |line: &str| {
+        let v: Value = serde_json::from_str(line).unwrap();
+        (v["device"] == "ups-1" && v["metric"] == "load_pct").then_some(v)
+    };
+    let targets: Vec<usize> = (0..lines.len())
+        .filter(|&i| of(&lines[i]).is_some())
+        .collect();
+    let (before, genuine) = (targets[targets.len() / 2 - 1], targets[targets.len() / 2]);
+    let held = of(&lines[before]).unwrap()["value"].clone();
+    let mut forged = of(&lines[genuine]).unwrap();
+    assert_ne!(held, forged["value"], "the load moves between readings");
+    forged["value"] = held; // the last value again: nothing to see
+    let mut hostile = lines.clone();
+    hostile.insert(genuine, forged.to_string());
+    let again = hostile.len() / 3;
+    hostile.insert(again, hostile[again].clone());
+    let (r, alerts) = replay_lines(dir.path(), "hostile", &hostile);
+
+    assert_eq!(r["readings"], clean_report["readings"]);
+    assert_eq!(
+        (&r["duplicates"], &r["conflicting"]),
+        (&2.into(), &1.into())
+    );
+    assert!(clean_report["conflicting"].is_null(), "zero is not shown");
+    let got: Vec<Value> = alerts.iter().map(without_incident).collect();
+    let clean: Vec<Value> = clean.iter().map(without_incident).collect();
+    assert_eq!(got, clean, "nothing else changes");
 }
