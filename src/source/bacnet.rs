@@ -27,7 +27,8 @@
 //!   notification (a test checks the source).
 
 use super::poll::{
-    bump, poll_device, with_port, Answers, DeviceStats, Failure, Link, PollSettings, Schedule,
+    bump, poll_device, with_port, Answers, Dates, DeviceStats, Failure, Link, PollSettings,
+    Schedule,
 };
 use crate::model::{Quality, Reading};
 use crate::protocol::bacnet::{
@@ -271,6 +272,8 @@ struct Points {
     kind: crate::model::Name,
     clock: Clock,
     stats: Arc<DeviceStats>,
+    /// Shared by the poll answers and the COV notifications.
+    dates: Dates,
     last_good: Mutex<Vec<f64>>,
     /// Our process identifier in the device's subscriptions.
     process: u32,
@@ -405,7 +408,9 @@ async fn listen(
                 Ok(n) => {
                     if let Some(r) = points.notified(&n, known) {
                         bump(&points.stats.notifications, 1);
-                        if tx.send(vec![r]).await.is_err() {
+                        let mut batch = vec![r];
+                        points.dates.keep(&mut batch);
+                        if !batch.is_empty() && tx.send(batch).await.is_err() {
                             return;
                         }
                     }
@@ -537,6 +542,7 @@ impl BacnetPoller {
             process: NEXT_PROCESS.fetch_add(1, Ordering::Relaxed),
             plan,
             clock,
+            dates: Dates::new(stats.clone()),
             stats,
         };
         Self {
@@ -827,6 +833,10 @@ impl Link for BacnetPoller {
 
     fn protocol(&self) -> &'static str {
         "bacnet"
+    }
+
+    fn dates(&self) -> Dates {
+        self.points.dates.clone()
     }
 
     fn connected(&self) -> bool {
