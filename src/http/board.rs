@@ -119,9 +119,14 @@ impl Board {
         h.push_back(r.value);
     }
 
+    /// Where a device is in `views`, if it has reported.
+    fn at(&self, site: &str, device: &str) -> Option<usize> {
+        self.index.get(site).and_then(|s| s.get(device)).copied()
+    }
+
     /// Where the reading's device is in `views`, adding it if new.
     fn place(&mut self, r: &Reading) -> usize {
-        if let Some(&at) = self.index.get(&*r.site).and_then(|s| s.get(&*r.device)) {
+        if let Some(at) = self.at(&r.site, &r.device) {
             return at;
         }
         let at = self.views.len();
@@ -148,7 +153,7 @@ impl Board {
 
     /// Folds in an alert snapshot (opened, escalated or closed).
     pub fn alert(&mut self, a: &Alert) {
-        let Some(&at) = self.index.get(&a.site).and_then(|s| s.get(&a.device)) else {
+        let Some(at) = self.at(&a.site, &a.device) else {
             return;
         };
         let d = &mut self.views[at];
