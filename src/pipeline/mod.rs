@@ -261,9 +261,6 @@ pub struct Pipeline {
     arrived: Vec<Finding>,
     /// Early alerts whose reading has not had its turn yet.
     early: Vec<Early>,
-    /// `conflict` findings (their alert and instant) while early alerts wait: one whose
-    /// reading lost to another at its instant says so when it is withdrawn.
-    contradicted: Vec<(crate::correlate::AlertKey, Ts)>,
     /// Live: the reorder wait learned from the readings' arrival delays.
     delay: Option<ArrivalDelay>,
 }
@@ -355,7 +352,6 @@ impl Pipeline {
             instant: false,
             arrived: Vec::new(),
             early: Vec::new(),
-            contradicted: Vec::new(),
             delay: None,
         }
     }
@@ -858,7 +854,6 @@ impl Pipeline {
     /// withdrawn, saying why.
     fn settle_early(&mut self, watermark: Ts, start: usize, out: &mut Vec<Output>) {
         if self.early.iter().all(|e| e.alert.ts >= watermark) {
-            self.contradicted.retain(|(_, ts)| *ts >= watermark);
             return;
         }
         let opened: rustc_hash::FxHashSet<&str> = out[start..]
@@ -869,27 +864,16 @@ impl Pipeline {
             })
             .collect();
         let mut withdrawn = Vec::new();
-        let contradicted = &self.contradicted;
         self.early.retain(|e| {
             if e.alert.ts >= watermark {
                 return true;
             }
             if !opened.contains(e.alert.id.as_str()) {
-                let lost = contradicted.iter().find(|(key, ts)| {
-                    *ts == e.alert.ts && key.0 == e.key.0 && key.2.iter().all(|m| e.key.2.contains(m))
-                });
-                let why = match (lost, self.correlator.open_id(&e.key)) {
-                    (Some((key, _)), _) => format!(
-                        "withdrawn: another reading of {} at the same instant came first and was kept, so the one that raised this was not judged; {} says so",
-                        key.2.join(", "),
-                        self.correlator
-                            .open_id(key)
-                            .map_or("a conflict finding".to_owned(), |id| format!("alert {id} (conflict)"))
-                    ),
-                    (None, Some(other)) => format!(
+                let why = match self.correlator.open_id(&e.key) {
+                    Some(other) => format!(
                         "withdrawn: once the readings before it were in, alert {other} of the same rule was already open; this finding counts there"
                     ),
-                    (None, None) => "withdrawn: once the readings before it were in, its finding was not borne out (an analyst's exception, a repeated reading or one out of order)".to_owned(),
+                    None => "withdrawn: once the readings before it were in, its finding was not borne out (an analyst's exception, a repeated reading or one out of order)".to_owned(),
                 };
                 withdrawn.push(crate::model::Alert {
                     status: crate::model::AlertStatus::Closed,
@@ -899,7 +883,6 @@ impl Pipeline {
             }
             false
         });
-        self.contradicted.retain(|(_, ts)| *ts >= watermark);
         self.stats.withdrawn += withdrawn.len() as u64;
         out.extend(withdrawn.into_iter().map(Output::Alert));
     }
@@ -926,9 +909,6 @@ impl Pipeline {
                     self.stats.duplicates += 1;
                     if let Some(f) = self.conflict(point, kept, value, quality) {
                         self.stats.conflicting += 1;
-                        if !self.early.is_empty() && self.contradicted.len() < MAX_EARLY {
-                            self.contradicted.push((crate::correlate::key_of(&f), ts));
-                        }
                         self.findings.push(f);
                     }
                     return;
@@ -1423,13 +1403,6 @@ mod tests {
         assert!(
             limits.len() == 2 && limits.iter().all(|a| a.early),
             "the genuine reading was raised on arrival, then withdrawn: {got:?}"
-        );
-        let conflict_id = &got.iter().find(|a| a.detector == "conflict").unwrap().id;
-        assert!(
-            limits[1].summary.contains("came first")
-                && limits[1].summary.contains(conflict_id.as_str()),
-            "the withdrawal names the reading that won: {}",
-            limits[1].summary
         );
         let conflicts: Vec<_> = got.iter().filter(|a| a.detector == "conflict").collect();
         assert_eq!(
