@@ -9,8 +9,8 @@
 //! dated more than `max_ahead` past the present is *ahead*: held apart, used only once
 //! the present catches up with it; a point that claims a time ahead and then reports
 //! in the present again is a clock that jumps, itself a finding. A second reading of a
-//! point at an instant it already reported is dropped (the first kept); if its value or
-//! quality differs, two sources disagree about one instant, itself a finding.
+//! point at an instant it already reported is dropped (the first kept) and counted, as
+//! disagreeing when its value or quality differs.
 //! Samples of one device that share a timestamp form a [`Frame`]. Each time the
 //! watermark crosses a multiple of `tick`, detectors of silence and the correlator's
 //! closing logic run at that instant. Because nothing depends on arrival timing, feeding
@@ -153,7 +153,7 @@ pub struct PipelineStats {
     /// at-least-once source redelivering, or the same file given twice).
     pub duplicates: u64,
     /// Of the duplicates, those whose value or quality differed from the reading kept
-    /// (each a `conflict` finding).
+    /// (two sources disagreeing about one instant, or a clock standing still).
     #[serde(skip_serializing_if = "is_zero")]
     pub conflicting: u64,
     /// `late` and `ahead` by the device they came from (`site/device`): which source's
@@ -907,9 +907,8 @@ impl Pipeline {
             } => {
                 if let Some(kept) = self.store.get(point).filter(|st| st.n > 0 && st.ts == ts) {
                     self.stats.duplicates += 1;
-                    if let Some(f) = self.conflict(point, kept, value, quality) {
+                    if self.disagrees(point, kept, value, quality) {
                         self.stats.conflicting += 1;
-                        self.findings.push(f);
                     }
                     return;
                 }
@@ -981,51 +980,36 @@ impl Pipeline {
         }
     }
 
-    /// A second reading of `point` at the instant of `kept`, the reading already taken:
-    /// a redelivery if it says the same, else a finding. Two sources disagreeing about
-    /// one instant is a forged report racing the genuine one (an attacker who publishes
-    /// first would otherwise have the genuine reading dropped unseen) or a device whose
-    /// clock stands still while its values move; either way the readings of that
-    /// instant are in doubt and one of them was not judged. (This build's own pollers
-    /// never send a point twice for one instant: `source::poll::Dates`.)
-    fn conflict(
+    /// Whether a second reading of `point` at the instant of `kept` (the reading already
+    /// taken) says something else: two sources disagreeing about one instant, a forged
+    /// report racing the genuine one or a clock standing still while the values move.
+    /// Counted and logged, not yet a finding: this build's own pollers can date two
+    /// answers of one point in one millisecond (at 300× a millisecond is 300 ms of event
+    /// time), which would be taken for such a disagreement.
+    fn disagrees(
         &self,
         point: PointId,
         kept: &crate::feature::PointState,
         value: f64,
         quality: crate::model::Quality,
-    ) -> Option<Finding> {
-        use crate::model::Quality;
-        let good = quality == Quality::Good;
+    ) -> bool {
+        let good = quality == crate::model::Quality::Good;
         let same = kept.quality == quality
             && (!good || kept.value == value || (kept.value.is_nan() && value.is_nan()));
-        if same {
-            return None;
+        if !same {
+            let info = self.registry.point(point);
+            tracing::debug!(
+                device = %self.registry.device(info.device).name,
+                metric = %info.metric,
+                ts = %crate::time::format_ts(kept.ts),
+                kept = kept.value,
+                kept_quality = ?kept.quality,
+                dropped = value,
+                dropped_quality = ?quality,
+                "a second reading at one instant disagrees with the first; the first is kept"
+            );
         }
-        let info = self.registry.point(point);
-        let say = |q: Quality, v: f64| match q {
-            Quality::Good => serde_json::json!(v),
-            other => serde_json::json!(other),
-        };
-        let (first, second) = (say(kept.quality, kept.value), say(quality, value));
-        Some(Finding {
-            ts: kept.ts,
-            device: info.device,
-            metrics: vec![info.metric.clone()],
-            detector: "conflict",
-            score: 1.0,
-            threshold: 1.0,
-            severity: Severity::Medium,
-            technique: attack::SPOOF_REPORTING,
-            reason: format!(
-                "{} was reported twice at {}, as {first} and as {second}: two sources disagree \
-                 about one instant (a forged report racing the genuine one, or a clock that \
-                 stands still); the first was kept, the second not judged",
-                info.metric,
-                crate::time::format_ts(kept.ts),
-            ),
-            evidence: serde_json::json!({ "kept": first, "dropped": second }),
-        })
+        !same
     }
 
     /// Runs the silence checks at every tick boundary up to and including `until`.
@@ -1369,12 +1353,11 @@ mod tests {
         assert_eq!(l.p.stats().withdrawn, 1);
     }
 
-    /// An attacker who publishes a harmless value at the instant of a genuine alarming
-    /// one, ahead of it, has the genuine reading dropped as a repeat; the disagreement
-    /// itself is the finding (so is a bad flag where the first was good). A redelivery
-    /// of the same reading is counted, nothing more.
+    /// A second reading at an instant already reported is dropped, the first kept; one
+    /// that says something else (a forged value published ahead of the genuine one, a
+    /// bad flag where the first was good) is counted apart from a redelivery.
     #[test]
-    fn a_forged_reading_racing_the_genuine_one_is_a_conflict_a_redelivery_is_not() {
+    fn a_second_reading_at_one_instant_is_dropped_and_a_disagreeing_one_counted() {
         let mut l = Live::new(true);
         let mut out = Vec::new();
         for s in 1..=8 {
@@ -1404,21 +1387,6 @@ mod tests {
             limits.len() == 2 && limits.iter().all(|a| a.early),
             "the genuine reading was raised on arrival, then withdrawn: {got:?}"
         );
-        let conflicts: Vec<_> = got.iter().filter(|a| a.detector == "conflict").collect();
-        assert_eq!(
-            conflicts.len(),
-            1,
-            "one alert, the bad flag a finding in it: {got:?}"
-        );
-        let c = conflicts[0];
-        assert_eq!(c.ts, l.t0 + 10_000);
-        assert_eq!(c.metrics, ["battery_charge_pct"]);
-        assert_eq!(c.technique.id, "T0856");
-        assert_eq!(
-            (&c.evidence["kept"], &c.evidence["dropped"]),
-            (&91.0.into(), &140.0.into())
-        );
-        assert!(!c.incident_id.is_empty(), "a cause of its own");
         let stats = l.p.stats();
         assert_eq!((stats.duplicates, stats.conflicting), (3, 2));
         assert_eq!(stats.withdrawn, 1);

@@ -27,8 +27,7 @@
 //!   notification (a test checks the source).
 
 use super::poll::{
-    bump, poll_device, with_port, Answers, Dates, DeviceStats, Failure, Link, PollSettings,
-    Schedule,
+    bump, poll_device, with_port, Answers, DeviceStats, Failure, Link, PollSettings, Schedule,
 };
 use crate::model::{Quality, Reading};
 use crate::protocol::bacnet::{
@@ -272,8 +271,6 @@ struct Points {
     kind: crate::model::Name,
     clock: Clock,
     stats: Arc<DeviceStats>,
-    /// Shared by the poll answers and the COV notifications.
-    dates: Dates,
     last_good: Mutex<Vec<f64>>,
     /// Our process identifier in the device's subscriptions.
     process: u32,
@@ -408,9 +405,7 @@ async fn listen(
                 Ok(n) => {
                     if let Some(r) = points.notified(&n, known) {
                         bump(&points.stats.notifications, 1);
-                        let mut batch = vec![r];
-                        points.dates.keep(&mut batch);
-                        if !batch.is_empty() && tx.send(batch).await.is_err() {
+                        if tx.send(vec![r]).await.is_err() {
                             return;
                         }
                     }
@@ -542,7 +537,6 @@ impl BacnetPoller {
             process: NEXT_PROCESS.fetch_add(1, Ordering::Relaxed),
             plan,
             clock,
-            dates: Dates::new(stats.clone()),
             stats,
         };
         Self {
@@ -833,10 +827,6 @@ impl Link for BacnetPoller {
 
     fn protocol(&self) -> &'static str {
         "bacnet"
-    }
-
-    fn dates(&self) -> Dates {
-        self.points.dates.clone()
     }
 
     fn connected(&self) -> bool {

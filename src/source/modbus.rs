@@ -12,7 +12,7 @@
 //! - Read-only by construction: the link type below exposes the four read functions and
 //!   nothing else, and this module never imports tokio-modbus's `Writer`.
 
-use super::poll::{bump, poll_device, Answers, Dates, Failure, Link, Schedule};
+use super::poll::{bump, poll_device, Answers, Failure, Link, Schedule};
 pub use super::poll::{DeviceCounts, DeviceStats, PollSettings};
 use crate::model::{Name, Quality, Reading, Ts};
 use crate::protocol::plan::{plan, PlanLimits, ReadRequest};
@@ -250,7 +250,6 @@ pub struct DevicePoller {
     dropped: Option<Failure>,
     last_good: Vec<f64>,
     stats: Arc<DeviceStats>,
-    dates: Dates,
 }
 
 impl DevicePoller {
@@ -264,7 +263,6 @@ impl DevicePoller {
             clock,
             link: None,
             dropped: None,
-            dates: Dates::new(stats.clone()),
             stats,
         }
     }
@@ -277,10 +275,6 @@ impl Link for DevicePoller {
 
     fn protocol(&self) -> &'static str {
         "modbus"
-    }
-
-    fn dates(&self) -> Dates {
-        self.dates.clone()
     }
 
     fn take_failure(&mut self) -> Option<Failure> {

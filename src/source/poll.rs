@@ -12,17 +12,15 @@
 //!   first failure after a good cycle retries at the next cycle. Failures are logged at
 //!   warn with their reason when the reason changes and at most once a minute otherwise
 //!   (with how many were not logged); the first good cycle after them at info.
-//! - A device's readings are stamped when their answer arrives, and a point is never
-//!   sent twice for one instant ([`Dates`]).
 
-use crate::model::{Name, Reading, Ts};
+use crate::model::Reading;
 use crate::time::Clock;
 use crate::tomlfile::{check, TomlError};
 use rand::Rng;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
@@ -51,9 +49,6 @@ pub struct DeviceStats {
     pub overruns: AtomicU64,
     /// Readings pushed by the device between polls (BACnet COV notifications).
     pub notifications: AtomicU64,
-    /// Readings not sent because their point had already been sent for that instant or
-    /// a later one (two answers within one millisecond of the clock; see [`Dates`]).
-    pub same_instant: AtomicU64,
 }
 
 /// A snapshot of [`DeviceStats`], for reports.
@@ -71,7 +66,6 @@ pub struct DeviceCounts {
     pub bad: u64,
     pub overruns: u64,
     pub notifications: u64,
-    pub same_instant: u64,
 }
 
 impl DeviceStats {
@@ -90,7 +84,6 @@ impl DeviceStats {
             bad: g(&self.bad),
             overruns: g(&self.overruns),
             notifications: g(&self.notifications),
-            same_instant: g(&self.same_instant),
         }
     }
 }
@@ -223,51 +216,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Keeps each point of one device strictly later than the last reading of it sent.
-/// Readings are stamped to the millisecond when their answer arrives, and two answers
-/// can share one: a poll cycle that follows a slow one, a trap or COV notification that
-/// comes with a poll answer, and at an accelerated clock often (at 300× a millisecond
-/// is 300 ms of event time). The pipeline takes two readings of a point at one instant
-/// that disagree for two sources contradicting each other (a forged report racing the
-/// genuine one), so a collector must never send them: the later is dropped (the point's
-/// next answer brings its value again) and counted as `same_instant`. Dating it a
-/// millisecond later instead would invent a rate of change a thousand times the real
-/// one. Shared by a device's poller and its listener (traps, COV).
-#[derive(Debug, Clone)]
-pub struct Dates {
-    newest: Arc<Mutex<rustc_hash::FxHashMap<Name, Ts>>>,
-    stats: Arc<DeviceStats>,
-}
-
-impl Dates {
-    /// None sent yet; drops counted in `stats`.
-    pub fn new(stats: Arc<DeviceStats>) -> Self {
-        Self {
-            newest: Arc::default(),
-            stats,
-        }
-    }
-
-    /// Drops the readings of `batch` (one device's) that are not later than the last
-    /// reading of their point kept, and keeps the rest as the newest.
-    pub fn keep(&self, batch: &mut Vec<Reading>) {
-        let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = batch.len();
-        batch.retain(|r| match newest.get_mut(&r.metric) {
-            Some(t) if r.ts <= *t => false,
-            Some(t) => {
-                *t = r.ts;
-                true
-            }
-            None => {
-                newest.insert(r.metric.clone(), r.ts);
-                true
-            }
-        });
-        bump(&self.stats.same_instant, (before - batch.len()) as u64);
-    }
-}
-
 /// Where a poll cycle's readings go. Each request's readings are sent the moment its
 /// answer is decoded ([`Answers::flush`]), not when the cycle ends: they are stamped
 /// when their answer arrived, and a later request that times out would otherwise hold
@@ -275,18 +223,16 @@ impl Dates {
 #[derive(Debug)]
 pub struct Answers {
     tx: Option<mpsc::Sender<Vec<Reading>>>,
-    dates: Option<Dates>,
     batch: Vec<Reading>,
     sent: usize,
     closed: bool,
 }
 
 impl Answers {
-    /// Sends each flushed batch on `tx`, each point strictly later than the last sent.
-    pub fn sending(tx: mpsc::Sender<Vec<Reading>>, dates: Dates) -> Self {
+    /// Sends each flushed batch on `tx`.
+    pub fn sending(tx: mpsc::Sender<Vec<Reading>>) -> Self {
         Self {
             tx: Some(tx),
-            dates: Some(dates),
             batch: Vec::new(),
             sent: 0,
             closed: false,
@@ -297,7 +243,6 @@ impl Answers {
     pub fn kept() -> Self {
         Self {
             tx: None,
-            dates: None,
             batch: Vec::new(),
             sent: 0,
             closed: false,
@@ -314,9 +259,6 @@ impl Answers {
         let Some(tx) = &self.tx else {
             return;
         };
-        if let Some(d) = &self.dates {
-            d.keep(&mut self.batch);
-        }
         if self.batch.is_empty() || self.closed {
             return;
         }
@@ -348,8 +290,6 @@ pub trait Link: Send {
     fn cycle(&mut self, out: &mut Answers) -> impl Future<Output = ()> + Send;
     /// Why the last cycle dropped the link, if it did.
     fn take_failure(&mut self) -> Option<Failure>;
-    /// The device's [`Dates`], shared with whatever else sends its readings.
-    fn dates(&self) -> Dates;
 }
 
 /// Polls one device every `interval` (event-time ms) until `stop` turns true, sending
@@ -369,7 +309,7 @@ pub async fn poll_device<L: Link>(
     let mut backoff = settings.backoff_min;
     let mut trouble = Trouble::default();
     let mut next = clock.now();
-    let mut answers = Answers::sending(tx, poller.dates());
+    let mut answers = Answers::sending(tx);
     loop {
         // Wait for the next cycle (or for a reconnect delay), unless told to stop.
         let wait = clock.wall_duration(next - clock.now());
@@ -470,49 +410,5 @@ impl Trouble {
             );
         }
         *self = Self::default();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reading(metric: &str, ts: Ts, value: f64) -> Reading {
-        Reading {
-            ts,
-            site: "s".into(),
-            device: "crah-1".into(),
-            kind: "crah".into(),
-            metric: metric.into(),
-            value,
-            quality: crate::model::Quality::Good,
-        }
-    }
-
-    /// Two answers in one millisecond (a quick cycle after a slow one, a COV with a poll
-    /// answer): the later reading of a point is not sent, other points are.
-    #[test]
-    fn a_point_is_never_sent_twice_for_one_instant() {
-        let stats = Arc::new(DeviceStats::default());
-        let dates = Dates::new(stats.clone());
-        let mut first = vec![
-            reading("supply_air_temp_c", 1_000, 18.0),
-            reading("fan_speed_pct", 1_000, 60.0),
-        ];
-        dates.keep(&mut first);
-        assert_eq!(first.len(), 2);
-        // The listener's clone shares the dates.
-        let mut cov = vec![reading("supply_air_temp_c", 1_000, 18.1)];
-        dates.clone().keep(&mut cov);
-        assert!(cov.is_empty(), "the same instant again");
-        let mut next = vec![
-            reading("supply_air_temp_c", 999, 18.2),
-            reading("fan_speed_pct", 1_001, 60.5),
-            reading("return_air_temp_c", 1_000, 29.0),
-        ];
-        dates.keep(&mut next);
-        let kept: Vec<&str> = next.iter().map(|r| &*r.metric).collect();
-        assert_eq!(kept, ["fan_speed_pct", "return_air_temp_c"]);
-        assert_eq!(stats.snapshot("crah-1").same_instant, 2);
     }
 }

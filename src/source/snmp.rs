@@ -25,8 +25,7 @@
 //!   are counted, and the first ones logged; none stops the receiver.
 
 use super::poll::{
-    bump, poll_device, with_port, Answers, Dates, DeviceStats, Failure, Link, PollSettings,
-    Schedule,
+    bump, poll_device, with_port, Answers, DeviceStats, Failure, Link, PollSettings, Schedule,
 };
 use crate::model::{Quality, Reading};
 use crate::protocol::ber;
@@ -642,7 +641,6 @@ pub struct SnmpPoller {
     columns: Vec<(usize, Oid, mib::Aggregate)>,
     last_good: Vec<f64>,
     stats: Arc<DeviceStats>,
-    dates: Dates,
 }
 
 impl SnmpPoller {
@@ -668,7 +666,6 @@ impl SnmpPoller {
             clock,
             session: None,
             dropped: None,
-            dates: Dates::new(stats.clone()),
             stats,
         }
     }
@@ -886,10 +883,6 @@ impl Link for SnmpPoller {
         "snmp"
     }
 
-    fn dates(&self) -> Dates {
-        self.dates.clone()
-    }
-
     fn connected(&self) -> bool {
         self.session.is_some()
     }
@@ -1012,8 +1005,6 @@ pub struct TrapSender {
     pub plan: SnmpPlan,
     /// The agent's address, resolved.
     pub addr: SocketAddr,
-    /// Its readings' dates, shared with its poller.
-    dates: Dates,
     /// Accepted this second, and which second.
     window: (i64, u32),
     /// A v3 device's security state: its engine id is learned from its first
@@ -1022,13 +1013,12 @@ pub struct TrapSender {
 }
 
 impl TrapSender {
-    /// A sender at `addr`, its readings kept in order by `dates`.
-    pub fn new(plan: SnmpPlan, addr: SocketAddr, dates: Dates) -> Self {
+    /// A sender at `addr`.
+    pub fn new(plan: SnmpPlan, addr: SocketAddr) -> Self {
         let security = plan.credentials.security();
         Self {
             plan,
             addr,
-            dates,
             window: (0, 0),
             security,
         }
@@ -1215,7 +1205,7 @@ pub async fn receive_traps(
         }
         let ts = clock.now();
         let plan = &s.plan;
-        let mut readings: Vec<Reading> = plan
+        let readings: Vec<Reading> = plan
             .map
             .trap_readings(&note_.trap, &note_.oids)
             .map(|(metric, value)| Reading {
@@ -1234,10 +1224,6 @@ pub async fn receive_traps(
             continue;
         }
         bump(&stats.readings, readings.len() as u64);
-        s.dates.keep(&mut readings);
-        if readings.is_empty() {
-            continue;
-        }
         if tx.send(readings).await.is_err() {
             break;
         }
@@ -1263,29 +1249,16 @@ impl SnmpCollector {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut traps = None;
-        let mut stats = Vec::new();
-        let pollers: Vec<SnmpPoller> = devices
-            .into_iter()
-            .map(|dev| {
-                let s = Arc::new(DeviceStats::default());
-                stats.push((dev.name.to_string(), s.clone()));
-                SnmpPoller::new(dev, settings.clock, s)
-            })
-            .collect();
         if let Some(listen) = &cfg.trap_listen {
             let socket = UdpSocket::bind(listen).await?;
             let bound = socket.local_addr()?.to_string();
             let mut senders = Vec::new();
-            for poller in &pollers {
-                let plan = &poller.dev;
+            for plan in &devices {
                 match tokio::net::lookup_host(&plan.address)
                     .await
                     .map(|mut a| a.next())
                 {
-                    // A device's traps and poll answers are one line of dates.
-                    Ok(Some(addr)) => {
-                        senders.push(TrapSender::new(plan.clone(), addr, poller.dates()))
-                    }
+                    Ok(Some(addr)) => senders.push(TrapSender::new(plan.clone(), addr)),
                     _ => {
                         warn!(device = %plan.name, address = %plan.address, "cannot resolve; its traps will be counted as unknown")
                     }
@@ -1305,10 +1278,13 @@ impl SnmpCollector {
             traps = Some((bound, s));
         }
         let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-        info!(devices = pollers.len(), "snmp collector starting");
-        for poller in pollers {
-            let s = poller.stats.clone();
-            let interval = poller.dev.interval;
+        let mut stats = Vec::new();
+        info!(devices = devices.len(), "snmp collector starting");
+        for dev in devices {
+            let s = Arc::new(DeviceStats::default());
+            stats.push((dev.name.to_string(), s.clone()));
+            let interval = dev.interval;
+            let poller = SnmpPoller::new(dev, settings.clock, s.clone());
             tasks.push(tokio::spawn(poll_device(
                 poller,
                 interval,
@@ -1437,10 +1413,7 @@ mod tests {
             gets: vec![],
             map: Arc::new(mib::named("ups-mib").unwrap()),
         };
-        let at = |name: &str, a: &str| {
-            let dates = Dates::new(Arc::default());
-            TrapSender::new(plan(name), a.parse().unwrap(), dates)
-        };
+        let at = |name: &str, a: &str| TrapSender::new(plan(name), a.parse().unwrap());
         let s = [
             at("ups-1", "10.0.0.1:161"),
             at("ups-2", "10.0.0.2:161"),

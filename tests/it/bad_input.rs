@@ -354,11 +354,11 @@ fn a_first_line_dated_decades_early_is_late_not_a_silence() {
     );
 }
 
-/// An attacker who publishes a plausible value at the instant a device is about to
-/// report, ahead of it, has the genuine reading dropped as a repeat. The disagreement is
-/// named; a redelivered identical line (QoS 1, Kafka) is counted and nothing more.
+/// A line repeated (an at-least-once source redelivering) is dropped and counted; one at
+/// the same instant that says something else (a forged value published ahead of the
+/// genuine one) is counted apart, and the rest of the replay is judged as before.
 #[test]
-fn a_forged_reading_at_a_reported_instant_is_named_a_redelivery_is_not() {
+fn a_second_reading_at_a_reported_instant_is_counted_and_a_disagreeing_one_apart() {
     let dir = tempfile::tempdir().unwrap();
     let lines = simulated_lines(dir.path(), 0.5, 5, "none");
     let (clean_report, clean) = replay_lines(dir.path(), "clean", &lines);
@@ -373,9 +373,8 @@ fn a_forged_reading_at_a_reported_instant_is_named_a_redelivery_is_not() {
     let (before, genuine) = (targets[targets.len() / 2 - 1], targets[targets.len() / 2]);
     let held = of(&lines[before]).unwrap()["value"].clone();
     let mut forged = of(&lines[genuine]).unwrap();
-    let true_value = forged["value"].clone();
-    assert_ne!(held, true_value, "the load moves between readings");
-    forged["value"] = held.clone(); // the last value again: nothing to see
+    assert_ne!(held, forged["value"], "the load moves between readings");
+    forged["value"] = held; // the last value again: nothing to see
     let mut hostile = lines.clone();
     hostile.insert(genuine, forged.to_string());
     let again = hostile.len() / 3;
@@ -388,32 +387,7 @@ fn a_forged_reading_at_a_reported_instant_is_named_a_redelivery_is_not() {
         (&2.into(), &1.into())
     );
     assert!(clean_report["conflicting"].is_null(), "zero is not shown");
-    let conflicts = by_detector(&alerts, "conflict");
-    let ids: std::collections::BTreeSet<&str> =
-        conflicts.iter().filter_map(|a| a["id"].as_str()).collect();
-    assert_eq!(
-        ids.len(),
-        1,
-        "one alert (opened, then closed): {conflicts:?}"
-    );
-    let c = &conflicts[0];
-    assert_eq!(
-        (c["device"].as_str(), c["metrics"][0].as_str()),
-        (Some("ups-1"), Some("load_pct"))
-    );
-    assert_eq!(c["technique"]["id"], "T0856");
-    assert_eq!(
-        (
-            c["evidence"]["kept"].as_f64(),
-            c["evidence"]["dropped"].as_f64()
-        ),
-        (held.as_f64(), true_value.as_f64())
-    );
-    let others: Vec<Value> = alerts
-        .iter()
-        .filter(|a| a["detector"] != "conflict")
-        .map(without_incident)
-        .collect();
+    let got: Vec<Value> = alerts.iter().map(without_incident).collect();
     let clean: Vec<Value> = clean.iter().map(without_incident).collect();
-    assert_eq!(others, clean, "nothing else changes");
+    assert_eq!(got, clean, "nothing else changes");
 }
