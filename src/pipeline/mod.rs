@@ -18,10 +18,10 @@
 
 use crate::correlate::{Correlator, Output};
 use crate::detect::Detector;
-use crate::feature::{FeatureParams, FeatureStore, Frame};
+use crate::feature::{FeatureParams, FeatureStore, Frame, PointState};
 use crate::model::event::Event;
 use crate::model::points::{DeviceId, PointId, Registry};
-use crate::model::{attack, Finding, Severity, Ts};
+use crate::model::{attack, Finding, Quality, Severity, Ts};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
 use present::Present;
@@ -823,7 +823,7 @@ impl Pipeline {
         ts: Ts,
         point: PointId,
         value: f64,
-        quality: crate::model::Quality,
+        quality: Quality,
         out: &mut Vec<Output>,
     ) {
         let r = crate::detect::Arrival {
@@ -907,8 +907,19 @@ impl Pipeline {
             } => {
                 if let Some(kept) = self.store.get(point).filter(|st| st.n > 0 && st.ts == ts) {
                     self.stats.duplicates += 1;
-                    if self.disagrees(point, kept, value, quality) {
+                    if !same_reading(kept, value, quality) {
                         self.stats.conflicting += 1;
+                        let info = self.registry.point(point);
+                        tracing::debug!(
+                            device = %self.registry.device(info.device).name,
+                            metric = %info.metric,
+                            ts = %crate::time::format_ts(kept.ts),
+                            kept = kept.value,
+                            kept_quality = ?kept.quality,
+                            dropped = value,
+                            dropped_quality = ?quality,
+                            "a second reading at one instant disagrees with the first; the first is kept"
+                        );
                     }
                     return;
                 }
@@ -978,38 +989,6 @@ impl Pipeline {
                 "ahead_ms": ahead,
             }),
         }
-    }
-
-    /// Whether a second reading of `point` at the instant of `kept` (the reading already
-    /// taken) says something else: two sources disagreeing about one instant, a forged
-    /// report racing the genuine one or a clock standing still while the values move.
-    /// Counted and logged, not yet a finding: this build's own pollers can date two
-    /// answers of one point in one millisecond (at 300× a millisecond is 300 ms of event
-    /// time), which would be taken for such a disagreement.
-    fn disagrees(
-        &self,
-        point: PointId,
-        kept: &crate::feature::PointState,
-        value: f64,
-        quality: crate::model::Quality,
-    ) -> bool {
-        let good = quality == crate::model::Quality::Good;
-        let same = kept.quality == quality
-            && (!good || kept.value == value || (kept.value.is_nan() && value.is_nan()));
-        if !same {
-            let info = self.registry.point(point);
-            tracing::debug!(
-                device = %self.registry.device(info.device).name,
-                metric = %info.metric,
-                ts = %crate::time::format_ts(kept.ts),
-                kept = kept.value,
-                kept_quality = ?kept.quality,
-                dropped = value,
-                dropped_quality = ?quality,
-                "a second reading at one instant disagrees with the first; the first is kept"
-            );
-        }
-        !same
     }
 
     /// Runs the silence checks at every tick boundary up to and including `until`.
@@ -1133,6 +1112,20 @@ fn biggest_cluster(times: &mut [Ts], gap: i64) -> Option<(Ts, Ts)> {
     best.map(|(_, from, to)| (from, to))
 }
 
+/// Whether a second reading at the instant of `kept` (the reading already taken) says
+/// the same thing: the same quality and, when good, the same value. One that does not is
+/// two sources disagreeing about one instant, a forged report racing the genuine one or
+/// a clock standing still while the values move. Counted and logged, not yet a finding:
+/// this build's own pollers can date two answers of one point in one millisecond (at
+/// 300× a millisecond is 300 ms of event time), which would be taken for such a
+/// disagreement.
+fn same_reading(kept: &PointState, value: f64, quality: Quality) -> bool {
+    kept.quality == quality
+        && (quality != Quality::Good
+            || kept.value == value
+            || (kept.value.is_nan() && value.is_nan()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1195,7 +1188,7 @@ mod tests {
                     ts: t0 + i * 1_000,
                     point,
                     value,
-                    quality: crate::model::Quality::Good,
+                    quality: Quality::Good,
                 },
                 &mut out,
             );
@@ -1266,7 +1259,7 @@ mod tests {
                 ts: self.t0 + s * 1_000,
                 point: self.point,
                 value,
-                quality: crate::model::Quality::Good,
+                quality: Quality::Good,
             };
             self.p.push(event, &mut out);
             self.p.advance_to(self.t0 + now * 1_000, &mut out);
@@ -1410,7 +1403,7 @@ mod tests {
                 ts: t0 + 1_000,
                 point,
                 value: 500.0,
-                quality: crate::model::Quality::Good,
+                quality: Quality::Good,
             };
             p.push(event, &mut out);
         }
@@ -1444,7 +1437,7 @@ mod tests {
     fn arrive(p: &mut Pipeline, point: PointId, ts: Ts, at: Ts) {
         let mut out = Vec::new();
         p.arriving_at(at);
-        let quality = crate::model::Quality::Good;
+        let quality = Quality::Good;
         p.push(
             Event::Sample {
                 ts,
@@ -1614,7 +1607,7 @@ mod tests {
                 for (_, pt, s, bad) in order {
                     let ts = t0 + 1_000 + s * 1_000;
                     let value = if bad { 300.0 } else { 90.0 };
-                    p.push(Event::Sample { ts, point: points[pt], value, quality: crate::model::Quality::Good }, &mut out);
+                    p.push(Event::Sample { ts, point: points[pt], value, quality: Quality::Good }, &mut out);
                     newest = newest.max(ts);
                     p.advance_to(newest, &mut out);
                 }
@@ -1680,7 +1673,7 @@ mod tests {
                 for &(at, pt, ts, bad) in &order {
                     p.arriving_at(at);
                     let value = if bad { 300.0 } else { 90.0 };
-                    p.push(Event::Sample { ts, point: points[pt], value, quality: crate::model::Quality::Good }, &mut out);
+                    p.push(Event::Sample { ts, point: points[pt], value, quality: Quality::Good }, &mut out);
                     p.advance_to(at, &mut out);
                     released.push(p.released());
                 }
