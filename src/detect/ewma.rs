@@ -5,9 +5,22 @@
 //! - Each new value's z-score is taken against the baseline *before* the value joins it.
 //! - After a warm-up, `|z| >= threshold` for `persist` consecutive samples is a finding;
 //!   the persistence requirement ignores lone spikes.
+//! - A run must also beat its **precedent**: the strongest run (the least |z| of
+//!   `persist` samples in a row) among the point's last `precedent_samples` samples its
+//!   baseline learned — its normal ones, and the one that opened an alert. Telemetry
+//!   is often heavy-tailed (load bursts, request counts): a point whose normal bursts
+//!   reach 20σ of its robust baseline is news at 25σ, not at every burst, and a burst
+//!   no stronger than one reported a few minutes ago is the same story. On Gaussian
+//!   noise the precedent stays near 3σ, under the threshold, so it changes nothing
+//!   there. Once an open alert names the point (its baseline frozen) the threshold
+//!   alone keeps it open: the precedent decides what starts an alert, not how long it
+//!   lasts. The window is kept as the maxima of eight blocks, so it spans between 7/8
+//!   of `precedent_samples` and all of them.
 //!
 //! Blind spots: slow drifts the baseline follows (see `cusum`), values that stay within
-//! the noise (see the physics detectors), booleans and setpoints (not analog).
+//! the noise (see the physics detectors), booleans and setpoints (not analog); for
+//! `precedent_samples` after a point's strongest run, ewma_z does not start an alert
+//! on a weaker one (the other detectors still do: `limits`, `timescale`, physics).
 
 use super::{
     point_finding, sig,
@@ -35,6 +48,8 @@ pub struct EwmaParams {
     pub warmup_samples: u64,
     /// Consecutive samples over the threshold needed for a finding.
     pub persist_samples: u32,
+    /// Samples over which a run's precedent is remembered (0: no precedent).
+    pub precedent_samples: u32,
 }
 
 impl EwmaParams {
@@ -45,6 +60,11 @@ impl EwmaParams {
             self.persist_samples >= 1,
             "persist_samples",
             "must be at least 1",
+        )?;
+        rule(
+            self.persist_samples <= MAX_PERSIST,
+            "persist_samples",
+            "must be at most 1000",
         )?;
         Ok(())
     }
@@ -57,15 +77,80 @@ impl Default for EwmaParams {
             threshold: 6.0,
             warmup_samples: 300,
             persist_samples: 3,
+            precedent_samples: 600,
         }
     }
 }
 
+/// Longest persistence (each point keeps that many recent |z|).
+const MAX_PERSIST: u32 = 1000;
+/// Blocks a precedent's window is kept in.
+const BLOCKS: usize = 8;
+
 /// The EWMA z-score detector.
 pub struct EwmaZ {
     params: PerKind<EwmaParams>,
-    run: PointTable<u32>,
+    recent: PointTable<Recent>,
     tap: Option<Tap>,
+}
+
+/// One point's recent judgements.
+#[derive(Default)]
+struct Recent {
+    /// |z| of the last `persist_samples` samples judged (a ring).
+    z: Vec<f64>,
+    /// Samples judged so far.
+    judged: u64,
+    /// Samples in a row at or over the threshold.
+    run: u32,
+    /// The strongest learned run of each of the last blocks (a ring).
+    blocks: [f64; BLOCKS],
+    /// Blocks closed so far.
+    closed: u64,
+    /// The strongest learned run of the block under way, and its samples.
+    current: f64,
+    in_block: u32,
+    /// The largest of `blocks`.
+    strongest: f64,
+}
+
+impl Recent {
+    /// Takes a judged |z|; returns the run's strength, the least |z| of the last
+    /// `persist` samples (0 until there are that many).
+    fn push(&mut self, z: f64, persist: u32) -> f64 {
+        let persist = persist as usize;
+        if self.z.len() != persist {
+            self.z = vec![0.0; persist];
+            self.judged = 0;
+        }
+        self.z[(self.judged % persist as u64) as usize] = z;
+        self.judged += 1;
+        if self.judged < persist as u64 {
+            return 0.0;
+        }
+        self.z.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    /// The strongest learned run of the window.
+    fn precedent(&self) -> f64 {
+        self.strongest.max(self.current)
+    }
+
+    /// Counts a judged sample of run strength `strength` into the window; a learned
+    /// one's strength joins it.
+    fn remember(&mut self, strength: f64, learned: bool, window: u32) {
+        if learned && strength.is_finite() {
+            self.current = self.current.max(strength);
+        }
+        self.in_block += 1;
+        if self.in_block >= window.div_ceil(BLOCKS as u32) {
+            self.blocks[(self.closed % BLOCKS as u64) as usize] = self.current;
+            self.closed += 1;
+            self.strongest = self.blocks.iter().copied().fold(0.0, f64::max);
+            self.current = 0.0;
+            self.in_block = 0;
+        }
+    }
 }
 
 impl EwmaZ {
@@ -73,7 +158,7 @@ impl EwmaZ {
     pub fn new(params: PerKind<EwmaParams>) -> Self {
         Self {
             params,
-            run: PointTable::default(),
+            recent: PointTable::default(),
             tap: None,
         }
     }
@@ -97,7 +182,7 @@ impl Detector for EwmaZ {
             return;
         }
         for (p, st) in frame.good_analog() {
-            let run = self.run.get_or_insert(p, || 0);
+            let recent = self.recent.get_or_insert(p, Recent::default);
             if let Some(tap) = &self.tap {
                 let metric = &frame.registry.point(p).metric;
                 tap.value(frame.kind(), p, metric, frame.ts, st.value);
@@ -111,14 +196,32 @@ impl Detector for EwmaZ {
                     params.persist_samples,
                 );
             }
-            if st.n <= params.warmup_samples || st.z.abs() < params.threshold {
-                *run = 0;
+            if st.n <= params.warmup_samples || st.z.is_nan() {
+                recent.run = 0;
                 continue;
             }
-            *run += 1;
-            if *run < params.persist_samples {
+            let strength = recent.push(st.z.abs(), params.persist_samples);
+            recent.run = if st.z.abs() >= params.threshold {
+                recent.run + 1
+            } else {
+                0
+            };
+            // A sample its baseline learned is normal history; one an open alert froze
+            // is judged on the threshold alone (see the module's notes).
+            let learned = st.frozen == 0;
+            let precedent = recent.precedent();
+            let bar = if learned {
+                params.threshold.max(precedent)
+            } else {
+                params.threshold
+            };
+            if params.precedent_samples > 0 {
+                recent.remember(strength, learned, params.precedent_samples);
+            }
+            if strength < bar {
                 continue;
             }
+            let run = recent.run;
             let metric = &frame.registry.point(p).metric;
             let dir = if st.z > 0.0 { "above" } else { "below" };
             let severity = if st.z.abs() >= 2.0 * params.threshold {
@@ -142,7 +245,7 @@ impl Detector for EwmaZ {
                     sig(st.sigma()),
                     run
                 ),
-                json!({"value": st.value, "baseline_mean": st.mean, "baseline_sigma": st.sigma(), "z": st.z, "consecutive": *run,
+                json!({"value": st.value, "baseline_mean": st.mean, "baseline_sigma": st.sigma(), "z": st.z, "consecutive": run, "precedent": precedent,
                        "recent": st.window().collect::<Vec<_>>()}),
             ));
         }
@@ -170,6 +273,37 @@ mod tests {
         assert_eq!(h.count_before(2000), 0, "no alert on the clean part");
         let at = h.first_after(2000).expect("step detected");
         assert!(at <= 2000 + 3, "detected at {at}");
+    }
+
+    #[test]
+    fn a_burst_no_stronger_than_a_recent_one_starts_nothing_and_a_stronger_one_does() {
+        // Bursts of 6 samples every 100 on noise of σ 1: the first after the warm-up
+        // is found, weaker ones within the window are not, one twice as strong after
+        // it is; with no precedent every burst is.
+        let mut series = noisy(1600, 100.0, 1.0, 3);
+        let bursts = [350, 450, 550, 650, 750, 1450];
+        for (&at, height) in bursts.iter().zip([30.0, 25.0, 27.0, 25.0, 27.0, 60.0]) {
+            for v in &mut series[at..at + 6] {
+                *v += height;
+            }
+        }
+        let found = |precedent_samples| {
+            let mut h = Harness::new();
+            let mut d = EwmaZ::new(PerKind::from_fn(|_| EwmaParams {
+                precedent_samples,
+                ..EwmaParams::default()
+            }));
+            h.run(&mut d, "chiller", "flow_lps", &series);
+            bursts
+                .iter()
+                .map(|&at| h.count_before(at + 6) - h.count_before(at))
+                .collect::<Vec<_>>()
+        };
+        let with = found(600);
+        assert!(with[0] > 0, "{with:?}");
+        assert_eq!(with[1..5], [0, 0, 0, 0], "{with:?}");
+        assert!(with[5] > 0, "the stronger burst: {with:?}");
+        assert!(found(0).iter().all(|&n| n > 0), "{:?}", found(0));
     }
 
     #[test]
