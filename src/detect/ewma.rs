@@ -14,8 +14,7 @@
 //!   noise the precedent stays near 3σ, under the threshold, so it changes nothing
 //!   there. Once an open alert names the point (its baseline frozen) the threshold
 //!   alone keeps it open: the precedent decides what starts an alert, not how long it
-//!   lasts. The window is kept as the maxima of eight blocks, so it spans between 7/8
-//!   of `precedent_samples` and all of them.
+//!   lasts (the window: [`super::precedent`]).
 //!
 //! Blind spots: slow drifts the baseline follows (see `cusum`), values that stay within
 //! the noise (see the physics detectors), booleans and setpoints (not analog); for
@@ -23,7 +22,9 @@
 //! on a weaker one (the other detectors still do: `limits`, `timescale`, physics).
 
 use super::{
-    point_finding, sig,
+    point_finding,
+    precedent::Precedent,
+    sig,
     tap::{Rule, Tap},
     Detector, PerKind, PointTable,
 };
@@ -84,8 +85,6 @@ impl Default for EwmaParams {
 
 /// Longest persistence (each point keeps that many recent |z|).
 const MAX_PERSIST: u32 = 1000;
-/// Blocks a precedent's window is kept in.
-const BLOCKS: usize = 8;
 
 /// The EWMA z-score detector.
 pub struct EwmaZ {
@@ -103,15 +102,8 @@ struct Recent {
     judged: u64,
     /// Samples in a row at or over the threshold.
     run: u32,
-    /// The strongest learned run of each of the last blocks (a ring).
-    blocks: [f64; BLOCKS],
-    /// Blocks closed so far.
-    closed: u64,
-    /// The strongest learned run of the block under way, and its samples.
-    current: f64,
-    in_block: u32,
-    /// The largest of `blocks`.
-    strongest: f64,
+    /// The strongest runs of the last samples its baseline learned.
+    precedent: Precedent,
 }
 
 impl Recent {
@@ -129,27 +121,6 @@ impl Recent {
             return 0.0;
         }
         self.z.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-
-    /// The strongest learned run of the window.
-    fn precedent(&self) -> f64 {
-        self.strongest.max(self.current)
-    }
-
-    /// Counts a judged sample of run strength `strength` into the window; a learned
-    /// one's strength joins it.
-    fn remember(&mut self, strength: f64, learned: bool, window: u32) {
-        if learned && strength.is_finite() {
-            self.current = self.current.max(strength);
-        }
-        self.in_block += 1;
-        if self.in_block >= window.div_ceil(BLOCKS as u32) {
-            self.blocks[(self.closed % BLOCKS as u64) as usize] = self.current;
-            self.closed += 1;
-            self.strongest = self.blocks.iter().copied().fold(0.0, f64::max);
-            self.current = 0.0;
-            self.in_block = 0;
-        }
     }
 }
 
@@ -209,14 +180,16 @@ impl Detector for EwmaZ {
             // A sample its baseline learned is normal history; one an open alert froze
             // is judged on the threshold alone (see the module's notes).
             let learned = st.frozen == 0;
-            let precedent = recent.precedent();
+            let precedent = recent.precedent.largest();
             let bar = if learned {
                 params.threshold.max(precedent)
             } else {
                 params.threshold
             };
             if params.precedent_samples > 0 {
-                recent.remember(strength, learned, params.precedent_samples);
+                recent
+                    .precedent
+                    .count(learned.then_some(strength), params.precedent_samples);
             }
             if strength < bar {
                 continue;

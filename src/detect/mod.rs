@@ -20,6 +20,7 @@ pub mod limits;
 pub mod model_file;
 pub mod oscillation;
 pub mod physics;
+pub(crate) mod precedent;
 pub mod pulse;
 pub mod replay_attack;
 pub mod residual;

@@ -5,6 +5,14 @@
 //!   `factor ×` its fastest point's interval (and at least `min_silence`) is a
 //!   device-level finding; a point silent that long while its device still talks is a
 //!   point-level finding.
+//! - A silence must also be longer than the point's **precedent**: the second longest
+//!   gap between its samples over its last `precedent_samples` (a device's: the least
+//!   of its points'). A point reported at irregular times (a traffic sensor, a gateway
+//!   that flushes when it can) has its own normal gaps, and one no longer than gaps it
+//!   already had twice lately is not news. The second longest, not the longest: one
+//!   silence, an attacker's blackout among them, never excuses the next (the window:
+//!   [`super::precedent`]). A point polled steadily has gaps of an interval or two, far
+//!   under `min_silence`, so this changes nothing there.
 //! - A point that keeps answering with bad readings only (NaN, out of range, a `bad`
 //!   quality flag) for as long as would count as silence is denial of view too: the
 //!   device answers, but nobody can see the value.
@@ -12,12 +20,13 @@
 //!   with bad quality still counts as the device answering.
 //!
 //! Blind spots: silence at the very end of a capture (nothing moves the watermark past
-//! it) and devices that never produced `min_samples` samples.
+//! it), devices that never produced `min_samples` samples, and a silence no longer
+//! than two of the point's last `precedent_samples` gaps.
 
-use super::{Arrival, Detector, PerKind};
+use super::{precedent::Precedent, Arrival, Detector, PerKind, PointTable};
 use crate::feature::FeatureStore;
 use crate::model::attack;
-use crate::model::points::{DeviceId, Registry};
+use crate::model::points::{DeviceId, PointId, Registry};
 use crate::model::{Finding, Quality, Severity, Ts};
 use crate::time::{format_duration, format_ts, serde_duration};
 use crate::tomlfile::{rule, Broken};
@@ -37,6 +46,8 @@ pub struct StalenessParams {
     pub min_silence: i64,
     /// Samples a point needs before its interval is trusted.
     pub min_samples: u64,
+    /// Gaps over which a silence's precedent is remembered (0: no precedent).
+    pub precedent_samples: u32,
 }
 
 impl StalenessParams {
@@ -55,6 +66,7 @@ impl Default for StalenessParams {
             factor: 10.0,
             min_silence: 15_000,
             min_samples: 10,
+            precedent_samples: 600,
         }
     }
 }
@@ -62,12 +74,21 @@ impl Default for StalenessParams {
 /// The staleness detector.
 pub struct Staleness {
     params: PerKind<StalenessParams>,
+    gaps: PointTable<Precedent>,
 }
 
 impl Staleness {
     /// Builds it from per-kind parameters.
     pub fn new(params: PerKind<StalenessParams>) -> Self {
-        Self { params }
+        Self {
+            params,
+            gaps: PointTable::default(),
+        }
+    }
+
+    /// The second longest recent gap of point `p`, in ms (0 when none is known).
+    fn precedent(&self, p: PointId) -> f64 {
+        self.gaps.get(p).map_or(0.0, Precedent::second)
     }
 }
 
@@ -79,8 +100,19 @@ impl Detector for Staleness {
     /// A device that declares itself offline (a Sparkplug death certificate, a gateway's
     /// last will: `online = 0`) is denial of view at once, before any silence.
     fn observe(&mut self, frame: &crate::feature::Frame<'_>, out: &mut Vec<Finding>) {
-        if !self.params.get(frame.kind()).enabled {
+        let params = self.params.get(frame.kind());
+        if !params.enabled {
             return;
+        }
+        if params.precedent_samples > 0 {
+            for (p, st) in frame.good() {
+                if st.prev_ts != Ts::MIN {
+                    let gap = (st.ts - st.prev_ts) as f64;
+                    self.gaps
+                        .get_or_insert(p, Precedent::default)
+                        .count(Some(gap), params.precedent_samples);
+                }
+            }
         }
         if let Some(st) = frame.metric("online").filter(|st| st.value == 0.0) {
             out.push(declared_offline(
@@ -126,7 +158,12 @@ impl Detector for Staleness {
             }
             let limit = |iv: f64| (params.factor * iv).max(params.min_silence as f64);
             let silence = (now - last) as f64;
-            if silence > limit(interval) {
+            let precedent = dev
+                .points
+                .iter()
+                .map(|&p| self.precedent(p))
+                .fold(f64::INFINITY, f64::min);
+            if silence > limit(interval).max(precedent) {
                 out.push(Finding {
                     ts: now,
                     device: d as u32,
@@ -143,7 +180,7 @@ impl Detector for Staleness {
                         format_ts(last),
                         format_duration(interval.round() as i64)
                     ),
-                    evidence: json!({"last_seen": format_ts(last), "silence_ms": now - last, "usual_interval_ms": interval}),
+                    evidence: json!({"last_seen": format_ts(last), "silence_ms": now - last, "usual_interval_ms": interval, "precedent_ms": precedent}),
                 });
                 continue;
             }
@@ -183,7 +220,7 @@ impl Detector for Staleness {
                         ),
                         json!({"last_good": format_ts(s.good_ts), "bad_for_ms": blind, "last_good_value": s.value, "usual_interval_ms": s.interval_ms}),
                     ));
-                } else if silence as f64 > limit(s.interval_ms) {
+                } else if silence as f64 > limit(s.interval_ms).max(self.precedent(p)) {
                     out.push(point_finding(
                         silence,
                         Severity::Low,
@@ -193,7 +230,7 @@ impl Detector for Staleness {
                             format_duration(silence),
                             format_duration(s.interval_ms.round() as i64),
                         ),
-                        json!({"last_seen": format_ts(s.ts), "silence_ms": silence, "usual_interval_ms": s.interval_ms}),
+                        json!({"last_seen": format_ts(s.ts), "silence_ms": silence, "usual_interval_ms": s.interval_ms, "precedent_ms": self.precedent(p)}),
                     ));
                 }
             }
@@ -259,6 +296,71 @@ mod tests {
         let dev: Vec<_> = out.iter().filter(|f| f.metrics.is_empty()).collect();
         assert_eq!(dev.first().map(|f| f.ts), Some(95_000));
         assert_eq!(dev[0].severity, Severity::High);
+    }
+
+    /// A point reported once a minute, ticked every second until `end`, its reports at
+    /// `times` (ms); the findings.
+    fn silences(times: &[Ts], end: Ts, precedent_samples: u32) -> Vec<Finding> {
+        let mut reg = Registry::new(10);
+        let p = reg.intern("s", "gw-1", "ups", "load_pct").unwrap();
+        let device = reg.point(p).device;
+        let mut st = FeatureStore::new(FeatureParams::default());
+        let mut det = Staleness::new(PerKind::from_fn(|_| StalenessParams {
+            precedent_samples,
+            ..StalenessParams::default()
+        }));
+        let mut out = Vec::new();
+        let mut next = times.iter().copied().peekable();
+        let mut now = times[0];
+        while now <= end {
+            while let Some(t) = next.next_if(|&t| t <= now) {
+                st.update(&reg, p, t, 50.0, Quality::Good);
+                let frame = crate::feature::Frame {
+                    ts: t,
+                    device,
+                    updated: &[p],
+                    store: &st,
+                    registry: &reg,
+                };
+                det.observe(&frame, &mut out);
+            }
+            det.tick(now, &st, &reg, &mut out);
+            now += 1000;
+        }
+        out
+    }
+
+    /// A gateway that reports once a minute but went quiet for half an hour twice: a
+    /// 25-minute silence is its normal, a 40-minute one is news; and the second
+    /// half-hour was news too, since one silence never excuses the next.
+    #[test]
+    fn a_silence_no_longer_than_two_recent_gaps_is_the_points_normal() {
+        const MIN: Ts = 60_000;
+        let mut times = Vec::new();
+        let mut t = 0;
+        let gap_at = std::collections::BTreeMap::from([(50, 30), (120, 30), (200, 25), (260, 40)]);
+        for i in 0..300 {
+            times.push(t);
+            t += gap_at.get(&i).copied().unwrap_or(1) * MIN;
+        }
+        let out = silences(&times, t, 600);
+        let found_in = |out: &[Finding], i: usize| {
+            out.iter()
+                .filter(|f| f.ts > times[i] && f.ts < times[i + 1])
+                .count()
+        };
+        assert!(found_in(&out, 50) > 0, "the first half-hour");
+        assert!(found_in(&out, 120) > 0, "the second half-hour");
+        assert_eq!(
+            found_in(&out, 200),
+            0,
+            "25 minutes, shorter than two gaps before"
+        );
+        assert!(found_in(&out, 260) > 0, "40 minutes, longer than any");
+        let found: usize = [50, 120, 260].map(|i| found_in(&out, i)).iter().sum();
+        assert_eq!(found, out.len(), "nothing outside the four silences");
+        // Without a precedent, every silence past ten intervals is a finding.
+        assert!(found_in(&silences(&times, t, 0), 200) > 0);
     }
 
     /// A UPS whose power register answers NaN (bad quality) for 35 s: the device talks,
