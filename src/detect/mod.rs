@@ -398,6 +398,9 @@ pub(crate) mod testkit {
         pub step: usize,
         /// What the detector noted for the report (filled by tests that ask).
         pub notes: Vec<String>,
+        /// As the pipeline's open alerts do: a point's baseline does not learn for this
+        /// many samples after a finding (none by default).
+        pub freeze_after_finding: usize,
     }
 
     impl Harness {
@@ -408,6 +411,7 @@ pub(crate) mod testkit {
                 findings: Vec::new(),
                 step: 0,
                 notes: Vec::new(),
+                freeze_after_finding: 0,
             }
         }
 
@@ -427,7 +431,10 @@ pub(crate) mod testkit {
             v: f64,
         ) {
             let p = self.reg.intern("site", "dev-1", kind, metric).unwrap();
-            self.store.update(&self.reg, p, ts, v, Quality::Good);
+            let frozen = (self.findings.last())
+                .is_some_and(|&(at, _)| self.step - at <= self.freeze_after_finding);
+            self.store
+                .update_learning(&self.reg, p, ts, v, Quality::Good, !frozen);
             let frame = Frame {
                 ts,
                 device: 0,

@@ -9,7 +9,7 @@
 
 const BLOCKS: usize = 8;
 
-/// The two largest values of the last samples.
+/// The two largest values of the last samples (the largest is kept to know the second).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Precedent {
     /// The two largest values (largest first) of each closed block, a ring.
@@ -55,11 +55,6 @@ impl Precedent {
         }
     }
 
-    /// The largest value of the window (0 before any).
-    pub(crate) fn largest(&self) -> f64 {
-        self.top[0].max(self.current[0])
-    }
-
     /// The second largest value of the window (0 before two): a value beyond it has
     /// been seen at most once.
     pub(crate) fn second(&self) -> f64 {
@@ -74,7 +69,7 @@ mod tests {
     #[test]
     fn the_largest_two_of_the_window_and_none_older() {
         let mut p = Precedent::default();
-        assert_eq!((p.largest(), p.second()), (0.0, 0.0));
+        assert_eq!(p.second(), 0.0);
         // Window 80: blocks of 10.
         for i in 0..80 {
             let v = match i {
@@ -85,16 +80,18 @@ mod tests {
             };
             p.count(v, 80);
         }
-        assert_eq!((p.largest(), p.second()), (50.0, 40.0));
+        assert_eq!(p.second(), 40.0);
         // Eight more blocks without anything large: both are forgotten.
         for i in 0..80 {
             p.count(Some((i % 3) as f64), 80);
         }
-        assert_eq!((p.largest(), p.second()), (2.0, 2.0));
+        assert_eq!(p.second(), 2.0);
         // Values of the block under way count at once; a non-finite one never.
         p.count(Some(9.0), 80);
         p.count(Some(f64::INFINITY), 80);
-        assert_eq!((p.largest(), p.second()), (9.0, 2.0));
+        assert_eq!(p.second(), 2.0);
+        p.count(Some(5.0), 80);
+        assert_eq!(p.second(), 5.0);
     }
 
     proptest::proptest! {
@@ -113,7 +110,6 @@ mod tests {
             let kept = (values.len() - under_way).min(8 * block) + under_way;
             let mut last: Vec<f64> = values[values.len() - kept..].to_vec();
             last.sort_by(|a, b| b.total_cmp(a));
-            proptest::prop_assert_eq!(p.largest(), last[0]);
             proptest::prop_assert_eq!(p.second(), last.get(1).copied().unwrap_or(0.0));
         }
     }
