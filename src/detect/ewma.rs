@@ -99,10 +99,10 @@ pub struct EwmaZ {
 /// One point's recent judgements.
 #[derive(Default)]
 struct Recent {
-    /// |z| of the last `persist_samples` samples judged (a ring).
+    /// |z| of the last `persist_samples` samples judged (a ring, zeros until filled).
     z: Vec<f64>,
-    /// Samples judged so far.
-    judged: u64,
+    /// Where the next |z| goes in the ring.
+    next: usize,
     /// Samples in a row at or over the threshold.
     run: u32,
     /// The strongest runs among the last samples its baseline learned.
@@ -116,13 +116,14 @@ impl Recent {
         let persist = persist as usize;
         if self.z.len() != persist {
             self.z = vec![0.0; persist];
-            self.judged = 0;
+            self.next = 0;
         }
-        self.z[(self.judged % persist as u64) as usize] = z;
-        self.judged += 1;
-        if self.judged < persist as u64 {
-            return 0.0;
-        }
+        self.z[self.next] = z;
+        self.next = if self.next + 1 == persist {
+            0
+        } else {
+            self.next + 1
+        };
         self.z.iter().copied().fold(f64::INFINITY, f64::min)
     }
 }

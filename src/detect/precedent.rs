@@ -14,8 +14,8 @@ const BLOCKS: usize = 8;
 pub(crate) struct Precedent {
     /// The two largest values (largest first) of each closed block, a ring.
     blocks: [[f64; 2]; BLOCKS],
-    /// Blocks closed so far.
-    closed: u64,
+    /// The block the next one to close replaces.
+    oldest: usize,
     /// The two largest of `blocks`.
     top: [f64; 2],
     /// The block under way: its two largest values and its samples.
@@ -42,9 +42,10 @@ impl Precedent {
             self.current = with(self.current, x);
         }
         self.in_block += 1;
-        if self.in_block >= window.div_ceil(BLOCKS as u32).max(1) {
-            self.blocks[(self.closed % BLOCKS as u64) as usize] = self.current;
-            self.closed += 1;
+        // A block is ⌈window / 8⌉ samples (at least one), without a division.
+        if self.in_block as u64 * BLOCKS as u64 >= u64::from(window) {
+            self.blocks[self.oldest] = self.current;
+            self.oldest = (self.oldest + 1) % BLOCKS;
             self.top = self
                 .blocks
                 .iter()

@@ -158,12 +158,14 @@ impl Detector for Staleness {
             }
             let limit = |iv: f64| (params.factor * iv).max(params.min_silence as f64);
             let silence = (now - last) as f64;
-            let precedent = dev
-                .points
-                .iter()
-                .map(|&p| self.precedent(p))
-                .fold(f64::INFINITY, f64::min);
-            if silence > limit(interval).max(precedent) {
+            // The precedent only when the silence is long enough to need it.
+            let precedent = (silence > limit(interval)).then(|| {
+                dev.points
+                    .iter()
+                    .map(|&p| self.precedent(p))
+                    .fold(f64::INFINITY, f64::min)
+            });
+            if let Some(precedent) = precedent.filter(|&p| silence > p) {
                 out.push(Finding {
                     ts: now,
                     device: d as u32,
@@ -220,7 +222,9 @@ impl Detector for Staleness {
                         ),
                         json!({"last_good": format_ts(s.good_ts), "bad_for_ms": blind, "last_good_value": s.value, "usual_interval_ms": s.interval_ms}),
                     ));
-                } else if silence as f64 > limit(s.interval_ms).max(self.precedent(p)) {
+                } else if silence as f64 > limit(s.interval_ms)
+                    && silence as f64 > self.precedent(p)
+                {
                     out.push(point_finding(
                         silence,
                         Severity::Low,
