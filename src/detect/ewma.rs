@@ -286,6 +286,17 @@ mod tests {
     }
 
     #[test]
+    fn a_persistence_each_point_cannot_hold_is_refused() {
+        let p = |persist_samples| EwmaParams {
+            persist_samples,
+            ..EwmaParams::default()
+        };
+        assert!(p(MAX_PERSIST).check().is_ok());
+        assert!(p(MAX_PERSIST + 1).check().is_err());
+        assert!(p(0).check().is_err());
+    }
+
+    #[test]
     fn lone_spike_is_ignored() {
         let mut series = noisy(1000, 50.0, 1.0, 2);
         series[700] = 70.0;
