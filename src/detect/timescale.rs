@@ -16,6 +16,10 @@
 //!   online). A block outside on any aggregate is a finding when it closes, and again
 //!   on every later frame of the point while the open block, so far, is still outside
 //!   the same band (so a burst's alert closes within a block).
+//! - A history still filling (n of `history_blocks` blocks) has seen less of its tail:
+//!   its margin is multiplied by ln(`history_blocks`) / ln(n), 1.5 at 16 of 64, as the
+//!   widest swing of n blocks grows about like ln n. Without it a band learned from
+//!   its first 16 blocks is narrow often enough to give a false alarm at start-up.
 //! - The band is a range, not a mean ± kσ: telemetry is heavy-tailed (load bursts,
 //!   counts), and the widest swing of the last 64 blocks says more about a point's
 //!   normal day than its variance does. It needs `warmup_blocks` blocks before judging.
@@ -361,9 +365,15 @@ impl Scale {
             }
             let (lo, hi) = ring.range();
             let width = hi - lo;
+            // A history of fewer blocks than it will hold has seen less of the tail: the
+            // widest swing of n blocks grows about like ln n (heavy tails, which
+            // telemetry has), so a young band is widened in that proportion.
+            let young =
+                (f64::from(p.history_blocks).ln() / (ring.values.len() as f64).ln()).max(1.0);
+            let margin = p.margin * young;
             let outside = (v - hi).max(lo - v).max(0.0);
             if width > 0.0 {
-                needed = Some(needed.unwrap_or(0.0).max(outside / width));
+                needed = Some(needed.unwrap_or(0.0).max(outside / (width * young)));
             }
             // Quantised readings: a block's range is uncertain by one step of the
             // sensor's resolution (its mean by less), so a value one step past a bound
@@ -373,7 +383,7 @@ impl Scale {
             } else {
                 0.0
             };
-            let widen = (p.margin * width)
+            let widen = (margin * width)
                 .max(2.0 * step)
                 .max(1e-9 * lo.abs().max(hi.abs()))
                 + step;
@@ -757,6 +767,40 @@ mod tests {
             h.feed_at(&mut d, "pdu", "power_kw", i as Ts * 1000, v);
         }
         assert!(h.findings.is_empty(), "{:?}", h.findings.first());
+    }
+
+    #[test]
+    fn a_band_learned_from_few_blocks_is_widened_more() {
+        // Minutes whose ranges span 6.3 to 9.7, then a minute of range 15.3, as the demo's
+        // UPS output power once had 16 minutes after start. Against 16 blocks the band is
+        // widened by 1.5 × ln 64 / ln 16 of its width on each side (up to 17.45): the
+        // minute is inside. Against 64 such blocks, by 1.5 (up to 14.9): it is outside.
+        let p = TimescaleParams::default();
+        let minute = |s: &mut Scale, m: i64, range: f64| {
+            // The mean stays at 100: only the range moves.
+            for i in 0..60 {
+                let half = if i % 2 == 0 { -range } else { range } / 2.0;
+                s.add(m * 60_000 + i * 1000, 100.0 + half, true, 0.1, &p);
+            }
+        };
+        for (history, outside) in [(16, false), (64, true)] {
+            let mut s = Scale::new(60_000);
+            for m in 0..history {
+                minute(&mut s, m, 6.3 + 3.4 * (m % 5) as f64 / 4.0);
+            }
+            minute(&mut s, history, 15.3);
+            assert_eq!(s.history[1].values.len(), history as usize);
+            assert!(s.breach.is_none(), "the history's own blocks are normal");
+            s.add((history + 1) * 60_000, 100.0, true, 0.1, &p);
+            let breach = s.breach.map(|b| (AGGREGATES[b.aggregate], b.high));
+            if outside {
+                let (aggregate, high) = breach.expect("outside a full history's band");
+                assert_eq!(aggregate, "range");
+                assert!((high - 14.9).abs() < 1e-9, "{high}");
+            } else {
+                assert_eq!(breach, None, "inside a young history's wider band");
+            }
+        }
     }
 
     #[test]
