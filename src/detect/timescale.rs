@@ -771,8 +771,9 @@ mod tests {
 
     #[test]
     fn a_band_learned_from_few_blocks_is_widened_more() {
-        // Minutes whose ranges span 6.3 to 9.7, then a minute of range 15.3, as the demo's
-        // UPS output power once had 16 minutes after start. Against 16 blocks the band is
+        // Minutes whose ranges span 6.3 to 9.7, then a minute of range 15.3, as a UPS's
+        // output power once had in the live demo (its band that narrow: a young history;
+        // see docs/evaluation.md, start-up false alarms). Against 16 blocks the band is
         // widened by 1.5 × ln 64 / ln 16 of its width on each side (up to 17.45): the
         // minute is inside. Against 64 such blocks, by 1.5 (up to 14.9): it is outside.
         let p = TimescaleParams::default();
