@@ -4,8 +4,8 @@
 # The built-in variants in turn (default, hyperscale-60hz, edge-small), seeds 1001…,
 # start dates and hours spread over a week and the day.
 #   scripts/startup-alarms.sh [RUNS=600] [FROM=1]
-# BIN, if set, is the binary to run (no build). Prints, per detector, the runs in which
-# it raised an alert (run numbers), and the total.
+# BIN, if set, is the binary to run (no build). Prints, per detector, how many runs it
+# raised an alert in and which (run number and variant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-600}
