@@ -26,5 +26,6 @@ mod replay_data;
 mod report;
 mod snmp;
 mod soc;
+mod startup;
 mod syslog;
 mod train;

@@ -54,7 +54,10 @@ pub struct IForestParams {
     pub enabled: bool,
     /// Directory of `<kind>.iforest.json` models; default: the models built in.
     pub models: Option<PathBuf>,
-    /// Samples every point (and relation) of a device needs before it is judged.
+    /// Samples every point (and relation) of a device needs before it is judged: 1800,
+    /// three of the baselines' default half-life, because a load that wanders slowly
+    /// has shown only part of its spread after one (its z-scores run high) and the
+    /// models learned from baselines mostly long past their start.
     pub warmup_samples: u64,
     /// Consecutive frames at or above the threshold needed for a finding.
     pub persist_samples: u32,
@@ -84,7 +87,7 @@ impl Default for IForestParams {
         Self {
             enabled: true,
             models: None,
-            warmup_samples: 600,
+            warmup_samples: 1800,
             persist_samples: 10,
             threshold: None,
         }
