@@ -26,6 +26,15 @@
 //! - A block is judged only with `min_samples` samples and at least half the count of
 //!   a typical block, so a scale too short for the point's cadence (15 min of 5-minute
 //!   data) is never judged, and a block cut short by a gap is not mistaken for calm.
+//! - A value beyond its band must also be beyond its **precedent**, the second most
+//!   extreme value the aggregate took (on that side) over the last `history_blocks`
+//!   blocks whose samples the baseline learned, the reported ones included, and the
+//!   first abnormal block of each excursion. A heavy-tailed point whose band was learned
+//!   in a calm spell (busy blocks are not learned while they are abnormal, nor while an
+//!   alert freezes the point) would otherwise call every busy block news; twice seen
+//!   lately is not. The second, not the first: one excursion, an attack's, never
+//!   excuses the next (as `ewma_z`'s runs). An excused block is abnormal all the same:
+//!   not learned, and counted toward `rebaseline_blocks`.
 //! - What the history learns: only blocks judged normal whose samples were all learned
 //!   by the point's baseline (none while an open alert names the point); after
 //!   `rebaseline_blocks` abnormal blocks in a row the new level is accepted, so a lasting
@@ -36,7 +45,8 @@
 //! the noise of one reading shows in aggregates first — a 15-minute mean of 1 Hz data
 //! has 1/30 of a reading's noise.
 //!
-//! Blind spots: changes slower than the history's span (see `envelope`, calibrated);
+//! Blind spots: changes slower than the history's span (see `envelope`, calibrated); a
+//! block no more extreme than two of the last `history_blocks` that were reported;
 //! a scale's first `warmup_blocks` blocks (16 min, 4 h, 64 h); findings wait for the
 //! block to close (up to one scale).
 
@@ -180,6 +190,25 @@ impl Ring {
                 (lo.min(v), hi.max(v))
             })
     }
+
+    /// The second smallest and second largest values: a value between them has been
+    /// passed, on its side, at least twice (none before two values).
+    fn second_extremes(&self) -> (f64, f64) {
+        let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+        for &v in &self.values {
+            if v < lo[0] {
+                lo = [v, lo[0]];
+            } else if v < lo[1] {
+                lo[1] = v;
+            }
+            if v > hi[0] {
+                hi = [v, hi[0]];
+            } else if v > hi[1] {
+                hi[1] = v;
+            }
+        }
+        (lo[1], hi[1])
+    }
 }
 
 /// A closed block outside its history's widened range.
@@ -222,6 +251,11 @@ struct Scale {
     /// The median of the open block's means on previous days, if enough were learned.
     usual: Option<f64>,
     history: [Ring; 4],
+    /// The precedent: the last `history_blocks` values of each aggregate of the judged
+    /// blocks whose samples the baseline all learned, abnormal ones included, and of
+    /// each first abnormal block after a normal one (the block an excursion opened,
+    /// though an alert on it froze the baseline partway through).
+    seen: [Ring; 4],
     /// Abnormal blocks in a row.
     run: u32,
     /// The last closed block's breach (reported again while [`Scale::still`] holds).
@@ -244,6 +278,7 @@ impl Scale {
             days: Vec::new(),
             usual: None,
             history: Default::default(),
+            seen: Default::default(),
             run: 0,
             breach: None,
         }
@@ -339,6 +374,8 @@ impl Scale {
     /// Closes the open block: judges it, learns it if it may. Returns the statistic
     /// `calibrate` fits (the largest margin an aggregate needed to be inside its band;
     /// none when nothing was judged).
+    /// Not inlined: once a block, kept out of the per-sample path.
+    #[inline(never)]
     fn close(&mut self, resolution: f64, p: &TimescaleParams) -> Option<f64> {
         let count = self.count;
         let judged = count >= p.min_samples && 2 * count >= self.typical;
@@ -356,6 +393,7 @@ impl Scale {
         let daily = self.usual.map(|u| mean - u);
         let values = [Some(mean), Some(self.max - self.min), rate, daily];
         let mut needed: Option<f64> = None;
+        let mut excused = false;
         for (i, v) in values.iter().enumerate() {
             let (Some(v), ring) = (*v, &self.history[i]) else {
                 continue;
@@ -391,6 +429,12 @@ impl Scale {
             if (low..=high).contains(&v) {
                 continue;
             }
+            // Beyond the band, but two recent blocks went as far: abnormal, not news.
+            let (seen_low, seen_high) = self.seen[i].second_extremes();
+            if (seen_low..=seen_high).contains(&v) {
+                excused = true;
+                continue;
+            }
             let beyond = if v > high { v - high } else { low - v };
             let excess = beyond / width.max(widen).max(f64::MIN_POSITIVE);
             if self.breach.is_none_or(|b| excess > b.excess) {
@@ -405,7 +449,10 @@ impl Scale {
                 });
             }
         }
-        let learn = if self.breach.is_some() {
+        // A block outside its band, reported or excused, is abnormal: learned only
+        // once `rebaseline_blocks` of them in a row say the level has changed.
+        let opens = self.breach.is_some() && self.run == 0;
+        let learn = if self.breach.is_some() || excused {
             self.run += 1;
             self.run >= p.rebaseline_blocks
         } else {
@@ -415,12 +462,19 @@ impl Scale {
         // A rate is the change from a block the history learned: the recovery after
         // an abnormal (or unlearned) block is not a change of its own.
         self.previous = None;
+        let cap = p.history_blocks as usize;
+        if !self.suspect || opens {
+            for (ring, v) in self.seen.iter_mut().zip(values) {
+                if let Some(v) = v {
+                    ring.push(v, cap);
+                }
+            }
+        }
         if learn && !self.suspect {
             self.previous = Some((self.block, mean));
-            if self.breach.is_some() {
+            if self.breach.is_some() || excused {
                 self.run = 0;
             }
-            let cap = p.history_blocks as usize;
             for (ring, v) in self.history.iter_mut().zip(values) {
                 if let Some(v) = v {
                     ring.push(v, cap);
@@ -650,6 +704,32 @@ mod tests {
         // still report its own block, nothing is reported after the step's half hour.
         let last = h.findings.last().unwrap().0;
         assert!(last < 7_200 + 1_900, "still reported at {last}");
+    }
+
+    #[test]
+    fn a_burst_no_wider_than_two_lately_reported_is_not_news_again() {
+        // Two calm hours, then a minute with one reading 30 above the rest, ten minutes
+        // later another, then one of 25, then one of 60: the first two are news (one
+        // excursion never excuses the next), the third was passed twice lately, the
+        // fourth passes both.
+        let mut series = noisy(7_200 + 3_600, 50.0, 1.0, 9);
+        let bursts = [(7_230, 30.0), (7_830, 30.0), (8_430, 25.0), (9_030, 60.0)];
+        for &(at, by) in &bursts {
+            series[at] += by;
+        }
+        let mut h = Harness::new();
+        let mut d = Timescale::new(PerKind::from_fn(|_| TimescaleParams {
+            scales: vec![60_000],
+            ..TimescaleParams::default()
+        }));
+        h.run(&mut d, "crah", "fan_speed_pct", &series);
+        assert_eq!(h.count_before(7_200), 0, "{:?}", h.findings.first());
+        // A burst's minute is reported when it closes, at the next minute's first sample.
+        let reported: Vec<usize> = h.findings.iter().map(|(at, _)| at / 60 * 60).collect();
+        assert_eq!(reported, vec![7_260, 7_860, 9_060], "{reported:?}");
+        for (_, f) in &h.findings {
+            assert_eq!(f.evidence["aggregate"], "range", "{}", f.reason);
+        }
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl Present {
     }
 
     /// Point `point` claims it has reached `ts`.
+    #[inline]
     pub(crate) fn vote(&mut self, point: usize, ts: Ts) {
         if self.votes.len() <= point {
             self.votes.resize(point + 1, Ts::MIN);
@@ -103,11 +104,17 @@ impl Present {
 
     /// Recomputes the present when enough votes changed since the last time (amortised
     /// constant work per vote), or always with `force`. Returns it when it moved.
+    /// Inlined: most calls are not due and return at once, on every event's path.
+    #[inline]
     pub(crate) fn settle(&mut self, force: bool) -> Option<Ts> {
         let due = self.since >= (self.voters / 8).max(1);
         if self.at.is_none() || self.voters == 0 || !(force || due) {
             return None;
         }
+        self.recompute()
+    }
+
+    fn recompute(&mut self) -> Option<Ts> {
         self.since = 0;
         self.scratch.clear();
         self.scratch
