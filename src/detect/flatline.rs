@@ -18,11 +18,22 @@
 //!   finding, which persists while the value stays frozen.
 //! - Learned statistics are frozen after the warm-up, so a frozen value cannot teach the
 //!   detector that frozen is normal.
+//! - A run must also outlast its **precedent**: the second longest still run the point
+//!   ended over its last `precedent_samples` samples, reported ones included (not
+//!   those that began while an open alert named the point; then the run needed alone
+//!   keeps the alert open: the precedent decides what starts one, as for `ewma_z`). A point
+//!   that idles in a few states (a machine's CPU at rest, a quantised reading that holds
+//!   for hours) has still runs of its own, and one no longer than two it had lately is
+//!   not news. The second longest, not the longest: one freeze, an attacker's, never
+//!   excuses the next (the window: [`super::precedent`]). A live analog sensor's still
+//!   runs last a few samples, far under the run needed, so this changes nothing there.
 //!
 //! Blind spots: a spoofer who adds fake noise (see `replay` for recorded noise and the
-//! physics detectors for made-up noise); sensors that were quiet in their warm-up.
+//! physics detectors for made-up noise); sensors that were quiet in their warm-up; a
+//! freeze no longer than two still runs the point ended in its last
+//! `precedent_samples` samples.
 
-use super::{point_finding, sig, Detector, PerKind, PointTable};
+use super::{point_finding, precedent::Precedent, sig, Detector, PerKind, PointTable};
 use crate::feature::{decimal_step, Frame};
 use crate::model::attack;
 use crate::model::{Finding, Severity, Ts};
@@ -47,6 +58,8 @@ pub struct FlatlineParams {
     pub min_run: u32,
     /// |delta| below this fraction of the mean warm-up |delta| counts as unchanged.
     pub tolerance: f64,
+    /// Samples over which a still run's precedent is remembered (0: no precedent).
+    pub precedent_samples: u32,
 }
 
 impl FlatlineParams {
@@ -77,6 +90,7 @@ impl Default for FlatlineParams {
             false_alarm_prob: 1e-9,
             min_run: 10,
             tolerance: 0.01,
+            precedent_samples: 600,
         }
     }
 }
@@ -104,6 +118,10 @@ struct State {
     eligible: bool,
     run: u32,
     run_start: Ts,
+    /// The run began with no open alert on the point: it may become a precedent.
+    run_learned: bool,
+    /// The longest still runs the point ended lately.
+    precedent: Precedent,
 }
 
 /// Values just before a still run whose decimal steps say at what resolution the
@@ -211,18 +229,32 @@ impl Detector for Flatline {
             if !s.eligible {
                 continue;
             }
+            // As `ewma_z`'s runs: while an open alert names the point (its baseline
+            // frozen) the run needed alone keeps it open, and runs that began then are
+            // not precedents (an attack's own freezes never excuse it).
+            let learned = st.frozen == 0;
+            let mut ended = None;
             if d <= s.eps {
                 if s.run == 0 {
                     s.run_start = st.prev_ts;
+                    s.run_learned = learned;
                 }
                 s.run += 1;
             } else {
+                ended = (s.run > 0 && s.run_learned).then_some(f64::from(s.run));
                 s.run = 0;
+            }
+            if params.precedent_samples > 0 {
+                s.precedent.count(ended, params.precedent_samples);
             }
             if s.run == s.needed {
                 s.rounded(st.window().collect(), params);
             }
-            if s.run >= s.needed {
+            if s.run < s.needed {
+                continue;
+            }
+            let precedent = if learned { s.precedent.second() } else { 0.0 };
+            if f64::from(s.run) > precedent {
                 let metric = &frame.registry.point(p).metric;
                 out.push(point_finding(
                     frame,
@@ -240,7 +272,7 @@ impl Detector for Flatline {
                         100.0 * (1.0 - s.p0)
                     ),
                     json!({"value": st.value, "run_samples": s.run, "needed_samples": s.needed,
-                           "learned_p_unchanged": s.p0, "tolerance": s.eps,
+                           "learned_p_unchanged": s.p0, "tolerance": s.eps, "precedent_run": precedent,
                            "recent": st.window().collect::<Vec<_>>()}),
                 ));
             }
@@ -279,6 +311,48 @@ mod tests {
 
     fn det() -> Flatline {
         Flatline::new(PerKind::from_fn(|_| FlatlineParams::default()))
+    }
+
+    #[test]
+    fn a_still_run_no_longer_than_two_lately_is_not_news_again() {
+        // A point that idles: after its warm-up it holds still for 60 values every 200.
+        // The first two holds are news (one never excuses the next), the next two as
+        // long are not, and a hold of 150 is once it outlasts them. Without the
+        // precedent every hold is news.
+        let mut series = noisy(1_600, 20.0, 1.0, 12);
+        let holds = [(400, 60), (600, 60), (800, 60), (1_000, 60), (1_200, 150)];
+        for &(at, len) in &holds {
+            let v = series[at];
+            series[at..at + len].fill(v);
+        }
+        let reported = |precedent_samples, freeze_after_finding| {
+            let mut h = Harness::new();
+            h.freeze_after_finding = freeze_after_finding;
+            let mut d = Flatline::new(PerKind::from_fn(|_| FlatlineParams {
+                precedent_samples,
+                ..FlatlineParams::default()
+            }));
+            h.run(&mut d, "chiller", "supply_temp_c", &series);
+            holds
+                .iter()
+                .map(|&(at, len)| {
+                    h.findings
+                        .iter()
+                        .map(|(i, _)| *i)
+                        .find(|i| (at..at + len).contains(i))
+                })
+                .collect::<Vec<_>>()
+        };
+        // 59 unchanged moves in a hold of 60: the fifth is news at its 60th. The same
+        // when each finding's alert freezes the point for a while: a reported hold
+        // began before its alert, so it is a precedent all the same.
+        for freeze in [0, 30] {
+            assert_eq!(
+                reported(600, freeze),
+                vec![Some(410), Some(610), None, None, Some(1_260)]
+            );
+        }
+        assert!(reported(0, 0).iter().all(Option::is_some));
     }
 
     #[test]
