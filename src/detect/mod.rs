@@ -13,6 +13,7 @@ pub mod baseline;
 pub mod cusum;
 pub mod envelope;
 pub mod ewma;
+pub mod extreme;
 pub mod flatline;
 pub mod grid;
 pub mod iforest;
@@ -46,6 +47,8 @@ pub struct DetectorParams {
     pub limits: limits::LimitsParams,
     /// Robust EWMA z-score.
     pub ewma_z: ewma::EwmaParams,
+    /// A reading beyond its point's fitted tail.
+    pub extreme: extreme::ExtremeParams,
     /// Two-sided CUSUM.
     pub cusum: cusum::CusumParams,
     /// Vanished noise.
@@ -78,6 +81,7 @@ impl DetectorParams {
     /// The first parameter that breaks a rule, if any (keys name the detector's table).
     pub fn check(&self) -> Result<(), Broken> {
         self.ewma_z.check().map_err(|b| b.under("ewma_z"))?;
+        self.extreme.check().map_err(|b| b.under("extreme"))?;
         self.cusum.check().map_err(|b| b.under("cusum"))?;
         self.flatline.check().map_err(|b| b.under("flatline"))?;
         self.replay.check().map_err(|b| b.under("replay"))?;
@@ -190,6 +194,7 @@ macro_rules! enabled {
 enabled!(
     limits::LimitsParams,
     ewma::EwmaParams,
+    extreme::ExtremeParams,
     cusum::CusumParams,
     flatline::FlatlineParams,
     replay_attack::ReplayParams,
@@ -248,6 +253,9 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
     }
     if let Some(t) = table(cfg, |c| &c.ewma_z) {
         out.push(Box::new(ewma::EwmaZ::new(t).tapped(config.tap.clone())));
+    }
+    if let Some(t) = table(cfg, |c| &c.extreme) {
+        out.push(Box::new(extreme::Extreme::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.envelope) {
         if DeviceKind::ALL

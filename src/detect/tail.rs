@@ -55,25 +55,10 @@ impl Tail {
         if peaks.len() < MIN_EXCEEDANCES {
             return None;
         }
-        let m = peaks.len() as f64;
-        let a0 = peaks.iter().sum::<f64>() / m;
-        let a1 = peaks
-            .iter()
-            .enumerate()
-            .map(|(i, y)| (m - 1.0 - i as f64) / (m - 1.0) * y)
-            .sum::<f64>()
-            / m;
-        let d = a0 - 2.0 * a1;
-        if !(a0 > 0.0 && d > 0.0) {
-            return None;
-        }
-        // Hosking's k is −ξ.
-        let shape = (2.0 - a0 / d).clamp(0.0, MAX_SHAPE);
-        // With ξ floored the scale keeps the mean of the peaks: E[Y] = σ / (1 − ξ).
-        let scale = if shape == 0.0 { a0 } else { 2.0 * a0 * a1 / d };
+        let (shape, scale) = pareto(&peaks)?;
         Some(Tail {
             level,
-            share: m / n as f64,
+            share: peaks.len() as f64 / n as f64,
             shape,
             scale,
             n,
@@ -90,13 +75,7 @@ impl Tail {
             let i = ((1.0 - p) * self.n as f64).floor() as usize;
             return self.sorted[i.min(self.n - 1)];
         }
-        let q = p / self.share;
-        let over = if self.shape < 1e-9 {
-            -self.scale * q.ln()
-        } else {
-            self.scale / self.shape * (q.powf(-self.shape) - 1.0)
-        };
-        self.level + over
+        self.level + excess(self.shape, self.scale, p / self.share)
     }
 
     /// Probability that a block maximum exceeds `x`.
@@ -112,6 +91,68 @@ impl Tail {
             (1.0 + self.shape * y / self.scale).powf(-1.0 / self.shape)
         };
         self.share * tail
+    }
+}
+
+/// The generalised Pareto shape and scale of `peaks` (excesses over a level, sorted
+/// ascending) by probability-weighted moments, the shape floored at 0 and capped at
+/// [`MAX_SHAPE`]; `None` when the moments say nothing (no spread).
+fn pareto(peaks: &[f64]) -> Option<(f64, f64)> {
+    let m = peaks.len() as f64;
+    let a0 = peaks.iter().sum::<f64>() / m;
+    let a1 = peaks
+        .iter()
+        .enumerate()
+        .map(|(i, y)| (m - 1.0 - i as f64) / (m - 1.0) * y)
+        .sum::<f64>()
+        / m;
+    let d = a0 - 2.0 * a1;
+    if !(a0 > 0.0 && d > 0.0) {
+        return None;
+    }
+    // Hosking's k is −ξ.
+    let shape = (2.0 - a0 / d).clamp(0.0, MAX_SHAPE);
+    // With ξ floored the scale keeps the mean of the peaks: E[Y] = σ / (1 − ξ).
+    let scale = if shape == 0.0 { a0 } else { 2.0 * a0 * a1 / d };
+    Some((shape, scale))
+}
+
+/// What [`Tail::fit`] followed by [`Tail::quantile`] gives for a probability `p` beyond
+/// the body (below the share of maxima over the level), without allocating: `maxima`
+/// (finite) is reordered and overwritten. `None` when there is no fit or `p` falls
+/// inside the body.
+pub fn rare_quantile(maxima: &mut [f64], p: f64) -> Option<f64> {
+    let n = maxima.len();
+    if n < MIN_MAXIMA {
+        return None;
+    }
+    let top = (n / 10).max(MIN_EXCEEDANCES).min(n / 2);
+    let (_, level, upper) = maxima.select_nth_unstable_by(n - top - 1, f64::total_cmp);
+    let level = *level;
+    upper.sort_unstable_by(f64::total_cmp);
+    let first = upper.partition_point(|&v| v <= level);
+    let peaks = &mut upper[first..];
+    if peaks.len() < MIN_EXCEEDANCES {
+        return None;
+    }
+    for v in peaks.iter_mut() {
+        *v -= level;
+    }
+    let (shape, scale) = pareto(peaks)?;
+    let share = peaks.len() as f64 / n as f64;
+    let q = p.max(f64::MIN_POSITIVE) / share;
+    if q >= 1.0 {
+        return None;
+    }
+    Some(level + excess(shape, scale, q))
+}
+
+/// The excess over the level that a peak passes with probability `q`.
+fn excess(shape: f64, scale: f64, q: f64) -> f64 {
+    if shape < 1e-9 {
+        -scale * q.ln()
+    } else {
+        scale / shape * (q.powf(-shape) - 1.0)
     }
 }
 
@@ -164,6 +205,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_allocation_free_quantile_is_the_fitted_one(
+            xs in proptest::collection::vec(-1e6f64..1e6, 0..400),
+            p in 1e-12f64..1e-2,
+        ) {
+            let fitted = Tail::fit(&xs).filter(|t| p < t.share).map(|t| t.quantile(p));
+            let mut scratch = xs.clone();
+            prop_assert_eq!(rare_quantile(&mut scratch, p), fitted);
+        }
+
         #[test]
         fn quantiles_fall_as_the_probability_rises_and_agree_with_exceedance(
             xs in proptest::collection::vec(-1e6f64..1e6, 0..400),

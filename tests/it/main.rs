@@ -8,6 +8,7 @@ mod benchmarks;
 mod calibrate;
 mod cli;
 mod determinism;
+mod extreme;
 mod iforest_reference;
 mod interop_bacnet;
 mod interop_modbus;

@@ -1,25 +1,12 @@
 //! A facility's first hour and a half, from cold and with no attack, raises no alarm,
 //! though its baselines are young: the real binary from simulation to alerts.
 
-use crate::support::{command_ok, run_ok, wattchdog};
-use serde_json::Value;
+use crate::support::{command_ok, replay_opened, wattchdog};
 
 /// Detectors of the alerts a replay of `capture` opened, with their devices.
 fn alerts(capture: &str, config: Option<&str>) -> Vec<(String, String)> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("alerts.jsonl");
-    let mut args = vec!["replay", "--no-progress", "--json", "--alerts"];
-    args.push(out.to_str().unwrap());
-    if let Some(c) = config {
-        args.extend(["-c", c]);
-    }
-    args.push(capture);
-    run_ok(&args);
-    std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|a| a["status"] == "open")
+    replay_opened(capture, config)
+        .iter()
         .map(|a| {
             let text = |k: &str| a[k].as_str().unwrap().to_string();
             (text("detector"), text("device"))

@@ -69,6 +69,25 @@ pub fn simulate_variant(
     labels
 }
 
+/// The alerts a replay of `capture` (with `config`, if any) opened.
+pub fn replay_opened(capture: &str, config: Option<&str>) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let mut args = vec!["replay", "--no-progress", "--json", "--alerts"];
+    args.push(out.to_str().unwrap());
+    if let Some(c) = config {
+        args.extend(["-c", c]);
+    }
+    args.push(capture);
+    run_ok(&args);
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["status"] == "open")
+        .collect()
+}
+
 /// Alert JSONL lines with the one wall-clock field removed, for comparisons.
 pub fn alerts_without_wall_clock(text: &str) -> Vec<serde_json::Value> {
     text.lines()
