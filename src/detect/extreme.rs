@@ -132,11 +132,10 @@ impl Reports {
 /// One point's history: the extremes of its last blocks and the thresholds fitted on
 /// them.
 struct History {
-    /// Each closed block's maximum and negated minimum (a ring).
+    /// Each closed block's maximum and negated minimum (a ring: block `b` at
+    /// `b % history_blocks`).
     highs: Vec<f64>,
     lows: Vec<f64>,
-    /// Where the next closed block goes.
-    next: usize,
     /// The block under way: its maximum, negated minimum, readings learned and length
     /// in readings (set when it starts, from the point's interval then).
     high: f64,
@@ -160,7 +159,6 @@ impl History {
         Self {
             highs: Vec::new(),
             lows: Vec::new(),
-            next: 0,
             high: f64::NEG_INFINITY,
             low: f64::NEG_INFINITY,
             in_block: 0,
@@ -197,11 +195,10 @@ impl History {
             self.highs.push(self.high);
             self.lows.push(self.low);
         } else {
-            self.next %= cap;
-            self.highs[self.next] = self.high;
-            self.lows[self.next] = self.low;
+            let at = (self.blocks % cap as u64) as usize;
+            self.highs[at] = self.high;
+            self.lows[at] = self.low;
         }
-        self.next += 1;
         self.blocks += 1;
         self.high = f64::NEG_INFINITY;
         self.low = f64::NEG_INFINITY;
