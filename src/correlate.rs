@@ -119,7 +119,7 @@ pub(crate) type AlertKey = (DeviceId, &'static str, Vec<String>, Option<String>)
 pub fn direct(detector: &str) -> bool {
     !matches!(
         detector,
-        "ewma_z" | "extreme" | "cusum" | "iforest" | "residual" | "timescale"
+        "ewma_z" | "extreme" | "seasonal" | "cusum" | "iforest" | "residual" | "timescale"
     )
 }
 

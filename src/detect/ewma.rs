@@ -26,14 +26,14 @@
 
 use super::{
     point_finding,
-    precedent::Precedent,
-    sig,
+    precedent::Recent,
+    sig, statistical_severity,
     tap::{Rule, Tap},
     Detector, PerKind, PointTable,
 };
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity};
+use crate::model::Finding;
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
@@ -96,38 +96,6 @@ pub struct EwmaZ {
     tap: Option<Tap>,
 }
 
-/// One point's recent judgements.
-#[derive(Default)]
-struct Recent {
-    /// |z| of the last `persist_samples` samples judged (a ring, zeros until filled).
-    z: Vec<f64>,
-    /// Where the next |z| goes in the ring.
-    next: usize,
-    /// Samples in a row at or over the threshold.
-    run: u32,
-    /// The strongest runs among the last samples its baseline learned.
-    precedent: Precedent,
-}
-
-impl Recent {
-    /// Takes a judged |z|; returns the run's strength, the least |z| of the last
-    /// `persist` samples (0 until there are that many).
-    fn push(&mut self, z: f64, persist: u32) -> f64 {
-        let persist = persist as usize;
-        if self.z.len() != persist {
-            self.z = vec![0.0; persist];
-            self.next = 0;
-        }
-        self.z[self.next] = z;
-        self.next = if self.next + 1 == persist {
-            0
-        } else {
-            self.next + 1
-        };
-        self.z.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-}
-
 impl EwmaZ {
     /// Builds it from per-kind parameters.
     pub fn new(params: PerKind<EwmaParams>) -> Self {
@@ -175,44 +143,28 @@ impl Detector for EwmaZ {
                 recent.run = 0;
                 continue;
             }
-            let strength = recent.push(st.z.abs(), params.persist_samples);
-            recent.run = if st.z.abs() >= params.threshold {
-                recent.run + 1
-            } else {
-                0
-            };
             // A sample its baseline learned is normal history; one an open alert froze
             // is judged on the threshold alone (see the module's notes).
-            let learned = st.frozen == 0;
-            let precedent = recent.precedent.second();
-            let bar = if learned {
-                params.threshold.max(precedent)
-            } else {
-                params.threshold
-            };
-            if params.precedent_samples > 0 {
-                recent
-                    .precedent
-                    .count(learned.then_some(strength), params.precedent_samples);
-            }
-            if strength < bar {
+            let (found, precedent) = recent.judge(
+                st.z,
+                params.threshold,
+                params.persist_samples,
+                params.precedent_samples,
+                st.frozen == 0,
+            );
+            if !found {
                 continue;
             }
             let run = recent.run;
             let metric = &frame.registry.point(p).metric;
             let dir = if st.z > 0.0 { "above" } else { "below" };
-            let severity = if st.z.abs() >= 2.0 * params.threshold {
-                Severity::Medium
-            } else {
-                Severity::Low
-            };
             out.push(point_finding(
                 frame,
                 p,
                 NAME,
                 st.z.abs(),
                 params.threshold,
-                severity,
+                statistical_severity(st.z.abs(), params.threshold),
                 attack::for_process_change(metric, st.class),
                 format!(
                     "{metric} = {} is {:.1}σ {dir} its learned baseline {} ± {} for {} samples",

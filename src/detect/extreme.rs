@@ -39,10 +39,10 @@
 //! `timescale`); a reading no farther than two reported within the history; the first
 //! 50 blocks (the fit needs them: 2.7 days of a week's history).
 
-use super::{point_finding, sig, tail, Detector, PerKind, PointTable};
+use super::{point_finding, sig, statistical_severity, tail, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity};
+use crate::model::Finding;
 use crate::time::{format_duration, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -296,11 +296,6 @@ impl Detector for Extreme {
             };
             let reach = (bar - largest).abs().max(f64::MIN_POSITIVE);
             let score = 1.0 + (x - bar).abs() / reach;
-            let severity = if score >= 2.0 {
-                Severity::Medium
-            } else {
-                Severity::Low
-            };
             let span = f64::from(h.block_len) * h.highs.len() as f64 * st.interval_ms.max(0.0);
             out.push(point_finding(
                 frame,
@@ -308,7 +303,7 @@ impl Detector for Extreme {
                 NAME,
                 score,
                 1.0,
-                severity,
+                statistical_severity(score, 1.0),
                 attack::for_process_change(metric, st.class),
                 format!(
                     "{metric} = {} is {side} {}, past what its last {} make likely once in {}; the most extreme of them was {}",

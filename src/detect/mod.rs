@@ -25,6 +25,7 @@ pub(crate) mod precedent;
 pub mod pulse;
 pub mod replay_attack;
 pub mod residual;
+pub mod seasonal;
 pub mod staleness;
 pub mod tail;
 pub mod tap;
@@ -49,6 +50,8 @@ pub struct DetectorParams {
     pub ewma_z: ewma::EwmaParams,
     /// A reading beyond its point's fitted tail.
     pub extreme: extreme::ExtremeParams,
+    /// A reading far from its point's daily or weekly cycle.
+    pub seasonal: seasonal::SeasonalParams,
     /// Two-sided CUSUM.
     pub cusum: cusum::CusumParams,
     /// Vanished noise.
@@ -82,6 +85,7 @@ impl DetectorParams {
     pub fn check(&self) -> Result<(), Broken> {
         self.ewma_z.check().map_err(|b| b.under("ewma_z"))?;
         self.extreme.check().map_err(|b| b.under("extreme"))?;
+        self.seasonal.check().map_err(|b| b.under("seasonal"))?;
         self.cusum.check().map_err(|b| b.under("cusum"))?;
         self.flatline.check().map_err(|b| b.under("flatline"))?;
         self.replay.check().map_err(|b| b.under("replay"))?;
@@ -195,6 +199,7 @@ enabled!(
     limits::LimitsParams,
     ewma::EwmaParams,
     extreme::ExtremeParams,
+    seasonal::SeasonalParams,
     cusum::CusumParams,
     flatline::FlatlineParams,
     replay_attack::ReplayParams,
@@ -256,6 +261,9 @@ pub fn build(config: &Setup) -> Vec<Box<dyn Detector>> {
     }
     if let Some(t) = table(cfg, |c| &c.extreme) {
         out.push(Box::new(extreme::Extreme::new(t)));
+    }
+    if let Some(t) = table(cfg, |c| &c.seasonal) {
+        out.push(Box::new(seasonal::Seasonal::new(t)));
     }
     if let Some(t) = table(cfg, |c| &c.envelope) {
         if DeviceKind::ALL
@@ -351,6 +359,15 @@ impl<S> PointTable<S> {
     /// Every point's state created so far.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &S> {
         self.0.iter().flatten()
+    }
+}
+
+/// The severity of a statistical finding: medium once its score is twice its threshold.
+pub(crate) fn statistical_severity(score: f64, threshold: f64) -> Severity {
+    if score >= 2.0 * threshold {
+        Severity::Medium
+    } else {
+        Severity::Low
     }
 }
 

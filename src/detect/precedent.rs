@@ -63,6 +63,70 @@ impl Precedent {
     }
 }
 
+/// One point's recent judgements of a z-score: the run under way, its strength and its
+/// precedent (`ewma_z`, `seasonal`).
+#[derive(Default)]
+pub(crate) struct Recent {
+    /// |z| of the last `persist_samples` samples judged (a ring, zeros until filled).
+    z: Vec<f64>,
+    /// Where the next |z| goes in the ring.
+    next: usize,
+    /// Samples in a row at or over the threshold.
+    pub(crate) run: u32,
+    /// The strongest runs among the last samples its baseline learned.
+    pub(crate) precedent: Precedent,
+}
+
+impl Recent {
+    /// Takes a judged z: whether the run's strength, the least |z| of the last
+    /// `persist` samples, reaches the bar — the threshold, and the precedent (the second
+    /// strongest run among the last `window` samples learned) unless an open alert
+    /// froze the sample (`!learned`): the precedent decides what starts an alert, not
+    /// how long it lasts. Returns that and the precedent.
+    pub(crate) fn judge(
+        &mut self,
+        z: f64,
+        threshold: f64,
+        persist: u32,
+        window: u32,
+        learned: bool,
+    ) -> (bool, f64) {
+        let strength = self.push(z.abs(), persist);
+        self.run = if z.abs() >= threshold {
+            self.run + 1
+        } else {
+            0
+        };
+        let precedent = self.precedent.second();
+        let bar = if learned {
+            threshold.max(precedent)
+        } else {
+            threshold
+        };
+        if window > 0 {
+            self.precedent.count(learned.then_some(strength), window);
+        }
+        (strength >= bar, precedent)
+    }
+
+    /// Takes a judged |z|; returns the run's strength, the least |z| of the last
+    /// `persist` samples (0 until there are that many).
+    fn push(&mut self, z: f64, persist: u32) -> f64 {
+        let persist = persist as usize;
+        if self.z.len() != persist {
+            self.z = vec![0.0; persist];
+            self.next = 0;
+        }
+        self.z[self.next] = z;
+        self.next = if self.next + 1 == persist {
+            0
+        } else {
+            self.next + 1
+        };
+        self.z.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ mod oscillation;
 mod pcap;
 mod replay_data;
 mod report;
+mod seasonal;
 mod snmp;
 mod soc;
 mod startup;
