@@ -81,7 +81,7 @@ impl Default for EwmaParams {
             threshold: 6.0,
             warmup_samples: 300,
             persist_samples: 3,
-            precedent_samples: 600,
+            precedent_samples: 2016,
         }
     }
 }

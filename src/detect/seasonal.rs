@@ -122,7 +122,7 @@ impl Default for SeasonalParams {
             threshold: 5.0,
             persist_samples: 6,
             explained: 0.5,
-            precedent_samples: 600,
+            precedent_samples: 2016,
         }
     }
 }
