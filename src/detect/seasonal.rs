@@ -127,7 +127,9 @@ impl Default for SeasonalParams {
     }
 }
 
-/// An exponentially weighted mean whose weight is 1/n until it settles at `alpha`.
+/// An exponentially weighted mean whose weight is 1/n until it settles at `alpha`; a
+/// value that would make it overflow is not taken (readings are written by attackers
+/// too: 1e308 then −1e308 must not leave a point's state infinite, silenced for good).
 #[derive(Default)]
 struct Ewm {
     value: f64,
@@ -136,9 +138,12 @@ struct Ewm {
 
 impl Ewm {
     fn push(&mut self, x: f64, alpha: f64) {
-        self.n += 1;
-        let a = (1.0 / self.n as f64).max(alpha);
-        self.value += a * (x - self.value);
+        let a = (1.0 / (self.n + 1) as f64).max(alpha);
+        let next = self.value + a * (x - self.value);
+        if next.is_finite() {
+            self.value = next;
+            self.n += 1;
+        }
     }
 }
 
@@ -193,8 +198,10 @@ impl Cycle {
     /// What the cycle predicts in slot `s` at `ts` and its scale, if it judges there (a
     /// slot on its second pass, a scale that has seen a whole period).
     fn predict(&self, ts: Ts, s: usize) -> Option<(f64, f64)> {
-        let ready =
-            self.passes[s] >= 2 && self.scale_from.is_some_and(|from| ts - from >= self.period);
+        let ready = self.passes[s] >= 2
+            && self
+                .scale_from
+                .is_some_and(|from| ts.saturating_sub(from) >= self.period);
         ready.then(|| (self.level + self.profile[s], self.scale.value))
     }
 
@@ -204,13 +211,16 @@ impl Cycle {
             let s = self.slot(self.pass);
             let mean = self.sum / f64::from(self.count);
             let n = self.passes[s];
-            self.profile[s] = if n == 0 {
+            let next = if n == 0 {
                 mean
             } else {
                 let w = 1.0 / f64::from(n.min(PASSES - 1) + 1);
                 self.profile[s] + w * (mean - self.profile[s])
             };
-            self.passes[s] = n.saturating_add(1);
+            if next.is_finite() {
+                self.profile[s] = next;
+                self.passes[s] = n.saturating_add(1);
+            }
         }
         self.pass = pass;
         self.sum = 0.0;
@@ -227,19 +237,25 @@ impl Cycle {
         }
         if self.passes[s] > 0 {
             let r = x - self.level - self.profile[s];
+            if !(MAD_TO_SIGMA * r).is_finite() {
+                // Past anything an f64 residual can hold: nothing to learn from it.
+                return;
+            }
             let step = if self.scale.n > 0 {
                 let c = CLIP * self.scale.value;
                 r.clamp(-c, c)
             } else {
                 r
             };
-            self.level += self.weights.0 * step;
+            self.level = Some(self.level + self.weights.0 * step)
+                .filter(|l| l.is_finite())
+                .unwrap_or(self.level);
             if normal {
                 self.scale.push(MAD_TO_SIGMA * r.abs(), self.weights.1);
                 self.scale_from.get_or_insert(ts);
             }
         }
-        if normal {
+        if normal && (self.sum + (x - self.level)).is_finite() {
             self.sum += x - self.level;
             self.count += 1;
         }
@@ -317,7 +333,7 @@ impl Detector for Seasonal {
             let judge = pt
                 .cycles
                 .iter()
-                .filter(|_| ts - pt.since >= 2 * longest)
+                .filter(|_| ts.saturating_sub(pt.since) >= longest.saturating_mul(2))
                 .filter_map(|c| c.predict(ts, c.slot(pass)).map(|(at, sc)| (c, at, sc)))
                 .filter(|&(_, _, sc)| sc <= params.explained * spread)
                 .min_by(|a, b| a.2.total_cmp(&b.2));
@@ -505,6 +521,65 @@ mod tests {
         // up), not one for every slot of the day.
         let runs = 1 + at.windows(2).filter(|w| w[1] > w[0] + 1).count();
         assert!(runs <= 2, "{runs} runs: {at:?}");
+    }
+
+    #[test]
+    fn absurd_readings_neither_panic_nor_silence_the_point() {
+        // Readings an attacker could write, at the edge of what an f64 holds, on a point
+        // whose cycle is learned: nothing panics, and a night at the day's mean is still
+        // found afterwards.
+        let start = 16 * DAY + 12;
+        let mut s = series(17, 6, daily);
+        for (i, v) in [
+            f64::MAX,
+            -f64::MAX,
+            1e308,
+            -1e308,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s[15 * DAY + 100 + 3 * i] = v;
+        }
+        for (i, v) in s.iter_mut().enumerate().skip(start).take(24) {
+            *v += 100.0 - daily(i);
+        }
+        let at = run(&s);
+        assert!(at.iter().any(|&i| i >= start && i < start + 24), "{at:?}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_readings_leave_every_state_finite(
+            xs in proptest::collection::vec(
+                proptest::prop_oneof![
+                    -1e6f64..1e6,
+                    proptest::sample::select(vec![f64::MAX, -f64::MAX, 1e300, -1e300, 0.0]),
+                ],
+                1..1500,
+            ),
+        ) {
+            // Hour-long and two-hour cycles, so a point is judged after 48 readings.
+            let params = SeasonalParams {
+                periods: vec![3_600_000, 7_200_000],
+                ..SeasonalParams::default()
+            };
+            let mut d = Seasonal::new(PerKind::from_fn(|_| params.clone()));
+            let mut h = Harness::new();
+            for (i, &v) in xs.iter().enumerate() {
+                h.feed_at(&mut d, "ups", "output_kw", i as Ts * FIVE_MIN, v);
+            }
+            for pt in d.points.iter() {
+                proptest::prop_assert!(pt.mean.value.is_finite() && pt.spread.value.is_finite());
+                for c in &pt.cycles {
+                    proptest::prop_assert!(c.level.is_finite() && c.scale.value.is_finite());
+                    proptest::prop_assert!(c.sum.is_finite());
+                    proptest::prop_assert!(c.profile.iter().all(|p| p.is_finite()));
+                }
+            }
+        }
     }
 
     #[test]
