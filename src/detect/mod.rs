@@ -403,6 +403,10 @@ pub(crate) fn sig(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
         return format!("{v}");
     }
+    if v.abs() >= 1e15 {
+        // A reading an attacker wrote as 1e308 is 309 digits in fixed notation.
+        return format!("{v:.3e}");
+    }
     let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 9) as usize;
     format!("{v:.digits$}")
 }
@@ -564,5 +568,19 @@ pub(crate) mod testkit {
         let mut rng = StdRng::seed_from_u64(seed);
         let d = Normal::new(0.0, sd).unwrap();
         (0..n).map(|_| level + d.sample(&mut rng)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sig;
+
+    #[test]
+    fn reasons_keep_four_significant_digits_and_huge_values_short() {
+        assert_eq!(sig(21.0749), "21.07");
+        assert_eq!(sig(1234.56), "1235");
+        assert_eq!(sig(0.0), "0");
+        assert_eq!(sig(1.7e308), "1.700e308");
+        assert_eq!(sig(-2.5e20), "-2.500e20");
     }
 }
