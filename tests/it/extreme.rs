@@ -7,20 +7,14 @@
 //! lasts one reading. `ewma_z` needs three readings in a row and never sees it; the
 //! 4-hour range of `timescale` does, at the block's close 2.5 hours later.
 
-use crate::support::{replay_opened, repo};
+use crate::support::{opened_by, repo};
 
 const SURGE: &str = "2026-06-03T01:26:40.000Z";
 
 /// (opened at, detector) of the alerts a replay opened.
 fn opened(config: Option<&str>) -> Vec<(String, String)> {
     let capture = repo("tests/fixtures/surge-5min.csv");
-    replay_opened(capture.to_str().unwrap(), config)
-        .iter()
-        .map(|a| {
-            let text = |k: &str| a[k].as_str().unwrap().to_string();
-            (text("ts"), text("detector"))
-        })
-        .collect()
+    opened_by(capture.to_str().unwrap(), config)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! holds about 100, the day's mean, as noisy as ever: never beyond the daily range, never a lone surge, and
 //! 12σ from what the cycle predicts for the hour.
 
-use crate::support::replay_opened;
+use crate::support::opened_by;
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use std::f64::consts::TAU;
@@ -47,15 +47,7 @@ fn a_night_at_the_days_level_is_found_by_its_daily_cycle_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("load-5min.csv");
     std::fs::write(&path, capture()).unwrap();
-    let opened = |config: Option<&str>| -> Vec<(String, String)> {
-        replay_opened(path.to_str().unwrap(), config)
-            .iter()
-            .map(|a| {
-                let text = |k: &str| a[k].as_str().unwrap().to_string();
-                (text("ts"), text("detector"))
-            })
-            .collect()
-    };
+    let opened = |config: Option<&str>| opened_by(path.to_str().unwrap(), config);
     let (from, to) = (at(START), at(END));
     let all = opened(None);
     let seasonal: Vec<&String> = all

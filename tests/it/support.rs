@@ -88,6 +88,17 @@ pub fn replay_opened(capture: &str, config: Option<&str>) -> Vec<serde_json::Val
         .collect()
 }
 
+/// (opened at, detector) of the alerts a replay of `capture` opened.
+pub fn opened_by(capture: &str, config: Option<&str>) -> Vec<(String, String)> {
+    replay_opened(capture, config)
+        .iter()
+        .map(|a| {
+            let text = |k: &str| a[k].as_str().unwrap().to_string();
+            (text("ts"), text("detector"))
+        })
+        .collect()
+}
+
 /// Alert JSONL lines with the one wall-clock field removed, for comparisons.
 pub fn alerts_without_wall_clock(text: &str) -> Vec<serde_json::Value> {
     text.lines()
