@@ -23,9 +23,13 @@ pub struct FeatureParams {
     /// While an open alert of a detector that judges values names it (not `event_time`,
     /// `protocol` or `staleness`), a settled point's running statistics do not learn
     /// (an attack under way must not become the baseline and close its own alert), for
-    /// at most this many samples in a row: a lasting change nobody reverts is learned,
-    /// Huber-clipped, after that. 0 never freezes.
+    /// at most this many samples in a row and at most `freeze_for`: a lasting change
+    /// nobody reverts is learned, Huber-clipped, after that. 0 never freezes.
     pub freeze_samples: u32,
+    /// The longest a point's running statistics stay frozen, in event time (`"1d"`): a
+    /// point read every 5 minutes is not frozen for the 12 days its samples would span.
+    #[serde(deserialize_with = "crate::time::serde_duration::deserialize")]
+    pub freeze_for: i64,
 }
 
 impl Default for FeatureParams {
@@ -34,6 +38,7 @@ impl Default for FeatureParams {
             halflife_samples: 600.0,
             clip_sigma: 3.0,
             freeze_samples: 3_600,
+            freeze_for: 86_400_000,
         }
     }
 }
@@ -50,7 +55,8 @@ impl FeatureParams {
             self.clip_sigma > 0.0,
             "clip_sigma",
             "must be greater than 0",
-        )
+        )?;
+        rule(self.freeze_for >= 0, "freeze_for", "must not be negative")
     }
 }
 
@@ -96,6 +102,10 @@ pub struct PointState {
     pub z: f64,
     /// Samples in a row not learned from because an open alert named the point.
     pub frozen: u32,
+    /// Samples in a row an open alert named the point, and the first one's time (the
+    /// freeze's bounds count them).
+    suspect_run: u32,
+    suspect_since: Ts,
     window: [f64; WINDOW],
     distinct: Vec<f64>,
     continuous: bool,
@@ -121,6 +131,8 @@ impl PointState {
             resolution: f64::INFINITY,
             z: 0.0,
             frozen: 0,
+            suspect_run: 0,
+            suspect_since: Ts::MIN,
             window: [0.0; WINDOW],
             distinct: Vec::with_capacity(DISCRETE_MAX_DISTINCT + 1),
             continuous: false,
@@ -198,7 +210,18 @@ impl PointState {
         }
         // A baseline still settling (its first half-life of samples) is not frozen.
         let settled = self.n as f64 >= p.halflife_samples;
-        if learn || !settled || self.frozen >= p.freeze_samples {
+        if learn {
+            self.suspect_run = 0;
+        } else {
+            if self.suspect_run == 0 {
+                self.suspect_since = ts;
+            }
+            self.suspect_run = self.suspect_run.saturating_add(1);
+        }
+        // Past either bound, every sample is learned until no alert names the point.
+        let thawed = self.suspect_run > p.freeze_samples
+            || ts.saturating_sub(self.suspect_since) >= p.freeze_for;
+        if learn || !settled || thawed {
             self.frozen = 0;
             self.update_stats(value, p);
         } else {
@@ -425,6 +448,37 @@ mod tests {
         assert!((p.mean - 10.06).abs() < 0.03, "mean {}", p.mean);
         st.update(&reg, 0, 3_000_000, 12.0, Quality::Good);
         assert!(st.point(0).z > 20.0, "z {}", st.point(0).z);
+    }
+
+    /// The samples learned while an open alert names a point the whole time: a settled
+    /// point read every `every` ms, then a step held for `held` samples.
+    fn learned_under_an_alert(every: Ts, held: u32) -> Vec<bool> {
+        let mut reg = Registry::new(10);
+        let p = reg.intern("s", "d", "other", "x").unwrap();
+        let mut st = FeatureStore::new(FeatureParams::default());
+        for i in 0..1_000 {
+            let v = 10.0 + (i % 7) as f64 * 0.1;
+            st.update(&reg, p, i * every, v, Quality::Good);
+        }
+        (1_000..1_000 + Ts::from(held))
+            .map(|i| {
+                st.update_learning(&reg, p, i * every, 20.0, Quality::Good, false);
+                st.point(p).frozen == 0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_freeze_ends_after_its_samples_or_a_day_and_then_every_sample_is_learned() {
+        // At 1 Hz the 3,600-sample bound comes first: an hour frozen, then the lasting
+        // change is learned sample after sample (not one sample in 3,601 as once).
+        let learned = learned_under_an_alert(1_000, 5_000);
+        assert!(learned[..3_600].iter().all(|&l| !l));
+        assert!(learned[3_600..].iter().all(|&l| l));
+        // Every 5 minutes a day comes first: 288 samples frozen, not 12 days' worth.
+        let learned = learned_under_an_alert(300_000, 1_000);
+        assert!(learned[..288].iter().all(|&l| !l));
+        assert!(learned[288..].iter().all(|&l| l));
     }
 
     #[test]
