@@ -482,6 +482,14 @@ mod tests {
     }
 
     #[test]
+    fn a_freeze_bound_in_time_is_read_from_the_config() {
+        let c = crate::Config::from_toml_str("[features]\nfreeze_for = \"2h\"\n", "t").unwrap();
+        assert_eq!(c.features.freeze_for, 7_200_000);
+        assert_eq!(c.features.freeze_samples, 3_600);
+        assert!(crate::Config::from_toml_str("[features]\nfreeze_for = \"soon\"\n", "t").is_err());
+    }
+
+    #[test]
     fn a_point_registered_but_not_yet_sampled_is_absent_not_a_panic() {
         // Live sources intern a reading when it arrives; it may still sit in the
         // reorder buffer while another frame of its device is judged.

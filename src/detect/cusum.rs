@@ -4,7 +4,9 @@
 //!   block means, the trend slowly (ten times the level's half-life), with each step
 //!   clipped at 3σ. While a drift builds up the reference only extrapolates its trend,
 //!   so the drift is not absorbed; after `rebaseline_blocks` in alarm the new level is
-//!   accepted. Following the trend keeps daily load profiles from looking like drifts.
+//!   accepted, and once an alarm ends the point is judged afresh from its present level
+//!   (the sums it leaves would carry its drift into the next alarm). Following the trend
+//!   keeps daily load profiles from looking like drifts.
 //! - σ is the long-run spread of block means around the reference's one-block-ahead
 //!   prediction, learned online; so is how much autocorrelation inflates the variance of
 //!   a sum of 16 consecutive deviations, and z is divided by the square root of that
@@ -261,7 +263,14 @@ impl Detector for Cusum {
             if let Some(tap) = &self.tap {
                 tap.record(Rule::Cusum, frame.kind(), p, frame.ts, Some(score), 1);
             }
-            if score < params.threshold {
+            if score < params.threshold && s.alarm_blocks > 0 {
+                // An alarm ended: its drift was reported, and the sums it leaves (up to
+                // the threshold, with learning stopped above half of it) would carry it
+                // into the next alarm hours later. The point is judged afresh from where
+                // it is now, its trend kept.
+                s.reference = block;
+                (s.s_hi, s.s_lo, s.alarm_blocks, s.relearn) = (0.0, 0.0, 0, RELEARN_BLOCKS - 1);
+            } else if score < params.threshold {
                 s.alarm_blocks = 0;
             } else if s.alarm_blocks >= params.rebaseline_blocks {
                 s.reference = block;
@@ -325,6 +334,40 @@ mod tests {
         // The level stays down: after the rebaseline period the alarm stops for good.
         let last = h.findings.last().unwrap().0;
         assert!(last < n - 3600, "alarm ended at {last}");
+    }
+
+    #[test]
+    fn an_ended_alarm_does_not_carry_its_drift_into_another_one() {
+        // A room's supply air after a thermal upset: 20 minutes far up, then settled a
+        // little above where it was. When the alarm ends its sums are still near the
+        // threshold, learning stopped above half of it; they once hovered there for an
+        // hour on the simulator's CRAH and crossed again: a second alert "since" the
+        // old upset. Now the point is judged afresh from where it is when one ends.
+        let n = 8 * 3600;
+        let mut series = noisy(n, 18.6, 0.5, 7);
+        let (upset, settled) = (3 * 3600, 3 * 3600 + 20 * 60);
+        for (i, v) in series.iter_mut().enumerate().skip(upset) {
+            *v += if i < settled { 1.0 } else { 0.073 };
+        }
+        let mut h = Harness::new();
+        let mut d = det();
+        let mut ended = None;
+        for (i, &v) in series.iter().enumerate() {
+            h.feed(&mut d, "crah", "supply_air_temp_c", v);
+            let last = h.findings.last().map(|f| f.0);
+            if ended.is_none() && last.is_some_and(|at| i == at + 30) {
+                ended = Some(i);
+                let s = d.state.get(0).expect("judged");
+                assert_eq!((s.s_hi, s.s_lo), (0.0, 0.0), "the sums start again");
+                assert!((s.reference - 18.673).abs() < 0.3, "{}", s.reference);
+            }
+        }
+        assert_eq!(h.count_before(upset), 0);
+        let at: Vec<usize> = h.findings.iter().map(|f| f.0).collect();
+        assert!(at[0] < settled && ended.is_some(), "{at:?}");
+        // A finding every block while in alarm: a gap of more than one is another.
+        let alarms = 1 + at.windows(2).filter(|w| w[1] - w[0] > 30).count();
+        assert_eq!(alarms, 1, "{at:?}");
     }
 
     #[test]
