@@ -1,17 +1,11 @@
 //! A facility's first hour and a half, from cold and with no attack, raises no alarm,
 //! though its baselines are young: the real binary from simulation to alerts.
 
-use crate::support::{command_ok, replay_opened, wattchdog};
+use crate::support::{command_ok, opened_fields, wattchdog};
 
 /// Detectors of the alerts a replay of `capture` opened, with their devices.
 fn alerts(capture: &str, config: Option<&str>) -> Vec<(String, String)> {
-    replay_opened(capture, config)
-        .iter()
-        .map(|a| {
-            let text = |k: &str| a[k].as_str().unwrap().to_string();
-            (text("detector"), text("device"))
-        })
-        .collect()
+    opened_fields(capture, config, ["detector", "device"])
 }
 
 /// The edge facility's UPS follows its load, which wanders over tens of minutes: 19

@@ -90,11 +90,20 @@ pub fn replay_opened(capture: &str, config: Option<&str>) -> Vec<serde_json::Val
 
 /// (opened at, detector) of the alerts a replay of `capture` opened.
 pub fn opened_by(capture: &str, config: Option<&str>) -> Vec<(String, String)> {
+    opened_fields(capture, config, ["ts", "detector"])
+}
+
+/// Two text fields of each alert a replay of `capture` opened.
+pub fn opened_fields(
+    capture: &str,
+    config: Option<&str>,
+    [first, second]: [&str; 2],
+) -> Vec<(String, String)> {
     replay_opened(capture, config)
         .iter()
         .map(|a| {
             let text = |k: &str| a[k].as_str().unwrap().to_string();
-            (text("ts"), text("detector"))
+            (text(first), text(second))
         })
         .collect()
 }
