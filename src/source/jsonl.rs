@@ -305,12 +305,8 @@ impl<'a> Canonical<'a> {
     fn read(line: &'a str) -> Option<Self> {
         let mut rest = line.strip_prefix(r#"{"ts":""#)?;
         let mut field = |next: &str| -> Option<&'a str> {
-            let end = memchr::memchr(b'"', rest.as_bytes())?;
+            let end = plain_string_len(rest.as_bytes())?;
             let (text, after) = rest.split_at(end);
-            // A backslash starts an escape; a control character is invalid in JSON.
-            if text.bytes().any(|b| b == b'\\' || b < 0x20) {
-                return None;
-            }
             rest = after.strip_prefix(next)?;
             Some(text)
         };
@@ -332,6 +328,37 @@ impl<'a> Canonical<'a> {
             value,
         })
     }
+}
+
+/// Where the JSON string text at the start of `b` ends (its closing quote), if nothing
+/// before that needs serde: a backslash starts an escape, a control character is invalid.
+/// Eight bytes at a time (a scan for the quote, then a second pass over the field, cost
+/// a tenth of a replay): in a word, the lowest byte flagged as a quote, a backslash or
+/// below 0x20 is one (a false flag only ever sits above a true one).
+fn plain_string_len(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    let special = |w: u64| {
+        (zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w))
+            & HIGH
+    };
+    let mut words = b.chunks_exact(8);
+    for (i, word) in words.by_ref().enumerate() {
+        let w = u64::from_le_bytes(word.try_into().ok()?);
+        let flags = special(w);
+        if flags != 0 {
+            let at = i * 8 + (flags.trailing_zeros() / 8) as usize;
+            return (b[at] == b'"').then_some(at);
+        }
+    }
+    let tail = words.remainder();
+    let at = tail
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (tail[at] == b'"').then_some(b.len() - tail.len() + at)
 }
 
 /// Whether `s` is a JSON number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -564,6 +591,28 @@ mod tests {
     proptest! {
         /// The line parser never panics on arbitrary bytes.
         /// A line the fast path reads is the reading serde reads from it.
+        #[test]
+        fn a_string_ends_where_a_byte_by_byte_scan_says(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    8 => 0x20u8..0x7f,
+                    1 => Just(b'"'),
+                    1 => Just(b'\\'),
+                    1 => 0u8..0x20,
+                    // The edges of the bit tricks' ranges.
+                    1 => prop_oneof![Just(0u8), Just(0x1f), Just(0x20), Just(0x21), Just(0x80), Just(0xff)],
+                    1 => 0x7fu8..=0xff,
+                ],
+                0..40,
+            ),
+        ) {
+            let naive = bytes
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .filter(|&at| bytes[at] == b'"');
+            prop_assert_eq!(plain_string_len(&bytes), naive, "{:?}", bytes);
+        }
+
         #[test]
         fn the_fast_path_reads_what_serde_reads(
             fields in proptest::collection::vec("[ -~\u{e9}\u{7f}\u{1}]{0,6}", 4),
