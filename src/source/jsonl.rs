@@ -304,17 +304,11 @@ struct Canonical<'a> {
 impl<'a> Canonical<'a> {
     fn read(line: &'a str) -> Option<Self> {
         let mut rest = line.strip_prefix(r#"{"ts":""#)?;
-        let mut field = |next: &str| -> Option<&'a str> {
-            let end = plain_string_len(rest.as_bytes())?;
-            let (text, after) = rest.split_at(end);
-            rest = after.strip_prefix(next)?;
-            Some(text)
-        };
-        let ts = field(r#"","site":""#)?;
-        let site = field(r#"","device":""#)?;
-        let device = field(r#"","kind":""#)?;
-        let kind = field(r#"","metric":""#)?;
-        let metric = field(r#"","value":"#)?;
+        let ts = field(&mut rest, r#"","site":""#)?;
+        let site = field(&mut rest, r#"","device":""#)?;
+        let device = field(&mut rest, r#"","kind":""#)?;
+        let kind = field(&mut rest, r#"","metric":""#)?;
+        let metric = field(&mut rest, r#"","value":"#)?;
         let number = rest.strip_suffix('}')?;
         json_number(number)?;
         // serde refuses a number too large for an f64 (`1e999`); so does this path.
@@ -328,6 +322,16 @@ impl<'a> Canonical<'a> {
             value,
         })
     }
+}
+
+/// The string text at the start of `rest`, which then moves past `next` (the text that
+/// must follow it). Inlined, so each `next` is compared as the constant it is.
+#[inline(always)]
+fn field<'a>(rest: &mut &'a str, next: &str) -> Option<&'a str> {
+    let end = plain_string_len(rest.as_bytes())?;
+    let (text, after) = rest.split_at(end);
+    *rest = after.strip_prefix(next)?;
+    Some(text)
 }
 
 /// Where the JSON string text at the start of `b` ends (its closing quote), if nothing
