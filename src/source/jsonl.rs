@@ -336,8 +336,8 @@ fn field<'a>(rest: &mut &'a str, next: &str) -> Option<&'a str> {
 
 /// Where the JSON string text at the start of `b` ends (its closing quote), if nothing
 /// before that needs serde: a backslash starts an escape, a control character is invalid.
-/// Eight bytes at a time (a scan for the quote, then a second pass over the field, cost
-/// a tenth of a replay): in a word, the lowest byte flagged as a quote, a backslash or
+/// Eight bytes at a time (a scan for the quote, then a second pass over the field, were
+/// about a tenth of a replay's instructions): in a word, the lowest byte flagged as a quote, a backslash or
 /// below 0x20 is one (a false flag only ever sits above a true one).
 fn plain_string_len(b: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
@@ -593,8 +593,7 @@ mod tests {
     }
 
     proptest! {
-        /// The line parser never panics on arbitrary bytes.
-        /// A line the fast path reads is the reading serde reads from it.
+        /// The word-at-a-time scan finds what a byte-at-a-time one finds.
         #[test]
         fn a_string_ends_where_a_byte_by_byte_scan_says(
             bytes in proptest::collection::vec(
@@ -617,6 +616,8 @@ mod tests {
             prop_assert_eq!(plain_string_len(&bytes), naive, "{:?}", bytes);
         }
 
+        /// The line parser never panics on arbitrary bytes.
+        /// A line the fast path reads is the reading serde reads from it.
         #[test]
         fn the_fast_path_reads_what_serde_reads(
             fields in proptest::collection::vec("[ -~\u{e9}\u{7f}\u{1}]{0,6}", 4),

@@ -388,12 +388,13 @@ const SIDE_BY_SIDE: usize = 8;
 /// iforest`, two rounds alternating).
 const BATCH_LANES: usize = 16;
 
-/// A node of [`FlatTrees`]: 32 bytes, so a step of a walk reads one cache line. (With
-/// ranges and leaves in arrays of their own and 16-byte nodes, a replay's walks missed
-/// L1 20 % more often: callgrind's cache simulation.) A leaf points at itself and compares against NaN (so every row
-/// stays there) and has an infinite range (so nothing is cut at it): a walk needs no
-/// branch to stop, it just takes as many steps as its deepest tree. Its path length is
-/// in the node (in the cache line the walk last loaded).
+/// A node of [`FlatTrees`]: 32 bytes, so a step of a walk reads one cache line (with
+/// ranges and leaves in arrays of their own beside 16-byte nodes, a replay's walks
+/// missed L1 20 % more often: callgrind's cache simulation). A leaf points at itself
+/// and compares against NaN (so every row stays there) and has an infinite range (so
+/// nothing is cut at it): a walk needs no branch to stop, it just takes as many steps
+/// as its deepest tree. Its path length is in the node (in the cache line the walk last
+/// loaded).
 #[derive(Clone, Copy)]
 struct FlatNode {
     value: f64,
@@ -527,8 +528,8 @@ impl FlatTrees {
     /// of the row width: several rows through one tree), for `steps` steps (a walk at a
     /// leaf stays there and is cut nothing more, so none needs a branch to stop).
     /// Lanes past `out.len()` idle at the idle leaf on the first row, so every step
-    /// walks all `N` lanes, a loop the compiler unrolls. `out[k]` = its path length, expected (`EXTRAPOLATE`, see
-    /// [`IsolationForest::extrapolate`]) or plain: depth plus the leaf's adjustment, with
+    /// walks all `N` lanes, a loop the compiler unrolls. `out[k]` = its path length,
+    /// expected (`EXTRAPOLATE`, see [`IsolationForest::extrapolate`]) or plain: depth plus the leaf's adjustment, with
     /// the arithmetic of one walk in its order, so the same bits in every layout.
     #[inline]
     fn walk<const EXTRAPOLATE: bool, const N: usize>(
