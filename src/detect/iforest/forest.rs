@@ -405,6 +405,20 @@ struct FlatNode {
     left: u32,
 }
 
+impl FlatNode {
+    /// A leaf at index `at` whose path length is `leaf`.
+    fn leaf(at: u32, leaf: f64) -> Self {
+        FlatNode {
+            value: f64::NAN,
+            leaf,
+            lo: f32::NEG_INFINITY,
+            hi: f32::INFINITY,
+            feature: 0,
+            left: at,
+        }
+    }
+}
+
 /// Every tree's nodes in one array (children indexed in it), laid out once from
 /// validated trees. The trees must not change after it: it is built at the first score.
 struct FlatTrees {
@@ -440,14 +454,7 @@ impl FlatTrees {
             for (i, n) in tree.iter().enumerate() {
                 let at = base + i as u32;
                 if n.feature == LEAF {
-                    nodes.push(FlatNode {
-                        value: f64::NAN,
-                        leaf: n.value,
-                        lo: f32::NEG_INFINITY,
-                        hi: f32::INFINITY,
-                        feature: 0,
-                        left: at,
-                    });
+                    nodes.push(FlatNode::leaf(at, n.value));
                 } else {
                     for child in [n.left as usize, n.left as usize + 1] {
                         depth[child] = depth[i] + 1;
@@ -467,29 +474,19 @@ impl FlatTrees {
         }
         // The idle leaf (see `walk`).
         let idle = nodes.len() as u32;
-        nodes.push(FlatNode {
-            value: f64::NAN,
-            leaf: 0.0,
-            lo: f32::NEG_INFINITY,
-            hi: f32::INFINITY,
-            feature: 0,
-            left: idle,
-        });
+        nodes.push(FlatNode::leaf(idle, 0.0));
         let steps = depths
             .chunks(SIDE_BY_SIDE)
             .map(|d| d.iter().copied().max().unwrap_or(0))
             .collect();
         let rest = [0, 1].map(|e| {
-            let mut rest: Vec<f64> = least
-                .chunks(SIDE_BY_SIDE)
-                .rev()
-                .scan(0.0, |after, group| {
-                    let this = *after;
-                    *after += group.iter().map(|l| l[e]).sum::<f64>();
-                    Some(this)
-                })
-                .collect();
-            rest.reverse();
+            let groups = least.chunks(SIDE_BY_SIDE);
+            let mut rest = vec![0.0; groups.len()];
+            let mut after = 0.0;
+            for (r, group) in rest.iter_mut().zip(groups).rev() {
+                *r = after;
+                after += group.iter().map(|l| l[e]).sum::<f64>();
+            }
             rest
         });
         FlatTrees {
