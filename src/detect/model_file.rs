@@ -67,37 +67,52 @@ pub enum ModelError {
     },
 }
 
-/// Parses a versioned model file of any detector: the version first, so an old or
-/// future file says so instead of failing on a field; then the whole file, then
-/// `check`. `origin` names the file in errors.
-pub fn parse_versioned<T: serde::de::DeserializeOwned>(
+/// A model file that says which format it is in.
+pub trait VersionedFile: serde::de::DeserializeOwned {
+    /// The file's `format_version`.
+    fn format_version(&self) -> u32;
+}
+
+/// Parses a versioned model file of any detector, then runs `check`. An old or future
+/// file says so instead of failing on a field: its version is read on its own only when
+/// the whole file does not parse (a forest is megabytes of JSON, read once, not twice).
+/// `origin` names the file in errors.
+pub fn parse_versioned<T: VersionedFile>(
     text: &str,
     origin: &str,
     version: u32,
     check: impl FnOnce(&T) -> Result<(), String>,
 ) -> Result<T, ModelError> {
-    let parse = |e: serde_json::Error| ModelError::Parse {
+    let wrong_version = |found: Option<u64>| ModelError::Invalid {
         path: origin.to_owned(),
-        message: e.to_string(),
+        problem: format!(
+            "format_version {found:?}; this build reads {version} (retrain with `wattchdog train`)"
+        ),
     };
-    // Only the version, the rest skipped unread (a forest is megabytes of JSON).
-    #[derive(serde::Deserialize)]
-    struct Versioned {
-        format_version: Option<serde_json::Value>,
+    let m: T = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            // Only the version, the rest skipped unread.
+            #[derive(serde::Deserialize)]
+            struct Versioned {
+                format_version: Option<serde_json::Value>,
+            }
+            // `None`: not even a JSON object; `Some(None)`: no usable version.
+            let found = serde_json::from_str::<Versioned>(text)
+                .ok()
+                .map(|v| v.format_version.and_then(|v| v.as_u64()));
+            return Err(match found {
+                Some(found) if found != Some(u64::from(version)) => wrong_version(found),
+                _ => ModelError::Parse {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                },
+            });
+        }
+    };
+    if m.format_version() != version {
+        return Err(wrong_version(Some(u64::from(m.format_version()))));
     }
-    let found = serde_json::from_str::<Versioned>(text)
-        .map_err(parse)?
-        .format_version
-        .and_then(|v| v.as_u64());
-    if found != Some(u64::from(version)) {
-        return Err(ModelError::Invalid {
-            path: origin.to_owned(),
-            problem: format!(
-                "format_version {found:?}; this build reads {version} (retrain with `wattchdog train`)"
-            ),
-        });
-    }
-    let m: T = serde_json::from_str(text).map_err(parse)?;
     check(&m).map_err(|problem| ModelError::Invalid {
         path: origin.to_owned(),
         problem,

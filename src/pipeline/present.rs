@@ -116,10 +116,17 @@ impl Present {
 
     fn recompute(&mut self) -> Option<Ts> {
         self.since = 0;
+        let k = self.voters / 4;
+        // The present never goes back, so only the votes past it can move it: unless
+        // more than k are, the k-th newest is not past it either, and nothing is sorted
+        // (most calls, as a round of votes arrives; `Ts::MIN`, no vote, is past nothing).
+        let floor = self.at.unwrap_or(Ts::MIN);
         self.scratch.clear();
         self.scratch
-            .extend(self.votes.iter().copied().filter(|v| *v != Ts::MIN));
-        let k = self.voters / 4;
+            .extend(self.votes.iter().copied().filter(|&v| v > floor));
+        if self.scratch.len() <= k {
+            return None;
+        }
         let (_, kth, _) = self.scratch.select_nth_unstable_by(k, |a, b| b.cmp(a));
         let mut candidate = *kth;
         if let Some(clock) = self.clock {
@@ -205,6 +212,53 @@ mod tests {
             let newest = *honest.iter().max().unwrap();
             let oldest = *honest.iter().min().unwrap();
             prop_assert!(at <= newest && at >= oldest.min(lie));
+        }
+
+        /// Whatever the votes, retractions and clock, each settle moves the present to
+        /// the k-th newest vote (capped by the clock) exactly when that is later, as
+        /// sorting every vote says.
+        #[test]
+        fn it_moves_where_sorting_every_vote_says(
+            ops in prop::collection::vec((0u8..8, 0usize..24, 0i64..50), 1..300),
+        ) {
+            let max_ahead = 5;
+            let mut p = Present::new(max_ahead);
+            p.start(10);
+            let (mut votes, mut at, mut clock) = (vec![Ts::MIN; 24], 10, None::<Ts>);
+            for (op, point, ts) in ops {
+                match op {
+                    0..=4 => {
+                        p.vote(point, ts);
+                        votes[point] = votes[point].max(ts);
+                    }
+                    // As the pipeline does: only a point that voted takes its claim back.
+                    5 if votes[point] != Ts::MIN => {
+                        p.retract(point, ts);
+                        votes[point] = ts;
+                    }
+                    5 => {}
+                    6 => {
+                        p.trust(ts);
+                        at = at.max(ts);
+                        clock = Some(clock.map_or(ts, |c: Ts| c.max(ts)));
+                    }
+                    _ => {
+                        let moved = p.settle(true);
+                        let mut voted: Vec<Ts> =
+                            votes.iter().copied().filter(|&v| v != Ts::MIN).collect();
+                        voted.sort_unstable_by(|a, b| b.cmp(a));
+                        let expected = voted.get(voted.len() / 4).map(|&kth| {
+                            clock.map_or(kth, |c| kth.min(c + max_ahead))
+                        });
+                        let want = expected.filter(|&e| e > at);
+                        prop_assert_eq!(moved, want);
+                        if let Some(w) = want {
+                            at = w;
+                        }
+                    }
+                }
+                prop_assert_eq!(p.at(), Some(at));
+            }
         }
     }
 }

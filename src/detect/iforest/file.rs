@@ -4,7 +4,7 @@
 //! each problem is an error naming the file.
 
 use super::forest::{IForestError, IsolationForest, IsolationForestValidParams};
-use crate::detect::model_file::{parse_versioned, ModelError, Provenance};
+use crate::detect::model_file::{parse_versioned, ModelError, Provenance, VersionedFile};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -40,6 +40,12 @@ pub struct ModelFile {
     pub forest: IsolationForest,
     /// Provenance.
     pub provenance: Provenance,
+}
+
+impl VersionedFile for ModelFile {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
 }
 
 impl ModelFile {
@@ -180,6 +186,16 @@ mod tests {
         assert!(err(&|m| m.forest.trees[0][0].left = 0).contains("tree 0"));
         let e = ModelFile::from_json("{\"format_version\": 1}", "m.json").unwrap_err();
         assert!(e.to_string().starts_with("model m.json:"), "{e}");
+        // A file of another version says so, whatever else it holds.
+        for text in [
+            r#"{"format_version": 7, "trees": "elsewhere"}"#,
+            r#"{"kind": "ups"}"#,
+        ] {
+            let e = ModelFile::from_json(text, "m.json")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("format_version") && e.contains("reads 1"), "{e}");
+        }
     }
 
     proptest! {

@@ -6,7 +6,9 @@
 //! an error naming the file.
 
 use super::fit::Fitted;
-use crate::detect::model_file::{parse_versioned, read_optional, ModelError, Provenance};
+use crate::detect::model_file::{
+    parse_versioned, read_optional, ModelError, Provenance, VersionedFile,
+};
 use crate::model::DeviceKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,6 +70,12 @@ pub struct ResidualModel {
     pub model: std::sync::Arc<Fitted>,
     /// The file it came from.
     pub origin: String,
+}
+
+impl VersionedFile for ResidualFile {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
 }
 
 impl ResidualFile {
