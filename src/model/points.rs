@@ -54,6 +54,8 @@ pub struct Registry {
     max_points: usize,
     /// The device named last: a capture names one device many times in a row.
     last: Option<DeviceId>,
+    /// This registry among all of the process's (caches of its answers check it).
+    id: u64,
 }
 
 impl Registry {
@@ -65,7 +67,21 @@ impl Registry {
             by_name: FxHashMap::default(),
             max_points,
             last: None,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
+    }
+
+    /// This registry's identity, unique in the process (never 0).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The most points it registers.
+    pub fn max_points(&self) -> usize {
+        self.max_points
     }
 
     /// Points and devices registered.

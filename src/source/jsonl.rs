@@ -6,7 +6,7 @@
 
 use super::{BadReason, CaptureSource, FileStats, Lines};
 use crate::model::event::Event;
-use crate::model::points::Registry;
+use crate::model::points::{PointId, Registry};
 use crate::model::{Command, Quality, Ts, WireProtocol};
 use crate::time::{epoch_auto, TimeFormat};
 use serde::de::{self, Deserializer, Visitor};
@@ -20,6 +20,7 @@ pub struct JsonlSource {
     lines: Lines,
     stats: FileStats,
     last_ts: LastTs,
+    names: Names,
 }
 
 impl JsonlSource {
@@ -29,6 +30,7 @@ impl JsonlSource {
             lines: Lines::new(reader, max_line, 0),
             stats: FileStats::new(&name, "jsonl"),
             last_ts: LastTs::default(),
+            names: Names::default(),
         }
     }
 }
@@ -36,7 +38,7 @@ impl JsonlSource {
 impl CaptureSource for JsonlSource {
     fn next_event(&mut self, reg: &mut Registry) -> Option<Event> {
         while let Some((line, text)) = self.lines.next_line(&mut self.stats) {
-            match parse(text, reg, &mut self.last_ts) {
+            match parse(text, reg, &mut self.last_ts, &mut self.names) {
                 Ok(ev) => {
                     match ev {
                         Event::Sample { .. } => self.stats.readings += 1,
@@ -207,16 +209,61 @@ impl LastTs {
 
 /// Parses one line into an event, interning readings.
 pub fn parse_line(line: &[u8], reg: &mut Registry) -> Result<Event, LineError> {
-    parse(line, reg, &mut LastTs::default())
+    parse(line, reg, &mut LastTs::default(), &mut Names::default())
 }
 
-fn parse(line: &[u8], reg: &mut Registry, last_ts: &mut LastTs) -> Result<Event, LineError> {
+fn parse(
+    line: &[u8],
+    reg: &mut Registry,
+    last_ts: &mut LastTs,
+    names: &mut Names,
+) -> Result<Event, LineError> {
     let text = std::str::from_utf8(line).map_err(|e| (BadReason::InvalidUtf8, e.to_string()))?;
     if let Some(c) = Canonical::read(text) {
         let ts = last_ts.parse(c.ts)?;
-        return reading(ts, c.site, c.device, c.kind, c.metric, c.value, None, reg);
+        if let Some(point) = names.get(reg, c.names) {
+            return Ok(Event::Sample {
+                ts,
+                point,
+                value: c.value,
+                quality: Quality::Good,
+            });
+        }
+        let ev = reading(ts, c.site, c.device, c.kind, c.metric, c.value, None, reg)?;
+        if let Event::Sample { point, .. } = ev {
+            names.insert(reg, c.names, point);
+        }
+        return Ok(ev);
     }
     parse_with_serde(text, reg, last_ts)
+}
+
+/// The point each canonical line's names were interned as, keyed by the line's text from
+/// the site to the metric (one hash and one comparison, where the registry compares the
+/// site, the device and the metric one by one). A cache of one registry's answers: it
+/// is emptied when handed another registry, and when an attacker's lines (one point
+/// named with many kinds) make it outgrow the registry's own bound.
+#[derive(Default)]
+struct Names {
+    registry: u64,
+    points: rustc_hash::FxHashMap<Box<[u8]>, PointId>,
+}
+
+impl Names {
+    fn get(&mut self, reg: &Registry, names: &str) -> Option<PointId> {
+        if self.registry != reg.id() {
+            self.points.clear();
+            self.registry = reg.id();
+        }
+        self.points.get(names.as_bytes()).copied()
+    }
+
+    fn insert(&mut self, reg: &Registry, names: &str, point: PointId) {
+        if self.points.len() >= reg.max_points() {
+            self.points.clear();
+        }
+        self.points.insert(names.as_bytes().into(), point);
+    }
 }
 
 /// Any line, by serde: what is not a canonical reading.
@@ -294,6 +341,8 @@ fn parse_with_serde(
 /// line read here means exactly what serde would read it as (property test).
 struct Canonical<'a> {
     ts: &'a str,
+    /// The line from the site's first byte to the metric's last: the point's names.
+    names: &'a str,
     site: &'a str,
     device: &'a str,
     kind: &'a str,
@@ -305,16 +354,19 @@ impl<'a> Canonical<'a> {
     fn read(line: &'a str) -> Option<Self> {
         let mut rest = line.strip_prefix(r#"{"ts":""#)?;
         let ts = field(&mut rest, r#"","site":""#)?;
+        let from = line.len() - rest.len();
         let site = field(&mut rest, r#"","device":""#)?;
         let device = field(&mut rest, r#"","kind":""#)?;
         let kind = field(&mut rest, r#"","metric":""#)?;
         let metric = field(&mut rest, r#"","value":"#)?;
+        let names = &line[from..line.len() - rest.len() - r#"","value":"#.len()];
         let number = rest.strip_suffix('}')?;
         json_number(number)?;
         // serde refuses a number too large for an f64 (`1e999`); so does this path.
         let value: f64 = number.parse().ok().filter(|v: &f64| v.is_finite())?;
         Some(Canonical {
             ts,
+            names,
             site,
             device,
             kind,
@@ -616,7 +668,6 @@ mod tests {
             prop_assert_eq!(plain_string_len(&bytes), naive, "{:?}", bytes);
         }
 
-        /// The line parser never panics on arbitrary bytes.
         /// A line the fast path reads is the reading serde reads from it.
         #[test]
         fn the_fast_path_reads_what_serde_reads(
@@ -644,6 +695,36 @@ mod tests {
             }
         }
 
+        /// Lines name the points the registry gives their names, refusals included,
+        /// though most are answered by the source's cache of names: over small
+        /// registries (the cache emptied, the registry full), one name written with
+        /// several kinds, and the cache handed another registry halfway.
+        #[test]
+        fn the_cached_points_are_the_registrys(
+            lines in proptest::collection::vec((0u8..2, 0u8..3, 0u8..2, 0u8..4), 1..200),
+            max_points in 1usize..12,
+            switch_at in 0usize..200,
+        ) {
+            let (mut last_ts, mut cache) = (LastTs::default(), Names::default());
+            let mut regs = [Registry::new(max_points), Registry::new(max_points)];
+            let mut direct = [Registry::new(max_points), Registry::new(max_points)];
+            for (i, &(s, d, k, m)) in lines.iter().enumerate() {
+                let (s, d, k, m) = (format!("s{s}"), format!("d{d}"), ["ups", "pdu"][k as usize], format!("m{m}"));
+                let line = format!(
+                    r#"{{"ts":"2026-07-07T10:00:00.000Z","site":"{s}","device":"{d}","kind":"{k}","metric":"{m}","value":1}}"#
+                );
+                let r = usize::from(i >= switch_at);
+                let got = match super::parse(line.as_bytes(), &mut regs[r], &mut last_ts, &mut cache) {
+                    Ok(Event::Sample { point, .. }) => Ok(point),
+                    Ok(_) => panic!("not a reading"),
+                    Err((reason, _)) => Err(reason),
+                };
+                let want = direct[r].intern(&s, &d, k, &m).map_err(|_| BadReason::TooManyPoints);
+                prop_assert_eq!(got, want, "line {}", i);
+            }
+        }
+
+        /// The line parser never panics on arbitrary bytes.
         #[test]
         fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse_line(&bytes, &mut Registry::new(10));
