@@ -390,10 +390,8 @@ impl<'a> Frame<'a> {
     pub fn metric(&self, name: &str) -> Option<&'a PointState> {
         let (store, reg, ts) = (self.store, self.registry, self.ts);
         reg.device(self.device)
-            .points
-            .iter()
-            .find(|&&p| reg.point(p).metric == name)
-            .and_then(|&p| store.get(p))
+            .point_named(reg, name)
+            .and_then(|p| store.get(p))
             .filter(|st| st.quality == Quality::Good && st.ts == ts)
     }
 

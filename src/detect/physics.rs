@@ -465,10 +465,8 @@ fn site_values<'a>(
         .iter()
         .filter(move |d| d.kind == kind && &d.site == site)
         .map(move |d| {
-            d.points
-                .iter()
-                .find(|&&p| reg.point(p).metric == metric)
-                .and_then(|&p| frame.store.get(p))
+            d.point_named(reg, metric)
+                .and_then(|p| frame.store.get(p))
                 .filter(|st| st.quality == Quality::Good && st.ts == frame.ts)
                 .map(|st| st.value)
         })

@@ -23,6 +23,27 @@ pub struct DeviceInfo {
     pub kind_name: String,
     /// Its points, in order of first appearance.
     pub points: Vec<PointId>,
+    /// Each point's [`metric_hash`], in the same order: a metric is found by name in
+    /// one short array, without a string comparison per point.
+    hashes: Vec<u64>,
+}
+
+impl DeviceInfo {
+    /// The device's point measuring `metric`, if it has one.
+    pub fn point_named(&self, registry: &Registry, metric: &str) -> Option<PointId> {
+        let h = metric_hash(metric);
+        self.hashes
+            .iter()
+            .zip(&self.points)
+            .find(|&(&ph, &p)| ph == h && registry.point(p).metric == metric)
+            .map(|(_, &p)| p)
+    }
+}
+
+/// A metric name's hash, for [`DeviceInfo::point_named`].
+fn metric_hash(metric: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(metric)
 }
 
 /// What the registry knows of a point.
@@ -110,11 +131,7 @@ impl Registry {
     ) -> Result<PointId, RegistryError> {
         let dev = self.intern_device(site, device, kind)?;
         let info = &self.devices[dev as usize];
-        if let Some(&p) = info
-            .points
-            .iter()
-            .find(|&&p| self.points[p as usize].metric == metric)
-        {
+        if let Some(p) = info.point_named(self, metric) {
             return Ok(p);
         }
         if self.points.len() >= self.max_points {
@@ -127,7 +144,9 @@ impl Registry {
             metric: metric.to_owned(),
             spec,
         });
-        self.devices[dev as usize].points.push(id);
+        let info = &mut self.devices[dev as usize];
+        info.points.push(id);
+        info.hashes.push(metric_hash(metric));
         Ok(id)
     }
 
@@ -164,6 +183,7 @@ impl Registry {
             kind: DeviceKind::parse(kind),
             kind_name: kind.to_owned(),
             points: Vec::new(),
+            hashes: Vec::new(),
         });
         self.by_name
             .entry(site.to_owned())
@@ -210,6 +230,28 @@ mod tests {
             reg.intern("s", "chiller-1", "chiller", "third"),
             Err(RegistryError::TooManyPoints(2))
         );
+    }
+
+    #[test]
+    fn a_devices_metric_is_found_by_name_and_only_its_own() {
+        let mut reg = Registry::new(100);
+        let names = ["flow_lps", "flow_lpm", "supply_temp_c", "", "x"];
+        let ids: Vec<PointId> = names
+            .iter()
+            .map(|m| reg.intern("s", "chiller-1", "chiller", m).unwrap())
+            .collect();
+        let other = reg
+            .intern("s", "chiller-2", "chiller", "return_temp_c")
+            .unwrap();
+        let dev = reg.device(reg.point(ids[0]).device);
+        for (m, &id) in names.iter().zip(&ids) {
+            assert_eq!(dev.point_named(&reg, m), Some(id), "{m}");
+        }
+        for absent in ["flow_lp", "flow_lpsx", "return_temp_c", "X"] {
+            assert_eq!(dev.point_named(&reg, absent), None, "{absent}");
+        }
+        let dev2 = reg.device(reg.point(other).device);
+        assert_eq!(dev2.point_named(&reg, "return_temp_c"), Some(other));
     }
 
     #[test]

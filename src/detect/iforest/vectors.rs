@@ -436,12 +436,7 @@ fn device<'a>(
             dev.points = kf
                 .metrics
                 .iter()
-                .map(|m| {
-                    info.points
-                        .iter()
-                        .copied()
-                        .find(|&p| frame.registry.point(p).metric == *m)
-                })
+                .map(|m| info.point_named(frame.registry, m))
                 .collect();
             dev.resolved_at = info.points.len();
             dev.derived
