@@ -242,7 +242,9 @@ fn parse(
 /// the site to the metric (one hash and one comparison, where the registry compares the
 /// site, the device and the metric one by one). A cache of one registry's answers: it
 /// is emptied when handed another registry, and when an attacker's lines (one point
-/// named with many kinds) make it outgrow the registry's own bound.
+/// named with many kinds) make it outgrow the registry's own bound; names longer than
+/// [`Names::LONGEST`] are left to the registry, so it holds at most that many bytes a
+/// point.
 #[derive(Default)]
 struct Names {
     registry: u64,
@@ -250,6 +252,9 @@ struct Names {
 }
 
 impl Names {
+    /// The longest names kept (a real capture's are a few tens of bytes).
+    const LONGEST: usize = 256;
+
     fn get(&mut self, reg: &Registry, names: &str) -> Option<PointId> {
         if self.registry != reg.id() {
             self.points.clear();
@@ -259,6 +264,9 @@ impl Names {
     }
 
     fn insert(&mut self, reg: &Registry, names: &str, point: PointId) {
+        if names.len() > Self::LONGEST {
+            return;
+        }
         if self.points.len() >= reg.max_points() {
             self.points.clear();
         }
@@ -709,7 +717,9 @@ mod tests {
             let mut regs = [Registry::new(max_points), Registry::new(max_points)];
             let mut direct = [Registry::new(max_points), Registry::new(max_points)];
             for (i, &(s, d, k, m)) in lines.iter().enumerate() {
-                let (s, d, k, m) = (format!("s{s}"), format!("d{d}"), ["ups", "pdu"][k as usize], format!("m{m}"));
+                // The last metric's names are too long to be kept.
+                let m = if m == 3 { "m".repeat(300) } else { format!("m{m}") };
+                let (s, d, k) = (format!("s{s}"), format!("d{d}"), ["ups", "pdu"][k as usize]);
                 let line = format!(
                     r#"{{"ts":"2026-07-07T10:00:00.000Z","site":"{s}","device":"{d}","kind":"{k}","metric":"{m}","value":1}}"#
                 );
