@@ -212,7 +212,7 @@ impl Ring {
 }
 
 /// A closed block outside its history's widened range.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Breach {
     /// Index into [`AGGREGATES`].
     aggregate: usize,
@@ -495,7 +495,21 @@ impl Scale {
 pub struct Timescale {
     params: PerKind<TimescaleParams>,
     state: PointTable<Vec<Scale>>,
+    said: PointTable<Said>,
     tap: Option<Tap>,
+}
+
+/// A point's last finding in words. A breach that holds is reported at every reading
+/// until its block's aggregate returns, in the same words; formatting its times and
+/// numbers and building its evidence cost more than the rest of the detector (on an
+/// attacked capture), so they are made again only when what they say changed.
+struct Said {
+    /// The scale reported and its breach.
+    worst: (Ts, Breach),
+    /// Every scale's breach (the evidence lists them).
+    breaches: Vec<Option<Breach>>,
+    reason: String,
+    evidence: serde_json::Value,
 }
 
 impl Timescale {
@@ -504,6 +518,7 @@ impl Timescale {
         Self {
             params,
             state: PointTable::default(),
+            said: PointTable::default(),
             tap: None,
         }
     }
@@ -560,22 +575,45 @@ impl Detector for Timescale {
                     }
                 }
             }
-            if let Some((len, b)) = worst {
-                out.push(finding(frame, p, st.class, len, &b, scales, params));
+            let Some((len, b)) = worst else {
+                continue;
+            };
+            let said = self
+                .said
+                .get_or_insert(p, || say(frame, p, len, &b, scales, params));
+            if said.worst != (len, b) || !said.breaches.iter().eq(scales.iter().map(|s| &s.breach))
+            {
+                *said = say(frame, p, len, &b, scales, params);
             }
+            let metric = &frame.registry.point(p).metric;
+            out.push(point_finding(
+                frame,
+                p,
+                NAME,
+                1.0 + b.excess,
+                1.0,
+                if b.excess >= 1.0 {
+                    Severity::Medium
+                } else {
+                    Severity::Low
+                },
+                attack::for_process_change(metric, st.class),
+                said.reason.clone(),
+                said.evidence.clone(),
+            ));
         }
     }
 }
 
-fn finding(
+/// A finding on `b`, the breach of the `len` scale, in words: its reason and evidence.
+fn say(
     frame: &Frame<'_>,
     p: PointId,
-    class: Option<crate::model::vocabulary::MetricClass>,
     len: Ts,
     b: &Breach,
     scales: &[Scale],
     params: &TimescaleParams,
-) -> Finding {
+) -> Said {
     let metric = &frame.registry.point(p).metric;
     let aggregate = AGGREGATES[b.aggregate];
     let dir = if b.value > b.high { "above" } else { "below" };
@@ -608,27 +646,19 @@ fn finding(
     if let Some(u) = b.usual {
         evidence["usual"] = json!(u);
     }
-    point_finding(
-        frame,
-        p,
-        NAME,
-        1.0 + b.excess,
-        1.0,
-        if b.excess >= 1.0 {
-            Severity::Medium
-        } else {
-            Severity::Low
-        },
-        attack::for_process_change(metric, class),
-        format!(
-            "the {what} = {} is {dir} the range of its last {} blocks, widened: [{}, {}]",
-            sig(b.value),
-            params.history_blocks,
-            sig(b.low),
-            sig(b.high),
-        ),
+    let reason = format!(
+        "the {what} = {} is {dir} the range of its last {} blocks, widened: [{}, {}]",
+        sig(b.value),
+        params.history_blocks,
+        sig(b.low),
+        sig(b.high),
+    );
+    Said {
+        worst: (len, *b),
+        breaches: scales.iter().map(|s| s.breach).collect(),
+        reason,
         evidence,
-    )
+    }
 }
 
 #[cfg(test)]
@@ -704,6 +734,36 @@ mod tests {
         // still report its own block, nothing is reported after the step's half hour.
         let last = h.findings.last().unwrap().0;
         assert!(last < 7_200 + 1_900, "still reported at {last}");
+    }
+
+    #[test]
+    fn words_said_again_are_the_words_made_anew() {
+        // Steps that hold (reported at every reading; the smaller ones seen at the longer
+        // scale first, while the one-minute blocks breach now and then), then a ramp: the
+        // same findings whether the last words are reused or made every time.
+        let said = |h: &Harness| -> Vec<_> {
+            h.findings
+                .iter()
+                .map(|(at, f)| (*at, f.score, f.reason.clone(), f.evidence.clone()))
+                .collect()
+        };
+        let mut findings = 0;
+        for step in [0.3, 0.6, 1.0, 5.0] {
+            let mut series = noisy(7_200 + 3_600, 50.0, 1.0, 4);
+            for (i, v) in series[7_200..].iter_mut().enumerate() {
+                *v += step + (i as f64 - 2_400.0).max(0.0) / 100.0;
+            }
+            let (mut reused, mut anew) = (Harness::new(), Harness::new());
+            let (mut d, mut e) = (det(), det());
+            for &v in &series {
+                reused.feed(&mut d, "crah", "fan_speed_pct", v);
+                e.said = PointTable::default();
+                anew.feed(&mut e, "crah", "fan_speed_pct", v);
+            }
+            assert_eq!(said(&reused), said(&anew), "step {step}");
+            findings += reused.findings.len();
+        }
+        assert!(findings > 100, "{findings}");
     }
 
     #[test]
