@@ -341,7 +341,7 @@ fn new_alert(key: &AlertKey, f: Finding, reg: &Registry) -> Alert {
         severity,
         technique: f.technique,
         summary: f.reason,
-        evidence: f.evidence,
+        evidence: std::sync::Arc::unwrap_or_clone(f.evidence),
         incident_id: String::new(),
         role: Role::Cause,
         status: AlertStatus::Open,
@@ -434,7 +434,7 @@ impl Correlator {
             if f.score > a.score {
                 a.score = f.score;
                 a.summary = f.reason;
-                a.evidence = f.evidence;
+                a.evidence = std::sync::Arc::unwrap_or_clone(f.evidence);
             }
             let escalated = severity > a.severity;
             if escalated {
@@ -857,7 +857,7 @@ mod tests {
             severity: Severity::Low,
             technique: attack::MANIPULATION_OF_CONTROL,
             reason: format!("score {score}"),
-            evidence: serde_json::json!({}),
+            evidence: serde_json::json!({}).into(),
         }
     }
 
@@ -1214,7 +1214,7 @@ mod tests {
         let mut reg = Registry::new(10);
         let mut c = Correlator::new(CorrelatorParams::default());
         let write = |reg: &mut Registry, client: &str, ts| Finding {
-            evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}),
+            evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}).into(),
             ..on(reg, CHILLER, "protocol", ts)
         };
         let taught = exceptions::Exception {
@@ -1284,7 +1284,7 @@ mod tests {
         let mut c = Correlator::new(CorrelatorParams::default());
         let mut out = Vec::new();
         let scan = |reg: &mut Registry, who: (&str, &str, &str), client: &str, ts| Finding {
-            evidence: serde_json::json!({ "client": client }),
+            evidence: serde_json::json!({ "client": client }).into(),
             ..on(reg, who, "protocol", ts)
         };
         // A scanner on a chiller, then on a UPS (which cooling cannot reach), then

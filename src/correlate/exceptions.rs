@@ -346,7 +346,7 @@ mod tests {
             severity: Severity::High,
             technique: attack::MANIPULATION_OF_CONTROL,
             reason: String::new(),
-            evidence: serde_json::json!({"client": client, "function": function, "address": address, "values": [700]}),
+            evidence: serde_json::json!({"client": client, "function": function, "address": address, "values": [700]}).into(),
         }
     }
 
@@ -404,7 +404,7 @@ mod tests {
         Finding {
             detector,
             metrics: vec![metric.to_owned()],
-            evidence,
+            evidence: evidence.into(),
             ..write("x", 6, 0)
         }
     }

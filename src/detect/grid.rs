@@ -153,7 +153,7 @@ impl Detector for Breaker {
             severity,
             technique: attack::UNAUTHORIZED_COMMAND,
             reason,
-            evidence: json!({"opened_at": format_ts(at), "disturbance_before": explained}),
+            evidence: json!({"opened_at": format_ts(at), "disturbance_before": explained}).into(),
         });
     }
 }

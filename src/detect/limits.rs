@@ -204,7 +204,7 @@ impl Bounds {
                 sig(v),
                 sig(bound)
             ),
-            evidence: json!({"value": v, "min": self.min, "max": self.max}),
+            evidence: json!({"value": v, "min": self.min, "max": self.max}).into(),
         })
     }
 }

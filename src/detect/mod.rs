@@ -382,8 +382,9 @@ pub(crate) fn point_finding(
     severity: Severity,
     technique: Technique,
     reason: String,
-    evidence: serde_json::Value,
+    evidence: impl Into<std::sync::Arc<serde_json::Value>>,
 ) -> Finding {
+    let evidence = evidence.into();
     Finding {
         ts: frame.ts,
         device: frame.device,

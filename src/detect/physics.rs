@@ -683,7 +683,7 @@ impl Detector for Physics {
                 evidence: json!({"relation": spec.name, "value": y, "expected": predicted, "input": x,
                                  "residual_sigma": sigma, "z": z, "averaged_z": fit.zs, "shift": shift,
                                  "cusum": seq, "long_run_factor": tau,
-                                 "model": format!("{:?}", spec.model).to_lowercase()}),
+                                 "model": format!("{:?}", spec.model).to_lowercase()}).into(),
             });
         }
     }

@@ -182,7 +182,7 @@ impl Detector for Staleness {
                         format_ts(last),
                         format_duration(interval.round() as i64)
                     ),
-                    evidence: json!({"last_seen": format_ts(last), "silence_ms": now - last, "usual_interval_ms": interval, "precedent_ms": precedent}),
+                    evidence: json!({"last_seen": format_ts(last), "silence_ms": now - last, "usual_interval_ms": interval, "precedent_ms": precedent}).into(),
                 });
                 continue;
             }
@@ -194,18 +194,19 @@ impl Detector for Staleness {
                     continue;
                 }
                 let metric = &reg.point(p).metric;
-                let point_finding = |gap: Ts, severity, reason: String, evidence| Finding {
-                    ts: now,
-                    device: d as u32,
-                    metrics: vec![metric.clone()],
-                    detector: "staleness",
-                    score: gap as f64 / s.interval_ms,
-                    threshold: params.factor,
-                    severity,
-                    technique: attack::DENIAL_OF_VIEW,
-                    reason,
-                    evidence,
-                };
+                let point_finding =
+                    |gap: Ts, severity, reason: String, evidence: serde_json::Value| Finding {
+                        ts: now,
+                        device: d as u32,
+                        metrics: vec![metric.clone()],
+                        detector: "staleness",
+                        score: gap as f64 / s.interval_ms,
+                        threshold: params.factor,
+                        severity,
+                        technique: attack::DENIAL_OF_VIEW,
+                        reason,
+                        evidence: evidence.into(),
+                    };
                 let blind = now - s.good_ts;
                 let silence = now - s.ts;
                 if s.quality != Quality::Good && blind as f64 > limit(s.interval_ms) {
@@ -255,7 +256,7 @@ fn declared_offline(reg: &Registry, device: DeviceId, ts: Ts, online: f64) -> Fi
         severity: Severity::High,
         technique: attack::DENIAL_OF_VIEW,
         reason: format!("{name} declared itself offline (death certificate or last will)"),
-        evidence: json!({"online": online, "at": format_ts(ts)}),
+        evidence: json!({"online": online, "at": format_ts(ts)}).into(),
     }
 }
 

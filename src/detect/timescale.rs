@@ -509,7 +509,7 @@ struct Said {
     /// Every scale's breach (the evidence lists them).
     breaches: Vec<Option<Breach>>,
     reason: String,
-    evidence: serde_json::Value,
+    evidence: std::sync::Arc<serde_json::Value>,
 }
 
 impl Timescale {
@@ -657,7 +657,7 @@ fn say(
         worst: (len, *b),
         breaches: scales.iter().map(|s| s.breach).collect(),
         reason,
-        evidence,
+        evidence: evidence.into(),
     }
 }
 

@@ -126,20 +126,21 @@ impl Detector for UpsState {
                 ));
             }
         }
-        let mut finding = |metric: &str, score: f64, reason: String, evidence| {
-            out.push(Finding {
-                ts: frame.ts,
-                device: frame.device,
-                metrics: vec![metric.to_owned()],
-                detector: NAME,
-                score,
-                threshold: 1.0,
-                severity: Severity::High,
-                technique: attack::MANIPULATION_OF_CONTROL,
-                reason,
-                evidence,
-            });
-        };
+        let mut finding =
+            |metric: &str, score: f64, reason: String, evidence: serde_json::Value| {
+                out.push(Finding {
+                    ts: frame.ts,
+                    device: frame.device,
+                    metrics: vec![metric.to_owned()],
+                    detector: NAME,
+                    score,
+                    threshold: 1.0,
+                    severity: Severity::High,
+                    technique: attack::MANIPULATION_OF_CONTROL,
+                    reason,
+                    evidence: evidence.into(),
+                });
+            };
         if let Some(c) = frame.metric("battery_charge_pct").map(|p| p.value) {
             s.charge.push_back((frame.ts, c));
             while s
@@ -272,7 +273,7 @@ fn flag_finding(
         severity: Severity::High,
         technique: attack::MANIPULATION_OF_CONTROL,
         reason,
-        evidence: json!({"input_voltage_v": vin, "nominal_input_v": nominal}),
+        evidence: json!({"input_voltage_v": vin, "nominal_input_v": nominal}).into(),
     }
 }
 

@@ -697,7 +697,7 @@ fn finding(
         severity,
         technique,
         reason,
-        evidence,
+        evidence: evidence.into(),
     }
 }
 

@@ -265,8 +265,9 @@ pub struct Finding {
     pub technique: Technique,
     /// One plain-language sentence.
     pub reason: String,
-    /// Numbers behind the reason.
-    pub evidence: serde_json::Value,
+    /// Numbers behind the reason (shared: a detector repeating a finding at every reading
+    /// repeats its evidence without copying it).
+    pub evidence: std::sync::Arc<serde_json::Value>,
 }
 
 /// Whether an alert is still active.

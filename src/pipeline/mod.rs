@@ -987,7 +987,7 @@ impl Pipeline {
                 "claimed": crate::time::format_ts(claim),
                 "present": crate::time::format_ts(ts),
                 "ahead_ms": ahead,
-            }),
+            }).into(),
         }
     }
 

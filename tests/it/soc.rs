@@ -720,7 +720,7 @@ async fn an_expected_write_is_taught_applied_and_revoked() {
         severity: Severity::High,
         technique: attack::MANIPULATION_OF_CONTROL,
         reason: String::new(),
-        evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}),
+        evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}).into(),
     };
     let applied = soc.exceptions();
     assert!(!applied.covers("ams1", "chiller-2", &finding("10.20.0.5")));

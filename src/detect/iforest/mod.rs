@@ -441,7 +441,8 @@ fn finding(
                 "value": kf.natural(j, raw[j]),
                 "contribution": c,
             })).collect::<Vec<_>>(),
-        }),
+        })
+        .into(),
     }
 }
 

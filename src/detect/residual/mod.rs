@@ -517,7 +517,7 @@ impl Detector for Residual {
                         "scores": {"t2": scores[0], "spe": scores[1], "mahalanobis2": scores[2]},
                         "thresholds": {"t2": f.thresholds[0], "spe": f.thresholds[1], "mahalanobis2": f.thresholds[2]},
                         "contributions": top.iter().map(|&j| json!({"metric": f.columns[j], "share": contrib[j]})).collect::<Vec<_>>(),
-                    }),
+                    }).into(),
                 });
             }
         }
@@ -571,7 +571,7 @@ fn constant_moved(frame: &Frame<'_>, t: &mut Trained, p: &ResidualParams, out: &
             t.moved,
             sig(c)
         ),
-        evidence: json!({"metric": metric, "value": v, "trained_value": c, "frames": t.moved}),
+        evidence: json!({"metric": metric, "value": v, "trained_value": c, "frames": t.moved}).into(),
     });
 }
 
