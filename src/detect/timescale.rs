@@ -738,9 +738,8 @@ mod tests {
 
     #[test]
     fn words_said_again_are_the_words_made_anew() {
-        // Steps that hold (reported at every reading; the smaller ones seen at the longer
-        // scale first, while the one-minute blocks breach now and then), then a ramp: the
-        // same findings whether the last words are reused or made every time.
+        // Steps of several sizes that hold (a breach is reported at every reading), then a
+        // ramp: the same findings whether the last words are reused or made every time.
         let said = |h: &Harness| -> Vec<_> {
             h.findings
                 .iter()
