@@ -288,33 +288,29 @@ fn whole_device(detector: &str) -> bool {
 }
 
 /// The alert a finding belongs to: one actor's doing on one device by one detector.
-fn alert_key(
-    device: DeviceId,
-    detector: &'static str,
-    metrics: &[String],
-    evidence: &serde_json::Value,
-) -> AlertKey {
-    let actor = (detector == "protocol")
-        .then(|| evidence.get("client").and_then(serde_json::Value::as_str))
-        .flatten()
-        .map(str::to_owned);
-    let metrics = if whole_device(detector) {
+pub(crate) fn key_of(f: &Finding) -> AlertKey {
+    // Only a command names its actor: only its evidence is read.
+    let actor = (f.detector == "protocol")
+        .then(|| {
+            f.evidence()
+                .get("client")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        })
+        .flatten();
+    let metrics = if whole_device(f.detector) {
         Vec::new()
     } else {
-        metrics.to_vec()
+        f.metrics.clone()
     };
-    (device, detector, metrics, actor)
-}
-
-/// The alert a finding belongs to.
-pub(crate) fn key_of(f: &Finding) -> AlertKey {
-    alert_key(f.device, f.detector, &f.metrics, &f.evidence)
+    (f.device, f.detector, metrics, actor)
 }
 
 /// A new alert for `key` from its first finding (its id derived from both, so the same
 /// capture always gives the same ids), not yet placed in an incident.
 fn new_alert(key: &AlertKey, f: Finding, reg: &Registry) -> Alert {
     let severity = severity_of(&f);
+    let (summary, evidence) = f.words.into_parts();
     let dev = reg.device(key.0);
     let metrics_joined = key.2.join(",");
     let ts = f.ts.to_le_bytes();
@@ -340,8 +336,8 @@ fn new_alert(key: &AlertKey, f: Finding, reg: &Registry) -> Alert {
         threshold: f.threshold,
         severity,
         technique: f.technique,
-        summary: f.reason,
-        evidence: std::sync::Arc::unwrap_or_clone(f.evidence),
+        summary,
+        evidence,
         incident_id: String::new(),
         role: Role::Cause,
         status: AlertStatus::Open,
@@ -433,8 +429,7 @@ impl Correlator {
             }
             if f.score > a.score {
                 a.score = f.score;
-                a.summary = f.reason;
-                a.evidence = std::sync::Arc::unwrap_or_clone(f.evidence);
+                (a.summary, a.evidence) = f.words.into_parts();
             }
             let escalated = severity > a.severity;
             if escalated {
@@ -835,7 +830,7 @@ fn headline(cause: &Alert, i: &Incident) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::attack;
+    use crate::model::{attack, Words};
 
     fn finding(
         reg: &mut Registry,
@@ -856,9 +851,39 @@ mod tests {
             threshold: 6.0,
             severity: Severity::Low,
             technique: attack::MANIPULATION_OF_CONTROL,
-            reason: format!("score {score}"),
-            evidence: serde_json::json!({}).into(),
+            words: Words::made(format!("score {score}"), serde_json::json!({})),
         }
+    }
+
+    #[test]
+    fn deferred_words_are_made_only_for_the_findings_an_alert_keeps() {
+        // Findings of one alert whose scores rise, fall and rise: the alert keeps the
+        // words of its first and of each stronger one; the others are never read.
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let mut reg = Registry::new(10);
+        let mut c = Correlator::new(CorrelatorParams::default());
+        let mut out = Vec::new();
+        let made = Arc::new(AtomicUsize::new(0));
+        let scores = [7.0, 8.0, 7.5, 7.0, 9.0, 8.0, 8.5, 9.0];
+        for (t, &score) in scores.iter().enumerate() {
+            let made = Arc::clone(&made);
+            let f = Finding {
+                words: Words::later(move || {
+                    made.fetch_add(1, Ordering::Relaxed);
+                    (
+                        format!("score {score}"),
+                        serde_json::json!({ "score": score }),
+                    )
+                }),
+                ..finding(&mut reg, "chiller-1", "ewma_z", t as Ts * 1000, score)
+            };
+            c.observe(f, &reg, &mut out);
+        }
+        assert_eq!(made.load(Ordering::Relaxed), 3, "7, 8 and 9 are kept");
+        let open = c.open.values().next().expect("one open alert");
+        assert_eq!(open.summary, "score 9");
+        assert_eq!(open.evidence, serde_json::json!({ "score": 9.0 }));
     }
 
     fn alerts(out: &[Output]) -> Vec<&Alert> {
@@ -1214,7 +1239,10 @@ mod tests {
         let mut reg = Registry::new(10);
         let mut c = Correlator::new(CorrelatorParams::default());
         let write = |reg: &mut Registry, client: &str, ts| Finding {
-            evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}).into(),
+            words: Words::made(
+                String::new(),
+                serde_json::json!({"client": client, "function": 6, "address": 1201}),
+            ),
             ..on(reg, CHILLER, "protocol", ts)
         };
         let taught = exceptions::Exception {
@@ -1284,7 +1312,7 @@ mod tests {
         let mut c = Correlator::new(CorrelatorParams::default());
         let mut out = Vec::new();
         let scan = |reg: &mut Registry, who: (&str, &str, &str), client: &str, ts| Finding {
-            evidence: serde_json::json!({ "client": client }).into(),
+            words: Words::made(String::new(), serde_json::json!({ "client": client })),
             ..on(reg, who, "protocol", ts)
         };
         // A scanner on a chiller, then on a UPS (which cooling cannot reach), then

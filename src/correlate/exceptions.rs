@@ -206,14 +206,14 @@ impl Exception {
         }
         if let Some(w) = &self.write {
             return f.detector == "protocol"
-                && write_of(&f.evidence).is_some_and(|(client, function, address)| {
+                && write_of(&f.evidence()).is_some_and(|(client, function, address)| {
                     client == w.client && function == w.function && w.addresses.contains(&address)
                 });
         }
         self.level.as_ref().is_some_and(|l| {
             DRIFT_DETECTORS.contains(&f.detector)
                 && one_metric(&f.metrics) == Some(l.metric.as_str())
-                && level_of(&f.evidence).is_some_and(|(v, _)| (l.low..=l.high).contains(&v))
+                && level_of(&f.evidence()).is_some_and(|(v, _)| (l.low..=l.high).contains(&v))
         })
     }
 
@@ -332,7 +332,7 @@ impl Exceptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{attack, Severity};
+    use crate::model::{attack, Severity, Words};
     use serde_json::json;
 
     fn write(client: &str, function: u8, address: u32) -> Finding {
@@ -345,8 +345,10 @@ mod tests {
             threshold: 1.0,
             severity: Severity::High,
             technique: attack::MANIPULATION_OF_CONTROL,
-            reason: String::new(),
-            evidence: serde_json::json!({"client": client, "function": function, "address": address, "values": [700]}).into(),
+            words: Words::made(
+                String::new(),
+                serde_json::json!({"client": client, "function": function, "address": address, "values": [700]}),
+            ),
         }
     }
 
@@ -373,7 +375,7 @@ mod tests {
             assert!(
                 !set.covers(site, device, &f),
                 "{site} {device} {:?}",
-                f.evidence
+                f.evidence()
             );
         }
     }
@@ -404,7 +406,7 @@ mod tests {
         Finding {
             detector,
             metrics: vec![metric.to_owned()],
-            evidence: evidence.into(),
+            words: Words::made(String::new(), evidence),
             ..write("x", 6, 0)
         }
     }

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity, Ts};
+use crate::model::{Finding, Severity, Ts, Words};
 use crate::time::format_ts;
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -289,16 +289,18 @@ impl Detector for Cusum {
                     params.threshold,
                     Severity::Medium,
                     attack::for_process_change(metric, st.class),
-                    format!(
-                        "{metric} has drifted {dir} from {} to {} since {}, beyond its learned normal swing (σ {} of {}-sample means)",
-                        sig(s.since_ref),
-                        sig(block),
-                        format_ts(s.since),
-                        sig(sigma),
-                        params.block_samples
+                    Words::made(
+                        format!(
+                            "{metric} has drifted {dir} from {} to {} since {}, beyond its learned normal swing (σ {} of {}-sample means)",
+                            sig(s.since_ref),
+                            sig(block),
+                            format_ts(s.since),
+                            sig(sigma),
+                            params.block_samples
+                        ),
+                        json!({"reference_at_start": s.since_ref, "block_mean": block, "block_sigma": sigma,
+                               "variance_inflation": vif, "s_hi": s.s_hi, "s_lo": s.s_lo, "drift_since": format_ts(s.since)}),
                     ),
-                    json!({"reference_at_start": s.since_ref, "block_mean": block, "block_sigma": sigma,
-                           "variance_inflation": vif, "s_hi": s.s_hi, "s_lo": s.s_lo, "drift_since": format_ts(s.since)}),
                 ));
             }
         }
@@ -330,7 +332,7 @@ mod tests {
         let at = h.first_after(onset).expect("drift detected");
         // The ramp reaches 1 σ of the raw noise after 12 minutes; caught within 30.
         assert!(at - onset < 30 * 60, "detected after {} s", at - onset);
-        assert!(h.findings[0].1.reason.contains("down"));
+        assert!(h.findings[0].1.reason().contains("down"));
         // The level stays down: after the rebaseline period the alarm stops for good.
         let last = h.findings.last().unwrap().0;
         assert!(last < n - 3600, "alarm ended at {last}");

@@ -18,7 +18,7 @@
 use super::{point_finding, sig, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity};
+use crate::model::{Finding, Severity, Words};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
@@ -155,14 +155,16 @@ impl Detector for Envelope {
                 1.0,
                 Severity::Medium,
                 attack::for_process_change(metric, st.class),
-                format!(
-                    "{metric} = {} is {dir} the range the site's clean history spanned, widened: [{}, {}], for {} samples",
-                    sig(st.value),
-                    sig(lo),
-                    sig(hi),
-                    s.run
+                Words::made(
+                    format!(
+                        "{metric} = {} is {dir} the range the site's clean history spanned, widened: [{}, {}], for {} samples",
+                        sig(st.value),
+                        sig(lo),
+                        sig(hi),
+                        s.run
+                    ),
+                    json!({"value": st.value, "low": lo, "high": hi, "margin": params.margin, "consecutive": s.run}),
                 ),
-                json!({"value": st.value, "low": lo, "high": hi, "margin": params.margin, "consecutive": s.run}),
             ));
         }
     }

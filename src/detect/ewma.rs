@@ -33,7 +33,7 @@ use super::{
 };
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::Finding;
+use crate::model::{Finding, Words};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
@@ -157,25 +157,33 @@ impl Detector for EwmaZ {
             }
             let run = recent.run;
             let metric = &frame.registry.point(p).metric;
-            let dir = if st.z > 0.0 { "above" } else { "below" };
+            let technique = attack::for_process_change(metric, st.class);
+            // Made only if read: most findings repeat their open alert's.
+            let (metric, value, mean, sigma, z) =
+                (metric.clone(), st.value, st.mean, st.sigma(), st.z);
+            let recent: Vec<f64> = st.window().collect();
             out.push(point_finding(
                 frame,
                 p,
                 NAME,
-                st.z.abs(),
+                z.abs(),
                 params.threshold,
-                statistical_severity(st.z.abs(), params.threshold),
-                attack::for_process_change(metric, st.class),
-                format!(
-                    "{metric} = {} is {:.1}σ {dir} its learned baseline {} ± {} for {} samples",
-                    sig(st.value),
-                    st.z.abs(),
-                    sig(st.mean),
-                    sig(st.sigma()),
-                    run
-                ),
-                json!({"value": st.value, "baseline_mean": st.mean, "baseline_sigma": st.sigma(), "z": st.z, "consecutive": run, "precedent": precedent,
-                       "recent": st.window().collect::<Vec<_>>()}),
+                statistical_severity(z.abs(), params.threshold),
+                technique,
+                Words::later(move || {
+                    let dir = if z > 0.0 { "above" } else { "below" };
+                    (
+                        format!(
+                            "{metric} = {} is {:.1}σ {dir} its learned baseline {} ± {} for {run} samples",
+                            sig(value),
+                            z.abs(),
+                            sig(mean),
+                            sig(sigma),
+                        ),
+                        json!({"value": value, "baseline_mean": mean, "baseline_sigma": sigma, "z": z,
+                               "consecutive": run, "precedent": precedent, "recent": recent}),
+                    )
+                }),
             ));
         }
     }

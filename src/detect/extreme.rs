@@ -42,7 +42,7 @@
 use super::{point_finding, sig, statistical_severity, tail, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::Finding;
+use crate::model::{Finding, Words};
 use crate::time::{format_duration, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -305,16 +305,18 @@ impl Detector for Extreme {
                 1.0,
                 statistical_severity(score, 1.0),
                 attack::for_process_change(metric, st.class),
-                format!(
-                    "{metric} = {} is {side} {}, past what its last {} make likely once in {}; the most extreme of them was {}",
-                    sig(x),
-                    sig(bar),
-                    format_duration(span as i64),
-                    format_duration((params.once_per as f64 * self.watched as f64).min(i64::MAX as f64) as i64),
-                    sig(largest),
+                Words::made(
+                    format!(
+                        "{metric} = {} is {side} {}, past what its last {} make likely once in {}; the most extreme of them was {}",
+                        sig(x),
+                        sig(bar),
+                        format_duration(span as i64),
+                        format_duration((params.once_per as f64 * self.watched as f64).min(i64::MAX as f64) as i64),
+                        sig(largest),
+                    ),
+                    json!({"value": x, "bar": bar, "most_extreme": largest, "readings": h.run,
+                           "history_ms": span as i64, "recent": st.window().collect::<Vec<_>>()}),
                 ),
-                json!({"value": x, "bar": bar, "most_extreme": largest, "readings": h.run,
-                       "history_ms": span as i64, "recent": st.window().collect::<Vec<_>>()}),
             ));
         }
     }
@@ -350,7 +352,7 @@ mod tests {
         h.run(&mut d, "chiller", "flow_lps", &series);
         let at: Vec<usize> = h.findings.iter().map(|(i, _)| *i).collect();
         assert_eq!(at, [9_000], "{:?}", h.findings.first());
-        let bar = h.findings[0].1.evidence["bar"].as_f64().unwrap();
+        let bar = h.findings[0].1.evidence()["bar"].as_f64().unwrap();
         assert!(bar > 55.0 && bar < 60.0, "{bar}");
     }
 
@@ -475,7 +477,7 @@ mod tests {
             series[3_900] = 40.0;
             h.run(&mut d, "chiller", "flow_lps", &series);
             assert_eq!(h.findings.len(), 1);
-            h.findings[0].1.evidence["bar"].as_f64().unwrap()
+            h.findings[0].1.evidence()["bar"].as_f64().unwrap()
         };
         let (alone, shared) = (bar(0), bar(999));
         assert!(shared > alone + 1.0, "{alone} {shared}");

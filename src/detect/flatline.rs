@@ -36,7 +36,7 @@
 use super::{point_finding, precedent::Precedent, sig, Detector, PerKind, PointTable};
 use crate::feature::{decimal_step, Frame};
 use crate::model::attack;
-use crate::model::{Finding, Severity, Ts};
+use crate::model::{Finding, Severity, Ts, Words};
 use crate::time::format_duration;
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -264,16 +264,18 @@ impl Detector for Flatline {
                     1.0,
                     Severity::Medium,
                     attack::SPOOF_REPORTING,
-                    format!(
-                        "{metric} has stayed at {} for {} samples ({}), though it moved on {:.0}% of samples while learned: its noise vanished",
-                        sig(st.value),
-                        s.run,
-                        format_duration(frame.ts - s.run_start),
-                        100.0 * (1.0 - s.p0)
+                    Words::made(
+                        format!(
+                            "{metric} has stayed at {} for {} samples ({}), though it moved on {:.0}% of samples while learned: its noise vanished",
+                            sig(st.value),
+                            s.run,
+                            format_duration(frame.ts - s.run_start),
+                            100.0 * (1.0 - s.p0)
+                        ),
+                        json!({"value": st.value, "run_samples": s.run, "needed_samples": s.needed,
+                               "learned_p_unchanged": s.p0, "tolerance": s.eps, "precedent_run": precedent,
+                               "recent": st.window().collect::<Vec<_>>()}),
                     ),
-                    json!({"value": st.value, "run_samples": s.run, "needed_samples": s.needed,
-                           "learned_p_unchanged": s.p0, "tolerance": s.eps, "precedent_run": precedent,
-                           "recent": st.window().collect::<Vec<_>>()}),
                 ));
             }
         }

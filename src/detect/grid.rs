@@ -13,7 +13,7 @@
 use super::{Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{DeviceKind, Finding, Severity, Ts};
+use crate::model::{DeviceKind, Finding, Severity, Ts, Words};
 use crate::time::{format_duration, format_ts, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -152,8 +152,10 @@ impl Detector for Breaker {
             threshold: 1.0,
             severity,
             technique: attack::UNAUTHORIZED_COMMAND,
-            reason,
-            evidence: json!({"opened_at": format_ts(at), "disturbance_before": explained}).into(),
+            words: Words::made(
+                reason,
+                json!({"opened_at": format_ts(at), "disturbance_before": explained}),
+            ),
         });
     }
 }

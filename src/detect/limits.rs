@@ -15,7 +15,7 @@ use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::points::{PointId, Registry};
 use crate::model::vocabulary::MetricSpec;
-use crate::model::{Finding, Quality, Severity, Ts};
+use crate::model::{Finding, Quality, Severity, Ts, Words};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
 use serde_json::json;
@@ -114,12 +114,14 @@ impl Detector for Limits {
                         1.0,
                         Severity::Medium,
                         attack::SPOOF_REPORTING,
-                        format!(
-                            "{metric} changed at {}/s, faster than the physical limit of {}/s",
-                            sig(st.rate),
-                            sig(max_rate)
+                        Words::made(
+                            format!(
+                                "{metric} changed at {}/s, faster than the physical limit of {}/s",
+                                sig(st.rate),
+                                sig(max_rate)
+                            ),
+                            json!({"value": v, "delta": st.delta, "rate_per_s": st.rate, "max_rate_per_s": max_rate}),
                         ),
-                        json!({"value": v, "delta": st.delta, "rate_per_s": st.rate, "max_rate_per_s": max_rate}),
                     ));
                 }
             }
@@ -198,13 +200,15 @@ impl Bounds {
             threshold: 1.0,
             severity: Severity::High,
             technique: attack::SPOOF_REPORTING,
-            reason: format!(
-                "{} reads {}, {side} of {}: no working sensor reports that",
-                info.metric,
-                sig(v),
-                sig(bound)
+            words: Words::made(
+                format!(
+                    "{} reads {}, {side} of {}: no working sensor reports that",
+                    info.metric,
+                    sig(v),
+                    sig(bound)
+                ),
+                json!({"value": v, "min": self.min, "max": self.max}),
             ),
-            evidence: json!({"value": v, "min": self.min, "max": self.max}).into(),
         })
     }
 }
@@ -230,7 +234,7 @@ mod tests {
         );
         assert_eq!(h.findings.len(), 1);
         assert_eq!(h.findings[0].0, 3);
-        assert!(h.findings[0].1.reason.contains("physical maximum"));
+        assert!(h.findings[0].1.reason().contains("physical maximum"));
     }
 
     #[test]
@@ -285,6 +289,6 @@ mod tests {
             (f.ts, &f.metrics, f.detector),
             (got[0].ts, &got[0].metrics, got[0].detector)
         );
-        assert_eq!(f.reason, got[0].reason);
+        assert_eq!(f.reason(), got[0].reason());
     }
 }

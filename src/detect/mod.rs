@@ -35,7 +35,7 @@ pub mod wire;
 
 use crate::feature::{FeatureStore, Frame};
 use crate::model::points::{DeviceId, PointId, Registry};
-use crate::model::{Command, DeviceKind, Finding, Severity, Technique, Ts};
+use crate::model::{Command, DeviceKind, Finding, Severity, Technique, Ts, Words};
 use crate::tomlfile::Broken;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -381,10 +381,8 @@ pub(crate) fn point_finding(
     threshold: f64,
     severity: Severity,
     technique: Technique,
-    reason: String,
-    evidence: impl Into<std::sync::Arc<serde_json::Value>>,
+    words: Words,
 ) -> Finding {
-    let evidence = evidence.into();
     Finding {
         ts: frame.ts,
         device: frame.device,
@@ -394,8 +392,7 @@ pub(crate) fn point_finding(
         threshold,
         severity,
         technique,
-        reason,
-        evidence,
+        words,
     }
 }
 

@@ -34,7 +34,7 @@ use super::pulse::Pulses;
 use super::{sig, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity, Ts};
+use crate::model::{Finding, Severity, Ts, Words};
 use crate::tomlfile::{rule, Broken};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
@@ -496,18 +496,20 @@ fn pulses(
             x.bar,
             Severity::Medium,
             attack::MANIPULATION_OF_CONTROL,
-            format!(
-                "{metric} stepped by {} and back by {} after {} s, the step back over {} \
+            Words::made(
+                format!(
+                    "{metric} stepped by {} and back by {} after {} s, the step back over {} \
                  (the largest such change of its recent samples, with a margin): a load \
                  switched on and off (a swing with a period of about {} s)",
-                sig(x.step),
-                sig(x.back),
-                sig(held_s),
-                sig(x.bar),
-                sig(2.0 * held_s)
-            ),
-            json!({"step": x.step, "back": x.back, "held_s": held_s, "step_bar": x.bar,
+                    sig(x.step),
+                    sig(x.back),
+                    sig(held_s),
+                    sig(x.bar),
+                    sig(2.0 * held_s)
+                ),
+                json!({"step": x.step, "back": x.back, "held_s": held_s, "step_bar": x.bar,
                    "period_s": 2.0 * held_s, "frequency_hz": 0.5 / held_s}),
+            ),
         ));
     }
 }
@@ -529,13 +531,15 @@ fn push(
         params.threshold,
         if ratio >= 10.0 * params.threshold { Severity::High } else { Severity::Medium },
         attack::MANIPULATION_OF_CONTROL,
-        format!(
-            "{metric} swings with a period of {} s ({} Hz), {}× its normal power at that frequency: a load-altering oscillation",
-            sig(period),
-            sig(1.0 / period),
-            sig(ratio)
+        Words::made(
+            format!(
+                "{metric} swings with a period of {} s ({} Hz), {}× its normal power at that frequency: a load-altering oscillation",
+                sig(period),
+                sig(1.0 / period),
+                sig(ratio)
+            ),
+            json!({"period_s": period, "frequency_hz": 1.0 / period, "power_ratio": ratio}),
         ),
-        json!({"period_s": period, "frequency_hz": 1.0 / period, "power_ratio": ratio}),
     ));
 }
 
@@ -587,7 +591,7 @@ mod tests {
         assert!(
             h.findings.is_empty(),
             "{:?}",
-            h.findings.first().map(|f| &f.1.reason)
+            h.findings.first().map(|f| f.1.reason())
         );
     }
 
@@ -633,7 +637,7 @@ mod tests {
         assert!(
             h.findings.is_empty(),
             "{:?}",
-            h.findings.first().map(|f| &f.1.reason)
+            h.findings.first().map(|f| f.1.reason())
         );
     }
 
@@ -675,7 +679,7 @@ mod tests {
         assert!(
             h.findings.is_empty(),
             "{:?}",
-            h.findings.first().map(|f| &f.1.reason)
+            h.findings.first().map(|f| f.1.reason())
         );
         assert!(
             h.notes.iter().any(|n| n.contains("were not judged")),
@@ -719,7 +723,7 @@ mod tests {
             h.notes
         );
         // 256 one-second cells resolve periods of 256/k s: 42.7 or 51.2 s around 45 s.
-        let period = h.findings[0].1.evidence["period_s"].as_f64().unwrap();
+        let period = h.findings[0].1.evidence()["period_s"].as_f64().unwrap();
         assert!((42.0..52.0).contains(&period), "period {period}");
         assert!(h.notes.is_empty(), "{:?}", h.notes);
     }
@@ -753,7 +757,7 @@ mod tests {
         h.run(&mut d, "grid_meter", "active_power_kw", &series);
         let at = h.first_after(onset).expect("oscillation found");
         assert!(at - onset < 300, "after {} s", at - onset);
-        let period = h.findings[0].1.evidence["period_s"].as_f64().unwrap();
+        let period = h.findings[0].1.evidence()["period_s"].as_f64().unwrap();
         assert!((40.0..50.0).contains(&period), "period {period}");
         assert_eq!(h.count_before(onset), 0);
     }

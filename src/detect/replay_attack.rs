@@ -17,7 +17,7 @@
 use super::{point_finding, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Severity, Ts};
+use crate::model::{Finding, Severity, Ts, Words};
 use crate::time::{format_duration, format_ts};
 use crate::tomlfile::{rule, Broken};
 use rustc_hash::FxHashMap;
@@ -263,13 +263,15 @@ impl Detector for Replay {
                     f64::from(params.confirm),
                     Severity::High,
                     attack::MANIPULATION_OF_VIEW,
-                    format!(
-                        "{metric} is repeating, value for value, what it reported {} earlier (the window ending {}): recorded telemetry is being replayed",
-                        format_duration(lag_ms),
-                        format_ts(s.earlier)
+                    Words::made(
+                        format!(
+                            "{metric} is repeating, value for value, what it reported {} earlier (the window ending {}): recorded telemetry is being replayed",
+                            format_duration(lag_ms),
+                            format_ts(s.earlier)
+                        ),
+                        json!({"lag_samples": s.lag, "lag_ms": lag_ms, "earlier_window_end": format_ts(s.earlier),
+                               "window_samples": w, "confirmed_hits": s.hits, "quantum": s.quantum}),
                     ),
-                    json!({"lag_samples": s.lag, "lag_ms": lag_ms, "earlier_window_end": format_ts(s.earlier),
-                           "window_samples": w, "confirmed_hits": s.hits, "quantum": s.quantum}),
                 ));
             }
         }
@@ -300,7 +302,7 @@ mod tests {
         let at = h.first_after(onset).expect("replay detected");
         assert!(at - onset <= 120, "after {} samples", at - onset);
         let f = &h.findings[0].1;
-        assert_eq!(f.evidence["lag_samples"], 3600);
+        assert_eq!(f.evidence()["lag_samples"], 3600);
         assert!(
             h.first_after(onset + len + 40).is_none(),
             "ends with the replay"

@@ -46,7 +46,7 @@ use super::{
 };
 use crate::feature::Frame;
 use crate::model::attack;
-use crate::model::{Finding, Ts};
+use crate::model::{Finding, Ts, Words};
 use crate::time::{format_duration, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -392,18 +392,20 @@ impl Detector for Seasonal {
                 params.threshold,
                 statistical_severity(z.abs(), params.threshold),
                 attack::for_process_change(metric, st.class),
-                format!(
-                    "{metric} = {} is {:.1}σ {dir} what its {} cycle predicts for this time, {} ± {}, for {} readings",
-                    sig(x),
-                    z.abs(),
-                    format_duration(period),
-                    sig(at),
-                    sig(scale),
-                    pt.recent.run
+                Words::made(
+                    format!(
+                        "{metric} = {} is {:.1}σ {dir} what its {} cycle predicts for this time, {} ± {}, for {} readings",
+                        sig(x),
+                        z.abs(),
+                        format_duration(period),
+                        sig(at),
+                        sig(scale),
+                        pt.recent.run
+                    ),
+                    json!({"value": x, "predicted": at, "level": level, "scale": scale, "z": z,
+                           "cycle_ms": period, "consecutive": pt.recent.run, "precedent": precedent,
+                           "recent": st.window().collect::<Vec<_>>()}),
                 ),
-                json!({"value": x, "predicted": at, "level": level, "scale": scale, "z": z,
-                       "cycle_ms": period, "consecutive": pt.recent.run, "precedent": precedent,
-                       "recent": st.window().collect::<Vec<_>>()}),
             ));
         }
     }

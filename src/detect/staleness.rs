@@ -27,7 +27,7 @@ use super::{precedent::Precedent, Arrival, Detector, PerKind, PointTable};
 use crate::feature::FeatureStore;
 use crate::model::attack;
 use crate::model::points::{DeviceId, PointId, Registry};
-use crate::model::{Finding, Quality, Severity, Ts};
+use crate::model::{Finding, Quality, Severity, Ts, Words};
 use crate::time::{format_duration, format_ts, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -175,14 +175,16 @@ impl Detector for Staleness {
                     threshold: params.factor,
                     severity: Severity::High,
                     technique: attack::DENIAL_OF_VIEW,
-                    reason: format!(
-                        "{} has sent nothing for {} (since {}); it usually reports every {}",
-                        dev.name,
-                        format_duration(now - last),
-                        format_ts(last),
-                        format_duration(interval.round() as i64)
+                    words: Words::made(
+                        format!(
+                            "{} has sent nothing for {} (since {}); it usually reports every {}",
+                            dev.name,
+                            format_duration(now - last),
+                            format_ts(last),
+                            format_duration(interval.round() as i64)
+                        ),
+                        json!({"last_seen": format_ts(last), "silence_ms": now - last, "usual_interval_ms": interval, "precedent_ms": precedent}),
                     ),
-                    evidence: json!({"last_seen": format_ts(last), "silence_ms": now - last, "usual_interval_ms": interval, "precedent_ms": precedent}).into(),
                 });
                 continue;
             }
@@ -194,34 +196,34 @@ impl Detector for Staleness {
                     continue;
                 }
                 let metric = &reg.point(p).metric;
-                let point_finding =
-                    |gap: Ts, severity, reason: String, evidence: serde_json::Value| Finding {
-                        ts: now,
-                        device: d as u32,
-                        metrics: vec![metric.clone()],
-                        detector: "staleness",
-                        score: gap as f64 / s.interval_ms,
-                        threshold: params.factor,
-                        severity,
-                        technique: attack::DENIAL_OF_VIEW,
-                        reason,
-                        evidence: evidence.into(),
-                    };
+                let point_finding = |gap: Ts, severity, words: Words| Finding {
+                    ts: now,
+                    device: d as u32,
+                    metrics: vec![metric.clone()],
+                    detector: "staleness",
+                    score: gap as f64 / s.interval_ms,
+                    threshold: params.factor,
+                    severity,
+                    technique: attack::DENIAL_OF_VIEW,
+                    words,
+                };
                 let blind = now - s.good_ts;
                 let silence = now - s.ts;
                 if s.quality != Quality::Good && blind as f64 > limit(s.interval_ms) {
                     out.push(point_finding(
                         blind,
                         Severity::Medium,
-                        format!(
-                            "{metric} of {} has come only as bad readings for {} (last good value {} at {}); it usually comes every {}",
-                            dev.name,
-                            format_duration(blind),
-                            s.value,
-                            format_ts(s.good_ts),
-                            format_duration(s.interval_ms.round() as i64),
+                        Words::made(
+                            format!(
+                                "{metric} of {} has come only as bad readings for {} (last good value {} at {}); it usually comes every {}",
+                                dev.name,
+                                format_duration(blind),
+                                s.value,
+                                format_ts(s.good_ts),
+                                format_duration(s.interval_ms.round() as i64),
+                            ),
+                            json!({"last_good": format_ts(s.good_ts), "bad_for_ms": blind, "last_good_value": s.value, "usual_interval_ms": s.interval_ms}),
                         ),
-                        json!({"last_good": format_ts(s.good_ts), "bad_for_ms": blind, "last_good_value": s.value, "usual_interval_ms": s.interval_ms}),
                     ));
                 } else if silence as f64 > limit(s.interval_ms)
                     && silence as f64 > self.precedent(p)
@@ -229,13 +231,15 @@ impl Detector for Staleness {
                     out.push(point_finding(
                         silence,
                         Severity::Low,
-                        format!(
-                            "{metric} of {} has not been reported for {} while the device still reports; it usually comes every {}",
-                            dev.name,
-                            format_duration(silence),
-                            format_duration(s.interval_ms.round() as i64),
+                        Words::made(
+                            format!(
+                                "{metric} of {} has not been reported for {} while the device still reports; it usually comes every {}",
+                                dev.name,
+                                format_duration(silence),
+                                format_duration(s.interval_ms.round() as i64),
+                            ),
+                            json!({"last_seen": format_ts(s.ts), "silence_ms": silence, "usual_interval_ms": s.interval_ms, "precedent_ms": self.precedent(p)}),
                         ),
-                        json!({"last_seen": format_ts(s.ts), "silence_ms": silence, "usual_interval_ms": s.interval_ms, "precedent_ms": self.precedent(p)}),
                     ));
                 }
             }
@@ -255,8 +259,10 @@ fn declared_offline(reg: &Registry, device: DeviceId, ts: Ts, online: f64) -> Fi
         threshold: 1.0,
         severity: Severity::High,
         technique: attack::DENIAL_OF_VIEW,
-        reason: format!("{name} declared itself offline (death certificate or last will)"),
-        evidence: json!({"online": online, "at": format_ts(ts)}).into(),
+        words: Words::made(
+            format!("{name} declared itself offline (death certificate or last will)"),
+            json!({"online": online, "at": format_ts(ts)}),
+        ),
     }
 }
 
@@ -391,7 +397,7 @@ mod tests {
         assert!(!out.is_empty(), "35 s of bad readings seen");
         assert!(out.iter().all(|f| f.metrics == ["output_power_kw"]
             && f.technique == attack::DENIAL_OF_VIEW
-            && f.reason.contains("only as bad readings")));
+            && f.reason().contains("only as bad readings")));
         // The first finding once 15 s (the minimum silence) passed without a good value.
         assert_eq!(out[0].ts, 75_000);
         out.clear();
@@ -413,7 +419,7 @@ mod tests {
             (f.severity, f.metrics.clone()),
             (Severity::High, vec!["online".to_owned()])
         );
-        assert!(f.reason.contains("offline"));
+        assert!(f.reason().contains("offline"));
     }
 
     #[test]

@@ -58,7 +58,7 @@ use super::{
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::points::PointId;
-use crate::model::{Finding, Severity, Ts};
+use crate::model::{Finding, Severity, Ts, Words};
 use crate::time::format_ts;
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -598,8 +598,7 @@ impl Detector for Timescale {
                     Severity::Low
                 },
                 attack::for_process_change(metric, st.class),
-                said.reason.clone(),
-                said.evidence.clone(),
+                Words::made(said.reason.clone(), said.evidence.clone()),
             ));
         }
     }
@@ -696,13 +695,13 @@ mod tests {
         assert!(at <= 7_200 + 180, "seen at {at}");
         let (_, f) = &h.findings[0];
         // The step shows in the minute's mean and in its change from the minute before.
-        assert_eq!(f.evidence["scale_ms"], 60_000);
+        assert_eq!(f.evidence()["scale_ms"], 60_000);
         assert!(
-            ["mean", "rate"].contains(&f.evidence["aggregate"].as_str().unwrap()),
+            ["mean", "rate"].contains(&f.evidence()["aggregate"].as_str().unwrap()),
             "{}",
-            f.reason
+            f.reason()
         );
-        assert!(f.reason.contains("1-minute"), "{}", f.reason);
+        assert!(f.reason().contains("1-minute"), "{}", f.reason());
 
         let mut h = Harness::new();
         let mut z = EwmaZ::new(PerKind::from_fn(|_| EwmaParams::default()));
@@ -743,7 +742,14 @@ mod tests {
         let said = |h: &Harness| -> Vec<_> {
             h.findings
                 .iter()
-                .map(|(at, f)| (*at, f.score, f.reason.clone(), f.evidence.clone()))
+                .map(|(at, f)| {
+                    (
+                        *at,
+                        f.score,
+                        f.reason().into_owned(),
+                        f.evidence().into_owned(),
+                    )
+                })
                 .collect()
         };
         let mut findings = 0;
@@ -787,7 +793,7 @@ mod tests {
         let reported: Vec<usize> = h.findings.iter().map(|(at, _)| at / 60 * 60).collect();
         assert_eq!(reported, vec![7_260, 7_860, 9_060], "{reported:?}");
         for (_, f) in &h.findings {
-            assert_eq!(f.evidence["aggregate"], "range", "{}", f.reason);
+            assert_eq!(f.evidence()["aggregate"], "range", "{}", f.reason());
         }
     }
 
@@ -814,7 +820,7 @@ mod tests {
             *at >= per_day * 20 && *at <= per_day * 20 + 48 + 48,
             "at {at}"
         );
-        assert_eq!(f.evidence["scale_ms"], 14_400_000);
+        assert_eq!(f.evidence()["scale_ms"], 14_400_000);
     }
 
     /// Five-minute readings of a point that swings over the day (low at night, high in
@@ -855,18 +861,18 @@ mod tests {
             *at >= per_day * 14 && *at <= per_day * 14 + 48 + 1,
             "at {at}"
         );
-        assert_eq!(f.evidence["aggregate"], "daily", "{}", f.reason);
-        assert_eq!(f.evidence["scale_ms"], 14_400_000);
+        assert_eq!(f.evidence()["aggregate"], "daily", "{}", f.reason());
+        assert_eq!(f.evidence()["scale_ms"], 14_400_000);
         assert!(
-            f.evidence["usual"].as_f64().unwrap() < 15.0,
+            f.evidence()["usual"].as_f64().unwrap() < 15.0,
             "{}",
-            f.evidence
+            f.evidence()
         );
         assert!(
-            f.reason
+            f.reason()
                 .contains("less its median at that time of day on the last 7 days"),
             "{}",
-            f.reason
+            f.reason()
         );
 
         // Without the daily aggregate the night passes.

@@ -13,7 +13,7 @@ use super::{sig, Arrival, Detector, PerKind, PointTable};
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::points::DeviceId;
-use crate::model::{DeviceKind, Finding, Quality, Severity, Ts};
+use crate::model::{DeviceKind, Finding, Quality, Severity, Ts, Words};
 use crate::time::{format_duration, serde_duration};
 use crate::tomlfile::{rule, Broken};
 use serde::Deserialize;
@@ -137,8 +137,7 @@ impl Detector for UpsState {
                     threshold: 1.0,
                     severity: Severity::High,
                     technique: attack::MANIPULATION_OF_CONTROL,
-                    reason,
-                    evidence: evidence.into(),
+                    words: Words::made(reason, evidence),
                 });
             };
         if let Some(c) = frame.metric("battery_charge_pct").map(|p| p.value) {
@@ -272,8 +271,10 @@ fn flag_finding(
         threshold: 1.0,
         severity: Severity::High,
         technique: attack::MANIPULATION_OF_CONTROL,
-        reason,
-        evidence: json!({"input_voltage_v": vin, "nominal_input_v": nominal}).into(),
+        words: Words::made(
+            reason,
+            json!({"input_voltage_v": vin, "nominal_input_v": nominal}),
+        ),
     }
 }
 
@@ -350,8 +351,8 @@ mod tests {
         );
         let (_, late) = h.findings.last().unwrap();
         assert_eq!(
-            (late.ts, &late.metrics, late.reason.as_str()),
-            (t, &got[0].metrics, got[0].reason.as_str())
+            (late.ts, &late.metrics, late.reason()),
+            (t, &got[0].metrics, got[0].reason())
         );
         assert!(
             h.arrive(&mut d, "ups", "bypass_active", t, 1.0).is_empty(),

@@ -54,7 +54,7 @@ use crate::detect::baseline::{Baseline, Talker};
 use crate::model::attack;
 use crate::model::event::{Outcome, Traffic};
 use crate::model::points::{DeviceId, Registry};
-use crate::model::{Command, Finding, Severity, Technique, Ts, WireProtocol};
+use crate::model::{Command, Finding, Severity, Technique, Ts, WireProtocol, Words};
 use crate::protocol::frame::is_write;
 use crate::protocol::profiles;
 use crate::protocol::registers::{DeviceMaps, RegisterMap, Table};
@@ -696,8 +696,7 @@ fn finding(
         threshold: 1.0,
         severity,
         technique,
-        reason,
-        evidence: evidence.into(),
+        words: Words::made(reason, evidence),
     }
 }
 
@@ -1134,9 +1133,9 @@ mod tests {
         ));
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(
-            out[0].reason.contains("not a known writer"),
+            out[0].reason().contains("not a known writer"),
             "{}",
-            out[0].reason
+            out[0].reason()
         );
         assert!(judge(bacnet(
             4_000_002,
@@ -1163,12 +1162,12 @@ mod tests {
         let out = judge(bacnet(4_000_004, "bms", 15, "analog-input:1", 81, 1.0));
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(
-            out[0].reason.contains("out-of-service of analog-input:1"),
+            out[0].reason().contains("out-of-service of analog-input:1"),
             "{}",
-            out[0].reason
+            out[0].reason()
         );
         assert!(out[0]
-            .reason
+            .reason()
             .contains("chiller-bacnet does not list as writable"));
         // Silencing and restarting a device.
         let out = judge(bacnet(4_000_005, "bms", 17, "device:1005", 0, 0.0));
@@ -1199,12 +1198,13 @@ mod tests {
         cmds.extend((0..12).map(|i| cmd(4_000_000 + i, "y", &format!("unit-{i}"), 3)));
         let out = run(&cmds);
         assert!(
-            out.iter()
-                .any(|f| f.reason.contains("addressed 9 devices") && f.reason.contains("a scan")),
+            out.iter().any(
+                |f| f.reason().contains("addressed 9 devices") && f.reason().contains("a scan")
+            ),
             "the device it read while learning does not count: {out:?}"
         );
         assert_eq!(out[0].technique.id, "T0846");
-        assert!(out.iter().any(|f| f.reason.contains("a scan")));
+        assert!(out.iter().any(|f| f.reason().contains("a scan")));
         assert_eq!(
             run(&[cmd(0, "y", "ups-1", 3)]).len(),
             0,
@@ -1249,7 +1249,7 @@ mod tests {
             ],
         );
         assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].reason.contains("new talker"));
+        assert!(out[0].reason().contains("new talker"));
     }
 
     #[test]
@@ -1267,9 +1267,11 @@ mod tests {
             )
         }));
         let out = wire(ProtocolParams::default(), &ex);
-        assert!(out.iter().any(|f| f.reason.contains("exception responses")));
-        assert!(out.iter().any(|f| f.reason.contains("register sweep")));
-        assert!(!out.iter().any(|f| f.reason.contains("new talker")));
+        assert!(out
+            .iter()
+            .any(|f| f.reason().contains("exception responses")));
+        assert!(out.iter().any(|f| f.reason().contains("register sweep")));
+        assert!(!out.iter().any(|f| f.reason().contains("new talker")));
         // A flood: 61 reads within a minute from a client that read once a minute.
         let mut ex = vec![(0, "bms", "chiller-1", 3, 1000, Outcome::Answered)];
         ex.extend((0..61).map(|i| {
@@ -1351,9 +1353,9 @@ mod tests {
         d.command(&c, dev, &reg, &mut out);
         assert_eq!(out.len(), 1);
         assert!(
-            out[0].reason.contains("does not list as writable"),
+            out[0].reason().contains("does not list as writable"),
             "{}",
-            out[0].reason
+            out[0].reason()
         );
     }
 
@@ -1402,7 +1404,7 @@ mod tests {
         fn about(&self, client: &str) -> Vec<&Finding> {
             self.out
                 .iter()
-                .filter(|f| f.evidence["client"] == client)
+                .filter(|f| f.evidence()["client"] == client)
                 .collect()
         }
     }
@@ -1426,9 +1428,9 @@ mod tests {
         let rogue = r.about("10.66.0.99");
         assert_eq!(rogue.len(), 2, "{rogue:?}");
         assert!(
-            rogue[0].reason.contains("reads nothing"),
+            rogue[0].reason().contains("reads nothing"),
             "{}",
-            rogue[0].reason
+            rogue[0].reason()
         );
         assert_eq!(rogue[0].technique.id, "T0836");
         assert_eq!(r.d.routine_rewrites, 1);
@@ -1438,9 +1440,9 @@ mod tests {
         let lurker = r.about("lurker");
         assert_eq!(lurker.len(), 1, "{lurker:?}");
         assert!(
-            lurker[0].reason.contains("polls no device"),
+            lurker[0].reason().contains("polls no device"),
             "{}",
-            lurker[0].reason
+            lurker[0].reason()
         );
         // Learned meanwhile: the master and the HMI write on after the learning hour.
         r.write(LATER, "bms", 720);
@@ -1473,7 +1475,7 @@ mod tests {
         }
         let p = r.about("prober");
         assert!(
-            !p.is_empty() && p.iter().all(|f| f.reason.contains("probing")),
+            !p.is_empty() && p.iter().all(|f| f.reason().contains("probing")),
             "{p:?}"
         );
         assert_eq!(p[0].technique.id, "T0846");
@@ -1483,7 +1485,7 @@ mod tests {
         }
         let w = r.about("sweeper");
         assert!(
-            !w.is_empty() && w.iter().all(|f| f.reason.contains("register sweep")),
+            !w.is_empty() && w.iter().all(|f| f.reason().contains("register sweep")),
             "{w:?}"
         );
         assert!(r.about("bms").is_empty());
@@ -1505,9 +1507,9 @@ mod tests {
         );
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(
-            out[0].reason.contains("not a known writer"),
+            out[0].reason().contains("not a known writer"),
             "{}",
-            out[0].reason
+            out[0].reason()
         );
     }
 
@@ -1542,7 +1544,7 @@ mod tests {
         assert!(today.out.is_empty(), "{:?}", today.out);
         today.read(1_000, "10.9.9.9", 1000, Outcome::Answered);
         today.write(2_000, "10.66.0.99", 900);
-        let reasons: Vec<&str> = today.out.iter().map(|f| f.reason.as_str()).collect();
+        let reasons: Vec<_> = today.out.iter().map(|f| f.reason()).collect();
         assert!(
             reasons.iter().any(|r| r.contains("new talker")),
             "{reasons:?}"

@@ -263,11 +263,86 @@ pub struct Finding {
     pub severity: Severity,
     /// ATT&CK technique the detector suggests.
     pub technique: Technique,
+    /// Its sentence and the numbers behind it.
+    pub words: Words,
+}
+
+impl Finding {
     /// One plain-language sentence.
-    pub reason: String,
-    /// Numbers behind the reason (shared: a detector repeating a finding at every reading
+    pub fn reason(&self) -> std::borrow::Cow<'_, str> {
+        match &self.words {
+            Words::Made { reason, .. } => reason.as_str().into(),
+            Words::Later(make) => make().0.into(),
+        }
+    }
+
+    /// The numbers behind the reason.
+    pub fn evidence(&self) -> std::borrow::Cow<'_, serde_json::Value> {
+        match &self.words {
+            Words::Made { evidence, .. } => std::borrow::Cow::Borrowed(evidence),
+            Words::Later(make) => std::borrow::Cow::Owned(make().1),
+        }
+    }
+}
+
+/// What a finding says: one plain-language sentence and the numbers behind it.
+///
+/// A finding that repeats an open alert's is mostly dropped unread (an alert keeps the
+/// words of its strongest finding only), so a detector that reports a condition at every
+/// reading while it holds defers them: they are made only if they are read.
+#[derive(Clone)]
+pub enum Words {
+    /// Made already (the evidence shared: a detector repeating a finding at every reading
     /// repeats its evidence without copying it).
-    pub evidence: std::sync::Arc<serde_json::Value>,
+    Made {
+        /// The sentence.
+        reason: String,
+        /// The numbers.
+        evidence: std::sync::Arc<serde_json::Value>,
+    },
+    /// Made when read, from what the detector saw then (a pure function: reading twice
+    /// gives the same words).
+    Later(std::sync::Arc<dyn Fn() -> (String, serde_json::Value) + Send + Sync>),
+}
+
+impl Words {
+    /// Words made now.
+    pub fn made(reason: String, evidence: impl Into<std::sync::Arc<serde_json::Value>>) -> Self {
+        Self::Made {
+            reason,
+            evidence: evidence.into(),
+        }
+    }
+
+    /// Words made when read, by `make`.
+    pub fn later(make: impl Fn() -> (String, serde_json::Value) + Send + Sync + 'static) -> Self {
+        Self::Later(std::sync::Arc::new(make))
+    }
+
+    /// The sentence and the numbers, owned.
+    pub fn into_parts(self) -> (String, serde_json::Value) {
+        match self {
+            Self::Made { reason, evidence } => (reason, std::sync::Arc::unwrap_or_clone(evidence)),
+            Self::Later(make) => make(),
+        }
+    }
+}
+
+impl fmt::Debug for Words {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (reason, evidence) = self.clone().into_parts();
+        f.debug_struct("Words")
+            .field("reason", &reason)
+            .field("evidence", &evidence)
+            .finish()
+    }
+}
+
+/// Words are equal when they read the same, made now or later.
+impl PartialEq for Words {
+    fn eq(&self, other: &Self) -> bool {
+        self.clone().into_parts() == other.clone().into_parts()
+    }
 }
 
 /// Whether an alert is still active.
@@ -483,6 +558,17 @@ pub struct Incident {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_read_the_same_made_now_or_later() {
+        let now = Words::made("x = 2".into(), serde_json::json!({"x": 2}));
+        let later = Words::later(|| ("x = 2".into(), serde_json::json!({"x": 2})));
+        let other = Words::later(|| ("x = 3".into(), serde_json::json!({"x": 3})));
+        assert_eq!(now, later);
+        assert_ne!(now, other);
+        assert_eq!(format!("{now:?}"), format!("{later:?}"));
+        assert_eq!(later.clone().into_parts(), now.into_parts());
+    }
 
     #[test]
     fn a_name_seen_again_is_shared_and_an_endless_stream_of_new_ones_is_not_kept() {

@@ -21,7 +21,7 @@ use crate::detect::Detector;
 use crate::feature::{FeatureParams, FeatureStore, Frame, PointState};
 use crate::model::event::Event;
 use crate::model::points::{DeviceId, PointId, Registry};
-use crate::model::{attack, Finding, Quality, Severity, Ts};
+use crate::model::{attack, Finding, Quality, Severity, Ts, Words};
 use crate::time::serde_duration;
 use crate::tomlfile::{rule, Broken};
 use present::Present;
@@ -976,18 +976,20 @@ impl Pipeline {
             threshold: self.present.max_ahead() as f64 / 1_000.0,
             severity: Severity::High,
             technique: attack::SPOOF_REPORTING,
-            reason: format!(
-                "{} was reported at {}, {} ahead of the site's time, then in the present again: \
-                 a clock that jumps (spoofed or broken reporting); the reading ahead was held apart",
-                info.metric,
-                crate::time::format_ts(claim),
-                crate::time::format_duration(ahead)
+            words: Words::made(
+                format!(
+                    "{} was reported at {}, {} ahead of the site's time, then in the present again: \
+                     a clock that jumps (spoofed or broken reporting); the reading ahead was held apart",
+                    info.metric,
+                    crate::time::format_ts(claim),
+                    crate::time::format_duration(ahead)
+                ),
+                serde_json::json!({
+                    "claimed": crate::time::format_ts(claim),
+                    "present": crate::time::format_ts(ts),
+                    "ahead_ms": ahead,
+                }),
             ),
-            evidence: serde_json::json!({
-                "claimed": crate::time::format_ts(claim),
-                "present": crate::time::format_ts(ts),
-                "ahead_ms": ahead,
-            }).into(),
         }
     }
 

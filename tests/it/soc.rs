@@ -683,7 +683,7 @@ fn forge_a_far_future_reading(config: &Path, site: &str, device: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expected_write_is_taught_applied_and_revoked() {
     use wattchdog::correlate::Output;
-    use wattchdog::model::{attack, Alert, Finding, Severity};
+    use wattchdog::model::{attack, Alert, Finding, Severity, Words};
     let dir = tempfile::tempdir().unwrap();
     let (_, soc) = soc_on_loopback(dir.path(), "").await;
     let base = format!("http://{}", soc.addr.unwrap());
@@ -719,8 +719,10 @@ async fn an_expected_write_is_taught_applied_and_revoked() {
         threshold: 1.0,
         severity: Severity::High,
         technique: attack::MANIPULATION_OF_CONTROL,
-        reason: String::new(),
-        evidence: serde_json::json!({"client": client, "function": 6, "address": 1201}).into(),
+        words: Words::made(
+            String::new(),
+            serde_json::json!({"client": client, "function": 6, "address": 1201}),
+        ),
     };
     let applied = soc.exceptions();
     assert!(!applied.covers("ams1", "chiller-2", &finding("10.20.0.5")));

@@ -32,7 +32,7 @@ use super::{
 use crate::detect::model_file::{ModelDirs, ModelError};
 use crate::feature::{FeatureParams, Frame};
 use crate::model::attack;
-use crate::model::{DeviceKind, Finding, Severity, Ts};
+use crate::model::{DeviceKind, Finding, Severity, Ts, Words};
 use crate::tomlfile::{rule, Broken};
 use file::ModelFile;
 use ndarray::ArrayView1;
@@ -371,7 +371,7 @@ fn top_features(model: &Model, scaled: &[f64]) -> Vec<(usize, f64)> {
 #[allow(clippy::too_many_arguments)]
 fn finding(
     frame: &Frame<'_>,
-    model: &Model,
+    model: &Arc<Model>,
     raw: &[f64],
     score: f64,
     threshold: f64,
@@ -399,12 +399,6 @@ fn finding(
     if metrics.is_empty() {
         metrics.push(described.loudest.unwrap_or(kf.analog[0]).to_owned());
     }
-    let listed = top
-        .iter()
-        .map(|&(j, _)| format!("{} = {}", kf.names[j], sig(kf.natural(j, raw[j]))))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let device = &frame.registry.device(frame.device).name;
     let technique = attack::for_process_change(
         &metrics[0],
         crate::model::vocabulary::lookup(kind, &metrics[0]).map(|s| s.class),
@@ -414,6 +408,41 @@ fn finding(
     } else {
         Severity::Medium
     };
+    // Made only if read: most findings repeat their open alert's.
+    let top: Vec<(usize, f64, f64)> = top
+        .iter()
+        .map(|&(j, c)| (j, kf.natural(j, raw[j]), c))
+        .collect();
+    let device = frame.registry.device(frame.device).name.clone();
+    let origin = Arc::clone(model);
+    let words = Words::later(move || {
+        let listed = top
+            .iter()
+            .map(|&(j, v, _)| format!("{} = {}", kf.names[j], sig(v)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (
+            format!(
+                "{device}'s telemetry taken together is unlike normal {kind} operation \
+                 (isolation score {} ≥ {} for {run} frames); most unusual: {listed}",
+                sig(score),
+                sig(threshold)
+            ),
+            json!({
+                "score": score,
+                "threshold": threshold,
+                "consecutive": run,
+                "missing_features": described.missing,
+                "furthest_from_baseline": described.loudest,
+                "model": origin.origin,
+                "top": top.iter().map(|&(j, v, c)| json!({
+                    "feature": kf.names[j],
+                    "value": v,
+                    "contribution": c,
+                })).collect::<Vec<_>>(),
+            }),
+        )
+    });
     Finding {
         ts: frame.ts,
         device: frame.device,
@@ -423,26 +452,7 @@ fn finding(
         threshold,
         severity,
         technique,
-        reason: format!(
-            "{device}'s telemetry taken together is unlike normal {kind} operation \
-             (isolation score {} ≥ {} for {run} frames); most unusual: {listed}",
-            sig(score),
-            sig(threshold)
-        ),
-        evidence: json!({
-            "score": score,
-            "threshold": threshold,
-            "consecutive": run,
-            "missing_features": described.missing,
-            "furthest_from_baseline": described.loudest,
-            "model": model.origin,
-            "top": top.iter().map(|&(j, c)| json!({
-                "feature": kf.names[j],
-                "value": kf.natural(j, raw[j]),
-                "contribution": c,
-            })).collect::<Vec<_>>(),
-        })
-        .into(),
+        words,
     }
 }
 
@@ -636,7 +646,8 @@ mod tests {
         let f = &h.findings[0].1;
         assert_eq!(f.detector, "iforest");
         assert!(f.score >= f.threshold);
-        let top = f.evidence["top"].as_array().unwrap();
+        let evidence = f.evidence();
+        let top = evidence["top"].as_array().unwrap();
         assert!(!top.is_empty() && top.len() <= TOP);
         let named: Vec<&str> = top.iter().map(|t| t["feature"].as_str().unwrap()).collect();
         assert!(

@@ -33,7 +33,7 @@ use super::{
 use crate::feature::Frame;
 use crate::model::attack;
 use crate::model::points::{DeviceInfo, PointId};
-use crate::model::{DeviceKind, Finding, Severity, Ts};
+use crate::model::{DeviceKind, Finding, Severity, Ts, Words};
 use ndarray::{Array2, ArrayView2};
 use serde::Deserialize;
 use serde_json::json;
@@ -508,16 +508,18 @@ impl Detector for Residual {
                     threshold: f.thresholds[s],
                     severity: if ratio >= 3.0 { Severity::High } else { Severity::Medium },
                     technique: attack::MANIPULATION_OF_CONTROL,
-                    reason: format!(
-                        "{name}'s metrics no longer move together as they did while learning: {} {:.1} over its threshold {:.1} for {} frames; most off: {listed}",
-                        STATISTICS[s], scores[s], f.thresholds[s], run.above
+                    words: Words::made(
+                        format!(
+                            "{name}'s metrics no longer move together as they did while learning: {} {:.1} over its threshold {:.1} for {} frames; most off: {listed}",
+                            STATISTICS[s], scores[s], f.thresholds[s], run.above
+                        ),
+                        json!({
+                            "statistic": STATISTICS[s],
+                            "scores": {"t2": scores[0], "spe": scores[1], "mahalanobis2": scores[2]},
+                            "thresholds": {"t2": f.thresholds[0], "spe": f.thresholds[1], "mahalanobis2": f.thresholds[2]},
+                            "contributions": top.iter().map(|&j| json!({"metric": f.columns[j], "share": contrib[j]})).collect::<Vec<_>>(),
+                        }),
                     ),
-                    evidence: json!({
-                        "statistic": STATISTICS[s],
-                        "scores": {"t2": scores[0], "spe": scores[1], "mahalanobis2": scores[2]},
-                        "thresholds": {"t2": f.thresholds[0], "spe": f.thresholds[1], "mahalanobis2": f.thresholds[2]},
-                        "contributions": top.iter().map(|&j| json!({"metric": f.columns[j], "share": contrib[j]})).collect::<Vec<_>>(),
-                    }).into(),
                 });
             }
         }
@@ -565,13 +567,15 @@ fn constant_moved(frame: &Frame<'_>, t: &mut Trained, p: &ResidualParams, out: &
         threshold: tolerance,
         severity: Severity::Medium,
         technique: attack::MANIPULATION_OF_CONTROL,
-        reason: format!(
-            "{name}'s {metric} is {} for {} frames; it was {} throughout the data its model was trained on",
-            sig(v),
-            t.moved,
-            sig(c)
+        words: Words::made(
+            format!(
+                "{name}'s {metric} is {} for {} frames; it was {} throughout the data its model was trained on",
+                sig(v),
+                t.moved,
+                sig(c)
+            ),
+            json!({"metric": metric, "value": v, "trained_value": c, "frames": t.moved}),
         ),
-        evidence: json!({"metric": metric, "value": v, "trained_value": c, "frames": t.moved}).into(),
     });
 }
 
