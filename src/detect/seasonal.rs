@@ -218,7 +218,7 @@ impl Cycle {
             && self
                 .scale_from
                 .is_some_and(|from| ts.saturating_sub(from) >= self.period);
-        ready.then(|| (self.level + profile, self.scale.value))
+        ready.then_some((self.level + profile, self.scale.value))
     }
 
     /// Closes the pass under way into its slot's profile and starts `pass`.
