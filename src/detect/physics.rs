@@ -460,10 +460,10 @@ fn site_values<'a>(
     metric: &'a str,
 ) -> impl Iterator<Item = Option<f64>> + 'a {
     let reg = frame.registry;
-    let site = &reg.device(frame.device).site;
-    reg.devices()
+    reg.site_devices(frame.device)
         .iter()
-        .filter(move |d| d.kind == kind && &d.site == site)
+        .map(|&d| reg.device(d))
+        .filter(move |d| d.kind == kind)
         .map(move |d| {
             d.point_named(reg, metric)
                 .and_then(|p| frame.store.get(p))

@@ -26,6 +26,8 @@ pub struct DeviceInfo {
     /// Each point's [`metric_hash`], in the same order: a metric is found by name in
     /// one short array, without a string comparison per point.
     hashes: Vec<u64>,
+    /// Its site's index in the registry's sites.
+    site_index: u32,
 }
 
 impl DeviceInfo {
@@ -66,12 +68,21 @@ pub enum RegistryError {
     TooManyPoints(usize),
 }
 
+/// One site's devices: by name, and in id order.
+#[derive(Debug, Default)]
+struct Site {
+    by_name: FxHashMap<String, DeviceId>,
+    devices: Vec<DeviceId>,
+}
+
 /// Interns sites, devices and points. Lookups by name allocate nothing.
 #[derive(Debug)]
 pub struct Registry {
     devices: Vec<DeviceInfo>,
     points: Vec<PointInfo>,
-    by_name: FxHashMap<String, FxHashMap<String, DeviceId>>,
+    /// Each site's index in `sites`, by name.
+    site_index: FxHashMap<String, u32>,
+    sites: Vec<Site>,
     max_points: usize,
     /// The device named last: a capture names one device many times in a row.
     last: Option<DeviceId>,
@@ -85,7 +96,8 @@ impl Registry {
         Self {
             devices: Vec::new(),
             points: Vec::new(),
-            by_name: FxHashMap::default(),
+            site_index: FxHashMap::default(),
+            sites: Vec::new(),
             max_points,
             last: None,
             id: {
@@ -161,9 +173,10 @@ impl Registry {
         let last = self.last.filter(|&d| {
             self.devices[d as usize].name == device && self.devices[d as usize].site == site
         });
-        if let Some(d) =
-            last.or_else(|| self.by_name.get(site).and_then(|m| m.get(device)).copied())
-        {
+        if let Some(d) = last.or_else(|| {
+            let &s = self.site_index.get(site)?;
+            self.sites[s as usize].by_name.get(device).copied()
+        }) {
             self.last = Some(d);
             // A device first named by a command learns its kind from its first reading.
             let info = &mut self.devices[d as usize];
@@ -177,6 +190,18 @@ impl Registry {
             return Err(RegistryError::TooManyPoints(self.max_points));
         }
         let id = self.devices.len() as DeviceId;
+        let site_index = match self.site_index.get(site) {
+            Some(&s) => s,
+            None => {
+                let s = self.sites.len() as u32;
+                self.sites.push(Site::default());
+                self.site_index.insert(site.to_owned(), s);
+                s
+            }
+        };
+        let place = &mut self.sites[site_index as usize];
+        place.by_name.insert(device.to_owned(), id);
+        place.devices.push(id);
         self.devices.push(DeviceInfo {
             site: site.to_owned(),
             name: device.to_owned(),
@@ -184,11 +209,8 @@ impl Registry {
             kind_name: kind.to_owned(),
             points: Vec::new(),
             hashes: Vec::new(),
+            site_index,
         });
-        self.by_name
-            .entry(site.to_owned())
-            .or_default()
-            .insert(device.to_owned(), id);
         self.last = Some(id);
         Ok(id)
     }
@@ -208,6 +230,12 @@ impl Registry {
         &self.devices
     }
 
+    /// The devices of `device`'s site, itself included, in id order (a site's relations
+    /// look at its devices without going through every site's).
+    pub fn site_devices(&self, device: DeviceId) -> &[DeviceId] {
+        &self.sites[self.devices[device as usize].site_index as usize].devices
+    }
+
     /// Number of points.
     pub fn point_count(&self) -> usize {
         self.points.len()
@@ -217,6 +245,34 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sites_devices_are_its_own_in_the_order_they_came() {
+        // Two sites named alternately, devices of the same name on both, one device
+        // named again: each site lists its own devices, in id order, each once.
+        let mut reg = Registry::new(100);
+        let mut want: [Vec<DeviceId>; 2] = Default::default();
+        for (i, name) in ["ups-1", "ups-1", "chiller-1", "meter", "ups-1", "chiller-1"]
+            .iter()
+            .enumerate()
+        {
+            let site = ["a", "b"][i % 2];
+            let p = reg.intern(site, name, "", "x").unwrap();
+            let d = reg.point(p).device;
+            if !want[i % 2].contains(&d) {
+                want[i % 2].push(d);
+            }
+        }
+        for ws in &want {
+            for &d in ws {
+                assert_eq!(reg.site_devices(d), &ws[..]);
+            }
+        }
+        let all: Vec<DeviceId> = (0..reg.devices().len() as DeviceId).collect();
+        let mut listed = [&want[0][..], &want[1][..]].concat();
+        listed.sort_unstable();
+        assert_eq!(listed, all);
+    }
 
     #[test]
     fn interning_is_stable_and_bounded() {
